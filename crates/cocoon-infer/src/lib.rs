@@ -1,0 +1,1 @@
+//! cocoon-infer (work in progress)

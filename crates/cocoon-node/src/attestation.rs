@@ -1,0 +1,177 @@
+//! A node's attested identity and the policy it applies to peers, built from its configuration.
+//!
+//! The identity (an RA-TLS certificate binding a fresh key to a quote) is renewed at half its
+//! lifetime; the policy can be replaced at run time (registry updates) and applies to the next
+//! handshake.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity, SharedPolicy};
+use cocoon_tee::{AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// How a node attests itself and what it accepts from peers.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+pub struct AttestationArgs {
+    /// How this node proves what it runs: `none` (development only), `fake` (a software TDX
+    /// stand-in that still runs every check) or `tdx` (inside an Intel TDX guest).
+    #[arg(long, default_value = "fake", value_name = "KIND")]
+    pub tee: AttestationKind,
+    /// Label from which the `fake` TEE derives this node's image measurements; nodes with the same
+    /// label have the same image hash.
+    #[arg(long, default_value = "cocoon-dev", value_name = "LABEL")]
+    pub image_label: String,
+    /// Image hashes accepted from peers (hex; repeat or separate with commas). Empty: any image.
+    #[arg(long, value_name = "HASH", value_delimiter = ',')]
+    pub allow_peer_image: Vec<String>,
+    /// The weakest attestation kind accepted from peers (`none`, `fake`, `tdx`).
+    #[arg(long, default_value = "fake", value_name = "KIND")]
+    pub min_peer_tee: AttestationKind,
+    /// Lifetime of this node's RA-TLS certificate in seconds; it is renewed at half of it.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub cert_lifetime_secs: u64,
+}
+
+/// Why a node's attestation could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// The TEE refused to attest, or our own quote does not verify.
+    #[error("attestation: {0}")]
+    Tee(#[from] TeeError),
+    /// The certificate or TLS configuration could not be built.
+    #[error("RA-TLS: {0}")]
+    Ratls(#[from] RatlsError),
+    /// A configured image hash is not 32 bytes of hex.
+    #[error("`{0}` is not an image hash (64 hex digits)")]
+    BadImageHash(String),
+}
+
+/// A node's attested identity, its peer policy, and the verifier both sides use.
+pub struct NodeTrust {
+    identity: SharedIdentity,
+    policy: SharedPolicy,
+    verifier: Arc<Verifier>,
+    attester: Arc<dyn Attester>,
+    image_hash: ImageHash,
+    role: String,
+    attributes: BTreeMap<String, String>,
+    lifetime: Duration,
+}
+
+impl NodeTrust {
+    /// Attests this node as `role` with `attributes` in its claims (model name, model hash…).
+    pub fn new(
+        args: &AttestationArgs,
+        role: &str,
+        attributes: BTreeMap<String, String>,
+    ) -> Result<Arc<Self>, TrustError> {
+        let attester = attester_for(args)?;
+        let verifier = Arc::new(Verifier::new());
+        let policy = policy_for(args)?;
+        let lifetime = Duration::from_secs(args.cert_lifetime_secs.max(60));
+        let identity = Identity::generate(attester.as_ref(), role, attributes.clone(), lifetime)?;
+        // Our own quote must verify with the checks peers will run: fail at start, not at every peer.
+        let own = verifier.verify(&identity.quote()?)?;
+        Ok(Arc::new(NodeTrust {
+            identity: Arc::new(ArcSwap::from_pointee(identity)),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            verifier,
+            attester,
+            image_hash: own.image_hash,
+            role: role.to_owned(),
+            attributes,
+            lifetime,
+        }))
+    }
+
+    /// This node's image hash, as peers will see it.
+    pub fn image_hash(&self) -> ImageHash {
+        self.image_hash
+    }
+
+    /// The current certificate and key.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.load_full()
+    }
+
+    /// The policy applied to peers now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Replaces the peer policy; the next handshake applies it.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// A dialer presenting this identity and checking peers with this policy.
+    pub fn connector(&self) -> Result<Connector, TrustError> {
+        Ok(Connector::new(
+            self.identity.clone(),
+            self.policy.clone(),
+            self.verifier.clone(),
+        )?)
+    }
+
+    /// A listener-side handshaker presenting this identity and checking peers with this policy.
+    pub fn acceptor(&self) -> Result<Acceptor, TrustError> {
+        Ok(Acceptor::new(
+            self.identity.clone(),
+            self.policy.clone(),
+            self.verifier.clone(),
+        )?)
+    }
+
+    /// Renews the certificate at half its lifetime until `shutdown`.
+    pub fn spawn_renewal(self: &Arc<Self>, shutdown: CancellationToken) {
+        let trust = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(trust.lifetime / 2) => {}
+                }
+                match Identity::generate(
+                    trust.attester.as_ref(),
+                    &trust.role,
+                    trust.attributes.clone(),
+                    trust.lifetime,
+                ) {
+                    Ok(identity) => {
+                        trust.identity.store(Arc::new(identity));
+                        tracing::info!("RA-TLS certificate renewed");
+                    }
+                    Err(error) => tracing::error!(%error, "cannot renew the RA-TLS certificate"),
+                }
+            }
+        });
+    }
+}
+
+fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError> {
+    Ok(match args.tee {
+        AttestationKind::None => Arc::new(NoneAttester),
+        AttestationKind::Fake => Arc::new(FakeAttester::from_label(&args.image_label)),
+        AttestationKind::Tdx => Arc::new(cocoon_tee::tsm::TdxAttester::open_default()?),
+    })
+}
+
+fn policy_for(args: &AttestationArgs) -> Result<Policy, TrustError> {
+    let allowed_image_hashes = args
+        .allow_peer_image
+        .iter()
+        .map(|text| {
+            text.trim()
+                .parse::<ImageHash>()
+                .map_err(|_| TrustError::BadImageHash(text.clone()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Policy {
+        allowed_image_hashes,
+        min_kind: args.min_peer_tee,
+    })
+}

@@ -1,0 +1,17 @@
+//! Plumbing that every Cocoon node (proxy, worker, client) shares:
+//!
+//! - [`attestation`]: the node's attested identity and peer policy, built from its configuration;
+//! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
+//! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
+//! - [`reply`]: OpenAI-shaped error responses;
+//! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
+
+pub mod attestation;
+pub mod backoff;
+pub mod link;
+pub mod reply;
+pub mod shutdown;
+pub mod stats;
+
+/// The HTTP body type used on every surface and link.
+pub type Body = axum::body::Body;

@@ -1,0 +1,170 @@
+//! HTTP/2 over attested TLS, in both directions.
+//!
+//! The side that dials is not always the HTTP/2 client: a worker dials its proxy and then *serves*
+//! HTTP/2 on that connection ([`serve`]), while the proxy drives it as a client
+//! ([`client_handshake`]) — a reverse tunnel, so proxies reach workers behind NAT. Multiplexing,
+//! flow control, backpressure and cancellation (stream resets) all come from HTTP/2 itself.
+//! Keep-alive pings notice a dead peer within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::Body;
+
+/// How often an idle link is pinged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a ping may go unanswered before the link is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per-stream flow-control window: large enough that one stream never waits on window updates at
+/// loopback speed, small enough to bound memory per stream.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// Per-connection flow-control window, shared by all of a link's streams.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Concurrent requests one link carries; capacity is limited by routing, not by the transport.
+const MAX_CONCURRENT_STREAMS: u32 = 8192;
+/// Deadline for small control exchanges on a link.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sending half of an HTTP/2 client link; cheap to clone, each clone multiplexes on the link.
+pub type LinkSender = http2::SendRequest<Body>;
+
+/// What can go wrong on a link.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// HTTP/2 failed (handshake, stream, connection).
+    #[error("http/2: {0}")]
+    Http(#[from] hyper::Error),
+    /// A control exchange took too long.
+    #[error("peer did not answer {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    /// The peer answered a control call with an error status.
+    #[error("peer answered {path} with {status}: {body}")]
+    Status {
+        /// The control path.
+        path: &'static str,
+        /// The status.
+        status: StatusCode,
+        /// The start of the body, for the log.
+        body: String,
+    },
+    /// The peer's answer could not be decoded.
+    #[error("peer's answer to {0} is malformed: {1}")]
+    Decode(&'static str, serde_json::Error),
+    /// The body failed while being read.
+    #[error("reading the body: {0}")]
+    Body(String),
+}
+
+/// Performs the HTTP/2 client handshake on an established (attested) stream.
+///
+/// Returns the sender and the connection future, which must be spawned: it drives the link and
+/// resolves when the link ends.
+pub async fn client_handshake<S>(
+    io: S,
+) -> Result<(LinkSender, impl Future<Output = ()> + Send + 'static), LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_reset_streams(MAX_CONCURRENT_STREAMS as usize)
+        .handshake(TokioIo::new(io))
+        .await?;
+    let driver = async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "link closed with an error");
+        }
+    };
+    Ok((sender, driver))
+}
+
+/// Serves `router` as HTTP/2 on an established (attested) stream until the link ends.
+pub async fn serve<S>(io: S, router: Router) -> Result<(), LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(router))
+        .await?;
+    Ok(())
+}
+
+/// GETs a small JSON control document over a link (the first exchange that proves a link is trusted
+/// by both sides, and later health probes).
+pub async fn get_json<T: DeserializeOwned>(
+    sender: &LinkSender,
+    path: &'static str,
+) -> Result<T, LinkError> {
+    let exchange = async {
+        let mut sender = sender.clone();
+        sender.ready().await?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .body(Body::empty())
+            .expect("static control request is valid");
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let bytes = collect(response.into_body()).await?;
+        if !status.is_success() {
+            return Err(LinkError::Status {
+                path,
+                status,
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|error| LinkError::Decode(path, error))
+    };
+    tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout(path, CONTROL_TIMEOUT))?
+}
+
+async fn collect(body: hyper::body::Incoming) -> Result<Bytes, LinkError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|error| LinkError::Body(error.to_string()))?
+        .to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn the_dialer_can_serve_and_the_acceptor_can_drive_requests() {
+        // The reverse tunnel in miniature: one end serves, the other sends, over any byte stream.
+        let (dialer_end, acceptor_end) = tokio::io::duplex(64 * 1024);
+        let router = Router::new().route("/cocoon/v1/worker", get(|| async { "{\"ok\":true}" }));
+        tokio::spawn(serve(dialer_end, router));
+        let (sender, driver) = client_handshake(acceptor_end).await.unwrap();
+        tokio::spawn(driver);
+        let answer: serde_json::Value = get_json(&sender, "/cocoon/v1/worker").await.unwrap();
+        assert_eq!(answer["ok"], true);
+        let missing = get_json::<serde_json::Value>(&sender, "/cocoon/v1/models").await;
+        assert!(matches!(missing, Err(LinkError::Status { status, .. }) if status == StatusCode::NOT_FOUND));
+    }
+}

@@ -1,0 +1,85 @@
+//! Responses in OpenAI's shapes, used by every HTTP surface so errors look the same at each hop.
+
+use axum::response::{IntoResponse, Response};
+use cocoon_proto::{ErrorKind, OpenAiError};
+use http::{header, HeaderValue, StatusCode};
+
+use crate::Body;
+
+/// An OpenAI error response of `kind` with `message`, with the kind's HTTP status.
+pub fn error_response(kind: ErrorKind, message: impl Into<String>) -> Response {
+    openai_error_response(&OpenAiError::new(kind, message))
+}
+
+/// The response for an already-built [`OpenAiError`]; the status follows its code.
+pub fn openai_error_response(error: &OpenAiError) -> Response {
+    let status = error
+        .kind()
+        .map(|kind| kind.http_status())
+        .unwrap_or(500);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, error)
+}
+
+/// A JSON response with `status`.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode response: {error}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Reads an OpenAI error out of a peer's error body, or describes the body when it is not one.
+pub fn parse_peer_error(status: StatusCode, body: &[u8]) -> OpenAiError {
+    serde_json::from_slice::<OpenAiError>(body).unwrap_or_else(|_| {
+        let kind = match status.as_u16() {
+            400 => ErrorKind::InvalidRequest,
+            401 | 403 => ErrorKind::Unauthorized,
+            402 => ErrorKind::InsufficientQuota,
+            404 => ErrorKind::NotFound,
+            413 => ErrorKind::PayloadTooLarge,
+            429 => ErrorKind::RateLimited,
+            503 => ErrorKind::Unavailable,
+            504 => ErrorKind::Timeout,
+            _ => ErrorKind::BadGateway,
+        };
+        let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+        OpenAiError::new(kind, format!("upstream answered {status}: {text}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_response_has_status_and_openai_shape() {
+        let response = error_response(ErrorKind::ModelNotFound, "no model x");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["error"]["message"], "no model x");
+        assert_eq!(value["error"]["code"], "model_not_found");
+        assert_eq!(value["error"]["type"], "invalid_request_error");
+    }
+
+    #[test]
+    fn peer_error_falls_back_to_status() {
+        let error = parse_peer_error(StatusCode::SERVICE_UNAVAILABLE, b"busy");
+        assert_eq!(error.kind(), Some(ErrorKind::Unavailable));
+        assert!(error.error.message.contains("busy"));
+    }
+}

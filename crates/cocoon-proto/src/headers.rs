@@ -1,0 +1,22 @@
+//! Names of the `x-cocoon-*` headers and trailers that carry request metadata across links.
+//!
+//! Request metadata rides in headers so that bodies stay the engine's own (OpenAI JSON or SSE) and
+//! no hop needs to re-frame them; the final token usage rides in trailers because it is known only
+//! after the last byte of a stream.
+
+/// Request header: a caller-chosen id, echoed in logs of every hop.
+pub const REQUEST_ID: &str = "x-cocoon-request-id";
+/// Request header: the highest worker price coefficient the client accepts (1000 = 1.0×).
+pub const MAX_COEFFICIENT: &str = "x-cocoon-max-coefficient";
+/// Request header: the whole request's deadline in milliseconds, measured from its arrival.
+pub const TIMEOUT_MS: &str = "x-cocoon-timeout-ms";
+/// Response header: the coefficient of the worker that serves the request.
+pub const COEFFICIENT: &str = "x-cocoon-coefficient";
+/// Response header: hex image hash of the worker's attested TEE image.
+pub const WORKER_IMAGE: &str = "x-cocoon-worker-image";
+/// Response header: hex SHA-256 of the model the worker serves.
+pub const MODEL_HASH: &str = "x-cocoon-model-hash";
+/// Trailer: the request's [`TokenUsage`](crate::TokenUsage) as JSON, sent by the worker.
+pub const USAGE: &str = "x-cocoon-usage";
+/// Trailer: an [`OpenAiError`](crate::OpenAiError) as JSON, when a stream failed after its headers.
+pub const ERROR: &str = "x-cocoon-error";

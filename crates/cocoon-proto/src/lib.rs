@@ -1,0 +1,16 @@
+//! The wire vocabulary shared by every Cocoon role: message types carried on links, the `x-cocoon-*`
+//! headers, the OpenAI-compatible error shape, token usage, and the protocol version.
+//!
+//! This crate depends on `serde` only, so that every role (and third-party tooling) can speak the
+//! protocol without pulling in a runtime.
+
+pub mod error;
+pub mod headers;
+pub mod link;
+pub mod usage;
+
+pub use error::{ErrorBody, ErrorKind, OpenAiError};
+pub use usage::TokenUsage;
+
+/// Version of the link protocol. Peers refuse a link whose major version differs.
+pub const PROTOCOL_VERSION: u32 = 1;
