@@ -1,1 +1,157 @@
-//! cocoon-client
+//! The Cocoon client role: a local daemon that speaks the OpenAI HTTP API to applications and
+//! forwards each request into the network over an attested (RA-TLS) HTTP/2 link to a proxy.
+//!
+//! - [`config`]: [`ClientConfig`], every option a flag and a config-file key;
+//! - [`link`]: links to the configured proxies, kept up and proven, the most preferred one used;
+//! - [`http`]: the API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+//!   `/v1/attestation`), request checks, API keys, and the node surfaces (`/healthz`, `/stats`,
+//!   `/jsonstats`, `/metrics`);
+//! - [`stream`]: streaming answers passed through lazily, so an app that goes away cancels the
+//!   work upstream.
+//!
+//! [`start`] binds and spawns everything and returns a [`RunningClient`]; [`run`] also waits for
+//! shutdown.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod link;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cocoon_node::attestation::NodeTrust;
+use cocoon_node::stats::{self, NodeStats};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ClientConfig, ConfigError};
+
+use crate::http::{Api, Defaults};
+use crate::link::ProxyLinks;
+
+/// How long in-flight requests may run on after shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A started client: its API is being served and its proxy links are being kept up.
+pub struct RunningClient {
+    /// The address the API actually listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    server: JoinHandle<std::io::Result<()>>,
+    links: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+    /// Stops the link tasks; a child of `shutdown`, also cancelled if the server stops by itself.
+    links_shutdown: CancellationToken,
+}
+
+impl RunningClient {
+    /// Waits until `shutdown` is cancelled and the server has stopped: in-flight requests get
+    /// [`SHUTDOWN_GRACE`] to finish, then they are cut.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let RunningClient {
+            mut server,
+            links,
+            shutdown,
+            links_shutdown,
+            ..
+        } = self;
+        let served = tokio::select! {
+            served = &mut server => served,
+            _ = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after shutdown; cutting them");
+                server.abort();
+                server.await
+            }
+        };
+        links_shutdown.cancel();
+        for task in links {
+            // The link tasks end on the same cancellation; a panic in one is a bug worth reporting.
+            task.await.context("a proxy link task failed")?;
+        }
+        match served {
+            Ok(result) => result.context("the HTTP server failed"),
+            Err(error) if error.is_cancelled() => Ok(()),
+            Err(error) => Err(error).context("the HTTP server task failed"),
+        }
+    }
+}
+
+/// Starts the client: attests this node, binds the API (failing clearly if the address is taken),
+/// and spawns the proxy links and the HTTP server. Everything stops when `shutdown` is cancelled.
+pub async fn start(
+    config: ClientConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningClient> {
+    config.validate()?;
+    let trust = NodeTrust::new(&config.attestation, "client", BTreeMap::new())
+        .context("cannot set up this client's attestation")?;
+    trust.spawn_renewal(shutdown.clone());
+    let policy = trust
+        .peer_policy(&config.allow_proxy_image)
+        .context("bad --allow-proxy-image")?;
+    let connector = Arc::new(
+        trust
+            .connector(policy)
+            .context("cannot build the RA-TLS connector")?,
+    );
+
+    let listener = TcpListener::bind(&config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (is another node using it?)",
+            config.listen
+        )
+    })?;
+    let local_addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+
+    let stats = NodeStats::new("client");
+    let links_shutdown = shutdown.child_token();
+    let (links, link_tasks) = ProxyLinks::spawn(
+        &config.proxy,
+        connector,
+        stats.clone(),
+        links_shutdown.clone(),
+    );
+    let details_links = links.clone();
+    let stats_routes = stats::router(stats.clone(), Arc::new(move || details_links.snapshot()));
+    let api = Arc::new(Api {
+        links,
+        stats,
+        api_keys: config.api_key.clone(),
+        max_body_bytes: config.max_body_bytes,
+        defaults: Defaults {
+            max_coefficient: config.max_coefficient,
+            timeout: config.default_timeout(),
+        },
+    });
+    let app = http::router(api, stats_routes);
+    let graceful = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+    });
+    tracing::info!(%local_addr, proxies = ?config.proxy, "client API listening");
+    Ok(RunningClient {
+        local_addr,
+        server,
+        links: link_tasks,
+        shutdown,
+        links_shutdown,
+    })
+}
+
+/// Runs the client until `shutdown` is cancelled: [`start`], then [`RunningClient::wait`].
+pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}

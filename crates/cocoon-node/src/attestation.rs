@@ -1,8 +1,10 @@
 //! A node's attested identity and the policy it applies to peers, built from its configuration.
 //!
 //! The identity (an RA-TLS certificate binding a fresh key to a quote) is renewed at half its
-//! lifetime; the policy can be replaced at run time (registry updates) and applies to the next
-//! handshake.
+//! lifetime. Which peer images are accepted is the role's business (a proxy has one list for
+//! workers and one for clients), so each role builds its [`SharedPolicy`]s with
+//! [`NodeTrust::peer_policy`]; a policy can be replaced at run time (registry updates) and applies
+//! to the next handshake.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity, SharedPolicy};
-use cocoon_tee::{AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier};
+use cocoon_tee::{
+    AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +29,6 @@ pub struct AttestationArgs {
     /// label have the same image hash.
     #[arg(long, default_value = "cocoon-dev", value_name = "LABEL")]
     pub image_label: String,
-    /// Image hashes accepted from peers (hex; repeat or separate with commas). Empty: any image.
-    #[arg(long, value_name = "HASH", value_delimiter = ',')]
-    pub allow_peer_image: Vec<String>,
     /// The weakest attestation kind accepted from peers (`none`, `fake`, `tdx`).
     #[arg(long, default_value = "fake", value_name = "KIND")]
     pub min_peer_tee: AttestationKind,
@@ -53,7 +54,7 @@ pub enum TrustError {
 /// A node's attested identity, its peer policy, and the verifier both sides use.
 pub struct NodeTrust {
     identity: SharedIdentity,
-    policy: SharedPolicy,
+    min_peer_kind: AttestationKind,
     verifier: Arc<Verifier>,
     attester: Arc<dyn Attester>,
     image_hash: ImageHash,
@@ -71,14 +72,13 @@ impl NodeTrust {
     ) -> Result<Arc<Self>, TrustError> {
         let attester = attester_for(args)?;
         let verifier = Arc::new(Verifier::new());
-        let policy = policy_for(args)?;
         let lifetime = Duration::from_secs(args.cert_lifetime_secs.max(60));
         let identity = Identity::generate(attester.as_ref(), role, attributes.clone(), lifetime)?;
         // Our own quote must verify with the checks peers will run: fail at start, not at every peer.
-        let own = verifier.verify(&identity.quote()?)?;
+        let own = verifier.verify(identity.quote())?;
         Ok(Arc::new(NodeTrust {
             identity: Arc::new(ArcSwap::from_pointee(identity)),
-            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            min_peer_kind: args.min_peer_tee,
             verifier,
             attester,
             image_hash: own.image_hash,
@@ -98,30 +98,37 @@ impl NodeTrust {
         self.identity.load_full()
     }
 
-    /// The policy applied to peers now.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
+    /// A peer policy accepting `allowed_images` (hex image hashes; empty = any image) attested at
+    /// least as strongly as this node's `--min-peer-tee`.
+    pub fn peer_policy(&self, allowed_images: &[String]) -> Result<SharedPolicy, TrustError> {
+        let allowed_image_hashes = allowed_images
+            .iter()
+            .map(|text| {
+                text.trim()
+                    .parse::<ImageHash>()
+                    .map_err(|_| TrustError::BadImageHash(text.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Arc::new(ArcSwap::from_pointee(Policy {
+            allowed_image_hashes,
+            min_kind: self.min_peer_kind,
+        })))
     }
 
-    /// Replaces the peer policy; the next handshake applies it.
-    pub fn set_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
-    }
-
-    /// A dialer presenting this identity and checking peers with this policy.
-    pub fn connector(&self) -> Result<Connector, TrustError> {
+    /// A dialer presenting this identity and checking peers with `policy`.
+    pub fn connector(&self, policy: SharedPolicy) -> Result<Connector, TrustError> {
         Ok(Connector::new(
             self.identity.clone(),
-            self.policy.clone(),
+            policy,
             self.verifier.clone(),
         )?)
     }
 
-    /// A listener-side handshaker presenting this identity and checking peers with this policy.
-    pub fn acceptor(&self) -> Result<Acceptor, TrustError> {
+    /// A listener-side handshaker presenting this identity and checking peers with `policy`.
+    pub fn acceptor(&self, policy: SharedPolicy) -> Result<Acceptor, TrustError> {
         Ok(Acceptor::new(
             self.identity.clone(),
-            self.policy.clone(),
+            policy,
             self.verifier.clone(),
         )?)
     }
@@ -157,21 +164,5 @@ fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError>
         AttestationKind::None => Arc::new(NoneAttester),
         AttestationKind::Fake => Arc::new(FakeAttester::from_label(&args.image_label)),
         AttestationKind::Tdx => Arc::new(cocoon_tee::tsm::TdxAttester::open_default()?),
-    })
-}
-
-fn policy_for(args: &AttestationArgs) -> Result<Policy, TrustError> {
-    let allowed_image_hashes = args
-        .allow_peer_image
-        .iter()
-        .map(|text| {
-            text.trim()
-                .parse::<ImageHash>()
-                .map_err(|_| TrustError::BadImageHash(text.clone()))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Policy {
-        allowed_image_hashes,
-        min_kind: args.min_peer_tee,
     })
 }

@@ -3,7 +3,7 @@
 //! - [`attestation`]: the node's attested identity and peer policy, built from its configuration;
 //! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
 //! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
-//! - [`reply`]: OpenAI-shaped error responses;
+//! - [`reply`]: OpenAI-shaped error responses; [`trailers`]: usage and failures at the end of answers;
 //! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
 
 pub mod attestation;
@@ -12,6 +12,7 @@ pub mod link;
 pub mod reply;
 pub mod shutdown;
 pub mod stats;
+pub mod trailers;
 
 /// The HTTP body type used on every surface and link.
 pub type Body = axum::body::Body;

@@ -41,6 +41,16 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp
     }
 }
 
+/// `body`, keeping `guard` alive until the body is finished or dropped — so a request slot, a
+/// routing reservation or an "active" count lasts exactly as long as the answer streams.
+pub fn hold_until_end<G: Send + 'static>(body: Body, guard: G) -> Body {
+    use http_body_util::BodyExt;
+    Body::new(body.map_frame(move |frame| {
+        let _ = &guard;
+        frame
+    }))
+}
+
 /// Reads an OpenAI error out of a peer's error body, or describes the body when it is not one.
 pub fn parse_peer_error(status: StatusCode, body: &[u8]) -> OpenAiError {
     serde_json::from_slice::<OpenAiError>(body).unwrap_or_else(|_| {

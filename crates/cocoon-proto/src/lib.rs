@@ -10,7 +10,8 @@ pub mod link;
 pub mod usage;
 
 pub use error::{ErrorBody, ErrorKind, OpenAiError};
-pub use usage::TokenUsage;
+pub use link::{ModelEntry, ModelList, WorkerInfo};
+pub use usage::{OpenAiUsage, TokenUsage};
 
 /// Version of the link protocol. Peers refuse a link whose major version differs.
 pub const PROTOCOL_VERSION: u32 = 1;

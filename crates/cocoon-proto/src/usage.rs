@@ -26,3 +26,81 @@ impl TokenUsage {
         self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
+
+/// OpenAI's `usage` object as engines send it (vLLM, SGLang, llama.cpp, OpenAI itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenAiUsage {
+    /// Tokens of the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Prompt plus completion.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Breakdown of the prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Breakdown of the completion tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from cache.
+    #[serde(default)]
+    pub cached_tokens: u64,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    /// Completion tokens spent on reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl From<&OpenAiUsage> for TokenUsage {
+    fn from(usage: &OpenAiUsage) -> Self {
+        // Subsets are clamped so a confused engine cannot make "prompt − cached" negative.
+        let cached = usage
+            .prompt_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cached_tokens)
+            .min(usage.prompt_tokens);
+        let reasoning = usage
+            .completion_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.reasoning_tokens)
+            .min(usage.completion_tokens);
+        TokenUsage {
+            prompt_tokens: usage.prompt_tokens,
+            cached_tokens: cached,
+            completion_tokens: usage.completion_tokens,
+            reasoning_tokens: reasoning,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_usage_with_details_and_clamps_subsets() {
+        let usage: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14,
+                "prompt_tokens_details":{"cached_tokens":99},
+                "completion_tokens_details":{"reasoning_tokens":3}}"#,
+        )
+        .unwrap();
+        let tokens = TokenUsage::from(&usage);
+        assert_eq!(tokens.prompt_tokens, 10);
+        assert_eq!(tokens.cached_tokens, 10);
+        assert_eq!(tokens.reasoning_tokens, 3);
+        assert_eq!(tokens.total_tokens(), 14);
+    }
+}

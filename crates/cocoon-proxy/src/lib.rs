@@ -1,1 +1,120 @@
-//! cocoon-proxy
+//! The Cocoon proxy: attests workers and clients, routes each client request to a worker, relays
+//! the answer and meters it.
+//!
+//! The request path reads in three files: [`link`] (the two listening ports and each link's life),
+//! [`routing`] (which worker serves a request) and [`forward`] (one request, end to end).
+
+pub mod config;
+pub mod forward;
+pub mod http;
+pub mod link;
+pub mod routing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cocoon_node::attestation::NodeTrust;
+use cocoon_node::stats::{self, NodeStats};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ProxyConfig;
+use forward::Forwarding;
+use routing::Routing;
+
+/// A started proxy.
+pub struct RunningProxy {
+    /// Where workers dial.
+    pub worker_addr: SocketAddr,
+    /// Where clients dial.
+    pub client_addr: SocketAddr,
+    /// Where `/healthz`, `/stats`, `/jsonstats` and `/metrics` are served.
+    pub stats_addr: SocketAddr,
+    /// This proxy's image hash.
+    pub image_hash: cocoon_tee::ImageHash,
+    tasks: JoinSet<()>,
+}
+
+impl RunningProxy {
+    /// Waits until every task has stopped (after shutdown).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.tasks.join_next().await {
+            result.context("a proxy task failed")?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a proxy: attests, binds its three ports, accepts workers and clients.
+pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::Result<RunningProxy> {
+    let trust = NodeTrust::new(&config.attestation, "proxy", Default::default()).context("attesting the proxy")?;
+    trust.spawn_renewal(shutdown.clone());
+    let worker_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_worker_image)?)?);
+    let client_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_client_image)?)?);
+    let stats = NodeStats::new("proxy");
+    let routing = Arc::new(Routing::default());
+    let forwarding = Forwarding {
+        routing: routing.clone(),
+        stats: stats.clone(),
+        max_body_bytes: config.max_body_bytes,
+        max_request: Duration::from_secs(config.max_request_secs.max(1)),
+    };
+    let bind = |address: String, what: &'static str| async move {
+        TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("binding the {what} address {address}"))
+    };
+    let workers = bind(config.worker_listen.clone(), "worker").await?;
+    let clients = bind(config.client_listen.clone(), "client").await?;
+    let surface = bind(config.stats_listen.clone(), "stats").await?;
+    let (worker_addr, client_addr, stats_addr) = (workers.local_addr()?, clients.local_addr()?, surface.local_addr()?);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(link::accept_workers(
+        workers,
+        worker_acceptor,
+        routing.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(link::accept_clients(
+        clients,
+        client_acceptor,
+        http::client_router(forwarding),
+        stats.clone(),
+        shutdown.clone(),
+    ));
+    let image_hash = trust.image_hash();
+    let details: stats::Details = Arc::new(move || {
+        json!({
+            "image_hash": image_hash.to_string(),
+            "workers": routing.snapshot(),
+        })
+    });
+    let stop = shutdown.clone();
+    let router = stats::router(stats, details);
+    tasks.spawn(async move {
+        if let Err(error) = axum::serve(surface, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "stats server failed");
+        }
+    });
+    tracing::info!(workers = %worker_addr, clients = %client_addr, stats = %stats_addr, %image_hash, "proxy started");
+    Ok(RunningProxy {
+        worker_addr,
+        client_addr,
+        stats_addr,
+        image_hash,
+        tasks,
+    })
+}
+
+/// Runs a proxy until `shutdown`.
+pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}

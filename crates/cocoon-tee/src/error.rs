@@ -64,4 +64,27 @@ pub enum TeeError {
         /// Weakest kind the policy accepts.
         minimum: AttestationKind,
     },
+    /// Intel DCAP collateral could not be fetched, cached or found for a TDX quote.
+    #[error("TDX collateral: {0}")]
+    Collateral(String),
+    /// A file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sealed key file exists but cannot be unsealed by this node; it is left untouched.
+    #[error("sealed key {}: {reason}", path.display())]
+    SealedKey {
+        /// The sealed key file.
+        path: std::path::PathBuf,
+        /// Why it cannot be unsealed.
+        reason: String,
+    },
+    /// No sealing key can be obtained on this platform.
+    #[error("sealing key unavailable: {0}")]
+    SealingUnavailable(String),
 }

@@ -141,7 +141,13 @@ mod tests {
     fn any_flipped_byte_is_rejected() {
         let q = FakeAttester::from_label("x").quote(&[1; 64]).unwrap();
         // Measurements, report data and signature are all covered.
-        for at in [0, 100, CANONICAL_LEN, CANONICAL_LEN + 63, FAKE_QUOTE_LEN - 1] {
+        for at in [
+            0,
+            100,
+            CANONICAL_LEN,
+            CANONICAL_LEN + 63,
+            FAKE_QUOTE_LEN - 1,
+        ] {
             let mut bytes = q.bytes.clone();
             bytes[at] ^= 0x40;
             assert!(
@@ -180,5 +186,10 @@ mod tests {
             measurements_from_label("cocoon-proxy-dev").image_hash()
         );
         assert_eq!(w.mr_owner, [0; MR_LEN]);
+        // Pinned: `cocoon dev` configurations and docs may quote this value.
+        assert_eq!(
+            w.image_hash().to_string(),
+            "8c2e7737badd0e026a200766ebe619e320c197b2167a6d68c5fb097f0f24c58c"
+        );
     }
 }

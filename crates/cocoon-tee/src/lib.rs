@@ -14,6 +14,9 @@ mod kind;
 pub mod measurements;
 mod policy;
 mod quote;
+pub mod sealed;
+pub mod tdx;
+pub mod tsm;
 mod verify;
 
 pub use error::TeeError;
@@ -22,4 +25,7 @@ pub use kind::AttestationKind;
 pub use measurements::{ImageHash, Measurements};
 pub use policy::Policy;
 pub use quote::{Attester, NoneAttester, Quote, ReportData, QUOTE_ENCODING_VERSION};
+pub use sealed::{FakeSealingKeySource, SealedKeyStore, SealingKeySource};
+pub use tdx::{CollateralSource, TdxQuoteVerifier};
+pub use tsm::TdxAttester;
 pub use verify::{QuoteVerifier, VerifiedQuote, Verifier};

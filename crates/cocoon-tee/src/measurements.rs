@@ -245,10 +245,11 @@ mod tests {
     fn image_hash_is_stable_and_sensitive() {
         let m = sample();
         assert_eq!(m.image_hash(), sample().image_hash());
-        // Pinned value: changing the canonical encoding changes every deployed policy.
+        // Pinned value (SHA-256 of 400 zero bytes): changing the canonical encoding
+        // would silently invalidate every deployed policy.
         assert_eq!(
             Measurements::ZERO.image_hash().to_string(),
-            hex::encode(Sha256::digest([0u8; CANONICAL_LEN]))
+            "7a12e561363385e9dfeeab326368731c030ed4b374e7f5897ac819159d2884c5"
         );
         let mut other = m;
         other.rtmr[3][47] ^= 1;

@@ -70,7 +70,9 @@ mod tests {
             err.to_string(),
             "attestation kind none is below the policy's minimum fake"
         );
-        assert!(Policy::any_image(AttestationKind::None).check(&none).is_ok());
+        assert!(Policy::any_image(AttestationKind::None)
+            .check(&none)
+            .is_ok());
         assert!(Policy::default().check(&fake).is_err());
     }
 

@@ -67,7 +67,12 @@ impl FakeSealingKeySource {
         let host_secret = match read_host_secret(path) {
             Ok(secret) => secret,
             Err(e) if e.kind() == io::ErrorKind::NotFound => create_host_secret(path)?,
-            Err(e) => return Err(io_error(format!("reading host secret {}", path.display()), e)),
+            Err(e) => {
+                return Err(io_error(
+                    format!("reading host secret {}", path.display()),
+                    e,
+                ))
+            }
         };
         Ok(Self {
             host_secret,
@@ -355,8 +360,12 @@ mod tests {
     #[test]
     fn reopens_with_the_same_image_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let first = store(dir.path(), [9; 32], hash(1)).load_or_create().unwrap();
-        let again = store(dir.path(), [9; 32], hash(1)).load_or_create().unwrap();
+        let first = store(dir.path(), [9; 32], hash(1))
+            .load_or_create()
+            .unwrap();
+        let again = store(dir.path(), [9; 32], hash(1))
+            .load_or_create()
+            .unwrap();
         assert_eq!(first.to_bytes(), again.to_bytes());
         let bytes = fs::read(dir.path().join("wallet.sealed")).unwrap();
         assert_eq!(bytes.len(), FILE_LEN);
@@ -367,7 +376,9 @@ mod tests {
     #[test]
     fn another_image_cannot_unseal_and_file_is_untouched() {
         let dir = tempfile::tempdir().unwrap();
-        store(dir.path(), [9; 32], hash(1)).load_or_create().unwrap();
+        store(dir.path(), [9; 32], hash(1))
+            .load_or_create()
+            .unwrap();
         let path = dir.path().join("wallet.sealed");
         let before = fs::read(&path).unwrap();
         let err = store(dir.path(), [9; 32], hash(2))
@@ -383,7 +394,9 @@ mod tests {
     #[test]
     fn another_host_secret_cannot_unseal() {
         let dir = tempfile::tempdir().unwrap();
-        store(dir.path(), [9; 32], hash(1)).load_or_create().unwrap();
+        store(dir.path(), [9; 32], hash(1))
+            .load_or_create()
+            .unwrap();
         let err = store(dir.path(), [8; 32], hash(1))
             .load_or_create()
             .unwrap_err();
@@ -447,7 +460,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&secret_path).unwrap().len(), HOST_SECRET_LEN);
         let second = FakeSealingKeySource::open(&secret_path, hash(1)).unwrap();
-        assert_eq!(*first.sealing_key().unwrap(), *second.sealing_key().unwrap());
+        assert_eq!(
+            *first.sealing_key().unwrap(),
+            *second.sealing_key().unwrap()
+        );
 
         let s = SealedKeyStore::new(dir.path().join("k"), Arc::new(first));
         s.load_or_create().unwrap();

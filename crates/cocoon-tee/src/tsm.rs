@@ -174,7 +174,9 @@ impl TdxAttester {
             )));
         }
         if quote.is_empty() {
-            return Err(generation_error("configfs-tsm returned an empty quote".into()));
+            return Err(generation_error(
+                "configfs-tsm returned an empty quote".into(),
+            ));
         }
         Ok(Attempt::Quote(quote))
     }

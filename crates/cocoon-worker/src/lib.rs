@@ -1,1 +1,195 @@
-//! cocoon-worker
+//! The Cocoon worker: serves one model from an inference engine to proxies.
+//!
+//! A worker dials its proxies over RA-TLS and serves HTTP/2 on those links ([`link`]); each request
+//! is forwarded to the engine ([`engine`]: an OpenAI-compatible server, the embedded llama.cpp
+//! engine, or the [`synthetic`] one for benchmarks) and its answer is passed back with its token
+//! usage counted ([`metering`]). Capacity is enforced per worker ([`http`]).
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod link;
+pub mod metering;
+pub mod synthetic;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use cocoon_node::attestation::NodeTrust;
+use cocoon_node::stats::{self, NodeStats};
+use cocoon_proto::WorkerInfo;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+use engine::Engine;
+use synthetic::{SyntheticParams, SYNTHETIC_MODEL};
+
+/// A started worker.
+pub struct RunningWorker {
+    /// Where `/healthz`, `/stats`, `/jsonstats` and `/metrics` are served.
+    pub stats_addr: SocketAddr,
+    /// What the worker announces to proxies.
+    pub info: WorkerInfo,
+    /// This worker's image hash.
+    pub image_hash: cocoon_tee::ImageHash,
+    tasks: JoinSet<()>,
+}
+
+impl RunningWorker {
+    /// Waits until every task has stopped (after shutdown).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.tasks.join_next().await {
+            result.context("a worker task failed")?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts a worker: loads the engine, attests, links to the proxies, serves stats.
+pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<RunningWorker> {
+    let (engine, info) = open_engine(&config).await?;
+    let mut claims = BTreeMap::from([("model".to_owned(), info.model.clone())]);
+    if let Some(hash) = &info.model_hash {
+        claims.insert("model_hash".to_owned(), hash.clone());
+    }
+    let trust = NodeTrust::new(&config.attestation, "worker", claims).context("attesting the worker")?;
+    trust.spawn_renewal(shutdown.clone());
+    let stats = NodeStats::new("worker");
+    let serving = http::Serving {
+        info: Arc::new(info.clone()),
+        engine,
+        slots: Arc::new(Semaphore::new(info.max_active as usize)),
+        stats: stats.clone(),
+        max_body_bytes: config.max_body_bytes,
+    };
+    let router = http::link_router(serving.clone());
+    let connector = Arc::new(trust.connector(trust.peer_policy(&config.allow_proxy_image)?)?);
+    let mut tasks = JoinSet::new();
+    if config.proxy.is_empty() {
+        bail!("no proxy to serve: pass --proxy HOST:PORT");
+    }
+    for proxy in &config.proxy {
+        tasks.spawn(link::keep_linked(
+            proxy.clone(),
+            connector.clone(),
+            router.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(&config.stats_listen)
+        .await
+        .with_context(|| format!("binding the stats address {}", config.stats_listen))?;
+    let stats_addr = listener.local_addr()?;
+    let details_info = info.clone();
+    let image_hash = trust.image_hash();
+    let details: stats::Details = Arc::new(move || {
+        json!({
+            "model": details_info.model,
+            "model_hash": details_info.model_hash,
+            "coefficient": details_info.coefficient,
+            "max_active": details_info.max_active,
+            "free_slots": serving.slots.available_permits(),
+            "image_hash": image_hash.to_string(),
+        })
+    });
+    let surface = stats::router(stats, details);
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(error) = axum::serve(listener, surface)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "stats server failed");
+        }
+    });
+    tracing::info!(
+        model = %info.model,
+        coefficient = info.coefficient,
+        max_active = info.max_active,
+        %image_hash,
+        stats = %stats_addr,
+        "worker started"
+    );
+    Ok(RunningWorker {
+        stats_addr,
+        info,
+        image_hash,
+        tasks,
+    })
+}
+
+/// Runs a worker until `shutdown`.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown).await?.wait().await
+}
+
+fn announce(model: String, model_hash: Option<String>, config: &WorkerConfig, max_active: u32) -> WorkerInfo {
+    WorkerInfo {
+        protocol_version: cocoon_proto::PROTOCOL_VERSION,
+        model,
+        model_hash,
+        coefficient: config.coefficient,
+        max_active,
+    }
+}
+
+async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInfo)> {
+    match config.engine.as_str() {
+        "synthetic" => {
+            let model = if config.model.is_empty() { SYNTHETIC_MODEL.to_owned() } else { config.model.clone() };
+            let engine = Engine::InProcess(synthetic::router(SyntheticParams {
+                chunk_bytes: config.synthetic_chunk_bytes,
+                interval: Duration::from_micros(config.synthetic_interval_us),
+            }));
+            Ok((engine, announce(model, None, config, config.max_active)))
+        }
+        "embedded" => open_embedded(config).await,
+        url => {
+            if config.model.is_empty() {
+                bail!("--model NAME is required with an engine URL (the name the engine serves)");
+            }
+            let engine = Engine::http(url)?;
+            Ok((engine, announce(config.model.clone(), None, config, config.max_active)))
+        }
+    }
+}
+
+#[cfg(feature = "embedded")]
+async fn open_embedded(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInfo)> {
+    let model_path = if config.model_path.is_empty() {
+        let cache = cocoon_infer::default_cache_dir();
+        tokio::task::spawn_blocking(move || cocoon_infer::fetch_default_model(&cache))
+            .await?
+            .context("fetching the default model")?
+    } else {
+        std::path::PathBuf::from(&config.model_path)
+    };
+    let mut engine_config = cocoon_infer::EngineConfig::new(model_path);
+    if !config.model.is_empty() {
+        engine_config.model_name = config.model.clone();
+    }
+    engine_config.context_length = config.context_length;
+    engine_config.parallel = config.max_active.max(1) as usize;
+    let engine = tokio::task::spawn_blocking(move || cocoon_infer::Engine::load(engine_config))
+        .await?
+        .context("loading the embedded model")?;
+    let info = announce(
+        engine.model_name().to_owned(),
+        Some(engine.model_hash().to_owned()),
+        config,
+        engine.max_active() as u32,
+    );
+    Ok((Engine::InProcess(cocoon_infer::router(engine)), info))
+}
+
+#[cfg(not(feature = "embedded"))]
+async fn open_embedded(_config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInfo)> {
+    bail!("this build has no embedded engine (cargo feature `embedded`): pass --engine URL or --engine synthetic")
+}

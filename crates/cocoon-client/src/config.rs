@@ -1,0 +1,189 @@
+//! The client's configuration: every option is a command-line flag and a config-file key of the
+//! same name.
+
+use std::time::Duration;
+
+use cocoon_node::attestation::AttestationArgs;
+use serde::{Deserialize, Serialize};
+
+/// How the client serves apps and which proxies it forwards to.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// Address the OpenAI-compatible API (and `/healthz`, `/stats`, `/jsonstats`, `/metrics`)
+    /// listens on.
+    #[arg(long, default_value = "127.0.0.1:10000", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// Client endpoints of the proxies to forward to, most preferred first (repeat or separate with
+    /// commas). Links to all are kept up; each request goes to the first one whose link is up.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:11002",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub proxy: Vec<String>,
+    /// Image hashes of proxies this client accepts (hex; repeat or separate with commas). Empty:
+    /// any proxy image attested at least as strongly as `--min-peer-tee`.
+    #[arg(long, value_name = "HASH", value_delimiter = ',')]
+    pub allow_proxy_image: Vec<String>,
+    /// API keys apps must present as `Authorization: Bearer <key>` (repeat or separate with
+    /// commas; a config file keeps them off the command line). Empty: the local API needs no key.
+    #[arg(long, value_delimiter = ',', value_name = "KEY")]
+    pub api_key: Vec<String>,
+    /// Largest request body accepted from apps, in bytes; larger ones are refused with 413.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
+    pub max_body_bytes: usize,
+    /// Highest worker price coefficient (1000 = 1.0×) for requests that do not set
+    /// `max_coefficient` themselves.
+    #[arg(long, default_value_t = 4000, value_name = "COEFFICIENT")]
+    pub max_coefficient: u32,
+    /// Deadline of a whole request, in seconds, for requests that do not set `timeout`
+    /// themselves.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout_secs: u64,
+    /// How this node attests itself and which proxies it accepts.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub attestation: AttestationArgs,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No proxy to forward to.
+    #[error("no proxy configured (set --proxy HOST:PORT)")]
+    NoProxy,
+    /// A proxy address is not `host:port`.
+    #[error("proxy address `{0}` is not HOST:PORT")]
+    BadProxy(String),
+    /// A zero body limit would refuse every request.
+    #[error("max_body_bytes must be above 0")]
+    ZeroBodyLimit,
+    /// A zero timeout would fail every request.
+    #[error("timeout_secs must be above 0")]
+    ZeroTimeout,
+}
+
+impl ClientConfig {
+    /// Checks values that parse but cannot work, so `start` fails clearly instead of every request.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.proxy.is_empty() {
+            return Err(ConfigError::NoProxy);
+        }
+        for proxy in &self.proxy {
+            let well_formed = proxy
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !well_formed {
+                return Err(ConfigError::BadProxy(proxy.clone()));
+            }
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::ZeroBodyLimit);
+        }
+        if self.timeout_secs == 0 {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        Ok(())
+    }
+
+    /// The default per-request deadline.
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+impl Default for ClientConfig {
+    /// The configuration with every flag at its default (as `cocoon client` with no flags).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: ClientConfig,
+        }
+        // The defaults live in the clap attributes only, so that `--help`, config files and
+        // this impl cannot disagree.
+        <Defaults as clap::Parser>::parse_from(["cocoon-client"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ClientConfig,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports_and_limits() {
+        let config = ClientConfig::default();
+        assert_eq!(config.listen, "127.0.0.1:10000");
+        assert_eq!(config.proxy, vec!["127.0.0.1:11002".to_owned()]);
+        assert!(config.api_key.is_empty());
+        assert!(config.allow_proxy_image.is_empty());
+        assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.max_coefficient, 4000);
+        assert_eq!(config.timeout_secs, 300);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn flags_override_and_split_on_commas() {
+        let cli = Cli::parse_from([
+            "c",
+            "--proxy",
+            "a:1,b:2",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--max-body-bytes",
+            "10",
+        ]);
+        assert_eq!(cli.config.proxy, vec!["a:1".to_owned(), "b:2".to_owned()]);
+        assert_eq!(cli.config.api_key, vec!["k1".to_owned(), "k2".to_owned()]);
+        assert_eq!(cli.config.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn config_file_keys_are_the_field_names() {
+        let config = ClientConfig::default();
+        let value = serde_json::to_value(&config).unwrap();
+        for key in [
+            "listen",
+            "proxy",
+            "api_key",
+            "max_body_bytes",
+            "max_coefficient",
+            "timeout_secs",
+            "tee",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key} in {value}");
+        }
+        let back: ClientConfig = serde_json::from_value(value).unwrap();
+        assert_eq!(back.proxy, config.proxy);
+    }
+
+    #[test]
+    fn unusable_values_are_refused() {
+        let mut config = ClientConfig::default();
+        config.proxy.clear();
+        assert_eq!(config.validate(), Err(ConfigError::NoProxy));
+        config.proxy = vec!["no-port".into()];
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::BadProxy("no-port".into()))
+        );
+        config.proxy = vec!["[::1]:11002".into()];
+        assert_eq!(config.validate(), Ok(()));
+        config.max_body_bytes = 0;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroBodyLimit));
+        config.max_body_bytes = 1;
+        config.timeout_secs = 0;
+        assert_eq!(config.validate(), Err(ConfigError::ZeroTimeout));
+    }
+}

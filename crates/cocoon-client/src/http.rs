@@ -1,0 +1,794 @@
+//! The app-facing HTTP API: OpenAI's `POST /v1/chat/completions`, `POST /v1/completions` and
+//! `GET /v1/models`, plus `GET /v1/attestation` (what the proxy proved) and the node surfaces
+//! (`/healthz`, `/stats`, `/jsonstats`, `/metrics`).
+//!
+//! Requests are checked here, before they cost anything upstream: body size (read with a limit so
+//! that the 413 is OpenAI JSON too), JSON shape, and the fields OpenAI clients get wrong most. The
+//! cocoon-only fields `max_coefficient` and `timeout` become link headers and are stripped from the
+//! body, which otherwise travels to the engine unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use cocoon_node::link::get_json;
+use cocoon_node::reply::{json_response, parse_peer_error};
+use cocoon_node::stats::{ActiveRequest, NodeStats};
+use cocoon_node::Body;
+use cocoon_proto::headers::{
+    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, REQUEST_ID, TIMEOUT_MS, USAGE, WORKER_IMAGE,
+};
+use cocoon_proto::link::{ModelList, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
+use cocoon_proto::{ErrorKind, OpenAiError, TokenUsage};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
+use tokio::time::Instant;
+
+use crate::link::{unix_seconds, ProxyLinks};
+use crate::stream::{rewrite_sse, SseOptions};
+
+/// OpenAI's model listing, answered from the proxy's [`ModelList`].
+pub const PATH_V1_MODELS: &str = "/v1/models";
+/// The proxy's verified attestation, as JSON.
+pub const PATH_ATTESTATION: &str = "/v1/attestation";
+
+/// Longest timeout an app may ask for; keeps deadline arithmetic far from overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Extra time past the request's deadline before the client gives up on its own, so that the
+/// proxy's more precise timeout error normally arrives first.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+/// Most of an upstream error body that is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A request failure, answered to the app as OpenAI error JSON with `status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {}", error.error.message)]
+pub struct Failure {
+    /// The HTTP status the app sees.
+    pub status: StatusCode,
+    /// The body the app sees.
+    pub error: OpenAiError,
+}
+
+impl Failure {
+    /// A failure of `kind`, with the kind's status.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure {
+            status: StatusCode::from_u16(kind.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            error: OpenAiError::new(kind, message),
+        }
+    }
+
+    /// An invalid-request failure naming the field at fault.
+    fn invalid(param: &str, message: impl Into<String>) -> Self {
+        let mut failure = Failure::new(ErrorKind::InvalidRequest, message);
+        failure.error = failure.error.with_param(param);
+        failure
+    }
+
+    /// What the error counts as in the stats.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind().unwrap_or(ErrorKind::BadGateway)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        json_response(self.status, &self.error)
+    }
+}
+
+/// The two completion endpoints the client forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`: needs `messages`.
+    Chat,
+    /// `POST /v1/completions`: needs `prompt`.
+    Completions,
+}
+
+impl Endpoint {
+    /// The path, the same on the app side and on the link.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => PATH_CHAT,
+            Endpoint::Completions => PATH_COMPLETIONS,
+        }
+    }
+}
+
+/// Values for requests that do not set their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Defaults {
+    /// Highest coefficient accepted.
+    pub max_coefficient: u32,
+    /// Whole-request deadline.
+    pub timeout: Duration,
+}
+
+/// A checked request, ready for the link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The body for the engine: the app's JSON without the cocoon-only fields.
+    pub body: Bytes,
+    /// The requested model.
+    pub model: String,
+    /// Whether the app asked for a stream.
+    pub stream: bool,
+    /// Whether the app asked for the final usage chunk of a stream.
+    pub include_usage: bool,
+    /// Highest coefficient accepted for this request.
+    pub max_coefficient: u32,
+    /// This request's deadline.
+    pub timeout: Duration,
+}
+
+/// Checks an app's request body for `endpoint` and turns it into what goes on the link.
+pub fn prepare(endpoint: Endpoint, body: &[u8], defaults: Defaults) -> Result<Prepared, Failure> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        Failure::new(
+            ErrorKind::InvalidRequest,
+            format!("the request body is not valid JSON: {error}"),
+        )
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(Failure::new(
+            ErrorKind::InvalidRequest,
+            "the request body must be a JSON object",
+        ));
+    };
+    let model = match object.get("model") {
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => {
+            return Err(Failure::invalid(
+                "model",
+                "`model` must be a non-empty string",
+            ))
+        }
+        None => return Err(Failure::invalid("model", "`model` is required")),
+    };
+    match endpoint {
+        Endpoint::Chat => match present(&object, "messages") {
+            Some(Value::Array(messages)) if !messages.is_empty() => {
+                if !messages.iter().all(Value::is_object) {
+                    return Err(Failure::invalid(
+                        "messages",
+                        "each of `messages` must be an object",
+                    ));
+                }
+            }
+            Some(_) => {
+                return Err(Failure::invalid(
+                    "messages",
+                    "`messages` must be a non-empty array",
+                ))
+            }
+            None => return Err(Failure::invalid("messages", "`messages` is required")),
+        },
+        Endpoint::Completions => match present(&object, "prompt") {
+            Some(Value::String(_) | Value::Array(_)) => {}
+            Some(_) => {
+                return Err(Failure::invalid(
+                    "prompt",
+                    "`prompt` must be a string or an array",
+                ))
+            }
+            None => return Err(Failure::invalid("prompt", "`prompt` is required")),
+        },
+    }
+    if let Some(n) = present(&object, "n") {
+        if n.as_u64().is_none_or(|n| n == 0) {
+            return Err(Failure::invalid(
+                "n",
+                "`n` must be an integer of at least 1",
+            ));
+        }
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if let Some(value) = present(&object, field) {
+            if value.as_u64().is_none() {
+                return Err(Failure::invalid(
+                    field,
+                    format!("`{field}` must be a non-negative integer"),
+                ));
+            }
+        }
+    }
+    let stream = match present(&object, "stream") {
+        None => false,
+        Some(Value::Bool(stream)) => *stream,
+        Some(_) => return Err(Failure::invalid("stream", "`stream` must be a boolean")),
+    };
+    let include_usage = match present(&object, "stream_options") {
+        None => false,
+        Some(Value::Object(options)) => match options.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(include)) => *include,
+            Some(_) => {
+                return Err(Failure::invalid(
+                    "stream_options",
+                    "`stream_options.include_usage` must be a boolean",
+                ))
+            }
+        },
+        Some(_) => {
+            return Err(Failure::invalid(
+                "stream_options",
+                "`stream_options` must be an object",
+            ))
+        }
+    };
+    let max_coefficient = match present(&object, "max_coefficient") {
+        None => defaults.max_coefficient,
+        Some(value) => value
+            .as_u64()
+            .and_then(|value| u32::try_from(value).ok())
+            .ok_or_else(|| {
+                Failure::invalid(
+                    "max_coefficient",
+                    "`max_coefficient` must be an integer from 0 to 4294967295 (1000 = 1.0x)",
+                )
+            })?,
+    };
+    let timeout = match present(&object, "timeout") {
+        None => defaults.timeout,
+        Some(value) => value
+            .as_f64()
+            .filter(|seconds| *seconds > 0.0 && *seconds <= MAX_TIMEOUT.as_secs_f64())
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| {
+                Failure::invalid(
+                    "timeout",
+                    format!(
+                        "`timeout` must be a number of seconds above 0 and at most {}",
+                        MAX_TIMEOUT.as_secs()
+                    ),
+                )
+            })?,
+    };
+    let body = if object.contains_key("max_coefficient") || object.contains_key("timeout") {
+        object.remove("max_coefficient");
+        object.remove("timeout");
+        Bytes::from(serde_json::to_vec(&Value::Object(object)).map_err(|error| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot re-encode the request: {error}"),
+            )
+        })?)
+    } else {
+        // Nothing to strip: forward the app's bytes exactly.
+        Bytes::copy_from_slice(body)
+    };
+    Ok(Prepared {
+        body,
+        model,
+        stream,
+        include_usage,
+        max_coefficient,
+        timeout,
+    })
+}
+
+/// A field's value, treating an explicit `null` as absent (as OpenAI does).
+fn present<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    object.get(field).filter(|value| !value.is_null())
+}
+
+/// Whether `headers` carry one of `keys` as `Authorization: Bearer <key>`.
+pub fn authorized(headers: &HeaderMap, keys: &[String]) -> Result<(), Failure> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(Failure::new(
+            ErrorKind::Unauthorized,
+            "missing API key: send `Authorization: Bearer <key>`",
+        ));
+    };
+    // Compare every key in constant time, so timing does not reveal how much of a key matched.
+    let matched = keys.iter().fold(false, |matched, key| {
+        matched | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(Failure::new(ErrorKind::Unauthorized, "invalid API key"))
+    }
+}
+
+/// Everything the API handlers share.
+pub struct Api {
+    /// The proxy links.
+    pub links: Arc<ProxyLinks>,
+    /// The node's counters.
+    pub stats: Arc<NodeStats>,
+    /// Accepted API keys; empty = no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Values for requests that do not set their own.
+    pub defaults: Defaults,
+}
+
+/// The whole HTTP surface: the OpenAI API (behind the API keys) and `stats_routes` (open, so
+/// monitoring needs no key).
+pub fn router(api: Arc<Api>, stats_routes: Router) -> Router {
+    let openai = Router::new()
+        .route(PATH_CHAT, post(chat))
+        .route(PATH_COMPLETIONS, post(completions))
+        .route(PATH_V1_MODELS, get(models))
+        .route(PATH_ATTESTATION, get(attestation))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))
+        .with_state(api);
+    openai
+        .merge(stats_routes)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    match authorized(request.headers(), &api.api_keys) {
+        Ok(()) => next.run(request).await,
+        Err(failure) => {
+            api.stats.record_error(failure.kind());
+            failure.into_response()
+        }
+    }
+}
+
+async fn not_found(method: Method, uri: http::Uri) -> Response {
+    Failure::new(
+        ErrorKind::NotFound,
+        format!("no route for {method} {}", uri.path()),
+    )
+    .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
+    let mut failure = Failure::new(
+        ErrorKind::InvalidRequest,
+        format!("{method} is not allowed on {}", uri.path()),
+    );
+    failure.status = StatusCode::METHOD_NOT_ALLOWED;
+    failure.into_response()
+}
+
+async fn chat(State(api): State<Arc<Api>>, request: Request) -> Response {
+    api.complete(Endpoint::Chat, request).await
+}
+
+async fn completions(State(api): State<Arc<Api>>, request: Request) -> Response {
+    api.complete(Endpoint::Completions, request).await
+}
+
+async fn models(State(api): State<Arc<Api>>) -> Response {
+    let Some(link) = api.links.current() else {
+        return no_proxy().into_response();
+    };
+    match get_json::<ModelList>(&link.sender, PATH_MODELS).await {
+        Ok(list) => {
+            let data: Vec<Value> = list
+                .models
+                .iter()
+                .map(|model| {
+                    json!({
+                        "id": model.id,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "cocoon",
+                        "workers": model.workers,
+                        "min_coefficient": model.min_coefficient,
+                        "max_coefficient": model.max_coefficient,
+                        "free_slots": model.free_slots,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
+        }
+        Err(error) => Failure::new(
+            ErrorKind::BadGateway,
+            format!("the proxy did not list its models: {error}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn attestation(State(api): State<Arc<Api>>) -> Response {
+    let Some(link) = api.links.current() else {
+        return no_proxy().into_response();
+    };
+    let peer = &link.peer;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "proxy": link.proxy,
+            "connected_at": unix_seconds(link.connected_at),
+            "kind": peer.kind,
+            "image_hash": peer.image_hash.to_string(),
+            "measurements": peer.measurements,
+            "cert_fingerprint": hex::encode(peer.cert_fingerprint),
+            "public_key": hex::encode(peer.public_key),
+            "role": peer.claims.role,
+            "attributes": peer.claims.attributes,
+            "not_after": unix_seconds(peer.not_after),
+        }),
+    )
+}
+
+fn no_proxy() -> Failure {
+    Failure::new(
+        ErrorKind::Unavailable,
+        "no proxy link is up; the client keeps trying to connect",
+    )
+}
+
+fn timed_out() -> Failure {
+    Failure::new(
+        ErrorKind::Timeout,
+        "the request did not finish within its timeout",
+    )
+}
+
+impl Api {
+    /// Serves one completion request end to end, counting it in the stats.
+    async fn complete(&self, endpoint: Endpoint, request: Request) -> Response {
+        let active = self.stats.request_started();
+        match self.forward(endpoint, request, active).await {
+            Ok(response) => response,
+            Err(failure) => {
+                self.stats.record_error(failure.kind());
+                failure.into_response()
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        endpoint: Endpoint,
+        request: Request,
+        active: ActiveRequest,
+    ) -> Result<Response, Failure> {
+        let (parts, body) = request.into_parts();
+        let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
+        let prepared = prepare(endpoint, &body, self.defaults)?;
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        let deadline = Instant::now() + prepared.timeout + DEADLINE_GRACE;
+        tracing::debug!(%request_id, model = %prepared.model, stream = prepared.stream, "forwarding");
+
+        let response =
+            tokio::time::timeout_at(deadline, self.send(endpoint, &prepared, &request_id))
+                .await
+                .map_err(|_| timed_out())??;
+        self.stats.record_first_byte(active.started().elapsed());
+
+        let status = response.status();
+        if !status.is_success() {
+            // The proxy's error is already OpenAI-shaped: pass it on with its status.
+            let bytes = tokio::time::timeout_at(
+                deadline,
+                Limited::new(response.into_body(), MAX_ERROR_BODY).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+            return Err(Failure {
+                status,
+                error: parse_peer_error(status, &bytes),
+            });
+        }
+
+        let mut answer = Response::builder().status(StatusCode::OK);
+        if let Some(headers) = answer.headers_mut() {
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                headers.insert(REQUEST_ID, value);
+            }
+            for name in [COEFFICIENT, WORKER_IMAGE, MODEL_HASH] {
+                if let Some(value) = response.headers().get(name) {
+                    headers.insert(name, value.clone());
+                }
+            }
+        }
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let is_sse = content_type
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("text/event-stream"));
+
+        let body = if is_sse {
+            answer = answer
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache");
+            Body::from_stream(rewrite_sse(
+                response.into_body(),
+                SseOptions {
+                    include_usage: prepared.include_usage,
+                    deadline,
+                    stats: self.stats.clone(),
+                    active,
+                },
+            ))
+        } else {
+            let collected = tokio::time::timeout_at(deadline, response.into_body().collect())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|error| {
+                    Failure::new(
+                        ErrorKind::BadGateway,
+                        format!("the answer broke off: {error}"),
+                    )
+                })?;
+            if let Some(trailers) = collected.trailers() {
+                if let Some(error) = trailers.get(ERROR) {
+                    let error = parse_peer_error(StatusCode::BAD_GATEWAY, error.as_bytes());
+                    return Err(Failure {
+                        status: error
+                            .kind()
+                            .and_then(|kind| StatusCode::from_u16(kind.http_status()).ok())
+                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        error,
+                    });
+                }
+                if let Some(usage) = trailers
+                    .get(USAGE)
+                    .and_then(|usage| serde_json::from_slice::<TokenUsage>(usage.as_bytes()).ok())
+                {
+                    self.stats.record_tokens(&usage);
+                }
+            }
+            answer = answer.header(
+                header::CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("application/json")),
+            );
+            Body::from(collected.to_bytes())
+        };
+        answer.body(body).map_err(|error| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("cannot build the answer: {error}"),
+            )
+        })
+    }
+
+    /// Sends the request on the most preferred live link. A link found closed before sending is
+    /// skipped for the next one: nothing reached that proxy, so the request cannot run twice.
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        prepared: &Prepared,
+        request_id: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+        for link in self.links.live_links() {
+            let mut sender = link.sender.clone();
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            let request = http::Request::builder()
+                .method(Method::POST)
+                .uri(endpoint.path())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(REQUEST_ID, request_id)
+                .header(MAX_COEFFICIENT, prepared.max_coefficient)
+                .header(TIMEOUT_MS, prepared.timeout.as_millis().to_string())
+                .body(Body::from(prepared.body.clone()))
+                .map_err(|error| {
+                    Failure::new(
+                        ErrorKind::Internal,
+                        format!("cannot build the link request: {error}"),
+                    )
+                })?;
+            return sender.send_request(request).await.map_err(|error| {
+                Failure::new(
+                    ErrorKind::BadGateway,
+                    format!("the link to proxy {} failed: {error}", link.proxy),
+                )
+            });
+        }
+        Err(no_proxy())
+    }
+}
+
+/// Reads the app's body, refusing more than `limit` bytes with an OpenAI-shaped 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Failure> {
+    let too_large = || {
+        Failure::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(Failure::new(
+            ErrorKind::InvalidRequest,
+            format!("cannot read the request body: {error}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Defaults = Defaults {
+        max_coefficient: 4000,
+        timeout: Duration::from_secs(300),
+    };
+
+    fn chat(body: &str) -> Result<Prepared, Failure> {
+        prepare(Endpoint::Chat, body.as_bytes(), DEFAULTS)
+    }
+
+    fn param_of(result: Result<Prepared, Failure>) -> Option<String> {
+        let failure = result.expect_err("should be refused");
+        assert_eq!(failure.status, StatusCode::BAD_REQUEST);
+        assert_eq!(failure.error.kind(), Some(ErrorKind::InvalidRequest));
+        failure.error.error.param
+    }
+
+    #[test]
+    fn a_plain_request_passes_unchanged_with_defaults() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let prepared = chat(body).unwrap();
+        assert_eq!(&prepared.body[..], body.as_bytes());
+        assert_eq!(prepared.model, "m");
+        assert!(!prepared.stream);
+        assert!(!prepared.include_usage);
+        assert_eq!(prepared.max_coefficient, 4000);
+        assert_eq!(prepared.timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn cocoon_fields_become_settings_and_leave_the_body() {
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_coefficient":1500,"timeout":2.5,"stream":true,"stream_options":{"include_usage":true}}"#;
+        let prepared = chat(body).unwrap();
+        assert_eq!(prepared.max_coefficient, 1500);
+        assert_eq!(prepared.timeout, Duration::from_millis(2500));
+        assert!(prepared.stream);
+        assert!(prepared.include_usage);
+        let forwarded: Value = serde_json::from_slice(&prepared.body).unwrap();
+        assert!(forwarded.get("max_coefficient").is_none());
+        assert!(forwarded.get("timeout").is_none());
+        assert_eq!(forwarded["stream"], true);
+        assert_eq!(forwarded["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        assert_eq!(param_of(chat("{not json")), None);
+        assert_eq!(param_of(chat("[1,2]")), None);
+        assert!(chat("{not json")
+            .unwrap_err()
+            .error
+            .error
+            .message
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{"messages":[{"role":"user"}]}"#, "model"),
+            (r#"{"model":5,"messages":[{"role":"user"}]}"#, "model"),
+            (r#"{"model":"m"}"#, "messages"),
+            (r#"{"model":"m","messages":[]}"#, "messages"),
+            (r#"{"model":"m","messages":["hi"]}"#, "messages"),
+            (r#"{"model":"m","messages":[{}],"n":1.5}"#, "n"),
+            (r#"{"model":"m","messages":[{}],"n":"2"}"#, "n"),
+            (r#"{"model":"m","messages":[{}],"n":0}"#, "n"),
+            (r#"{"model":"m","messages":[{}],"stream":"yes"}"#, "stream"),
+            (
+                r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":1}}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"max_tokens":-1}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"max_coefficient":-1}"#,
+                "max_coefficient",
+            ),
+            (
+                r#"{"model":"m","messages":[{}],"max_coefficient":5000000000}"#,
+                "max_coefficient",
+            ),
+            (r#"{"model":"m","messages":[{}],"timeout":0}"#, "timeout"),
+            (r#"{"model":"m","messages":[{}],"timeout":"10"}"#, "timeout"),
+        ];
+        for (body, param) in cases {
+            assert_eq!(param_of(chat(body)).as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn nulls_count_as_absent() {
+        let prepared =
+            chat(r#"{"model":"m","messages":[{}],"n":null,"stream":null,"timeout":null}"#).unwrap();
+        assert!(!prepared.stream);
+        assert_eq!(prepared.timeout, DEFAULTS.timeout);
+    }
+
+    #[test]
+    fn completions_need_a_prompt() {
+        let completions = |body: &str| prepare(Endpoint::Completions, body.as_bytes(), DEFAULTS);
+        assert!(completions(r#"{"model":"m","prompt":"Once"}"#).is_ok());
+        assert!(completions(r#"{"model":"m","prompt":[1,2,3]}"#).is_ok());
+        assert_eq!(
+            param_of(completions(r#"{"model":"m"}"#)).as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            param_of(completions(r#"{"model":"m","prompt":7}"#)).as_deref(),
+            Some("prompt")
+        );
+        // `messages` is a chat field: a completions request does not need it.
+        assert!(completions(r#"{"model":"m","prompt":"x","n":2}"#).is_ok());
+    }
+
+    #[test]
+    fn api_keys_are_checked_when_configured() {
+        let keys = vec!["secret-1".to_owned(), "secret-2".to_owned()];
+        let mut headers = HeaderMap::new();
+        assert_eq!(authorized(&headers, &[]), Ok(()));
+        let missing = authorized(&headers, &keys).unwrap_err();
+        assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+        assert!(missing.error.error.message.contains("missing"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret-3"),
+        );
+        let wrong = authorized(&headers, &keys).unwrap_err();
+        assert_eq!(wrong.error.kind(), Some(ErrorKind::Unauthorized));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret-2"),
+        );
+        assert_eq!(authorized(&headers, &keys), Ok(()));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic secret-2"),
+        );
+        assert!(authorized(&headers, &keys).is_err());
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_with_413() {
+        let headers = HeaderMap::new();
+        let failure = read_body(&headers, Body::from(vec![b'x'; 11]), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(failure.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(failure.error.kind(), Some(ErrorKind::PayloadTooLarge));
+        let ok = read_body(&headers, Body::from(vec![b'x'; 10]), 10)
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 10);
+        // A declared length over the limit is refused before reading anything.
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
+        let failure = read_body(&declared, Body::empty(), 10).await.unwrap_err();
+        assert_eq!(failure.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

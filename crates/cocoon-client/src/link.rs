@@ -1,0 +1,235 @@
+//! Links to proxies: dial over RA-TLS, prove the link with a first exchange, keep it up (reconnect
+//! with backoff), and hand requests the live link of the most preferred proxy.
+//!
+//! Every configured proxy gets its own task that keeps a link up, so that failing over to the next
+//! proxy costs nothing when the preferred one goes away, and returning to it is automatic once its
+//! link is back.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use cocoon_node::backoff::Backoff;
+use cocoon_node::link::{client_handshake, get_json, LinkError, LinkSender};
+use cocoon_node::stats::{ConnectedPeer, NodeStats};
+use cocoon_proto::link::{ModelList, PATH_MODELS};
+use cocoon_ratls::{Connector, PeerIdentity, RatlsError};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The role a peer must attest as for the client to send it requests.
+pub const PROXY_ROLE: &str = "proxy";
+
+/// How long dialing (TCP, RA-TLS, HTTP/2 handshake) may take before the attempt is abandoned.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a link to a proxy could not be established.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// TCP or the attested TLS handshake failed (includes a proxy refused by our policy).
+    #[error("RA-TLS: {0}")]
+    Ratls(#[from] RatlsError),
+    /// The peer attested, but not as a proxy.
+    #[error("the peer attests as `{0}`, not as `{PROXY_ROLE}`")]
+    NotAProxy(String),
+    /// HTTP/2 or the first exchange failed (e.g. the proxy refused our attestation).
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Dialing took too long.
+    #[error("no link within {0:?}")]
+    Timeout(Duration),
+}
+
+/// An established, proven link to one proxy.
+pub struct LiveLink {
+    /// The proxy's address as configured.
+    pub proxy: String,
+    /// The HTTP/2 sender; clone it per request.
+    pub sender: LinkSender,
+    /// What the proxy proved about itself during the handshake.
+    pub peer: PeerIdentity,
+    /// When the link came up.
+    pub connected_at: SystemTime,
+    /// Counts the link in `connected_peers` while it lives.
+    _counted: ConnectedPeer,
+}
+
+/// One configured proxy and its link, if up.
+struct ProxySlot {
+    address: String,
+    live: ArcSwapOption<LiveLink>,
+    last_error: ArcSwapOption<String>,
+}
+
+/// The links to every configured proxy, in order of preference.
+pub struct ProxyLinks {
+    slots: Vec<Arc<ProxySlot>>,
+}
+
+impl ProxyLinks {
+    /// Starts one task per proxy that keeps its link up until `shutdown`; returns the links and
+    /// the tasks (which end after `shutdown`).
+    pub fn spawn(
+        proxies: &[String],
+        connector: Arc<Connector>,
+        stats: Arc<NodeStats>,
+        shutdown: CancellationToken,
+    ) -> (Arc<ProxyLinks>, Vec<JoinHandle<()>>) {
+        let slots: Vec<Arc<ProxySlot>> = proxies
+            .iter()
+            .map(|address| {
+                Arc::new(ProxySlot {
+                    address: address.clone(),
+                    live: ArcSwapOption::empty(),
+                    last_error: ArcSwapOption::empty(),
+                })
+            })
+            .collect();
+        let tasks = slots
+            .iter()
+            .map(|slot| {
+                tokio::spawn(maintain(
+                    slot.clone(),
+                    connector.clone(),
+                    stats.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        (Arc::new(ProxyLinks { slots }), tasks)
+    }
+
+    /// The live links, most preferred first.
+    pub fn live_links(&self) -> Vec<Arc<LiveLink>> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.live.load_full())
+            .filter(|link| !link.sender.is_closed())
+            .collect()
+    }
+
+    /// The link requests should use now: the most preferred one that is up.
+    pub fn current(&self) -> Option<Arc<LiveLink>> {
+        self.live_links().into_iter().next()
+    }
+
+    /// Every proxy's state, for `/jsonstats` and `/stats`.
+    pub fn snapshot(&self) -> Value {
+        let proxies: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let live = slot
+                    .live
+                    .load_full()
+                    .filter(|link| !link.sender.is_closed());
+                let last_error = slot.last_error.load_full().map(|error| (*error).clone());
+                match live {
+                    Some(link) => json!({
+                        "address": slot.address,
+                        "up": true,
+                        "image_hash": link.peer.image_hash.to_string(),
+                        "connected_at": unix_seconds(link.connected_at),
+                    }),
+                    None => json!({
+                        "address": slot.address,
+                        "up": false,
+                        "last_error": last_error,
+                    }),
+                }
+            })
+            .collect();
+        json!({ "proxies": proxies })
+    }
+}
+
+/// Keeps one proxy's link up: dial, prove, publish, wait for it to end, back off, repeat.
+async fn maintain(
+    slot: Arc<ProxySlot>,
+    connector: Arc<Connector>,
+    stats: Arc<NodeStats>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            attempt = dial(&slot.address, &connector) => attempt,
+        };
+        match attempt {
+            Ok((sender, driver, peer)) => {
+                backoff.reset();
+                tracing::info!(
+                    proxy = %slot.address,
+                    image_hash = %peer.image_hash,
+                    kind = %peer.kind,
+                    "proxy link up"
+                );
+                slot.last_error.store(None);
+                slot.live.store(Some(Arc::new(LiveLink {
+                    proxy: slot.address.clone(),
+                    sender,
+                    peer,
+                    connected_at: SystemTime::now(),
+                    _counted: stats.peer_connected(),
+                })));
+                // The driver is not cancelled on shutdown: in-flight requests hold senders and
+                // finish on their own; the link closes once the last one is dropped.
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        slot.live.store(None);
+                        return;
+                    }
+                    _ = driver => {}
+                }
+                slot.live.store(None);
+                slot.last_error
+                    .store(Some(Arc::new("link closed".to_owned())));
+                tracing::warn!(proxy = %slot.address, "proxy link lost; reconnecting");
+            }
+            Err(error) => {
+                tracing::warn!(proxy = %slot.address, %error, "cannot link to proxy");
+                slot.last_error.store(Some(Arc::new(error.to_string())));
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Dials `address`, checks that the peer is a proxy, starts HTTP/2 and proves the link with a first
+/// exchange (our certificate may still be refused by the proxy after the TLS handshake returns).
+async fn dial(
+    address: &str,
+    connector: &Connector,
+) -> Result<(LinkSender, JoinHandle<()>, PeerIdentity), DialError> {
+    let establish = async {
+        let (tls, peer) = connector.connect(address).await?;
+        if peer.claims.role != PROXY_ROLE {
+            return Err(DialError::NotAProxy(peer.claims.role.clone()));
+        }
+        let (sender, driver) = client_handshake(tls).await?;
+        let driver = tokio::spawn(driver);
+        match get_json::<ModelList>(&sender, PATH_MODELS).await {
+            Ok(_) => Ok((sender, driver, peer)),
+            Err(error) => {
+                driver.abort();
+                Err(error.into())
+            }
+        }
+    };
+    tokio::time::timeout(DIAL_TIMEOUT, establish)
+        .await
+        .map_err(|_| DialError::Timeout(DIAL_TIMEOUT))?
+}
+
+/// Seconds since the Unix epoch (0 for times before it).
+pub(crate) fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}

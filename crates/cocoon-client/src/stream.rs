@@ -1,0 +1,430 @@
+//! Passing a proxy's SSE answer through to the app, lazily.
+//!
+//! The app's response body is a stream that pulls from the proxy's HTTP/2 response body only when
+//! the app reads: dropping it (the app went away) drops the upstream body, which resets the HTTP/2
+//! stream and cancels the work at the proxy and the worker.
+//!
+//! On the way, events are re-encoded as they come, except:
+//! - the final usage chunk (`"usage": {...}` with empty `choices`), which workers always request,
+//!   reaches the app only if the app itself asked for `stream_options.include_usage`;
+//! - `data: [DONE]` is held until the upstream body has ended, so that an `x-cocoon-error`
+//!   trailer, a broken body or the deadline can still end the stream with an error event
+//!   (`data: {"error": {...}}`) instead of a success marker.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cocoon_node::stats::{ActiveRequest, NodeStats};
+use cocoon_proto::headers::{ERROR, USAGE};
+use cocoon_proto::{ErrorKind, OpenAiError, TokenUsage};
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures::stream::{BoxStream, Stream, StreamExt};
+use http::HeaderMap;
+use http_body_util::BodyStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+/// The SSE marker that ends an OpenAI stream.
+const DONE: &str = "[DONE]";
+
+/// What the rewrite needs besides the upstream body.
+pub struct SseOptions {
+    /// Whether the app asked for the final usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// When the request's time is up; the stream then ends with a timeout error event.
+    pub deadline: Instant,
+    /// Where the outcome (tokens or error kind) is counted.
+    pub stats: Arc<NodeStats>,
+    /// The request, counted active until the stream ends or is dropped.
+    pub active: ActiveRequest,
+}
+
+/// Turns a proxy's SSE response body into the app's SSE body (see the module docs).
+pub fn rewrite_sse<B>(
+    body: B,
+    options: SseOptions,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Display,
+{
+    let (trailers_tx, trailers_rx) = oneshot::channel();
+    let mut trailers_tx = Some(trailers_tx);
+    // Trailers are not SSE bytes: set them aside for the end, and turn body errors into strings so
+    // the event parser can report them as transport errors.
+    let bytes = BodyStream::new(body).filter_map(move |frame| {
+        let item = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => Some(Ok::<Bytes, String>(data)),
+                Err(frame) => {
+                    if let (Ok(trailers), Some(tx)) = (frame.into_trailers(), trailers_tx.take()) {
+                        // The receiver lives in the same stream state; it cannot be gone yet.
+                        let _ = tx.send(trailers);
+                    }
+                    None
+                }
+            },
+            Err(error) => Some(Err(error.to_string())),
+        };
+        futures::future::ready(item)
+    });
+    let state = Rewrite {
+        events: bytes.eventsource().boxed(),
+        trailers: trailers_rx,
+        deadline: Box::pin(tokio::time::sleep_until(options.deadline)),
+        include_usage: options.include_usage,
+        saw_done: false,
+        finished: false,
+        stats: options.stats,
+        _active: options.active,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok(chunk), state))
+    })
+}
+
+/// The state of one rewrite; dropping it drops the upstream body.
+struct Rewrite {
+    events: BoxStream<'static, Result<Event, EventStreamError<String>>>,
+    trailers: oneshot::Receiver<HeaderMap>,
+    deadline: Pin<Box<Sleep>>,
+    include_usage: bool,
+    saw_done: bool,
+    finished: bool,
+    stats: Arc<NodeStats>,
+    _active: ActiveRequest,
+}
+
+impl Rewrite {
+    /// The next bytes for the app, or `None` when the stream is over.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let item = tokio::select! {
+                item = self.events.next() => item,
+                _ = &mut self.deadline => {
+                    return Some(self.fail(OpenAiError::new(
+                        ErrorKind::Timeout,
+                        "the request did not finish within its timeout",
+                    )));
+                }
+            };
+            match item {
+                Some(Ok(event)) => {
+                    if event.data.trim() == DONE {
+                        self.saw_done = true;
+                        continue;
+                    }
+                    if !self.include_usage && is_usage_chunk(&event.data) {
+                        continue;
+                    }
+                    return Some(encode_event(&event));
+                }
+                Some(Err(EventStreamError::Transport(error))) => {
+                    return Some(self.fail(OpenAiError::new(
+                        ErrorKind::BadGateway,
+                        format!("the answer broke off mid-stream: {error}"),
+                    )));
+                }
+                Some(Err(error)) => {
+                    return Some(self.fail(OpenAiError::new(
+                        ErrorKind::BadGateway,
+                        format!("the answer is not a valid event stream: {error}"),
+                    )));
+                }
+                None => return Some(self.end()),
+            }
+        }
+    }
+
+    /// The upstream body ended: report its trailers' verdict.
+    fn end(&mut self) -> Bytes {
+        let trailers = self.trailers.try_recv().ok();
+        if let Some(error) = trailers.as_ref().and_then(|t| t.get(ERROR)) {
+            let error =
+                serde_json::from_slice::<OpenAiError>(error.as_bytes()).unwrap_or_else(|_| {
+                    OpenAiError::new(
+                        ErrorKind::BadGateway,
+                        format!(
+                            "the answer failed upstream: {}",
+                            String::from_utf8_lossy(error.as_bytes())
+                        ),
+                    )
+                });
+            return self.fail(error);
+        }
+        if !self.saw_done {
+            return self.fail(OpenAiError::new(
+                ErrorKind::BadGateway,
+                "the answer ended before its [DONE] marker",
+            ));
+        }
+        if let Some(usage) = trailers
+            .as_ref()
+            .and_then(|t| t.get(USAGE))
+            .and_then(|usage| serde_json::from_slice::<TokenUsage>(usage.as_bytes()).ok())
+        {
+            self.stats.record_tokens(&usage);
+        }
+        self.finished = true;
+        Bytes::from_static(b"data: [DONE]\n\n")
+    }
+
+    /// Ends the stream with `error` as its last event.
+    fn fail(&mut self, error: OpenAiError) -> Bytes {
+        self.finished = true;
+        self.stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        error_event(&error)
+    }
+}
+
+/// An SSE event carrying an OpenAI error, as OpenAI ends failed streams.
+pub fn error_event(error: &OpenAiError) -> Bytes {
+    let json = serde_json::to_string(error).unwrap_or_else(|_| {
+        // Serialising plain strings cannot fail; keep a well-formed event regardless.
+        r#"{"error":{"message":"internal error","type":"server_error"}}"#.to_owned()
+    });
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// Whether `data` is the final usage chunk: a `usage` object with no choices.
+fn is_usage_chunk(data: &str) -> bool {
+    // Most chunks are tokens: skip parsing them.
+    if !data.contains("\"usage\"") {
+        return false;
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+        return false;
+    };
+    value.get("usage").is_some_and(|usage| usage.is_object())
+        && value
+            .get("choices")
+            .and_then(|choices| choices.as_array())
+            .is_none_or(|choices| choices.is_empty())
+}
+
+/// Re-encodes an event: its type when not the default, and its data line by line. Ids and retry
+/// hints are dropped: OpenAI streams do not use them and the app cannot resume through us.
+fn encode_event(event: &Event) -> Bytes {
+    let mut out = String::with_capacity(event.data.len() + 16);
+    if event.event != "message" {
+        out.push_str("event: ");
+        out.push_str(&event.event);
+        out.push('\n');
+    }
+    for line in event.data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use std::time::Duration;
+
+    /// One frame of a fake proxy body, or its failure.
+    type Part = Result<Frame<Bytes>, String>;
+
+    const CHUNK: &str = r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#;
+    const USAGE_CHUNK: &str =
+        r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+
+    fn data(text: &str) -> Part {
+        Ok(Frame::data(Bytes::from(text.to_owned())))
+    }
+
+    fn trailer(name: &'static str, value: &str) -> Part {
+        let mut map = HeaderMap::new();
+        map.insert(name, HeaderValue::from_str(value).unwrap());
+        Ok(Frame::trailers(map))
+    }
+
+    fn usage_trailer() -> Part {
+        trailer(USAGE, r#"{"prompt_tokens":3,"completion_tokens":1}"#)
+    }
+
+    async fn run(
+        parts: Vec<Part>,
+        include_usage: bool,
+        timeout: Duration,
+    ) -> (String, Arc<NodeStats>) {
+        let stats = NodeStats::new("client");
+        let options = SseOptions {
+            include_usage,
+            deadline: Instant::now() + timeout,
+            stats: stats.clone(),
+            active: stats.request_started(),
+        };
+        let chunks: Vec<_> = rewrite_sse(StreamBody::new(futures::stream::iter(parts)), options)
+            .collect()
+            .await;
+        let text = chunks
+            .into_iter()
+            .map(|chunk| String::from_utf8(chunk.unwrap().to_vec()).unwrap())
+            .collect();
+        (text, stats)
+    }
+
+    fn upstream(usage: bool) -> Vec<Part> {
+        let mut parts = vec![data(&format!("data: {CHUNK}\n\n"))];
+        if usage {
+            parts.push(data(&format!("data: {USAGE_CHUNK}\n\n")));
+        }
+        // Split across frames on purpose: events do not align with HTTP/2 frames.
+        parts.push(data("data: [DO"));
+        parts.push(data("NE]\n\n"));
+        parts.push(usage_trailer());
+        parts
+    }
+
+    #[tokio::test]
+    async fn usage_chunk_is_dropped_unless_the_app_asked_for_it() {
+        let (text, stats) = run(upstream(true), false, Duration::from_secs(5)).await;
+        assert_eq!(text, format!("data: {CHUNK}\n\ndata: [DONE]\n\n"));
+        assert_eq!(stats.snapshot()["tokens"]["completion"], 1);
+        assert_eq!(stats.snapshot()["active_streams"], 0);
+
+        let (text, _) = run(upstream(true), true, Duration::from_secs(5)).await;
+        assert_eq!(
+            text,
+            format!("data: {CHUNK}\n\ndata: {USAGE_CHUNK}\n\ndata: [DONE]\n\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_usage_chunk_passes_through() {
+        let (text, stats) = run(upstream(false), true, Duration::from_secs(5)).await;
+        assert_eq!(text, format!("data: {CHUNK}\n\ndata: [DONE]\n\n"));
+        assert_eq!(stats.snapshot()["errors"], serde_json::json!({}));
+    }
+
+    #[tokio::test]
+    async fn an_error_trailer_ends_the_stream_with_an_error_event() {
+        let error = OpenAiError::new(ErrorKind::BadGateway, "worker died");
+        let parts = vec![
+            data(&format!("data: {CHUNK}\n\n")),
+            trailer(ERROR, &serde_json::to_string(&error).unwrap()),
+        ];
+        let (text, stats) = run(parts, false, Duration::from_secs(5)).await;
+        let (first, last) = text.split_once("\n\n").unwrap();
+        assert_eq!(first, format!("data: {CHUNK}"));
+        let last: OpenAiError =
+            serde_json::from_str(last.trim().strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(last, error);
+        assert!(!text.contains(DONE));
+        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_trailer_wins_over_done() {
+        let error = OpenAiError::new(ErrorKind::Timeout, "too slow");
+        let parts = vec![
+            data("data: [DONE]\n\n"),
+            trailer(ERROR, &serde_json::to_string(&error).unwrap()),
+        ];
+        let (text, _) = run(parts, false, Duration::from_secs(5)).await;
+        assert!(text.contains("too slow"), "{text}");
+        assert!(!text.contains(DONE), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_error_ends_the_stream_with_an_error_event() {
+        let parts = vec![
+            data(&format!("data: {CHUNK}\n\n")),
+            Err("stream reset".to_owned()),
+            data("data: never\n\n"),
+        ];
+        let (text, stats) = run(parts, false, Duration::from_secs(5)).await;
+        assert!(text.starts_with(&format!("data: {CHUNK}\n\n")));
+        assert!(text.contains("stream reset"), "{text}");
+        assert!(text.contains("\"bad_gateway\""), "{text}");
+        assert!(!text.contains("never"));
+        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
+    }
+
+    #[tokio::test]
+    async fn an_end_without_done_is_an_error() {
+        let parts = vec![data(&format!("data: {CHUNK}\n\n")), usage_trailer()];
+        let (text, _) = run(parts, false, Duration::from_secs(5)).await;
+        assert!(text.contains("before its [DONE] marker"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_ends_a_stalled_stream_and_drops_upstream() {
+        let stats = NodeStats::new("client");
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
+        tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
+            .unwrap();
+        let options = SseOptions {
+            include_usage: false,
+            deadline: Instant::now() + Duration::from_millis(50),
+            stats: stats.clone(),
+            active: stats.request_started(),
+        };
+        let chunks: Vec<_> = rewrite_sse(StreamBody::new(rx), options).collect().await;
+        assert_eq!(chunks.len(), 2);
+        let last = String::from_utf8(chunks[1].as_ref().unwrap().to_vec()).unwrap();
+        assert!(last.contains("\"timeout\""), "{last}");
+        // The stream is over, so the upstream body (the channel's receiver) has been dropped.
+        assert!(tx.is_closed());
+        assert_eq!(stats.snapshot()["errors"]["timeout"], 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_app_side_drops_upstream() {
+        let stats = NodeStats::new("client");
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
+        tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
+            .unwrap();
+        let options = SseOptions {
+            include_usage: false,
+            deadline: Instant::now() + Duration::from_secs(60),
+            stats: stats.clone(),
+            active: stats.request_started(),
+        };
+        let mut stream = Box::pin(rewrite_sse(StreamBody::new(rx), options));
+        assert!(stream.next().await.is_some());
+        assert!(!tx.is_closed());
+        assert_eq!(stats.snapshot()["active_streams"], 1);
+        drop(stream);
+        assert!(tx.is_closed());
+        assert_eq!(stats.snapshot()["active_streams"], 0);
+    }
+
+    #[test]
+    fn named_and_multi_line_events_are_re_encoded_faithfully() {
+        let event = Event {
+            event: "ping".into(),
+            data: "a\nb".into(),
+            ..Event::default()
+        };
+        assert_eq!(
+            &encode_event(&event)[..],
+            b"event: ping\ndata: a\ndata: b\n\n"
+        );
+    }
+
+    #[test]
+    fn only_the_final_usage_chunk_counts_as_usage_chunk() {
+        assert!(is_usage_chunk(USAGE_CHUNK));
+        assert!(!is_usage_chunk(CHUNK));
+        assert!(!is_usage_chunk(
+            r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(!is_usage_chunk("not json \"usage\""));
+    }
+}

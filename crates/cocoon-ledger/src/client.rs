@@ -1,0 +1,282 @@
+//! [`LedgerClient`]: the HTTP client of the local ledger service, and its [`Settlement`] backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ed25519_dalek::SigningKey;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ApiError, LedgerStats, LogQuery, TRANSACTIONS_PATH};
+use crate::ids::AccountId;
+use crate::registry::Registry;
+use crate::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
+use crate::settlement::{Settlement, SettlementError};
+use crate::store::{LogEntry, Receipt};
+use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
+
+/// How long one HTTP request to the ledger may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a ledger request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The ledger answered with an API error.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The request did not complete (connection, timeout, unreadable body).
+    #[error("ledger request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The ledger answered with something that is not its API.
+    #[error("unexpected ledger response {status}: {body}")]
+    UnexpectedResponse {
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// A signing operation on a read-only client.
+    #[error("this ledger client has no signing key")]
+    NoSigningKey,
+    /// The transaction could not be encoded.
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
+}
+
+impl ClientError {
+    /// The rule that refused the transaction, if that is what happened.
+    pub fn rule(&self) -> Option<&RuleError> {
+        match self {
+            ClientError::Api(ApiError::Rejected { rule }) => Some(rule),
+            _ => None,
+        }
+    }
+}
+
+impl From<ClientError> for SettlementError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Api(ApiError::Rejected { rule }) => SettlementError::Rejected(rule),
+            ClientError::Http(e) => SettlementError::Unavailable(e.to_string()),
+            ClientError::NoSigningKey => SettlementError::NoSigningKey,
+            other => SettlementError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// Client of a `cocoon ledger` service, acting for one account when given its key.
+///
+/// Transactions from one client are signed and sent one at a time with consecutive nonces, so
+/// concurrent callers never race each other's nonces.
+#[derive(Debug)]
+pub struct LedgerClient {
+    http: reqwest::Client,
+    base: String,
+    key: Option<SigningKey>,
+    /// Last nonce known used by this account; `None` until fetched or after an unknown outcome.
+    nonce: tokio::sync::Mutex<Option<u64>>,
+}
+
+impl LedgerClient {
+    /// A client for the ledger at `base_url` (e.g. `http://127.0.0.1:13000`) signing with `key`.
+    pub fn new(base_url: &str, key: SigningKey) -> Result<Self, ClientError> {
+        Self::build(base_url, Some(key))
+    }
+
+    /// A client that can only read.
+    pub fn read_only(base_url: &str) -> Result<Self, ClientError> {
+        Self::build(base_url, None)
+    }
+
+    fn build(base_url: &str, key: Option<SigningKey>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+            key,
+            nonce: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The account this client signs for.
+    pub fn account_id(&self) -> Option<AccountId> {
+        self.key.as_ref().map(AccountId::from)
+    }
+
+    async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if status.is_success() {
+            if let Ok(value) = serde_json::from_slice(&bytes) {
+                return Ok(value);
+            }
+        } else if let Ok(error) = serde_json::from_slice::<ApiError>(&bytes) {
+            return Err(error.into());
+        }
+        let body = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        Err(ClientError::UnexpectedResponse {
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self.http.get(format!("{}{path}", self.base)).send().await?;
+        Self::decode(response).await
+    }
+
+    async fn get_optional<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, ClientError> {
+        match self.get(path).await {
+            Ok(value) => Ok(Some(value)),
+            Err(ClientError::Api(ApiError::NotFound { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The registry document.
+    pub async fn registry(&self) -> Result<Registry, ClientError> {
+        self.get("/v1/registry").await
+    }
+
+    /// Ledger-wide figures.
+    pub async fn stats(&self) -> Result<LedgerStats, ClientError> {
+        self.get("/v1/stats").await
+    }
+
+    /// An account (zero if never seen).
+    pub async fn account(&self, id: &AccountId) -> Result<Account, ClientError> {
+        self.get(&format!("/v1/accounts/{id}")).await
+    }
+
+    /// A proxy contract.
+    pub async fn proxy_contract(
+        &self,
+        proxy: &AccountId,
+    ) -> Result<Option<ProxyContract>, ClientError> {
+        self.get_optional(&format!("/v1/proxies/{proxy}")).await
+    }
+
+    /// The client contract of `client` with `proxy`.
+    pub async fn client_contract(
+        &self,
+        proxy: &AccountId,
+        client: &AccountId,
+    ) -> Result<Option<ClientContract>, ClientError> {
+        self.get_optional(&format!("/v1/proxies/{proxy}/clients/{client}"))
+            .await
+    }
+
+    /// The worker contract of `worker` with `proxy`.
+    pub async fn worker_contract(
+        &self,
+        proxy: &AccountId,
+        worker: &AccountId,
+    ) -> Result<Option<WorkerContract>, ClientError> {
+        self.get_optional(&format!("/v1/proxies/{proxy}/workers/{worker}"))
+            .await
+    }
+
+    /// Log entries after `query.after`.
+    pub async fn log(&self, query: LogQuery) -> Result<Vec<LogEntry>, ClientError> {
+        let mut path = format!("/v1/log?after={}", query.after);
+        if let Some(limit) = query.limit {
+            path.push_str(&format!("&limit={limit}"));
+        }
+        self.get(&path).await
+    }
+
+    /// Sends an already signed transaction (e.g. signed offline).
+    pub async fn submit_signed(&self, tx: &SignedTransaction) -> Result<Receipt, ClientError> {
+        let response = self
+            .http
+            .post(format!("{}{TRANSACTIONS_PATH}", self.base))
+            .json(tx)
+            .send()
+            .await?;
+        Self::decode(response).await
+    }
+
+    /// Signs `body` with the next nonce and sends it. A stale cached nonce (another process
+    /// used this account) is refreshed and the transaction retried once.
+    pub async fn submit(&self, body: TransactionBody) -> Result<Receipt, ClientError> {
+        let key = self.key.as_ref().ok_or(ClientError::NoSigningKey)?;
+        let mut nonce = self.nonce.lock().await;
+        let mut retried = false;
+        loop {
+            let last = match *nonce {
+                Some(n) => n,
+                None => self.account(&AccountId::from(key)).await?.nonce,
+            };
+            let next = last.saturating_add(1);
+            let tx = SignedTransaction::sign(key, next, body.clone())?;
+            match self.submit_signed(&tx).await {
+                Ok(receipt) => {
+                    *nonce = Some(next);
+                    return Ok(receipt);
+                }
+                Err(ClientError::Api(ApiError::Rejected {
+                    rule: RuleError::NonceReplayed { last, .. },
+                })) if !retried => {
+                    *nonce = Some(last);
+                    retried = true;
+                }
+                // A refusal leaves the nonce unused.
+                Err(e @ ClientError::Api(_)) => {
+                    *nonce = Some(last);
+                    return Err(e);
+                }
+                Err(e) => {
+                    // Unknown whether it was applied: fetch the nonce afresh next time.
+                    *nonce = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Settlement for LedgerClient {
+    fn account_id(&self) -> Option<AccountId> {
+        LedgerClient::account_id(self)
+    }
+
+    async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError> {
+        Ok(self.submit(body).await?)
+    }
+
+    async fn registry(&self) -> Result<Registry, SettlementError> {
+        Ok(LedgerClient::registry(self).await?)
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Account, SettlementError> {
+        Ok(LedgerClient::account(self, &id).await?)
+    }
+
+    async fn proxy_contract(
+        &self,
+        proxy: AccountId,
+    ) -> Result<Option<ProxyContract>, SettlementError> {
+        Ok(LedgerClient::proxy_contract(self, &proxy).await?)
+    }
+
+    async fn client_contract(
+        &self,
+        proxy: AccountId,
+        client: AccountId,
+    ) -> Result<Option<ClientContract>, SettlementError> {
+        Ok(LedgerClient::client_contract(self, &proxy, &client).await?)
+    }
+
+    async fn worker_contract(
+        &self,
+        proxy: AccountId,
+        worker: AccountId,
+    ) -> Result<Option<WorkerContract>, SettlementError> {
+        Ok(LedgerClient::worker_contract(self, &proxy, &worker).await?)
+    }
+}

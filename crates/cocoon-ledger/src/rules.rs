@@ -1,0 +1,1112 @@
+//! The contract rules as a pure state machine: [`LedgerState`] + [`Transaction`] → [`LedgerState::apply`].
+//!
+//! Money lives in exactly these places: account balances, client-contract balances, and each proxy
+//! contract's stake and pool (collected client funds not yet paid out). Every rule moves money
+//! between them; only the faucet ([`TransactionBody::Mint`]) and genesis create it, and both raise
+//! `supply`, so `holdings_total() == supply()` always. Because `supply` is bounded by `u64::MAX`
+//! (mint checks it), no single holding can overflow when credited.
+//!
+//! Each rule checks everything first and mutates only after, so a rejected transaction leaves the
+//! state exactly as it was. Mutations go through accessors that record the touched entity, which is
+//! what [`crate::store`] writes to disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AccountId, Hash32};
+use crate::registry::{Amount, Registry};
+use crate::transaction::{Transaction, TransactionBody};
+use crate::voucher::{SignedVoucher, VoucherKind};
+
+/// What the environment supplies to a transaction: the time and the faucet switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// Current time, unix seconds (injected so tests can move the clock).
+    pub now: u64,
+    /// Whether [`TransactionBody::Mint`] is allowed (development networks only).
+    pub faucet_enabled: bool,
+}
+
+/// An account: free balance and the last nonce it used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    /// Free funds.
+    pub balance: Amount,
+    /// Last transaction nonce used (0 = none yet).
+    pub nonce: u64,
+}
+
+/// Lifecycle of a proxy or client contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ContractStatus {
+    /// In service.
+    Open,
+    /// Closing; the remaining locked funds are released at `release_at` (unix seconds).
+    Closing {
+        /// When the locked funds may be collected.
+        release_at: u64,
+    },
+    /// Closed; all locked funds returned.
+    Closed,
+}
+
+/// A proxy's committed database position: `(seqno, state hash)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCommit {
+    /// The proxy's state sequence number.
+    pub seqno: u64,
+    /// Hash of the proxy's state at `seqno`.
+    pub state_hash: Hash32,
+    /// When the ledger recorded it (unix seconds).
+    pub committed_at: u64,
+}
+
+/// What a proxy learns by comparing its database with its last commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    /// The ledger holds a commit newer than the local database: it was restored from an old copy.
+    #[error("database rolled back: ledger has commit {committed_seqno}, local state is at {local_seqno}")]
+    RolledBack {
+        /// The ledger's last commit.
+        committed_seqno: u64,
+        /// The local database's position.
+        local_seqno: u64,
+    },
+    /// Same seqno, different hash: the local database is not the one that was committed.
+    #[error("database diverged from the commit at seqno {seqno}")]
+    Diverged {
+        /// The seqno at which the hashes differ.
+        seqno: u64,
+    },
+}
+
+impl StateCommit {
+    /// Checks a proxy's local position against this commit. A local state ahead of the commit is
+    /// fine (the next commit is simply pending).
+    pub fn check_local(&self, local_seqno: u64, local_hash: &Hash32) -> Result<(), RollbackError> {
+        if self.seqno > local_seqno {
+            Err(RollbackError::RolledBack {
+                committed_seqno: self.seqno,
+                local_seqno,
+            })
+        } else if self.seqno == local_seqno && self.state_hash != *local_hash {
+            Err(RollbackError::Diverged { seqno: self.seqno })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A proxy contract: the proxy's stake and the client funds it has collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyContract {
+    /// The proxy's account (also the contract's id).
+    pub owner: AccountId,
+    /// The key whose signature vouchers of this proxy must carry.
+    pub voucher_key: AccountId,
+    /// Locked stake; backs worker claims when the pool runs short.
+    pub stake: Amount,
+    /// Collected client funds not yet paid to workers or withdrawn as commission.
+    pub pool: Amount,
+    /// Total ever collected from clients (statistics; saturates).
+    pub collected: Amount,
+    /// Total ever paid to workers (statistics; saturates).
+    pub paid_to_workers: Amount,
+    /// Total ever withdrawn as commission (statistics; saturates).
+    pub withdrawn: Amount,
+    /// The last state commit, if any.
+    pub commit: Option<StateCommit>,
+    /// Lifecycle.
+    pub status: ContractStatus,
+}
+
+/// A client contract (one per client × proxy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientContract {
+    /// The proxy contract.
+    pub proxy: AccountId,
+    /// The client account.
+    pub client: AccountId,
+    /// Funds held, stake included.
+    pub balance: Amount,
+    /// Part of `balance` the client cannot withdraw while the contract is open.
+    pub stake: Amount,
+    /// Cumulative amount of the last applied voucher (what the client was billed in total).
+    pub charged: Amount,
+    /// Total actually moved to the proxy (less than `charged` only if the balance ran out).
+    pub collected: Amount,
+    /// Seqno of the last applied voucher (0 = none).
+    pub voucher_seqno: u64,
+    /// Lifecycle.
+    pub status: ContractStatus,
+}
+
+impl ClientContract {
+    /// Funds the client may withdraw now: the balance above the stake while open, nothing otherwise.
+    pub fn withdrawable(&self) -> Amount {
+        match self.status {
+            ContractStatus::Open => self.balance.saturating_sub(self.stake),
+            _ => 0,
+        }
+    }
+}
+
+/// A worker contract (one per worker × proxy): what was already paid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerContract {
+    /// The proxy contract.
+    pub proxy: AccountId,
+    /// The worker account.
+    pub worker: AccountId,
+    /// Cumulative amount of the last applied voucher (all paid out).
+    pub paid: Amount,
+    /// Seqno of the last applied voucher (0 = none).
+    pub voucher_seqno: u64,
+}
+
+/// What an applied transaction did, beyond "it worked".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Applied; nothing more to report.
+    Done,
+    /// A client charge was applied.
+    Charged {
+        /// Moved from the client contract to the proxy's pool.
+        collected: Amount,
+        /// Billed but not covered by the client's balance.
+        shortfall: Amount,
+    },
+    /// A worker was paid.
+    Claimed {
+        /// Moved from the proxy contract to the worker's account.
+        paid: Amount,
+    },
+    /// A client contract closed.
+    ClientClosed {
+        /// Moved to the proxy's pool by the final voucher.
+        collected: Amount,
+        /// Returned to the client's account.
+        returned: Amount,
+    },
+    /// A client contract started closing without the proxy.
+    ClientCloseStarted {
+        /// Returned to the client now (the part above the stake).
+        returned: Amount,
+        /// When the stake may be collected.
+        release_at: u64,
+    },
+    /// A proxy contract started closing.
+    ProxyCloseStarted {
+        /// When stake and pool may be collected.
+        release_at: u64,
+    },
+    /// A proxy contract closed.
+    ProxyClosed {
+        /// Stake and pool returned to the owner.
+        returned: Amount,
+    },
+}
+
+/// Why the rules reject a transaction. Serialisable, so the HTTP client gets back the same value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum RuleError {
+    /// The nonce is not above the account's last one (a replay or a stale nonce).
+    #[error("nonce {got} is not above the last used nonce {last}")]
+    NonceReplayed {
+        /// The account's last nonce.
+        last: u64,
+        /// The nonce given.
+        got: u64,
+    },
+    /// Moving zero is refused, so no transaction is a silent no-op.
+    #[error("amount must be positive")]
+    ZeroAmount,
+    /// Not enough funds where they were to be taken from.
+    #[error("insufficient funds: {available} available, {needed} needed")]
+    InsufficientFunds {
+        /// What is there.
+        available: Amount,
+        /// What was asked for.
+        needed: Amount,
+    },
+    /// The faucet is off on this ledger.
+    #[error("the faucet is disabled on this ledger")]
+    FaucetDisabled,
+    /// Minting would take the total supply past the 64-bit limit.
+    #[error("total supply would overflow")]
+    SupplyOverflow,
+    /// A key given in the transaction is not a valid Ed25519 public key.
+    #[error("not a valid Ed25519 public key")]
+    InvalidKey,
+    /// The signer already has an open (or closing) proxy contract.
+    #[error("proxy contract already exists")]
+    ProxyExists,
+    /// No proxy contract with this id.
+    #[error("no proxy contract {proxy}")]
+    NoSuchProxy {
+        /// The missing proxy id.
+        proxy: AccountId,
+    },
+    /// The proxy contract is closing or closed.
+    #[error("proxy contract {proxy} is not open")]
+    ProxyNotOpen {
+        /// The proxy id.
+        proxy: AccountId,
+    },
+    /// The stake is below the registry's minimum, or the deposit is below the stake.
+    #[error("stake too low: at least {min} required, {got} given")]
+    StakeTooLow {
+        /// The minimum.
+        min: Amount,
+        /// What was given.
+        got: Amount,
+    },
+    /// No client contract for this client and proxy.
+    #[error("no client contract of {client} with proxy {proxy}")]
+    NoSuchClientContract {
+        /// The proxy id.
+        proxy: AccountId,
+        /// The client id.
+        client: AccountId,
+    },
+    /// The client already has an open (or closing) contract with this proxy.
+    #[error("client contract already exists")]
+    ClientContractExists,
+    /// The client contract is closing or closed.
+    #[error("client contract is not open")]
+    ContractNotOpen,
+    /// Withdrawal would dip into the stake.
+    #[error("only {withdrawable} can be withdrawn, {requested} requested")]
+    WithdrawBelowStake {
+        /// Balance above the stake.
+        withdrawable: Amount,
+        /// What was asked for.
+        requested: Amount,
+    },
+    /// The voucher is of the other kind (charge vs pay).
+    #[error("wrong voucher kind, expected {expected:?}")]
+    WrongVoucherKind {
+        /// The kind this operation needs.
+        expected: VoucherKind,
+    },
+    /// The voucher names another proxy or counterparty than the transaction.
+    #[error("voucher is for another contract")]
+    VoucherMismatch,
+    /// The voucher is not signed by the proxy's voucher key.
+    #[error("voucher signature does not verify under the proxy's voucher key")]
+    BadVoucherSignature,
+    /// The voucher is not newer than the last applied one (a replay or an out-of-order voucher).
+    #[error("voucher seqno {got} is not above the applied seqno {applied}")]
+    VoucherNotNewer {
+        /// Seqno already applied.
+        applied: u64,
+        /// Seqno given.
+        got: u64,
+    },
+    /// A newer voucher with a lower cumulative amount: the proxy broke monotonicity.
+    #[error("voucher amount {got} is below the applied amount {applied}")]
+    VoucherDecreases {
+        /// Cumulative amount already applied.
+        applied: Amount,
+        /// Cumulative amount given.
+        got: Amount,
+    },
+    /// Immediate close needs a voucher the proxy marked final.
+    #[error("voucher is not marked final")]
+    VoucherNotFinal,
+    /// The proxy's pool and stake cannot cover the claim.
+    #[error("proxy funds insufficient: {available} available, {needed} needed")]
+    InsufficientProxyFunds {
+        /// Pool plus stake.
+        available: Amount,
+        /// What the claim needs.
+        needed: Amount,
+    },
+    /// The state commit's seqno is not above the last one.
+    #[error("commit seqno {got} is not above the last commit {last}")]
+    CommitNotNewer {
+        /// Last committed seqno.
+        last: u64,
+        /// Seqno given.
+        got: u64,
+    },
+    /// The close delay has not passed.
+    #[error("locked until {release_at} (now {now})")]
+    TooEarly {
+        /// When the funds are released.
+        release_at: u64,
+        /// The current time.
+        now: u64,
+    },
+    /// The contract is not closing.
+    #[error("contract is not closing")]
+    NotClosing,
+    /// The contract is already closing.
+    #[error("contract is already closing")]
+    AlreadyClosing,
+    /// Only the registry owner may update the registry.
+    #[error("signer is not the registry owner")]
+    NotRegistryOwner,
+    /// The new registry version is not above the current one.
+    #[error("registry version {got} is not above {current}")]
+    RegistryVersionNotNewer {
+        /// The current version.
+        current: u64,
+        /// The version given.
+        got: u64,
+    },
+    /// The registry document is inconsistent.
+    #[error("invalid registry: {reason}")]
+    InvalidRegistry {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One persisted entity of the ledger state; the store writes those a transaction touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntityKey {
+    /// The total supply.
+    Supply,
+    /// The registry document.
+    Registry,
+    /// An account.
+    Account(AccountId),
+    /// A proxy contract.
+    Proxy(AccountId),
+    /// A client contract: (proxy, client).
+    Client(AccountId, AccountId),
+    /// A worker contract: (proxy, worker).
+    Worker(AccountId, AccountId),
+}
+
+/// The whole ledger: accounts, contracts, registry, supply.
+#[derive(Debug, Clone)]
+pub struct LedgerState {
+    pub(crate) supply: Amount,
+    pub(crate) registry: Registry,
+    pub(crate) accounts: BTreeMap<AccountId, Account>,
+    pub(crate) proxies: BTreeMap<AccountId, ProxyContract>,
+    pub(crate) clients: BTreeMap<(AccountId, AccountId), ClientContract>,
+    pub(crate) workers: BTreeMap<(AccountId, AccountId), WorkerContract>,
+    /// Entities changed since the last [`LedgerState::take_touched`]; not part of the state.
+    touched: BTreeSet<EntityKey>,
+}
+
+impl PartialEq for LedgerState {
+    fn eq(&self, other: &Self) -> bool {
+        self.supply == other.supply
+            && self.registry == other.registry
+            && self.accounts == other.accounts
+            && self.proxies == other.proxies
+            && self.clients == other.clients
+            && self.workers == other.workers
+    }
+}
+
+impl Eq for LedgerState {}
+
+/// Unwraps an entity the caller has just checked exists. The rules check before they mutate, so
+/// the `None` arm is unreachable; it falls back to a fresh default rather than panicking.
+fn ensure<'a, K: Ord + Copy, V>(
+    map: &'a mut BTreeMap<K, V>,
+    key: K,
+    fresh: impl FnOnce() -> V,
+) -> &'a mut V {
+    map.entry(key).or_insert_with(fresh)
+}
+
+impl LedgerState {
+    /// A fresh ledger with `registry` and the given initial balances (which make up the supply).
+    pub fn genesis(
+        registry: Registry,
+        allocations: &[(AccountId, Amount)],
+    ) -> Result<Self, RuleError> {
+        registry
+            .validate()
+            .map_err(|e| RuleError::InvalidRegistry {
+                reason: e.to_string(),
+            })?;
+        let mut state = Self {
+            supply: 0,
+            registry,
+            accounts: BTreeMap::new(),
+            proxies: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            touched: BTreeSet::new(),
+        };
+        for &(id, amount) in allocations {
+            state.supply = state
+                .supply
+                .checked_add(amount)
+                .ok_or(RuleError::SupplyOverflow)?;
+            state.account_mut(id).balance += amount;
+        }
+        state.touched.insert(EntityKey::Supply);
+        state.touched.insert(EntityKey::Registry);
+        Ok(state)
+    }
+
+    /// Reassembles a state loaded from storage.
+    pub(crate) fn from_parts(
+        supply: Amount,
+        registry: Registry,
+        accounts: BTreeMap<AccountId, Account>,
+        proxies: BTreeMap<AccountId, ProxyContract>,
+        clients: BTreeMap<(AccountId, AccountId), ClientContract>,
+        workers: BTreeMap<(AccountId, AccountId), WorkerContract>,
+    ) -> Self {
+        Self {
+            supply,
+            registry,
+            accounts,
+            proxies,
+            clients,
+            workers,
+            touched: BTreeSet::new(),
+        }
+    }
+
+    /// Total money in existence (genesis plus faucet mints).
+    pub fn supply(&self) -> Amount {
+        self.supply
+    }
+
+    /// The current registry document.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// An account, if it ever received money or sent a transaction.
+    pub fn account(&self, id: &AccountId) -> Option<&Account> {
+        self.accounts.get(id)
+    }
+
+    /// A proxy contract by its owner.
+    pub fn proxy(&self, id: &AccountId) -> Option<&ProxyContract> {
+        self.proxies.get(id)
+    }
+
+    /// The client contract of `client` with `proxy`.
+    pub fn client_contract(
+        &self,
+        proxy: &AccountId,
+        client: &AccountId,
+    ) -> Option<&ClientContract> {
+        self.clients.get(&(*proxy, *client))
+    }
+
+    /// The worker contract of `worker` with `proxy`.
+    pub fn worker_contract(
+        &self,
+        proxy: &AccountId,
+        worker: &AccountId,
+    ) -> Option<&WorkerContract> {
+        self.workers.get(&(*proxy, *worker))
+    }
+
+    /// Counts of accounts, proxy, client and worker contracts.
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        (
+            self.accounts.len(),
+            self.proxies.len(),
+            self.clients.len(),
+            self.workers.len(),
+        )
+    }
+
+    /// Sum of every holding (accounts, client contracts, proxy stakes and pools). Equals
+    /// [`Self::supply`] in a consistent ledger; wide so the audit itself cannot overflow.
+    pub fn holdings_total(&self) -> u128 {
+        let accounts: u128 = self.accounts.values().map(|a| u128::from(a.balance)).sum();
+        let clients: u128 = self.clients.values().map(|c| u128::from(c.balance)).sum();
+        let proxies: u128 = self
+            .proxies
+            .values()
+            .map(|p| u128::from(p.stake) + u128::from(p.pool))
+            .sum();
+        accounts + clients + proxies
+    }
+
+    /// Entities changed since the last call (drains the set).
+    pub fn take_touched(&mut self) -> BTreeSet<EntityKey> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Applies one verified transaction. On `Err` the state is unchanged.
+    pub fn apply(&mut self, tx: &Transaction, ctx: &Context) -> Result<Outcome, RuleError> {
+        let last = self.accounts.get(&tx.signer).map_or(0, |a| a.nonce);
+        if tx.nonce <= last {
+            return Err(RuleError::NonceReplayed {
+                last,
+                got: tx.nonce,
+            });
+        }
+        let outcome = self.apply_body(tx.signer, &tx.body, ctx)?;
+        self.account_mut(tx.signer).nonce = tx.nonce;
+        Ok(outcome)
+    }
+
+    fn apply_body(
+        &mut self,
+        signer: AccountId,
+        body: &TransactionBody,
+        ctx: &Context,
+    ) -> Result<Outcome, RuleError> {
+        use TransactionBody as B;
+        match body {
+            B::Mint { amount } => self.mint(signer, *amount, ctx),
+            B::Transfer { to, amount } => self.transfer(signer, *to, *amount),
+            B::OpenProxy { stake, voucher_key } => self.open_proxy(signer, *stake, *voucher_key),
+            B::AddProxyStake { amount } => self.add_proxy_stake(signer, *amount),
+            B::CommitProxyState { seqno, state_hash } => {
+                self.commit_proxy_state(signer, *seqno, *state_hash, ctx.now)
+            }
+            B::WithdrawCommission { amount } => self.withdraw_commission(signer, *amount),
+            B::StartProxyClose => self.start_proxy_close(signer, ctx.now),
+            B::FinishProxyClose => self.finish_proxy_close(signer, ctx.now),
+            B::OpenClient {
+                proxy,
+                amount,
+                stake,
+            } => self.open_client(signer, *proxy, *amount, *stake),
+            B::TopUp { proxy, amount } => self.top_up(signer, *proxy, *amount),
+            B::WithdrawClient { proxy, amount } => self.withdraw_client(signer, *proxy, *amount),
+            B::Charge { voucher } => self.charge(voucher),
+            B::Claim { voucher } => self.claim(voucher),
+            B::CloseClient {
+                proxy,
+                final_voucher,
+            } => self.close_client(signer, *proxy, final_voucher.as_ref(), ctx.now),
+            B::FinishClientClose { proxy } => self.finish_client_close(signer, *proxy, ctx.now),
+            B::UpdateRegistry { registry } => self.update_registry(signer, registry),
+        }
+    }
+
+    // ---- mutation accessors: each records what it touches ----
+
+    fn account_mut(&mut self, id: AccountId) -> &mut Account {
+        self.touched.insert(EntityKey::Account(id));
+        ensure(&mut self.accounts, id, Account::default)
+    }
+
+    fn proxy_mut(&mut self, id: AccountId) -> &mut ProxyContract {
+        self.touched.insert(EntityKey::Proxy(id));
+        ensure(&mut self.proxies, id, || ProxyContract {
+            owner: id,
+            voucher_key: id,
+            stake: 0,
+            pool: 0,
+            collected: 0,
+            paid_to_workers: 0,
+            withdrawn: 0,
+            commit: None,
+            status: ContractStatus::Closed,
+        })
+    }
+
+    fn client_mut(&mut self, proxy: AccountId, client: AccountId) -> &mut ClientContract {
+        self.touched.insert(EntityKey::Client(proxy, client));
+        ensure(&mut self.clients, (proxy, client), || ClientContract {
+            proxy,
+            client,
+            balance: 0,
+            stake: 0,
+            charged: 0,
+            collected: 0,
+            voucher_seqno: 0,
+            status: ContractStatus::Closed,
+        })
+    }
+
+    fn worker_mut(&mut self, proxy: AccountId, worker: AccountId) -> &mut WorkerContract {
+        self.touched.insert(EntityKey::Worker(proxy, worker));
+        ensure(&mut self.workers, (proxy, worker), || WorkerContract {
+            proxy,
+            worker,
+            paid: 0,
+            voucher_seqno: 0,
+        })
+    }
+
+    // ---- checks ----
+
+    fn balance_of(&self, id: &AccountId) -> Amount {
+        self.accounts.get(id).map_or(0, |a| a.balance)
+    }
+
+    fn require_funds(available: Amount, needed: Amount) -> Result<(), RuleError> {
+        if needed == 0 {
+            Err(RuleError::ZeroAmount)
+        } else if available < needed {
+            Err(RuleError::InsufficientFunds { available, needed })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn existing_proxy(&self, proxy: &AccountId) -> Result<&ProxyContract, RuleError> {
+        self.proxies
+            .get(proxy)
+            .ok_or(RuleError::NoSuchProxy { proxy: *proxy })
+    }
+
+    fn open_proxy_contract(&self, proxy: &AccountId) -> Result<&ProxyContract, RuleError> {
+        let contract = self.existing_proxy(proxy)?;
+        if contract.status != ContractStatus::Open {
+            return Err(RuleError::ProxyNotOpen { proxy: *proxy });
+        }
+        Ok(contract)
+    }
+
+    fn existing_client(
+        &self,
+        proxy: &AccountId,
+        client: &AccountId,
+    ) -> Result<&ClientContract, RuleError> {
+        self.clients
+            .get(&(*proxy, *client))
+            .ok_or(RuleError::NoSuchClientContract {
+                proxy: *proxy,
+                client: *client,
+            })
+    }
+
+    /// Checks a voucher's kind and signature against its proxy's voucher key.
+    fn verified_voucher(
+        &self,
+        voucher: &SignedVoucher,
+        expected: VoucherKind,
+    ) -> Result<(), RuleError> {
+        if voucher.voucher.kind != expected {
+            return Err(RuleError::WrongVoucherKind { expected });
+        }
+        let proxy = self.existing_proxy(&voucher.voucher.proxy)?;
+        voucher
+            .verify(&proxy.voucher_key)
+            .map_err(|_| RuleError::BadVoucherSignature)
+    }
+
+    /// Checks that a voucher is newer than what was applied; returns the amount it adds.
+    fn voucher_delta(
+        applied_seqno: u64,
+        applied_amount: Amount,
+        voucher: &SignedVoucher,
+    ) -> Result<Amount, RuleError> {
+        let v = &voucher.voucher;
+        if v.seqno <= applied_seqno {
+            return Err(RuleError::VoucherNotNewer {
+                applied: applied_seqno,
+                got: v.seqno,
+            });
+        }
+        v.cumulative
+            .checked_sub(applied_amount)
+            .ok_or(RuleError::VoucherDecreases {
+                applied: applied_amount,
+                got: v.cumulative,
+            })
+    }
+
+    // ---- rules ----
+
+    fn mint(
+        &mut self,
+        signer: AccountId,
+        amount: Amount,
+        ctx: &Context,
+    ) -> Result<Outcome, RuleError> {
+        if !ctx.faucet_enabled {
+            return Err(RuleError::FaucetDisabled);
+        }
+        if amount == 0 {
+            return Err(RuleError::ZeroAmount);
+        }
+        let supply = self
+            .supply
+            .checked_add(amount)
+            .ok_or(RuleError::SupplyOverflow)?;
+        self.supply = supply;
+        self.touched.insert(EntityKey::Supply);
+        self.account_mut(signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    fn transfer(
+        &mut self,
+        signer: AccountId,
+        to: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        self.account_mut(to).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    fn open_proxy(
+        &mut self,
+        signer: AccountId,
+        stake: Amount,
+        voucher_key: AccountId,
+    ) -> Result<Outcome, RuleError> {
+        if self
+            .proxies
+            .get(&signer)
+            .is_some_and(|p| p.status != ContractStatus::Closed)
+        {
+            return Err(RuleError::ProxyExists);
+        }
+        voucher_key
+            .verifying_key()
+            .map_err(|_| RuleError::InvalidKey)?;
+        let min = self.registry.min_proxy_stake;
+        if stake < min {
+            return Err(RuleError::StakeTooLow { min, got: stake });
+        }
+        Self::require_funds(self.balance_of(&signer), stake)?;
+        self.account_mut(signer).balance -= stake;
+        // A reopened contract keeps its pool, statistics and commit history.
+        let contract = self.proxy_mut(signer);
+        contract.voucher_key = voucher_key;
+        contract.stake += stake;
+        contract.status = ContractStatus::Open;
+        Ok(Outcome::Done)
+    }
+
+    fn add_proxy_stake(&mut self, signer: AccountId, amount: Amount) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&signer)?;
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        self.proxy_mut(signer).stake += amount;
+        Ok(Outcome::Done)
+    }
+
+    fn commit_proxy_state(
+        &mut self,
+        signer: AccountId,
+        seqno: u64,
+        state_hash: Hash32,
+        now: u64,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_proxy(&signer)?;
+        if let Some(last) = contract.commit {
+            if seqno <= last.seqno {
+                return Err(RuleError::CommitNotNewer {
+                    last: last.seqno,
+                    got: seqno,
+                });
+            }
+        }
+        self.proxy_mut(signer).commit = Some(StateCommit {
+            seqno,
+            state_hash,
+            committed_at: now,
+        });
+        Ok(Outcome::Done)
+    }
+
+    fn withdraw_commission(
+        &mut self,
+        signer: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        let pool = self.existing_proxy(&signer)?.pool;
+        Self::require_funds(pool, amount)?;
+        let contract = self.proxy_mut(signer);
+        contract.pool -= amount;
+        contract.withdrawn = contract.withdrawn.saturating_add(amount);
+        self.account_mut(signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    fn start_proxy_close(&mut self, signer: AccountId, now: u64) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&signer)?;
+        let release_at = now.saturating_add(self.registry.proxy_delay_before_close);
+        self.proxy_mut(signer).status = ContractStatus::Closing { release_at };
+        Ok(Outcome::ProxyCloseStarted { release_at })
+    }
+
+    fn finish_proxy_close(&mut self, signer: AccountId, now: u64) -> Result<Outcome, RuleError> {
+        let contract = self.existing_proxy(&signer)?;
+        let ContractStatus::Closing { release_at } = contract.status else {
+            return Err(RuleError::NotClosing);
+        };
+        if now < release_at {
+            return Err(RuleError::TooEarly { release_at, now });
+        }
+        let returned = contract.stake + contract.pool;
+        let contract = self.proxy_mut(signer);
+        contract.stake = 0;
+        contract.pool = 0;
+        contract.withdrawn = contract.withdrawn.saturating_add(returned);
+        contract.status = ContractStatus::Closed;
+        self.account_mut(signer).balance += returned;
+        Ok(Outcome::ProxyClosed { returned })
+    }
+
+    fn open_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+        stake: Amount,
+    ) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&proxy)?;
+        if self
+            .clients
+            .get(&(proxy, signer))
+            .is_some_and(|c| c.status != ContractStatus::Closed)
+        {
+            return Err(RuleError::ClientContractExists);
+        }
+        let min = self.registry.min_client_stake;
+        if stake < min {
+            return Err(RuleError::StakeTooLow { min, got: stake });
+        }
+        if amount < stake {
+            return Err(RuleError::StakeTooLow {
+                min: stake,
+                got: amount,
+            });
+        }
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        // A reopened contract keeps its voucher history: the proxy's vouchers stay cumulative.
+        let contract = self.client_mut(proxy, signer);
+        contract.balance = amount;
+        contract.stake = stake;
+        contract.status = ContractStatus::Open;
+        Ok(Outcome::Done)
+    }
+
+    fn top_up(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&proxy)?;
+        if self.existing_client(&proxy, &signer)?.status != ContractStatus::Open {
+            return Err(RuleError::ContractNotOpen);
+        }
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        self.client_mut(proxy, signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    fn withdraw_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        if contract.status != ContractStatus::Open {
+            return Err(RuleError::ContractNotOpen);
+        }
+        if amount == 0 {
+            return Err(RuleError::ZeroAmount);
+        }
+        let withdrawable = contract.withdrawable();
+        if amount > withdrawable {
+            return Err(RuleError::WithdrawBelowStake {
+                withdrawable,
+                requested: amount,
+            });
+        }
+        self.client_mut(proxy, signer).balance -= amount;
+        self.account_mut(signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    /// Moves up to `delta` from a client contract to its proxy's pool and records the voucher.
+    /// Returns `(collected, shortfall)`. Callers have checked the voucher.
+    fn collect_charge(&mut self, voucher: &SignedVoucher, delta: Amount) -> (Amount, Amount) {
+        let v = voucher.voucher;
+        let contract = self.client_mut(v.proxy, v.counterparty);
+        let collected = delta.min(contract.balance);
+        contract.balance -= collected;
+        contract.charged = v.cumulative;
+        contract.collected = contract.collected.saturating_add(collected);
+        contract.voucher_seqno = v.seqno;
+        let proxy = self.proxy_mut(v.proxy);
+        proxy.pool += collected;
+        proxy.collected = proxy.collected.saturating_add(collected);
+        (collected, delta - collected)
+    }
+
+    fn charge(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
+        self.verified_voucher(voucher, VoucherKind::ClientCharge)?;
+        let v = &voucher.voucher;
+        let contract = self.existing_client(&v.proxy, &v.counterparty)?;
+        let delta = Self::voucher_delta(contract.voucher_seqno, contract.charged, voucher)?;
+        let (collected, shortfall) = self.collect_charge(voucher, delta);
+        Ok(Outcome::Charged {
+            collected,
+            shortfall,
+        })
+    }
+
+    fn claim(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
+        self.verified_voucher(voucher, VoucherKind::WorkerPay)?;
+        let v = voucher.voucher;
+        let (paid_seqno, paid) = self
+            .worker_contract(&v.proxy, &v.counterparty)
+            .map_or((0, 0), |w| (w.voucher_seqno, w.paid));
+        let delta = Self::voucher_delta(paid_seqno, paid, voucher)?;
+        let proxy = self.existing_proxy(&v.proxy)?;
+        // Disjoint holdings: their sum is bounded by the supply.
+        let available = proxy.pool + proxy.stake;
+        if delta > available {
+            return Err(RuleError::InsufficientProxyFunds {
+                available,
+                needed: delta,
+            });
+        }
+        // The pool (client money) pays first; the stake is the collateral behind it.
+        let contract = self.proxy_mut(v.proxy);
+        let from_pool = delta.min(contract.pool);
+        contract.pool -= from_pool;
+        contract.stake -= delta - from_pool;
+        contract.paid_to_workers = contract.paid_to_workers.saturating_add(delta);
+        let worker = self.worker_mut(v.proxy, v.counterparty);
+        worker.paid = v.cumulative;
+        worker.voucher_seqno = v.seqno;
+        self.account_mut(v.counterparty).balance += delta;
+        Ok(Outcome::Claimed { paid: delta })
+    }
+
+    fn close_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        final_voucher: Option<&SignedVoucher>,
+        now: u64,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        if contract.status == ContractStatus::Closed {
+            return Err(RuleError::ContractNotOpen);
+        }
+        let (balance, stake, status) = (contract.balance, contract.stake, contract.status);
+        let (applied_seqno, charged) = (contract.voucher_seqno, contract.charged);
+        let proxy_status = self.existing_proxy(&proxy)?.status;
+
+        if let Some(voucher) = final_voucher {
+            let v = &voucher.voucher;
+            if v.kind != VoucherKind::ClientCharge {
+                return Err(RuleError::WrongVoucherKind {
+                    expected: VoucherKind::ClientCharge,
+                });
+            }
+            if v.proxy != proxy || v.counterparty != signer {
+                return Err(RuleError::VoucherMismatch);
+            }
+            if !v.is_final {
+                return Err(RuleError::VoucherNotFinal);
+            }
+            self.verified_voucher(voucher, VoucherKind::ClientCharge)?;
+            // The final voucher may already have been applied as a charge; that is fine.
+            let already_applied = v.seqno == applied_seqno && v.cumulative == charged;
+            let collected = if already_applied {
+                0
+            } else {
+                let delta = Self::voucher_delta(applied_seqno, charged, voucher)?;
+                self.collect_charge(voucher, delta).0
+            };
+            let contract = self.client_mut(proxy, signer);
+            let returned = contract.balance;
+            contract.balance = 0;
+            contract.status = ContractStatus::Closed;
+            self.account_mut(signer).balance += returned;
+            return Ok(Outcome::ClientClosed {
+                collected,
+                returned,
+            });
+        }
+
+        if matches!(status, ContractStatus::Closing { .. }) {
+            return Err(RuleError::AlreadyClosing);
+        }
+        if proxy_status == ContractStatus::Closed {
+            // Nobody can charge any more, so there is nothing to wait for.
+            let contract = self.client_mut(proxy, signer);
+            contract.balance = 0;
+            contract.status = ContractStatus::Closed;
+            self.account_mut(signer).balance += balance;
+            return Ok(Outcome::ClientClosed {
+                collected: 0,
+                returned: balance,
+            });
+        }
+        let returned = balance.saturating_sub(stake);
+        let release_at = now.saturating_add(self.registry.client_delay_before_close);
+        let contract = self.client_mut(proxy, signer);
+        contract.balance -= returned;
+        contract.status = ContractStatus::Closing { release_at };
+        if returned > 0 {
+            self.account_mut(signer).balance += returned;
+        }
+        Ok(Outcome::ClientCloseStarted {
+            returned,
+            release_at,
+        })
+    }
+
+    fn finish_client_close(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        now: u64,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        let ContractStatus::Closing { release_at } = contract.status else {
+            return Err(RuleError::NotClosing);
+        };
+        if now < release_at {
+            return Err(RuleError::TooEarly { release_at, now });
+        }
+        let contract = self.client_mut(proxy, signer);
+        let returned = contract.balance;
+        contract.balance = 0;
+        contract.status = ContractStatus::Closed;
+        self.account_mut(signer).balance += returned;
+        Ok(Outcome::ClientClosed {
+            collected: 0,
+            returned,
+        })
+    }
+
+    fn update_registry(
+        &mut self,
+        signer: AccountId,
+        registry: &Registry,
+    ) -> Result<Outcome, RuleError> {
+        if signer != self.registry.owner {
+            return Err(RuleError::NotRegistryOwner);
+        }
+        if registry.version <= self.registry.version {
+            return Err(RuleError::RegistryVersionNotNewer {
+                current: self.registry.version,
+                got: registry.version,
+            });
+        }
+        registry
+            .validate()
+            .map_err(|e| RuleError::InvalidRegistry {
+                reason: e.to_string(),
+            })?;
+        self.registry = registry.clone();
+        self.touched.insert(EntityKey::Registry);
+        Ok(Outcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests;

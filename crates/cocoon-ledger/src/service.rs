@@ -1,0 +1,306 @@
+//! The `cocoon ledger` service: the durable store behind an axum HTTP/JSON API (see [`crate::api`]).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiError, LedgerStats, LogQuery, MAX_LOG_PAGE, TRANSACTIONS_PATH};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, LedgerConfig};
+use crate::ids::AccountId;
+use crate::rules::{Account, Context};
+use crate::store::{LedgerStore, StoreError, SubmitError};
+use crate::transaction::SignedTransaction;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The configuration cannot produce a ledger.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Binding or serving failed.
+    #[error("ledger server i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server task ended abnormally.
+    #[error("ledger server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The ledger behind the HTTP API: one store (single writer), a clock and the faucet switch.
+pub struct Ledger {
+    store: Mutex<LedgerStore>,
+    clock: Arc<dyn Clock>,
+    faucet_enabled: bool,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("faucet_enabled", &self.faucet_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates, from the config's genesis) the ledger database.
+    pub fn open(config: &LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, ServiceError> {
+        let store = LedgerStore::open(&config.database, || config.genesis_state())?;
+        Ok(Self {
+            store: Mutex::new(store),
+            clock,
+            faucet_enabled: config.faucet,
+        })
+    }
+
+    /// Locks the store. A panic while holding the lock cannot leave it half-written (the rules
+    /// check before they mutate and SQLite commits atomically), so a poisoned lock is reused.
+    fn store(&self) -> MutexGuard<'_, LedgerStore> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a signed transaction at the clock's current time.
+    pub fn submit(&self, tx: &SignedTransaction) -> Result<crate::store::Receipt, SubmitError> {
+        let ctx = Context {
+            now: self.clock.now(),
+            faucet_enabled: self.faucet_enabled,
+        };
+        self.store().submit(tx, &ctx)
+    }
+
+    /// Current ledger-wide figures.
+    pub fn stats(&self) -> LedgerStats {
+        let store = self.store();
+        let state = store.state();
+        let (accounts, proxies, clients, workers) = state.counts();
+        LedgerStats {
+            last_seq: store.last_seq(),
+            supply: state.supply(),
+            holdings_total: state.holdings_total(),
+            accounts,
+            proxy_contracts: proxies,
+            client_contracts: clients,
+            worker_contracts: workers,
+            registry_version: state.registry().version,
+            faucet_enabled: self.faucet_enabled,
+            now: self.clock.now(),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Rejected(rule) => ApiError::Rejected { rule },
+            SubmitError::Transaction(e) => ApiError::BadRequest {
+                message: e.to_string(),
+            },
+            SubmitError::Store(e) => ApiError::Storage {
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn account_param(text: &str) -> Result<AccountId, ApiError> {
+    text.parse().map_err(|e| ApiError::BadRequest {
+        message: format!("{text:?}: {e}"),
+    })
+}
+
+fn not_found(what: String) -> ApiError {
+    ApiError::NotFound { message: what }
+}
+
+/// The ledger's HTTP routes (see [`crate::api`]).
+pub fn router(ledger: Arc<Ledger>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/registry", get(registry))
+        .route("/v1/stats", get(stats))
+        .route("/jsonstats", get(stats))
+        .route("/v1/accounts/{account}", get(account))
+        .route("/v1/proxies/{proxy}", get(proxy))
+        .route("/v1/proxies/{proxy}/clients/{client}", get(client_contract))
+        .route("/v1/proxies/{proxy}/workers/{worker}", get(worker_contract))
+        .route("/v1/log", get(log))
+        .route(TRANSACTIONS_PATH, post(submit))
+        .with_state(ledger)
+}
+
+async fn registry(State(ledger): State<Arc<Ledger>>) -> ApiResult<crate::Registry> {
+    Ok(Json(ledger.store().state().registry().clone()))
+}
+
+async fn stats(State(ledger): State<Arc<Ledger>>) -> ApiResult<LedgerStats> {
+    Ok(Json(ledger.stats()))
+}
+
+async fn account(State(ledger): State<Arc<Ledger>>, Path(id): Path<String>) -> ApiResult<Account> {
+    let id = account_param(&id)?;
+    Ok(Json(
+        ledger
+            .store()
+            .state()
+            .account(&id)
+            .copied()
+            .unwrap_or_default(),
+    ))
+}
+
+async fn proxy(
+    State(ledger): State<Arc<Ledger>>,
+    Path(id): Path<String>,
+) -> ApiResult<crate::ProxyContract> {
+    let id = account_param(&id)?;
+    let found = ledger.store().state().proxy(&id).cloned();
+    found
+        .map(Json)
+        .ok_or_else(|| not_found(format!("proxy contract {id}")))
+}
+
+async fn client_contract(
+    State(ledger): State<Arc<Ledger>>,
+    Path((proxy, client)): Path<(String, String)>,
+) -> ApiResult<crate::ClientContract> {
+    let (proxy, client) = (account_param(&proxy)?, account_param(&client)?);
+    let found = ledger
+        .store()
+        .state()
+        .client_contract(&proxy, &client)
+        .cloned();
+    found
+        .map(Json)
+        .ok_or_else(|| not_found(format!("client contract of {client} with {proxy}")))
+}
+
+async fn worker_contract(
+    State(ledger): State<Arc<Ledger>>,
+    Path((proxy, worker)): Path<(String, String)>,
+) -> ApiResult<crate::WorkerContract> {
+    let (proxy, worker) = (account_param(&proxy)?, account_param(&worker)?);
+    let found = ledger
+        .store()
+        .state()
+        .worker_contract(&proxy, &worker)
+        .cloned();
+    found
+        .map(Json)
+        .ok_or_else(|| not_found(format!("worker contract of {worker} with {proxy}")))
+}
+
+async fn log(
+    State(ledger): State<Arc<Ledger>>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Vec<crate::store::LogEntry>> {
+    let limit = query.limit.unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE);
+    ledger
+        .store()
+        .log_since(query.after, limit)
+        .map(Json)
+        .map_err(|e| ApiError::Storage {
+            message: e.to_string(),
+        })
+}
+
+async fn submit(
+    State(ledger): State<Arc<Ledger>>,
+    body: Bytes,
+) -> ApiResult<crate::store::Receipt> {
+    // Parsed here rather than by axum's `Json` extractor so malformed bodies get an `ApiError`.
+    let tx: SignedTransaction =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
+            message: format!("not a signed transaction: {e}"),
+        })?;
+    // SQLite's fsync blocks; keep it off the async workers.
+    let receipt = tokio::task::spawn_blocking(move || ledger.submit(&tx))
+        .await
+        .map_err(|e| ApiError::Storage {
+            message: format!("ledger task failed: {e}"),
+        })??;
+    Ok(Json(receipt))
+}
+
+/// A running ledger server (see [`spawn`]).
+#[derive(Debug)]
+pub struct LedgerHandle {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl LedgerHandle {
+    /// The address the server listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for [`crate::LedgerClient::new`].
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<(), ServiceError> {
+        if let Some(tx) = self.shutdown.take() {
+            // The server may already have stopped; then there is no one to tell.
+            let _ = tx.send(());
+        }
+        Ok((&mut self.task).await??)
+    }
+}
+
+/// Opens the ledger and serves it in a background task; returns once the socket is bound.
+pub async fn spawn(
+    config: &LedgerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<LedgerHandle, ServiceError> {
+    let ledger = Arc::new(Ledger::open(config, clock)?);
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let app = router(ledger);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                // A dropped sender also stops the server.
+                let _ = rx.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, database = %config.database.display(), faucet = config.faucet, "ledger listening");
+    Ok(LedgerHandle {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Runs `cocoon ledger` with the system clock until Ctrl-C.
+pub async fn serve(config: LedgerConfig) -> Result<(), ServiceError> {
+    let handle = spawn(&config, Arc::new(SystemClock)).await?;
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("ledger shutting down");
+    handle.shutdown().await
+}

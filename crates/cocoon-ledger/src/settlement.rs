@@ -1,0 +1,222 @@
+//! The [`Settlement`] trait: everything a proxy, client or worker needs from a settlement backend.
+//!
+//! The local ledger ([`crate::LedgerClient`]) implements it; a TON backend implements the same
+//! trait with the same rules ([`crate::rules`]). A backend implements the few required methods;
+//! the named operations are provided on top of [`Settlement::execute`].
+
+use async_trait::async_trait;
+
+use crate::ids::{AccountId, Hash32};
+use crate::registry::{Amount, Registry};
+use crate::rules::{
+    Account, ClientContract, ProxyContract, RollbackError, RuleError, WorkerContract,
+};
+use crate::store::Receipt;
+use crate::transaction::TransactionBody;
+use crate::voucher::SignedVoucher;
+
+/// Why a settlement operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SettlementError {
+    /// The backend's rules refused the operation; nothing changed.
+    #[error("rejected: {0}")]
+    Rejected(RuleError),
+    /// The operation needs a signing key this handle does not have.
+    #[error("this settlement handle has no signing key")]
+    NoSigningKey,
+    /// The backend could not be reached or did not answer; the operation may or may not have
+    /// been applied, so check the state before repeating a money transfer.
+    #[error("settlement backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with an error of its own (bad request, storage failure, bad reply).
+    #[error("settlement backend error: {0}")]
+    Backend(String),
+    /// The proxy's local database is behind or diverged from its last commit.
+    #[error(transparent)]
+    RolledBack(#[from] RollbackError),
+}
+
+impl SettlementError {
+    /// The rule that refused the operation, if that is what happened.
+    pub fn rule(&self) -> Option<&RuleError> {
+        match self {
+            SettlementError::Rejected(rule) => Some(rule),
+            _ => None,
+        }
+    }
+
+    /// True for a voucher the backend had already applied (or a newer one): safe to ignore.
+    pub fn is_stale_voucher(&self) -> bool {
+        matches!(self.rule(), Some(RuleError::VoucherNotNewer { .. }))
+    }
+}
+
+/// A settlement backend, acting for one account (its signing key) where an operation needs one.
+#[async_trait]
+pub trait Settlement: Send + Sync {
+    /// The account this handle acts for, if it can sign.
+    fn account_id(&self) -> Option<AccountId>;
+
+    /// Signs and applies one transaction as [`Self::account_id`].
+    async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError>;
+
+    /// The current registry document.
+    async fn registry(&self) -> Result<Registry, SettlementError>;
+
+    /// An account (zero balance and nonce if never seen).
+    async fn account(&self, id: AccountId) -> Result<Account, SettlementError>;
+
+    /// A proxy contract, if it exists.
+    async fn proxy_contract(
+        &self,
+        proxy: AccountId,
+    ) -> Result<Option<ProxyContract>, SettlementError>;
+
+    /// The client contract of `client` with `proxy`, if it exists.
+    async fn client_contract(
+        &self,
+        proxy: AccountId,
+        client: AccountId,
+    ) -> Result<Option<ClientContract>, SettlementError>;
+
+    /// The worker contract of `worker` with `proxy`, if it exists.
+    async fn worker_contract(
+        &self,
+        proxy: AccountId,
+        worker: AccountId,
+    ) -> Result<Option<WorkerContract>, SettlementError>;
+
+    /// Development faucet: mint `amount` into this account.
+    async fn faucet(&self, amount: Amount) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::Mint { amount }).await
+    }
+
+    /// Sends `amount` to `to`.
+    async fn transfer(&self, to: AccountId, amount: Amount) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::Transfer { to, amount }).await
+    }
+
+    /// Proxy: opens this account's proxy contract with `stake`; vouchers must be signed by
+    /// `voucher_key`.
+    async fn open_proxy(
+        &self,
+        stake: Amount,
+        voucher_key: AccountId,
+    ) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::OpenProxy { stake, voucher_key })
+            .await
+    }
+
+    /// Proxy: adds to its stake.
+    async fn add_proxy_stake(&self, amount: Amount) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::AddProxyStake { amount })
+            .await
+    }
+
+    /// Proxy: commits its database position `(seqno, state_hash)`.
+    async fn commit_proxy_state(
+        &self,
+        seqno: u64,
+        state_hash: Hash32,
+    ) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::CommitProxyState { seqno, state_hash })
+            .await
+    }
+
+    /// Proxy, on start: fails with [`SettlementError::RolledBack`] if the local database
+    /// (`local_seqno`, `local_hash`) is behind or diverged from the last commit of `proxy`.
+    async fn check_proxy_state(
+        &self,
+        proxy: AccountId,
+        local_seqno: u64,
+        local_hash: Hash32,
+    ) -> Result<(), SettlementError> {
+        let commit = self.proxy_contract(proxy).await?.and_then(|p| p.commit);
+        match commit {
+            Some(commit) => Ok(commit.check_local(local_seqno, &local_hash)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Proxy: withdraws commission from its pool of collected client funds.
+    async fn withdraw_commission(&self, amount: Amount) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::WithdrawCommission { amount })
+            .await
+    }
+
+    /// Proxy: starts closing its contract.
+    async fn start_proxy_close(&self) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::StartProxyClose).await
+    }
+
+    /// Proxy: finishes closing once the delay has passed.
+    async fn finish_proxy_close(&self) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::FinishProxyClose).await
+    }
+
+    /// Proxy (or anyone holding the voucher): applies a client-charge voucher.
+    async fn submit_charge(&self, voucher: SignedVoucher) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::Charge { voucher }).await
+    }
+
+    /// Client: opens its contract with `proxy`, depositing `amount` of which `stake` is locked.
+    async fn open_client(
+        &self,
+        proxy: AccountId,
+        amount: Amount,
+        stake: Amount,
+    ) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::OpenClient {
+            proxy,
+            amount,
+            stake,
+        })
+        .await
+    }
+
+    /// Client: adds funds to its contract with `proxy`.
+    async fn top_up(&self, proxy: AccountId, amount: Amount) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::TopUp { proxy, amount }).await
+    }
+
+    /// Client: withdraws funds above the stake from its contract with `proxy`.
+    async fn withdraw_client(
+        &self,
+        proxy: AccountId,
+        amount: Amount,
+    ) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::WithdrawClient { proxy, amount })
+            .await
+    }
+
+    /// Client: closes its contract with `proxy`: at once with the proxy's final voucher, else
+    /// the part above the stake now and the stake after the delay ([`Self::finish_client_close`]).
+    async fn close_client(
+        &self,
+        proxy: AccountId,
+        final_voucher: Option<SignedVoucher>,
+    ) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::CloseClient {
+            proxy,
+            final_voucher,
+        })
+        .await
+    }
+
+    /// Client: collects the stake once the close delay has passed.
+    async fn finish_client_close(&self, proxy: AccountId) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::FinishClientClose { proxy })
+            .await
+    }
+
+    /// Worker (or anyone holding the voucher): claims earnings with a worker-pay voucher.
+    async fn claim(&self, voucher: SignedVoucher) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::Claim { voucher }).await
+    }
+
+    /// Registry owner: replaces the registry document.
+    async fn update_registry(&self, registry: Registry) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::UpdateRegistry { registry })
+            .await
+    }
+}

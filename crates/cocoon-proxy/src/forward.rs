@@ -1,0 +1,212 @@
+//! The request path: a client's request is read, routed to a worker, and its answer relayed back
+//! frame by frame, under the request's deadline, with the worker's usage counted from its trailer.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::to_bytes;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use cocoon_node::reply::{error_response, openai_error_response, parse_peer_error};
+use cocoon_node::stats::{ActiveRequest, NodeStats};
+use cocoon_node::trailers::{error_trailers, read_error, read_usage};
+use cocoon_node::Body;
+use cocoon_proto::{headers, ErrorKind, OpenAiError};
+use futures::FutureExt;
+use http::{header, HeaderMap, HeaderValue, Request};
+use http_body::Frame;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use tokio::time::{Instant, Sleep};
+
+use crate::routing::{Routing, Slot};
+
+/// Largest error body read from a worker.
+const MAX_ERROR_BODY: usize = 1 << 20;
+/// Price limit for requests that do not state one: any worker.
+const NO_PRICE_LIMIT: u32 = u32::MAX;
+
+/// What the request path needs.
+#[derive(Clone)]
+pub struct Forwarding {
+    /// Workers by model.
+    pub routing: Arc<Routing>,
+    /// Counters.
+    pub stats: Arc<NodeStats>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take.
+    pub max_request: Duration,
+}
+
+/// The fields of a request the proxy reads; the body is forwarded unchanged.
+#[derive(Deserialize)]
+struct RoutedFields {
+    model: Option<serde_json::Value>,
+}
+
+/// Forwards one client request on `path` to a worker.
+pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, body: Body) -> Response {
+    let active = state.stats.request_started();
+    let fail = |kind: ErrorKind, message: String| {
+        state.stats.record_error(kind);
+        error_response(kind, message)
+    };
+    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
+        return fail(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than {} bytes", state.max_body_bytes),
+        );
+    };
+    let model = match serde_json::from_slice::<RoutedFields>(&bytes) {
+        Ok(RoutedFields {
+            model: Some(serde_json::Value::String(model)),
+        }) => model,
+        Ok(_) => {
+            return fail(ErrorKind::InvalidRequest, "`model` (a string) is required".into());
+        }
+        Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
+    };
+    let max_coefficient = header_number(&headers, headers::MAX_COEFFICIENT)
+        .map(|value| value.min(u32::MAX as u64) as u32)
+        .unwrap_or(NO_PRICE_LIMIT);
+    let timeout = header_number(&headers, headers::TIMEOUT_MS)
+        .map(Duration::from_millis)
+        .unwrap_or(state.max_request)
+        .min(state.max_request);
+    let deadline = Instant::now() + timeout;
+    let request_id = headers.get(headers::REQUEST_ID).cloned();
+
+    // A worker whose link fails before it answers gets the request again elsewhere: nothing has
+    // reached the client yet, and usage is only charged from a finished answer.
+    let mut failed_worker = None;
+    let (slot, response) = loop {
+        let slot = match state.routing.choose(&model, max_coefficient, failed_worker) {
+            Ok(slot) => slot,
+            Err(route) => return fail(route.kind(), route.to_string()),
+        };
+        let mut request = Request::post(path)
+            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Body::from(bytes.clone()))
+            .expect("static request parts are valid");
+        if let Some(id) = &request_id {
+            request.headers_mut().insert(headers::REQUEST_ID, id.clone());
+        }
+        let mut sender = slot.worker.sender.clone();
+        let exchange = async move {
+            sender.ready().await?;
+            sender.send_request(request).await
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(response)) => break (slot, response),
+            Ok(Err(error)) if failed_worker.is_none() => {
+                tracing::warn!(worker = slot.worker.id, %error, "worker failed before answering; retrying elsewhere");
+                failed_worker = Some(slot.worker.id);
+            }
+            Ok(Err(error)) => {
+                return fail(ErrorKind::BadGateway, format!("worker failed before answering: {error}"))
+            }
+            Err(_) => {
+                return fail(
+                    ErrorKind::Timeout,
+                    format!("no answer within the request's timeout of {} ms", timeout.as_millis()),
+                )
+            }
+        }
+    };
+    state.stats.record_first_byte(active.started().elapsed());
+    let (parts, body) = response.into_parts();
+    if !parts.status.is_success() {
+        let bytes = to_bytes(Body::new(body), MAX_ERROR_BODY).await.unwrap_or_default();
+        let error = parse_peer_error(parts.status, &bytes);
+        state.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        return openai_error_response(&error);
+    }
+    let worker = slot.worker.clone();
+    let mut answer = Response::new(Body::new(Relay {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        timeout,
+        finished: false,
+        stats: state.stats.clone(),
+        _slot: slot,
+        _active: active,
+    }));
+    let answer_headers = answer.headers_mut();
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        answer_headers.insert(header::CONTENT_TYPE, content_type.clone());
+    }
+    answer_headers.insert(headers::COEFFICIENT, HeaderValue::from(worker.info.coefficient));
+    if let Ok(image) = HeaderValue::from_str(&worker.peer.image_hash.to_string()) {
+        answer_headers.insert(headers::WORKER_IMAGE, image);
+    }
+    if let Some(hash) = worker.info.model_hash.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        answer_headers.insert(headers::MODEL_HASH, hash);
+    }
+    answer.into_response()
+}
+
+fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A worker's answer relayed to the client. It never fails: a worker failure or the deadline
+/// ends the answer with an `x-cocoon-error` trailer, so the client can tell the app why.
+struct Relay {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+    finished: bool,
+    stats: Arc<NodeStats>,
+    _slot: Slot,
+    _active: ActiveRequest,
+}
+
+impl Relay {
+    fn fail(&mut self, error: OpenAiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.finished = true;
+        self.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        Poll::Ready(Some(Ok(Frame::trailers(error_trailers(&error)))))
+    }
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.deadline.poll_unpin(cx).is_ready() {
+            let message = format!("the answer did not finish within the request's timeout of {} ms", this.timeout.as_millis());
+            return this.fail(OpenAiError::new(ErrorKind::Timeout, message));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finished = true;
+                    if let Some(usage) = read_usage(trailers) {
+                        this.stats.record_tokens(&usage);
+                    } else if let Some(error) = read_error(trailers) {
+                        this.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => this.fail(OpenAiError::new(
+                ErrorKind::BadGateway,
+                format!("the worker failed mid-answer: {error}"),
+            )),
+            Poll::Ready(None) => this.fail(OpenAiError::new(
+                ErrorKind::BadGateway,
+                "the worker ended its answer without reporting usage",
+            )),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The proxy's two listening ports. Workers dial one: the proxy then drives each worker link as
+//! the HTTP/2 client, asks the worker what it serves, and routes to it while the link lives.
+//! Clients dial the other: the proxy serves them HTTP/2.
+
+use std::sync::Arc;
+
+use axum::{Extension, Router};
+use cocoon_node::link::{self, get_json};
+use cocoon_node::stats::NodeStats;
+use cocoon_proto::link::PATH_WORKER_INFO;
+use cocoon_proto::{WorkerInfo, PROTOCOL_VERSION};
+use cocoon_ratls::Acceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::routing::Routing;
+
+/// Accepts worker links until `shutdown`.
+pub async fn accept_workers(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    routing: Arc<Routing>,
+    stats: Arc<NodeStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a worker connection failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, routing, stats, shutdown) = (acceptor.clone(), routing.clone(), stats.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = serve_worker(tcp, &acceptor, &routing, &stats) => {
+                    if let Err(error) = result {
+                        tracing::warn!(worker = %address, error = %format!("{error:#}"), "worker link refused or lost");
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_worker(
+    tcp: TcpStream,
+    acceptor: &Acceptor,
+    routing: &Routing,
+    stats: &Arc<NodeStats>,
+) -> anyhow::Result<()> {
+    let (stream, peer) = acceptor.accept(tcp).await?;
+    let (sender, driver) = link::client_handshake(stream).await?;
+    let driver = tokio::spawn(driver);
+    // The first exchange proves the worker accepted our certificate too.
+    let info: WorkerInfo = get_json(&sender, PATH_WORKER_INFO).await?;
+    if info.protocol_version != PROTOCOL_VERSION {
+        anyhow::bail!(
+            "worker speaks protocol {}, this proxy {}",
+            info.protocol_version,
+            PROTOCOL_VERSION
+        );
+    }
+    // The model a worker announces must be the one its attested certificate names.
+    let attested_model = peer.claims.attributes.get("model");
+    if attested_model != Some(&info.model) {
+        anyhow::bail!(
+            "worker announces model `{}` but its certificate claims {:?}",
+            info.model,
+            attested_model
+        );
+    }
+    let _linked = stats.peer_connected();
+    let worker = routing.add(info, peer, sender);
+    tracing::info!(
+        id = worker.id,
+        model = %worker.info.model,
+        coefficient = worker.info.coefficient,
+        max_active = worker.info.max_active,
+        image = %worker.peer.image_hash,
+        "worker linked"
+    );
+    let _ = driver.await;
+    routing.remove(worker.id);
+    tracing::info!(id = worker.id, model = %worker.info.model, "worker link closed");
+    Ok(())
+}
+
+/// Accepts client links until `shutdown`, serving `router` on each.
+pub async fn accept_clients(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    router: Router,
+    stats: Arc<NodeStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a client connection failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router, stats, shutdown) = (acceptor.clone(), router.clone(), stats.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let serve = async {
+                let (stream, peer) = acceptor.accept(tcp).await?;
+                tracing::info!(client = %address, image = %peer.image_hash, "client linked");
+                let _linked = stats.peer_connected();
+                link::serve(stream, router.layer(Extension(Arc::new(peer)))).await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = serve => match result {
+                    Ok(()) => tracing::info!(client = %address, "client link closed"),
+                    Err(error) => tracing::warn!(client = %address, error = %format!("{error:#}"), "client link refused or lost"),
+                }
+            }
+        });
+    }
+}

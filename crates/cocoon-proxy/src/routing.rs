@@ -1,0 +1,318 @@
+//! The live set of workers per model, and the choice of a worker for each request: model matches,
+//! coefficient within the request's `max_coefficient`, a free slot; cheapest coefficient first,
+//! then least loaded.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use cocoon_node::link::LinkSender;
+use cocoon_proto::link::{ModelEntry, ModelList};
+use cocoon_proto::{ErrorKind, WorkerInfo};
+use cocoon_ratls::PeerIdentity;
+use serde_json::{json, Value};
+
+/// A connected, attested worker.
+pub struct WorkerLink {
+    /// Unique for the proxy's lifetime.
+    pub id: u64,
+    /// What the worker announced.
+    pub info: WorkerInfo,
+    /// Its verified attestation.
+    pub peer: PeerIdentity,
+    /// Sends requests on its link.
+    pub sender: LinkSender,
+    active: AtomicU32,
+}
+
+impl WorkerLink {
+    /// Requests in flight on this worker.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < self.info.max_active).then_some(active + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// A reserved slot on a worker; dropping it frees the slot.
+pub struct Slot {
+    /// The chosen worker.
+    pub worker: Arc<WorkerLink>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.worker.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why no worker was chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No connected worker serves the model.
+    #[error("no worker serves model `{0}`")]
+    UnknownModel(String),
+    /// Workers serve the model, but all above the client's price limit.
+    #[error("no worker for model `{model}` at coefficient ≤ {max} (cheapest is {cheapest})")]
+    TooExpensive {
+        /// The model.
+        model: String,
+        /// The client's limit.
+        max: u32,
+        /// The cheapest connected worker's coefficient.
+        cheapest: u32,
+    },
+    /// Every eligible worker is at capacity.
+    #[error("all {workers} workers for model `{model}` at coefficient ≤ {max} are at capacity")]
+    Busy {
+        /// The model.
+        model: String,
+        /// The client's limit.
+        max: u32,
+        /// How many eligible workers there are.
+        workers: usize,
+    },
+}
+
+impl RouteError {
+    /// The error kind reported to the client.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RouteError::UnknownModel(_) => ErrorKind::ModelNotFound,
+            RouteError::TooExpensive { .. } | RouteError::Busy { .. } => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// Workers by model.
+#[derive(Default)]
+pub struct Routing {
+    workers: RwLock<BTreeMap<String, Vec<Arc<WorkerLink>>>>,
+    next_id: AtomicU64,
+}
+
+impl Routing {
+    /// Adds a worker whose link is up and proven.
+    pub fn add(&self, info: WorkerInfo, peer: PeerIdentity, sender: LinkSender) -> Arc<WorkerLink> {
+        let link = Arc::new(WorkerLink {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            info,
+            peer,
+            sender,
+            active: AtomicU32::new(0),
+        });
+        self.write()
+            .entry(link.info.model.clone())
+            .or_default()
+            .push(link.clone());
+        link
+    }
+
+    /// Removes a worker (its link ended). Requests in flight keep their own handle.
+    pub fn remove(&self, id: u64) {
+        let mut workers = self.write();
+        workers.retain(|_, links| {
+            links.retain(|link| link.id != id);
+            !links.is_empty()
+        });
+    }
+
+    /// Reserves a slot on the best worker for `model` within `max_coefficient`, skipping `exclude`
+    /// (a worker that just failed this request).
+    pub fn choose(&self, model: &str, max_coefficient: u32, exclude: Option<u64>) -> Result<Slot, RouteError> {
+        let workers = self.read();
+        let Some(links) = workers.get(model) else {
+            return Err(RouteError::UnknownModel(model.to_owned()));
+        };
+        let mut eligible: Vec<&Arc<WorkerLink>> = links
+            .iter()
+            .filter(|link| link.info.coefficient <= max_coefficient && Some(link.id) != exclude)
+            .collect();
+        if eligible.is_empty() {
+            let cheapest = links.iter().map(|link| link.info.coefficient).min().unwrap_or(0);
+            if cheapest > max_coefficient {
+                return Err(RouteError::TooExpensive {
+                    model: model.to_owned(),
+                    max: max_coefficient,
+                    cheapest,
+                });
+            }
+        }
+        eligible.sort_by_key(|link| (link.info.coefficient, link.active()));
+        eligible
+            .iter()
+            .find(|link| link.try_reserve())
+            .map(|link| Slot {
+                worker: Arc::clone(link),
+            })
+            .ok_or_else(|| RouteError::Busy {
+                model: model.to_owned(),
+                max: max_coefficient,
+                workers: eligible.len(),
+            })
+    }
+
+    /// The models clients can ask for, with capacity.
+    pub fn models(&self) -> ModelList {
+        let workers = self.read();
+        ModelList {
+            models: workers
+                .iter()
+                .map(|(model, links)| ModelEntry {
+                    id: model.clone(),
+                    workers: links.len() as u32,
+                    min_coefficient: links.iter().map(|l| l.info.coefficient).min().unwrap_or(0),
+                    max_coefficient: links.iter().map(|l| l.info.coefficient).max().unwrap_or(0),
+                    free_slots: links
+                        .iter()
+                        .map(|l| l.info.max_active.saturating_sub(l.active()))
+                        .sum(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every worker, for `/jsonstats`.
+    pub fn snapshot(&self) -> Value {
+        let workers = self.read();
+        Value::Array(
+            workers
+                .values()
+                .flatten()
+                .map(|link| {
+                    json!({
+                        "id": link.id,
+                        "model": link.info.model,
+                        "model_hash": link.info.model_hash,
+                        "coefficient": link.info.coefficient,
+                        "active": link.active(),
+                        "max_active": link.info.max_active,
+                        "image_hash": link.peer.image_hash.to_string(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<Arc<WorkerLink>>>> {
+        // A panic while holding the lock leaves the map consistent (every update is one call), so
+        // a poisoned lock is still usable.
+        self.workers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Vec<Arc<WorkerLink>>>> {
+        self.workers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_ratls::Claims;
+    use cocoon_tee::{AttestationKind, FakeAttester};
+    use std::time::SystemTime;
+
+    async fn sender() -> LinkSender {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(cocoon_node::link::serve(theirs, axum::Router::new()));
+        let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
+        tokio::spawn(driver);
+        sender
+    }
+
+    fn peer() -> PeerIdentity {
+        let measurements = FakeAttester::from_label("w").measurements().clone();
+        PeerIdentity {
+            kind: AttestationKind::Fake,
+            image_hash: measurements.image_hash(),
+            measurements,
+            claims: Claims {
+                public_key: [0; 32],
+                role: "worker".into(),
+                attributes: Default::default(),
+            },
+            cert_fingerprint: [0; 32],
+            public_key: [0; 32],
+            not_after: SystemTime::now(),
+        }
+    }
+
+    async fn add(routing: &Routing, model: &str, coefficient: u32, max_active: u32) -> u64 {
+        let info = WorkerInfo {
+            protocol_version: 1,
+            model: model.into(),
+            model_hash: None,
+            coefficient,
+            max_active,
+        };
+        routing.add(info, peer(), sender().await).id
+    }
+
+    #[tokio::test]
+    async fn cheapest_first_until_full_then_the_next() {
+        let routing = Routing::default();
+        let cheap = add(&routing, "m", 1000, 1).await;
+        let dear = add(&routing, "m", 2000, 1).await;
+        let first = routing.choose("m", 5000, None).unwrap();
+        assert_eq!(first.worker.id, cheap);
+        let second = routing.choose("m", 5000, None).unwrap();
+        assert_eq!(second.worker.id, dear);
+        assert!(matches!(routing.choose("m", 5000, None), Err(RouteError::Busy { workers: 2, .. })));
+        drop(first);
+        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
+    }
+
+    #[tokio::test]
+    async fn equal_prices_go_to_the_least_loaded() {
+        let routing = Routing::default();
+        let a = add(&routing, "m", 1000, 4).await;
+        let b = add(&routing, "m", 1000, 4).await;
+        let first = routing.choose("m", 1000, None).unwrap();
+        let second = routing.choose("m", 1000, None).unwrap();
+        assert_ne!(first.worker.id, second.worker.id);
+        assert!([a, b].contains(&first.worker.id) && [a, b].contains(&second.worker.id));
+    }
+
+    #[tokio::test]
+    async fn explains_unknown_models_and_price_limits() {
+        let routing = Routing::default();
+        let only = add(&routing, "m", 1000, 1).await;
+        assert_eq!(
+            routing.choose("other", 5000, None).err(),
+            Some(RouteError::UnknownModel("other".into()))
+        );
+        let too_cheap = routing.choose("m", 500, None).err().unwrap();
+        assert_eq!(too_cheap.to_string(), "no worker for model `m` at coefficient ≤ 500 (cheapest is 1000)");
+        assert_eq!(too_cheap.kind(), ErrorKind::Unavailable);
+        // The failed worker is skipped on retry.
+        assert!(matches!(routing.choose("m", 5000, Some(only)), Err(RouteError::Busy { workers: 0, .. })));
+        routing.remove(only);
+        assert!(matches!(routing.choose("m", 5000, None), Err(RouteError::UnknownModel(_))));
+        assert!(routing.models().models.is_empty());
+    }
+
+    #[tokio::test]
+    async fn lists_models_with_capacity() {
+        let routing = Routing::default();
+        add(&routing, "m", 1000, 2).await;
+        add(&routing, "m", 3000, 1).await;
+        let _slot = routing.choose("m", 5000, None).unwrap();
+        let list = routing.models();
+        assert_eq!(
+            list.models,
+            vec![ModelEntry {
+                id: "m".into(),
+                workers: 2,
+                min_coefficient: 1000,
+                max_coefficient: 3000,
+                free_slots: 2,
+            }]
+        );
+    }
+}

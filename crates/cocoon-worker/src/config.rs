@@ -1,0 +1,56 @@
+//! The worker's configuration: one TOML file, every key also a flag.
+
+use cocoon_node::attestation::AttestationArgs;
+use serde::{Deserialize, Serialize};
+
+/// Everything a worker needs to serve a model to proxies.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+pub struct WorkerConfig {
+    /// Proxies to serve (host:port of their worker port; repeat or separate with commas). The worker
+    /// dials each and keeps the links up.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', default_value = "127.0.0.1:11001")]
+    pub proxy: Vec<String>,
+    /// Image hashes of proxies this worker accepts (hex; repeat or separate with commas). Empty:
+    /// any proxy image attested at least as strongly as `--min-peer-tee`.
+    #[arg(long, value_name = "HASH", value_delimiter = ',')]
+    pub allow_proxy_image: Vec<String>,
+    /// The inference engine: `embedded` (llama.cpp inside the worker, serving `--model-path`),
+    /// `synthetic` (a fixed-rate token stream for benchmarks and tests, not a model), or the base
+    /// URL of an OpenAI-compatible server such as vLLM, SGLang, llama.cpp or Ollama
+    /// (e.g. `http://127.0.0.1:8000`).
+    #[arg(long, value_name = "ENGINE", default_value = "embedded")]
+    pub engine: String,
+    /// The model name requests must carry. For `embedded` it defaults to the GGUF file's name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub model: String,
+    /// GGUF model file for the `embedded` engine. Empty: the default model (SmolLM2-135M-Instruct),
+    /// fetched once into the data directory.
+    #[arg(long, value_name = "PATH", default_value = "")]
+    pub model_path: String,
+    /// Context window per sequence of the `embedded` engine, in tokens.
+    #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
+    pub context_length: u32,
+    /// Price coefficient: 1000 = 1.0× the network's base price per token.
+    #[arg(long, value_name = "C", default_value_t = 1000)]
+    pub coefficient: u32,
+    /// Requests served at once; more are refused with 429 and the proxy routes elsewhere. For the
+    /// `embedded` engine this is also its number of parallel sequences.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_active: u32,
+    /// Address of this worker's `/healthz`, `/stats`, `/jsonstats` and `/metrics`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:12000")]
+    pub stats_listen: String,
+    /// Largest request body accepted from a proxy, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Synthetic engine only: bytes of text in each streamed chunk.
+    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    pub synthetic_chunk_bytes: usize,
+    /// Synthetic engine only: microseconds between chunks (0 = as fast as possible).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    pub synthetic_interval_us: u64,
+    /// How this worker attests itself and which proxies it accepts.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub attestation: AttestationArgs,
+}

@@ -1,0 +1,170 @@
+//! Counting the tokens of an engine's answer while passing it through unchanged, and ending the
+//! answer with the `x-cocoon-usage` trailer (or `x-cocoon-error` when the engine failed midway).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use cocoon_node::stats::NodeStats;
+use cocoon_node::trailers::{error_trailers, usage_trailers};
+use cocoon_node::Body;
+use cocoon_proto::{ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
+use eventsource_stream::Eventsource;
+use futures::stream::{self, StreamExt};
+use http_body::Frame;
+use http_body_util::StreamBody;
+use serde::Deserialize;
+
+/// The one field of an engine's answer (or stream chunk) the worker reads.
+#[derive(Deserialize)]
+struct UsageField {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+}
+
+/// Token usage in a JSON answer or chunk, if it carries a non-null `usage`.
+pub fn usage_in(json: &[u8]) -> Option<TokenUsage> {
+    let field: UsageField = serde_json::from_slice(json).ok()?;
+    field.usage.as_ref().map(TokenUsage::from)
+}
+
+/// A complete (non-streamed) answer followed by its usage trailer.
+pub fn metered_answer(bytes: Bytes, stats: &NodeStats) -> Body {
+    let usage = usage_in(&bytes).unwrap_or_default();
+    stats.record_tokens(&usage);
+    let frames = [
+        Ok::<_, Infallible>(Frame::data(bytes)),
+        Ok(Frame::trailers(usage_trailers(&usage))),
+    ];
+    Body::new(StreamBody::new(stream::iter(frames)))
+}
+
+struct Meter {
+    usage: Option<TokenUsage>,
+    content_chunks: u64,
+    finished: bool,
+}
+
+/// An SSE answer passed through event by event, ending with the usage trailer.
+///
+/// Engines that ignore `stream_options.include_usage` send no usage; the completion is then counted
+/// as one token per content chunk (how every known engine streams) and the prompt as unknown (0),
+/// which never overcharges the client.
+pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
+    let events = body.into_data_stream().eventsource();
+    let meter = Meter {
+        usage: None,
+        content_chunks: 0,
+        finished: false,
+    };
+    let frames = stream::unfold((events, meter, stats), |(mut events, mut meter, stats)| async move {
+        if meter.finished {
+            return None;
+        }
+        let frame = match events.next().await {
+            Some(Ok(event)) => {
+                if event.data.contains("\"usage\"") {
+                    if let Some(usage) = usage_in(event.data.as_bytes()) {
+                        meter.usage = Some(usage);
+                    }
+                }
+                if meter.usage.is_none() && event.data != "[DONE]" {
+                    meter.content_chunks += 1;
+                }
+                Frame::data(sse_event(&event.data))
+            }
+            Some(Err(error)) => {
+                meter.finished = true;
+                stats.record_error(ErrorKind::BadGateway);
+                Frame::trailers(error_trailers(&OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the engine's stream failed: {error}"),
+                )))
+            }
+            None => {
+                meter.finished = true;
+                let usage = meter.usage.unwrap_or_else(|| {
+                    tracing::warn!("engine sent no usage; counting one token per chunk");
+                    TokenUsage {
+                        completion_tokens: meter.content_chunks,
+                        ..TokenUsage::default()
+                    }
+                });
+                stats.record_tokens(&usage);
+                Frame::trailers(usage_trailers(&usage))
+            }
+        };
+        Some((Ok::<_, Infallible>(frame), (events, meter, stats)))
+    });
+    Body::new(StreamBody::new(frames))
+}
+
+/// One SSE event carrying `data` (each line of it prefixed, as the format requires).
+fn sse_event(data: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 8);
+    for line in data.split('\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_node::trailers::{read_error, read_usage};
+    use http_body_util::BodyExt;
+
+    async fn frames(body: Body) -> (String, Option<http::HeaderMap>) {
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (
+            String::from_utf8(collected.to_bytes().to_vec()).unwrap(),
+            trailers,
+        )
+    }
+
+    #[tokio::test]
+    async fn passes_events_through_and_reports_the_engines_usage() {
+        let sse = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+                   data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n\
+                   data: [DONE]\n\n";
+        let stats = NodeStats::new("worker");
+        let (text, trailers) = frames(metered_stream(Body::from(sse), stats.clone())).await;
+        assert_eq!(text, sse);
+        let usage = read_usage(&trailers.unwrap()).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 1));
+        assert_eq!(stats.snapshot()["tokens"]["completion"], 1);
+    }
+
+    #[tokio::test]
+    async fn counts_chunks_when_the_engine_sends_no_usage() {
+        let sse = "data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: {\"choices\":[{\"text\":\"b\"}]}\n\ndata: [DONE]\n\n";
+        let (_, trailers) = frames(metered_stream(Body::from(sse), NodeStats::new("worker"))).await;
+        assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 2);
+    }
+
+    #[tokio::test]
+    async fn an_engine_failure_midway_ends_with_an_error_trailer() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"data: {\"choices\":[]}\n\n")),
+            Err(std::io::Error::other("engine crashed")),
+        ];
+        let body = Body::from_stream(stream::iter(chunks));
+        let (text, trailers) = frames(metered_stream(body, NodeStats::new("worker"))).await;
+        assert!(text.starts_with("data: {\"choices\":[]}"));
+        let error = read_error(&trailers.unwrap()).unwrap();
+        assert_eq!(error.kind(), Some(ErrorKind::BadGateway));
+        assert!(error.error.message.contains("engine crashed"));
+    }
+
+    #[tokio::test]
+    async fn a_complete_answer_carries_its_usage_trailer() {
+        let json = Bytes::from_static(br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#);
+        let (text, trailers) = frames(metered_answer(json.clone(), &NodeStats::new("worker"))).await;
+        assert_eq!(text.as_bytes(), &json[..]);
+        assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 3);
+    }
+}

@@ -1,0 +1,195 @@
+//! `cocoon dev`: a whole network on loopback in one process — proxy, worker(s) and client, each
+//! with a fresh `fake`-attested identity and every check on (each side allows exactly the others'
+//! image hashes), ready for `curl`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use cocoon_client::ClientConfig;
+use cocoon_node::attestation::AttestationArgs;
+use cocoon_proxy::ProxyConfig;
+use cocoon_tee::{AttestationKind, FakeAttester};
+use cocoon_worker::WorkerConfig;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const PROXY_IMAGE: &str = "cocoon-proxy-dev";
+const WORKER_IMAGE: &str = "cocoon-worker-dev";
+const CLIENT_IMAGE: &str = "cocoon-client-dev";
+
+/// Options of `cocoon dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the network's state. Default: the user's data directory (e.g.
+    /// ~/.local/share/cocoon/dev).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The workers' engine: `embedded` (the built-in llama.cpp engine with `--model-path`, or the
+    /// default SmolLM2-135M-Instruct fetched once), `synthetic` (a fixed-rate token stream for
+    /// benchmarks, not a model), or the URL of an OpenAI-compatible server.
+    #[arg(long, value_name = "ENGINE", default_value = DEFAULT_ENGINE)]
+    pub engine: String,
+    /// Model name, required with an engine URL.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub model: String,
+    /// GGUF file for the `embedded` engine (default: SmolLM2-135M-Instruct, fetched once).
+    #[arg(long, value_name = "PATH", default_value = "")]
+    pub model_path: String,
+    /// How many workers to start.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: u32,
+    /// Requests each worker serves at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub max_active: u32,
+    /// Instance number: every port moves by 10 × N, so several networks can run side by side.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub instance: u16,
+}
+
+#[cfg(feature = "embedded")]
+const DEFAULT_ENGINE: &str = "embedded";
+#[cfg(not(feature = "embedded"))]
+const DEFAULT_ENGINE: &str = "synthetic";
+
+fn image_hash(label: &str) -> String {
+    FakeAttester::from_label(label).measurements().image_hash().to_string()
+}
+
+fn attestation(label: &str) -> AttestationArgs {
+    AttestationArgs {
+        tee: AttestationKind::Fake,
+        image_label: label.to_owned(),
+        min_peer_tee: AttestationKind::Fake,
+        cert_lifetime_secs: 86_400,
+    }
+}
+
+/// Runs the local network until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => dirs::data_dir()
+            .context("no user data directory; pass --data-dir")?
+            .join("cocoon")
+            .join("dev"),
+    };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let shift = 10 * args.instance;
+    let port = |base: u16| format!("127.0.0.1:{}", base + shift);
+    let shutdown = cocoon_node::shutdown::on_signal();
+
+    let proxy = cocoon_proxy::start(
+        ProxyConfig {
+            worker_listen: port(11001),
+            client_listen: port(11002),
+            stats_listen: port(11000),
+            allow_worker_image: vec![image_hash(WORKER_IMAGE)],
+            allow_client_image: vec![image_hash(CLIENT_IMAGE)],
+            max_body_bytes: 4 << 20,
+            max_request_secs: 600,
+            attestation: attestation(PROXY_IMAGE),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+
+    let mut workers = Vec::new();
+    for index in 0..args.workers as u16 {
+        let worker = cocoon_worker::start(
+            WorkerConfig {
+                proxy: vec![proxy.worker_addr.to_string()],
+                allow_proxy_image: vec![proxy.image_hash.to_string()],
+                engine: args.engine.clone(),
+                model: args.model.clone(),
+                model_path: args.model_path.clone(),
+                context_length: 4096,
+                coefficient: 1000,
+                max_active: args.max_active,
+                stats_listen: port(12000 + 100 * index),
+                max_body_bytes: 4 << 20,
+                synthetic_chunk_bytes: 128,
+                synthetic_interval_us: 0,
+                attestation: attestation(WORKER_IMAGE),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        workers.push(worker);
+    }
+    let model = workers[0].info.model.clone();
+
+    let client = cocoon_client::start(
+        ClientConfig {
+            listen: port(10000),
+            proxy: vec![proxy.client_addr.to_string()],
+            allow_proxy_image: vec![proxy.image_hash.to_string()],
+            api_key: Vec::new(),
+            max_body_bytes: 4 << 20,
+            max_coefficient: 4000,
+            timeout_secs: 300,
+            attestation: attestation(CLIENT_IMAGE),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let api = format!("http://{}", client.local_addr);
+    wait_until_routable(&api, &model).await?;
+
+    println!("Cocoon dev network is up (fake attestation, every check on). Data: {}", data_dir.display());
+    println!("  client API (OpenAI-compatible): {api}/v1");
+    println!("  proxy stats:  http://{}/stats", proxy.stats_addr);
+    for worker in &workers {
+        println!("  worker stats: http://{}/stats", worker.stats_addr);
+    }
+    println!("  model: {model}");
+    println!();
+    println!("Try:");
+    println!(
+        "  curl {api}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}],\"max_tokens\":64}}'"
+    );
+    println!();
+    println!("Ctrl-C stops the network.");
+
+    let (proxy_done, client_done) = tokio::join!(proxy.wait(), client.wait());
+    for worker in workers {
+        worker.wait().await?;
+    }
+    proxy_done?;
+    client_done?;
+    println!("Cocoon dev network stopped.");
+    Ok(())
+}
+
+/// Waits until the client lists `model`, i.e. client→proxy and worker→proxy links are both up.
+async fn wait_until_routable(api: &str, model: &str) -> anyhow::Result<()> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("{api}/v1/models").parse()?;
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(uri.clone()).await {
+            if let Ok(body) = response.into_body().collect().await {
+                let body = body.to_bytes();
+                if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    let listed = list["data"]
+                        .as_array()
+                        .is_some_and(|models| models.iter().any(|m| m["id"] == model));
+                    if listed {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the network did not come up within 60 s (model `{model}` never became routable)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,320 @@
+//! End-to-end: real `cocoon proxy`, `worker` and `client` processes talking over loopback with
+//! mutual RA-TLS (`fake` attestation, every check on), driven through the client's OpenAI API.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn chat(model: &str, max_tokens: u64, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    })
+}
+
+#[tokio::test]
+async fn chat_and_completions_stream_and_not_with_usage() {
+    let (_proxy, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &["--synthetic-chunk-bytes", "4"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let http = http();
+
+    let answer: Value = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 5, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "x".repeat(20));
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let mut request = chat("synthetic", 3, true);
+    request["stream_options"] = json!({"include_usage": true});
+    let response = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
+    assert_eq!(response.headers()["x-cocoon-worker-image"], image_hash("test-worker").as_str());
+    let events = all_events(response).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    let usage: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|e| e["usage"].is_object())
+        .collect();
+    assert_eq!(usage.len(), 1, "{events:?}");
+    assert_eq!(usage[0]["usage"]["completion_tokens"], 3);
+    assert_eq!(events.iter().filter(|e| e.contains("xxxx")).count(), 3);
+
+    // Without include_usage the app gets no usage chunk, as from OpenAI.
+    let response = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 2, true))
+        .send()
+        .await
+        .unwrap();
+    let events = all_events(response).await;
+    assert!(events.iter().all(|e| !e.contains("\"usage\":{")), "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    let completion: Value = http
+        .post(format!("{api}/v1/completions"))
+        .json(&json!({"model": "synthetic", "prompt": "hi", "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(completion["choices"][0]["text"], "xxxxxxxx");
+    assert_eq!(completion["usage"]["completion_tokens"], 2);
+}
+
+#[tokio::test]
+async fn routes_to_the_cheapest_worker_until_it_is_full_and_honours_max_coefficient() {
+    let (_proxy, proxy) = proxy(&[]);
+    // Slow workers, one request each, so a stream holds the cheap one while we ask again.
+    let slow = ["--max-active", "1", "--synthetic-interval-us", "20000"];
+    let (_cheap, _) = worker(&proxy, &[&slow[..], &["--coefficient", "1000"]].concat());
+    let (_dear, _) = worker(&proxy, &[&slow[..], &["--coefficient", "2000"]].concat());
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+    let http = http();
+
+    let first = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 100, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.headers()["x-cocoon-coefficient"], "1000");
+    let second = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.headers()["x-cocoon-coefficient"], "2000");
+    drop(first);
+
+    let mut cheap_only = chat("synthetic", 1, false);
+    cheap_only["max_coefficient"] = json!(500);
+    let refused = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&cheap_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let error: Value = refused.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cheapest is 1000"), "{message}");
+    assert!(message.contains("≤ 500"), "{message}");
+}
+
+#[tokio::test]
+async fn disallowed_images_are_refused_on_both_sides() {
+    // The proxy allows only workers of another image: ours never becomes routable.
+    let (_proxy, proxy) = proxy(&["--allow-worker-image", &image_hash("some-other-worker")]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_ok(&format!("http://{}/healthz", proxy.stats)).await;
+    // The client's link comes up (its image is allowed) and lists nothing.
+    let started = Instant::now();
+    let listed = loop {
+        let response = http().get(format!("{api}/v1/models")).send().await;
+        if let Ok(response) = response {
+            if response.status() == 200 {
+                break response.json::<Value>().await.unwrap();
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "client never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(listed["data"], json!([]), "{listed}");
+    let stats: Value = http()
+        .get(format!("http://{}/jsonstats", proxy.stats))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
+    let refused = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+
+    // A client that allows only another proxy image never links, and says so.
+    let (_picky, picky_api) = client(&proxy, &["--allow-proxy-image", &image_hash("some-other-proxy")]);
+    wait_for_ok(&format!("{picky_api}/healthz")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = http()
+        .post(format!("{picky_api}/v1/chat/completions"))
+        .json(&chat("synthetic", 1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "no_capacity", "{error}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_request_goes_elsewhere() {
+    let (_proxy, proxy) = proxy(&[]);
+    let (mut doomed, _) = worker(
+        &proxy,
+        &["--coefficient", "1000", "--synthetic-interval-us", "20000"],
+    );
+    let (_survivor, _) = worker(&proxy, &["--coefficient", "2000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 500, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
+    let mut events = events(response);
+    assert!(events.next().await.unwrap().contains("xxxx"));
+    doomed.kill();
+    let rest: Vec<String> = tokio::time::timeout(Duration::from_secs(20), events.collect())
+        .await
+        .expect("the stream ends soon after the worker dies");
+    let last = rest.last().expect("an error event ends the stream");
+    let error: Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("last event: {last}"));
+    assert!(error["error"]["message"].as_str().is_some(), "{error}");
+    assert!(!rest.iter().any(|e| e == "[DONE]"), "a failed stream must not look complete");
+
+    wait_for_ok(&format!("http://{}/healthz", proxy.stats)).await;
+    let next = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.headers()["x-cocoon-coefficient"], "2000");
+}
+
+/// An engine on loopback whose streamed answers never end, recording when one is dropped.
+async fn endless_engine(cancelled: Arc<AtomicBool>) -> String {
+    use axum::routing::post;
+    struct OnDrop(Arc<AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            let guard = OnDrop(cancelled.clone());
+            async move {
+                let chunks = futures::stream::unfold(guard, |guard| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"tick\"}}]}\n\n";
+                    Some((Ok::<_, std::convert::Infallible>(chunk), guard))
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(chunks),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_client_disconnecting_mid_stream_cancels_the_engine_request() {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let engine = endless_engine(cancelled.clone()).await;
+    let (_proxy, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &["--engine", &engine, "--model", "endless"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "endless", 1).await;
+
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("endless", 1000, true))
+        .send()
+        .await
+        .unwrap();
+    let mut events = events(response);
+    assert!(events.next().await.unwrap().contains("tick"));
+    assert!(!cancelled.load(Ordering::SeqCst));
+    drop(events);
+    let started = Instant::now();
+    while !cancelled.load(Ordering::SeqCst) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the engine's request was not cancelled after the app disconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_shaped_errors() {
+    let (_proxy, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &["--max-body-bytes", "2000"]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let http = http();
+    let url = format!("{api}/v1/chat/completions");
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            http.post(&url).header("content-type", "application/json").body("{\"model\": "),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            http.post(&url).json(&json!({"model": "synthetic", "messages": [{"role": "user", "content": "x".repeat(5000)}]})),
+            413,
+            "invalid_request_error",
+        ),
+        (http.post(&url).json(&chat("no-such-model", 1, false)), 404, "invalid_request_error"),
+        (
+            http.post(&url).json(&json!({"model": "synthetic"})),
+            400,
+            "invalid_request_error",
+        ),
+    ];
+    for (request, status, error_type) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["type"], error_type, "{error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+    }
+}
