@@ -19,12 +19,13 @@ use bytes::Bytes;
 use cocoon_node::link::get_json;
 use cocoon_node::reply::{json_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
+use cocoon_node::trailers::read_usage;
 use cocoon_node::Body;
 use cocoon_proto::headers::{
-    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, REQUEST_ID, TIMEOUT_MS, USAGE, WORKER_IMAGE,
+    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
 };
 use cocoon_proto::link::{ModelList, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
-use cocoon_proto::{ErrorKind, OpenAiError, TokenUsage};
+use cocoon_proto::{ErrorKind, OpenAiError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Map, Value};
@@ -543,10 +544,7 @@ impl Api {
                         error,
                     });
                 }
-                if let Some(usage) = trailers
-                    .get(USAGE)
-                    .and_then(|usage| serde_json::from_slice::<TokenUsage>(usage.as_bytes()).ok())
-                {
+                if let Some(usage) = read_usage(trailers) {
                     self.stats.record_tokens(&usage);
                 }
             }

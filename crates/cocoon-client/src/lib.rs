@@ -36,7 +36,7 @@ pub use config::{ClientConfig, ConfigError};
 use crate::http::{Api, Defaults};
 use crate::link::ProxyLinks;
 
-/// How long in-flight requests may run on after shutdown before they are cut.
+/// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A started client: its API is being served and its proxy links are being kept up.
@@ -51,8 +51,8 @@ pub struct RunningClient {
 }
 
 impl RunningClient {
-    /// Waits until `shutdown` is cancelled and the server has stopped: in-flight requests get
-    /// [`SHUTDOWN_GRACE`] to finish, then they are cut.
+    /// Waits until `shutdown` is cancelled and the server has stopped: in-flight requests get 10 s
+    /// to finish; after that `wait` returns without them (they end with the process).
     pub async fn wait(self) -> anyhow::Result<()> {
         let RunningClient {
             mut server,
@@ -67,7 +67,7 @@ impl RunningClient {
                 shutdown.cancelled().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => {
-                tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after shutdown; cutting them");
+                tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after shutdown; not waiting for them");
                 server.abort();
                 server.await
             }
@@ -137,9 +137,7 @@ pub async fn start(
     let app = http::router(api, stats_routes);
     let graceful = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
+        cocoon_node::serve::serve_http(listener, app, graceful).await
     });
     tracing::info!(%local_addr, proxies = ?config.proxy, "client API listening");
     Ok(RunningClient {

@@ -374,6 +374,9 @@ async fn non_streaming_chat_and_completions_answer_json() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "Hello");
     assert_eq!(proxy.seen.lock().unwrap()[1].body["prompt"], "Once upon");
+    // Usage from the trailers of whole (non-streamed) answers is counted too.
+    let stats: Value = client.get("/jsonstats").await.json().await.unwrap();
+    assert_eq!(stats["tokens"]["completion"], 4);
     client.stop().await;
 }
 

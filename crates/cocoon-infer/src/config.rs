@@ -14,7 +14,9 @@ pub struct EngineConfig {
     pub context_length: u32,
     /// Sequences decoded together (the engine's capacity). Each gets its own `context_length`.
     pub parallel: usize,
-    /// CPU threads for llama.cpp; `None` uses every available core.
+    /// CPU threads for llama.cpp; `None` uses all cores but one (at least one). llama.cpp's
+    /// threads spin-wait, so more threads than free cores makes decoding many times slower:
+    /// the spare core keeps the network side and other processes from stalling them.
     pub threads: Option<usize>,
     /// Layers offloaded to a GPU (only with a GPU-enabled build; ignored on CPU).
     pub gpu_layers: u32,
@@ -24,7 +26,7 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// Defaults for `model_path`: served under the file's stem, 2048 tokens per sequence,
-    /// 4 parallel sequences, all cores, no GPU, 64 queued requests.
+    /// 4 parallel sequences, all cores but one, no GPU, 64 queued requests.
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
         let model_path = model_path.into();
         EngineConfig {

@@ -183,9 +183,7 @@ impl Engine {
             .ok_or_else(|| {
                 InferError::Config("context_length × parallel is out of range".into())
             })?;
-        let threads = config
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = config.threads.unwrap_or_else(default_threads);
         let threads = i32::try_from(threads.max(1)).unwrap_or(i32::MAX);
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(Some(total))
@@ -340,6 +338,14 @@ impl Engine {
     fn check_fits(&self, prompt_tokens: usize, max_tokens: Option<u32>) -> Result<u32, ApiError> {
         check_fits(self.context_length, prompt_tokens, max_tokens)
     }
+}
+
+/// All cores but one, at least one (see [`EngineConfig::threads`]).
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .max(1)
 }
 
 /// See [`Engine::check_fits`]: the prompt must leave room for at least one token, and an explicit

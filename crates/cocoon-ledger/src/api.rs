@@ -3,7 +3,7 @@
 //! Routes (all JSON):
 //! - `GET  /healthz` → `"ok"` (text)
 //! - `GET  /v1/registry` → [`crate::Registry`]
-//! - `GET  /v1/stats` (also `/jsonstats`) → [`LedgerStats`]
+//! - `GET  /v1/stats` (also `/jsonstats`) → [`LedgerStats`]; `/stats` (text), `/metrics` (Prometheus)
 //! - `GET  /v1/accounts/{account}` → [`crate::Account`] (zero balance and nonce if never seen)
 //! - `GET  /v1/proxies/{proxy}` → [`crate::ProxyContract`]
 //! - `GET  /v1/proxies/{proxy}/clients/{client}` → [`crate::ClientContract`]

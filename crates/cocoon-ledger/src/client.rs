@@ -99,11 +99,6 @@ impl LedgerClient {
         })
     }
 
-    /// The account this client signs for.
-    pub fn account_id(&self) -> Option<AccountId> {
-        self.key.as_ref().map(AccountId::from)
-    }
-
     async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         let status = response.status();
         let bytes = response.bytes().await?;
@@ -137,47 +132,9 @@ impl LedgerClient {
         }
     }
 
-    /// The registry document.
-    pub async fn registry(&self) -> Result<Registry, ClientError> {
-        self.get("/v1/registry").await
-    }
-
     /// Ledger-wide figures.
     pub async fn stats(&self) -> Result<LedgerStats, ClientError> {
         self.get("/v1/stats").await
-    }
-
-    /// An account (zero if never seen).
-    pub async fn account(&self, id: &AccountId) -> Result<Account, ClientError> {
-        self.get(&format!("/v1/accounts/{id}")).await
-    }
-
-    /// A proxy contract.
-    pub async fn proxy_contract(
-        &self,
-        proxy: &AccountId,
-    ) -> Result<Option<ProxyContract>, ClientError> {
-        self.get_optional(&format!("/v1/proxies/{proxy}")).await
-    }
-
-    /// The client contract of `client` with `proxy`.
-    pub async fn client_contract(
-        &self,
-        proxy: &AccountId,
-        client: &AccountId,
-    ) -> Result<Option<ClientContract>, ClientError> {
-        self.get_optional(&format!("/v1/proxies/{proxy}/clients/{client}"))
-            .await
-    }
-
-    /// The worker contract of `worker` with `proxy`.
-    pub async fn worker_contract(
-        &self,
-        proxy: &AccountId,
-        worker: &AccountId,
-    ) -> Result<Option<WorkerContract>, ClientError> {
-        self.get_optional(&format!("/v1/proxies/{proxy}/workers/{worker}"))
-            .await
     }
 
     /// Log entries after `query.after`.
@@ -209,7 +166,12 @@ impl LedgerClient {
         loop {
             let last = match *nonce {
                 Some(n) => n,
-                None => self.account(&AccountId::from(key)).await?.nonce,
+                None => {
+                    let id = AccountId::from(key);
+                    self.get::<Account>(&format!("/v1/accounts/{id}"))
+                        .await?
+                        .nonce
+                }
             };
             let next = last.saturating_add(1);
             let tx = SignedTransaction::sign(key, next, body.clone())?;
@@ -242,7 +204,7 @@ impl LedgerClient {
 #[async_trait]
 impl Settlement for LedgerClient {
     fn account_id(&self) -> Option<AccountId> {
-        LedgerClient::account_id(self)
+        self.key.as_ref().map(AccountId::from)
     }
 
     async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError> {
@@ -250,18 +212,18 @@ impl Settlement for LedgerClient {
     }
 
     async fn registry(&self) -> Result<Registry, SettlementError> {
-        Ok(LedgerClient::registry(self).await?)
+        Ok(self.get("/v1/registry").await?)
     }
 
     async fn account(&self, id: AccountId) -> Result<Account, SettlementError> {
-        Ok(LedgerClient::account(self, &id).await?)
+        Ok(self.get(&format!("/v1/accounts/{id}")).await?)
     }
 
     async fn proxy_contract(
         &self,
         proxy: AccountId,
     ) -> Result<Option<ProxyContract>, SettlementError> {
-        Ok(LedgerClient::proxy_contract(self, &proxy).await?)
+        Ok(self.get_optional(&format!("/v1/proxies/{proxy}")).await?)
     }
 
     async fn client_contract(
@@ -269,7 +231,9 @@ impl Settlement for LedgerClient {
         proxy: AccountId,
         client: AccountId,
     ) -> Result<Option<ClientContract>, SettlementError> {
-        Ok(LedgerClient::client_contract(self, &proxy, &client).await?)
+        Ok(self
+            .get_optional(&format!("/v1/proxies/{proxy}/clients/{client}"))
+            .await?)
     }
 
     async fn worker_contract(
@@ -277,6 +241,8 @@ impl Settlement for LedgerClient {
         proxy: AccountId,
         worker: AccountId,
     ) -> Result<Option<WorkerContract>, SettlementError> {
-        Ok(LedgerClient::worker_contract(self, &proxy, &worker).await?)
+        Ok(self
+            .get_optional(&format!("/v1/proxies/{proxy}/workers/{worker}"))
+            .await?)
     }
 }

@@ -7,6 +7,25 @@
 //! - [`rules`]: the state machine every settlement backend must follow.
 //! - [`store`]: the state and its transaction log in SQLite.
 //! - [`service`] and [`client`]: the HTTP/JSON API and a [`Settlement`] client for it.
+//!
+//! A proxy prices each request and signs cumulative vouchers; the ledger moves only the difference:
+//!
+//! ```
+//! use cocoon_ledger::{price, AccountId, Prices, VoucherSigner};
+//! use cocoon_proto::usage::TokenUsage;
+//! use ed25519_dalek::SigningKey;
+//!
+//! let usage = TokenUsage { prompt_tokens: 100, cached_tokens: 0, completion_tokens: 50, reasoning_tokens: 0 };
+//! let cost = price(&usage, 1_000, &Prices::default()).unwrap();
+//! assert_eq!(cost.client_price, cost.worker_pay + cost.commission);
+//!
+//! let key = SigningKey::from_bytes(&[7; 32]);
+//! let signer = VoucherSigner::new(key, AccountId([1; 32]));
+//! let voucher = signer.client_charge(AccountId([2; 32]), cost.client_price, 1, false);
+//! voucher.verify(&signer.voucher_key()).unwrap();
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod client;
@@ -18,6 +37,7 @@ pub mod registry;
 pub mod rules;
 pub mod service;
 pub mod settlement;
+pub mod stats;
 pub mod store;
 pub mod transaction;
 pub mod voucher;
@@ -37,4 +57,4 @@ pub use service::{serve, spawn, Ledger, LedgerHandle, ServiceError};
 pub use settlement::{Settlement, SettlementError};
 pub use store::{LedgerStore, LogEntry, Receipt, StoreError, SubmitError};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};
-pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherKind};
+pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherKind, VoucherSigner};

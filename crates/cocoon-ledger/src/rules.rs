@@ -410,16 +410,6 @@ impl PartialEq for LedgerState {
 
 impl Eq for LedgerState {}
 
-/// Unwraps an entity the caller has just checked exists. The rules check before they mutate, so
-/// the `None` arm is unreachable; it falls back to a fresh default rather than panicking.
-fn ensure<'a, K: Ord + Copy, V>(
-    map: &'a mut BTreeMap<K, V>,
-    key: K,
-    fresh: impl FnOnce() -> V,
-) -> &'a mut V {
-    map.entry(key).or_insert_with(fresh)
-}
-
 impl LedgerState {
     /// A fresh ledger with `registry` and the given initial balances (which make up the supply).
     pub fn genesis(
@@ -588,16 +578,17 @@ impl LedgerState {
         }
     }
 
-    // ---- mutation accessors: each records what it touches ----
+    // ---- mutation accessors: each records what it touches. A contract created here starts
+    // `Closed` with nothing in it; only the opening rules call these for a missing contract. ----
 
     fn account_mut(&mut self, id: AccountId) -> &mut Account {
         self.touched.insert(EntityKey::Account(id));
-        ensure(&mut self.accounts, id, Account::default)
+        self.accounts.entry(id).or_default()
     }
 
     fn proxy_mut(&mut self, id: AccountId) -> &mut ProxyContract {
         self.touched.insert(EntityKey::Proxy(id));
-        ensure(&mut self.proxies, id, || ProxyContract {
+        self.proxies.entry(id).or_insert_with(|| ProxyContract {
             owner: id,
             voucher_key: id,
             stake: 0,
@@ -612,26 +603,30 @@ impl LedgerState {
 
     fn client_mut(&mut self, proxy: AccountId, client: AccountId) -> &mut ClientContract {
         self.touched.insert(EntityKey::Client(proxy, client));
-        ensure(&mut self.clients, (proxy, client), || ClientContract {
-            proxy,
-            client,
-            balance: 0,
-            stake: 0,
-            charged: 0,
-            collected: 0,
-            voucher_seqno: 0,
-            status: ContractStatus::Closed,
-        })
+        self.clients
+            .entry((proxy, client))
+            .or_insert_with(|| ClientContract {
+                proxy,
+                client,
+                balance: 0,
+                stake: 0,
+                charged: 0,
+                collected: 0,
+                voucher_seqno: 0,
+                status: ContractStatus::Closed,
+            })
     }
 
     fn worker_mut(&mut self, proxy: AccountId, worker: AccountId) -> &mut WorkerContract {
         self.touched.insert(EntityKey::Worker(proxy, worker));
-        ensure(&mut self.workers, (proxy, worker), || WorkerContract {
-            proxy,
-            worker,
-            paid: 0,
-            voucher_seqno: 0,
-        })
+        self.workers
+            .entry((proxy, worker))
+            .or_insert_with(|| WorkerContract {
+                proxy,
+                worker,
+                paid: 0,
+                voucher_seqno: 0,
+            })
     }
 
     // ---- checks ----
@@ -844,7 +839,6 @@ impl LedgerState {
         let contract = self.proxy_mut(signer);
         contract.stake = 0;
         contract.pool = 0;
-        contract.withdrawn = contract.withdrawn.saturating_add(returned);
         contract.status = ContractStatus::Closed;
         self.account_mut(signer).balance += returned;
         Ok(Outcome::ProxyClosed { returned })
@@ -1109,4 +1103,4 @@ impl LedgerState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

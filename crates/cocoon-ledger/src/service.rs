@@ -140,6 +140,8 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/registry", get(registry))
         .route("/v1/stats", get(stats))
         .route("/jsonstats", get(stats))
+        .route("/stats", get(human_stats))
+        .route("/metrics", get(metrics))
         .route("/v1/accounts/{account}", get(account))
         .route("/v1/proxies/{proxy}", get(proxy))
         .route("/v1/proxies/{proxy}/clients/{client}", get(client_contract))
@@ -155,6 +157,27 @@ async fn registry(State(ledger): State<Arc<Ledger>>) -> ApiResult<crate::Registr
 
 async fn stats(State(ledger): State<Arc<Ledger>>) -> ApiResult<LedgerStats> {
     Ok(Json(ledger.stats()))
+}
+
+async fn human_stats(State(ledger): State<Arc<Ledger>>) -> String {
+    crate::stats::stats_text(&ledger.stats())
+}
+
+async fn metrics(State(ledger): State<Arc<Ledger>>) -> Response {
+    match crate::stats::metrics_text(&ledger.stats()) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::Storage {
+            message: format!("encoding metrics: {e}"),
+        }
+        .into_response(),
+    }
 }
 
 async fn account(State(ledger): State<Arc<Ledger>>, Path(id): Path<String>) -> ApiResult<Account> {

@@ -557,4 +557,44 @@ mod tests {
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2, "synchronous=FULL");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(8))]
+
+        /// Whatever sequence was applied, a reopened store holds exactly the same state.
+        #[test]
+        fn reopen_restores_the_state_after_random_sequences(
+            ops in proptest::collection::vec(crate::rules::tests::op(), 1..60)
+        ) {
+            use crate::rules::tests::{build_body, id, key, test_registry, Op, KEYS};
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ledger.sqlite3");
+            let genesis = || {
+                let allocations: Vec<_> = (1..=KEYS).map(|n| (id(n), 2_000)).collect();
+                LedgerState::genesis(test_registry(), &allocations)
+            };
+            let mut store = LedgerStore::open(&path, genesis).unwrap();
+            let mut ctx = Context { now: 0, faucet_enabled: true };
+            let mut accepted = 0;
+            for op in &ops {
+                match op {
+                    Op::Advance(dt) => ctx.now += dt,
+                    Op::Tx { signer, replay_nonce, body } => {
+                        let last = store.state().account(&id(*signer)).map_or(0, |a| a.nonce);
+                        let nonce = if *replay_nonce { last } else { last + 1 };
+                        let tx = SignedTransaction::sign(&key(*signer), nonce, build_body(*signer, body))
+                            .unwrap();
+                        if store.submit(&tx, &ctx).is_ok() {
+                            accepted += 1;
+                        }
+                    }
+                }
+            }
+            let expected = store.state().clone();
+            drop(store);
+            let reopened = LedgerStore::open(&path, genesis).unwrap();
+            proptest::prop_assert_eq!(reopened.state(), &expected);
+            proptest::prop_assert_eq!(reopened.last_seq(), accepted);
+        }
+    }
 }

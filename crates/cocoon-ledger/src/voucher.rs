@@ -102,6 +102,67 @@ impl SignedVoucher {
     }
 }
 
+/// A proxy's voucher-signing side: its contract id and the key its contract names.
+pub struct VoucherSigner {
+    key: SigningKey,
+    proxy: AccountId,
+}
+
+impl std::fmt::Debug for VoucherSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret key.
+        f.debug_struct("VoucherSigner")
+            .field("proxy", &self.proxy)
+            .field("voucher_key", &self.voucher_key())
+            .finish()
+    }
+}
+
+impl VoucherSigner {
+    /// Signs for proxy contract `proxy` with `key` (the contract's `voucher_key`).
+    pub fn new(key: SigningKey, proxy: AccountId) -> Self {
+        Self { key, proxy }
+    }
+
+    /// The public key to register as the contract's `voucher_key`.
+    pub fn voucher_key(&self) -> AccountId {
+        AccountId::from(&self.key)
+    }
+
+    /// A client-charge voucher: `client` owes `cumulative` in total (statement `seqno`).
+    /// `is_final` marks the last one, which lets the client close its contract at once.
+    pub fn client_charge(
+        &self,
+        client: AccountId,
+        cumulative: Amount,
+        seqno: u64,
+        is_final: bool,
+    ) -> SignedVoucher {
+        Voucher {
+            kind: VoucherKind::ClientCharge,
+            proxy: self.proxy,
+            counterparty: client,
+            cumulative,
+            seqno,
+            is_final,
+        }
+        .sign(&self.key)
+    }
+
+    /// A worker-pay voucher: `worker` has earned `cumulative` in total (statement `seqno`).
+    pub fn worker_pay(&self, worker: AccountId, cumulative: Amount, seqno: u64) -> SignedVoucher {
+        Voucher {
+            kind: VoucherKind::WorkerPay,
+            proxy: self.proxy,
+            counterparty: worker,
+            cumulative,
+            seqno,
+            is_final: false,
+        }
+        .sign(&self.key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +207,19 @@ mod tests {
             change(&mut forged.voucher);
             assert_eq!(forged.verify(&id), Err(VoucherError::BadSignature));
         }
+    }
+
+    #[test]
+    fn signer_produces_vouchers_its_key_verifies() {
+        let signer = VoucherSigner::new(SigningKey::from_bytes(&[5; 32]), AccountId([1; 32]));
+        let charge = signer.client_charge(AccountId([2; 32]), 10, 1, true);
+        let pay = signer.worker_pay(AccountId([3; 32]), 8, 1);
+        charge.verify(&signer.voucher_key()).unwrap();
+        pay.verify(&signer.voucher_key()).unwrap();
+        assert_eq!(charge.voucher.kind, VoucherKind::ClientCharge);
+        assert!(charge.voucher.is_final);
+        assert_eq!(pay.voucher.kind, VoucherKind::WorkerPay);
+        assert_eq!(pay.voucher.proxy, AccountId([1; 32]));
     }
 
     #[test]

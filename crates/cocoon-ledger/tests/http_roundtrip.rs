@@ -247,7 +247,7 @@ async fn nonces_stay_ordered_under_concurrency_and_across_clients() {
     let twin = LedgerClient::new(&url, key(CLIENT)).unwrap();
     twin.transfer(id(WORKER), 10).await.unwrap();
     client.transfer(id(WORKER), 10).await.unwrap();
-    let account = client.account(&id(CLIENT)).await.unwrap();
+    let account = client.account(id(CLIENT)).await.unwrap();
     assert_eq!(account.nonce, 11);
     assert_eq!(account.balance, 1_000 - 100);
     server.shutdown().await.unwrap();
@@ -291,7 +291,7 @@ async fn bad_requests_get_typed_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    assert!(matches!(reader.proxy_contract(&id(PROXY)).await, Ok(None)));
+    assert!(matches!(reader.proxy_contract(id(PROXY)).await, Ok(None)));
     assert_eq!(
         raw.get(format!("{url}/healthz"))
             .send()
@@ -311,6 +311,15 @@ async fn bad_requests_get_typed_errors() {
         .await
         .unwrap();
     assert!(!stats.faucet_enabled);
+    let metrics = raw.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("cocoon_ledger_supply 0"));
+    let human = raw.get(format!("{url}/stats")).send().await.unwrap();
+    assert!(human.text().await.unwrap().contains("faucet: off"));
 
     // Nothing listens here any more: a transport error, not an API error.
     server.shutdown().await.unwrap();

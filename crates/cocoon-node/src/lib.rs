@@ -10,6 +10,7 @@ pub mod attestation;
 pub mod backoff;
 pub mod link;
 pub mod reply;
+pub mod serve;
 pub mod shutdown;
 pub mod stats;
 pub mod trailers;

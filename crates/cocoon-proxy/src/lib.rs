@@ -97,9 +97,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::
     let stop = shutdown.clone();
     let router = stats::router(stats, details);
     tasks.spawn(async move {
-        if let Err(error) = axum::serve(surface, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await
         {
             tracing::error!(%error, "stats server failed");
         }

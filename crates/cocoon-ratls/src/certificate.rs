@@ -102,16 +102,22 @@ pub(crate) fn verify_attested(
     let cert = parse(der)?;
     let c = contents(der, &cert)?;
 
-    let sig_alg = cert.signature_algorithm.algorithm.to_id_string();
-    if sig_alg != ED25519_OID {
-        return Err(RatlsError::NotEd25519 {
-            what: "signature",
-            oid: sig_alg,
-        });
+    // The algorithm appears twice (inside and outside the signed part); both must be Ed25519.
+    for alg in [
+        &cert.signature_algorithm.algorithm,
+        &cert.tbs_certificate.signature.algorithm,
+    ] {
+        let oid = alg.to_id_string();
+        if oid != ED25519_OID {
+            return Err(RatlsError::NotEd25519 {
+                what: "signature",
+                oid,
+            });
+        }
     }
     let key = VerifyingKey::from_bytes(&c.public_key).map_err(|_| RatlsError::NotSelfSigned)?;
-    let sig = Signature::from_slice(&cert.signature_value.data)
-        .map_err(|_| RatlsError::NotSelfSigned)?;
+    let sig =
+        Signature::from_slice(&cert.signature_value.data).map_err(|_| RatlsError::NotSelfSigned)?;
     key.verify_strict(cert.tbs_certificate.as_ref(), &sig)
         .map_err(|_| RatlsError::NotSelfSigned)?;
 
@@ -200,9 +206,12 @@ fn contents(der: &[u8], cert: &X509Certificate<'_>) -> Result<CertificateContent
             oid: key_alg,
         });
     }
-    let public_key: [u8; 32] = spki.subject_public_key.data.as_ref().try_into().map_err(|_| {
-        RatlsError::CertificateParse("Ed25519 public key is not 32 bytes".into())
-    })?;
+    let public_key: [u8; 32] = spki
+        .subject_public_key
+        .data
+        .as_ref()
+        .try_into()
+        .map_err(|_| RatlsError::CertificateParse("Ed25519 public key is not 32 bytes".into()))?;
 
     Ok(CertificateContents {
         claims: Claims::from_json(claims_json)?,
@@ -299,7 +308,9 @@ mod tests {
         assert_eq!(seen.quote, *id.quote());
         assert_eq!(seen.fingerprint, id.fingerprint());
         // notBefore is set back for clock skew.
-        assert!(seen.not_before <= SystemTime::now() - CLOCK_SKEW_ALLOWANCE + Duration::from_secs(5));
+        assert!(
+            seen.not_before <= SystemTime::now() - CLOCK_SKEW_ALLOWANCE + Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -322,7 +333,10 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let err = verify(der.der()).unwrap_err();
-        assert!(matches!(err, RatlsError::MissingExtension { name: "quote", .. }), "{err}");
+        assert!(
+            matches!(err, RatlsError::MissingExtension { name: "quote", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -354,7 +368,10 @@ mod tests {
         let mut p = params(&claims, &quote);
         p.custom_extensions[1].set_criticality(false);
         let err = verify(p.self_signed(&key).unwrap().der()).unwrap_err();
-        assert!(matches!(err, RatlsError::ExtensionNotCritical("claims")), "{err}");
+        assert!(
+            matches!(err, RatlsError::ExtensionNotCritical("claims")),
+            "{err}"
+        );
 
         let mut p = params(&claims, &quote);
         let dup = p.custom_extensions[0].clone();
@@ -408,7 +425,10 @@ mod tests {
         let (claims, quote) = attest(&FakeAttester::from_label("w"), &ed25519());
         let der = params(&claims, &quote).self_signed(&key).unwrap();
         let err = verify(der.der()).unwrap_err();
-        assert!(matches!(err, RatlsError::NotEd25519 { what: "key", .. }), "{err}");
+        assert!(
+            matches!(err, RatlsError::NotEd25519 { what: "key", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -445,13 +465,20 @@ mod tests {
     fn policy_is_applied() {
         let worker = FakeAttester::from_label("worker");
         let id = Identity::generate(&worker, "worker", BTreeMap::new(), HOUR).unwrap();
-        let other = FakeAttester::from_label("other").measurements().image_hash();
+        let other = FakeAttester::from_label("other")
+            .measurements()
+            .image_hash();
         let policy = Policy {
             allowed_image_hashes: BTreeSet::from([other]),
             min_kind: AttestationKind::Fake,
         };
-        let err = verify_certificate(id.certificate_der(), &Verifier::new(), &policy, SystemTime::now())
-            .unwrap_err();
+        let err = verify_certificate(
+            id.certificate_der(),
+            &Verifier::new(),
+            &policy,
+            SystemTime::now(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, RatlsError::Policy(TeeError::ImageHashNotAllowed(h)) if h == worker.measurements().image_hash()),
             "{err}"

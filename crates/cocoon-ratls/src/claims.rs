@@ -80,7 +80,10 @@ mod tests {
 
     #[test]
     fn report_data_depends_on_exact_bytes() {
-        assert_ne!(report_data_for(b"{\"a\":1}"), report_data_for(b"{\"a\": 1}"));
+        assert_ne!(
+            report_data_for(b"{\"a\":1}"),
+            report_data_for(b"{\"a\": 1}")
+        );
         assert_eq!(report_data_for(b"x"), report_data_for(b"x"));
     }
 }

@@ -81,13 +81,8 @@ impl Identity {
         let not_after = now
             .checked_add(validity)
             .ok_or_else(|| RatlsError::Identity(format!("validity {validity:?} is too long")))?;
-        let params = certificate_params(
-            role,
-            &quote.to_bytes(),
-            &claims_json,
-            not_before,
-            not_after,
-        )?;
+        let params =
+            certificate_params(role, &quote.to_bytes(), &claims_json, not_before, not_after)?;
 
         let pkcs8 = signing_key
             .to_pkcs8_der()
@@ -158,6 +153,17 @@ impl Identity {
     /// The certificate and key in the form rustls serves.
     pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified_key.clone()
+    }
+
+    /// This identity's certificate served with another identity's TLS key: a thief holding
+    /// a certificate but not its key.
+    #[cfg(test)]
+    pub(crate) fn with_stolen_certificate(self, victim: &Identity) -> Identity {
+        let key = self.certified_key.key.clone();
+        Identity {
+            certified_key: Arc::new(CertifiedKey::new(vec![victim.certificate.clone()], key)),
+            ..self
+        }
     }
 }
 

@@ -9,11 +9,14 @@
 //! [`Acceptor`] run it on both sides of every handshake and return the peer's
 //! [`PeerIdentity`].
 
+#![warn(missing_docs)]
+
 mod certificate;
 mod claims;
 mod error;
 mod identity;
 mod link;
+mod rotation;
 mod verifier;
 
 pub use certificate::{inspect_certificate, verify_certificate, CertificateContents, PeerIdentity};
@@ -23,6 +26,7 @@ pub use identity::{
     Identity, SharedIdentity, SharedPolicy, CLOCK_SKEW_ALLOWANCE, DEFAULT_VALIDITY,
 };
 pub use link::{Acceptor, Connector, ALPN_H2, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use rotation::spawn_rotation;
 
 /// OID arcs of the quote extension.
 pub const QUOTE_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 1];

@@ -213,3 +213,276 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, RatlsError> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_owned()).map_err(|_| invalid())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use arc_swap::ArcSwap;
+    use cocoon_tee::{AttestationKind, Attester, FakeAttester, NoneAttester, Policy};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::Identity;
+
+    fn identity(attester: &dyn Attester, role: &str) -> SharedIdentity {
+        Identity::generate(attester, role, BTreeMap::new(), crate::DEFAULT_VALIDITY)
+            .unwrap()
+            .into_shared()
+    }
+
+    fn policy(p: Policy) -> SharedPolicy {
+        Arc::new(ArcSwap::from_pointee(p))
+    }
+
+    fn fake() -> SharedPolicy {
+        policy(Policy::any_image(AttestationKind::Fake))
+    }
+
+    /// Starts an acceptor that answers "ping" with "pong" and reports each accept's outcome.
+    async fn serve(
+        acceptor: Acceptor,
+    ) -> (
+        String,
+        mpsc::UnboundedReceiver<Result<PeerIdentity, RatlsError>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                match acceptor.accept(tcp).await {
+                    Ok((mut tls, peer)) => {
+                        let _ = tx.send(Ok(peer));
+                        let mut buf = [0u8; 4];
+                        if tls.read_exact(&mut buf).await.is_ok() && &buf == b"ping" {
+                            let _ = tls.write_all(b"pong").await;
+                            let _ = tls.flush().await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    /// Whether a ping/pong exchange completes over the client stream.
+    async fn exchange(tls: &mut client::TlsStream<TcpStream>) -> bool {
+        let mut buf = [0u8; 4];
+        tls.write_all(b"ping").await.is_ok()
+            && tls.flush().await.is_ok()
+            && tls.read_exact(&mut buf).await.is_ok()
+            && &buf == b"pong"
+    }
+
+    #[tokio::test]
+    async fn mutual_handshake_reveals_both_identities() {
+        let proxy = FakeAttester::from_label("cocoon-proxy-dev");
+        let worker = FakeAttester::from_label("cocoon-worker-dev");
+        let server_id = identity(&proxy, "proxy");
+        let client_id = identity(&worker, "worker");
+        let acceptor = Acceptor::new(server_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
+        let connector =
+            Connector::new(client_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
+        let (addr, mut accepted) = serve(acceptor).await;
+
+        let (mut tls, server_seen) = connector.connect(&addr).await.unwrap();
+        assert_eq!(server_seen.cert_fingerprint, server_id.load().fingerprint());
+        assert_eq!(server_seen.claims.role, "proxy");
+        assert_eq!(server_seen.image_hash, proxy.measurements().image_hash());
+        assert!(exchange(&mut tls).await);
+
+        let conn = tls.get_ref().1;
+        assert_eq!(conn.alpn_protocol(), Some(ALPN_H2));
+        assert_eq!(
+            conn.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let suite = conn.negotiated_cipher_suite().unwrap().suite();
+        assert!(matches!(
+            suite,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                | rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        ));
+        assert!(tls.get_ref().0.nodelay().unwrap());
+
+        let client_seen = accepted.recv().await.unwrap().unwrap();
+        assert_eq!(client_seen.cert_fingerprint, client_id.load().fingerprint());
+        assert_eq!(client_seen.claims.role, "worker");
+        assert_eq!(client_seen.image_hash, worker.measurements().image_hash());
+    }
+
+    #[tokio::test]
+    async fn server_rejects_client_below_minimum_kind() {
+        let acceptor = Acceptor::new(
+            identity(&FakeAttester::from_label("p"), "proxy"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let connector = Connector::new(
+            identity(&NoneAttester, "client"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let (addr, mut accepted) = serve(acceptor).await;
+
+        // TLS 1.3: the client may finish before the server judges it, so the refusal may
+        // only show on the first exchange.
+        match connector.connect(&addr).await {
+            Ok((mut tls, _)) => assert!(!exchange(&mut tls).await),
+            Err(e) => assert!(matches!(e, RatlsError::Handshake(_)), "{e}"),
+        }
+        let err = accepted.recv().await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, RatlsError::PeerRejected(m) if m.contains("below the policy's minimum fake")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn client_rejects_server_with_unlisted_image() {
+        let acceptor = Acceptor::new(
+            identity(&FakeAttester::from_label("rogue"), "proxy"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let allowed = FakeAttester::from_label("good").measurements().image_hash();
+        let connector = Connector::new(
+            identity(&FakeAttester::from_label("w"), "worker"),
+            policy(Policy {
+                allowed_image_hashes: BTreeSet::from([allowed]),
+                min_kind: AttestationKind::Fake,
+            }),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let (addr, mut accepted) = serve(acceptor).await;
+
+        let err = connector.connect(&addr).await.unwrap_err();
+        assert!(
+            matches!(&err, RatlsError::PeerRejected(m) if m.contains("is not in the allowed list")),
+            "{err}"
+        );
+        let server_err = accepted.recv().await.unwrap().unwrap_err();
+        assert!(
+            matches!(server_err, RatlsError::Handshake(_)),
+            "{server_err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn policy_and_identity_updates_apply_to_new_handshakes() {
+        let proxy = FakeAttester::from_label("proxy");
+        let server_id = identity(&proxy, "proxy");
+        let client_policy = fake();
+        let acceptor = Acceptor::new(server_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
+        let connector = Connector::new(
+            identity(&FakeAttester::from_label("w"), "worker"),
+            client_policy.clone(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let (addr, _accepted) = serve(acceptor).await;
+
+        let (_, first) = connector.connect(&addr).await.unwrap();
+
+        // Rotation: the next handshake presents the new certificate.
+        let rotated =
+            Identity::generate(&proxy, "proxy", BTreeMap::new(), crate::DEFAULT_VALIDITY).unwrap();
+        let rotated_fp = rotated.fingerprint();
+        server_id.store(Arc::new(rotated));
+        let (_, second) = connector.connect(&addr).await.unwrap();
+        assert_ne!(second.cert_fingerprint, first.cert_fingerprint);
+        assert_eq!(second.cert_fingerprint, rotated_fp);
+
+        // A policy change applies even though the certificate's verification is cached.
+        let other = FakeAttester::from_label("other")
+            .measurements()
+            .image_hash();
+        client_policy.store(Arc::new(Policy {
+            allowed_image_hashes: BTreeSet::from([other]),
+            min_kind: AttestationKind::Fake,
+        }));
+        let err = connector.connect(&addr).await.unwrap_err();
+        assert!(matches!(err, RatlsError::PeerRejected(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn certificate_presented_without_its_key_is_rejected() {
+        let attester = FakeAttester::from_label("p");
+        let new_id = || {
+            Identity::generate(&attester, "proxy", BTreeMap::new(), crate::DEFAULT_VALIDITY)
+                .unwrap()
+        };
+        let victim = new_id();
+        let thief = new_id().with_stolen_certificate(&victim);
+        let acceptor =
+            Acceptor::new(thief.into_shared(), fake(), Arc::new(Verifier::new())).unwrap();
+        let connector = Connector::new(
+            identity(&FakeAttester::from_label("w"), "worker"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        let (addr, _accepted) = serve(acceptor).await;
+        // The certificate itself verifies; the handshake signature by the wrong key does not.
+        let err = connector.connect(&addr).await.unwrap_err();
+        assert!(matches!(err, RatlsError::Handshake(_)), "{err}");
+        assert!(err.to_string().contains("BadSignature"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_are_reported() {
+        let connector = Connector::new(
+            identity(&NoneAttester, "client"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap();
+        for addr in ["no-port", "host:notaport"] {
+            let err = connector.connect(addr).await.unwrap_err();
+            assert!(
+                matches!(err, RatlsError::InvalidAddress(_)),
+                "{addr}: {err}"
+            );
+        }
+        assert!(server_name("[::1]:443").is_ok());
+
+        // Nothing listens on a port we just freed.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = connector
+            .connect(&format!("127.0.0.1:{port}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RatlsError::Connect { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn silent_peer_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connector = Connector::new(
+            identity(&NoneAttester, "client"),
+            fake(),
+            Arc::new(Verifier::new()),
+        )
+        .unwrap()
+        .with_handshake_timeout(Duration::from_millis(200));
+        let err = connector.connect(&addr).await.unwrap_err();
+        assert!(matches!(err, RatlsError::HandshakeTimeout(_)), "{err}");
+        drop(listener);
+    }
+}

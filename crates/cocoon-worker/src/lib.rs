@@ -102,9 +102,7 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
     let surface = stats::router(stats, details);
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(error) = axum::serve(listener, surface)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        if let Err(error) = cocoon_node::serve::serve_http(listener, surface, stop).await
         {
             tracing::error!(%error, "stats server failed");
         }

@@ -120,7 +120,7 @@ mod tests {
         let command = Cli::command();
         let sample = Sample { listen: "a:1".into(), count: 9 };
         let text = render(&sample, &command).unwrap();
-        assert!(text.contains("# Where to listen.\nlisten = \"a:1\""), "{text}");
+        assert!(text.contains("# Where to listen\nlisten = \"a:1\""), "{text}");
         let back: Sample = toml::from_str(&text).unwrap();
         assert_eq!(back, sample);
     }

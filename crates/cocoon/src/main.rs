@@ -1,5 +1,6 @@
 //! `cocoon`: every role of the Confidential Compute Open Network in one command.
 
+mod bench;
 mod config;
 mod dev;
 
@@ -15,6 +16,11 @@ use serde::Serialize;
 #[derive(Parser)]
 #[command(name = "cocoon", version, propagate_version = true)]
 struct Cli {
+    /// Threads of the async runtime: 0 = one per CPU core. 1 runs every task on one thread, which
+    /// lets each connection write a burst of frames at once; best when several nodes share few
+    /// cores (as in `cocoon bench`).
+    #[arg(long, global = true, value_name = "N", default_value_t = 0, env = "COCOON_THREADS")]
+    threads: usize,
     #[command(subcommand)]
     command: Role,
 }
@@ -30,6 +36,11 @@ enum Role {
     Worker(RoleArgs<cocoon_worker::WorkerConfig>),
     /// Run a client: the OpenAI-compatible API for applications, forwarding into the network.
     Client(RoleArgs<cocoon_client::ClientConfig>),
+    /// Measure throughput and latency through the network against the engine alone.
+    Bench(bench::BenchArgs),
+    /// Serve the synthetic engine (an OpenAI-compatible fixed-rate token stream, model
+    /// `synthetic`) over HTTP. For benchmarks and tests only: it is not a model.
+    SyntheticEngine(SyntheticEngineArgs),
     /// Manage models for the embedded engine.
     #[cfg(feature = "embedded")]
     #[command(subcommand)]
@@ -47,6 +58,20 @@ enum ModelCommand {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// Options of `cocoon synthetic-engine`.
+#[derive(Args)]
+struct SyntheticEngineArgs {
+    /// Address to serve on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// Bytes of text per streamed chunk.
+    #[arg(long, value_name = "BYTES", default_value_t = 128)]
+    chunk_bytes: usize,
+    /// Microseconds between chunks (0: as fast as possible).
+    #[arg(long, value_name = "MICROS", default_value_t = 0)]
+    interval_us: u64,
 }
 
 /// Options every long-running role shares, around the role's own configuration.
@@ -68,7 +93,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     let (name, sub) = matches.subcommand().context("a subcommand is required")?;
     init_logging();
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
     match cli.command {
         #[cfg(feature = "embedded")]
         Role::Model(ModelCommand::Fetch { dir }) => {
@@ -78,6 +111,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::Dev(args) => runtime.block_on(dev::run(args)),
+        Role::Bench(args) => runtime.block_on(bench::run(args)),
+        Role::SyntheticEngine(args) => runtime.block_on(serve_synthetic(args)),
         Role::Proxy(args) => {
             let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
             runtime.block_on(async { cocoon_proxy::run(config, cocoon_node::shutdown::on_signal()).await })
@@ -110,11 +145,26 @@ where
     Ok(Some(config))
 }
 
+async fn serve_synthetic(args: SyntheticEngineArgs) -> anyhow::Result<()> {
+    use cocoon_worker::synthetic::{router, SyntheticParams};
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let router = router(SyntheticParams {
+        chunk_bytes: args.chunk_bytes,
+        interval: std::time::Duration::from_micros(args.interval_us),
+    });
+    let shutdown = cocoon_node::shutdown::on_signal();
+    cocoon_node::serve::serve_http(listener, router, shutdown).await?;
+    Ok(())
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("COCOON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

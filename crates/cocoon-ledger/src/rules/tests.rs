@@ -11,15 +11,15 @@ const PROXY: u8 = 2;
 const CLIENT: u8 = 3;
 const WORKER: u8 = 4;
 
-fn key(n: u8) -> SigningKey {
+pub(crate) fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n; 32])
 }
 
-fn id(n: u8) -> AccountId {
+pub(crate) fn id(n: u8) -> AccountId {
     AccountId::from(&key(n))
 }
 
-fn test_registry() -> Registry {
+pub(crate) fn test_registry() -> Registry {
     let mut registry = Registry::new(id(OWNER));
     registry.min_client_stake = 10;
     registry.min_proxy_stake = 100;
@@ -526,11 +526,11 @@ fn registry_updates_need_the_owner_and_a_higher_version() {
 
 // ---- property tests ----
 
-const KEYS: u8 = 3;
+pub(crate) const KEYS: u8 = 3;
 
 /// A random operation; indices pick among `KEYS` accounts (1-based keys).
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     Advance(u64),
     Tx {
         signer: u8,
@@ -540,7 +540,7 @@ enum Op {
 }
 
 #[derive(Debug, Clone)]
-enum BodySpec {
+pub(crate) enum BodySpec {
     Mint(Amount),
     Transfer(u8, Amount),
     /// Stake and voucher key (`None`: the signer's own key).
@@ -560,7 +560,7 @@ enum BodySpec {
 }
 
 #[derive(Debug, Clone)]
-struct VoucherSpec {
+pub(crate) struct VoucherSpec {
     proxy: u8,
     counterparty: u8,
     signed_by: u8,
@@ -613,7 +613,7 @@ fn body_spec() -> impl Strategy<Value = BodySpec> {
     ]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+pub(crate) fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0u64..100).prop_map(Op::Advance),
         9 => (who(), proptest::bool::weighted(0.05), body_spec())
@@ -633,7 +633,7 @@ fn build_voucher(spec: &VoucherSpec, kind: VoucherKind) -> SignedVoucher {
     .sign(&key(spec.signed_by))
 }
 
-fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
+pub(crate) fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
     use TransactionBody as B;
     match spec {
         BodySpec::Mint(a) => B::Mint { amount: *a },
@@ -674,9 +674,20 @@ fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
         },
         BodySpec::CloseClient(p, v) => B::CloseClient {
             proxy: id(*p),
-            final_voucher: v
-                .as_ref()
-                .map(|v| build_voucher(v, VoucherKind::ClientCharge)),
+            // Aim the voucher at the signer's own contract, so closes often succeed.
+            final_voucher: v.as_ref().map(|v| {
+                let aimed = VoucherSpec {
+                    proxy: *p,
+                    counterparty: signer,
+                    signed_by: if v.signed_by == v.counterparty {
+                        signer
+                    } else {
+                        *p
+                    },
+                    ..v.clone()
+                };
+                build_voucher(&aimed, VoucherKind::ClientCharge)
+            }),
         },
         BodySpec::FinishClientClose(p) => B::FinishClientClose { proxy: id(*p) },
     }
