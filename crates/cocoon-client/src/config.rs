@@ -1,6 +1,7 @@
 //! The client's configuration: every option is a command-line flag and a config-file key of the
 //! same name.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cocoon_node::attestation::AttestationArgs;
@@ -41,6 +42,27 @@ pub struct ClientConfig {
     /// themselves.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub timeout_secs: u64,
+    /// Base URL of the ledger holding this client's contract with its proxy.
+    #[arg(long, default_value = "http://127.0.0.1:13000", value_name = "URL")]
+    pub ledger: String,
+    /// Directory of the client's sealed wallet key.
+    #[arg(long, default_value = "cocoon-data/client", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Amount (nano-units) deposited when the contract with a proxy is opened, and added by each
+    /// automatic top-up (when the available balance falls below half the stake).
+    #[arg(long, default_value_t = 10_000_000_000, value_name = "AMOUNT")]
+    pub deposit: u64,
+    /// Stake locked in the contract (nano-units; raised to the registry's `min_client_stake`).
+    /// Charges are applied on the ledger when more than half of it is charged but unapplied.
+    #[arg(long, default_value_t = 0, value_name = "AMOUNT")]
+    pub stake: u64,
+    /// Development only: when the wallet cannot pay a deposit, mint at least this much from the
+    /// ledger's faucet (0: never).
+    #[arg(long, default_value_t = 0, value_name = "AMOUNT")]
+    pub faucet: u64,
+    /// Milliseconds between checks of the contract (open, top up, apply charges).
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    pub settle_interval_ms: u64,
     /// How this node attests itself and which proxies it accepts.
     #[command(flatten)]
     #[serde(flatten)]

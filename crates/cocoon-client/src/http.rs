@@ -533,7 +533,9 @@ impl Api {
                         format!("the answer broke off: {error}"),
                     )
                 })?;
-            if let Some(trailers) = collected.trailers() {
+            let trailers = collected.trailers().cloned();
+            let mut bytes = collected.to_bytes();
+            if let Some(trailers) = &trailers {
                 if let Some(error) = trailers.get(ERROR) {
                     let error = parse_peer_error(StatusCode::BAD_GATEWAY, error.as_bytes());
                     return Err(Failure {
@@ -547,12 +549,15 @@ impl Api {
                 if let Some(usage) = read_usage(trailers) {
                     self.stats.record_tokens(&usage);
                 }
+                if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
+                    bytes = priced;
+                }
             }
             answer = answer.header(
                 header::CONTENT_TYPE,
                 content_type.unwrap_or(HeaderValue::from_static("application/json")),
             );
-            Body::from(collected.to_bytes())
+            Body::from(bytes)
         };
         answer.body(body).map_err(|error| {
             Failure::new(

@@ -7,7 +7,8 @@
 //!   `/v1/attestation`), request checks, API keys, and the node surfaces (`/healthz`, `/stats`,
 //!   `/jsonstats`, `/metrics`);
 //! - [`stream`]: streaming answers passed through lazily, so an app that goes away cancels the
-//!   work upstream.
+//!   work upstream;
+//! - [`settlement`]: the contract with the proxy: deposit, automatic top-ups, applied charges.
 //!
 //! [`start`] binds and spawns everything and returns a [`RunningClient`]; [`run`] also waits for
 //! shutdown.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod http;
 pub mod link;
+pub mod settlement;
 pub mod stream;
 
 use std::collections::BTreeMap;
@@ -92,7 +94,21 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningClient> {
     config.validate()?;
-    let trust = NodeTrust::new(&config.attestation, "client", BTreeMap::new())
+    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
+        .context("cannot open this client's wallet key")?;
+    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), &wallet);
+    let settlement = settlement::ClientSettlement::new(
+        &config.ledger,
+        wallet,
+        settlement::Funding {
+            deposit: config.deposit,
+            stake: config.stake,
+            faucet: config.faucet,
+        },
+        Duration::from_millis(config.settle_interval_ms.max(10)),
+    )
+    .context("bad --ledger")?;
+    let trust = NodeTrust::new(&config.attestation, "client", attributes)
         .context("cannot set up this client's attestation")?;
     trust.spawn_renewal(shutdown.clone());
     let policy = trust
@@ -122,8 +138,17 @@ pub async fn start(
         stats.clone(),
         links_shutdown.clone(),
     );
+    let mut link_tasks = link_tasks;
+    link_tasks.push(settlement.spawn(links.clone(), links_shutdown.clone()));
     let details_links = links.clone();
-    let stats_routes = stats::router(stats.clone(), Arc::new(move || details_links.snapshot()));
+    let stats_routes = stats::router(
+        stats.clone(),
+        Arc::new(move || {
+            let mut details = details_links.snapshot();
+            details["wallet"] = settlement.snapshot();
+            details
+        }),
+    );
     let api = Arc::new(Api {
         links,
         stats,
@@ -136,9 +161,8 @@ pub async fn start(
     });
     let app = http::router(api, stats_routes);
     let graceful = shutdown.clone();
-    let server = tokio::spawn(async move {
-        cocoon_node::serve::serve_http(listener, app, graceful).await
-    });
+    let server =
+        tokio::spawn(async move { cocoon_node::serve::serve_http(listener, app, graceful).await });
     tracing::info!(%local_addr, proxies = ?config.proxy, "client API listening");
     Ok(RunningClient {
         local_addr,

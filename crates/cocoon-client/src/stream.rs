@@ -16,10 +16,10 @@ use std::fmt::Display;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
-use cocoon_proto::headers::ERROR;
+use cocoon_proto::headers::{COST, ERROR};
 use cocoon_proto::{ErrorKind, OpenAiError};
 use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::stream::{BoxStream, Stream, StreamExt};
@@ -78,6 +78,7 @@ where
         deadline: Box::pin(tokio::time::sleep_until(options.deadline)),
         include_usage: options.include_usage,
         saw_done: false,
+        usage_chunk: None,
         finished: false,
         stats: options.stats,
         _active: options.active,
@@ -101,6 +102,8 @@ struct Rewrite {
     deadline: Pin<Box<Sleep>>,
     include_usage: bool,
     saw_done: bool,
+    /// The final usage chunk, held until the trailers bring its cost.
+    usage_chunk: Option<String>,
     finished: bool,
     stats: Arc<NodeStats>,
     _active: ActiveRequest,
@@ -128,7 +131,11 @@ impl Rewrite {
                         self.saw_done = true;
                         continue;
                     }
-                    if !self.include_usage && is_usage_chunk(&event.data) {
+                    if is_usage_chunk(&event.data) {
+                        // Held until the trailers bring its cost; shown only if the app asked.
+                        if self.include_usage {
+                            self.usage_chunk = Some(event.data);
+                        }
                         continue;
                     }
                     return Some(encode_event(&event));
@@ -176,7 +183,18 @@ impl Rewrite {
             self.stats.record_tokens(&usage);
         }
         self.finished = true;
-        Bytes::from_static(b"data: [DONE]\n\n")
+        let Some(usage_chunk) = self.usage_chunk.take() else {
+            return Bytes::from_static(b"data: [DONE]\n\n");
+        };
+        let priced = trailers
+            .as_ref()
+            .and_then(|trailers| with_cost(usage_chunk.as_bytes(), trailers))
+            .unwrap_or_else(|| Bytes::from(usage_chunk));
+        let mut out = BytesMut::with_capacity(priced.len() + 24);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&priced);
+        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        out.freeze()
     }
 
     /// Ends the stream with `error` as its last event.
@@ -195,6 +213,18 @@ pub fn error_event(error: &OpenAiError) -> Bytes {
         r#"{"error":{"message":"internal error","type":"server_error"}}"#.to_owned()
     });
     Bytes::from(format!("data: {json}\n\n"))
+}
+
+/// `answer` (a JSON answer or usage chunk) with the cost from the proxy's `x-cocoon-cost` trailer
+/// added to its `usage`: `prompt_total_cost`, `completion_total_cost`, `total_cost` (nano-units).
+/// `None` when there is no cost or no usage object to add it to.
+pub fn with_cost(answer: &[u8], trailers: &HeaderMap) -> Option<Bytes> {
+    let cost: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(trailers.get(COST)?.as_bytes()).ok()?;
+    let mut value: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let usage = value.get_mut("usage")?.as_object_mut()?;
+    usage.extend(cost);
+    serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
 /// Whether `data` is the final usage chunk: a `usage` object with no choices.
@@ -430,5 +460,25 @@ mod tests {
             r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"#
         ));
         assert!(!is_usage_chunk("not json \"usage\""));
+    }
+
+    #[test]
+    fn cost_from_the_trailer_joins_the_usage() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert(
+            COST,
+            HeaderValue::from_static(
+                r#"{"prompt_total_cost":3,"completion_total_cost":4,"total_cost":7}"#,
+            ),
+        );
+        let priced = with_cost(USAGE_CHUNK.as_bytes(), &trailers).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&priced).unwrap();
+        assert_eq!(value["usage"]["total_cost"], 7);
+        assert_eq!(value["usage"]["completion_tokens"], 1);
+        assert!(
+            with_cost(CHUNK.as_bytes(), &trailers).is_none(),
+            "no usage object, nothing to price"
+        );
+        assert!(with_cost(USAGE_CHUNK.as_bytes(), &HeaderMap::new()).is_none());
     }
 }

@@ -217,13 +217,17 @@ struct Client {
     http: reqwest::Client,
     shutdown: CancellationToken,
     running: Option<RunningClient>,
+    /// The client's wallet lives here for the test's lifetime.
+    _data_dir: tempfile::TempDir,
 }
 
 impl Client {
     async fn start(proxies: Vec<String>, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
+        let data_dir = tempfile::tempdir().unwrap();
         let mut config = ClientConfig {
             listen: "127.0.0.1:0".to_owned(),
             proxy: proxies,
+            data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
             ..ClientConfig::default()
         };
@@ -236,6 +240,7 @@ impl Client {
             http: reqwest::Client::new(),
             shutdown,
             running: Some(running),
+            _data_dir: data_dir,
         }
     }
 
@@ -627,8 +632,10 @@ async fn the_first_healthy_proxy_is_preferred() {
 #[tokio::test]
 async fn a_taken_port_fails_start_clearly() {
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
     let config = ClientConfig {
         listen: taken.local_addr().unwrap().to_string(),
+        data_dir: data_dir.path().to_owned(),
         attestation: attestation("test-client"),
         ..ClientConfig::default()
     };

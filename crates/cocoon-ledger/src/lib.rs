@@ -6,6 +6,7 @@
 //! - [`voucher`], [`transaction`]: what proxies and accounts sign.
 //! - [`rules`]: the state machine every settlement backend must follow.
 //! - [`store`]: the state and its transaction log in SQLite.
+//! - [`statement`]: what a proxy tells its clients and workers they owe and earned.
 //! - [`service`] and [`client`]: the HTTP/JSON API and a [`Settlement`] client for it.
 //!
 //! A proxy prices each request and signs cumulative vouchers; the ledger moves only the difference:
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod rules;
 pub mod service;
 pub mod settlement;
+pub mod statement;
 pub mod stats;
 pub mod store;
 pub mod transaction;
@@ -55,6 +57,7 @@ pub use rules::{
 };
 pub use service::{serve, spawn, Ledger, LedgerHandle, ServiceError};
 pub use settlement::{Settlement, SettlementError};
+pub use statement::{ClientStatement, WorkerStatement};
 pub use store::{LedgerStore, LogEntry, Receipt, StoreError, SubmitError};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};
 pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherKind, VoucherSigner};

@@ -159,7 +159,8 @@ impl NodeTrust {
     }
 }
 
-fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError> {
+/// The attester `args` select.
+pub(crate) fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError> {
     Ok(match args.tee {
         AttestationKind::None => Arc::new(NoneAttester),
         AttestationKind::Fake => Arc::new(FakeAttester::from_label(&args.image_label)),

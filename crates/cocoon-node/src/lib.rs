@@ -4,6 +4,7 @@
 //! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
 //! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
 //! - [`reply`]: OpenAI-shaped error responses; [`trailers`]: usage and failures at the end of answers;
+//! - [`wallet`]: the node's sealed wallet key and the wallet peers name in their claims;
 //! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
 
 pub mod attestation;
@@ -14,6 +15,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod stats;
 pub mod trailers;
+pub mod wallet;
 
 /// The HTTP body type used on every surface and link.
 pub type Body = axum::body::Body;

@@ -172,6 +172,8 @@ mod tests {
         let answer: serde_json::Value = get_json(&sender, "/cocoon/v1/worker").await.unwrap();
         assert_eq!(answer["ok"], true);
         let missing = get_json::<serde_json::Value>(&sender, "/cocoon/v1/models").await;
-        assert!(matches!(missing, Err(LinkError::Status { status, .. }) if status == StatusCode::NOT_FOUND));
+        assert!(
+            matches!(missing, Err(LinkError::Status { status, .. }) if status == StatusCode::NOT_FOUND)
+        );
     }
 }

@@ -13,10 +13,7 @@ pub fn error_response(kind: ErrorKind, message: impl Into<String>) -> Response {
 
 /// The response for an already-built [`OpenAiError`]; the status follows its code.
 pub fn openai_error_response(error: &OpenAiError) -> Response {
-    let status = error
-        .kind()
-        .map(|kind| kind.http_status())
-        .unwrap_or(500);
+    let status = error.kind().map(|kind| kind.http_status()).unwrap_or(500);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, error)
 }

@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 /// Every accepted connection gets `TCP_NODELAY`: answers are streamed as many small writes (one
 /// per SSE event), which Nagle's algorithm would otherwise hold back until the peer's delayed ACK
 /// — tens of milliseconds per event.
-pub async fn serve_http(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");

@@ -327,6 +327,9 @@ mod tests {
         assert_eq!(stats.connected_peers(), 0);
         let text = stats.prometheus_text();
         assert!(text.contains("cocoon_requests_total 1"), "{text}");
-        assert!(text.contains("cocoon_errors_total{kind=\"timeout\"} 1"), "{text}");
+        assert!(
+            text.contains("cocoon_errors_total{kind=\"timeout\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -20,3 +20,6 @@ pub const MODEL_HASH: &str = "x-cocoon-model-hash";
 pub const USAGE: &str = "x-cocoon-usage";
 /// Trailer: an [`OpenAiError`](crate::OpenAiError) as JSON, when a stream failed after its headers.
 pub const ERROR: &str = "x-cocoon-error";
+/// Trailer added by the proxy: what the answer cost the client, as JSON
+/// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.
+pub const COST: &str = "x-cocoon-cost";

@@ -1,5 +1,7 @@
 //! The proxy's configuration: one TOML file, every key also a flag.
 
+use std::path::PathBuf;
+
 use cocoon_node::attestation::AttestationArgs;
 use serde::{Deserialize, Serialize};
 
@@ -29,8 +31,49 @@ pub struct ProxyConfig {
     /// Longest a request may take, in seconds; a client's own `timeout` is capped at this.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub max_request_secs: u64,
+    /// Base URL of the ledger that holds the proxy, client and worker contracts.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
+    pub ledger: String,
+    /// Directory of the proxy's sealed wallet key and its money database (`proxy-billing.sqlite3`).
+    #[arg(long, value_name = "DIR", default_value = "cocoon-data/proxy")]
+    pub data_dir: PathBuf,
+    /// Stake the proxy contract is opened with when it is not open yet, in nano-units (0: the
+    /// registry's `min_proxy_stake`). It comes from the proxy's wallet.
+    #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
+    pub stake: u64,
+    /// Development only: when the wallet cannot pay the stake, mint at least this much from the
+    /// ledger's faucet (0: never).
+    #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
+    pub faucet: u64,
+    /// Milliseconds between settlement rounds: commit the database position to the ledger, apply
+    /// client charges, send workers their earnings, withdraw the commission.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub settle_interval_ms: u64,
+    /// Withdraw the commission to the proxy's wallet once at least this much (nano-units) is
+    /// withdrawable (0: never).
+    #[arg(long, value_name = "AMOUNT", default_value_t = 10_000_000_000)]
+    pub withdraw_threshold: u64,
+    /// Completion tokens reserved against the client's balance for a request without
+    /// `max_tokens` (the charge is always the actual usage).
+    #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
+    pub reserve_max_tokens: u64,
     /// How this proxy attests itself, and the weakest attestation it accepts from peers.
     #[command(flatten)]
     #[serde(flatten)]
     pub attestation: AttestationArgs,
+}
+
+impl ProxyConfig {
+    /// The billing part of the configuration.
+    pub fn billing(&self) -> crate::billing::BillingConfig {
+        crate::billing::BillingConfig {
+            ledger: self.ledger.clone(),
+            data_dir: self.data_dir.clone(),
+            stake: self.stake,
+            faucet: self.faucet,
+            settle_interval: std::time::Duration::from_millis(self.settle_interval_ms.max(10)),
+            withdraw_threshold: self.withdraw_threshold,
+            reserve_max_tokens: self.reserve_max_tokens,
+        }
+    }
 }

@@ -1,10 +1,15 @@
 //! The request path: a client's request is read, routed to a worker, and its answer relayed back
 //! frame by frame, under the request's deadline, with the worker's usage counted from its trailer.
+//!
+//! Money touches the path at two points only: the worst case is reserved against the client's
+//! balance before a worker is chosen (402 when it cannot be covered), and the actual usage is
+//! charged durably when the worker's usage trailer arrives, before that frame is released.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::to_bytes;
@@ -22,7 +27,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
-use crate::routing::{Routing, Slot};
+use crate::billing::{self, Billing, Reservation};
+use crate::routing::{RouteError, Routing, Slot};
 
 /// Largest error body read from a worker.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -40,6 +46,8 @@ pub struct Forwarding {
     pub max_body_bytes: usize,
     /// Longest a request may take.
     pub max_request: Duration,
+    /// Reservations and charges.
+    pub billing: Arc<Billing>,
 }
 
 /// The fields of a request the proxy reads; the body is forwarded unchanged.
@@ -48,8 +56,15 @@ struct RoutedFields {
     model: Option<serde_json::Value>,
 }
 
-/// Forwards one client request on `path` to a worker.
-pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, body: Body) -> Response {
+/// Forwards one client request on `path` to a worker, billing `client` (the wallet its attestation
+/// names, if any).
+pub async fn forward(
+    state: Forwarding,
+    path: &'static str,
+    client: Option<cocoon_ledger::AccountId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let active = state.stats.request_started();
     let fail = |kind: ErrorKind, message: String| {
         state.stats.record_error(kind);
@@ -66,7 +81,10 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
             model: Some(serde_json::Value::String(model)),
         }) => model,
         Ok(_) => {
-            return fail(ErrorKind::InvalidRequest, "`model` (a string) is required".into());
+            return fail(
+                ErrorKind::InvalidRequest,
+                "`model` (a string) is required".into(),
+            );
         }
         Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
     };
@@ -80,6 +98,29 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
     let deadline = Instant::now() + timeout;
     let request_id = headers.get(headers::REQUEST_ID).cloned();
 
+    // A model nobody serves is reported as such, whether or not the client could pay.
+    let Some(dearest) = state.routing.dearest(&model) else {
+        let error = RouteError::UnknownModel(model);
+        return fail(error.kind(), error.to_string());
+    };
+    // Reserve before any worker sees the request: a client that cannot pay costs no engine work.
+    let Some(client) = client else {
+        let error = billing::BillingError::NoWallet;
+        return fail(error.kind(), error.to_string());
+    };
+    let max_tokens =
+        billing::requested_max_tokens(&bytes).unwrap_or(state.billing.default_max_tokens());
+    let coefficient = billing::reservation_coefficient(max_coefficient, Some(dearest));
+    let prompt_tokens = billing::prompt_tokens_bound(bytes.len());
+    let reservation = match state
+        .billing
+        .reserve(client, prompt_tokens, max_tokens, coefficient)
+        .await
+    {
+        Ok(reservation) => reservation,
+        Err(error) => return fail(error.kind(), error.to_string()),
+    };
+
     // A worker whose link fails before it answers gets the request again elsewhere: nothing has
     // reached the client yet, and usage is only charged from a finished answer.
     let mut failed_worker = None;
@@ -89,11 +130,16 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
             Err(route) => return fail(route.kind(), route.to_string()),
         };
         let mut request = Request::post(path)
-            .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
             .body(Body::from(bytes.clone()))
             .expect("static request parts are valid");
         if let Some(id) = &request_id {
-            request.headers_mut().insert(headers::REQUEST_ID, id.clone());
+            request
+                .headers_mut()
+                .insert(headers::REQUEST_ID, id.clone());
         }
         let mut sender = slot.worker.sender.clone();
         let exchange = async move {
@@ -107,12 +153,18 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
                 failed_worker = Some(slot.worker.id);
             }
             Ok(Err(error)) => {
-                return fail(ErrorKind::BadGateway, format!("worker failed before answering: {error}"))
+                return fail(
+                    ErrorKind::BadGateway,
+                    format!("worker failed before answering: {error}"),
+                )
             }
             Err(_) => {
                 return fail(
                     ErrorKind::Timeout,
-                    format!("no answer within the request's timeout of {} ms", timeout.as_millis()),
+                    format!(
+                        "no answer within the request's timeout of {} ms",
+                        timeout.as_millis()
+                    ),
                 )
             }
         }
@@ -120,17 +172,35 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
     state.stats.record_first_byte(active.started().elapsed());
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
-        let bytes = to_bytes(Body::new(body), MAX_ERROR_BODY).await.unwrap_or_default();
+        let bytes = to_bytes(Body::new(body), MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         let error = parse_peer_error(parts.status, &bytes);
-        state.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        state
+            .stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
         return openai_error_response(&error);
     }
     let worker = slot.worker.clone();
+    // Links refuse workers without a wallet, so this holds for every routed worker.
+    let Some(worker_wallet) = billing::wallet_of(&worker.peer) else {
+        return fail(
+            ErrorKind::BadGateway,
+            "the worker's attestation names no wallet".into(),
+        );
+    };
     let mut answer = Response::new(Body::new(Relay {
+        meter: Meter {
+            billing: state.billing.clone(),
+            reservation: Some(reservation),
+            worker: worker_wallet,
+            coefficient: worker.info.coefficient,
+        },
         inner: body,
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
         timeout,
         finished: false,
+        charging: None,
         stats: state.stats.clone(),
         _slot: slot,
         _active: active,
@@ -139,11 +209,19 @@ pub async fn forward(state: Forwarding, path: &'static str, headers: HeaderMap, 
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         answer_headers.insert(header::CONTENT_TYPE, content_type.clone());
     }
-    answer_headers.insert(headers::COEFFICIENT, HeaderValue::from(worker.info.coefficient));
+    answer_headers.insert(
+        headers::COEFFICIENT,
+        HeaderValue::from(worker.info.coefficient),
+    );
     if let Ok(image) = HeaderValue::from_str(&worker.peer.image_hash.to_string()) {
         answer_headers.insert(headers::WORKER_IMAGE, image);
     }
-    if let Some(hash) = worker.info.model_hash.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(hash) = worker
+        .info
+        .model_hash
+        .as_deref()
+        .and_then(|h| HeaderValue::from_str(h).ok())
+    {
         answer_headers.insert(headers::MODEL_HASH, hash);
     }
     answer.into_response()
@@ -157,18 +235,71 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// ends the answer with an `x-cocoon-error` trailer, so the client can tell the app why.
 struct Relay {
     inner: Incoming,
+    meter: Meter,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     finished: bool,
+    charging: Option<Charging>,
     stats: Arc<NodeStats>,
     _slot: Slot,
     _active: ActiveRequest,
 }
 
+/// Charges a finished answer; holds the reservation until then (dropping it releases it).
+struct Meter {
+    billing: Arc<Billing>,
+    reservation: Option<Reservation>,
+    worker: cocoon_ledger::AccountId,
+    coefficient: u32,
+}
+
+/// A charge being written, with the trailers it will complete.
+type Charging = (
+    Pin<Box<dyn Future<Output = Result<HeaderValue, OpenAiError>> + Send>>,
+    HeaderMap,
+);
+
+impl Meter {
+    /// Charges `usage` durably; resolves to the trailer value stating its cost.
+    fn charge(
+        &mut self,
+        usage: cocoon_proto::TokenUsage,
+    ) -> Pin<Box<dyn Future<Output = Result<HeaderValue, OpenAiError>> + Send>> {
+        let reservation = self.reservation.take();
+        let (billing, worker, coefficient) = (self.billing.clone(), self.worker, self.coefficient);
+        Box::pin(async move {
+            let Some(reservation) = reservation else {
+                return Err(OpenAiError::new(
+                    ErrorKind::Internal,
+                    "the answer was already charged",
+                ));
+            };
+            let cost = billing
+                .charge(reservation, worker, &usage, coefficient)
+                .await
+                .map_err(|error| {
+                    tracing::error!(%error, "charging a finished answer failed");
+                    OpenAiError::new(
+                        ErrorKind::Internal,
+                        format!("the proxy could not record the charge: {error}"),
+                    )
+                })?;
+            let text = serde_json::to_string(&cost).unwrap_or_default();
+            HeaderValue::from_str(&text).map_err(|_| {
+                OpenAiError::new(
+                    ErrorKind::Internal,
+                    "the cost trailer is not a header value",
+                )
+            })
+        })
+    }
+}
+
 impl Relay {
     fn fail(&mut self, error: OpenAiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.finished = true;
-        self.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        self.stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
         Poll::Ready(Some(Ok(Frame::trailers(error_trailers(&error)))))
     }
 }
@@ -177,27 +308,50 @@ impl http_body::Body for Relay {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
+        if let Some((charging, _)) = &mut this.charging {
+            // The charge is on disk before the client sees the end of its answer.
+            let outcome = ready!(charging.as_mut().poll(cx));
+            let (_, mut trailers) = this.charging.take().expect("checked above");
+            return match outcome {
+                Ok(cost) => {
+                    trailers.insert(headers::COST, cost);
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Err(error) => this.fail(error),
+            };
+        }
         if this.finished {
             return Poll::Ready(None);
         }
         if this.deadline.poll_unpin(cx).is_ready() {
-            let message = format!("the answer did not finish within the request's timeout of {} ms", this.timeout.as_millis());
+            let message = format!(
+                "the answer did not finish within the request's timeout of {} ms",
+                this.timeout.as_millis()
+            );
             return this.fail(OpenAiError::new(ErrorKind::Timeout, message));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.finished = true;
-                    if let Some(usage) = read_usage(trailers) {
-                        this.stats.record_tokens(&usage);
-                    } else if let Some(error) = read_error(trailers) {
-                        this.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-                    }
+                let trailers = match frame.into_trailers() {
+                    Ok(trailers) => trailers,
+                    Err(data) => return Poll::Ready(Some(Ok(data))),
+                };
+                this.finished = true;
+                if let Some(usage) = read_usage(&trailers) {
+                    this.stats.record_tokens(&usage);
+                    this.charging = Some((this.meter.charge(usage), trailers));
+                    return Pin::new(this).poll_frame(cx);
+                } else if let Some(error) = read_error(&trailers) {
+                    this.stats
+                        .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Poll::Ready(Some(Err(error))) => this.fail(OpenAiError::new(
                 ErrorKind::BadGateway,

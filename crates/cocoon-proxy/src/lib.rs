@@ -2,13 +2,17 @@
 //! the answer and meters it.
 //!
 //! The request path reads in three files: [`link`] (the two listening ports and each link's life),
-//! [`routing`] (which worker serves a request) and [`forward`] (one request, end to end).
+//! [`routing`] (which worker serves a request) and [`forward`] (one request, end to end). Money is
+//! [`billing`] (reservations, charges, settlement with the ledger) over [`store`] (the proxy's own
+//! durable database).
 
+pub mod billing;
 pub mod config;
 pub mod forward;
 pub mod http;
 pub mod link;
 pub mod routing;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,8 +54,18 @@ impl RunningProxy {
 }
 
 /// Starts a proxy: attests, binds its three ports, accepts workers and clients.
-pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::Result<RunningProxy> {
-    let trust = NodeTrust::new(&config.attestation, "proxy", Default::default()).context("attesting the proxy")?;
+pub async fn start(
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningProxy> {
+    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
+        .context("opening the proxy's wallet key")?;
+    let attributes = cocoon_node::wallet::with_wallet(Default::default(), &wallet);
+    let billing = billing::Billing::open(config.billing(), wallet)
+        .await
+        .context("opening the proxy's billing")?;
+    let trust =
+        NodeTrust::new(&config.attestation, "proxy", attributes).context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
     let worker_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_worker_image)?)?);
     let client_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_client_image)?)?);
@@ -62,6 +76,7 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::
         stats: stats.clone(),
         max_body_bytes: config.max_body_bytes,
         max_request: Duration::from_secs(config.max_request_secs.max(1)),
+        billing: billing.clone(),
     };
     let bind = |address: String, what: &'static str| async move {
         TcpListener::bind(&address)
@@ -71,7 +86,11 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::
     let workers = bind(config.worker_listen.clone(), "worker").await?;
     let clients = bind(config.client_listen.clone(), "client").await?;
     let surface = bind(config.stats_listen.clone(), "stats").await?;
-    let (worker_addr, client_addr, stats_addr) = (workers.local_addr()?, clients.local_addr()?, surface.local_addr()?);
+    let (worker_addr, client_addr, stats_addr) = (
+        workers.local_addr()?,
+        clients.local_addr()?,
+        surface.local_addr()?,
+    );
     let mut tasks = JoinSet::new();
     tasks.spawn(link::accept_workers(
         workers,
@@ -87,18 +106,24 @@ pub async fn start(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::
         stats.clone(),
         shutdown.clone(),
     ));
+    let settlement = billing.spawn(routing.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        if let Err(error) = settlement.await {
+            tracing::error!(%error, "the settlement task failed");
+        }
+    });
     let image_hash = trust.image_hash();
     let details: stats::Details = Arc::new(move || {
         json!({
             "image_hash": image_hash.to_string(),
             "workers": routing.snapshot(),
+            "wallet": billing.snapshot(),
         })
     });
     let stop = shutdown.clone();
     let router = stats::router(stats, details);
     tasks.spawn(async move {
-        if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await
-        {
+        if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await {
             tracing::error!(%error, "stats server failed");
         }
     });

@@ -34,7 +34,12 @@ pub async fn accept_workers(
                 }
             },
         };
-        let (acceptor, routing, stats, shutdown) = (acceptor.clone(), routing.clone(), stats.clone(), shutdown.clone());
+        let (acceptor, routing, stats, shutdown) = (
+            acceptor.clone(),
+            routing.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             tokio::select! {
@@ -76,6 +81,10 @@ async fn serve_worker(
             attested_model
         );
     }
+    // Earnings are paid to the wallet the worker's attestation names; without one it cannot be paid.
+    if crate::billing::wallet_of(&peer).is_none() {
+        anyhow::bail!("the worker's certificate names no valid wallet");
+    }
     let _linked = stats.peer_connected();
     let worker = routing.add(info, peer, sender);
     tracing::info!(
@@ -111,7 +120,12 @@ pub async fn accept_clients(
                 }
             },
         };
-        let (acceptor, router, stats, shutdown) = (acceptor.clone(), router.clone(), stats.clone(), shutdown.clone());
+        let (acceptor, router, stats, shutdown) = (
+            acceptor.clone(),
+            router.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let serve = async {

@@ -114,6 +114,20 @@ impl Routing {
         link
     }
 
+    /// Every linked worker.
+    pub fn links(&self) -> Vec<Arc<WorkerLink>> {
+        self.read().values().flatten().cloned().collect()
+    }
+
+    /// The highest coefficient among the workers serving `model`, if any is linked.
+    pub fn dearest(&self, model: &str) -> Option<u32> {
+        self.read()
+            .get(model)?
+            .iter()
+            .map(|link| link.info.coefficient)
+            .max()
+    }
+
     /// Removes a worker (its link ended). Requests in flight keep their own handle.
     pub fn remove(&self, id: u64) {
         let mut workers = self.write();
@@ -125,7 +139,12 @@ impl Routing {
 
     /// Reserves a slot on the best worker for `model` within `max_coefficient`, skipping `exclude`
     /// (a worker that just failed this request).
-    pub fn choose(&self, model: &str, max_coefficient: u32, exclude: Option<u64>) -> Result<Slot, RouteError> {
+    pub fn choose(
+        &self,
+        model: &str,
+        max_coefficient: u32,
+        exclude: Option<u64>,
+    ) -> Result<Slot, RouteError> {
         let workers = self.read();
         let Some(links) = workers.get(model) else {
             return Err(RouteError::UnknownModel(model.to_owned()));
@@ -135,7 +154,11 @@ impl Routing {
             .filter(|link| link.info.coefficient <= max_coefficient && Some(link.id) != exclude)
             .collect();
         if eligible.is_empty() {
-            let cheapest = links.iter().map(|link| link.info.coefficient).min().unwrap_or(0);
+            let cheapest = links
+                .iter()
+                .map(|link| link.info.coefficient)
+                .min()
+                .unwrap_or(0);
             if cheapest > max_coefficient {
                 return Err(RouteError::TooExpensive {
                     model: model.to_owned(),
@@ -203,11 +226,15 @@ impl Routing {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Vec<Arc<WorkerLink>>>> {
         // A panic while holding the lock leaves the map consistent (every update is one call), so
         // a poisoned lock is still usable.
-        self.workers.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Vec<Arc<WorkerLink>>>> {
-        self.workers.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.workers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -263,7 +290,10 @@ mod tests {
         assert_eq!(first.worker.id, cheap);
         let second = routing.choose("m", 5000, None).unwrap();
         assert_eq!(second.worker.id, dear);
-        assert!(matches!(routing.choose("m", 5000, None), Err(RouteError::Busy { workers: 2, .. })));
+        assert!(matches!(
+            routing.choose("m", 5000, None),
+            Err(RouteError::Busy { workers: 2, .. })
+        ));
         drop(first);
         assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
     }
@@ -288,12 +318,21 @@ mod tests {
             Some(RouteError::UnknownModel("other".into()))
         );
         let too_cheap = routing.choose("m", 500, None).err().unwrap();
-        assert_eq!(too_cheap.to_string(), "no worker for model `m` at coefficient ≤ 500 (cheapest is 1000)");
+        assert_eq!(
+            too_cheap.to_string(),
+            "no worker for model `m` at coefficient ≤ 500 (cheapest is 1000)"
+        );
         assert_eq!(too_cheap.kind(), ErrorKind::Unavailable);
         // The failed worker is skipped on retry.
-        assert!(matches!(routing.choose("m", 5000, Some(only)), Err(RouteError::Busy { workers: 0, .. })));
+        assert!(matches!(
+            routing.choose("m", 5000, Some(only)),
+            Err(RouteError::Busy { workers: 0, .. })
+        ));
         routing.remove(only);
-        assert!(matches!(routing.choose("m", 5000, None), Err(RouteError::UnknownModel(_))));
+        assert!(matches!(
+            routing.choose("m", 5000, None),
+            Err(RouteError::UnknownModel(_))
+        ));
         assert!(routing.models().models.is_empty());
     }
 

@@ -1,5 +1,7 @@
 //! The worker's configuration: one TOML file, every key also a flag.
 
+use std::path::PathBuf;
+
 use cocoon_node::attestation::AttestationArgs;
 use serde::{Deserialize, Serialize};
 
@@ -8,7 +10,12 @@ use serde::{Deserialize, Serialize};
 pub struct WorkerConfig {
     /// Proxies to serve (host:port of their worker port; repeat or separate with commas). The worker
     /// dials each and keeps the links up.
-    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',', default_value = "127.0.0.1:11001")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:11001"
+    )]
     pub proxy: Vec<String>,
     /// Image hashes of proxies this worker accepts (hex; repeat or separate with commas). Empty:
     /// any proxy image attested at least as strongly as `--min-peer-tee`.
@@ -49,6 +56,18 @@ pub struct WorkerConfig {
     /// Synthetic engine only: microseconds between chunks (0 = as fast as possible).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     pub synthetic_interval_us: u64,
+    /// Base URL of the ledger where this worker claims its earnings.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
+    pub ledger: String,
+    /// Directory of the worker's sealed wallet key.
+    #[arg(long, value_name = "DIR", default_value = "cocoon-data/worker")]
+    pub data_dir: PathBuf,
+    /// Claim earnings from a proxy once at least this much (nano-units) is claimable.
+    #[arg(long, value_name = "AMOUNT", default_value_t = 1_000_000_000)]
+    pub claim_threshold: u64,
+    /// Milliseconds between checks of what is claimable.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub claim_interval_ms: u64,
     /// How this worker attests itself and which proxies it accepts.
     #[command(flatten)]
     #[serde(flatten)]

@@ -43,13 +43,14 @@ impl Engine {
     /// An engine reached at `base` (`http://host:port`, optionally with a path prefix).
     pub fn http(base: &str) -> Result<Engine, EngineError> {
         let base = base.trim_end_matches('/').to_owned();
-        let uri: Uri = base
-            .parse()
-            .map_err(|error: http::uri::InvalidUri| EngineError::BadUrl(base.clone(), error.to_string()))?;
+        let uri: Uri = base.parse().map_err(|error: http::uri::InvalidUri| {
+            EngineError::BadUrl(base.clone(), error.to_string())
+        })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
             return Err(EngineError::BadUrl(
                 base,
-                "expected http://host:port (engines are local to the TEE; TLS is not needed)".into(),
+                "expected http://host:port (engines are local to the TEE; TLS is not needed)"
+                    .into(),
             ));
         }
         let mut connector = HttpConnector::new();
@@ -90,7 +91,10 @@ fn json_request(uri: &str, body: Bytes) -> Result<Request<Body>, http::Error> {
     Request::builder()
         .method(Method::POST)
         .uri(uri)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
         .body(Body::from(body))
 }
 
@@ -112,8 +116,14 @@ mod tests {
 
     #[test]
     fn rejects_urls_that_are_not_plain_http() {
-        assert!(matches!(Engine::http("ftp://x"), Err(EngineError::BadUrl(..))));
-        assert!(matches!(Engine::http("not a url"), Err(EngineError::BadUrl(..))));
+        assert!(matches!(
+            Engine::http("ftp://x"),
+            Err(EngineError::BadUrl(..))
+        ));
+        assert!(matches!(
+            Engine::http("not a url"),
+            Err(EngineError::BadUrl(..))
+        ));
         assert!(Engine::http("http://127.0.0.1:8000/").is_ok());
     }
 
@@ -121,7 +131,10 @@ mod tests {
     async fn an_unreachable_engine_is_reported_with_its_address() {
         // Port 9 (discard) is closed on loopback in test environments.
         let engine = Engine::http("http://127.0.0.1:9").unwrap();
-        let error = engine.post("/v1/completions", Bytes::from("{}")).await.unwrap_err();
+        let error = engine
+            .post("/v1/completions", Bytes::from("{}"))
+            .await
+            .unwrap_err();
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
     }
 }

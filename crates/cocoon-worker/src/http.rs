@@ -44,7 +44,9 @@ pub fn link_router(serving: Serving) -> Router {
         .route(PATH_WORKER_INFO, get(info))
         .route(PATH_CHAT, post(chat))
         .route(PATH_COMPLETIONS, post(completions))
-        .fallback(|| async { error_response(ErrorKind::NotFound, "no such endpoint on a worker link") })
+        .fallback(|| async {
+            error_response(ErrorKind::NotFound, "no such endpoint on a worker link")
+        })
         .with_state(serving)
 }
 
@@ -69,24 +71,38 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
     let Ok(permit) = serving.slots.clone().try_acquire_owned() else {
         return fail(
             ErrorKind::RateLimited,
-            format!("worker is serving its maximum of {} requests", serving.info.max_active),
+            format!(
+                "worker is serving its maximum of {} requests",
+                serving.info.max_active
+            ),
         );
     };
     let Ok(bytes) = to_bytes(body, serving.max_body_bytes).await else {
         return fail(
             ErrorKind::PayloadTooLarge,
-            format!("request body is larger than {} bytes", serving.max_body_bytes),
+            format!(
+                "request body is larger than {} bytes",
+                serving.max_body_bytes
+            ),
         );
     };
     let mut request: Value = match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Value::Object(map),
-        Ok(_) => return fail(ErrorKind::InvalidRequest, "request body must be a JSON object".into()),
+        Ok(_) => {
+            return fail(
+                ErrorKind::InvalidRequest,
+                "request body must be a JSON object".into(),
+            )
+        }
         Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
     };
     if request["model"].as_str() != Some(serving.info.model.as_str()) {
         return fail(
             ErrorKind::ModelNotFound,
-            format!("this worker serves `{}`, not {}", serving.info.model, request["model"]),
+            format!(
+                "this worker serves `{}`, not {}",
+                serving.info.model, request["model"]
+            ),
         );
     }
     let stream = request["stream"].as_bool().unwrap_or(false);
@@ -102,7 +118,12 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
     }
     let body = match serde_json::to_vec(&request) {
         Ok(body) => body,
-        Err(error) => return fail(ErrorKind::Internal, format!("cannot encode request: {error}")),
+        Err(error) => {
+            return fail(
+                ErrorKind::Internal,
+                format!("cannot encode request: {error}"),
+            )
+        }
     };
     let response = match serving.engine.post(path, body.into()).await {
         Ok(response) => response,
@@ -112,7 +133,9 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
     if !parts.status.is_success() {
         let bytes = to_bytes(body, MAX_ENGINE_ANSWER).await.unwrap_or_default();
         let error = parse_peer_error(parts.status, &bytes);
-        serving.stats.record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        serving
+            .stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
         return openai_error_response(&error);
     }
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
@@ -122,13 +145,18 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
         match to_bytes(body, MAX_ENGINE_ANSWER).await {
             Ok(bytes) => metered_answer(bytes, &serving.stats),
             Err(error) => {
-                return fail(ErrorKind::BadGateway, format!("reading the engine's answer: {error}"))
+                return fail(
+                    ErrorKind::BadGateway,
+                    format!("reading the engine's answer: {error}"),
+                )
             }
         }
     };
     let mut response = hold_until_end(body, (permit, active)).into_response();
     if let Some(content_type) = content_type {
-        response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
     }
     response
 }
@@ -162,13 +190,18 @@ mod tests {
     }
 
     fn post(path: &str, body: &str) -> http::Request<Body> {
-        http::Request::post(path).body(Body::from(body.to_owned())).unwrap()
+        http::Request::post(path)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
     }
 
     #[tokio::test]
     async fn streams_with_usage_even_when_the_caller_did_not_ask() {
         let response = link_router(serving(1))
-            .oneshot(post(PATH_CHAT, r#"{"model":"synthetic","stream":true,"max_tokens":2}"#))
+            .oneshot(post(
+                PATH_CHAT,
+                r#"{"model":"synthetic","stream":true,"max_tokens":2}"#,
+            ))
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
@@ -181,11 +214,23 @@ mod tests {
     async fn refuses_other_models_bad_json_big_bodies_and_excess_load() {
         let state = serving(1);
         let router = link_router(state.clone());
-        let wrong = router.clone().oneshot(post(PATH_CHAT, r#"{"model":"gpt-4"}"#)).await.unwrap();
+        let wrong = router
+            .clone()
+            .oneshot(post(PATH_CHAT, r#"{"model":"gpt-4"}"#))
+            .await
+            .unwrap();
         assert_eq!(wrong.status(), 404);
-        let bad = router.clone().oneshot(post(PATH_CHAT, "{nope")).await.unwrap();
+        let bad = router
+            .clone()
+            .oneshot(post(PATH_CHAT, "{nope"))
+            .await
+            .unwrap();
         assert_eq!(bad.status(), 400);
-        let big = router.clone().oneshot(post(PATH_CHAT, &"x".repeat(2048))).await.unwrap();
+        let big = router
+            .clone()
+            .oneshot(post(PATH_CHAT, &"x".repeat(2048)))
+            .await
+            .unwrap();
         assert_eq!(big.status(), 413);
         // Hold the only slot with a stream that is not read yet.
         let held = router
@@ -193,11 +238,22 @@ mod tests {
             .oneshot(post(PATH_CHAT, r#"{"model":"synthetic","stream":true}"#))
             .await
             .unwrap();
-        let busy = router.clone().oneshot(post(PATH_CHAT, r#"{"model":"synthetic"}"#)).await.unwrap();
+        let busy = router
+            .clone()
+            .oneshot(post(PATH_CHAT, r#"{"model":"synthetic"}"#))
+            .await
+            .unwrap();
         assert_eq!(busy.status(), 429);
         drop(held);
-        let free = router.oneshot(post(PATH_CHAT, r#"{"model":"synthetic"}"#)).await.unwrap();
+        let free = router
+            .oneshot(post(PATH_CHAT, r#"{"model":"synthetic"}"#))
+            .await
+            .unwrap();
         assert_eq!(free.status(), 200);
-        assert_eq!(state.slots.available_permits(), 0, "the answer holds its slot until read");
+        assert_eq!(
+            state.slots.available_permits(),
+            0,
+            "the answer holds its slot until read"
+        );
     }
 }

@@ -3,13 +3,15 @@
 //! A worker dials its proxies over RA-TLS and serves HTTP/2 on those links ([`link`]); each request
 //! is forwarded to the engine ([`engine`]: an OpenAI-compatible server, the embedded llama.cpp
 //! engine, or the [`synthetic`] one for benchmarks) and its answer is passed back with its token
-//! usage counted ([`metering`]). Capacity is enforced per worker ([`http`]).
+//! usage counted ([`metering`]). Capacity is enforced per worker ([`http`]). Proxies send what the
+//! worker earned, and it claims on the ledger ([`settlement`]).
 
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod link;
 pub mod metering;
+pub mod settlement;
 pub mod synthetic;
 
 use std::collections::BTreeMap;
@@ -52,13 +54,28 @@ impl RunningWorker {
 }
 
 /// Starts a worker: loads the engine, attests, links to the proxies, serves stats.
-pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<RunningWorker> {
+pub async fn start(
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunningWorker> {
     let (engine, info) = open_engine(&config).await?;
     let mut claims = BTreeMap::from([("model".to_owned(), info.model.clone())]);
     if let Some(hash) = &info.model_hash {
         claims.insert("model_hash".to_owned(), hash.clone());
     }
-    let trust = NodeTrust::new(&config.attestation, "worker", claims).context("attesting the worker")?;
+    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
+        .context("opening the worker's wallet key")?;
+    let claims = cocoon_node::wallet::with_wallet(claims, &wallet);
+    let claim_interval = Duration::from_millis(config.claim_interval_ms.max(10));
+    let settlement = settlement::WorkerSettlement::new(
+        &config.ledger,
+        wallet,
+        config.claim_threshold,
+        claim_interval,
+    )
+    .context("connecting to the ledger")?;
+    let trust =
+        NodeTrust::new(&config.attestation, "worker", claims).context("attesting the worker")?;
     trust.spawn_renewal(shutdown.clone());
     let stats = NodeStats::new("worker");
     let serving = http::Serving {
@@ -68,9 +85,15 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
         stats: stats.clone(),
         max_body_bytes: config.max_body_bytes,
     };
-    let router = http::link_router(serving.clone());
+    let router = http::link_router(serving.clone()).merge(settlement.router());
     let connector = Arc::new(trust.connector(trust.peer_policy(&config.allow_proxy_image)?)?);
     let mut tasks = JoinSet::new();
+    let claims_task = settlement.spawn(shutdown.clone());
+    tasks.spawn(async move {
+        if let Err(error) = claims_task.await {
+            tracing::error!(%error, "the settlement task failed");
+        }
+    });
     if config.proxy.is_empty() {
         bail!("no proxy to serve: pass --proxy HOST:PORT");
     }
@@ -97,13 +120,13 @@ pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> anyhow:
             "max_active": details_info.max_active,
             "free_slots": serving.slots.available_permits(),
             "image_hash": image_hash.to_string(),
+            "wallet": settlement.snapshot(),
         })
     });
     let surface = stats::router(stats, details);
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        if let Err(error) = cocoon_node::serve::serve_http(listener, surface, stop).await
-        {
+        if let Err(error) = cocoon_node::serve::serve_http(listener, surface, stop).await {
             tracing::error!(%error, "stats server failed");
         }
     });
@@ -128,7 +151,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     start(config, shutdown).await?.wait().await
 }
 
-fn announce(model: String, model_hash: Option<String>, config: &WorkerConfig, max_active: u32) -> WorkerInfo {
+fn announce(
+    model: String,
+    model_hash: Option<String>,
+    config: &WorkerConfig,
+    max_active: u32,
+) -> WorkerInfo {
     WorkerInfo {
         protocol_version: cocoon_proto::PROTOCOL_VERSION,
         model,
@@ -141,7 +169,11 @@ fn announce(model: String, model_hash: Option<String>, config: &WorkerConfig, ma
 async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInfo)> {
     match config.engine.as_str() {
         "synthetic" => {
-            let model = if config.model.is_empty() { SYNTHETIC_MODEL.to_owned() } else { config.model.clone() };
+            let model = if config.model.is_empty() {
+                SYNTHETIC_MODEL.to_owned()
+            } else {
+                config.model.clone()
+            };
             let engine = Engine::InProcess(synthetic::router(SyntheticParams {
                 chunk_bytes: config.synthetic_chunk_bytes,
                 interval: Duration::from_micros(config.synthetic_interval_us),
@@ -154,7 +186,10 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
                 bail!("--model NAME is required with an engine URL (the name the engine serves)");
             }
             let engine = Engine::http(url)?;
-            Ok((engine, announce(config.model.clone(), None, config, config.max_active)))
+            Ok((
+                engine,
+                announce(config.model.clone(), None, config, config.max_active),
+            ))
         }
     }
 }

@@ -82,53 +82,56 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
         failure: None,
         finished: false,
     };
-    let frames = stream::unfold((batches, meter, stats), |(mut batches, mut meter, stats)| async move {
-        if meter.finished {
-            return None;
-        }
-        let frame = if let Some(error) = meter.failure.take() {
-            meter.finished = true;
-            stats.record_error(ErrorKind::BadGateway);
-            Frame::trailers(error_trailers(&OpenAiError::new(
-                ErrorKind::BadGateway,
-                format!("the engine's stream failed: {error}"),
-            )))
-        } else {
-            match next_batch(&mut batches).await {
-                Some(batch) => {
-                    let mut data = BytesMut::new();
-                    for item in batch {
-                        match item {
-                            Ok(event) => {
-                                meter.observe(&event.data);
-                                put_sse_event(&mut data, &event.data);
-                            }
-                            Err(error) => {
-                                // What arrived before the failure is delivered first; the error
-                                // trailer follows on the next poll.
-                                meter.failure = Some(error.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    Frame::data(data.freeze())
-                }
-                None => {
-                    meter.finished = true;
-                    let usage = meter.usage.unwrap_or_else(|| {
-                        tracing::warn!("engine sent no usage; counting one token per chunk");
-                        TokenUsage {
-                            completion_tokens: meter.content_chunks,
-                            ..TokenUsage::default()
-                        }
-                    });
-                    stats.record_tokens(&usage);
-                    Frame::trailers(usage_trailers(&usage))
-                }
+    let frames = stream::unfold(
+        (batches, meter, stats),
+        |(mut batches, mut meter, stats)| async move {
+            if meter.finished {
+                return None;
             }
-        };
-        Some((Ok::<_, Infallible>(frame), (batches, meter, stats)))
-    });
+            let frame = if let Some(error) = meter.failure.take() {
+                meter.finished = true;
+                stats.record_error(ErrorKind::BadGateway);
+                Frame::trailers(error_trailers(&OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the engine's stream failed: {error}"),
+                )))
+            } else {
+                match next_batch(&mut batches).await {
+                    Some(batch) => {
+                        let mut data = BytesMut::new();
+                        for item in batch {
+                            match item {
+                                Ok(event) => {
+                                    meter.observe(&event.data);
+                                    put_sse_event(&mut data, &event.data);
+                                }
+                                Err(error) => {
+                                    // What arrived before the failure is delivered first; the error
+                                    // trailer follows on the next poll.
+                                    meter.failure = Some(error.to_string());
+                                    break;
+                                }
+                            }
+                        }
+                        Frame::data(data.freeze())
+                    }
+                    None => {
+                        meter.finished = true;
+                        let usage = meter.usage.unwrap_or_else(|| {
+                            tracing::warn!("engine sent no usage; counting one token per chunk");
+                            TokenUsage {
+                                completion_tokens: meter.content_chunks,
+                                ..TokenUsage::default()
+                            }
+                        });
+                        stats.record_tokens(&usage);
+                        Frame::trailers(usage_trailers(&usage))
+                    }
+                }
+            };
+            Some((Ok::<_, Infallible>(frame), (batches, meter, stats)))
+        },
+    );
     Body::new(StreamBody::new(frames))
 }
 
@@ -221,8 +224,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_complete_answer_carries_its_usage_trailer() {
-        let json = Bytes::from_static(br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#);
-        let (text, trailers) = frames(metered_answer(json.clone(), &NodeStats::new("worker"))).await;
+        let json = Bytes::from_static(
+            br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#,
+        );
+        let (text, trailers) =
+            frames(metered_answer(json.clone(), &NodeStats::new("worker"))).await;
         assert_eq!(text.as_bytes(), &json[..]);
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 3);
     }

@@ -40,7 +40,9 @@ pub fn router(params: SyntheticParams) -> Router {
 }
 
 async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": SYNTHETIC_MODEL, "object": "model", "owned_by": "cocoon"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": SYNTHETIC_MODEL, "object": "model", "owned_by": "cocoon"}]}),
+    )
 }
 
 async fn chat(State(params): State<SyntheticParams>, body: Bytes) -> Response {
@@ -73,7 +75,11 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
         "completion_tokens": tokens,
         "total_tokens": prompt_tokens + tokens,
     });
-    let object = if chat { "chat.completion" } else { "text_completion" };
+    let object = if chat {
+        "chat.completion"
+    } else {
+        "text_completion"
+    };
     if !stream {
         let content = text.repeat(tokens as usize);
         let choice = if chat {
@@ -87,7 +93,11 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
         }))
         .into_response();
     }
-    let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk_object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let delta = |content: &str| {
         if chat {
             json!({"index": 0, "delta": {"content": content}, "finish_reason": null})
@@ -160,7 +170,9 @@ mod tests {
     #[tokio::test]
     async fn answers_without_stream_in_one_json() {
         let request = http::Request::post("/v1/completions")
-            .body(axum::body::Body::from(r#"{"model":"synthetic","max_tokens":2,"prompt":"hi"}"#))
+            .body(axum::body::Body::from(
+                r#"{"model":"synthetic","max_tokens":2,"prompt":"hi"}"#,
+            ))
             .unwrap();
         let response = router(params()).oneshot(request).await.unwrap();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();

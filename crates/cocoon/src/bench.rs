@@ -5,6 +5,7 @@
 //! over HTTP, and the load generator opens a new connection per request — the harness the C++
 //! Cocoon was measured with (50 streamed chunks of 128 bytes).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,52 @@ use tokio::net::TcpStream;
 
 /// Options of `cocoon bench`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// What to measure instead of the network's overhead.
+    #[command(subcommand)]
+    pub target: Option<BenchTarget>,
+    /// The network benchmark's options.
+    #[command(flatten)]
+    pub network: NetworkBenchArgs,
+}
+
+/// Other benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchTarget {
+    /// The embedded model: tokens/s of one stream and of several at once, alone and through the
+    /// network (the same engine process serves both).
+    #[cfg(feature = "embedded")]
+    Engine(EngineBenchArgs),
+}
+
+/// Options of `cocoon bench engine`.
+#[cfg(feature = "embedded")]
+#[derive(Debug, Args)]
+pub struct EngineBenchArgs {
+    /// Concurrent streams to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Tokens generated per request.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: u32,
+    /// GGUF model. Default: SmolLM2-135M-Instruct (fetched once).
+    #[arg(long, value_name = "PATH")]
+    pub model_path: Option<String>,
+    /// CPU threads for llama.cpp (default: all cores but one).
+    #[arg(long, value_name = "N")]
+    pub engine_threads: Option<usize>,
+    /// First port of the ports the benchmark's nodes use (it takes 8 from here).
+    #[arg(long, default_value_t = 19100)]
+    pub base_port: u16,
+}
+
+/// Options of the network benchmark (`cocoon bench`).
+#[derive(Debug, Args)]
+pub struct NetworkBenchArgs {
     /// Concurrency levels to measure (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,30,256")]
     pub concurrency: Vec<usize>,
@@ -58,7 +104,10 @@ fn spawn(args: &[String], threads: usize) -> anyhow::Result<Process> {
         .arg("--threads")
         .arg(threads.to_string())
         .args(args)
-        .env("COCOON_LOG", std::env::var("COCOON_LOG").unwrap_or_else(|_| "error".into()))
+        .env(
+            "COCOON_LOG",
+            std::env::var("COCOON_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -70,51 +119,154 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Runs the benchmark and prints its table.
+/// Runs the chosen benchmark and prints its table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let port = |offset: u16| format!("127.0.0.1:{}", args.base_port + offset);
-    let (engine, api) = (port(0), port(1));
-    let _engine = spawn(&strings(&[
-        "synthetic-engine",
-        "--listen",
-        &engine,
-        "--chunk-bytes",
-        &args.chunk_bytes.to_string(),
-        "--interval-us",
-        &args.interval_us.to_string(),
-    ]), args.node_threads)?;
-    let _proxy = spawn(&strings(&[
-        "proxy",
-        "--worker-listen",
-        &port(2),
-        "--client-listen",
-        &port(3),
-        "--stats-listen",
-        &port(4),
-    ]), args.node_threads)?;
-    let _worker = spawn(&strings(&[
-        "worker",
-        "--proxy",
-        &port(2),
-        "--engine",
+    match args.target {
+        None => network(args.network).await,
+        #[cfg(feature = "embedded")]
+        Some(BenchTarget::Engine(engine)) => embedded_engine(engine).await,
+    }
+}
+
+/// The nodes of a benchmark network, stopped when dropped.
+struct Network {
+    _nodes: Vec<Process>,
+    api: String,
+    data: PathBuf,
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// What the faucet gives the benchmark's proxy and client (nano-units), enough for any run.
+const BENCH_FUNDS: &str = "1000000000000000";
+
+/// Starts a ledger, proxy, worker (forwarding to `engine_url` for `model`) and client on ports from
+/// `base_port`, with their state in a temporary directory removed afterwards.
+async fn start_network(
+    engine_url: &str,
+    model: &str,
+    max_active: usize,
+    base_port: u16,
+    threads: usize,
+) -> anyhow::Result<Network> {
+    let port = |offset: u16| format!("127.0.0.1:{}", base_port + offset);
+    let api = port(1);
+    let ledger = format!("http://{}", port(6));
+    let data =
+        std::env::temp_dir().join(format!("cocoon-bench-{}-{base_port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).context("creating the benchmark's data directory")?;
+    let dir = |role: &str| data.join(role).display().to_string();
+    let mut nodes = vec![spawn(
+        &strings(&[
+            "ledger",
+            "--listen",
+            &port(6),
+            "--database",
+            &data.join("ledger.sqlite3").display().to_string(),
+            "--faucet",
+            "--owner",
+            &"11".repeat(32),
+        ]),
+        threads,
+    )?];
+    nodes.push(spawn(
+        &strings(&[
+            "proxy",
+            "--worker-listen",
+            &port(2),
+            "--client-listen",
+            &port(3),
+            "--stats-listen",
+            &port(4),
+            "--ledger",
+            &ledger,
+            "--data-dir",
+            &dir("proxy"),
+            "--faucet",
+            BENCH_FUNDS,
+        ]),
+        threads,
+    )?);
+    nodes.push(spawn(
+        &strings(&[
+            "worker",
+            "--proxy",
+            &port(2),
+            "--engine",
+            engine_url,
+            "--model",
+            model,
+            "--max-active",
+            &max_active.to_string(),
+            "--stats-listen",
+            &port(5),
+            "--ledger",
+            &ledger,
+            "--data-dir",
+            &dir("worker"),
+        ]),
+        threads,
+    )?);
+    nodes.push(spawn(
+        &strings(&[
+            "client",
+            "--listen",
+            &api,
+            "--proxy",
+            &port(3),
+            "--max-coefficient",
+            "1000",
+            "--ledger",
+            &ledger,
+            "--data-dir",
+            &dir("client"),
+            "--faucet",
+            BENCH_FUNDS,
+            "--deposit",
+            "100000000000000",
+        ]),
+        threads,
+    )?);
+    let network = Network {
+        _nodes: nodes,
+        api,
+        data,
+    };
+    let probe = format!(
+        r#"{{"model":"{model}","max_tokens":1,"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    wait_ready(&network.api, &probe).await?;
+    Ok(network)
+}
+
+async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
+    let engine = format!("127.0.0.1:{}", args.base_port);
+    let _engine = spawn(
+        &strings(&[
+            "synthetic-engine",
+            "--listen",
+            &engine,
+            "--chunk-bytes",
+            &args.chunk_bytes.to_string(),
+            "--interval-us",
+            &args.interval_us.to_string(),
+        ]),
+        args.node_threads,
+    )?;
+    let network = start_network(
         &format!("http://{engine}"),
-        "--model",
         "synthetic",
-        "--max-active",
-        "4096",
-        "--stats-listen",
-        &port(5),
-    ]), args.node_threads)?;
-    let _client = spawn(&strings(&[
-        "client",
-        "--listen",
-        &api,
-        "--proxy",
-        &port(3),
-        "--max-coefficient",
-        "1000",
-    ]), args.node_threads)?;
-    wait_ready(&api).await?;
+        4096,
+        args.base_port,
+        args.node_threads,
+    )
+    .await?;
+    let api = network.api.clone();
 
     println!(
         "cocoon bench: {} chunks x {} B per streamed request, a new connection per request, {} s per cell",
@@ -125,15 +277,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.node_threads
     );
     let workloads = [
-        ("stream", format!(
-            r#"{{"model":"synthetic","stream":true,"max_tokens":{},"messages":[{{"role":"user","content":"hi"}}]}}"#,
-            args.chunks
-        )),
-        ("json", r#"{"model":"synthetic","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#.to_owned()),
+        (
+            "stream",
+            format!(
+                r#"{{"model":"synthetic","stream":true,"max_tokens":{},"messages":[{{"role":"user","content":"hi"}}]}}"#,
+                args.chunks
+            ),
+        ),
+        (
+            "json",
+            r#"{"model":"synthetic","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#
+                .to_owned(),
+        ),
     ];
     println!(
         "{:<7} {:>5} | {:>9} {:>9} {:>7} | {:>9} {:>9} | {:>9} {:>9} | {:>9}",
-        "load", "conc", "direct/s", "net/s", "ratio", "d p50 ms", "d p99 ms", "n p50 ms", "n p99 ms", "+p50 ms"
+        "load",
+        "conc",
+        "direct/s",
+        "net/s",
+        "ratio",
+        "d p50 ms",
+        "d p99 ms",
+        "n p50 ms",
+        "n p99 ms",
+        "+p50 ms"
     );
     for (name, body) in &workloads {
         for &concurrency in &args.concurrency {
@@ -154,16 +322,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 network.percentile(50.0) - direct.percentile(50.0),
             );
             if direct.failures + network.failures > 0 {
-                println!("        failures: direct {}, network {}", direct.failures, network.failures);
+                println!(
+                    "        failures: direct {}, network {}",
+                    direct.failures, network.failures
+                );
             }
         }
     }
     Ok(())
 }
 
-/// Latencies of the requests completed in one cell.
+/// What the requests completed in one cell measured.
 struct Sample {
     latencies_ms: Vec<f64>,
+    /// Completion tokens per request divided by its duration, per request.
+    stream_rates: Vec<f64>,
+    tokens: u64,
     failures: u64,
     elapsed: Duration,
 }
@@ -171,6 +345,14 @@ struct Sample {
 impl Sample {
     fn throughput(&self) -> f64 {
         self.latencies_ms.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn mean_stream_rate(&self) -> f64 {
+        self.stream_rates.iter().sum::<f64>() / self.stream_rates.len().max(1) as f64
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -183,7 +365,12 @@ impl Sample {
 }
 
 /// Runs `concurrency` request loops against `address` for `duration` (after a warm-up).
-async fn measure(address: &str, body: &str, concurrency: usize, duration: Duration) -> anyhow::Result<Sample> {
+async fn measure(
+    address: &str,
+    body: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
     let body = Bytes::from(body.to_owned());
     // Warm-up: connections, caches, the worker link's windows.
     for _ in 0..concurrency.min(8) {
@@ -195,26 +382,32 @@ async fn measure(address: &str, body: &str, concurrency: usize, duration: Durati
     for _ in 0..concurrency {
         let (address, body) = (address.to_owned(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut done = Vec::new();
             let mut failures = 0u64;
             while Instant::now() < deadline {
                 let begun = Instant::now();
                 match request(&address, body.clone()).await {
-                    Ok(()) => latencies.push(begun.elapsed().as_secs_f64() * 1000.0),
+                    Ok(answer) => done.push((begun.elapsed(), completion_tokens(&answer).await)),
                     Err(_) => failures += 1,
                 }
             }
-            (latencies, failures)
+            (done, failures)
         }));
     }
     let mut sample = Sample {
         latencies_ms: Vec::new(),
+        stream_rates: Vec::new(),
+        tokens: 0,
         failures: 0,
         elapsed: Duration::ZERO,
     };
     for task in tasks {
-        let (latencies, failures) = task.await?;
-        sample.latencies_ms.extend(latencies);
+        let (done, failures) = task.await?;
+        for (took, tokens) in done {
+            sample.latencies_ms.push(took.as_secs_f64() * 1000.0);
+            sample.stream_rates.push(tokens as f64 / took.as_secs_f64());
+            sample.tokens += tokens;
+        }
         sample.failures += failures;
     }
     sample.elapsed = started.elapsed();
@@ -223,10 +416,11 @@ async fn measure(address: &str, body: &str, concurrency: usize, duration: Durati
 }
 
 /// One request on a new connection, read to its end.
-async fn request(address: &str, body: Bytes) -> anyhow::Result<()> {
+async fn request(address: &str, body: Bytes) -> anyhow::Result<Bytes> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::post("/v1/chat/completions")
         .header("host", address)
@@ -236,18 +430,133 @@ async fn request(address: &str, body: Bytes) -> anyhow::Result<()> {
     if !response.status().is_success() {
         bail!("status {}", response.status());
     }
-    response.into_body().collect().await?;
-    Ok(())
+    Ok(response.into_body().collect().await?.to_bytes())
 }
 
-async fn wait_ready(api: &str) -> anyhow::Result<()> {
+/// Completion tokens reported in an answer's usage (streamed or not); 0 when it has none.
+async fn completion_tokens(answer: &Bytes) -> u64 {
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let usage_of = |json: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(json)
+            .ok()
+            .and_then(|value| value["usage"]["completion_tokens"].as_u64())
+    };
+    if let Some(tokens) = usage_of(answer) {
+        return tokens;
+    }
+    let events =
+        futures::stream::iter([Ok::<_, std::convert::Infallible>(answer.clone())]).eventsource();
+    events
+        .filter_map(|event| {
+            futures::future::ready(event.ok().and_then(|e| usage_of(e.data.as_bytes())))
+        })
+        .next()
+        .await
+        .unwrap_or(0)
+}
+
+async fn wait_ready(api: &str, probe: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-    let probe = Bytes::from_static(br#"{"model":"synthetic","max_tokens":1,"messages":[{"role":"user","content":"hi"}]}"#);
+    let probe = Bytes::from(probe.to_owned());
     while request(api, probe.clone()).await.is_err() {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the benchmark network did not come up within 30 s");
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the benchmark network did not come up within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
+}
+
+/// `cocoon bench engine`: the embedded engine alone and through the network.
+#[cfg(feature = "embedded")]
+async fn embedded_engine(args: EngineBenchArgs) -> anyhow::Result<()> {
+    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    let engine = format!("127.0.0.1:{}", args.base_port);
+    let mut engine_args = strings(&[
+        "embedded-engine",
+        "--listen",
+        &engine,
+        "--parallel",
+        &max_concurrency.to_string(),
+    ]);
+    if let Some(path) = &args.model_path {
+        engine_args.extend(strings(&["--model-path", path]));
+    }
+    if let Some(threads) = args.engine_threads {
+        engine_args.extend(strings(&["--engine-threads", &threads.to_string()]));
+    }
+    let _engine = spawn(&engine_args, 1)?;
+    let model = served_model(&engine).await?;
+    let network = start_network(
+        &format!("http://{engine}"),
+        &model,
+        max_concurrency,
+        args.base_port,
+        1,
+    )
+    .await?;
+    let body = format!(
+        r#"{{"model":"{model}","stream":true,"stream_options":{{"include_usage":true}},"max_tokens":{},"temperature":0.8,"messages":[{{"role":"user","content":"Tell me a long story about a cat who learns to sail."}}]}}"#,
+        args.max_tokens
+    );
+    println!(
+        "cocoon bench engine: {model}, {} tokens per streamed request, {} s per cell",
+        args.max_tokens, args.seconds
+    );
+    println!("direct = the engine over HTTP; network = app -> client -> proxy -> worker -> the same engine\n");
+    println!(
+        "{:>5} | {:>12} {:>12} | {:>12} {:>12} | {:>7}",
+        "conc", "direct tok/s", "per stream", "net tok/s", "per stream", "ratio"
+    );
+    for &concurrency in &args.concurrency {
+        let duration = Duration::from_secs_f64(args.seconds);
+        let direct = measure(&engine, &body, concurrency, duration).await?;
+        let through = measure(&network.api, &body, concurrency, duration).await?;
+        println!(
+            "{:>5} | {:>12.1} {:>12.1} | {:>12.1} {:>12.1} | {:>6.1}%",
+            concurrency,
+            direct.tokens_per_second(),
+            direct.mean_stream_rate(),
+            through.tokens_per_second(),
+            through.mean_stream_rate(),
+            100.0 * through.tokens_per_second() / direct.tokens_per_second(),
+        );
+        if direct.failures + through.failures > 0 {
+            println!(
+                "      failures: direct {}, network {}",
+                direct.failures, through.failures
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The model name an engine serves (its `/v1/models`), once it is up.
+#[cfg(feature = "embedded")]
+async fn served_model(engine: &str) -> anyhow::Result<String> {
+    let started = Instant::now();
+    loop {
+        if let Ok(stream) = TcpStream::connect(engine).await {
+            if let Ok((mut sender, connection)) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+            {
+                tokio::spawn(connection);
+                let request = http::Request::get("/v1/models")
+                    .header("host", engine)
+                    .body(Full::new(Bytes::new()))?;
+                if let Ok(response) = sender.send_request(request).await {
+                    let body = response.into_body().collect().await?.to_bytes();
+                    let list: serde_json::Value = serde_json::from_slice(&body)?;
+                    if let Some(id) = list["data"][0]["id"].as_str() {
+                        return Ok(id.to_owned());
+                    }
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the engine did not come up within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

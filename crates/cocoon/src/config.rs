@@ -54,7 +54,9 @@ pub fn render<C: Serialize>(config: &C, command: &Command) -> anyhow::Result<Str
     let mut out = String::new();
     for arg in command.get_arguments() {
         let key = arg.get_id().as_str();
-        let Some(value) = table.get(key) else { continue };
+        let Some(value) = table.get(key) else {
+            continue;
+        };
         if let Some(help) = arg.get_long_help().or(arg.get_help()) {
             for line in help.to_string().lines() {
                 out.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
@@ -101,7 +103,13 @@ mod tests {
         let config = file("listen = \"0.0.0.0:9\"\ncount = 7\n");
         let matches = Cli::command().get_matches_from(["x", "--count", "5"]);
         let sample: Sample = resolve(&matches, Some(config.path())).unwrap();
-        assert_eq!(sample, Sample { listen: "0.0.0.0:9".into(), count: 5 });
+        assert_eq!(
+            sample,
+            Sample {
+                listen: "0.0.0.0:9".into(),
+                count: 5
+            }
+        );
         let defaults: Sample = resolve(&Cli::command().get_matches_from(["x"]), None).unwrap();
         assert_eq!(defaults.count, 3);
     }
@@ -118,9 +126,15 @@ mod tests {
     #[test]
     fn rendering_comments_every_key_and_reads_back() {
         let command = Cli::command();
-        let sample = Sample { listen: "a:1".into(), count: 9 };
+        let sample = Sample {
+            listen: "a:1".into(),
+            count: 9,
+        };
         let text = render(&sample, &command).unwrap();
-        assert!(text.contains("# Where to listen\nlisten = \"a:1\""), "{text}");
+        assert!(
+            text.contains("# Where to listen\nlisten = \"a:1\""),
+            "{text}"
+        );
         let back: Sample = toml::from_str(&text).unwrap();
         assert_eq!(back, sample);
     }

@@ -1,14 +1,17 @@
 //! `cocoon dev`: a whole network on loopback in one process — proxy, worker(s) and client, each
 //! with a fresh `fake`-attested identity and every check on (each side allows exactly the others'
-//! image hashes), ready for `curl`.
+//! image hashes), ready for `curl`. A local ledger with the development faucet on settles the money:
+//! the proxy stakes from the faucet, the client deposits from it, and every answer shows its cost.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use cocoon_client::ClientConfig;
+use cocoon_ledger::{AccountId, LedgerConfig, SystemClock};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_proxy::ProxyConfig;
 use cocoon_tee::{AttestationKind, FakeAttester};
@@ -20,6 +23,10 @@ use hyper_util::rt::TokioExecutor;
 const PROXY_IMAGE: &str = "cocoon-proxy-dev";
 const WORKER_IMAGE: &str = "cocoon-worker-dev";
 const CLIENT_IMAGE: &str = "cocoon-client-dev";
+/// What the dev faucet gives each node that needs money (nano-units: 1000 units).
+const DEV_FAUCET: u64 = 1_000_000_000_000;
+/// The registry owner of a dev ledger: a well-known key, as befits a ledger anyone may mint on.
+const DEV_OWNER_SEED: [u8; 32] = *b"cocoon-dev-registry-owner-key!!!";
 
 /// Options of `cocoon dev`.
 #[derive(Debug, Args)]
@@ -56,7 +63,10 @@ const DEFAULT_ENGINE: &str = "embedded";
 const DEFAULT_ENGINE: &str = "synthetic";
 
 fn image_hash(label: &str) -> String {
-    FakeAttester::from_label(label).measurements().image_hash().to_string()
+    FakeAttester::from_label(label)
+        .measurements()
+        .image_hash()
+        .to_string()
 }
 
 fn attestation(label: &str) -> AttestationArgs {
@@ -86,6 +96,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let port = |base: u16| format!("127.0.0.1:{}", base + shift);
     let shutdown = cocoon_node::shutdown::on_signal();
 
+    let owner = AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&DEV_OWNER_SEED));
+    let ledger = cocoon_ledger::spawn(
+        &LedgerConfig {
+            listen: port(13000).parse().context("the ledger address")?,
+            database: data_dir.join("ledger.sqlite3"),
+            faucet: true,
+            owner: Some(owner),
+            registry: None,
+            genesis: Vec::new(),
+        },
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("starting the dev ledger")?;
+    let ledger_url = ledger.url();
+
     let proxy = cocoon_proxy::start(
         ProxyConfig {
             worker_listen: port(11001),
@@ -95,6 +121,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             allow_client_image: vec![image_hash(CLIENT_IMAGE)],
             max_body_bytes: 4 << 20,
             max_request_secs: 600,
+            ledger: ledger_url.clone(),
+            data_dir: data_dir.join("proxy"),
+            stake: 0,
+            faucet: DEV_FAUCET,
+            settle_interval_ms: 2_000,
+            withdraw_threshold: 10_000_000_000,
+            reserve_max_tokens: 4096,
             attestation: attestation(PROXY_IMAGE),
         },
         shutdown.clone(),
@@ -117,6 +150,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 max_body_bytes: 4 << 20,
                 synthetic_chunk_bytes: 128,
                 synthetic_interval_us: 0,
+                ledger: ledger_url.clone(),
+                data_dir: data_dir.join(format!("worker-{index}")),
+                claim_threshold: 1_000_000,
+                claim_interval_ms: 5_000,
                 attestation: attestation(WORKER_IMAGE),
             },
             shutdown.clone(),
@@ -135,6 +172,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_body_bytes: 4 << 20,
             max_coefficient: 4000,
             timeout_secs: 300,
+            ledger: ledger_url.clone(),
+            data_dir: data_dir.join("client"),
+            deposit: 10_000_000_000,
+            stake: 0,
+            faucet: DEV_FAUCET,
+            settle_interval_ms: 1_000,
             attestation: attestation(CLIENT_IMAGE),
         },
         shutdown.clone(),
@@ -142,9 +185,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await?;
     let api = format!("http://{}", client.local_addr);
     wait_until_routable(&api, &model).await?;
+    wait_until_funded(&api).await?;
 
-    println!("Cocoon dev network is up (fake attestation, every check on). Data: {}", data_dir.display());
+    println!(
+        "Cocoon dev network is up (fake attestation, every check on). Data: {}",
+        data_dir.display()
+    );
     println!("  client API (OpenAI-compatible): {api}/v1");
+    println!("  ledger:       {ledger_url}/v1/stats (faucet on)");
     println!("  proxy stats:  http://{}/stats", proxy.stats_addr);
     for worker in &workers {
         println!("  worker stats: http://{}/stats", worker.stats_addr);
@@ -164,8 +212,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     proxy_done?;
     client_done?;
+    ledger.shutdown().await.context("stopping the dev ledger")?;
     println!("Cocoon dev network stopped.");
     Ok(())
+}
+
+/// Waits until the client's contract with the proxy is open and funded (its `/jsonstats` shows an
+/// available balance), so the first request is not refused for payment.
+async fn wait_until_funded(api: &str) -> anyhow::Result<()> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("{api}/jsonstats").parse()?;
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(uri.clone()).await {
+            if let Ok(body) = response.into_body().collect().await {
+                let stats: serde_json::Value =
+                    serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
+                if stats
+                    .pointer("/details/wallet/available")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+                    > 0
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the client's contract was not funded within 60 s (see its /jsonstats `details.wallet`)");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the client lists `model`, i.e. client→proxy and worker→proxy links are both up.
@@ -188,7 +265,9 @@ async fn wait_until_routable(api: &str, model: &str) -> anyhow::Result<()> {
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the network did not come up within 60 s (model `{model}` never became routable)");
+            bail!(
+                "the network did not come up within 60 s (model `{model}` never became routable)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

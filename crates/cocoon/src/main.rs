@@ -3,6 +3,10 @@
 mod bench;
 mod config;
 mod dev;
+#[cfg(feature = "embedded")]
+mod engine;
+mod ledger;
+mod wallet;
 
 use std::path::PathBuf;
 
@@ -19,7 +23,13 @@ struct Cli {
     /// Threads of the async runtime: 0 = one per CPU core. 1 runs every task on one thread, which
     /// lets each connection write a burst of frames at once; best when several nodes share few
     /// cores (as in `cocoon bench`).
-    #[arg(long, global = true, value_name = "N", default_value_t = 0, env = "COCOON_THREADS")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = 0,
+        env = "COCOON_THREADS"
+    )]
     threads: usize,
     #[command(subcommand)]
     command: Role,
@@ -36,11 +46,20 @@ enum Role {
     Worker(RoleArgs<cocoon_worker::WorkerConfig>),
     /// Run a client: the OpenAI-compatible API for applications, forwarding into the network.
     Client(RoleArgs<cocoon_client::ClientConfig>),
+    /// Run the local settlement ledger (accounts, proxy/client/worker contracts, vouchers) over
+    /// HTTP/JSON.
+    Ledger(RoleArgs<cocoon_ledger::LedgerConfig>),
+    /// A node's ledger account: address, balance, deposits, withdrawals, claims.
+    Wallet(wallet::WalletArgs),
     /// Measure throughput and latency through the network against the engine alone.
     Bench(bench::BenchArgs),
     /// Serve the synthetic engine (an OpenAI-compatible fixed-rate token stream, model
     /// `synthetic`) over HTTP. For benchmarks and tests only: it is not a model.
     SyntheticEngine(SyntheticEngineArgs),
+    /// Serve the embedded llama.cpp engine alone as an OpenAI-compatible HTTP server (the engine a
+    /// worker embeds; `cocoon bench engine` measures against it).
+    #[cfg(feature = "embedded")]
+    EmbeddedEngine(engine::EmbeddedEngineArgs),
     /// Manage models for the embedded engine.
     #[cfg(feature = "embedded")]
     #[command(subcommand)]
@@ -94,7 +113,9 @@ fn main() -> anyhow::Result<()> {
     let (name, sub) = matches.subcommand().context("a subcommand is required")?;
     init_logging();
     let runtime = match cli.threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         0 => tokio::runtime::Runtime::new(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
@@ -106,24 +127,46 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "embedded")]
         Role::Model(ModelCommand::Fetch { dir }) => {
             let dir = dir.unwrap_or_else(cocoon_infer::default_cache_dir);
-            let path = cocoon_infer::fetch_default_model(&dir).context("fetching the default model")?;
+            let path =
+                cocoon_infer::fetch_default_model(&dir).context("fetching the default model")?;
             println!("{}", path.display());
             Ok(())
         }
         Role::Dev(args) => runtime.block_on(dev::run(args)),
+        #[cfg(feature = "embedded")]
+        Role::EmbeddedEngine(args) => runtime.block_on(engine::run(args)),
         Role::Bench(args) => runtime.block_on(bench::run(args)),
+        Role::Wallet(args) => runtime.block_on(wallet::run(args)),
+        Role::Ledger(args) => {
+            let Some(config) = effective(name, sub, &args)? else {
+                return Ok(());
+            };
+            runtime.block_on(ledger::run(config))
+        }
         Role::SyntheticEngine(args) => runtime.block_on(serve_synthetic(args)),
         Role::Proxy(args) => {
-            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
-            runtime.block_on(async { cocoon_proxy::run(config, cocoon_node::shutdown::on_signal()).await })
+            let Some(config) = effective(name, sub, &args)? else {
+                return Ok(());
+            };
+            runtime.block_on(async {
+                cocoon_proxy::run(config, cocoon_node::shutdown::on_signal()).await
+            })
         }
         Role::Worker(args) => {
-            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
-            runtime.block_on(async { cocoon_worker::run(config, cocoon_node::shutdown::on_signal()).await })
+            let Some(config) = effective(name, sub, &args)? else {
+                return Ok(());
+            };
+            runtime.block_on(async {
+                cocoon_worker::run(config, cocoon_node::shutdown::on_signal()).await
+            })
         }
         Role::Client(args) => {
-            let Some(config) = effective(name, sub, &args)? else { return Ok(()) };
-            runtime.block_on(async { cocoon_client::run(config, cocoon_node::shutdown::on_signal()).await })
+            let Some(config) = effective(name, sub, &args)? else {
+                return Ok(());
+            };
+            runtime.block_on(async {
+                cocoon_client::run(config, cocoon_node::shutdown::on_signal()).await
+            })
         }
     }
 }

@@ -40,6 +40,17 @@ async fn chat_and_completions_stream_and_not_with_usage() {
     assert_eq!(answer["choices"][0]["message"]["content"], "x".repeat(20));
     assert_eq!(answer["usage"]["completion_tokens"], 5);
     assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The proxy's charge, in nano-units, split into prompt and completion.
+    let cost = |key: &str| {
+        answer["usage"][key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key}: {answer}"))
+    };
+    assert!(cost("completion_total_cost") > 0);
+    assert_eq!(
+        cost("total_cost"),
+        cost("prompt_total_cost") + cost("completion_total_cost")
+    );
 
     let mut request = chat("synthetic", 3, true);
     request["stream_options"] = json!({"include_usage": true});
@@ -51,9 +62,16 @@ async fn chat_and_completions_stream_and_not_with_usage() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
-    assert_eq!(response.headers()["x-cocoon-worker-image"], image_hash("test-worker").as_str());
+    assert_eq!(
+        response.headers()["x-cocoon-worker-image"],
+        image_hash("test-worker").as_str()
+    );
     let events = all_events(response).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
     let usage: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
@@ -61,6 +79,10 @@ async fn chat_and_completions_stream_and_not_with_usage() {
         .collect();
     assert_eq!(usage.len(), 1, "{events:?}");
     assert_eq!(usage[0]["usage"]["completion_tokens"], 3);
+    assert!(
+        usage[0]["usage"]["total_cost"].as_u64().unwrap() > 0,
+        "{events:?}"
+    );
     assert_eq!(events.iter().filter(|e| e.contains("xxxx")).count(), 3);
 
     // Without include_usage the app gets no usage chunk, as from OpenAI.
@@ -71,7 +93,10 @@ async fn chat_and_completions_stream_and_not_with_usage() {
         .await
         .unwrap();
     let events = all_events(response).await;
-    assert!(events.iter().all(|e| !e.contains("\"usage\":{")), "{events:?}");
+    assert!(
+        events.iter().all(|e| !e.contains("\"usage\":{")),
+        "{events:?}"
+    );
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
 
     let completion: Value = http
@@ -145,7 +170,10 @@ async fn disallowed_images_are_refused_on_both_sides() {
                 break response.json::<Value>().await.unwrap();
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "client never linked");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "client never linked"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -168,7 +196,10 @@ async fn disallowed_images_are_refused_on_both_sides() {
     assert_eq!(refused.status(), 404);
 
     // A client that allows only another proxy image never links, and says so.
-    let (_picky, picky_api) = client(&proxy, &["--allow-proxy-image", &image_hash("some-other-proxy")]);
+    let (_picky, picky_api) = client(
+        &proxy,
+        &["--allow-proxy-image", &image_hash("some-other-proxy")],
+    );
     wait_for_ok(&format!("{picky_api}/healthz")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let refused = http()
@@ -183,7 +214,8 @@ async fn disallowed_images_are_refused_on_both_sides() {
 }
 
 #[tokio::test]
-async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_request_goes_elsewhere() {
+async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_request_goes_elsewhere(
+) {
     let (_proxy, proxy) = proxy(&[]);
     let (mut doomed, _) = worker(
         &proxy,
@@ -209,7 +241,10 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_r
     let last = rest.last().expect("an error event ends the stream");
     let error: Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("last event: {last}"));
     assert!(error["error"]["message"].as_str().is_some(), "{error}");
-    assert!(!rest.iter().any(|e| e == "[DONE]"), "a failed stream must not look complete");
+    assert!(
+        !rest.iter().any(|e| e == "[DONE]"),
+        "a failed stream must not look complete"
+    );
 
     wait_for_ok(&format!("http://{}/healthz", proxy.stats)).await;
     let next = http()
@@ -315,6 +350,11 @@ async fn bad_requests_get_openai_shaped_errors() {
         assert_eq!(response.status(), status);
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["type"], error_type, "{error}");
-        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
     }
 }

@@ -1,16 +1,23 @@
-//! Starting real `cocoon` processes on loopback for end-to-end tests.
+//! Starting real `cocoon` processes on loopback for end-to-end tests. Every proxy gets its own
+//! ledger process (faucet on), and every node a fresh data directory for its wallet, so each
+//! network pays its way exactly as a deployed one does.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cocoon_tee::FakeAttester;
 
-/// A running `cocoon` process, killed when dropped.
+/// What the faucet gives a test node that needs money (nano-units).
+pub const TEST_FAUCET: &str = "1000000000000";
+
+/// A running `cocoon` process, killed when dropped (with its data directory, if it owns one).
 pub struct Node {
     child: Child,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Node {
@@ -23,7 +30,19 @@ impl Node {
             .stdout(Stdio::null())
             .spawn()
             .expect("cocoon starts");
-        Node { child }
+        Node { child, _dir: None }
+    }
+
+    /// Starts `cocoon ARGS…`, removing `dir` when the node is dropped.
+    pub fn start_owning(args: &[String], dir: tempfile::TempDir) -> Node {
+        let mut node = Node::start(args);
+        node._dir = Some(dir);
+        node
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL, as a crash would.
@@ -41,7 +60,11 @@ impl Drop for Node {
 
 /// A port free right now on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `127.0.0.1:PORT` on a free port.
@@ -51,24 +74,98 @@ pub fn free_addr() -> String {
 
 /// The image hash `fake` attestation gives a node with `label`.
 pub fn image_hash(label: &str) -> String {
-    FakeAttester::from_label(label).measurements().image_hash().to_string()
+    FakeAttester::from_label(label)
+        .measurements()
+        .image_hash()
+        .to_string()
 }
 
-/// Addresses of a proxy.
+/// Addresses of a proxy, and the ledger it settles on.
 pub struct ProxyAddrs {
     pub workers: String,
     pub clients: String,
     pub stats: String,
+    /// Base URL of its ledger.
+    pub ledger: String,
+    /// Its data directory (wallet key, money database).
+    pub data_dir: PathBuf,
+    /// The ledger process, shared by every node of this network (owns the ledger's directory).
+    _ledger_node: Node,
+    /// The proxy's data directory outlives proxy processes, so a proxy can be restarted on it.
+    _data_dir: tempfile::TempDir,
 }
 
-/// Starts a proxy with `extra` flags.
+/// Waits (blocking) until something listens on `addr`.
+pub fn wait_for_port(addr: &str) {
+    let started = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts a ledger (faucet on) with its database in `dir` and `extra` flags; returns it and its
+/// base URL.
+pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
+    let listen = free_addr();
+    let owner = "11".repeat(32);
+    let args = strings(&[
+        "ledger",
+        "--listen",
+        &listen,
+        "--database",
+        &dir.join("ledger.sqlite3").display().to_string(),
+        "--faucet",
+        "--owner",
+        &owner,
+    ]);
+    let args = with_defaults(args, &[], extra);
+    let node = Node::start(&args);
+    wait_for_port(&listen);
+    (node, format!("http://{listen}"))
+}
+
+/// `args` plus `--FLAG VALUE` unless `extra` sets that flag itself; then `extra`.
+fn with_defaults(mut args: Vec<String>, defaults: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
+    for (flag, value) in defaults {
+        if !extra.contains(flag) {
+            args.extend(strings(&[flag, value]));
+        }
+    }
+    args.extend(strings(extra));
+    args
+}
+
+/// Starts a proxy with `extra` flags, on a fresh ledger of its own.
 pub fn proxy(extra: &[&str]) -> (Node, ProxyAddrs) {
+    proxy_on_ledger(&[], extra)
+}
+
+/// Starts a proxy with `extra` flags, on a fresh ledger started with `ledger_extra` flags.
+pub fn proxy_on_ledger(ledger_extra: &[&str], extra: &[&str]) -> (Node, ProxyAddrs) {
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (mut ledger_node, ledger_url) = ledger(ledger_dir.path(), ledger_extra);
+    ledger_node._dir = Some(ledger_dir);
+    let dir = tempfile::tempdir().unwrap();
     let addrs = ProxyAddrs {
         workers: free_addr(),
         clients: free_addr(),
         stats: free_addr(),
+        ledger: ledger_url,
+        data_dir: dir.path().to_owned(),
+        _ledger_node: ledger_node,
+        _data_dir: dir,
     };
-    let mut args = strings(&[
+    let node = Node::start(&proxy_args(&addrs, extra));
+    (node, addrs)
+}
+
+/// The command line of the proxy at `addrs` (used again to restart it).
+pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
+    let args = strings(&[
         "proxy",
         "--worker-listen",
         &addrs.workers,
@@ -76,46 +173,74 @@ pub fn proxy(extra: &[&str]) -> (Node, ProxyAddrs) {
         &addrs.clients,
         "--stats-listen",
         &addrs.stats,
-        "--image-label",
-        "test-proxy",
+        "--ledger",
+        &addrs.ledger,
+        "--data-dir",
+        &addrs.data_dir.display().to_string(),
     ]);
-    args.extend(strings(extra));
-    (Node::start(&args), addrs)
+    with_defaults(
+        args,
+        &[
+            ("--image-label", "test-proxy"),
+            ("--faucet", TEST_FAUCET),
+            ("--settle-interval-ms", "200"),
+        ],
+        extra,
+    )
 }
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
     let stats = free_addr();
-    let mut args = strings(&[
+    let dir = tempfile::tempdir().unwrap();
+    let args = strings(&[
         "worker",
         "--proxy",
         &proxy.workers,
         "--stats-listen",
         &stats,
-        "--image-label",
-        "test-worker",
+        "--ledger",
+        &proxy.ledger,
     ]);
-    if !extra.contains(&"--engine") {
-        args.extend(strings(&["--engine", "synthetic"]));
-    }
-    args.extend(strings(extra));
-    (Node::start(&args), stats)
+    let data_dir = dir.path().display().to_string();
+    let args = with_defaults(
+        args,
+        &[
+            ("--data-dir", &data_dir),
+            ("--image-label", "test-worker"),
+            ("--engine", "synthetic"),
+            ("--claim-interval-ms", "200"),
+        ],
+        extra,
+    );
+    (Node::start_owning(&args, dir), stats)
 }
 
 /// Starts a client for `proxy` with `extra` flags; returns it and its API base URL.
 pub fn client(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
     let listen = free_addr();
-    let mut args = strings(&[
+    let dir = tempfile::tempdir().unwrap();
+    let args = strings(&[
         "client",
         "--listen",
         &listen,
         "--proxy",
         &proxy.clients,
-        "--image-label",
-        "test-client",
+        "--ledger",
+        &proxy.ledger,
     ]);
-    args.extend(strings(extra));
-    (Node::start(&args), format!("http://{listen}"))
+    let data_dir = dir.path().display().to_string();
+    let args = with_defaults(
+        args,
+        &[
+            ("--data-dir", &data_dir),
+            ("--image-label", "test-client"),
+            ("--faucet", TEST_FAUCET),
+            ("--settle-interval-ms", "200"),
+        ],
+        extra,
+    );
+    (Node::start_owning(&args, dir), format!("http://{listen}"))
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -131,8 +256,50 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Waits until `api` lists `model` with at least `workers` workers.
+/// The client's `/jsonstats` `details.wallet` (its contract as it last saw it).
+pub async fn client_wallet(api: &str) -> serde_json::Value {
+    let stats: serde_json::Value = http()
+        .get(format!("{api}/jsonstats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["details"]["wallet"].clone()
+}
+
+/// Waits until the client at `api` has an open, funded contract with its proxy.
+pub async fn wait_for_funds(api: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http().get(format!("{api}/jsonstats")).send().await {
+            if let Ok(stats) = response.json::<serde_json::Value>().await {
+                if stats["details"]["wallet"]["available"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    > 0
+                {
+                    return;
+                }
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "client at {api} was never funded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `api` lists `model` with at least `workers` workers, and its contract is funded.
 pub async fn wait_for_model(api: &str, model: &str, workers: u64) {
+    wait_for_model_only(api, model, workers).await;
+    wait_for_funds(api).await;
+}
+
+/// Waits until `api` lists `model` with at least `workers` workers.
+pub async fn wait_for_model_only(api: &str, model: &str, workers: u64) {
     let started = Instant::now();
     loop {
         if let Ok(response) = http().get(format!("{api}/v1/models")).send().await {
@@ -164,7 +331,10 @@ pub async fn wait_for_ok(url: &str) {
                 return;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{url} never answered 200");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{url} never answered 200"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

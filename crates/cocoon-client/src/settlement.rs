@@ -1,0 +1,307 @@
+//! The client's side of the money: it opens its contract with the proxy it uses (deposit, part of
+//! it locked as stake), tops it up when the available balance falls below half the stake, and
+//! applies the proxy's charge voucher on the ledger when what is charged but not yet applied
+//! exceeds half the stake (so a proxy cannot run up an unbounded debt, nor the client hide one).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cocoon_ledger::{
+    AccountId, Amount, ClientContract, ClientStatement, ContractStatus, LedgerClient, Settlement,
+    SettlementError,
+};
+use cocoon_node::link::get_json;
+use cocoon_proto::link::PATH_BILLING;
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::link::ProxyLinks;
+
+/// How much the client deposits and keeps available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Funding {
+    /// Amount deposited when the contract is opened, and added by each top-up.
+    pub deposit: Amount,
+    /// Stake locked in the contract (raised to the registry's minimum).
+    pub stake: Amount,
+    /// Development: mint at least this much from the faucet when the wallet cannot pay (0: never).
+    pub faucet: Amount,
+}
+
+/// What to do next with a contract, from its state and the proxy's statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Open the contract, depositing this much.
+    Open(Amount),
+    /// Apply the proxy's voucher (too much is charged but not applied).
+    SubmitCharges,
+    /// Add this much to the contract.
+    TopUp(Amount),
+    /// Nothing to do.
+    Nothing,
+}
+
+/// Decides the next step. `charged` is the proxy's total for this client.
+pub fn next_action(
+    contract: Option<&ClientContract>,
+    charged: Amount,
+    funding: &Funding,
+) -> Action {
+    let Some(contract) = contract.filter(|c| c.status != ContractStatus::Closed) else {
+        return Action::Open(funding.deposit.max(funding.stake));
+    };
+    if contract.status != ContractStatus::Open {
+        return Action::Nothing;
+    }
+    let half_stake = contract.stake / 2;
+    if charged.saturating_sub(contract.charged) > half_stake {
+        return Action::SubmitCharges;
+    }
+    if available(contract, charged) < half_stake {
+        return Action::TopUp(funding.deposit.max(funding.stake));
+    }
+    Action::Nothing
+}
+
+/// The contract balance less what the proxy charged but the ledger has not collected.
+pub fn available(contract: &ClientContract, charged: Amount) -> Amount {
+    contract
+        .balance
+        .saturating_sub(charged.saturating_sub(contract.collected))
+}
+
+/// The last round's view, for `/jsonstats`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct View {
+    proxy: Option<String>,
+    balance: Option<Amount>,
+    deposited: Option<Amount>,
+    stake: Option<Amount>,
+    charged: Option<Amount>,
+    charged_on_ledger: Option<Amount>,
+    available: Option<Amount>,
+    last_error: Option<String>,
+}
+
+/// The client's wallet and its contract with the current proxy.
+pub struct ClientSettlement {
+    account: AccountId,
+    ledger: LedgerClient,
+    funding: Funding,
+    interval: Duration,
+    view: Mutex<View>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientSettlement {
+    /// Settlement for the wallet `key` against the ledger at `ledger_url`, checked every `interval`.
+    pub fn new(
+        ledger_url: &str,
+        key: SigningKey,
+        funding: Funding,
+        interval: Duration,
+    ) -> Result<Arc<Self>, cocoon_ledger::ClientError> {
+        Ok(Arc::new(Self {
+            account: AccountId::from(&key),
+            ledger: LedgerClient::new(ledger_url, key)?,
+            funding,
+            interval,
+            view: Mutex::new(View::default()),
+        }))
+    }
+
+    /// This client's wallet.
+    pub fn account(&self) -> AccountId {
+        self.account
+    }
+
+    /// Makes sure the wallet holds `needed`, from the faucet if allowed.
+    async fn ensure_funds(&self, needed: Amount) -> Result<(), SettlementError> {
+        let balance = self.ledger.account(self.account).await?.balance;
+        if balance < needed && self.funding.faucet > 0 {
+            self.ledger
+                .faucet(self.funding.faucet.max(needed - balance))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One round against the proxy the client currently uses.
+    pub async fn settle(&self, links: &ProxyLinks) {
+        if let Err(error) = self.try_settle(links).await {
+            tracing::warn!(%error, "client settlement round failed");
+            lock(&self.view).last_error = Some(error.to_string());
+        }
+    }
+
+    async fn try_settle(&self, links: &ProxyLinks) -> anyhow::Result<()> {
+        let Some(link) = links.current() else {
+            return Ok(());
+        };
+        let Some(proxy) = cocoon_node::wallet::peer_wallet(&link.peer)
+            .and_then(|wallet| wallet.parse::<AccountId>().ok())
+        else {
+            anyhow::bail!("proxy {} names no wallet in its attestation", link.proxy);
+        };
+        let min_stake = self.ledger.registry().await?.min_client_stake;
+        let funding = Funding {
+            stake: self.funding.stake.max(min_stake),
+            ..self.funding
+        };
+        // A few steps per round: open, then apply charges or top up as the state asks.
+        for _ in 0..3 {
+            let contract = self.ledger.client_contract(proxy, self.account).await?;
+            let statement = match contract {
+                Some(_) => Some(get_json::<ClientStatement>(&link.sender, PATH_BILLING).await?),
+                None => None,
+            };
+            let charged = statement.as_ref().map_or(0, |s| s.charged);
+            self.record(proxy, contract.as_ref(), charged).await;
+            match next_action(contract.as_ref(), charged, &funding) {
+                Action::Open(amount) => {
+                    self.ensure_funds(amount).await?;
+                    self.ledger
+                        .open_client(proxy, amount, funding.stake)
+                        .await?;
+                    tracing::info!(%proxy, amount, stake = funding.stake, "client contract opened");
+                }
+                Action::SubmitCharges => {
+                    let voucher = statement.and_then(|s| s.voucher);
+                    if let Some(voucher) = voucher {
+                        match self.ledger.submit_charge(voucher).await {
+                            Ok(_) => {}
+                            Err(error) if error.is_stale_voucher() => return Ok(()),
+                            Err(error) => return Err(error.into()),
+                        }
+                    } else {
+                        return Ok(());
+                    }
+                }
+                Action::TopUp(amount) => {
+                    self.ensure_funds(amount).await?;
+                    self.ledger.top_up(proxy, amount).await?;
+                    tracing::info!(%proxy, amount, "client contract topped up");
+                }
+                Action::Nothing => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(&self, proxy: AccountId, contract: Option<&ClientContract>, charged: Amount) {
+        let balance = self
+            .ledger
+            .account(self.account)
+            .await
+            .ok()
+            .map(|a| a.balance);
+        let mut view = lock(&self.view);
+        *view = View {
+            proxy: Some(proxy.to_string()),
+            balance,
+            deposited: contract.map(|c| c.balance),
+            stake: contract.map(|c| c.stake),
+            charged: Some(charged),
+            charged_on_ledger: contract.map(|c| c.charged),
+            available: contract.map(|c| available(c, charged)),
+            last_error: None,
+        };
+    }
+
+    /// Settles every interval until `shutdown`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        links: Arc<ProxyLinks>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let settlement = self.clone();
+        tokio::spawn(async move {
+            loop {
+                settlement.settle(&links).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(settlement.interval) => {}
+                }
+            }
+        })
+    }
+
+    /// Wallet figures for `/jsonstats`.
+    pub fn snapshot(&self) -> Value {
+        let view = lock(&self.view).clone();
+        json!({
+            "account": self.account.to_string(),
+            "proxy": view.proxy,
+            "balance": view.balance,
+            "deposited": view.deposited,
+            "stake": view.stake,
+            "charged": view.charged,
+            "charged_on_ledger": view.charged_on_ledger,
+            "available": view.available,
+            "last_error": view.last_error,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FUNDING: Funding = Funding {
+        deposit: 1_000,
+        stake: 400,
+        faucet: 0,
+    };
+
+    fn contract(balance: Amount, charged: Amount) -> ClientContract {
+        ClientContract {
+            proxy: AccountId([1; 32]),
+            client: AccountId([2; 32]),
+            balance,
+            stake: 400,
+            charged,
+            collected: charged,
+            voucher_seqno: 1,
+            status: ContractStatus::Open,
+        }
+    }
+
+    #[test]
+    fn opens_then_tops_up_and_submits_at_half_the_stake() {
+        assert_eq!(next_action(None, 0, &FUNDING), Action::Open(1_000));
+        assert_eq!(
+            next_action(Some(&contract(1_000, 0)), 200, &FUNDING),
+            Action::Nothing
+        );
+        // 201 charged but unapplied: above half the stake.
+        assert_eq!(
+            next_action(Some(&contract(1_000, 0)), 201, &FUNDING),
+            Action::SubmitCharges
+        );
+        // Applied; 199 left of the balance: below half the stake.
+        assert_eq!(
+            next_action(Some(&contract(199, 201)), 201, &FUNDING),
+            Action::TopUp(1_000)
+        );
+        assert_eq!(available(&contract(500, 100), 250), 350);
+    }
+
+    #[test]
+    fn a_closing_contract_is_left_alone_and_a_closed_one_reopened() {
+        let mut closing = contract(100, 0);
+        closing.status = ContractStatus::Closing { release_at: 9 };
+        assert_eq!(next_action(Some(&closing), 0, &FUNDING), Action::Nothing);
+        closing.status = ContractStatus::Closed;
+        assert_eq!(
+            next_action(Some(&closing), 0, &FUNDING),
+            Action::Open(1_000)
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! A node's long-lived wallet key: the Ed25519 key of its ledger account, kept sealed in its data
+//! directory so that only the same image can use it after a restart.
+//!
+//! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]), so
+//! a proxy bills the account the attested client named, and nobody can name another's account
+//! without that node's attested key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cocoon_ratls::PeerIdentity;
+use cocoon_tee::sealed::TdxHostSealingKeySource;
+use cocoon_tee::{
+    AttestationKind, FakeSealingKeySource, ImageHash, SealedKeyStore, SealingKeySource, TeeError,
+    Verifier,
+};
+use ed25519_dalek::SigningKey;
+
+use crate::attestation::{attester_for, AttestationArgs, TrustError};
+
+/// Claims attribute carrying the node's wallet address (64 hex digits).
+pub const WALLET_ATTRIBUTE: &str = "wallet";
+/// File of the sealed wallet key inside a node's data directory.
+pub const WALLET_FILE: &str = "wallet.sealed";
+/// File of the host secret the `none`/`fake` TEE seals with, inside the data directory.
+pub const HOST_SECRET_FILE: &str = "host-secret";
+
+/// Why a wallet key could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The data directory could not be created.
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The node's image hash could not be established.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// Sealing or unsealing failed (another image, a corrupted file, no seal service).
+    #[error("wallet key: {0}")]
+    Sealed(#[from] TeeError),
+}
+
+/// The image hash this node's attestation gives it (what its wallet key is sealed to).
+pub fn own_image_hash(args: &AttestationArgs) -> Result<ImageHash, WalletError> {
+    let attester = attester_for(args)?;
+    let quote = attester.quote(&[0u8; 64]).map_err(TrustError::from)?;
+    let verified = Verifier::new().verify(&quote).map_err(TrustError::from)?;
+    Ok(verified.image_hash)
+}
+
+/// Opens the wallet key in `data_dir`, creating and sealing a fresh one on first use.
+///
+/// The `none` and `fake` TEEs seal with a host secret in the same directory (which binds the key
+/// to the image but not to hardware: development only); `tdx` needs the host seal service.
+pub fn open_wallet(data_dir: &Path, args: &AttestationArgs) -> Result<SigningKey, WalletError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| WalletError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let image_hash = own_image_hash(args)?;
+    let sealing: Arc<dyn SealingKeySource> = match args.tee {
+        AttestationKind::None | AttestationKind::Fake => Arc::new(FakeSealingKeySource::open(
+            data_dir.join(HOST_SECRET_FILE),
+            image_hash,
+        )?),
+        AttestationKind::Tdx => Arc::new(TdxHostSealingKeySource::new(image_hash)),
+    };
+    Ok(SealedKeyStore::new(data_dir.join(WALLET_FILE), sealing).load_or_create()?)
+}
+
+/// The wallet address (hex public key) of `key`.
+pub fn wallet_address(key: &SigningKey) -> String {
+    hex::encode(key.verifying_key().to_bytes())
+}
+
+/// Claims attributes `base` plus the wallet address of `key`.
+pub fn with_wallet(
+    mut base: BTreeMap<String, String>,
+    key: &SigningKey,
+) -> BTreeMap<String, String> {
+    base.insert(WALLET_ATTRIBUTE.to_owned(), wallet_address(key));
+    base
+}
+
+/// The wallet address an attested peer named in its claims, if it named one.
+pub fn peer_wallet(peer: &PeerIdentity) -> Option<&str> {
+    peer.claims
+        .attributes
+        .get(WALLET_ATTRIBUTE)
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(label: &str) -> AttestationArgs {
+        AttestationArgs {
+            tee: AttestationKind::Fake,
+            image_label: label.to_owned(),
+            min_peer_tee: AttestationKind::Fake,
+            cert_lifetime_secs: 3_600,
+        }
+    }
+
+    #[test]
+    fn the_same_image_reopens_the_same_key_and_another_image_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_wallet(dir.path(), &fake("a")).unwrap();
+        let again = open_wallet(dir.path(), &fake("a")).unwrap();
+        assert_eq!(first.to_bytes(), again.to_bytes());
+        assert!(matches!(
+            open_wallet(dir.path(), &fake("b")),
+            Err(WalletError::Sealed(_))
+        ));
+        let attributes = with_wallet(BTreeMap::new(), &first);
+        assert_eq!(attributes[WALLET_ATTRIBUTE], wallet_address(&first));
+        assert_eq!(wallet_address(&first).len(), 64);
+    }
+}

@@ -1,0 +1,198 @@
+//! `cocoon wallet`: a node's ledger account from the command line. The wallet key is the node's
+//! own sealed key (same `--data-dir` and attestation options as the node), so the CLI acts for the
+//! very account the node's attestation names.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use cocoon_ledger::{AccountId, Amount, LedgerClient, Settlement, SignedVoucher};
+use cocoon_node::attestation::AttestationArgs;
+use serde_json::{json, Value};
+
+/// Options of `cocoon wallet`.
+#[derive(Debug, Args)]
+pub struct WalletArgs {
+    /// The node's data directory, where its sealed wallet key lives.
+    #[arg(long, value_name = "DIR", default_value = "cocoon-data/client")]
+    pub data_dir: PathBuf,
+    /// Base URL of the ledger.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
+    pub ledger: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The node's attestation options (the key is sealed to its image).
+    #[command(flatten)]
+    pub attestation: AttestationArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: WalletCommand,
+}
+
+/// `cocoon wallet …`
+#[derive(Debug, Subcommand)]
+pub enum WalletCommand {
+    /// Create the wallet key if there is none; print its address.
+    New,
+    /// Print the wallet's address (hex public key).
+    Address,
+    /// The account's balance, and its contracts with `--proxy`.
+    Balance {
+        /// A proxy's wallet: also show this account's client and worker contracts with it.
+        #[arg(long, value_name = "ACCOUNT")]
+        proxy: Option<AccountId>,
+    },
+    /// Development ledgers only: mint `amount` into this account from the faucet.
+    Faucet {
+        /// Nano-units.
+        amount: Amount,
+    },
+    /// Deposit into the client contract with `proxy` (opening it with `--stake` if needed).
+    Deposit {
+        /// The proxy's wallet.
+        #[arg(long, value_name = "ACCOUNT")]
+        proxy: AccountId,
+        /// Nano-units.
+        amount: Amount,
+        /// Stake of a new contract (default: the registry's minimum).
+        #[arg(long, value_name = "AMOUNT")]
+        stake: Option<Amount>,
+    },
+    /// Withdraw from the client contract with `--proxy` (above its stake), or with
+    /// `--commission` from this proxy's own collected commission.
+    Withdraw {
+        /// The proxy's wallet.
+        #[arg(long, value_name = "ACCOUNT", required_unless_present = "commission")]
+        proxy: Option<AccountId>,
+        /// Withdraw commission from this account's proxy contract instead.
+        #[arg(long)]
+        commission: bool,
+        /// Nano-units.
+        amount: Amount,
+    },
+    /// Close the client contract with `proxy` (the part above the stake now, the stake after the
+    /// registry's delay); run again after the delay to collect the stake.
+    Close {
+        /// The proxy's wallet.
+        #[arg(long, value_name = "ACCOUNT")]
+        proxy: AccountId,
+    },
+    /// Claim earnings with a proxy's worker-pay voucher (JSON, as in the worker's `/jsonstats`).
+    Claim {
+        /// The signed voucher.
+        #[arg(long, value_name = "JSON")]
+        voucher: String,
+    },
+}
+
+/// Runs one wallet command.
+pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
+    let key = cocoon_node::wallet::open_wallet(&args.data_dir, &args.attestation)
+        .context("opening the wallet key")?;
+    let account = AccountId::from(&key);
+    let ledger = LedgerClient::new(&args.ledger, key).context("bad --ledger")?;
+    let out = match args.command {
+        WalletCommand::New | WalletCommand::Address => json!({ "address": account.to_string() }),
+        WalletCommand::Balance { proxy } => balance(&ledger, account, proxy).await?,
+        WalletCommand::Faucet { amount } => {
+            let receipt = ledger.faucet(amount).await?;
+            json!({ "address": account.to_string(), "minted": amount, "seq": receipt.seq })
+        }
+        WalletCommand::Deposit {
+            proxy,
+            amount,
+            stake,
+        } => {
+            let open = ledger
+                .client_contract(proxy, account)
+                .await?
+                .is_some_and(|c| c.status == cocoon_ledger::ContractStatus::Open);
+            if open {
+                ledger.top_up(proxy, amount).await?;
+            } else {
+                let stake = match stake {
+                    Some(stake) => stake,
+                    None => ledger.registry().await?.min_client_stake,
+                };
+                ledger.open_client(proxy, amount, stake).await?;
+            }
+            balance(&ledger, account, Some(proxy)).await?
+        }
+        WalletCommand::Withdraw {
+            proxy,
+            commission,
+            amount,
+        } => {
+            match (commission, proxy) {
+                (true, _) => ledger.withdraw_commission(amount).await?,
+                (false, Some(proxy)) => ledger.withdraw_client(proxy, amount).await?,
+                (false, None) => anyhow::bail!("--proxy or --commission is required"),
+            };
+            balance(&ledger, account, proxy).await?
+        }
+        WalletCommand::Close { proxy } => {
+            let closing = ledger
+                .client_contract(proxy, account)
+                .await?
+                .is_some_and(|c| matches!(c.status, cocoon_ledger::ContractStatus::Closing { .. }));
+            let receipt = if closing {
+                ledger.finish_client_close(proxy).await?
+            } else {
+                ledger.close_client(proxy, None).await?
+            };
+            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, Some(proxy)).await? })
+        }
+        WalletCommand::Claim { voucher } => {
+            let voucher: SignedVoucher =
+                serde_json::from_str(&voucher).context("--voucher is not a signed voucher")?;
+            let receipt = ledger.claim(voucher).await?;
+            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, None).await? })
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_text(&out, "");
+    }
+    Ok(())
+}
+
+async fn balance(
+    ledger: &LedgerClient,
+    account: AccountId,
+    proxy: Option<AccountId>,
+) -> anyhow::Result<Value> {
+    let mut out = json!({
+        "address": account.to_string(),
+        "balance": ledger.account(account).await?.balance,
+    });
+    if let Some(contract) = ledger.proxy_contract(account).await? {
+        out["proxy_contract"] = serde_json::to_value(contract)?;
+    }
+    if let Some(proxy) = proxy {
+        out["client_contract"] =
+            serde_json::to_value(ledger.client_contract(proxy, account).await?)?;
+        out["worker_contract"] =
+            serde_json::to_value(ledger.worker_contract(proxy, account).await?)?;
+    }
+    Ok(out)
+}
+
+/// `key: value` lines, nested objects indented.
+fn print_text(value: &Value, indent: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    Value::Object(_) => {
+                        println!("{indent}{key}:");
+                        print_text(value, &format!("{indent}  "));
+                    }
+                    other => println!("{indent}{key}: {other}"),
+                }
+            }
+        }
+        other => println!("{indent}{other}"),
+    }
+}

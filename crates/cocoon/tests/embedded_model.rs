@@ -1,0 +1,110 @@
+//! End-to-end with the real model: `cocoon proxy`, a `cocoon worker` embedding llama.cpp with
+//! SmolLM2-135M-Instruct, and `cocoon client`, as separate processes on loopback.
+//!
+//! The model comes from `cocoon model fetch` (run by `scripts/setup.sh`). Without it these tests
+//! say so and pass, except on CI (`CI` set), where a missing model is a failure.
+
+#![cfg(feature = "embedded")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn model_path() -> Option<PathBuf> {
+    let path = std::env::var_os("COCOON_MODEL_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir()));
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "the model is missing at {} (run `cocoon model fetch`)",
+        path.display()
+    );
+    eprintln!("skipped: model not present at {}", path.display());
+    None
+}
+
+#[tokio::test]
+async fn the_network_answers_with_the_real_model() {
+    let Some(model) = model_path() else { return };
+    let model = model.display().to_string();
+    let (_proxy, proxy) = proxy(&[]);
+    let (_worker, _) = worker(
+        &proxy,
+        &[
+            "--engine",
+            "embedded",
+            "--model-path",
+            &model,
+            "--max-active",
+            "2",
+            "--context-length",
+            "1024",
+        ],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "SmolLM2-135M-Instruct", 1).await;
+    let http = http();
+
+    let response = http
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&json!({
+            "model": "SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 32,
+            "temperature": 0,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-cocoon-model-hash"],
+        cocoon_infer::DEFAULT_MODEL_SHA256,
+        "the worker advertises the hash of the model it serves"
+    );
+    let answer: Value = response.json().await.unwrap();
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{answer}");
+    assert!(
+        answer["usage"]["prompt_tokens"].as_u64().unwrap() > 5,
+        "{answer}"
+    );
+
+    // Streamed, token by token, with a length limit honoured exactly.
+    let response = http
+        .post(format!("{api}/v1/completions"))
+        .json(&json!({
+            "model": "SmolLM2-135M-Instruct",
+            "prompt": "Once upon a time",
+            "max_tokens": 6,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        }))
+        .send()
+        .await
+        .unwrap();
+    let events = all_events(response).await;
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    let usage = chunks
+        .iter()
+        .find(|c| c["usage"].is_object())
+        .expect("a usage chunk");
+    assert_eq!(usage["usage"]["completion_tokens"], 6, "{events:?}");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "length"));
+}

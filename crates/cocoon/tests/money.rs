@@ -1,0 +1,440 @@
+//! Money end to end, with real processes: a ledger, a proxy, workers and clients on loopback.
+//! Every number is checked against the ledger's own state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cocoon_ledger::{price, AccountId, Amount, Prices, Registry};
+use cocoon_proto::TokenUsage;
+use common::*;
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+fn chat(max_tokens: u64, stream: bool) -> Value {
+    let mut request = json!({
+        "model": "synthetic",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    if stream {
+        request["stream_options"] = json!({"include_usage": true});
+    }
+    request
+}
+
+async fn get_json(url: &str) -> Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The `details.wallet` of a node's `/jsonstats` at `stats` (`HOST:PORT` or a base URL).
+async fn wallet(stats: &str) -> Value {
+    let base = if stats.starts_with("http") {
+        stats.to_owned()
+    } else {
+        format!("http://{stats}")
+    };
+    get_json(&format!("{base}/jsonstats")).await["details"]["wallet"].clone()
+}
+
+async fn account_of(stats: &str) -> AccountId {
+    wallet(stats).await["account"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The usage of one answer (streamed or not), or `None` if it failed.
+async fn ask(api: &str, request: &Value) -> Option<TokenUsage> {
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(request)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let usage = if request["stream"] == true {
+        let events = all_events(response).await;
+        if events.last().map(String::as_str) != Some("[DONE]") {
+            return None;
+        }
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .find(|e| e["usage"].is_object())?["usage"]
+            .clone()
+    } else {
+        response.json::<Value>().await.ok()?["usage"].clone()
+    };
+    Some(TokenUsage {
+        prompt_tokens: usage["prompt_tokens"].as_u64()?,
+        completion_tokens: usage["completion_tokens"].as_u64()?,
+        ..TokenUsage::default()
+    })
+}
+
+/// Waits until `check` holds for the value `read` produces, failing with the last value.
+macro_rules! eventually {
+    ($read:expr, |$v:ident| $check:expr) => {{
+        let started = Instant::now();
+        loop {
+            let $v = $read;
+            if $check {
+                break $v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "never held: {:?}",
+                $v
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
+/// `cocoon wallet --json ARGS…` for the node with `data_dir` and `label`.
+fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args([
+            "wallet",
+            "--json",
+            "--ledger",
+            ledger,
+            "--data-dir",
+            data_dir,
+            "--image-label",
+            label,
+        ])
+        .args(args)
+        .env("COCOON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "wallet {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn contract(ledger: &str, proxy: AccountId, kind: &str, party: AccountId) -> Value {
+    get_json(&format!("{ledger}/v1/proxies/{proxy}/{kind}/{party}")).await
+}
+
+#[tokio::test]
+async fn a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference() {
+    let (_proxy, proxy) = proxy(&["--withdraw-threshold", "0"]);
+    let (_worker, worker_stats) = worker(&proxy, &["--claim-threshold", "1"]);
+    let (_client, api) = client(&proxy, &["--deposit", "10000000000"]);
+    wait_for_model(&api, "synthetic", 1).await;
+
+    let (mut paid, mut earned) = (0, 0);
+    for (index, stream) in [false, true, false, true, true].into_iter().enumerate() {
+        let usage = ask(&api, &chat(3 + index as u64, stream))
+            .await
+            .expect("answered");
+        let cost = price(&usage, 1_000, &Prices::default()).unwrap();
+        paid += cost.client_price;
+        earned += cost.worker_pay;
+    }
+    assert!(paid > earned && earned > 0);
+
+    let proxy_id = account_of(&proxy.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let proxy_wallet = wallet(&proxy.stats).await;
+    assert_eq!(proxy_wallet["charged"], paid, "{proxy_wallet}");
+    assert_eq!(proxy_wallet["earned"], earned, "{proxy_wallet}");
+
+    // The ledger converges to exactly the tokens served: the client charged, the worker paid.
+    let client_contract = eventually!(
+        contract(&proxy.ledger, proxy_id, "clients", client_id).await,
+        |c| c["charged"] == paid
+    );
+    assert_eq!(client_contract["collected"], paid);
+    assert_eq!(client_contract["balance"], 10_000_000_000u64 - paid);
+    let worker_contract = eventually!(
+        contract(&proxy.ledger, proxy_id, "workers", worker_id).await,
+        |c| c["paid"] == earned
+    );
+    assert_eq!(worker_contract["paid"], earned);
+    let worker_account = get_json(&format!("{}/v1/accounts/{worker_id}", proxy.ledger)).await;
+    assert_eq!(worker_account["balance"], earned);
+    // The proxy keeps price − fee in its pool (nothing withdrawn with a zero threshold).
+    let proxy_contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
+    assert_eq!(proxy_contract["pool"], paid - earned, "{proxy_contract}");
+    assert_eq!(proxy_contract["collected"], paid);
+    assert_eq!(proxy_contract["paid_to_workers"], earned);
+    let stats = get_json(&format!("{}/v1/stats", proxy.ledger)).await;
+    assert_eq!(
+        stats["supply"].as_u64().map(u128::from),
+        stats["holdings_total"].as_u64().map(u128::from)
+    );
+}
+
+#[tokio::test]
+async fn the_proxy_withdraws_its_commission_and_a_worker_claims_with_the_wallet_cli() {
+    let (_proxy, proxy) = proxy(&["--withdraw-threshold", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let worker_dir = dir.path().display().to_string();
+    // The worker never claims by itself: its earnings wait for the CLI.
+    let (_worker, worker_stats) = worker(
+        &proxy,
+        &[
+            "--claim-threshold",
+            "1000000000000000000",
+            "--data-dir",
+            &worker_dir,
+        ],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let (mut paid, mut earned) = (0, 0);
+    for max_tokens in [2, 4, 8] {
+        let usage = ask(&api, &chat(max_tokens, false)).await.expect("answered");
+        let cost = price(&usage, 1_000, &Prices::default()).unwrap();
+        paid += cost.client_price;
+        earned += cost.worker_pay;
+    }
+    let proxy_id = account_of(&proxy.stats).await;
+    // The commission leaves the pool; the workers' unclaimed earnings stay in it.
+    let contract = eventually!(
+        get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await,
+        |c| c["withdrawn"] == paid - earned
+    );
+    assert_eq!(contract["pool"], earned, "{contract}");
+
+    let worker_wallet = eventually!(wallet(&worker_stats).await, |w| w["earned"] == earned);
+    assert_eq!(worker_wallet["claimable"], earned);
+    let voucher = worker_wallet["proxies"][0]["voucher"].to_string();
+    let address = wallet_cli(&proxy.ledger, &worker_dir, "test-worker", &["address"]);
+    assert_eq!(address["address"], worker_wallet["account"]);
+    let claimed = wallet_cli(
+        &proxy.ledger,
+        &worker_dir,
+        "test-worker",
+        &["claim", "--voucher", &voucher],
+    );
+    assert_eq!(claimed["outcome"]["outcome"], "claimed", "{claimed}");
+    assert_eq!(claimed["outcome"]["paid"], earned, "{claimed}");
+    let balance = wallet_cli(&proxy.ledger, &worker_dir, "test-worker", &["balance"]);
+    assert_eq!(balance["balance"], earned);
+    let contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
+    assert_eq!(contract["pool"], 0, "{contract}");
+}
+
+#[tokio::test]
+async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
+    // Dear tokens, so that a small stake covers few of them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::new(AccountId([0x11; 32]));
+    registry.prices.price_per_token = 1_000_000;
+    registry.prices.worker_fee_per_token = 700_000;
+    registry.min_client_stake = 1_000_000_000;
+    let registry_file = dir.path().join("registry.json");
+    std::fs::write(&registry_file, serde_json::to_vec(&registry).unwrap()).unwrap();
+    let registry_arg = registry_file.display().to_string();
+    let (_proxy, proxy) = proxy_on_ledger(&["--registry", &registry_arg], &[]);
+    let (_worker, worker_stats) = worker(&proxy, &[]);
+    let client_dir = dir.path().join("client").display().to_string();
+    let (_client, api) = client(
+        &proxy,
+        &[
+            "--faucet",
+            "0",
+            "--deposit",
+            "1000000000",
+            "--data-dir",
+            &client_dir,
+        ],
+    );
+    wait_for_model_only(&api, "synthetic", 1).await;
+    // The client holds nothing: it cannot open its contract, and the proxy refuses it.
+    let refused = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat(5, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 402);
+    // Exactly one stake's worth (1000 tokens) from the faucet; the client opens its contract.
+    let minted = wallet_cli(
+        &proxy.ledger,
+        &client_dir,
+        "test-client",
+        &["faucet", "1000000000"],
+    );
+    assert_eq!(minted["minted"], 1_000_000_000u64);
+    wait_for_funds(&api).await;
+
+    assert!(
+        ask(&api, &chat(600, false)).await.is_some(),
+        "the first request fits the balance"
+    );
+    let refused = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat(600, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 402);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
+    assert_eq!(error["error"]["code"], "insufficient_quota", "{error}");
+    let worker = get_json(&format!("http://{worker_stats}/jsonstats")).await;
+    assert_eq!(
+        worker["requests"], 1,
+        "the refused request never reached the worker: {worker}"
+    );
+
+    // Top up through the wallet CLI; the next request goes through.
+    let proxy_id = account_of(&proxy.stats).await.to_string();
+    wallet_cli(
+        &proxy.ledger,
+        &client_dir,
+        "test-client",
+        &["faucet", "5000000000"],
+    );
+    let after = wallet_cli(
+        &proxy.ledger,
+        &client_dir,
+        "test-client",
+        &["deposit", "--proxy", &proxy_id, "4000000000"],
+    );
+    assert!(
+        after["client_contract"]["balance"].as_u64().unwrap() >= 4_000_000_000,
+        "{after}"
+    );
+    assert!(
+        ask(&api, &chat(600, false)).await.is_some(),
+        "served after the top-up"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_killed_during_streaming_loses_and_doubles_nothing() {
+    let extra = ["--withdraw-threshold", "0"];
+    let (mut proxy_node, proxy) = proxy(&extra);
+    let (_worker, worker_stats) = worker(
+        &proxy,
+        &[
+            "--claim-threshold",
+            "1",
+            "--synthetic-interval-us",
+            "20000",
+            "--max-active",
+            "32",
+        ],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+
+    // Streams of 0.1 s to 1.6 s; the proxy dies at about 0.8 s.
+    let requests: Vec<Value> = (1..=16).map(|i| chat(5 * i, true)).collect();
+    let load = join_all(requests.iter().map(|r| ask(&api, r)));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy_node.kill();
+    };
+    let (answers, ()) = tokio::join!(load, killer);
+    let cost = |usage: &TokenUsage| price(usage, 1_000, &Prices::default()).unwrap();
+    let completed: Amount = answers.iter().flatten().map(|u| cost(u).client_price).sum();
+    let done = answers.iter().flatten().count();
+    assert!(
+        done > 0 && done < requests.len(),
+        "{done} of {} finished",
+        requests.len()
+    );
+    // An interrupted stream may have been charged just before the kill; never more than its worst case.
+    let interrupted_bound: Amount = requests
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.is_none())
+        .map(|(r, _)| {
+            let bytes = serde_json::to_vec(r).unwrap().len() as u64;
+            let usage = TokenUsage {
+                prompt_tokens: bytes,
+                completion_tokens: r["max_tokens"].as_u64().unwrap(),
+                ..TokenUsage::default()
+            };
+            cost(&usage).client_price
+        })
+        .sum();
+
+    let _proxy_again = Node::start(&proxy_args(&proxy, &extra));
+    wait_for_model(&api, "synthetic", 1).await;
+    let mut after = 0;
+    for _ in 0..3 {
+        let usage = ask(&api, &chat(4, false))
+            .await
+            .expect("served after the restart");
+        after += cost(&usage).client_price;
+    }
+
+    let proxy_id = account_of(&proxy.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let charged = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+    assert!(
+        charged >= completed + after,
+        "lost a charge: {charged} < {}",
+        completed + after
+    );
+    assert!(
+        charged <= completed + after + interrupted_bound,
+        "charged more than was served"
+    );
+    let earned = wallet(&proxy.stats).await["earned"].as_u64().unwrap();
+    // The ledger and the proxy's database agree to the unit.
+    eventually!(
+        contract(&proxy.ledger, proxy_id, "clients", client_id).await,
+        |c| c["charged"] == charged
+    );
+    eventually!(
+        contract(&proxy.ledger, proxy_id, "workers", worker_id).await,
+        |c| c["paid"] == earned
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_refuses_to_start_on_a_rolled_back_database() {
+    let (mut proxy_node, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(3, false)).await.expect("served");
+    eventually!(wallet(&proxy.stats).await, |w| w["committed_seqno"] == 1);
+    proxy_node.kill();
+    let files = [
+        "proxy-billing.sqlite3",
+        "proxy-billing.sqlite3-wal",
+        "proxy-billing.sqlite3-shm",
+    ];
+    let backup = tempfile::tempdir().unwrap();
+    for file in files {
+        let _ = std::fs::copy(proxy.data_dir.join(file), backup.path().join(file));
+    }
+
+    let mut proxy_node = Node::start(&proxy_args(&proxy, &[]));
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(3, false)).await.expect("served");
+    ask(&api, &chat(3, true)).await.expect("served");
+    eventually!(wallet(&proxy.stats).await, |w| w["committed_seqno"] == 3);
+    proxy_node.kill();
+
+    // Restore the old copy: the ledger's commit (3) is ahead of it (1).
+    for file in files {
+        let _ = std::fs::remove_file(proxy.data_dir.join(file));
+        let _ = std::fs::copy(backup.path().join(file), proxy.data_dir.join(file));
+    }
+    let mut stale = Node::start(&proxy_args(&proxy, &[]));
+    let status = eventually!(stale.exited(), |s| s.is_some());
+    assert!(
+        !status.unwrap().success(),
+        "a proxy on a rolled-back database must not start"
+    );
+}
