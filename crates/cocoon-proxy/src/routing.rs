@@ -254,7 +254,7 @@ mod tests {
     }
 
     fn peer() -> PeerIdentity {
-        let measurements = FakeAttester::from_label("w").measurements().clone();
+        let measurements = *FakeAttester::from_label("w").measurements();
         PeerIdentity {
             kind: AttestationKind::Fake,
             image_hash: measurements.image_hash(),

@@ -297,6 +297,60 @@ fn chain(previous: &Hash32, seqno: u64, charge: &ChargeRecord) -> Hash32 {
     Hash32(hasher.finalize().into())
 }
 
+/// Most charges written in one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// Writes charges from one thread, as many per transaction (and fsync) as are waiting: requests
+/// finishing together share one disk flush, and no async task ever blocks on the disk.
+pub struct ChargeWriter {
+    queue: mpsc::Sender<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>,
+}
+
+impl ChargeWriter {
+    /// Starts the writer thread over `store`; it stops when the writer is dropped.
+    pub fn spawn(store: Arc<Mutex<BillingStore>>) -> std::io::Result<ChargeWriter> {
+        let (queue, pending) =
+            mpsc::channel::<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>();
+        std::thread::Builder::new()
+            .name("charge-writer".into())
+            .spawn(move || {
+                while let Ok(first) = pending.recv() {
+                    let mut group = vec![first];
+                    group.extend(pending.try_iter().take(MAX_GROUP - 1));
+                    let charges: Vec<ChargeRecord> =
+                        group.iter().map(|(charge, _)| *charge).collect();
+                    let outcome = store
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .record_charges(&charges);
+                    match outcome {
+                        Ok(results) => {
+                            for ((_, done), result) in group.into_iter().zip(results) {
+                                let _ = done.send(result);
+                            }
+                        }
+                        Err(error) => {
+                            let message = error.to_string();
+                            for (_, done) in group {
+                                let _ = done.send(Err(StoreError::Batch(message.clone())));
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(ChargeWriter { queue })
+    }
+
+    /// Records `charge`; resolves once it is on disk.
+    pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
+        let (done, written) = oneshot::channel();
+        self.queue
+            .send((charge, done))
+            .map_err(|_| StoreError::WriterStopped)?;
+        written.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,59 +470,5 @@ mod tests {
             store.record_charge(&big),
             Err(StoreError::Overflow)
         ));
-    }
-}
-
-/// Most charges written in one transaction.
-const MAX_GROUP: usize = 1024;
-
-/// Writes charges from one thread, as many per transaction (and fsync) as are waiting: requests
-/// finishing together share one disk flush, and no async task ever blocks on the disk.
-pub struct ChargeWriter {
-    queue: mpsc::Sender<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>,
-}
-
-impl ChargeWriter {
-    /// Starts the writer thread over `store`; it stops when the writer is dropped.
-    pub fn spawn(store: Arc<Mutex<BillingStore>>) -> std::io::Result<ChargeWriter> {
-        let (queue, pending) =
-            mpsc::channel::<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>();
-        std::thread::Builder::new()
-            .name("charge-writer".into())
-            .spawn(move || {
-                while let Ok(first) = pending.recv() {
-                    let mut group = vec![first];
-                    group.extend(pending.try_iter().take(MAX_GROUP - 1));
-                    let charges: Vec<ChargeRecord> =
-                        group.iter().map(|(charge, _)| *charge).collect();
-                    let outcome = store
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .record_charges(&charges);
-                    match outcome {
-                        Ok(results) => {
-                            for ((_, done), result) in group.into_iter().zip(results) {
-                                let _ = done.send(result);
-                            }
-                        }
-                        Err(error) => {
-                            let message = error.to_string();
-                            for (_, done) in group {
-                                let _ = done.send(Err(StoreError::Batch(message.clone())));
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(ChargeWriter { queue })
-    }
-
-    /// Records `charge`; resolves once it is on disk.
-    pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
-        let (done, written) = oneshot::channel();
-        self.queue
-            .send((charge, done))
-            .map_err(|_| StoreError::WriterStopped)?;
-        written.await.map_err(|_| StoreError::WriterStopped)?
     }
 }

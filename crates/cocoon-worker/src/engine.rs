@@ -32,8 +32,8 @@ pub enum Engine {
     Http {
         /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8000`.
         base: String,
-        /// Pooled HTTP client.
-        client: Client<HttpConnector, Body>,
+        /// Pooled HTTP client (boxed: it is large, and cloned with the engine).
+        client: Box<Client<HttpConnector, Body>>,
     },
     /// A router served in this process.
     InProcess(Router),
@@ -60,7 +60,10 @@ impl Engine {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
-        Ok(Engine::Http { base, client })
+        Ok(Engine::Http {
+            base,
+            client: Box::new(client),
+        })
     }
 
     /// POSTs an OpenAI JSON body to `path` (e.g. `/v1/chat/completions`).

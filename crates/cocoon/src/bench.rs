@@ -347,10 +347,12 @@ impl Sample {
         self.latencies_ms.len() as f64 / self.elapsed.as_secs_f64()
     }
 
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.elapsed.as_secs_f64()
     }
 
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
     fn mean_stream_rate(&self) -> f64 {
         self.stream_rates.iter().sum::<f64>() / self.stream_rates.len().max(1) as f64
     }
