@@ -21,10 +21,10 @@ use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
 use cocoon_proto::headers::{COST, ERROR};
 use cocoon_proto::{ErrorKind, OpenAiError};
-use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use http::HeaderMap;
 use http_body_util::BodyStream;
+use sse_stream::{Error as SseError, Sse, SseByteStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
@@ -54,12 +54,12 @@ where
 {
     let (trailers_tx, trailers_rx) = oneshot::channel();
     let mut trailers_tx = Some(trailers_tx);
-    // Trailers are not SSE bytes: set them aside for the end, and turn body errors into strings so
-    // the event parser can report them as transport errors.
+    // Trailers are not SSE bytes: set them aside for the end, and turn body errors into I/O errors
+    // so the event parser reports them as transport errors.
     let bytes = BodyStream::new(body).filter_map(move |frame| {
         let item = match frame {
             Ok(frame) => match frame.into_data() {
-                Ok(data) => Some(Ok::<Bytes, String>(data)),
+                Ok(data) => Some(Ok::<Bytes, std::io::Error>(data)),
                 Err(frame) => {
                     if let (Ok(trailers), Some(tx)) = (frame.into_trailers(), trailers_tx.take()) {
                         // The receiver lives in the same stream state; it cannot be gone yet.
@@ -68,12 +68,12 @@ where
                     None
                 }
             },
-            Err(error) => Some(Err(error.to_string())),
+            Err(error) => Some(Err(std::io::Error::other(error.to_string()))),
         };
         futures::future::ready(item)
     });
     let state = Rewrite {
-        events: bytes.eventsource().boxed(),
+        events: SseByteStream::new(bytes).boxed(),
         trailers: trailers_rx,
         deadline: Box::pin(tokio::time::sleep_until(options.deadline)),
         include_usage: options.include_usage,
@@ -97,7 +97,7 @@ const MAX_EVENTS_PER_WRITE: usize = 64;
 
 /// The state of one rewrite; dropping it drops the upstream body.
 struct Rewrite {
-    events: BoxStream<'static, Result<Event, EventStreamError<String>>>,
+    events: BoxStream<'static, Result<Sse, SseError>>,
     trailers: oneshot::Receiver<HeaderMap>,
     deadline: Pin<Box<Sleep>>,
     include_usage: bool,
@@ -127,20 +127,22 @@ impl Rewrite {
             };
             match item {
                 Some(Ok(event)) => {
-                    if event.data.trim() == DONE {
+                    // Blocks without data (comments, retry hints) carry nothing for the app.
+                    let Some(data) = &event.data else { continue };
+                    if data.trim() == DONE {
                         self.saw_done = true;
                         continue;
                     }
-                    if is_usage_chunk(&event.data) {
+                    if is_usage_chunk(data) {
                         // Held until the trailers bring its cost; shown only if the app asked.
                         if self.include_usage {
-                            self.usage_chunk = Some(event.data);
+                            self.usage_chunk = event.data;
                         }
                         continue;
                     }
                     return Some(encode_event(&event));
                 }
-                Some(Err(EventStreamError::Transport(error))) => {
+                Some(Err(SseError::Body(error))) => {
                     return Some(self.fail(OpenAiError::new(
                         ErrorKind::BadGateway,
                         format!("the answer broke off mid-stream: {error}"),
@@ -245,14 +247,15 @@ fn is_usage_chunk(data: &str) -> bool {
 
 /// Re-encodes an event: its type when not the default, and its data line by line. Ids and retry
 /// hints are dropped: OpenAI streams do not use them and the app cannot resume through us.
-fn encode_event(event: &Event) -> Bytes {
-    let mut out = String::with_capacity(event.data.len() + 16);
-    if event.event != "message" {
+fn encode_event(event: &Sse) -> Bytes {
+    let data = event.data.as_deref().unwrap_or_default();
+    let mut out = String::with_capacity(data.len() + 16);
+    if let Some(kind) = event.event.as_deref().filter(|kind| *kind != "message") {
         out.push_str("event: ");
-        out.push_str(&event.event);
+        out.push_str(kind);
         out.push('\n');
     }
-    for line in event.data.split('\n') {
+    for line in data.split('\n') {
         out.push_str("data: ");
         out.push_str(line);
         out.push('\n');
@@ -441,11 +444,7 @@ mod tests {
 
     #[test]
     fn named_and_multi_line_events_are_re_encoded_faithfully() {
-        let event = Event {
-            event: "ping".into(),
-            data: "a\nb".into(),
-            ..Event::default()
-        };
+        let event = Sse::default().event("ping").data("a\nb");
         assert_eq!(
             &encode_event(&event)[..],
             b"event: ping\ndata: a\ndata: b\n\n"

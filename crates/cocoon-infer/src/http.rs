@@ -417,18 +417,13 @@ mod tests {
     }
 
     async fn frames(meta: ResponseMeta, events: Vec<Event>) -> Vec<String> {
-        use eventsource_stream::Eventsource;
         let (tx, rx) = mpsc::unbounded_channel();
         for e in events {
             tx.send(e).unwrap();
         }
         drop(tx);
-        Sse::new(sse_stream(meta, rx))
-            .into_response()
-            .into_body()
-            .into_data_stream()
-            .eventsource()
-            .map(|event| event.unwrap().data)
+        sse_stream::SseStream::new(Sse::new(sse_stream(meta, rx)).into_response().into_body())
+            .map(|event| event.unwrap().data.unwrap_or_default())
             .collect()
             .await
     }

@@ -19,7 +19,6 @@ use cocoon_infer::{
     default_cache_dir, default_model_path, fetch_default_model, router, Engine, EngineConfig,
     InferError, DEFAULT_MODEL_SHA256,
 };
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -94,11 +93,8 @@ async fn post_stream(app: &Router, path: &str, body: Value) -> Vec<String> {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    response
-        .into_body()
-        .into_data_stream()
-        .eventsource()
-        .map(|event| event.expect("well-formed SSE").data)
+    sse_stream::SseStream::new(response.into_body())
+        .map(|event| event.expect("well-formed SSE").data.unwrap_or_default())
         .collect()
         .await
 }

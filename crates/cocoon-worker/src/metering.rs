@@ -9,12 +9,12 @@ use cocoon_node::stats::NodeStats;
 use cocoon_node::trailers::{error_trailers, usage_trailers};
 use cocoon_node::Body;
 use cocoon_proto::{ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
-use eventsource_stream::Eventsource;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use http_body::Frame;
 use http_body_util::StreamBody;
 use serde::Deserialize;
+use sse_stream::{Sse, SseStream};
 
 /// The one field of an engine's answer (or stream chunk) the worker reads.
 #[derive(Deserialize)]
@@ -75,7 +75,7 @@ const MAX_EVENTS_PER_FRAME: usize = 64;
 /// as one token per content chunk (how every known engine streams) and the prompt as unknown (0),
 /// which never overcharges the client.
 pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
-    let batches = Box::pin(body.into_data_stream().eventsource());
+    let batches = Box::pin(SseStream::new(body));
     let meter = Meter {
         usage: None,
         content_chunks: 0,
@@ -101,10 +101,15 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
                         let mut data = BytesMut::new();
                         for item in batch {
                             match item {
-                                Ok(event) => {
-                                    meter.observe(&event.data);
-                                    put_sse_event(&mut data, &event.data);
+                                // Blocks without data (comments, retry hints) carry nothing
+                                // for the app.
+                                Ok(Sse {
+                                    data: Some(event), ..
+                                }) => {
+                                    meter.observe(&event);
+                                    put_sse_event(&mut data, &event);
                                 }
+                                Ok(_) => {}
                                 Err(error) => {
                                     // What arrived before the failure is delivered first; the error
                                     // trailer follows on the next poll.

@@ -437,7 +437,6 @@ async fn request(address: &str, body: Bytes) -> anyhow::Result<Bytes> {
 
 /// Completion tokens reported in an answer's usage (streamed or not); 0 when it has none.
 async fn completion_tokens(answer: &Bytes) -> u64 {
-    use eventsource_stream::Eventsource;
     use futures::StreamExt;
     let usage_of = |json: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(json)
@@ -447,11 +446,11 @@ async fn completion_tokens(answer: &Bytes) -> u64 {
     if let Some(tokens) = usage_of(answer) {
         return tokens;
     }
-    let events =
-        futures::stream::iter([Ok::<_, std::convert::Infallible>(answer.clone())]).eventsource();
-    events
+    let chunks = futures::stream::iter([Ok::<_, std::io::Error>(answer.clone())]);
+    sse_stream::SseByteStream::new(chunks)
         .filter_map(|event| {
-            futures::future::ready(event.ok().and_then(|e| usage_of(e.data.as_bytes())))
+            let data = event.ok().and_then(|event| event.data);
+            futures::future::ready(data.and_then(|data| usage_of(data.as_bytes())))
         })
         .next()
         .await

@@ -341,14 +341,11 @@ pub async fn wait_for_ok(url: &str) {
 
 /// The `data` of each SSE event of a streamed answer, as they arrive (errors end the stream).
 pub fn events(response: reqwest::Response) -> impl futures::Stream<Item = String> + Unpin {
-    use eventsource_stream::Eventsource;
     use futures::StreamExt;
     Box::pin(
-        response
-            .bytes_stream()
-            .eventsource()
+        sse_stream::SseByteStream::new(response.bytes_stream())
             .take_while(|event| futures::future::ready(event.is_ok()))
-            .map(|event| event.expect("checked above").data),
+            .filter_map(|event| futures::future::ready(event.ok().and_then(|event| event.data))),
     )
 }
 
