@@ -19,22 +19,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 
-/// Every error kind, for reporting counts of each.
-const ERROR_KINDS: [ErrorKind; 12] = [
-    ErrorKind::InvalidRequest,
-    ErrorKind::ContextLength,
-    ErrorKind::Unauthorized,
-    ErrorKind::InsufficientQuota,
-    ErrorKind::ModelNotFound,
-    ErrorKind::NotFound,
-    ErrorKind::PayloadTooLarge,
-    ErrorKind::RateLimited,
-    ErrorKind::Internal,
-    ErrorKind::BadGateway,
-    ErrorKind::Unavailable,
-    ErrorKind::Timeout,
-];
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -149,7 +133,7 @@ impl NodeStats {
 
     /// Everything counted, as JSON.
     pub fn snapshot(&self) -> Value {
-        let errors: serde_json::Map<String, Value> = ERROR_KINDS
+        let errors: serde_json::Map<String, Value> = ErrorKind::ALL
             .iter()
             .filter_map(|kind| {
                 let count = self

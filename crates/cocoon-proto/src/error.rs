@@ -34,6 +34,22 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for iterating (counters per kind, parsing codes).
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::ContextLength,
+        ErrorKind::Unauthorized,
+        ErrorKind::InsufficientQuota,
+        ErrorKind::ModelNotFound,
+        ErrorKind::NotFound,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::RateLimited,
+        ErrorKind::Internal,
+        ErrorKind::BadGateway,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+    ];
+
     /// The HTTP status code this kind is reported with.
     pub fn http_status(self) -> u16 {
         match self {
@@ -87,23 +103,7 @@ impl ErrorKind {
 
     /// The kind for a `code` string, as read back from a peer's error body.
     pub fn from_code(code: &str) -> Option<ErrorKind> {
-        use ErrorKind::*;
-        [
-            InvalidRequest,
-            ContextLength,
-            Unauthorized,
-            InsufficientQuota,
-            ModelNotFound,
-            NotFound,
-            PayloadTooLarge,
-            RateLimited,
-            Internal,
-            BadGateway,
-            Unavailable,
-            Timeout,
-        ]
-        .into_iter()
-        .find(|kind| kind.code() == code)
+        ErrorKind::ALL.into_iter().find(|kind| kind.code() == code)
     }
 }
 
@@ -161,20 +161,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_its_code() {
-        for kind in [
-            ErrorKind::InvalidRequest,
-            ErrorKind::ContextLength,
-            ErrorKind::Unauthorized,
-            ErrorKind::InsufficientQuota,
-            ErrorKind::ModelNotFound,
-            ErrorKind::NotFound,
-            ErrorKind::PayloadTooLarge,
-            ErrorKind::RateLimited,
-            ErrorKind::Internal,
-            ErrorKind::BadGateway,
-            ErrorKind::Unavailable,
-            ErrorKind::Timeout,
-        ] {
+        for kind in ErrorKind::ALL {
             assert_eq!(OpenAiError::new(kind, "x").kind(), Some(kind));
         }
     }

@@ -25,6 +25,11 @@ pub struct ProxyConfig {
     /// image attested at least as strongly as `--min-peer-tee`.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_client_image: Vec<String>,
+    /// Model weights this proxy routes to, as `NAME=SHA256` (repeat or separate with commas; a
+    /// name may be listed with several hashes). A worker must serve a listed name with an allowed
+    /// hash in its attested claims. Empty: any model.
+    #[arg(long, value_name = "NAME=SHA256", value_delimiter = ',')]
+    pub allow_model: Vec<String>,
     /// Largest request body accepted from a client, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,

@@ -6,6 +6,7 @@
 //! [`billing`] (reservations, charges, settlement with the ledger) over [`store`] (the proxy's own
 //! durable database).
 
+pub mod admission;
 pub mod billing;
 pub mod config;
 pub mod forward;
@@ -69,6 +70,7 @@ pub async fn start(
     trust.spawn_renewal(shutdown.clone());
     let worker_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_worker_image)?)?);
     let client_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_client_image)?)?);
+    let models = admission::AllowedModels::parse(&config.allow_model).context("--allow-model")?;
     let stats = NodeStats::new("proxy");
     let routing = Arc::new(Routing::default());
     let forwarding = Forwarding {
@@ -96,6 +98,7 @@ pub async fn start(
         workers,
         worker_acceptor,
         routing.clone(),
+        Arc::new(models),
         stats.clone(),
         shutdown.clone(),
     ));

@@ -13,51 +13,72 @@ use cocoon_ratls::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::AllowedModels;
 use crate::routing::Routing;
 
-/// Accepts worker links until `shutdown`.
-pub async fn accept_workers(
+/// Accepts connections on `listener` until `shutdown`, handing each to `serve` on its own task
+/// (also ended by `shutdown`); a failed link is logged as a `peer` link with its address.
+async fn accept_links<F, Fut>(
     listener: TcpListener,
-    acceptor: Arc<Acceptor>,
-    routing: Arc<Routing>,
-    stats: Arc<NodeStats>,
+    peer: &'static str,
     shutdown: CancellationToken,
-) {
+    serve: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     loop {
         let tcp = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a worker connection failed");
+                    tracing::warn!(%error, peer, "accepting a connection failed");
                     continue;
                 }
             },
         };
-        let (acceptor, routing, stats, shutdown) = (
-            acceptor.clone(),
-            routing.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        );
+        let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let link = serve(tcp);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_worker(tcp, &acceptor, &routing, &stats) => {
-                    if let Err(error) = result {
-                        tracing::warn!(worker = %address, error = %format!("{error:#}"), "worker link refused or lost");
-                    }
+                result = link => match result {
+                    Ok(()) => tracing::info!(%address, peer, "link closed"),
+                    Err(error) => tracing::warn!(%address, peer, error = %format!("{error:#}"), "link refused or lost"),
                 }
             }
         });
     }
 }
 
+/// Accepts worker links until `shutdown`.
+pub async fn accept_workers(
+    listener: TcpListener,
+    acceptor: Arc<Acceptor>,
+    routing: Arc<Routing>,
+    models: Arc<AllowedModels>,
+    stats: Arc<NodeStats>,
+    shutdown: CancellationToken,
+) {
+    accept_links(listener, "worker", shutdown, move |tcp| {
+        let (acceptor, routing, models, stats) = (
+            acceptor.clone(),
+            routing.clone(),
+            models.clone(),
+            stats.clone(),
+        );
+        async move { serve_worker(tcp, &acceptor, &routing, &models, &stats).await }
+    })
+    .await
+}
+
 async fn serve_worker(
     tcp: TcpStream,
     acceptor: &Acceptor,
     routing: &Routing,
+    models: &AllowedModels,
     stats: &Arc<NodeStats>,
 ) -> anyhow::Result<()> {
     let (stream, peer) = acceptor.accept(tcp).await?;
@@ -81,6 +102,16 @@ async fn serve_worker(
             attested_model
         );
     }
+    // So must the weights: the attested hash, announced unchanged and allowed for the model.
+    let attested_hash = peer.claims.attributes.get("model_hash");
+    if attested_hash != info.model_hash.as_ref() {
+        anyhow::bail!(
+            "worker announces model hash {:?} but its certificate claims {:?}",
+            info.model_hash,
+            attested_hash
+        );
+    }
+    models.check(&info.model, attested_hash.map(String::as_str))?;
     // Earnings are paid to the wallet the worker's attestation names; without one it cannot be paid.
     if crate::billing::wallet_of(&peer).is_none() {
         anyhow::bail!("the worker's certificate names no valid wallet");
@@ -109,39 +140,15 @@ pub async fn accept_clients(
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let tcp = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a client connection failed");
-                    continue;
-                }
-            },
-        };
-        let (acceptor, router, stats, shutdown) = (
-            acceptor.clone(),
-            router.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let serve = async {
-                let (stream, peer) = acceptor.accept(tcp).await?;
-                tracing::info!(client = %address, image = %peer.image_hash, "client linked");
-                let _linked = stats.peer_connected();
-                link::serve(stream, router.layer(Extension(Arc::new(peer)))).await?;
-                Ok::<_, anyhow::Error>(())
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                result = serve => match result {
-                    Ok(()) => tracing::info!(client = %address, "client link closed"),
-                    Err(error) => tracing::warn!(client = %address, error = %format!("{error:#}"), "client link refused or lost"),
-                }
-            }
-        });
-    }
+    accept_links(listener, "client", shutdown, move |tcp| {
+        let (acceptor, router, stats) = (acceptor.clone(), router.clone(), stats.clone());
+        async move {
+            let (stream, peer) = acceptor.accept(tcp).await?;
+            tracing::info!(image = %peer.image_hash, "client linked");
+            let _linked = stats.peer_connected();
+            link::serve(stream, router.layer(Extension(Arc::new(peer)))).await?;
+            Ok(())
+        }
+    })
+    .await
 }

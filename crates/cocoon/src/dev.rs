@@ -119,6 +119,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             stats_listen: port(11000),
             allow_worker_image: vec![image_hash(WORKER_IMAGE)],
             allow_client_image: vec![image_hash(CLIENT_IMAGE)],
+            allow_model: Vec::new(),
             max_body_bytes: 4 << 20,
             max_request_secs: 600,
             ledger: ledger_url.clone(),

@@ -33,7 +33,12 @@ fn model_path() -> Option<PathBuf> {
 async fn the_network_answers_with_the_real_model() {
     let Some(model) = model_path() else { return };
     let model = model.display().to_string();
-    let (_proxy, proxy) = proxy(&[]);
+    // The proxy admits exactly these weights for this name.
+    let allowed = format!(
+        "SmolLM2-135M-Instruct={}",
+        cocoon_infer::DEFAULT_MODEL_SHA256
+    );
+    let (_proxy, proxy) = proxy(&["--allow-model", &allowed]);
     let (_worker, _) = worker(
         &proxy,
         &[

@@ -214,6 +214,37 @@ async fn disallowed_images_are_refused_on_both_sides() {
 }
 
 #[tokio::test]
+async fn a_worker_whose_model_weights_are_not_allowed_is_refused() {
+    let allowed = format!("synthetic={}", "ab".repeat(32));
+    let (_proxy, proxy) = proxy(&["--allow-model", &allowed]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_ok(&format!("{api}/healthz")).await;
+    // Give the worker time to dial (and be refused) a few times.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats: Value = http()
+        .get(format!("http://{}/jsonstats", proxy.stats))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
+    let refused = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat("synthetic", 1, false))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        [404, 503].contains(&refused.status().as_u16()),
+        "{}",
+        refused.status()
+    );
+}
+
+#[tokio::test]
 async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_request_goes_elsewhere(
 ) {
     let (_proxy, proxy) = proxy(&[]);
