@@ -135,32 +135,28 @@ impl NodeTrust {
 
     /// Renews the certificate at half its lifetime until `shutdown`.
     pub fn spawn_renewal(self: &Arc<Self>, shutdown: CancellationToken) {
-        let trust = self.clone();
+        let rotation = cocoon_ratls::spawn_rotation(
+            self.identity.clone(),
+            self.attester.clone(),
+            self.role.clone(),
+            self.attributes.clone(),
+            self.lifetime,
+        );
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(trust.lifetime / 2) => {}
-                }
-                match Identity::generate(
-                    trust.attester.as_ref(),
-                    &trust.role,
-                    trust.attributes.clone(),
-                    trust.lifetime,
-                ) {
-                    Ok(identity) => {
-                        trust.identity.store(Arc::new(identity));
-                        tracing::info!("RA-TLS certificate renewed");
-                    }
-                    Err(error) => tracing::error!(%error, "cannot renew the RA-TLS certificate"),
-                }
-            }
+            shutdown.cancelled().await;
+            rotation.abort();
         });
     }
 }
 
-/// The attester `args` select.
-pub(crate) fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError> {
+/// The image hash `args` give this node, as peers will see it: its own quote, verified.
+pub fn own_image_hash(args: &AttestationArgs) -> Result<ImageHash, TrustError> {
+    let quote = attester_for(args)?.quote(&[0u8; 64])?;
+    Ok(Verifier::new().verify(&quote)?.image_hash)
+}
+
+/// The attester `args` select (`tdx` fails clearly outside a TD guest).
+pub fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustError> {
     Ok(match args.tee {
         AttestationKind::None => Arc::new(NoneAttester),
         AttestationKind::Fake => Arc::new(FakeAttester::from_label(&args.image_label)),

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use cocoon_ratls::PeerIdentity;
 use cocoon_tee::sealed::TdxHostSealingKeySource;
 use cocoon_tee::{
-    AttestationKind, FakeSealingKeySource, ImageHash, SealedKeyStore, SealingKeySource, TeeError,
-    Verifier,
+    AttestationKind, FakeSealingKeySource, SealedKeyStore, SealingKeySource, TeeError,
 };
 use ed25519_dalek::SigningKey;
 
-use crate::attestation::{attester_for, AttestationArgs, TrustError};
+use crate::attestation::{own_image_hash, AttestationArgs, TrustError};
 
 /// Claims attribute carrying the node's wallet address (64 hex digits).
 pub const WALLET_ATTRIBUTE: &str = "wallet";
@@ -45,14 +44,6 @@ pub enum WalletError {
     Sealed(#[from] TeeError),
 }
 
-/// The image hash this node's attestation gives it (what its wallet key is sealed to).
-pub fn own_image_hash(args: &AttestationArgs) -> Result<ImageHash, WalletError> {
-    let attester = attester_for(args)?;
-    let quote = attester.quote(&[0u8; 64]).map_err(TrustError::from)?;
-    let verified = Verifier::new().verify(&quote).map_err(TrustError::from)?;
-    Ok(verified.image_hash)
-}
-
 /// Opens the wallet key in `data_dir`, creating and sealing a fresh one on first use.
 ///
 /// The `none` and `fake` TEEs seal with a host secret in the same directory (which binds the key
@@ -62,6 +53,7 @@ pub fn open_wallet(data_dir: &Path, args: &AttestationArgs) -> Result<SigningKey
         path: data_dir.to_owned(),
         source,
     })?;
+    // The wallet key is sealed to the image hash peers see.
     let image_hash = own_image_hash(args)?;
     let sealing: Arc<dyn SealingKeySource> = match args.tee {
         AttestationKind::None | AttestationKind::Fake => Arc::new(FakeSealingKeySource::open(

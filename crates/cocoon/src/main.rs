@@ -1,5 +1,6 @@
 //! `cocoon`: every role of the Confidential Compute Open Network in one command.
 
+mod attest;
 mod bench;
 mod config;
 mod dev;
@@ -51,6 +52,9 @@ enum Role {
     Ledger(RoleArgs<cocoon_ledger::LedgerConfig>),
     /// A node's ledger account: address, balance, deposits, withdrawals, claims.
     Wallet(wallet::WalletArgs),
+    /// Make, inspect and check RA-TLS certificates and image hashes.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
     /// Measure throughput and latency through the network against the engine alone.
     Bench(bench::BenchArgs),
     /// Serve the synthetic engine (an OpenAI-compatible fixed-rate token stream, model
@@ -133,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::Dev(args) => runtime.block_on(dev::run(args)),
+        Role::Attest(command) => attest::run(command),
         #[cfg(feature = "embedded")]
         Role::EmbeddedEngine(args) => runtime.block_on(engine::run(args)),
         Role::Bench(args) => runtime.block_on(bench::run(args)),
