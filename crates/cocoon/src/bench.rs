@@ -56,7 +56,7 @@ pub struct EngineBenchArgs {
     /// CPU threads for llama.cpp (default: all cores but one).
     #[arg(long, value_name = "N")]
     pub engine_threads: Option<usize>,
-    /// First port of the ports the benchmark's nodes use (it takes 8 from here).
+    /// First port of the ports the benchmark's nodes use (it takes 7 from here).
     #[arg(long, default_value_t = 19100)]
     pub base_port: u16,
 }
@@ -83,7 +83,7 @@ pub struct NetworkBenchArgs {
     /// cores with the engine and the load generator, so one thread each is the default.
     #[arg(long = "node-threads", default_value_t = 1)]
     pub node_threads: usize,
-    /// First port of the ports the benchmark's nodes use (it takes 8 from here).
+    /// First port of the ports the benchmark's nodes use (it takes 7 from here).
     #[arg(long, default_value_t = 19000)]
     pub base_port: u16,
 }
@@ -120,12 +120,32 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 /// Runs the chosen benchmark and prints its table.
+///
+/// Ctrl-C or SIGTERM stops it and the nodes it started (dropping the benchmark drops them).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.target {
-        None => network(args.network).await,
-        #[cfg(feature = "embedded")]
-        Some(BenchTarget::Engine(engine)) => embedded_engine(engine).await,
+    let interrupted = cocoon_node::shutdown::on_signal();
+    let bench = async {
+        match args.target {
+            None => network(args.network).await,
+            #[cfg(feature = "embedded")]
+            Some(BenchTarget::Engine(engine)) => embedded_engine(engine).await,
+        }
+    };
+    tokio::select! {
+        result = bench => result,
+        _ = interrupted.cancelled() => bail!("interrupted"),
     }
+}
+
+/// Fails unless the `count` ports from `base_port` are free: a benchmark must never measure nodes
+/// left over from another run.
+fn ensure_ports_free(base_port: u16, count: u16) -> anyhow::Result<()> {
+    for port in base_port..base_port + count {
+        std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!("port {port} is in use (another benchmark still running?); pick --base-port")
+        })?;
+    }
+    Ok(())
 }
 
 /// The nodes of a benchmark network, stopped when dropped.
@@ -245,6 +265,7 @@ async fn start_network(
 }
 
 async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
+    ensure_ports_free(args.base_port, 7)?;
     let engine = format!("127.0.0.1:{}", args.base_port);
     let _engine = spawn(
         &strings(&[
@@ -473,6 +494,7 @@ async fn wait_ready(api: &str, probe: &str) -> anyhow::Result<()> {
 #[cfg(feature = "embedded")]
 async fn embedded_engine(args: EngineBenchArgs) -> anyhow::Result<()> {
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+    ensure_ports_free(args.base_port, 7)?;
     let engine = format!("127.0.0.1:{}", args.base_port);
     let mut engine_args = strings(&[
         "embedded-engine",
