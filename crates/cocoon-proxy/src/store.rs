@@ -172,7 +172,8 @@ impl BillingStore {
             };
             seqno = next;
             hash = chain(&hash, seqno, charge);
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO charges (seqno, client, worker, adjusted_tokens, client_price, worker_pay, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
@@ -185,7 +186,8 @@ impl BillingStore {
                     &hash.0[..],
                 ],
             )?;
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO clients (account, charged, tokens, requests) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (account) DO UPDATE SET charged = ?2, tokens = ?3, requests = ?4",
                 params![
@@ -195,7 +197,8 @@ impl BillingStore {
                     to_sql(client.requests)
                 ],
             )?;
-            tx.execute(
+            execute_cached(
+                &tx,
                 "INSERT INTO workers (account, earned, tokens, requests) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (account) DO UPDATE SET earned = ?2, tokens = ?3, requests = ?4",
                 params![
@@ -207,7 +210,8 @@ impl BillingStore {
             )?;
             results.push(Ok(seqno));
         }
-        tx.execute(
+        execute_cached(
+            &tx,
             "UPDATE position SET seqno = ?1, hash = ?2 WHERE id = 0",
             params![to_sql(seqno), &hash.0[..]],
         )?;
@@ -258,12 +262,20 @@ impl BillingStore {
 const CLIENT_TOTALS: &str = "SELECT charged, tokens, requests FROM clients WHERE account = ?1";
 const WORKER_TOTALS: &str = "SELECT earned, tokens, requests FROM workers WHERE account = ?1";
 
+/// Runs a statement, parsed once per connection (every charge runs the same four).
+fn execute_cached(
+    db: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
+}
+
 /// The position as stored (inside or outside a transaction).
 fn position_in(db: &Connection) -> Result<(u64, Hash32), StoreError> {
-    let (seqno, hash): (i64, Vec<u8>) =
-        db.query_row("SELECT seqno, hash FROM position WHERE id = 0", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+    let (seqno, hash): (i64, Vec<u8>) = db
+        .prepare_cached("SELECT seqno, hash FROM position WHERE id = 0")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let hash: [u8; 32] = hash
         .try_into()
         .map_err(|_| StoreError::Corrupt("the position hash is not 32 bytes".into()))?;
@@ -273,7 +285,8 @@ fn position_in(db: &Connection) -> Result<(u64, Hash32), StoreError> {
 /// One account's totals as stored (inside or outside a transaction).
 fn totals_in(db: &Connection, sql: &str, account: &AccountId) -> Result<Totals, StoreError> {
     let row = db
-        .query_row(sql, params![&account.0[..]], |row| {
+        .prepare_cached(sql)?
+        .query_row(params![&account.0[..]], |row| {
             Ok(Totals {
                 amount: from_sql(row.get(0)?),
                 tokens: from_sql(row.get(1)?),
