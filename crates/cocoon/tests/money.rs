@@ -24,10 +24,6 @@ fn chat(max_tokens: u64, stream: bool) -> Value {
     request
 }
 
-async fn get_json(url: &str) -> Value {
-    http().get(url).send().await.unwrap().json().await.unwrap()
-}
-
 /// The `details.wallet` of a node's `/jsonstats` at `stats` (`HOST:PORT` or a base URL).
 async fn wallet(stats: &str) -> Value {
     let base = if stats.starts_with("http") {

@@ -178,14 +178,7 @@ async fn disallowed_images_are_refused_on_both_sides() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(listed["data"], json!([]), "{listed}");
-    let stats: Value = http()
-        .get(format!("http://{}/jsonstats", proxy.stats))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
     assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
     let refused = http()
         .post(format!("{api}/v1/chat/completions"))
@@ -222,14 +215,7 @@ async fn a_worker_whose_model_weights_are_not_allowed_is_refused() {
     wait_for_ok(&format!("{api}/healthz")).await;
     // Give the worker time to dial (and be refused) a few times.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stats: Value = http()
-        .get(format!("http://{}/jsonstats", proxy.stats))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
     assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
     let refused = http()
         .post(format!("{api}/v1/chat/completions"))

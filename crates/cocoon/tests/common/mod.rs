@@ -256,17 +256,14 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// GETs `url` and reads its JSON answer.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// The client's `/jsonstats` `details.wallet` (its contract as it last saw it).
 pub async fn client_wallet(api: &str) -> serde_json::Value {
-    let stats: serde_json::Value = http()
-        .get(format!("{api}/jsonstats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["details"]["wallet"].clone()
+    get_json(&format!("{api}/jsonstats")).await["details"]["wallet"].clone()
 }
 
 /// Waits until the client at `api` has an open, funded contract with its proxy.
