@@ -11,6 +11,16 @@ use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+/// POSTs `body` to the client API's chat completions.
+async fn ask(api: &str, body: &Value) -> reqwest::Response {
+    http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn chat(model: &str, max_tokens: u64, stream: bool) -> Value {
     json!({
         "model": model,
@@ -28,12 +38,8 @@ async fn chat_and_completions_stream_and_not_with_usage() {
     wait_for_model(&api, "synthetic", 1).await;
     let http = http();
 
-    let answer: Value = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 5, false))
-        .send()
+    let answer: Value = ask(&api, &chat("synthetic", 5, false))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -54,12 +60,7 @@ async fn chat_and_completions_stream_and_not_with_usage() {
 
     let mut request = chat("synthetic", 3, true);
     request["stream_options"] = json!({"include_usage": true});
-    let response = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = ask(&api, &request).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
     assert_eq!(
@@ -86,12 +87,7 @@ async fn chat_and_completions_stream_and_not_with_usage() {
     assert_eq!(events.iter().filter(|e| e.contains("xxxx")).count(), 3);
 
     // Without include_usage the app gets no usage chunk, as from OpenAI.
-    let response = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 2, true))
-        .send()
-        .await
-        .unwrap();
+    let response = ask(&api, &chat("synthetic", 2, true)).await;
     let events = all_events(response).await;
     assert!(
         events.iter().all(|e| !e.contains("\"usage\":{")),
@@ -121,32 +117,16 @@ async fn routes_to_the_cheapest_worker_until_it_is_full_and_honours_max_coeffici
     let (_dear, _) = worker(&proxy, &[&slow[..], &["--coefficient", "2000"]].concat());
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 2).await;
-    let http = http();
 
-    let first = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 100, true))
-        .send()
-        .await
-        .unwrap();
+    let first = ask(&api, &chat("synthetic", 100, true)).await;
     assert_eq!(first.headers()["x-cocoon-coefficient"], "1000");
-    let second = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 1, false))
-        .send()
-        .await
-        .unwrap();
+    let second = ask(&api, &chat("synthetic", 1, false)).await;
     assert_eq!(second.headers()["x-cocoon-coefficient"], "2000");
     drop(first);
 
     let mut cheap_only = chat("synthetic", 1, false);
     cheap_only["max_coefficient"] = json!(500);
-    let refused = http
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&cheap_only)
-        .send()
-        .await
-        .unwrap();
+    let refused = ask(&api, &cheap_only).await;
     assert_eq!(refused.status(), 503);
     let error: Value = refused.json().await.unwrap();
     let message = error["error"]["message"].as_str().unwrap();
@@ -180,12 +160,7 @@ async fn disallowed_images_are_refused_on_both_sides() {
     assert_eq!(listed["data"], json!([]), "{listed}");
     let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
     assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
-    let refused = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 1, false))
-        .send()
-        .await
-        .unwrap();
+    let refused = ask(&api, &chat("synthetic", 1, false)).await;
     assert_eq!(refused.status(), 404);
 
     // A client that allows only another proxy image never links, and says so.
@@ -195,12 +170,7 @@ async fn disallowed_images_are_refused_on_both_sides() {
     );
     wait_for_ok(&format!("{picky_api}/healthz")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let refused = http()
-        .post(format!("{picky_api}/v1/chat/completions"))
-        .json(&chat("synthetic", 1, false))
-        .send()
-        .await
-        .unwrap();
+    let refused = ask(&picky_api, &chat("synthetic", 1, false)).await;
     assert_eq!(refused.status(), 503);
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["code"], "no_capacity", "{error}");
@@ -217,12 +187,7 @@ async fn a_worker_whose_model_weights_are_not_allowed_is_refused() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
     assert_eq!(stats["details"]["workers"], json!([]), "{stats}");
-    let refused = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 1, false))
-        .send()
-        .await
-        .unwrap();
+    let refused = ask(&api, &chat("synthetic", 1, false)).await;
     assert!(
         [404, 503].contains(&refused.status().as_u16()),
         "{}",
@@ -242,12 +207,7 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_r
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 2).await;
 
-    let response = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 500, true))
-        .send()
-        .await
-        .unwrap();
+    let response = ask(&api, &chat("synthetic", 500, true)).await;
     assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
     let mut events = events(response);
     assert!(events.next().await.unwrap().contains("xxxx"));
@@ -264,12 +224,7 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_r
     );
 
     wait_for_ok(&format!("http://{}/healthz", proxy.stats)).await;
-    let next = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("synthetic", 1, false))
-        .send()
-        .await
-        .unwrap();
+    let next = ask(&api, &chat("synthetic", 1, false)).await;
     assert_eq!(next.status(), 200);
     assert_eq!(next.headers()["x-cocoon-coefficient"], "2000");
 }
@@ -315,12 +270,7 @@ async fn a_client_disconnecting_mid_stream_cancels_the_engine_request() {
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "endless", 1).await;
 
-    let response = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat("endless", 1000, true))
-        .send()
-        .await
-        .unwrap();
+    let response = ask(&api, &chat("endless", 1000, true)).await;
     let mut events = events(response);
     assert!(events.next().await.unwrap().contains("tick"));
     assert!(!cancelled.load(Ordering::SeqCst));
