@@ -231,8 +231,8 @@ pub fn with_cost(answer: &[u8], trailers: &HeaderMap) -> Option<Bytes> {
 
 /// Whether `data` is the final usage chunk: a `usage` object with no choices.
 fn is_usage_chunk(data: &str) -> bool {
-    // Most chunks are tokens: skip parsing them.
-    if !data.contains("\"usage\"") {
+    // Most chunks are tokens (often with `"usage": null`): skip parsing them.
+    if !cocoon_proto::may_carry_usage(data) {
         return false;
     }
     let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {

@@ -11,7 +11,7 @@ pub mod usage;
 
 pub use error::{ErrorBody, ErrorKind, OpenAiError};
 pub use link::{ModelEntry, ModelList, WorkerInfo};
-pub use usage::{OpenAiUsage, TokenUsage};
+pub use usage::{may_carry_usage, OpenAiUsage, TokenUsage};
 
 /// Version of the link protocol. Peers refuse a link whose major version differs.
 pub const PROTOCOL_VERSION: u32 = 1;

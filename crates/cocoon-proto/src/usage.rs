@@ -27,6 +27,19 @@ impl TokenUsage {
     }
 }
 
+/// Whether a JSON answer or stream chunk may carry a `usage` object (not `"usage": null`).
+///
+/// Engines such as vLLM and llama.cpp put `"usage": null` in every token chunk; this textual
+/// check lets every hop skip decoding those, and decode only the final usage chunk. It may say yes
+/// wrongly (a `"usage"` string inside content), never no wrongly, so callers still decode to be sure.
+pub fn may_carry_usage(json: &str) -> bool {
+    json.match_indices("\"usage\"").any(|(at, key)| {
+        let rest = json[at + key.len()..].trim_start();
+        rest.strip_prefix(':')
+            .is_some_and(|value| value.trim_start().starts_with('{'))
+    })
+}
+
 /// OpenAI's `usage` object as engines send it (vLLM, SGLang, llama.cpp, OpenAI itself).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenAiUsage {
@@ -88,6 +101,26 @@ impl From<&OpenAiUsage> for TokenUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_usage_object_counts_as_usage() {
+        assert!(may_carry_usage(
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(may_carry_usage(
+            r#"{"choices":[], "usage" : { "prompt_tokens":1}}"#
+        ));
+        assert!(!may_carry_usage(
+            r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
+        assert!(!may_carry_usage(
+            r#"{"choices":[{"delta":{"content":"x"}}]}"#
+        ));
+        // A later real usage key still counts after an earlier mention in content.
+        assert!(may_carry_usage(
+            r#"{"choices":[{"text":"\"usage\""}],"usage":{}}"#
+        ));
+    }
 
     #[test]
     fn reads_openai_usage_with_details_and_clamps_subsets() {

@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::trailers::{error_trailers, usage_trailers};
 use cocoon_node::Body;
-use cocoon_proto::{ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
+use cocoon_proto::{may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use http_body::Frame;
@@ -50,7 +50,7 @@ struct Meter {
 impl Meter {
     /// Notes one event: the engine's usage, or one more content chunk.
     fn observe(&mut self, data: &str) {
-        if data.contains("\"usage\"") {
+        if may_carry_usage(data) {
             if let Some(usage) = usage_in(data.as_bytes()) {
                 self.usage = Some(usage);
                 return;
