@@ -15,16 +15,12 @@ pub struct ClientConfig {
     #[arg(long, default_value = "127.0.0.1:10000", value_name = "HOST:PORT")]
     pub listen: String,
     /// Client endpoints of the proxies to forward to, most preferred first (repeat or separate with
-    /// commas). Links to all are kept up; each request goes to the first one whose link is up.
-    #[arg(
-        long,
-        default_value = "127.0.0.1:11002",
-        value_delimiter = ',',
-        value_name = "HOST:PORT"
-    )]
+    /// commas). Empty: every proxy the registry lists, followed live. Links to all are kept up;
+    /// each request goes to the first one whose link is up.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
     pub proxy: Vec<String>,
     /// Image hashes of proxies this client accepts (hex; repeat or separate with commas). Empty:
-    /// any proxy image attested at least as strongly as `--min-peer-tee`.
+    /// the registry's allowed proxy images (any, if it lists none), followed live.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_proxy_image: Vec<String>,
     /// API keys apps must present as `Authorization: Bearer <key>` (repeat or separate with
@@ -72,9 +68,6 @@ pub struct ClientConfig {
 /// A configuration value that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// No proxy to forward to.
-    #[error("no proxy configured (set --proxy HOST:PORT)")]
-    NoProxy,
     /// A proxy address is not `host:port`.
     #[error("proxy address `{0}` is not HOST:PORT")]
     BadProxy(String),
@@ -89,14 +82,8 @@ pub enum ConfigError {
 impl ClientConfig {
     /// Checks values that parse but cannot work, so `start` fails clearly instead of every request.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.proxy.is_empty() {
-            return Err(ConfigError::NoProxy);
-        }
         for proxy in &self.proxy {
-            let well_formed = proxy
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !well_formed {
+            if !cocoon_ledger::registry::is_endpoint(proxy) {
                 return Err(ConfigError::BadProxy(proxy.clone()));
             }
         }
@@ -144,7 +131,7 @@ mod tests {
     fn defaults_match_the_documented_ports_and_limits() {
         let config = ClientConfig::default();
         assert_eq!(config.listen, "127.0.0.1:10000");
-        assert_eq!(config.proxy, vec!["127.0.0.1:11002".to_owned()]);
+        assert!(config.proxy.is_empty(), "proxies come from the registry");
         assert!(config.api_key.is_empty());
         assert!(config.allow_proxy_image.is_empty());
         assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
@@ -193,8 +180,6 @@ mod tests {
     #[test]
     fn unusable_values_are_refused() {
         let mut config = ClientConfig::default();
-        config.proxy.clear();
-        assert_eq!(config.validate(), Err(ConfigError::NoProxy));
         config.proxy = vec!["no-port".into()];
         assert_eq!(
             config.validate(),

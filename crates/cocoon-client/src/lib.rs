@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cocoon_ledger::ImageRole;
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -111,15 +113,6 @@ pub async fn start(
     let trust = NodeTrust::new(&config.attestation, "client", attributes)
         .context("cannot set up this client's attestation")?;
     trust.spawn_renewal(shutdown.clone());
-    let policy = trust
-        .peer_policy(&config.allow_proxy_image)
-        .context("bad --allow-proxy-image")?;
-    let connector = Arc::new(
-        trust
-            .connector(policy)
-            .context("cannot build the RA-TLS connector")?,
-    );
-
     let listener = TcpListener::bind(&config.listen).await.with_context(|| {
         format!(
             "cannot listen on {} (is another node using it?)",
@@ -130,22 +123,46 @@ pub async fn start(
         .local_addr()
         .context("cannot read the listening address")?;
 
+    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+        .await
+        .context("cannot read the registry")?;
+    let policy = trust
+        .peer_policy(&config.allow_proxy_image, &registry, ImageRole::Proxy)
+        .context("bad --allow-proxy-image")?;
+    let connector = Arc::new(
+        trust
+            .connector(&policy)
+            .context("cannot build the RA-TLS connector")?,
+    );
+    let proxies = if config.proxy.is_empty() {
+        registry.derive(|document| {
+            let endpoints = document.proxies.iter().map(|p| p.client_endpoint.clone());
+            endpoints.collect::<Vec<_>>()
+        })
+    } else {
+        cocoon_node::registry::fixed(config.proxy.clone())
+    };
+
     let stats = NodeStats::new("client");
     let links_shutdown = shutdown.child_token();
-    let (links, link_tasks) = ProxyLinks::spawn(
-        &config.proxy,
+    let (links, links_task) = ProxyLinks::spawn(
+        proxies,
         connector,
+        policy,
         stats.clone(),
         links_shutdown.clone(),
     );
-    let mut link_tasks = link_tasks;
-    link_tasks.push(settlement.spawn(links.clone(), links_shutdown.clone()));
+    let link_tasks = vec![
+        links_task,
+        settlement.spawn(links.clone(), links_shutdown.clone()),
+    ];
     let details_links = links.clone();
     let stats_routes = stats::router(
         stats.clone(),
         Arc::new(move || {
             let mut details = details_links.snapshot();
             details["wallet"] = settlement.snapshot();
+            details["registry_version"] = registry.current().version.into();
             details
         }),
     );

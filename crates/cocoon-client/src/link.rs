@@ -1,20 +1,23 @@
 //! Links to proxies: dial over RA-TLS, prove the link with a first exchange, keep it up (reconnect
 //! with backoff), and hand requests the live link of the most preferred proxy.
 //!
-//! Every configured proxy gets its own task that keeps a link up, so that failing over to the next
-//! proxy costs nothing when the preferred one goes away, and returning to it is automatic once its
-//! link is back.
+//! Every proxy (from `--proxy`, else from the registry, followed live) gets its own task that keeps
+//! a link up, so that failing over to the next proxy costs nothing when the preferred one goes
+//! away, and returning to it is automatic once its link is back. A proxy the registry drops, or
+//! whose image it revokes, is disconnected.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use cocoon_node::backoff::Backoff;
 use cocoon_node::link::{client_handshake, get_json, LinkError, LinkSender};
+use cocoon_node::registry::{keep_each_endpoint, LivePolicy};
 use cocoon_node::stats::{ConnectedPeer, NodeStats};
 use cocoon_proto::link::{ModelList, PATH_MODELS};
 use cocoon_ratls::{Connector, PeerIdentity, RatlsError};
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -62,47 +65,67 @@ struct ProxySlot {
     last_error: ArcSwapOption<String>,
 }
 
-/// The links to every configured proxy, in order of preference.
+/// The links to every proxy, in order of preference (the order they were listed in).
 pub struct ProxyLinks {
-    slots: Vec<Arc<ProxySlot>>,
+    slots: RwLock<Vec<Arc<ProxySlot>>>,
+}
+
+/// What every proxy link shares.
+struct Linking {
+    connector: Arc<Connector>,
+    policy: LivePolicy,
+    stats: Arc<NodeStats>,
 }
 
 impl ProxyLinks {
-    /// Starts one task per proxy that keeps its link up until `shutdown`; returns the links and
-    /// the tasks (which end after `shutdown`).
+    /// Keeps a link up to every proxy in `proxies` (as the list changes) until `shutdown`;
+    /// returns the links and the task that manages them (it ends after `shutdown`).
     pub fn spawn(
-        proxies: &[String],
+        proxies: watch::Receiver<Arc<Vec<String>>>,
         connector: Arc<Connector>,
+        policy: LivePolicy,
         stats: Arc<NodeStats>,
         shutdown: CancellationToken,
-    ) -> (Arc<ProxyLinks>, Vec<JoinHandle<()>>) {
-        let slots: Vec<Arc<ProxySlot>> = proxies
-            .iter()
-            .map(|address| {
-                Arc::new(ProxySlot {
-                    address: address.clone(),
+    ) -> (Arc<ProxyLinks>, JoinHandle<()>) {
+        let links = Arc::new(ProxyLinks {
+            slots: RwLock::new(Vec::new()),
+        });
+        let linking = Arc::new(Linking {
+            connector,
+            policy,
+            stats,
+        });
+        let managed = links.clone();
+        let task = tokio::spawn(keep_each_endpoint(
+            proxies,
+            shutdown,
+            move |address, stop| {
+                let slot = Arc::new(ProxySlot {
+                    address,
                     live: ArcSwapOption::empty(),
                     last_error: ArcSwapOption::empty(),
-                })
-            })
-            .collect();
-        let tasks = slots
-            .iter()
-            .map(|slot| {
-                tokio::spawn(maintain(
-                    slot.clone(),
-                    connector.clone(),
-                    stats.clone(),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
-        (Arc::new(ProxyLinks { slots }), tasks)
+                });
+                write(&managed.slots).push(slot.clone());
+                let (links, linking) = (managed.clone(), linking.clone());
+                tokio::spawn(async move {
+                    maintain(&slot, &linking, stop).await;
+                    write(&links.slots).retain(|other| !Arc::ptr_eq(other, &slot));
+                });
+            },
+        ));
+        (links, task)
+    }
+
+    fn slots(&self) -> Vec<Arc<ProxySlot>> {
+        self.slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The live links, most preferred first.
     pub fn live_links(&self) -> Vec<Arc<LiveLink>> {
-        self.slots
+        self.slots()
             .iter()
             .filter_map(|slot| slot.live.load_full())
             .filter(|link| !link.sender.is_closed())
@@ -117,7 +140,7 @@ impl ProxyLinks {
     /// Every proxy's state, for `/jsonstats` and `/stats`.
     pub fn snapshot(&self) -> Value {
         let proxies: Vec<Value> = self
-            .slots
+            .slots()
             .iter()
             .map(|slot| {
                 let live = slot
@@ -144,21 +167,27 @@ impl ProxyLinks {
     }
 }
 
-/// Keeps one proxy's link up: dial, prove, publish, wait for it to end, back off, repeat.
-async fn maintain(
-    slot: Arc<ProxySlot>,
-    connector: Arc<Connector>,
-    stats: Arc<NodeStats>,
-    shutdown: CancellationToken,
-) {
+/// The slot list for writing; a panic elsewhere cannot leave a `Vec` half-changed, so a poisoned
+/// lock is reused.
+fn write(
+    slots: &RwLock<Vec<Arc<ProxySlot>>>,
+) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<ProxySlot>>> {
+    slots
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Keeps one proxy's link up until `stop`: dial, prove, publish, wait for it to end (or for the
+/// policy to refuse the proxy), back off, repeat.
+async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            attempt = dial(&slot.address, &connector) => attempt,
+            _ = stop.cancelled() => return,
+            attempt = dial(&slot.address, &linking.connector) => attempt,
         };
         match attempt {
-            Ok((sender, driver, peer)) => {
+            Ok((sender, mut driver, peer)) => {
                 backoff.reset();
                 tracing::info!(
                     proxy = %slot.address,
@@ -167,26 +196,30 @@ async fn maintain(
                     "proxy link up"
                 );
                 slot.last_error.store(None);
-                slot.live.store(Some(Arc::new(LiveLink {
+                let live = Arc::new(LiveLink {
                     proxy: slot.address.clone(),
                     sender,
                     peer,
                     connected_at: SystemTime::now(),
-                    _counted: stats.peer_connected(),
-                })));
+                    _counted: linking.stats.peer_connected(),
+                });
+                slot.live.store(Some(live.clone()));
                 // The driver is not cancelled on shutdown: in-flight requests hold senders and
                 // finish on their own; the link closes once the last one is dropped.
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
+                let lost = tokio::select! {
+                    _ = stop.cancelled() => {
                         slot.live.store(None);
                         return;
                     }
-                    _ = driver => {}
-                }
+                    _ = &mut driver => "link closed".to_owned(),
+                    reason = linking.policy.until_refused(&live.peer) => {
+                        driver.abort();
+                        format!("the proxy is no longer allowed: {reason}")
+                    }
+                };
                 slot.live.store(None);
-                slot.last_error
-                    .store(Some(Arc::new("link closed".to_owned())));
-                tracing::warn!(proxy = %slot.address, "proxy link lost; reconnecting");
+                tracing::warn!(proxy = %slot.address, reason = %lost, "proxy link lost; reconnecting");
+                slot.last_error.store(Some(Arc::new(lost)));
             }
             Err(error) => {
                 tracing::warn!(proxy = %slot.address, %error, "cannot link to proxy");
@@ -195,7 +228,7 @@ async fn maintain(
         }
         let delay = backoff.next_delay();
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }

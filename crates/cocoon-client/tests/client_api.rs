@@ -80,7 +80,11 @@ struct ProxyHandle {
 /// Starts a fake proxy whose answers carry `coefficient`, so tests can tell proxies apart.
 async fn fake_proxy(coefficient: u32) -> ProxyHandle {
     let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", BTreeMap::new()).unwrap();
-    let acceptor = Arc::new(trust.acceptor(trust.peer_policy(&[]).unwrap()).unwrap());
+    let acceptor = Arc::new(
+        trust
+            .acceptor(&trust.fixed_peer_policy(&[]).unwrap())
+            .unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (dropped_tx, dropped) = mpsc::unbounded_channel();
@@ -217,15 +221,32 @@ struct Client {
     http: reqwest::Client,
     shutdown: CancellationToken,
     running: Option<RunningClient>,
-    /// The client's wallet lives here for the test's lifetime.
+    /// The ledger the client reads the registry from.
+    _ledger: cocoon_ledger::LedgerHandle,
+    /// The client's wallet and the ledger's database live here for the test's lifetime.
     _data_dir: tempfile::TempDir,
+}
+
+/// A ledger on a free port with a default registry (any image, no registered proxies).
+async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
+    let config = cocoon_ledger::LedgerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("ledger.sqlite3"),
+        owner: Some(cocoon_ledger::AccountId([0x11; 32])),
+        ..cocoon_ledger::LedgerConfig::default()
+    };
+    cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+        .await
+        .unwrap()
 }
 
 impl Client {
     async fn start(proxies: Vec<String>, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
         let data_dir = tempfile::tempdir().unwrap();
+        let ledger = ledger(data_dir.path()).await;
         let mut config = ClientConfig {
             listen: "127.0.0.1:0".to_owned(),
+            ledger: ledger.url(),
             proxy: proxies,
             data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
@@ -240,6 +261,7 @@ impl Client {
             http: reqwest::Client::new(),
             shutdown,
             running: Some(running),
+            _ledger: ledger,
             _data_dir: data_dir,
         }
     }

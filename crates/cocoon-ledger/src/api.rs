@@ -2,7 +2,8 @@
 //!
 //! Routes (all JSON):
 //! - `GET  /healthz` → `"ok"` (text)
-//! - `GET  /v1/registry` → [`crate::Registry`]
+//! - `GET  /v1/registry` → [`crate::Registry`]; with `?newer_than=V[&wait_secs=S]` the answer waits
+//!   (at most [`MAX_REGISTRY_WAIT_SECS`]) until the version is above `V` — how nodes watch it
 //! - `GET  /v1/stats` (also `/jsonstats`) → [`LedgerStats`]; `/stats` (text), `/metrics` (Prometheus)
 //! - `GET  /v1/accounts/{account}` → [`crate::Account`] (zero balance and nonce if never seen)
 //! - `GET  /v1/proxies/{proxy}` → [`crate::ProxyContract`]
@@ -17,6 +18,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::Amount;
 use crate::rules::RuleError;
+
+/// The longest a registry watch request is held open.
+pub const MAX_REGISTRY_WAIT_SECS: u64 = 30;
+
+/// Query of `GET /v1/registry`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RegistryQuery {
+    /// Answer once the registry version is above this (or when the wait ends).
+    pub newer_than: Option<u64>,
+    /// How long to wait, in seconds (at most [`MAX_REGISTRY_WAIT_SECS`], which is the default).
+    pub wait_secs: Option<u64>,
+}
 
 /// Path of the transaction endpoint.
 pub const TRANSACTIONS_PATH: &str = "/v1/transactions";

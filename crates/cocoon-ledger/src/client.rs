@@ -146,6 +146,27 @@ impl LedgerClient {
         self.get(&path).await
     }
 
+    /// The registry once its version is above `version`, or the current one after `wait` (the
+    /// ledger holds the request open; see [`crate::api::RegistryQuery`]).
+    pub async fn registry_newer_than(
+        &self,
+        version: u64,
+        wait: Duration,
+    ) -> Result<Registry, ClientError> {
+        let path = format!(
+            "/v1/registry?newer_than={version}&wait_secs={}",
+            wait.as_secs()
+        );
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            // The ledger answers after `wait` at the latest; allow for the trip.
+            .timeout(wait + REQUEST_TIMEOUT)
+            .send()
+            .await?;
+        Self::decode(response).await
+    }
+
     /// Sends an already signed transaction (e.g. signed offline).
     pub async fn submit_signed(&self, tx: &SignedTransaction) -> Result<Receipt, ClientError> {
         let response = self

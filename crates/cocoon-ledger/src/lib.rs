@@ -50,7 +50,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, GenesisAllocation, LedgerConfig};
 pub use ids::{AccountId, Hash32, IdError, SignatureBytes};
 pub use pricing::{price, worst_case_cost, Cost, PricingError};
-pub use registry::{Amount, Prices, RegisteredProxy, Registry, RegistryError};
+pub use registry::{
+    Amount, EditError, ImageRole, Prices, RegisteredProxy, Registry, RegistryEdit, RegistryError,
+};
 pub use rules::{
     Account, ClientContract, Context, ContractStatus, LedgerState, Outcome, ProxyContract,
     RollbackError, RuleError, StateCommit, WorkerContract,

@@ -103,7 +103,180 @@ pub enum RegistryError {
     },
 }
 
+/// Which kind of node an image hash is allowed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageRole {
+    /// Proxies (checked by clients and workers).
+    Proxy,
+    /// Workers (checked by proxies).
+    Worker,
+}
+
+impl std::fmt::Display for ImageRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageRole::Proxy => "proxy",
+            ImageRole::Worker => "worker",
+        })
+    }
+}
+
+/// One change to the registry, as the owner's `cocoon registry` commands make them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "edit", rename_all = "snake_case")]
+pub enum RegistryEdit {
+    /// Register a proxy; it gets the next free seqno.
+    AddProxy {
+        /// Address workers dial.
+        worker_endpoint: String,
+        /// Address clients dial.
+        client_endpoint: String,
+    },
+    /// Unregister the proxy with this seqno.
+    RemoveProxy {
+        /// Its seqno.
+        seqno: u64,
+    },
+    /// Allow an image for a role.
+    AllowImage {
+        /// Proxy or worker.
+        role: ImageRole,
+        /// The image hash.
+        hash: Hash32,
+    },
+    /// Withdraw an image's permission.
+    RevokeImage {
+        /// Proxy or worker.
+        role: ImageRole,
+        /// The image hash.
+        hash: Hash32,
+    },
+    /// Allow a model name with the hash of its weights (replaces the name's previous hash).
+    AllowModel {
+        /// Model name as clients request it.
+        name: String,
+        /// SHA-256 of its weights.
+        hash: Hash32,
+    },
+    /// Withdraw a model.
+    RevokeModel {
+        /// Model name.
+        name: String,
+    },
+    /// Replace the prices.
+    SetPrices {
+        /// The new prices.
+        prices: Prices,
+    },
+}
+
+/// Why an edit cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    /// The thing to remove is not in the registry.
+    #[error("{0} is not in the registry")]
+    NotListed(String),
+    /// The thing to add is already there.
+    #[error("{0} is already in the registry")]
+    AlreadyListed(String),
+    /// Removing the last entry would turn the list into "allow anything".
+    #[error(
+        "{0} is the last entry of its list, and an empty list allows anything; allow another first"
+    )]
+    WouldAllowAny(String),
+    /// An endpoint is not `host:port`.
+    #[error("endpoint `{0}` is not HOST:PORT")]
+    BadEndpoint(String),
+    /// The edited document is inconsistent.
+    #[error(transparent)]
+    Invalid(#[from] RegistryError),
+}
+
 impl Registry {
+    /// The allowed image hashes for `role` (empty: any).
+    pub fn images(&self, role: ImageRole) -> &[Hash32] {
+        match role {
+            ImageRole::Proxy => &self.proxy_image_hashes,
+            ImageRole::Worker => &self.worker_image_hashes,
+        }
+    }
+
+    /// The next version of this document with `edit` applied (version + 1), or why not.
+    pub fn edited(&self, edit: &RegistryEdit) -> Result<Registry, EditError> {
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        match edit {
+            RegistryEdit::AddProxy {
+                worker_endpoint,
+                client_endpoint,
+            } => {
+                for endpoint in [worker_endpoint, client_endpoint] {
+                    if !is_endpoint(endpoint) {
+                        return Err(EditError::BadEndpoint(endpoint.clone()));
+                    }
+                }
+                let seqno = next.proxies.iter().map(|p| p.seqno + 1).max().unwrap_or(1);
+                next.proxies.push(RegisteredProxy {
+                    seqno,
+                    worker_endpoint: worker_endpoint.clone(),
+                    client_endpoint: client_endpoint.clone(),
+                });
+            }
+            RegistryEdit::RemoveProxy { seqno } => {
+                let before = next.proxies.len();
+                next.proxies.retain(|p| p.seqno != *seqno);
+                if next.proxies.len() == before {
+                    return Err(EditError::NotListed(format!("proxy #{seqno}")));
+                }
+            }
+            RegistryEdit::AllowImage { role, hash } => {
+                let list = next.images_mut(*role);
+                if list.contains(hash) {
+                    return Err(EditError::AlreadyListed(format!("{role} image {hash}")));
+                }
+                list.push(*hash);
+            }
+            RegistryEdit::RevokeImage { role, hash } => {
+                let what = format!("{role} image {hash}");
+                let list = next.images_mut(*role);
+                if !list.contains(hash) {
+                    return Err(EditError::NotListed(what));
+                }
+                if list.len() == 1 {
+                    return Err(EditError::WouldAllowAny(what));
+                }
+                list.retain(|h| h != hash);
+            }
+            RegistryEdit::AllowModel { name, hash } => {
+                if next.models.get(name) == Some(hash) {
+                    return Err(EditError::AlreadyListed(format!("model {name}={hash}")));
+                }
+                next.models.insert(name.clone(), *hash);
+            }
+            RegistryEdit::RevokeModel { name } => {
+                let what = format!("model `{name}`");
+                if !next.models.contains_key(name) {
+                    return Err(EditError::NotListed(what));
+                }
+                if next.models.len() == 1 {
+                    return Err(EditError::WouldAllowAny(what));
+                }
+                next.models.remove(name);
+            }
+            RegistryEdit::SetPrices { prices } => next.prices = prices.clone(),
+        }
+        next.validate()?;
+        Ok(next)
+    }
+
+    fn images_mut(&mut self, role: ImageRole) -> &mut Vec<Hash32> {
+        match role {
+            ImageRole::Proxy => &mut self.proxy_image_hashes,
+            ImageRole::Worker => &mut self.worker_image_hashes,
+        }
+    }
+
     /// A first-version registry owned by `owner`, with development prices, delays and stakes and
     /// empty allow-lists.
     pub fn new(owner: AccountId) -> Self {
@@ -141,6 +314,13 @@ impl Registry {
     }
 }
 
+/// Whether `text` looks like `host:port`.
+pub fn is_endpoint(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +332,96 @@ mod tests {
         reg.validate().unwrap();
         let json = serde_json::to_string(&reg).unwrap();
         assert_eq!(serde_json::from_str::<Registry>(&json).unwrap(), reg);
+    }
+
+    #[test]
+    fn edits_bump_the_version_and_change_one_thing() {
+        let reg = Registry::new(AccountId([3; 32]));
+        let (a, b) = (Hash32([1; 32]), Hash32([2; 32]));
+        let allow = |reg: &Registry, hash| {
+            reg.edited(&RegistryEdit::AllowImage {
+                role: ImageRole::Worker,
+                hash,
+            })
+        };
+        let one = allow(&reg, a).unwrap();
+        assert_eq!(one.version, 2);
+        assert_eq!(one.images(ImageRole::Worker), &[a]);
+        assert!(one.images(ImageRole::Proxy).is_empty());
+        assert!(matches!(allow(&one, a), Err(EditError::AlreadyListed(_))));
+        let two = allow(&one, b).unwrap();
+        let revoke = |reg: &Registry, hash| {
+            reg.edited(&RegistryEdit::RevokeImage {
+                role: ImageRole::Worker,
+                hash,
+            })
+        };
+        let back = revoke(&two, a).unwrap();
+        assert_eq!(
+            (back.version, back.images(ImageRole::Worker)),
+            (4, &[b][..])
+        );
+        // The last image cannot go: an empty list would allow every image.
+        assert!(matches!(revoke(&back, b), Err(EditError::WouldAllowAny(_))));
+        assert!(matches!(revoke(&back, a), Err(EditError::NotListed(_))));
+    }
+
+    #[test]
+    fn proxies_get_fresh_seqnos_and_models_keep_one_hash() {
+        let reg = Registry::new(AccountId([3; 32]));
+        let add = |reg: &Registry, port: u16| {
+            reg.edited(&RegistryEdit::AddProxy {
+                worker_endpoint: format!("h:{port}"),
+                client_endpoint: format!("h:{}", port + 1),
+            })
+        };
+        let reg = add(&add(&reg, 1).unwrap(), 3).unwrap();
+        let seqnos: Vec<u64> = reg.proxies.iter().map(|p| p.seqno).collect();
+        assert_eq!(seqnos, [1, 2]);
+        let reg = reg.edited(&RegistryEdit::RemoveProxy { seqno: 1 }).unwrap();
+        assert_eq!(add(&reg, 5).unwrap().proxies[1].seqno, 3);
+        assert!(matches!(
+            reg.edited(&RegistryEdit::RemoveProxy { seqno: 1 }),
+            Err(EditError::NotListed(_))
+        ));
+        assert!(matches!(
+            reg.edited(&RegistryEdit::AddProxy {
+                worker_endpoint: "nowhere".into(),
+                client_endpoint: "h:1".into()
+            }),
+            Err(EditError::BadEndpoint(_))
+        ));
+
+        let model = |name: &str, byte| RegistryEdit::AllowModel {
+            name: name.into(),
+            hash: Hash32([byte; 32]),
+        };
+        let reg = reg
+            .edited(&model("m", 1))
+            .unwrap()
+            .edited(&model("m", 2))
+            .unwrap();
+        assert_eq!(reg.models.get("m"), Some(&Hash32([2; 32])));
+        let reg = reg.edited(&model("n", 1)).unwrap();
+        let reg = reg
+            .edited(&RegistryEdit::RevokeModel { name: "m".into() })
+            .unwrap();
+        assert_eq!(reg.models.keys().collect::<Vec<_>>(), ["n"]);
+        assert!(matches!(
+            reg.edited(&RegistryEdit::RevokeModel { name: "n".into() }),
+            Err(EditError::WouldAllowAny(_))
+        ));
+    }
+
+    #[test]
+    fn prices_are_validated() {
+        let reg = Registry::new(AccountId([3; 32]));
+        let mut prices = reg.prices.clone();
+        prices.worker_fee_per_token = prices.price_per_token + 1;
+        assert!(matches!(
+            reg.edited(&RegistryEdit::SetPrices { prices }),
+            Err(EditError::Invalid(RegistryError::FeeAbovePrice { .. }))
+        ));
     }
 
     #[test]

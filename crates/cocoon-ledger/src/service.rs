@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -10,10 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::{ApiError, LedgerStats, LogQuery, MAX_LOG_PAGE, TRANSACTIONS_PATH};
+use crate::api::{
+    ApiError, LedgerStats, LogQuery, RegistryQuery, MAX_LOG_PAGE, MAX_REGISTRY_WAIT_SECS,
+    TRANSACTIONS_PATH,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LedgerConfig};
 use crate::ids::AccountId;
@@ -43,6 +47,8 @@ pub struct Ledger {
     store: Mutex<LedgerStore>,
     clock: Arc<dyn Clock>,
     faucet_enabled: bool,
+    /// The registry version, so watchers can wait for the next one (`GET /v1/registry?newer_than=`).
+    registry_version: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -57,10 +63,12 @@ impl Ledger {
     /// Opens (or creates, from the config's genesis) the ledger database.
     pub fn open(config: &LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, ServiceError> {
         let store = LedgerStore::open(&config.database, || config.genesis_state())?;
+        let (registry_version, _) = watch::channel(store.state().registry().version);
         Ok(Self {
             store: Mutex::new(store),
             clock,
             faucet_enabled: config.faucet,
+            registry_version,
         })
     }
 
@@ -76,7 +84,23 @@ impl Ledger {
             now: self.clock.now(),
             faucet_enabled: self.faucet_enabled,
         };
-        self.store().submit(tx, &ctx)
+        let mut store = self.store();
+        let receipt = store.submit(tx, &ctx)?;
+        let version = store.state().registry().version;
+        self.registry_version.send_if_modified(|current| {
+            let changed = *current != version;
+            *current = version;
+            changed
+        });
+        Ok(receipt)
+    }
+
+    /// The registry once its version is above `version`, or the current one after `wait`.
+    pub async fn registry_newer_than(&self, version: u64, wait: Duration) -> crate::Registry {
+        let mut versions = self.registry_version.subscribe();
+        // Either outcome ends the wait; the document is read afterwards in both cases.
+        let _ = tokio::time::timeout(wait, versions.wait_for(|current| *current > version)).await;
+        self.store().state().registry().clone()
     }
 
     /// Current ledger-wide figures.
@@ -151,8 +175,18 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .with_state(ledger)
 }
 
-async fn registry(State(ledger): State<Arc<Ledger>>) -> ApiResult<crate::Registry> {
-    Ok(Json(ledger.store().state().registry().clone()))
+async fn registry(
+    State(ledger): State<Arc<Ledger>>,
+    Query(query): Query<RegistryQuery>,
+) -> ApiResult<crate::Registry> {
+    Ok(Json(match query.newer_than {
+        Some(version) => {
+            let wait = Duration::from_secs(query.wait_secs.unwrap_or(MAX_REGISTRY_WAIT_SECS))
+                .min(Duration::from_secs(MAX_REGISTRY_WAIT_SECS));
+            ledger.registry_newer_than(version, wait).await
+        }
+        None => ledger.store().state().registry().clone(),
+    }))
 }
 
 async fn stats(State(ledger): State<Arc<Ledger>>) -> ApiResult<LedgerStats> {

@@ -2,21 +2,24 @@
 //!
 //! The identity (an RA-TLS certificate binding a fresh key to a quote) is renewed at half its
 //! lifetime. Which peer images are accepted is the role's business (a proxy has one list for
-//! workers and one for clients), so each role builds its [`SharedPolicy`]s with
-//! [`NodeTrust::peer_policy`]; a policy can be replaced at run time (registry updates) and applies
-//! to the next handshake.
+//! workers and one for clients), so each role builds its [`LivePolicy`]s with
+//! [`NodeTrust::peer_policy`]; they follow the registry, so a revoked image is refused at the next
+//! handshake and drops the links already up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity, SharedPolicy};
+use cocoon_ledger::ImageRole;
+use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity};
 use cocoon_tee::{
     AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier,
 };
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+use crate::registry::{LivePolicy, RegistryWatch};
 
 /// How a node attests itself and what it accepts from peers.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
@@ -98,37 +101,46 @@ impl NodeTrust {
         self.identity.load_full()
     }
 
-    /// A peer policy accepting `allowed_images` (hex image hashes; empty = any image) attested at
-    /// least as strongly as this node's `--min-peer-tee`.
-    pub fn peer_policy(&self, allowed_images: &[String]) -> Result<SharedPolicy, TrustError> {
-        let allowed_image_hashes = allowed_images
-            .iter()
-            .map(|text| {
-                text.trim()
-                    .parse::<ImageHash>()
-                    .map_err(|_| TrustError::BadImageHash(text.clone()))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Arc::new(ArcSwap::from_pointee(Policy {
-            allowed_image_hashes,
+    /// The policy for peers in `role` (see [`LivePolicy::new`]): the `flag_images` (hex image
+    /// hashes) when given, else the registry's list, attested at least as strongly as this node's
+    /// `--min-peer-tee`.
+    pub fn peer_policy(
+        &self,
+        flag_images: &[String],
+        registry: &RegistryWatch,
+        role: ImageRole,
+    ) -> Result<LivePolicy, TrustError> {
+        Ok(LivePolicy::new(
+            parse_images(flag_images)?,
+            registry,
+            role,
+            self.min_peer_kind,
+        ))
+    }
+
+    /// A fixed policy accepting `flag_images` (empty: any image) attested at least as strongly as
+    /// this node's `--min-peer-tee`, for peers the registry does not list.
+    pub fn fixed_peer_policy(&self, flag_images: &[String]) -> Result<LivePolicy, TrustError> {
+        Ok(LivePolicy::fixed(Policy {
+            allowed_image_hashes: parse_images(flag_images)?,
             min_kind: self.min_peer_kind,
-        })))
+        }))
     }
 
     /// A dialer presenting this identity and checking peers with `policy`.
-    pub fn connector(&self, policy: SharedPolicy) -> Result<Connector, TrustError> {
+    pub fn connector(&self, policy: &LivePolicy) -> Result<Connector, TrustError> {
         Ok(Connector::new(
             self.identity.clone(),
-            policy,
+            policy.shared(),
             self.verifier.clone(),
         )?)
     }
 
     /// A listener-side handshaker presenting this identity and checking peers with `policy`.
-    pub fn acceptor(&self, policy: SharedPolicy) -> Result<Acceptor, TrustError> {
+    pub fn acceptor(&self, policy: &LivePolicy) -> Result<Acceptor, TrustError> {
         Ok(Acceptor::new(
             self.identity.clone(),
-            policy,
+            policy.shared(),
             self.verifier.clone(),
         )?)
     }
@@ -147,6 +159,18 @@ impl NodeTrust {
             rotation.abort();
         });
     }
+}
+
+/// Parses hex image hashes given on the command line.
+fn parse_images(texts: &[String]) -> Result<BTreeSet<ImageHash>, TrustError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.trim()
+                .parse::<ImageHash>()
+                .map_err(|_| TrustError::BadImageHash(text.clone()))
+        })
+        .collect()
 }
 
 /// The image hash `args` give this node, as peers will see it: its own quote, verified.

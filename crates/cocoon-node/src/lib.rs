@@ -3,6 +3,7 @@
 //! - [`attestation`]: the node's attested identity and peer policy, built from its configuration;
 //! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
 //! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
+//! - [`registry`]: the registry read from the ledger and watched; policies that follow it;
 //! - [`reply`]: OpenAI-shaped error responses; [`trailers`]: usage and failures at the end of answers;
 //! - [`wallet`]: the node's sealed wallet key and the wallet peers name in their claims;
 //! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
@@ -10,6 +11,7 @@
 pub mod attestation;
 pub mod backoff;
 pub mod link;
+pub mod registry;
 pub mod reply;
 pub mod serve;
 pub mod shutdown;

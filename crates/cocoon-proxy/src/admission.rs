@@ -14,7 +14,7 @@ pub enum ModelRefused {
     #[error("`{0}` is not NAME=SHA256 (64 hex digits)")]
     BadEntry(String),
     /// The model name is not in the list.
-    #[error("model `{0}` is not allowed on this proxy")]
+    #[error("model `{0}` is not allowed")]
     UnknownModel(String),
     /// The worker's attestation names no model hash, or one not allowed for the name.
     #[error("model `{model}` with weights {hash} is not allowed (allowed: {allowed})")]
@@ -49,6 +49,16 @@ impl AllowedModels {
                 .insert(hash);
         }
         Ok(AllowedModels(allowed))
+    }
+
+    /// The registry's list: one hash per model name.
+    pub fn from_registry(models: &BTreeMap<String, cocoon_ledger::Hash32>) -> Self {
+        AllowedModels(
+            models
+                .iter()
+                .map(|(name, hash)| (name.clone(), BTreeSet::from([hash.to_string()])))
+                .collect(),
+        )
     }
 
     /// Whether a worker serving `model` with attested weights `hash` may join.
@@ -97,6 +107,14 @@ mod tests {
             allowed.check("other", Some(GOOD)),
             Err(ModelRefused::UnknownModel("other".into()))
         );
+    }
+
+    #[test]
+    fn the_registry_list_names_one_hash_per_model() {
+        let hash: cocoon_ledger::Hash32 = GOOD.parse().unwrap();
+        let allowed = AllowedModels::from_registry(&BTreeMap::from([("smol".to_owned(), hash)]));
+        assert_eq!(allowed.check("smol", Some(GOOD)), Ok(()));
+        assert!(allowed.check("smol", Some(&"1".repeat(64))).is_err());
     }
 
     #[test]

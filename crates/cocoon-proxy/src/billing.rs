@@ -21,6 +21,7 @@ use cocoon_ledger::{
     Cost, LedgerClient, Prices, PricingError, Settlement, SettlementError, VoucherSigner,
     WorkerStatement,
 };
+use cocoon_node::registry::RegistryWatch;
 use cocoon_node::Body;
 use cocoon_proto::link::PATH_EARNINGS;
 use cocoon_proto::{ErrorKind, TokenUsage};
@@ -28,6 +29,7 @@ use ed25519_dalek::SigningKey;
 use http::{header, Request};
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::routing::Routing;
@@ -37,8 +39,6 @@ use crate::store::{BillingStore, ChargeRecord, ChargeWriter, StoreError};
 pub const DATABASE_FILE: &str = "proxy-billing.sqlite3";
 /// A cached client contract older than this is fetched again before it is relied on.
 const CONTRACT_FRESHNESS: Duration = Duration::from_secs(2);
-/// How long a starting proxy waits for an unreachable ledger before giving up.
-const LEDGER_WAIT: Duration = Duration::from_secs(30);
 /// How long a push of earnings to a worker may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,7 +150,8 @@ pub struct Billing {
     ledger: LedgerClient,
     store: Arc<Mutex<BillingStore>>,
     writer: ChargeWriter,
-    prices: Prices,
+    /// The registry's prices, replaced live when a new version changes them.
+    prices: watch::Receiver<Arc<Prices>>,
     reserved: Mutex<HashMap<AccountId, Amount>>,
     contracts: Mutex<HashMap<AccountId, KnownContract>>,
     /// Earnings last sent on each worker link (by link id): a relinked worker hears them again.
@@ -201,7 +202,11 @@ pub struct AnswerCost {
 impl Billing {
     /// Opens the proxy's billing: wallet key, database, ledger contract. Refuses to start when the
     /// database is older than (or diverged from) the last position committed to the ledger.
-    pub async fn open(config: BillingConfig, key: SigningKey) -> Result<Arc<Self>, BillingError> {
+    pub async fn open(
+        config: BillingConfig,
+        key: SigningKey,
+        registry: &RegistryWatch,
+    ) -> Result<Arc<Self>, BillingError> {
         let account = AccountId::from(&key);
         let ledger = LedgerClient::new(&config.ledger, key.clone())
             .map_err(|e| BillingError::Ledger(e.into()))?;
@@ -214,14 +219,14 @@ impl Billing {
         let store = BillingStore::open(&config.data_dir.join(DATABASE_FILE))?;
         let (seqno, hash) = store.position()?;
         let store = Arc::new(Mutex::new(store));
-        let registry = wait_for_ledger(&ledger).await?;
+        let min_proxy_stake = registry.current().min_proxy_stake;
         ledger.check_proxy_state(account, seqno, hash).await?;
         let contract = ledger.proxy_contract(account).await?;
         let open = contract
             .as_ref()
             .is_some_and(|c| c.status == ContractStatus::Open);
         if !open {
-            let stake = config.stake.max(registry.min_proxy_stake);
+            let stake = config.stake.max(min_proxy_stake);
             let mut balance = ledger.account(account).await?.balance;
             if balance < stake && config.faucet > 0 {
                 ledger.faucet(config.faucet.max(stake - balance)).await?;
@@ -250,7 +255,7 @@ impl Billing {
                 StoreError::Batch(format!("starting the writer thread: {error}"))
             })?,
             store,
-            prices: registry.prices,
+            prices: registry.derive(|document| document.prices.clone()),
             reserved: Mutex::new(HashMap::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
@@ -260,6 +265,11 @@ impl Billing {
             }),
             config,
         }))
+    }
+
+    /// The prices in force now.
+    pub fn prices(&self) -> Arc<Prices> {
+        self.prices.borrow().clone()
     }
 
     /// This proxy's wallet (its proxy contract on the ledger).
@@ -292,7 +302,7 @@ impl Billing {
         coefficient: u32,
     ) -> Result<Reservation, BillingError> {
         let needed =
-            worst_case_cost(prompt_tokens, max_tokens, coefficient, &self.prices)?.client_price;
+            worst_case_cost(prompt_tokens, max_tokens, coefficient, &self.prices())?.client_price;
         let cached = lock(&self.contracts).get(&client).cloned();
         let (mut known, mut fresh) = match cached {
             Some(known) if known.fetched.elapsed() < CONTRACT_FRESHNESS => (known, false),
@@ -363,7 +373,7 @@ impl Billing {
         usage: &TokenUsage,
         coefficient: u32,
     ) -> Result<AnswerCost, BillingError> {
-        let (cost, answer) = answer_cost(usage, coefficient, &self.prices)?;
+        let (cost, answer) = answer_cost(usage, coefficient, &self.prices())?;
         self.writer
             .record(ChargeRecord {
                 client: reservation.client,
@@ -590,21 +600,6 @@ pub fn answer_cost(
     ))
 }
 
-/// The registry, once the ledger answers: a proxy may start before its ledger (a restarted host,
-/// a compose file), and billing is never skipped, so it waits a while instead of failing at once.
-async fn wait_for_ledger(ledger: &LedgerClient) -> Result<cocoon_ledger::Registry, BillingError> {
-    let started = Instant::now();
-    loop {
-        match ledger.registry().await {
-            Err(SettlementError::Unavailable(error)) if started.elapsed() < LEDGER_WAIT => {
-                tracing::warn!(%error, "the ledger is not reachable yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            result => return Ok(result?),
-        }
-    }
-}
-
 /// Balance a client can still spend: its contract balance, less what was charged but not yet
 /// collected on the ledger, less what its requests in flight hold.
 fn available_balance(contract: &ClientContract, charged_here: Amount, reserved: Amount) -> Amount {
@@ -759,10 +754,21 @@ mod tests {
         let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
             .await
             .unwrap();
-        let billing = Billing::open(billing_config(&ledger.url(), &dir.join("proxy")), proxy_key)
-            .await
-            .unwrap();
+        let registry = registry_of(&ledger).await;
+        let billing = Billing::open(
+            billing_config(&ledger.url(), &dir.join("proxy")),
+            proxy_key,
+            &registry,
+        )
+        .await
+        .unwrap();
         (ledger, billing)
+    }
+
+    async fn registry_of(ledger: &cocoon_ledger::LedgerHandle) -> RegistryWatch {
+        RegistryWatch::start(&ledger.url(), CancellationToken::new())
+            .await
+            .unwrap()
     }
 
     fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
@@ -881,6 +887,7 @@ mod tests {
         let error = Billing::open(
             billing_config(&ledger.url(), &dir.path().join("elsewhere")),
             key.clone(),
+            &registry_of(&ledger).await,
         )
         .await
         .err()
@@ -893,6 +900,7 @@ mod tests {
         Billing::open(
             billing_config(&ledger.url(), &dir.path().join("proxy")),
             key,
+            &registry_of(&ledger).await,
         )
         .await
         .unwrap();

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cocoon_ledger::ImageRole;
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -62,15 +64,27 @@ pub async fn start(
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("opening the proxy's wallet key")?;
     let attributes = cocoon_node::wallet::with_wallet(Default::default(), &wallet);
-    let billing = billing::Billing::open(config.billing(), wallet)
+    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+        .await
+        .context("reading the registry")?;
+    let billing = billing::Billing::open(config.billing(), wallet, &registry)
         .await
         .context("opening the proxy's billing")?;
     let trust =
         NodeTrust::new(&config.attestation, "proxy", attributes).context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
-    let worker_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_worker_image)?)?);
-    let client_acceptor = Arc::new(trust.acceptor(trust.peer_policy(&config.allow_client_image)?)?);
-    let models = admission::AllowedModels::parse(&config.allow_model).context("--allow-model")?;
+    let worker_policy =
+        trust.peer_policy(&config.allow_worker_image, &registry, ImageRole::Worker)?;
+    let worker_acceptor = Arc::new(trust.acceptor(&worker_policy)?);
+    let client_acceptor =
+        Arc::new(trust.acceptor(&trust.fixed_peer_policy(&config.allow_client_image)?)?);
+    let models = if config.allow_model.is_empty() {
+        registry.derive(|document| admission::AllowedModels::from_registry(&document.models))
+    } else {
+        let fixed =
+            admission::AllowedModels::parse(&config.allow_model).context("--allow-model")?;
+        cocoon_node::registry::fixed(fixed)
+    };
     let stats = NodeStats::new("proxy");
     let routing = Arc::new(Routing::default());
     let forwarding = Forwarding {
@@ -96,9 +110,12 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     tasks.spawn(link::accept_workers(
         workers,
-        worker_acceptor,
+        link::WorkerAdmission {
+            acceptor: worker_acceptor,
+            policy: worker_policy,
+            models,
+        },
         routing.clone(),
-        Arc::new(models),
         stats.clone(),
         shutdown.clone(),
     ));
@@ -119,6 +136,7 @@ pub async fn start(
     let details: stats::Details = Arc::new(move || {
         json!({
             "image_hash": image_hash.to_string(),
+            "registry_version": registry.current().version,
             "workers": routing.snapshot(),
             "wallet": billing.snapshot(),
         })

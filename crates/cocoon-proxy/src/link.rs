@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use axum::{Extension, Router};
 use cocoon_node::link::{self, get_json};
+use cocoon_node::registry::{until_refused, LivePolicy};
 use cocoon_node::stats::NodeStats;
 use cocoon_proto::link::PATH_WORKER_INFO;
 use cocoon_proto::{WorkerInfo, PROTOCOL_VERSION};
 use cocoon_ratls::Acceptor;
+use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::AllowedModels;
@@ -53,37 +56,43 @@ async fn accept_links<F, Fut>(
     }
 }
 
+/// What a worker must pass to join, now and for as long as its link lives: the RA-TLS handshake
+/// under `policy`, then its model and weights under `models`. Both follow the registry; a worker
+/// that a new version refuses is disconnected.
+pub struct WorkerAdmission {
+    /// Handshakes workers under `policy`.
+    pub acceptor: Arc<Acceptor>,
+    /// Which worker images are allowed.
+    pub policy: LivePolicy,
+    /// Which models and weights are allowed.
+    pub models: watch::Receiver<Arc<AllowedModels>>,
+}
+
 /// Accepts worker links until `shutdown`.
 pub async fn accept_workers(
     listener: TcpListener,
-    acceptor: Arc<Acceptor>,
+    admission: WorkerAdmission,
     routing: Arc<Routing>,
-    models: Arc<AllowedModels>,
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
 ) {
+    let admission = Arc::new(admission);
     accept_links(listener, "worker", shutdown, move |tcp| {
-        let (acceptor, routing, models, stats) = (
-            acceptor.clone(),
-            routing.clone(),
-            models.clone(),
-            stats.clone(),
-        );
-        async move { serve_worker(tcp, &acceptor, &routing, &models, &stats).await }
+        let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
+        async move { serve_worker(tcp, &admission, &routing, &stats).await }
     })
     .await
 }
 
 async fn serve_worker(
     tcp: TcpStream,
-    acceptor: &Acceptor,
+    admission: &WorkerAdmission,
     routing: &Routing,
-    models: &AllowedModels,
     stats: &Arc<NodeStats>,
 ) -> anyhow::Result<()> {
-    let (stream, peer) = acceptor.accept(tcp).await?;
+    let (stream, peer) = admission.acceptor.accept(tcp).await?;
     let (sender, driver) = link::client_handshake(stream).await?;
-    let driver = tokio::spawn(driver);
+    let mut driver = tokio::spawn(driver);
     // The first exchange proves the worker accepted our certificate too.
     let info: WorkerInfo = get_json(&sender, PATH_WORKER_INFO).await?;
     if info.protocol_version != PROTOCOL_VERSION {
@@ -103,15 +112,23 @@ async fn serve_worker(
         );
     }
     // So must the weights: the attested hash, announced unchanged and allowed for the model.
-    let attested_hash = peer.claims.attributes.get("model_hash");
-    if attested_hash != info.model_hash.as_ref() {
+    let attested_hash = peer.claims.attributes.get("model_hash").cloned();
+    if attested_hash != info.model_hash {
         anyhow::bail!(
             "worker announces model hash {:?} but its certificate claims {:?}",
             info.model_hash,
             attested_hash
         );
     }
-    models.check(&info.model, attested_hash.map(String::as_str))?;
+    let model = info.model.clone();
+    let model_refused = until_refused(admission.models.clone(), move |models| {
+        models.check(&model, attested_hash.as_deref())
+    });
+    tokio::pin!(model_refused);
+    // Refused now: the join ends here (a refusal already pending resolves at once).
+    if let Some(reason) = (&mut model_refused).now_or_never() {
+        return Err(reason.into());
+    }
     // Earnings are paid to the wallet the worker's attestation names; without one it cannot be paid.
     if crate::billing::wallet_of(&peer).is_none() {
         anyhow::bail!("the worker's certificate names no valid wallet");
@@ -126,9 +143,20 @@ async fn serve_worker(
         image = %worker.peer.image_hash,
         "worker linked"
     );
-    let _ = driver.await;
+    // The link lives until the worker goes or the registry stops allowing it.
+    let refused: Option<anyhow::Error> = tokio::select! {
+        _ = &mut driver => None,
+        reason = admission.policy.until_refused(&worker.peer) => Some(reason.into()),
+        reason = model_refused => Some(reason.into()),
+    };
     routing.remove(worker.id);
-    tracing::info!(id = worker.id, model = %worker.info.model, "worker link closed");
+    match refused {
+        Some(reason) => {
+            driver.abort();
+            tracing::warn!(id = worker.id, model = %worker.info.model, %reason, "worker no longer allowed; disconnected");
+        }
+        None => tracing::info!(id = worker.id, model = %worker.info.model, "worker link closed"),
+    }
     Ok(())
 }
 

@@ -28,16 +28,25 @@ impl Policy {
     /// Accepts `quote` or says why not. The kind is checked first, so a `none` quote
     /// is reported as too weak rather than as an unknown image.
     pub fn check(&self, quote: &VerifiedQuote) -> Result<(), TeeError> {
-        if quote.kind < self.min_kind {
+        self.check_image(quote.kind, quote.image_hash)
+    }
+
+    /// Accepts an image attested as `kind` with `image_hash` (what a verified peer proved), or says
+    /// why not; used to re-judge live links when the policy changes.
+    pub fn check_image(
+        &self,
+        kind: AttestationKind,
+        image_hash: ImageHash,
+    ) -> Result<(), TeeError> {
+        if kind < self.min_kind {
             return Err(TeeError::KindBelowMinimum {
-                actual: quote.kind,
+                actual: kind,
                 minimum: self.min_kind,
             });
         }
-        if !self.allowed_image_hashes.is_empty()
-            && !self.allowed_image_hashes.contains(&quote.image_hash)
+        if !self.allowed_image_hashes.is_empty() && !self.allowed_image_hashes.contains(&image_hash)
         {
-            return Err(TeeError::ImageHashNotAllowed(quote.image_hash));
+            return Err(TeeError::ImageHashNotAllowed(image_hash));
         }
         Ok(())
     }

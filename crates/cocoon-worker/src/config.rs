@@ -8,17 +8,13 @@ use serde::{Deserialize, Serialize};
 /// Everything a worker needs to serve a model to proxies.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct WorkerConfig {
-    /// Proxies to serve (host:port of their worker port; repeat or separate with commas). The worker
-    /// dials each and keeps the links up.
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:11001"
-    )]
+    /// Proxies to serve (host:port of their worker port; repeat or separate with commas). Empty:
+    /// every proxy the registry lists, followed live. The worker dials each and keeps the links up.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     pub proxy: Vec<String>,
     /// Image hashes of proxies this worker accepts (hex; repeat or separate with commas). Empty:
-    /// any proxy image attested at least as strongly as `--min-peer-tee`.
+    /// the registry's allowed proxy images (any, if it lists none), followed live; a proxy whose
+    /// image is revoked is disconnected.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_proxy_image: Vec<String>,
     /// The inference engine: `embedded` (llama.cpp inside the worker, serving `--model-path`),

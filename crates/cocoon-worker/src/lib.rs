@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use cocoon_ledger::ImageRole;
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::registry::{keep_each_endpoint, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
 use cocoon_proto::WorkerInfo;
 use serde_json::json;
@@ -86,7 +88,11 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
     };
     let router = http::link_router(serving.clone()).merge(settlement.router());
-    let connector = Arc::new(trust.connector(trust.peer_policy(&config.allow_proxy_image)?)?);
+    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+        .await
+        .context("reading the registry")?;
+    let proxy_policy = trust.peer_policy(&config.allow_proxy_image, &registry, ImageRole::Proxy)?;
+    let connector = Arc::new(trust.connector(&proxy_policy)?);
     let mut tasks = JoinSet::new();
     let claims_task = settlement.spawn(shutdown.clone());
     tasks.spawn(async move {
@@ -94,18 +100,27 @@ pub async fn start(
             tracing::error!(%error, "the settlement task failed");
         }
     });
-    if config.proxy.is_empty() {
-        bail!("no proxy to serve: pass --proxy HOST:PORT");
-    }
-    for proxy in &config.proxy {
-        tasks.spawn(link::keep_linked(
-            proxy.clone(),
-            connector.clone(),
-            router.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        ));
-    }
+    let proxies = if config.proxy.is_empty() {
+        registry.derive(|document| {
+            let endpoints = document.proxies.iter().map(|p| p.worker_endpoint.clone());
+            endpoints.collect::<Vec<_>>()
+        })
+    } else {
+        cocoon_node::registry::fixed(config.proxy.clone())
+    };
+    let linking = link::Linking {
+        connector,
+        policy: proxy_policy,
+        router,
+        stats: stats.clone(),
+    };
+    tasks.spawn(keep_each_endpoint(
+        proxies,
+        shutdown.clone(),
+        move |proxy, stop| {
+            tokio::spawn(link::keep_linked(proxy, linking.clone(), stop));
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(&config.stats_listen)
         .await
         .with_context(|| format!("binding the stats address {}", config.stats_listen))?;
@@ -120,6 +135,7 @@ pub async fn start(
             "max_active": details_info.max_active,
             "free_slots": serving.slots.available_permits(),
             "image_hash": image_hash.to_string(),
+            "registry_version": registry.current().version,
             "wallet": settlement.snapshot(),
         })
     });

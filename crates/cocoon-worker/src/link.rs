@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use cocoon_node::backoff::Backoff;
 use cocoon_node::link;
+use cocoon_node::registry::LivePolicy;
 use cocoon_node::stats::NodeStats;
 use cocoon_ratls::Connector;
 use tokio_util::sync::CancellationToken;
@@ -15,30 +16,42 @@ use tokio_util::sync::CancellationToken;
 /// A link that stayed up this long resets the backoff.
 const STABLE_LINK: Duration = Duration::from_secs(10);
 
-/// Keeps a link to `proxy` up until `shutdown`.
-pub async fn keep_linked(
-    proxy: String,
-    connector: Arc<Connector>,
-    router: Router,
-    stats: Arc<NodeStats>,
-    shutdown: CancellationToken,
-) {
+/// What every link of this worker shares.
+#[derive(Clone)]
+pub struct Linking {
+    /// Dials proxies under `policy`.
+    pub connector: Arc<Connector>,
+    /// Which proxy images are allowed; a linked proxy it stops allowing is disconnected.
+    pub policy: LivePolicy,
+    /// What the worker serves on each link.
+    pub router: Router,
+    /// Counts linked peers.
+    pub stats: Arc<NodeStats>,
+}
+
+/// Keeps a link to `proxy` up until `stop`.
+pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         let attempt = async {
-            let (stream, peer) = connector.connect(&proxy).await?;
+            let (stream, peer) = linking.connector.connect(&proxy).await?;
             tracing::info!(
                 %proxy,
                 image = %peer.image_hash,
                 "linked to proxy; serving it"
             );
-            let _linked = stats.peer_connected();
+            let _linked = linking.stats.peer_connected();
             let since = Instant::now();
-            let result = link::serve(stream, router.clone()).await;
+            let result = tokio::select! {
+                result = link::serve(stream, linking.router.clone()) => result.map_err(anyhow::Error::from),
+                reason = linking.policy.until_refused(&peer) => {
+                    Err(anyhow::anyhow!("the proxy is no longer allowed: {reason}"))
+                }
+            };
             Ok::<_, anyhow::Error>((since.elapsed(), result))
         };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             outcome = attempt => match outcome {
                 Ok((lasted, result)) => {
                     if lasted >= STABLE_LINK {
@@ -53,7 +66,7 @@ pub async fn keep_linked(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

@@ -1,0 +1,404 @@
+//! The registry as a node sees it: read from the ledger at start, then watched (the ledger holds a
+//! request open until the next version), so a new version takes effect within a round trip.
+//!
+//! Roles do not read the document directly; they [`RegistryWatch::derive`] what they need (a peer
+//! policy, an allow-list of models, the proxies to dial), and what they derived changes only when
+//! that part of the document does. Live links wait on [`LivePolicy::until_refused`] to drop a peer
+//! whose image the registry has revoked.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cocoon_ledger::{ImageRole, LedgerClient, Registry};
+use cocoon_ratls::{PeerIdentity, SharedPolicy};
+use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+/// How long one watch request waits for a new version before asking again.
+const WATCH_WAIT: Duration = Duration::from_secs(25);
+
+/// Why the registry could not be read at start.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The ledger URL is unusable.
+    #[error("ledger client: {0}")]
+    Client(#[from] cocoon_ledger::ClientError),
+    /// The node was stopped before the ledger answered.
+    #[error("stopped before the registry could be read")]
+    Stopped,
+}
+
+/// The latest registry document, kept current by a background task until shutdown.
+#[derive(Clone)]
+pub struct RegistryWatch {
+    current: watch::Receiver<Arc<Registry>>,
+    /// The sender of a fixed document, kept so receivers wait instead of seeing a closed channel.
+    _fixed: Option<Arc<watch::Sender<Arc<Registry>>>>,
+}
+
+impl RegistryWatch {
+    /// Reads the registry from the ledger at `ledger_url` (retrying while the ledger is not up, as
+    /// after a host restart) and keeps it current until `shutdown`.
+    pub async fn start(
+        ledger_url: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RegistryError> {
+        let ledger = LedgerClient::read_only(ledger_url)?;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let first = loop {
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return Err(RegistryError::Stopped),
+                read = ledger.registry_newer_than(0, Duration::ZERO) => read,
+            };
+            match read {
+                Ok(registry) => break registry,
+                Err(error) => {
+                    tracing::warn!(ledger = ledger_url, %error, "cannot read the registry yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        };
+        tracing::info!(version = first.version, "registry read");
+        let (publish, current) = watch::channel(Arc::new(first));
+        let url = ledger_url.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = follow(ledger, url, publish) => {}
+            }
+        });
+        Ok(Self {
+            current,
+            _fixed: None,
+        })
+    }
+
+    /// A watch that never changes, for nodes (and tests) given a fixed document.
+    pub fn fixed(registry: Registry) -> Self {
+        let (publish, current) = watch::channel(Arc::new(registry));
+        Self {
+            current,
+            _fixed: Some(Arc::new(publish)),
+        }
+    }
+
+    /// The document now.
+    pub fn current(&self) -> Arc<Registry> {
+        self.current.borrow().clone()
+    }
+
+    /// A value computed from every version by `derive`, published only when it changes. The
+    /// first value is computed before this returns.
+    pub fn derive<T, F>(&self, derive: F) -> watch::Receiver<Arc<T>>
+    where
+        T: PartialEq + Send + Sync + 'static,
+        F: Fn(&Registry) -> T + Send + 'static,
+    {
+        let mut source = self.current.clone();
+        let (publish, derived) = watch::channel(Arc::new(derive(&source.borrow_and_update())));
+        tokio::spawn(async move {
+            while source.changed().await.is_ok() {
+                let next = derive(&source.borrow_and_update());
+                publish.send_if_modified(|value| {
+                    let changed = **value != next;
+                    if changed {
+                        *value = Arc::new(next);
+                    }
+                    changed
+                });
+                if publish.is_closed() {
+                    return;
+                }
+            }
+        });
+        derived
+    }
+}
+
+/// Long-polls the ledger for newer versions and publishes them.
+async fn follow(ledger: LedgerClient, url: String, publish: watch::Sender<Arc<Registry>>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let version = publish.borrow().version;
+        match ledger.registry_newer_than(version, WATCH_WAIT).await {
+            Ok(registry) if registry.version > version => {
+                tracing::info!(version = registry.version, "registry updated");
+                backoff.reset();
+                publish.send_replace(Arc::new(registry));
+            }
+            Ok(_) => backoff.reset(),
+            Err(error) => {
+                tracing::warn!(ledger = %url, %error, "watching the registry failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// A peer policy that may change while links are up: handshakes read [`LivePolicy::shared`], and
+/// each live link waits on [`LivePolicy::until_refused`].
+#[derive(Clone)]
+pub struct LivePolicy {
+    shared: SharedPolicy,
+    changes: watch::Receiver<Arc<Policy>>,
+}
+
+impl LivePolicy {
+    /// A policy for peers in `role`: the images given on the command line when there are any
+    /// (fixed, for development), else the registry's list for `role`, followed live.
+    pub fn new(
+        flag_images: BTreeSet<ImageHash>,
+        registry: &RegistryWatch,
+        role: ImageRole,
+        min_kind: AttestationKind,
+    ) -> Self {
+        let shared: SharedPolicy = Arc::new(ArcSwap::from_pointee(Policy::any_image(min_kind)));
+        let store = shared.clone();
+        let changes = registry.derive(move |document| {
+            let allowed_image_hashes = if flag_images.is_empty() {
+                document
+                    .images(role)
+                    .iter()
+                    .map(|hash| ImageHash(hash.0))
+                    .collect()
+            } else {
+                flag_images.clone()
+            };
+            let policy = Policy {
+                allowed_image_hashes,
+                min_kind,
+            };
+            // Handshakes see the new policy no later than live links do.
+            store.store(Arc::new(policy.clone()));
+            policy
+        });
+        Self { shared, changes }
+    }
+
+    /// A policy that never changes (lists no registry covers, such as the proxy's client images).
+    pub fn fixed(policy: Policy) -> Self {
+        Self {
+            shared: Arc::new(ArcSwap::from_pointee(policy.clone())),
+            changes: fixed(policy),
+        }
+    }
+
+    /// The policy the RA-TLS verifiers apply to new handshakes.
+    pub fn shared(&self) -> SharedPolicy {
+        self.shared.clone()
+    }
+
+    /// The policy now.
+    pub fn current(&self) -> Arc<Policy> {
+        self.changes.borrow().clone()
+    }
+
+    /// Resolves once the policy (as it is now or after a change) refuses `peer`; pending while the
+    /// peer stays allowed.
+    pub async fn until_refused(&self, peer: &PeerIdentity) -> TeeError {
+        until_refused(self.changes.clone(), |policy| {
+            policy.check_image(peer.kind, peer.image_hash)
+        })
+        .await
+    }
+}
+
+/// Runs one task per endpoint of a watched list until `shutdown`: `start(endpoint, stop)` is
+/// called for each endpoint that appears, and its `stop` token is cancelled when the endpoint
+/// leaves the list (a proxy removed from the registry). Returns after `shutdown`.
+pub async fn keep_each_endpoint<F>(
+    mut endpoints: watch::Receiver<Arc<Vec<String>>>,
+    shutdown: CancellationToken,
+    mut start: F,
+) where
+    F: FnMut(String, CancellationToken),
+{
+    let mut running: Vec<(String, CancellationToken)> = Vec::new();
+    loop {
+        let wanted = endpoints.borrow_and_update().clone();
+        running.retain(|(endpoint, stop)| {
+            let keep = wanted.contains(endpoint);
+            if !keep {
+                tracing::info!(%endpoint, "no longer listed; dropping its link");
+                stop.cancel();
+            }
+            keep
+        });
+        for endpoint in wanted.iter() {
+            if !running.iter().any(|(known, _)| known == endpoint) {
+                let stop = shutdown.child_token();
+                start(endpoint.clone(), stop.clone());
+                running.push((endpoint.clone(), stop));
+            }
+        }
+        if wanted.is_empty() {
+            tracing::warn!("no proxy to link to yet (the registry lists none); waiting for one");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = endpoints.changed() => if changed.is_err() {
+                shutdown.cancelled().await;
+                return;
+            }
+        }
+    }
+}
+
+/// A watched value that never changes (a command-line list that overrides the registry's).
+pub fn fixed<T>(value: T) -> watch::Receiver<Arc<T>> {
+    // With the sender gone, readers keep the value and `changed()` reports that none will come.
+    watch::channel(Arc::new(value)).1
+}
+
+/// Resolves with the first error `check` finds in the watched value, as it is now or after any
+/// later change; pending while every version passes (forever once no more changes can come).
+pub async fn until_refused<T, E>(
+    mut changes: watch::Receiver<Arc<T>>,
+    check: impl Fn(&T) -> Result<(), E>,
+) -> E {
+    loop {
+        let verdict = check(&changes.borrow_and_update());
+        if let Err(reason) = verdict {
+            return reason;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_ledger::{AccountId, Hash32, LedgerConfig, RegistryEdit};
+    use cocoon_tee::{Attester, FakeAttester, Verifier};
+
+    fn image(label: &str) -> ImageHash {
+        let quote = FakeAttester::from_label(label).quote(&[0; 64]).unwrap();
+        Verifier::new().verify(&quote).unwrap().image_hash
+    }
+
+    async fn ledger(
+        dir: &tempfile::TempDir,
+        owner: &ed25519_dalek::SigningKey,
+    ) -> cocoon_ledger::LedgerHandle {
+        let config = LedgerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: dir.path().join("ledger.sqlite3"),
+            owner: Some(AccountId::from(owner)),
+            ..LedgerConfig::default()
+        };
+        cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+            .await
+            .unwrap()
+    }
+
+    async fn edit(url: &str, owner: &ed25519_dalek::SigningKey, edit: RegistryEdit) {
+        let client = LedgerClient::new(url, owner.clone()).unwrap();
+        let current = client.registry_newer_than(0, Duration::ZERO).await.unwrap();
+        let registry = current.edited(&edit).unwrap();
+        client
+            .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_revoked_image_refuses_live_peers_and_new_handshakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let ledger = ledger(&dir, &owner).await;
+        let (worker, other) = (image("worker"), image("other"));
+        for hash in [worker, other] {
+            let edit_allow = RegistryEdit::AllowImage {
+                role: ImageRole::Worker,
+                hash: Hash32(hash.0),
+            };
+            edit(&ledger.url(), &owner, edit_allow).await;
+        }
+        let shutdown = CancellationToken::new();
+        let watch = RegistryWatch::start(&ledger.url(), shutdown.clone())
+            .await
+            .unwrap();
+        assert_eq!(watch.current().version, 3);
+        let policy = LivePolicy::new(
+            BTreeSet::new(),
+            &watch,
+            ImageRole::Worker,
+            AttestationKind::Fake,
+        );
+        assert!(policy
+            .shared()
+            .load()
+            .allowed_image_hashes
+            .contains(&worker));
+
+        let identity = cocoon_ratls::Identity::generate(
+            &FakeAttester::from_label("worker"),
+            "worker",
+            Default::default(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        let peer = cocoon_ratls::verify_certificate(
+            identity.certificate_der(),
+            &Verifier::new(),
+            &policy.current(),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let refused = tokio::spawn({
+            let policy = policy.clone();
+            async move { policy.until_refused(&peer).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!refused.is_finished(), "an allowed peer stays");
+
+        let revoke = RegistryEdit::RevokeImage {
+            role: ImageRole::Worker,
+            hash: Hash32(worker.0),
+        };
+        edit(&ledger.url(), &owner, revoke).await;
+        let reason = tokio::time::timeout(Duration::from_secs(5), refused)
+            .await
+            .expect("the revocation reaches the link within seconds")
+            .unwrap();
+        assert!(matches!(reason, TeeError::ImageHashNotAllowed(h) if h == worker));
+        assert!(!policy
+            .shared()
+            .load()
+            .allowed_image_hashes
+            .contains(&worker));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn command_line_images_override_the_registry() {
+        let mut registry = Registry::new(AccountId([1; 32]));
+        registry.worker_image_hashes.push(Hash32(image("a").0));
+        let watch = RegistryWatch::fixed(registry);
+        let flags = BTreeSet::from([image("b")]);
+        let policy = LivePolicy::new(
+            flags.clone(),
+            &watch,
+            ImageRole::Worker,
+            AttestationKind::Fake,
+        );
+        assert_eq!(policy.current().allowed_image_hashes, flags);
+        let follows = LivePolicy::new(
+            BTreeSet::new(),
+            &watch,
+            ImageRole::Proxy,
+            AttestationKind::Fake,
+        );
+        assert!(
+            follows.current().allowed_image_hashes.is_empty(),
+            "no proxy list: any image"
+        );
+    }
+}
