@@ -1,6 +1,6 @@
 //! `cocoon dev`: a whole network on loopback in one process — proxy, worker(s) and client, each
-//! with a fresh `fake`-attested identity and every check on (each side allows exactly the others'
-//! image hashes), ready for `curl`. A local ledger with the development faucet on settles the money:
+//! with a fresh `fake`-attested identity and every check on (the dev registry allows exactly the
+//! dev images and model, and lists the proxy the others find), ready for `curl`. A local ledger with the development faucet on settles the money:
 //! the proxy stakes from the faucet, the client deposits from it, and every answer shows its cost.
 
 use std::path::PathBuf;
@@ -11,7 +11,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use cocoon_client::ClientConfig;
-use cocoon_ledger::{AccountId, LedgerConfig, SystemClock};
+use cocoon_ledger::{
+    AccountId, Hash32, ImageRole, LedgerClient, LedgerConfig, RegistryEdit, SystemClock,
+};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_proxy::ProxyConfig;
 use cocoon_tee::{AttestationKind, FakeAttester};
@@ -96,7 +98,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let port = |base: u16| format!("127.0.0.1:{}", base + shift);
     let shutdown = cocoon_node::shutdown::on_signal();
 
-    let owner = AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&DEV_OWNER_SEED));
+    let owner_key = ed25519_dalek::SigningKey::from_bytes(&DEV_OWNER_SEED);
+    let owner = AccountId::from(&owner_key);
     let ledger = cocoon_ledger::spawn(
         &LedgerConfig {
             listen: port(13000).parse().context("the ledger address")?,
@@ -111,13 +114,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting the dev ledger")?;
     let ledger_url = ledger.url();
+    let owner_key_file = data_dir.join("registry-owner.key");
+    if !owner_key_file.exists() {
+        crate::registry::write_key(&owner_key_file, &owner_key)?;
+    }
+    // The dev registry lists this network's proxy and images, as a production registry would; the
+    // nodes below find each other and judge each other from it.
+    register_dev_network(&ledger_url, &owner_key, &port(11001), &port(11002)).await?;
 
     let proxy = cocoon_proxy::start(
         ProxyConfig {
             worker_listen: port(11001),
             client_listen: port(11002),
             stats_listen: port(11000),
-            allow_worker_image: vec![image_hash(WORKER_IMAGE)],
+            allow_worker_image: Vec::new(),
             allow_client_image: vec![image_hash(CLIENT_IMAGE)],
             allow_model: Vec::new(),
             max_body_bytes: 4 << 20,
@@ -139,8 +149,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for index in 0..args.workers as u16 {
         let worker = cocoon_worker::start(
             WorkerConfig {
-                proxy: vec![proxy.worker_addr.to_string()],
-                allow_proxy_image: vec![proxy.image_hash.to_string()],
+                proxy: Vec::new(),
+                allow_proxy_image: Vec::new(),
                 engine: args.engine.clone(),
                 model: args.model.clone(),
                 model_path: args.model_path.clone(),
@@ -163,12 +173,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         workers.push(worker);
     }
     let model = workers[0].info.model.clone();
+    if let Some(hash) = &workers[0].info.model_hash {
+        allow_dev_model(&ledger_url, &owner_key, &model, hash).await?;
+    }
 
     let client = cocoon_client::start(
         ClientConfig {
             listen: port(10000),
-            proxy: vec![proxy.client_addr.to_string()],
-            allow_proxy_image: vec![proxy.image_hash.to_string()],
+            proxy: Vec::new(),
+            allow_proxy_image: Vec::new(),
             api_key: Vec::new(),
             max_body_bytes: 4 << 20,
             max_coefficient: 4000,
@@ -194,6 +207,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     println!("  client API (OpenAI-compatible): {api}/v1");
     println!("  ledger:       {ledger_url}/v1/stats (faucet on)");
+    println!(
+        "  registry:     cocoon registry --ledger {ledger_url} show  (owner key: {})",
+        owner_key_file.display()
+    );
     println!("  proxy stats:  http://{}/stats", proxy.stats_addr);
     for worker in &workers {
         println!("  worker stats: http://{}/stats", worker.stats_addr);
@@ -215,6 +232,60 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     client_done?;
     ledger.shutdown().await.context("stopping the dev ledger")?;
     println!("Cocoon dev network stopped.");
+    Ok(())
+}
+
+/// Lists the dev proxy's endpoints and the dev images in the registry, unless a previous run did.
+async fn register_dev_network(
+    ledger_url: &str,
+    owner_key: &ed25519_dalek::SigningKey,
+    worker_endpoint: &str,
+    client_endpoint: &str,
+) -> anyhow::Result<()> {
+    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
+    let current = crate::registry::read(&ledger, ledger_url).await?;
+    let mut edits = Vec::new();
+    for (role, label) in [
+        (ImageRole::Proxy, PROXY_IMAGE),
+        (ImageRole::Worker, WORKER_IMAGE),
+    ] {
+        let hash: Hash32 = image_hash(label).parse()?;
+        if !current.images(role).contains(&hash) {
+            edits.push(RegistryEdit::AllowImage { role, hash });
+        }
+    }
+    let listed = current.proxies.iter().any(|proxy| {
+        proxy.worker_endpoint == worker_endpoint && proxy.client_endpoint == client_endpoint
+    });
+    if !listed {
+        edits.push(RegistryEdit::AddProxy {
+            worker_endpoint: worker_endpoint.to_owned(),
+            client_endpoint: client_endpoint.to_owned(),
+        });
+    }
+    if !edits.is_empty() {
+        crate::registry::apply(&ledger, &current, &edits).await?;
+    }
+    Ok(())
+}
+
+/// Allows the dev workers' model weights in the registry (once the first worker has hashed them).
+async fn allow_dev_model(
+    ledger_url: &str,
+    owner_key: &ed25519_dalek::SigningKey,
+    model: &str,
+    hash: &str,
+) -> anyhow::Result<()> {
+    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
+    let current = crate::registry::read(&ledger, ledger_url).await?;
+    let hash: Hash32 = hash.parse()?;
+    if current.models.get(model) != Some(&hash) {
+        let edit = RegistryEdit::AllowModel {
+            name: model.to_owned(),
+            hash,
+        };
+        crate::registry::apply(&ledger, &current, &[edit]).await?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod dev;
 #[cfg(feature = "embedded")]
 mod engine;
 mod ledger;
+mod registry;
 mod wallet;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ enum Role {
     /// Run the local settlement ledger (accounts, proxy/client/worker contracts, vouchers) over
     /// HTTP/JSON.
     Ledger(RoleArgs<cocoon_ledger::LedgerConfig>),
+    /// The network's registry: show it, or change it as its owner (images, models, proxies,
+    /// prices); nodes apply a new version within seconds.
+    Registry(registry::RegistryArgs),
     /// A node's ledger account: address, balance, deposits, withdrawals, claims.
     Wallet(wallet::WalletArgs),
     /// Make, inspect and check RA-TLS certificates and image hashes.
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         Role::EmbeddedEngine(args) => runtime.block_on(engine::run(args)),
         Role::Bench(args) => runtime.block_on(bench::run(args)),
         Role::Wallet(args) => runtime.block_on(wallet::run(args)),
+        Role::Registry(args) => runtime.block_on(registry::run(args)),
         Role::Ledger(args) => {
             let Some(config) = effective(name, sub, &args)? else {
                 return Ok(());

@@ -1,0 +1,337 @@
+//! `cocoon registry`: read the network's registry, and change it as its owner. Every change is one
+//! owner-signed `UpdateRegistry` transaction carrying the next version; nodes watching the ledger
+//! apply it within seconds (a revoked image or model disconnects the peers that use it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use cocoon_ledger::{
+    AccountId, Amount, Hash32, ImageRole, LedgerClient, Registry, RegistryEdit, TransactionBody,
+};
+use ed25519_dalek::SigningKey;
+
+/// Options of `cocoon registry`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Base URL of the ledger holding the registry.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
+    pub ledger: String,
+    /// File with the registry owner's key (64 hex digits; see `cocoon registry keygen`). Required
+    /// for changes. `cocoon dev` writes its owner key to `<data-dir>/registry-owner.key`.
+    #[arg(long, value_name = "FILE", env = "COCOON_REGISTRY_OWNER_KEY")]
+    pub owner_key: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RegistryCommand,
+}
+
+/// `cocoon registry …`
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Print the current registry.
+    Show,
+    /// Create a new owner key in FILE (refuses to overwrite one) and print its account, for a new
+    /// ledger's `--owner`.
+    Keygen {
+        /// Where to write the key (mode 0600).
+        file: PathBuf,
+    },
+    /// Owner-signed changes.
+    #[command(flatten)]
+    Change(ChangeCommand),
+}
+
+/// The owner's changes to the registry.
+#[derive(Debug, Subcommand)]
+pub enum ChangeCommand {
+    /// Register a proxy; clients and workers that follow the registry link to it.
+    AddProxy {
+        /// Address workers dial (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        worker_endpoint: String,
+        /// Address clients dial (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        client_endpoint: String,
+    },
+    /// Unregister a proxy (see `show` for seqnos); its links are dropped.
+    RemoveProxy {
+        /// The proxy's seqno.
+        seqno: u64,
+    },
+    /// Allow an image hash for proxies or workers.
+    AllowImage {
+        /// Which nodes the image is for.
+        #[arg(long, value_enum)]
+        role: ImageRole,
+        /// The image hash (64 hex digits; `cocoon attest image-hash` prints a node's).
+        hash: Hash32,
+    },
+    /// Revoke an image hash; nodes running it are disconnected within seconds.
+    RevokeImage {
+        /// Which nodes the image was allowed for.
+        #[arg(long, value_enum)]
+        role: ImageRole,
+        /// The image hash.
+        hash: Hash32,
+    },
+    /// Allow a model name with the SHA-256 of its weights (replaces the name's previous hash).
+    AllowModel {
+        /// The model name clients request.
+        name: String,
+        /// SHA-256 of the weights (a worker's `model_hash` in its `/jsonstats`).
+        hash: Hash32,
+    },
+    /// Revoke a model; workers serving it are disconnected within seconds.
+    RevokeModel {
+        /// The model name.
+        name: String,
+    },
+    /// Change prices; options not given keep their current value.
+    SetPrice(PriceArgs),
+}
+
+/// New values for `cocoon registry set-price`.
+#[derive(Debug, Args)]
+pub struct PriceArgs {
+    /// What a client pays per adjusted token (nano-units).
+    #[arg(long, value_name = "AMOUNT")]
+    pub price_per_token: Option<Amount>,
+    /// What a worker earns per adjusted token (nano-units; at most the price).
+    #[arg(long, value_name = "AMOUNT")]
+    pub worker_fee_per_token: Option<Amount>,
+    /// Multiplier for prompt tokens (per 10 000).
+    #[arg(long, value_name = "PER_10000")]
+    pub prompt_multiplier: Option<u32>,
+    /// Multiplier for cached prompt tokens (per 10 000).
+    #[arg(long, value_name = "PER_10000")]
+    pub cached_multiplier: Option<u32>,
+    /// Multiplier for completion tokens (per 10 000).
+    #[arg(long, value_name = "PER_10000")]
+    pub completion_multiplier: Option<u32>,
+    /// Multiplier for reasoning tokens (per 10 000).
+    #[arg(long, value_name = "PER_10000")]
+    pub reasoning_multiplier: Option<u32>,
+}
+
+/// Runs `cocoon registry`.
+pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
+    let change = match args.command {
+        RegistryCommand::Show => {
+            let ledger = LedgerClient::read_only(&args.ledger)?;
+            return print(&read(&ledger, &args.ledger).await?, args.json);
+        }
+        RegistryCommand::Keygen { file } => {
+            let account = keygen(&file)?;
+            if args.json {
+                println!("{}", serde_json::json!({ "owner": account.to_string() }));
+            } else {
+                println!("{account}");
+            }
+            return Ok(());
+        }
+        RegistryCommand::Change(change) => change,
+    };
+    let Some(key_file) = &args.owner_key else {
+        bail!("changing the registry needs its owner's key: pass --owner-key FILE");
+    };
+    let ledger = LedgerClient::new(&args.ledger, read_key(key_file)?)?;
+    let current = read(&ledger, &args.ledger).await?;
+    let edit = match change {
+        ChangeCommand::AddProxy {
+            worker_endpoint,
+            client_endpoint,
+        } => RegistryEdit::AddProxy {
+            worker_endpoint,
+            client_endpoint,
+        },
+        ChangeCommand::RemoveProxy { seqno } => RegistryEdit::RemoveProxy { seqno },
+        ChangeCommand::AllowImage { role, hash } => RegistryEdit::AllowImage { role, hash },
+        ChangeCommand::RevokeImage { role, hash } => RegistryEdit::RevokeImage { role, hash },
+        ChangeCommand::AllowModel { name, hash } => RegistryEdit::AllowModel { name, hash },
+        ChangeCommand::RevokeModel { name } => RegistryEdit::RevokeModel { name },
+        ChangeCommand::SetPrice(prices) => RegistryEdit::SetPrices {
+            prices: new_prices(&current.prices, &prices),
+        },
+    };
+    let updated = apply(&ledger, &current, &[edit]).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&updated)?);
+    } else {
+        println!("registry updated to version {}", updated.version);
+    }
+    Ok(())
+}
+
+/// The current registry.
+pub async fn read(ledger: &LedgerClient, url: &str) -> anyhow::Result<Registry> {
+    ledger
+        .registry_newer_than(0, std::time::Duration::ZERO)
+        .await
+        .with_context(|| format!("reading the registry from {url}"))
+}
+
+fn new_prices(current: &cocoon_ledger::Prices, args: &PriceArgs) -> cocoon_ledger::Prices {
+    cocoon_ledger::Prices {
+        price_per_token: args.price_per_token.unwrap_or(current.price_per_token),
+        worker_fee_per_token: args
+            .worker_fee_per_token
+            .unwrap_or(current.worker_fee_per_token),
+        prompt_multiplier: args.prompt_multiplier.unwrap_or(current.prompt_multiplier),
+        cached_multiplier: args.cached_multiplier.unwrap_or(current.cached_multiplier),
+        completion_multiplier: args
+            .completion_multiplier
+            .unwrap_or(current.completion_multiplier),
+        reasoning_multiplier: args
+            .reasoning_multiplier
+            .unwrap_or(current.reasoning_multiplier),
+    }
+}
+
+/// Applies `edits` to `current` and submits the result as one owner-signed update (version + 1).
+/// A concurrent update makes the ledger refuse this one (its version is no longer newer).
+pub async fn apply(
+    ledger: &LedgerClient,
+    current: &Registry,
+    edits: &[RegistryEdit],
+) -> anyhow::Result<Registry> {
+    let mut next = current.clone();
+    for edit in edits {
+        next = next.edited(edit)?;
+    }
+    next.version = current.version + 1;
+    ledger
+        .submit(TransactionBody::UpdateRegistry {
+            registry: next.clone(),
+        })
+        .await
+        .context("the ledger refused the registry update")?;
+    Ok(next)
+}
+
+/// Reads an owner key file: 64 hex digits (the Ed25519 seed).
+pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the owner key {}", path.display()))?;
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut seed)
+        .with_context(|| format!("{} does not hold 64 hex digits", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Writes `key` to `path` (mode 0600 on Unix), refusing to replace an existing file.
+pub fn write_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+fn keygen(path: &Path) -> anyhow::Result<AccountId> {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    write_key(path, &key)?;
+    Ok(AccountId::from(&key))
+}
+
+fn print(registry: &Registry, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(registry)?);
+        return Ok(());
+    }
+    let p = &registry.prices;
+    println!("version: {}", registry.version);
+    println!("owner:   {}", registry.owner);
+    println!(
+        "prices:  {} per token to clients, {} to workers (nano-units); multipliers per 10000: \
+         prompt {}, cached {}, completion {}, reasoning {}",
+        p.price_per_token,
+        p.worker_fee_per_token,
+        p.prompt_multiplier,
+        p.cached_multiplier,
+        p.completion_multiplier,
+        p.reasoning_multiplier
+    );
+    println!(
+        "stakes:  client ≥ {}, proxy ≥ {}; close delays: client {} s, proxy {} s",
+        registry.min_client_stake,
+        registry.min_proxy_stake,
+        registry.client_delay_before_close,
+        registry.proxy_delay_before_close
+    );
+    for role in [ImageRole::Proxy, ImageRole::Worker] {
+        let images = registry.images(role);
+        if images.is_empty() {
+            println!("{role} images: any");
+        } else {
+            println!("{role} images:");
+            for hash in images {
+                println!("  {hash}");
+            }
+        }
+    }
+    if registry.models.is_empty() {
+        println!("models: any");
+    } else {
+        println!("models:");
+        for (name, hash) in &registry.models {
+            println!("  {name} = {hash}");
+        }
+    }
+    if registry.proxies.is_empty() {
+        println!("proxies: none registered");
+    } else {
+        println!("proxies:");
+        for proxy in &registry.proxies {
+            println!(
+                "  #{}: workers dial {}, clients dial {}",
+                proxy.seqno, proxy.worker_endpoint, proxy.client_endpoint
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owner.key");
+        let account = keygen(&path).unwrap();
+        assert_eq!(AccountId::from(&read_key(&path).unwrap()), account);
+        assert!(keygen(&path).is_err(), "an existing key is kept");
+        std::fs::write(&path, "not hex").unwrap();
+        let error = read_key(&path).unwrap_err();
+        assert!(format!("{error:#}").contains("64 hex digits"), "{error:#}");
+    }
+
+    #[test]
+    fn set_price_keeps_what_is_not_given() {
+        let current = cocoon_ledger::Prices::default();
+        let args = PriceArgs {
+            price_per_token: Some(5_000),
+            worker_fee_per_token: None,
+            prompt_multiplier: None,
+            cached_multiplier: Some(2_000),
+            completion_multiplier: None,
+            reasoning_multiplier: None,
+        };
+        let prices = new_prices(&current, &args);
+        assert_eq!(prices.price_per_token, 5_000);
+        assert_eq!(prices.cached_multiplier, 2_000);
+        assert_eq!(prices.worker_fee_per_token, current.worker_fee_per_token);
+    }
+}
