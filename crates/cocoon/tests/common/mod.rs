@@ -119,10 +119,8 @@ pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
         "--database",
         &dir.join("ledger.sqlite3").display().to_string(),
         "--faucet",
-        "--owner",
-        &owner,
     ]);
-    let args = with_defaults(args, &[], extra);
+    let args = with_defaults(args, &[("--owner", &owner)], extra);
     let node = Node::start(&args);
     wait_for_port(&listen);
     (node, format!("http://{listen}"))
@@ -191,17 +189,18 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
+    worker_on(&proxy.ledger, Some(&proxy.workers), extra)
+}
+
+/// Starts a synthetic-engine worker settling on `ledger` that dials `proxy`, or the proxies the
+/// registry lists when `None`.
+pub fn worker_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
     let stats = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let args = strings(&[
-        "worker",
-        "--proxy",
-        &proxy.workers,
-        "--stats-listen",
-        &stats,
-        "--ledger",
-        &proxy.ledger,
-    ]);
+    let mut args = strings(&["worker", "--stats-listen", &stats, "--ledger", ledger]);
+    if let Some(proxy) = proxy {
+        args.extend(strings(&["--proxy", proxy]));
+    }
     let data_dir = dir.path().display().to_string();
     let args = with_defaults(
         args,
@@ -218,17 +217,18 @@ pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
 
 /// Starts a client for `proxy` with `extra` flags; returns it and its API base URL.
 pub fn client(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
+    client_on(&proxy.ledger, Some(&proxy.clients), extra)
+}
+
+/// Starts a client settling on `ledger` that uses `proxy`, or the proxies the registry lists when
+/// `None`.
+pub fn client_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
     let listen = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let args = strings(&[
-        "client",
-        "--listen",
-        &listen,
-        "--proxy",
-        &proxy.clients,
-        "--ledger",
-        &proxy.ledger,
-    ]);
+    let mut args = strings(&["client", "--listen", &listen, "--ledger", ledger]);
+    if let Some(proxy) = proxy {
+        args.extend(strings(&["--proxy", proxy]));
+    }
     let data_dir = dir.path().display().to_string();
     let args = with_defaults(
         args,
@@ -241,6 +241,28 @@ pub fn client(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
         extra,
     );
     (Node::start_owning(&args, dir), format!("http://{listen}"))
+}
+
+/// Runs `cocoon ARGS…` to completion; returns whether it succeeded, its stdout and its stderr.
+pub fn cocoon(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(args)
+        .env("COCOON_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("cocoon runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Runs `cocoon ARGS…`, which must succeed; returns its stdout.
+pub fn cocoon_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cocoon(args);
+    assert!(ok, "cocoon {args:?} failed: {stderr}");
+    stdout
 }
 
 fn strings(items: &[&str]) -> Vec<String> {

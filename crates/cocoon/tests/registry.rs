@@ -1,0 +1,167 @@
+//! End-to-end: the registry on the ledger is the network's source of truth. Nodes started without
+//! `--proxy` or allow-list flags find the proxy and judge images from it, and `cocoon registry`
+//! changes take effect on live links within seconds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn proxy_workers(proxy: &ProxyAddrs) -> Vec<Value> {
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
+    stats["details"]["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until the proxy has `count` workers linked.
+async fn until_workers(proxy: &ProxyAddrs, count: usize, within: Duration) {
+    let started = Instant::now();
+    while proxy_workers(proxy).await.len() != count {
+        assert!(
+            started.elapsed() < within,
+            "the proxy did not get to {count} workers within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn chat_status(api: &str) -> u16 {
+    let body = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn revoking_an_image_disconnects_its_workers_and_allowing_it_again_brings_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("owner.key");
+    let key_arg = key.display().to_string();
+    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
+    let (_proxy, proxy) = proxy_on_ledger(&["--owner", owner.trim()], &[]);
+    let registry = |args: &[&str]| {
+        let mut all = vec![
+            "registry",
+            "--ledger",
+            &proxy.ledger,
+            "--owner-key",
+            &key_arg,
+        ];
+        all.extend_from_slice(args);
+        cocoon(&all)
+    };
+    let worker_image = image_hash("test-worker");
+    let spare_image = image_hash("spare-worker");
+    for image in [&worker_image, &spare_image] {
+        let (ok, _, stderr) = registry(&["allow-image", "--role", "worker", image]);
+        assert!(ok, "{stderr}");
+    }
+    let (ok, _, stderr) = registry(&[
+        "add-proxy",
+        "--worker-endpoint",
+        &proxy.workers,
+        "--client-endpoint",
+        &proxy.clients,
+    ]);
+    assert!(ok, "{stderr}");
+    let shown: Value = serde_json::from_str(&cocoon_ok(&[
+        "registry",
+        "--ledger",
+        &proxy.ledger,
+        "--json",
+        "show",
+    ]))
+    .unwrap();
+    assert_eq!(shown["version"], 4, "{shown}");
+    assert_eq!(
+        shown["proxies"][0]["client_endpoint"],
+        proxy.clients.as_str()
+    );
+
+    // Neither node is told where the proxy is: both read it from the registry.
+    let (_worker, _) = worker_on(&proxy.ledger, None, &[]);
+    let (_client, api) = client_on(&proxy.ledger, None, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    assert_eq!(chat_status(&api).await, 200);
+
+    let (ok, _, stderr) = registry(&["revoke-image", "--role", "worker", &worker_image]);
+    assert!(ok, "{stderr}");
+    until_workers(&proxy, 0, Duration::from_secs(5)).await;
+    assert_eq!(
+        chat_status(&api).await,
+        404,
+        "no worker serves the model any more"
+    );
+    // It stays out: its redials are refused at the handshake.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(proxy_workers(&proxy).await.is_empty());
+
+    let (ok, _, stderr) = registry(&["allow-image", "--role", "worker", &worker_image]);
+    assert!(ok, "{stderr}");
+    until_workers(&proxy, 1, Duration::from_secs(15)).await;
+    wait_for_model(&api, "synthetic", 1).await;
+    assert_eq!(chat_status(&api).await, 200);
+}
+
+#[tokio::test]
+async fn registry_changes_need_the_owner_and_refuse_to_open_a_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("owner.key");
+    let key_arg = key.display().to_string();
+    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
+    let (ledger_node, ledger) = ledger(dir.path(), &["--owner", owner.trim()]);
+    let image = image_hash("only-worker");
+
+    let (ok, _, stderr) = cocoon(&[
+        "registry",
+        "--ledger",
+        &ledger,
+        "allow-image",
+        "--role",
+        "worker",
+        &image,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--owner-key"), "{stderr}");
+
+    let stranger = dir.path().join("stranger.key");
+    let stranger_arg = stranger.display().to_string();
+    cocoon_ok(&["registry", "keygen", &stranger_arg]);
+    let (ok, _, stderr) = cocoon(&[
+        "registry",
+        "--ledger",
+        &ledger,
+        "--owner-key",
+        &stranger_arg,
+        "allow-image",
+        "--role",
+        "worker",
+        &image,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("not the registry owner"), "{stderr}");
+
+    let owner_args = ["registry", "--ledger", &ledger, "--owner-key", &key_arg];
+    let run = |args: &[&str]| cocoon(&[&owner_args[..], args].concat());
+    assert!(run(&["allow-image", "--role", "worker", &image]).0);
+    let (ok, _, stderr) = run(&["revoke-image", "--role", "worker", &image]);
+    assert!(!ok, "revoking the last image would allow any image");
+    assert!(stderr.contains("allows anything"), "{stderr}");
+    let (ok, _, stderr) = run(&["set-price", "--worker-fee-per-token", "999999999"]);
+    assert!(!ok);
+    assert!(stderr.contains("exceeds price_per_token"), "{stderr}");
+    assert!(run(&["set-price", "--price-per-token", "2000"]).0);
+    let shown = cocoon_ok(&["registry", "--ledger", &ledger, "show"]);
+    assert!(shown.contains("version: 3"), "{shown}");
+    assert!(shown.contains("2000 per token to clients"), "{shown}");
+    assert!(shown.contains(&image), "{shown}");
+    drop(ledger_node);
+}
