@@ -22,7 +22,7 @@ use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
 use cocoon_node::Body;
 use cocoon_proto::headers::{
-    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
+    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, RECEIPT, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
 };
 use cocoon_proto::link::{ModelList, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
 use cocoon_proto::{ErrorKind, OpenAiError};
@@ -551,6 +551,9 @@ impl Api {
                 }
                 if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
                     bytes = priced;
+                }
+                if let Some(receipt) = trailers.get(RECEIPT) {
+                    answer = answer.header(RECEIPT, receipt.clone());
                 }
             }
             answer = answer.header(

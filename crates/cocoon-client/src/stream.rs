@@ -9,7 +9,10 @@
 //!   reaches the app only if the app itself asked for `stream_options.include_usage`;
 //! - `data: [DONE]` is held until the upstream body has ended, so that an `x-cocoon-error`
 //!   trailer, a broken body or the deadline can still end the stream with an error event
-//!   (`data: {"error": {...}}`) instead of a success marker.
+//!   (`data: {"error": {...}}`) instead of a success marker;
+//! - after `[DONE]` comes the answer's receipt, as one `event: cocoon.receipt` whose data is the
+//!   receipt's JSON. It follows `[DONE]` so that OpenAI SDKs, which stop reading there, never see
+//!   it; an app that wants receipts reads on to the end of the stream.
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
-use cocoon_proto::headers::{COST, ERROR};
+use cocoon_proto::headers::{COST, ERROR, RECEIPT};
 use cocoon_proto::{ErrorKind, OpenAiError};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use http::HeaderMap;
@@ -185,17 +188,23 @@ impl Rewrite {
             self.stats.record_tokens(&usage);
         }
         self.finished = true;
-        let Some(usage_chunk) = self.usage_chunk.take() else {
-            return Bytes::from_static(b"data: [DONE]\n\n");
-        };
-        let priced = trailers
-            .as_ref()
-            .and_then(|trailers| with_cost(usage_chunk.as_bytes(), trailers))
-            .unwrap_or_else(|| Bytes::from(usage_chunk));
-        let mut out = BytesMut::with_capacity(priced.len() + 24);
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&priced);
-        out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+        let mut out = BytesMut::new();
+        if let Some(usage_chunk) = self.usage_chunk.take() {
+            let priced = trailers
+                .as_ref()
+                .and_then(|trailers| with_cost(usage_chunk.as_bytes(), trailers))
+                .unwrap_or_else(|| Bytes::from(usage_chunk));
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&priced);
+            out.extend_from_slice(b"\n\n");
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        if let Some(receipt) = trailers.as_ref().and_then(receipt_json) {
+            out.extend_from_slice(RECEIPT_EVENT.as_bytes());
+            out.extend_from_slice(b"\ndata: ");
+            out.extend_from_slice(&receipt);
+            out.extend_from_slice(b"\n\n");
+        }
         out.freeze()
     }
 
@@ -206,6 +215,19 @@ impl Rewrite {
             .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
         error_event(&error)
     }
+}
+
+/// The line naming the event that carries a stream's receipt, after `[DONE]`.
+pub const RECEIPT_EVENT: &str = "event: cocoon.receipt";
+
+/// The receipt in the proxy's trailers, as compact JSON (one line, as an SSE data line needs).
+pub fn receipt_json(trailers: &HeaderMap) -> Option<Vec<u8>> {
+    let receipt = cocoon_receipt::Receipt::parse(trailers.get(RECEIPT)?.to_str().ok()?)
+        .inspect_err(
+            |error| tracing::warn!(%error, "the proxy's receipt is unreadable; not passed on"),
+        )
+        .ok()?;
+    serde_json::to_vec(&receipt).ok()
 }
 
 /// An SSE event carrying an OpenAI error, as OpenAI ends failed streams.

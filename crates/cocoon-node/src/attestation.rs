@@ -96,6 +96,11 @@ impl NodeTrust {
         self.image_hash
     }
 
+    /// The verifier of peers' quotes (with TDX collateral when configured).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
     /// The current certificate and key.
     pub fn identity(&self) -> Arc<Identity> {
         self.identity.load_full()

@@ -20,6 +20,13 @@ pub const MODEL_HASH: &str = "x-cocoon-model-hash";
 pub const USAGE: &str = "x-cocoon-usage";
 /// Trailer: an [`OpenAiError`](crate::OpenAiError) as JSON, when a stream failed after its headers.
 pub const ERROR: &str = "x-cocoon-error";
+/// Request header from the proxy to the worker: the prices the answer will be
+/// billed at, as JSON, so the worker's receipt states the same charge.
+pub const PRICES: &str = "x-cocoon-prices";
+/// Trailer (worker → proxy: the worker's signed half; proxy → client: the countersigned receipt)
+/// and, at the client, the response header of a non-streamed answer: the answer's receipt,
+/// base64url (no padding) of its JSON.
+pub const RECEIPT: &str = "x-cocoon-receipt";
 /// Trailer added by the proxy: what the answer cost the client, as JSON
 /// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.
 pub const COST: &str = "x-cocoon-cost";

@@ -301,8 +301,8 @@ impl Billing {
         max_tokens: u64,
         coefficient: u32,
     ) -> Result<Reservation, BillingError> {
-        let needed =
-            worst_case_cost(prompt_tokens, max_tokens, coefficient, &self.prices())?.client_price;
+        let prices = self.prices();
+        let needed = worst_case_cost(prompt_tokens, max_tokens, coefficient, &prices)?.client_price;
         let cached = lock(&self.contracts).get(&client).cloned();
         let (mut known, mut fresh) = match cached {
             Some(known) if known.fetched.elapsed() < CONTRACT_FRESHNESS => (known, false),
@@ -315,6 +315,7 @@ impl Billing {
                         billing: self.clone(),
                         client,
                         amount: needed,
+                        prices,
                     })
                 }
                 // A top-up may have happened since the contract was read: read it once more.
@@ -373,7 +374,7 @@ impl Billing {
         usage: &TokenUsage,
         coefficient: u32,
     ) -> Result<AnswerCost, BillingError> {
-        let (cost, answer) = answer_cost(usage, coefficient, &self.prices())?;
+        let (cost, answer) = answer_cost(usage, coefficient, &reservation.prices)?;
         self.writer
             .record(ChargeRecord {
                 client: reservation.client,
@@ -649,6 +650,9 @@ pub struct Reservation {
     billing: Arc<Billing>,
     client: AccountId,
     amount: Amount,
+    /// The prices of this request, fixed when it was reserved: the worker is told them, its
+    /// receipt states them, and the charge uses them even if the registry changes meanwhile.
+    prices: Arc<Prices>,
 }
 
 impl Reservation {
@@ -660,6 +664,11 @@ impl Reservation {
     /// The amount held.
     pub fn amount(&self) -> Amount {
         self.amount
+    }
+
+    /// The prices the request is billed at.
+    pub fn prices(&self) -> &Arc<Prices> {
+        &self.prices
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Money touches the path at two points only: the worst case is reserved against the client's
 //! balance before a worker is chosen (402 when it cannot be covered), and the actual usage is
-//! charged durably when the worker's usage trailer arrives, before that frame is released.
+//! charged durably when the worker's usage trailer arrives, before that frame is released. That
+//! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +29,8 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::billing::{self, Billing, Reservation};
-use crate::routing::{RouteError, Routing, Slot};
+use crate::receipt::{Countersigner, Seen};
+use crate::routing::{RouteError, Routing, Slot, WorkerLink};
 
 /// Largest error body read from a worker.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -48,6 +50,8 @@ pub struct Forwarding {
     pub max_request: Duration,
     /// Reservations and charges.
     pub billing: Arc<Billing>,
+    /// Countersigns workers' receipts.
+    pub receipts: Arc<Countersigner>,
 }
 
 /// The fields of a request the proxy reads; the body is forwarded unchanged.
@@ -124,6 +128,10 @@ pub async fn forward(
     // A worker whose link fails before it answers gets the request again elsewhere: nothing has
     // reached the client yet, and usage is only charged from a finished answer.
     let mut failed_worker = None;
+    let prices = HeaderValue::from_str(
+        &serde_json::to_string(reservation.prices().as_ref()).unwrap_or_default(),
+    )
+    .ok();
     let (slot, response) = loop {
         let slot = match state.routing.choose(&model, max_coefficient, failed_worker) {
             Ok(slot) => slot,
@@ -140,6 +148,11 @@ pub async fn forward(
             request
                 .headers_mut()
                 .insert(headers::REQUEST_ID, id.clone());
+        }
+        if let Some(prices) = &prices {
+            request
+                .headers_mut()
+                .insert(headers::PRICES, prices.clone());
         }
         let mut sender = slot.worker.sender.clone();
         let exchange = async move {
@@ -193,8 +206,9 @@ pub async fn forward(
         meter: Meter {
             billing: state.billing.clone(),
             reservation: Some(reservation),
-            worker: worker_wallet,
-            coefficient: worker.info.coefficient,
+            worker_wallet,
+            worker: worker.clone(),
+            receipts: state.receipts.clone(),
         },
         inner: body,
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -249,24 +263,38 @@ struct Relay {
 struct Meter {
     billing: Arc<Billing>,
     reservation: Option<Reservation>,
-    worker: cocoon_ledger::AccountId,
-    coefficient: u32,
+    worker_wallet: cocoon_ledger::AccountId,
+    worker: Arc<WorkerLink>,
+    receipts: Arc<Countersigner>,
+}
+
+/// The trailers a charged answer gains: its cost, and its countersigned receipt.
+struct Charged {
+    cost: HeaderValue,
+    receipt: Option<HeaderValue>,
 }
 
 /// A charge being written, with the trailers it will complete.
 type Charging = (
-    Pin<Box<dyn Future<Output = Result<HeaderValue, OpenAiError>> + Send>>,
+    Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>>,
     HeaderMap,
 );
 
 impl Meter {
-    /// Charges `usage` durably; resolves to the trailer value stating its cost.
+    /// Charges `usage` durably and countersigns the worker's receipt (if it sent one); resolves
+    /// to the trailers stating the cost and carrying the receipt.
     fn charge(
         &mut self,
         usage: cocoon_proto::TokenUsage,
-    ) -> Pin<Box<dyn Future<Output = Result<HeaderValue, OpenAiError>> + Send>> {
+        worker_receipt: Option<HeaderValue>,
+    ) -> Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>> {
         let reservation = self.reservation.take();
-        let (billing, worker, coefficient) = (self.billing.clone(), self.worker, self.coefficient);
+        let (billing, wallet, worker, receipts) = (
+            self.billing.clone(),
+            self.worker_wallet,
+            self.worker.clone(),
+            self.receipts.clone(),
+        );
         Box::pin(async move {
             let Some(reservation) = reservation else {
                 return Err(OpenAiError::new(
@@ -274,8 +302,9 @@ impl Meter {
                     "the answer was already charged",
                 ));
             };
+            let prices = reservation.prices().clone();
             let cost = billing
-                .charge(reservation, worker, &usage, coefficient)
+                .charge(reservation, wallet, &usage, worker.info.coefficient)
                 .await
                 .map_err(|error| {
                     tracing::error!(%error, "charging a finished answer failed");
@@ -284,13 +313,26 @@ impl Meter {
                         format!("the proxy could not record the charge: {error}"),
                     )
                 })?;
+            let seen = Seen {
+                worker: &worker,
+                usage: &usage,
+                charge: cost.total_cost,
+                prices: &prices,
+            };
+            let receipt = worker_receipt.and_then(|trailer| {
+                receipts
+                    .countersign(&trailer, &seen)
+                    .inspect_err(|error| tracing::warn!(worker = worker.id, %error, "worker's receipt refused; the answer goes without one"))
+                    .ok()
+            });
             let text = serde_json::to_string(&cost).unwrap_or_default();
-            HeaderValue::from_str(&text).map_err(|_| {
+            let cost = HeaderValue::from_str(&text).map_err(|_| {
                 OpenAiError::new(
                     ErrorKind::Internal,
                     "the cost trailer is not a header value",
                 )
-            })
+            })?;
+            Ok(Charged { cost, receipt })
         })
     }
 }
@@ -318,8 +360,11 @@ impl http_body::Body for Relay {
             let outcome = ready!(charging.as_mut().poll(cx));
             let (_, mut trailers) = this.charging.take().expect("checked above");
             return match outcome {
-                Ok(cost) => {
+                Ok(Charged { cost, receipt }) => {
                     trailers.insert(headers::COST, cost);
+                    if let Some(receipt) = receipt {
+                        trailers.insert(headers::RECEIPT, receipt);
+                    }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
                 Err(error) => this.fail(error),
@@ -338,14 +383,16 @@ impl http_body::Body for Relay {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
-                let trailers = match frame.into_trailers() {
+                let mut trailers = match frame.into_trailers() {
                     Ok(trailers) => trailers,
                     Err(data) => return Poll::Ready(Some(Ok(data))),
                 };
                 this.finished = true;
+                // Only a receipt the proxy countersigns goes on to the client.
+                let worker_receipt = trailers.remove(headers::RECEIPT);
                 if let Some(usage) = read_usage(&trailers) {
                     this.stats.record_tokens(&usage);
-                    this.charging = Some((this.meter.charge(usage), trailers));
+                    this.charging = Some((this.meter.charge(usage, worker_receipt), trailers));
                     return Pin::new(this).poll_frame(cx);
                 } else if let Some(error) = read_error(&trailers) {
                     this.stats

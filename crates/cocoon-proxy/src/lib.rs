@@ -12,6 +12,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod link;
+pub mod receipt;
 pub mod routing;
 pub mod store;
 
@@ -93,6 +94,10 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         max_request: Duration::from_secs(config.max_request_secs.max(1)),
         billing: billing.clone(),
+        receipts: Arc::new(receipt::Countersigner {
+            trust: trust.clone(),
+            worker_policy: worker_policy.clone(),
+        }),
     };
     let bind = |address: String, what: &'static str| async move {
         TcpListener::bind(&address)

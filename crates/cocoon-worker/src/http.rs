@@ -8,17 +8,19 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cocoon_node::attestation::NodeTrust;
 use cocoon_node::reply::{error_response, hold_until_end, openai_error_response, parse_peer_error};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
 use cocoon_proto::{ErrorKind, WorkerInfo};
-use http::header;
+use http::{header, HeaderMap};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::metering::{metered_answer, metered_stream};
+use crate::receipt::ReceiptDraft;
 
 /// Largest error or non-streamed answer read from an engine.
 const MAX_ENGINE_ANSWER: usize = 64 << 20;
@@ -36,6 +38,8 @@ pub struct Serving {
     pub stats: Arc<NodeStats>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// This worker's attested identity, which signs receipts.
+    pub trust: Arc<NodeTrust>,
 }
 
 /// The router served to proxies on every link.
@@ -54,15 +58,15 @@ async fn info(State(serving): State<Serving>) -> Json<WorkerInfo> {
     Json(WorkerInfo::clone(&serving.info))
 }
 
-async fn chat(State(serving): State<Serving>, body: Body) -> Response {
-    forward(serving, PATH_CHAT, body).await
+async fn chat(State(serving): State<Serving>, headers: HeaderMap, body: Body) -> Response {
+    forward(serving, PATH_CHAT, headers, body).await
 }
 
-async fn completions(State(serving): State<Serving>, body: Body) -> Response {
-    forward(serving, PATH_COMPLETIONS, body).await
+async fn completions(State(serving): State<Serving>, headers: HeaderMap, body: Body) -> Response {
+    forward(serving, PATH_COMPLETIONS, headers, body).await
 }
 
-async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
+async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body: Body) -> Response {
     let active = serving.stats.request_started();
     let fail = |kind: ErrorKind, message: String| {
         serving.stats.record_error(kind);
@@ -105,6 +109,12 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
             ),
         );
     }
+    let receipt = ReceiptDraft::new(
+        serving.trust.clone(),
+        serving.info.clone(),
+        &headers,
+        &bytes,
+    );
     let stream = request["stream"].as_bool().unwrap_or(false);
     if stream {
         // Usage is what the worker is paid by: always ask for it; the client hides it again from
@@ -140,10 +150,10 @@ async fn forward(serving: Serving, path: &'static str, body: Body) -> Response {
     }
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     let body = if stream {
-        metered_stream(body, serving.stats.clone())
+        metered_stream(body, serving.stats.clone(), receipt)
     } else {
         match to_bytes(body, MAX_ENGINE_ANSWER).await {
-            Ok(bytes) => metered_answer(bytes, &serving.stats),
+            Ok(bytes) => metered_answer(bytes, &serving.stats, receipt),
             Err(error) => {
                 return fail(
                     ErrorKind::BadGateway,
@@ -167,6 +177,7 @@ mod tests {
     use crate::synthetic::{self, SyntheticParams};
     use cocoon_node::trailers::read_usage;
     use http_body_util::BodyExt;
+    use sha2::Digest;
     use std::time::Duration;
     use tower::ServiceExt;
 
@@ -186,6 +197,17 @@ mod tests {
             slots: Arc::new(Semaphore::new(max_active as usize)),
             stats: NodeStats::new("worker"),
             max_body_bytes: 1024,
+            trust: NodeTrust::new(
+                &cocoon_node::attestation::AttestationArgs {
+                    tee: cocoon_tee::AttestationKind::Fake,
+                    image_label: "test-worker".into(),
+                    min_peer_tee: cocoon_tee::AttestationKind::Fake,
+                    cert_lifetime_secs: 3600,
+                },
+                "worker",
+                [("model".to_owned(), "synthetic".to_owned())].into(),
+            )
+            .unwrap(),
         }
     }
 
@@ -208,6 +230,58 @@ mod tests {
         let collected = response.into_body().collect().await.unwrap();
         let usage = read_usage(collected.trailers().unwrap()).unwrap();
         assert_eq!(usage.completion_tokens, 2);
+    }
+
+    #[tokio::test]
+    async fn answers_end_with_a_receipt_signed_by_the_worker_when_priced() {
+        use cocoon_proto::headers;
+        use cocoon_receipt::{AnswerText, WorkerReceipt};
+        let state = serving(2);
+        let prices = cocoon_ledger::Prices::default();
+        for stream in [false, true] {
+            let body = format!(r#"{{"model":"synthetic","stream":{stream},"max_tokens":3}}"#);
+            let mut request = post(PATH_CHAT, &body);
+            request.headers_mut().insert(
+                headers::PRICES,
+                serde_json::to_string(&prices).unwrap().parse().unwrap(),
+            );
+            request
+                .headers_mut()
+                .insert(headers::REQUEST_ID, "r-7".parse().unwrap());
+            let response = link_router(state.clone()).oneshot(request).await.unwrap();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().unwrap().clone();
+            let answer = AnswerText::from_transcript(&collected.to_bytes());
+            assert_eq!(answer.text(), "x".repeat(12), "stream: {stream}");
+            let receipt = trailers[headers::RECEIPT].to_str().unwrap();
+            let receipt = WorkerReceipt::from_header(receipt).unwrap();
+            assert_eq!(
+                receipt.signer().unwrap(),
+                state.trust.identity().claims().public_key
+            );
+            let record = &receipt.answer;
+            assert_eq!(record.request_id, "r-7");
+            assert_eq!(record.response_sha256.0, answer.sha256());
+            assert_eq!(
+                record.request_sha256.0,
+                <[u8; 32]>::from(sha2::Sha256::digest(body.as_bytes()))
+            );
+            assert_eq!(record.usage, read_usage(&trailers).unwrap());
+            let cost = cocoon_ledger::price(&record.usage, 1000, &prices).unwrap();
+            assert_eq!(record.charge, cost.client_price);
+            assert_eq!(record.worker_image_hash, state.trust.image_hash());
+        }
+        // Unpriced requests (nobody bills them) get no receipt.
+        let response = link_router(state)
+            .oneshot(post(PATH_CHAT, r#"{"model":"synthetic"}"#))
+            .await
+            .unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert!(collected
+            .trailers()
+            .unwrap()
+            .get(headers::RECEIPT)
+            .is_none());
     }
 
     #[tokio::test]

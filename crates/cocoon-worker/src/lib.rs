@@ -3,7 +3,7 @@
 //! A worker dials its proxies over RA-TLS and serves HTTP/2 on those links ([`link`]); each request
 //! is forwarded to the engine ([`engine`]: an OpenAI-compatible server, the embedded llama.cpp
 //! engine, or the [`synthetic`] one for benchmarks) and its answer is passed back with its token
-//! usage counted ([`metering`]). Capacity is enforced per worker ([`http`]). Proxies send what the
+//! usage counted ([`metering`]) and a signed [`receipt`]. Capacity is enforced per worker ([`http`]). Proxies send what the
 //! worker earned, and it claims on the ledger ([`settlement`]).
 
 pub mod config;
@@ -11,6 +11,7 @@ pub mod engine;
 pub mod http;
 pub mod link;
 pub mod metering;
+pub mod receipt;
 pub mod settlement;
 pub mod synthetic;
 
@@ -86,6 +87,7 @@ pub async fn start(
         slots: Arc::new(Semaphore::new(info.max_active as usize)),
         stats: stats.clone(),
         max_body_bytes: config.max_body_bytes,
+        trust: trust.clone(),
     };
     let router = http::link_router(serving.clone()).merge(settlement.router());
     let registry = RegistryWatch::start(&config.ledger, shutdown.clone())

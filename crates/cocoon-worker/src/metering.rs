@@ -1,5 +1,6 @@
 //! Counting the tokens of an engine's answer while passing it through unchanged, and ending the
-//! answer with the `x-cocoon-usage` trailer (or `x-cocoon-error` when the engine failed midway).
+//! answer with the `x-cocoon-usage` trailer and the worker's signed `x-cocoon-receipt` (or
+//! `x-cocoon-error` when the engine failed midway).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,13 +9,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::trailers::{error_trailers, usage_trailers};
 use cocoon_node::Body;
-use cocoon_proto::{may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
+use cocoon_proto::{headers, may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
+use cocoon_receipt::AnswerText;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
+use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::StreamBody;
 use serde::Deserialize;
 use sse_stream::{Sse, SseStream};
+
+use crate::receipt::ReceiptDraft;
 
 /// The one field of an engine's answer (or stream chunk) the worker reads.
 #[derive(Deserialize)]
@@ -29,13 +34,31 @@ pub fn usage_in(json: &[u8]) -> Option<TokenUsage> {
     field.usage.as_ref().map(TokenUsage::from)
 }
 
-/// A complete (non-streamed) answer followed by its usage trailer.
-pub fn metered_answer(bytes: Bytes, stats: &NodeStats) -> Body {
+/// The trailers ending a successful answer: its usage, and its receipt when there is a draft.
+fn final_trailers(
+    usage: &TokenUsage,
+    draft: Option<ReceiptDraft>,
+    answer: &AnswerText,
+) -> HeaderMap {
+    let mut trailers = usage_trailers(usage);
+    if let Some(value) = draft.and_then(|draft| draft.finish(usage, answer)) {
+        trailers.insert(headers::RECEIPT, value);
+    }
+    trailers
+}
+
+/// A complete (non-streamed) answer followed by its usage and receipt trailers.
+pub fn metered_answer(bytes: Bytes, stats: &NodeStats, receipt: Option<ReceiptDraft>) -> Body {
     let usage = usage_in(&bytes).unwrap_or_default();
     stats.record_tokens(&usage);
+    let mut answer = AnswerText::new();
+    if receipt.is_some() {
+        answer.add_json(&bytes);
+    }
+    let trailers = final_trailers(&usage, receipt, &answer);
     let frames = [
         Ok::<_, Infallible>(Frame::data(bytes)),
-        Ok(Frame::trailers(usage_trailers(&usage))),
+        Ok(Frame::trailers(trailers)),
     ];
     Body::new(StreamBody::new(stream::iter(frames)))
 }
@@ -45,10 +68,13 @@ struct Meter {
     content_chunks: u64,
     failure: Option<String>,
     finished: bool,
+    /// The receipt to sign at the end, and the answer's text gathered for it.
+    receipt: Option<ReceiptDraft>,
+    answer: AnswerText,
 }
 
 impl Meter {
-    /// Notes one event: the engine's usage, or one more content chunk.
+    /// Notes one event: the engine's usage, or one more content chunk (and its text).
     fn observe(&mut self, data: &str) {
         if may_carry_usage(data) {
             if let Some(usage) = usage_in(data.as_bytes()) {
@@ -58,6 +84,9 @@ impl Meter {
         }
         if self.usage.is_none() && data != "[DONE]" {
             self.content_chunks += 1;
+            if self.receipt.is_some() {
+                self.answer.add_json(data.as_bytes());
+            }
         }
     }
 }
@@ -74,13 +103,15 @@ const MAX_EVENTS_PER_FRAME: usize = 64;
 /// Engines that ignore `stream_options.include_usage` send no usage; the completion is then counted
 /// as one token per content chunk (how every known engine streams) and the prompt as unknown (0),
 /// which never overcharges the client.
-pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
+pub fn metered_stream(body: Body, stats: Arc<NodeStats>, receipt: Option<ReceiptDraft>) -> Body {
     let batches = Box::pin(SseStream::new(body));
     let meter = Meter {
         usage: None,
         content_chunks: 0,
         failure: None,
         finished: false,
+        receipt,
+        answer: AnswerText::new(),
     };
     let frames = stream::unfold(
         (batches, meter, stats),
@@ -130,7 +161,8 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>) -> Body {
                             }
                         });
                         stats.record_tokens(&usage);
-                        Frame::trailers(usage_trailers(&usage))
+                        let draft = meter.receipt.take();
+                        Frame::trailers(final_trailers(&usage, draft, &meter.answer))
                     }
                 }
             };
@@ -199,7 +231,7 @@ mod tests {
                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n\
                    data: [DONE]\n\n";
         let stats = NodeStats::new("worker");
-        let (text, trailers) = frames(metered_stream(Body::from(sse), stats.clone())).await;
+        let (text, trailers) = frames(metered_stream(Body::from(sse), stats.clone(), None)).await;
         assert_eq!(text, sse);
         let usage = read_usage(&trailers.unwrap()).unwrap();
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 1));
@@ -209,7 +241,12 @@ mod tests {
     #[tokio::test]
     async fn counts_chunks_when_the_engine_sends_no_usage() {
         let sse = "data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: {\"choices\":[{\"text\":\"b\"}]}\n\ndata: [DONE]\n\n";
-        let (_, trailers) = frames(metered_stream(Body::from(sse), NodeStats::new("worker"))).await;
+        let (_, trailers) = frames(metered_stream(
+            Body::from(sse),
+            NodeStats::new("worker"),
+            None,
+        ))
+        .await;
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 2);
     }
 
@@ -220,7 +257,7 @@ mod tests {
             Err(std::io::Error::other("engine crashed")),
         ];
         let body = Body::from_stream(stream::iter(chunks));
-        let (text, trailers) = frames(metered_stream(body, NodeStats::new("worker"))).await;
+        let (text, trailers) = frames(metered_stream(body, NodeStats::new("worker"), None)).await;
         assert!(text.starts_with("data: {\"choices\":[]}"));
         let error = read_error(&trailers.unwrap()).unwrap();
         assert_eq!(error.kind(), Some(ErrorKind::BadGateway));
@@ -232,8 +269,12 @@ mod tests {
         let json = Bytes::from_static(
             br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#,
         );
-        let (text, trailers) =
-            frames(metered_answer(json.clone(), &NodeStats::new("worker"))).await;
+        let (text, trailers) = frames(metered_answer(
+            json.clone(),
+            &NodeStats::new("worker"),
+            None,
+        ))
+        .await;
         assert_eq!(text.as_bytes(), &json[..]);
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 3);
     }

@@ -1,0 +1,466 @@
+//! Receipts: for every answer, the worker signs what it served — the SHA-256 of the request body
+//! and of the answer's text, the model's name and weights hash, its image hash, the token usage
+//! and the charge — with the key of its attested RA-TLS certificate, and the proxy countersigns
+//! with its own. Both certificates travel inside the receipt, so anyone can check it offline:
+//! the quotes inside the certificates say what code held the keys, the signatures say those keys
+//! vouched for this answer and this price ([`Receipt::verify`]).
+//!
+//! Signed bytes are a domain-separation prefix followed by the JSON of [`AnswerRecord`] (its
+//! fields in declaration order, as `serde_json` writes them); the proxy's signature also covers
+//! the worker's, so neither can be swapped.
+
+#![warn(missing_docs)]
+
+pub mod answer;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use cocoon_ledger::{price, Amount, Hash32, Prices, PricingError, Registry};
+use cocoon_proto::TokenUsage;
+use cocoon_ratls::{inspect_certificate, verify_certificate, Identity, PeerIdentity, RatlsError};
+use cocoon_tee::{AttestationKind, ImageHash, Policy, Verifier};
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+pub use answer::AnswerText;
+
+/// The receipt format this crate writes and reads.
+pub const RECEIPT_VERSION: u32 = 1;
+
+const WORKER_DOMAIN: &[u8] = b"cocoon-receipt/v1/worker\n";
+const PROXY_DOMAIN: &[u8] = b"cocoon-receipt/v1/proxy\n";
+
+/// What a receipt says about one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRecord {
+    /// The request's id (`x-cocoon-request-id`), as the worker saw it.
+    pub request_id: String,
+    /// When the worker finished the answer (Unix seconds); certificates are checked at this time.
+    pub issued_at: u64,
+    /// The model name served.
+    pub model: String,
+    /// SHA-256 of the model's weights (hex), when the engine knows it.
+    pub model_hash: Option<String>,
+    /// The worker's image hash.
+    pub worker_image_hash: ImageHash,
+    /// SHA-256 of the request body the worker received (the app's body, less the Cocoon-only
+    /// fields `max_coefficient` and `timeout` if it had them).
+    pub request_sha256: Hash32,
+    /// SHA-256 of the answer's text (see [`AnswerText`]).
+    pub response_sha256: Hash32,
+    /// Tokens counted by the engine.
+    pub usage: TokenUsage,
+    /// The worker's price coefficient (1000 = 1.0×).
+    pub coefficient: u32,
+    /// The prices the proxy billed at.
+    pub prices: Prices,
+    /// What the client was charged (nano-units): [`price`] of `usage` at `coefficient`.
+    pub charge: Amount,
+}
+
+/// The worker's half: the record, its certificate and its signature. Travels from worker to proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerReceipt {
+    /// Format version ([`RECEIPT_VERSION`]).
+    pub version: u32,
+    /// What is vouched for.
+    pub answer: AnswerRecord,
+    /// The worker's RA-TLS certificate (DER, base64).
+    pub worker_certificate: String,
+    /// The worker's Ed25519 signature (hex) over the record.
+    pub worker_signature: String,
+}
+
+/// A full receipt: the worker's half countersigned by the proxy. Travels from proxy to client and
+/// app (`x-cocoon-receipt`, or the `cocoon.receipt` event ending a stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// Format version ([`RECEIPT_VERSION`]).
+    pub version: u32,
+    /// What is vouched for.
+    pub answer: AnswerRecord,
+    /// The worker's RA-TLS certificate (DER, base64).
+    pub worker_certificate: String,
+    /// The worker's Ed25519 signature (hex) over the record.
+    pub worker_signature: String,
+    /// The proxy's RA-TLS certificate (DER, base64).
+    pub proxy_certificate: String,
+    /// The proxy's Ed25519 signature (hex) over the record and the worker's signature.
+    pub proxy_signature: String,
+}
+
+/// Why a receipt could not be made, read, or believed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// Not a receipt (bad JSON, base64 or hex, another version).
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// A certificate does not verify (structure, signature, validity at `issued_at`, quote,
+    /// policy).
+    #[error("{which} certificate: {source}")]
+    Certificate {
+        /// `worker` or `proxy`.
+        which: &'static str,
+        /// Why.
+        source: RatlsError,
+    },
+    /// A certificate belongs to a node of another role.
+    #[error("the {which} certificate attests a `{role}`")]
+    WrongRole {
+        /// `worker` or `proxy`.
+        which: &'static str,
+        /// The role it names.
+        role: String,
+    },
+    /// A signature does not verify with its certificate's key.
+    #[error("the {0} signature does not match the receipt")]
+    BadSignature(&'static str),
+    /// The record says something the worker's certificate contradicts.
+    #[error("the receipt's {field} is {receipt} but the worker's certificate says {certificate}")]
+    ContradictsCertificate {
+        /// Which field.
+        field: &'static str,
+        /// What the record says.
+        receipt: String,
+        /// What the certificate says.
+        certificate: String,
+    },
+    /// The charge is not what the usage costs at the stated prices.
+    #[error("the receipt charges {receipt} but its usage costs {computed}")]
+    WrongCharge {
+        /// The stated charge.
+        receipt: Amount,
+        /// The recomputed one.
+        computed: Amount,
+    },
+    /// The prices cannot price the usage.
+    #[error("pricing: {0}")]
+    Pricing(#[from] PricingError),
+    /// The answer or request given does not hash to what the receipt says.
+    #[error("the {what} hashes to {actual}, the receipt says {receipt}")]
+    DigestMismatch {
+        /// `response` or `request`.
+        what: &'static str,
+        /// The receipt's digest.
+        receipt: Hash32,
+        /// The given data's digest.
+        actual: Hash32,
+    },
+    /// The registry given does not allow what served the answer.
+    #[error("not allowed by the registry: {0}")]
+    NotAllowed(String),
+}
+
+fn sign(identity: &Identity, domain: &[u8], parts: &[&[u8]]) -> String {
+    let message = [&[domain][..], parts].concat().concat();
+    hex::encode(identity.signing_key().sign(&message).to_bytes())
+}
+
+fn check_signature(
+    key: &[u8; 32],
+    signature_hex: &str,
+    domain: &[u8],
+    parts: &[&[u8]],
+    which: &'static str,
+) -> Result<(), ReceiptError> {
+    let bad = || ReceiptError::BadSignature(which);
+    let mut bytes = [0u8; 64];
+    hex::decode_to_slice(signature_hex, &mut bytes).map_err(|_| bad())?;
+    let key = VerifyingKey::from_bytes(key).map_err(|_| bad())?;
+    let message = [&[domain][..], parts].concat().concat();
+    key.verify_strict(&message, &Signature::from_bytes(&bytes))
+        .map_err(|_| bad())
+}
+
+fn record_bytes(answer: &AnswerRecord) -> Vec<u8> {
+    // A struct of plain fields always serialises.
+    serde_json::to_vec(answer).unwrap_or_default()
+}
+
+fn decode_certificate(text: &str, which: &'static str) -> Result<Vec<u8>, ReceiptError> {
+    STANDARD
+        .decode(text)
+        .map_err(|e| ReceiptError::Malformed(format!("{which} certificate is not base64: {e}")))
+}
+
+impl WorkerReceipt {
+    /// The worker signs `answer` with `identity` (its current RA-TLS key and certificate).
+    pub fn sign(answer: AnswerRecord, identity: &Identity) -> Self {
+        let worker_signature = sign(identity, WORKER_DOMAIN, &[&record_bytes(&answer)]);
+        WorkerReceipt {
+            version: RECEIPT_VERSION,
+            answer,
+            worker_certificate: STANDARD.encode(identity.certificate_der()),
+            worker_signature,
+        }
+    }
+
+    /// The embedded certificate's key, once the signature is checked with it. The caller decides
+    /// whether that key is the worker's (the proxy compares it with its link's peer).
+    pub fn signer(&self) -> Result<[u8; 32], ReceiptError> {
+        if self.version != RECEIPT_VERSION {
+            return Err(ReceiptError::Malformed(format!(
+                "version {} (this build reads {RECEIPT_VERSION})",
+                self.version
+            )));
+        }
+        let der = decode_certificate(&self.worker_certificate, "worker")?;
+        let contents = inspect_certificate(&der).map_err(|source| ReceiptError::Certificate {
+            which: "worker",
+            source,
+        })?;
+        check_signature(
+            &contents.public_key,
+            &self.worker_signature,
+            WORKER_DOMAIN,
+            &[&record_bytes(&self.answer)],
+            "worker",
+        )?;
+        Ok(contents.public_key)
+    }
+
+    /// The worker's certificate (DER).
+    pub fn certificate_der(&self) -> Result<Vec<u8>, ReceiptError> {
+        decode_certificate(&self.worker_certificate, "worker")
+    }
+
+    /// Encodes for a header or trailer value: base64url (no padding) of the JSON.
+    pub fn to_header(&self) -> String {
+        to_header(self)
+    }
+
+    /// Decodes [`WorkerReceipt::to_header`]'s form.
+    pub fn from_header(text: &str) -> Result<Self, ReceiptError> {
+        from_header(text)
+    }
+}
+
+impl Receipt {
+    /// The proxy countersigns a worker's receipt (whose signature it has checked) with `identity`.
+    pub fn countersign(worker: WorkerReceipt, identity: &Identity) -> Self {
+        let proxy_signature = sign(
+            identity,
+            PROXY_DOMAIN,
+            &[
+                &record_bytes(&worker.answer),
+                worker.worker_signature.as_bytes(),
+            ],
+        );
+        Receipt {
+            version: worker.version,
+            answer: worker.answer,
+            worker_certificate: worker.worker_certificate,
+            worker_signature: worker.worker_signature,
+            proxy_certificate: STANDARD.encode(identity.certificate_der()),
+            proxy_signature,
+        }
+    }
+
+    /// Encodes for a header or trailer value: base64url (no padding) of the JSON.
+    pub fn to_header(&self) -> String {
+        to_header(self)
+    }
+
+    /// Reads a receipt given as JSON or as a header value.
+    pub fn parse(text: &str) -> Result<Self, ReceiptError> {
+        let text = text.trim();
+        if text.starts_with('{') {
+            serde_json::from_str(text).map_err(|e| ReceiptError::Malformed(e.to_string()))
+        } else {
+            from_header(text)
+        }
+    }
+
+    /// Checks everything a receipt claims, offline:
+    /// both certificates verify (structure, self-signature, validity at `issued_at`, the quote,
+    /// `expect.min_kind`), name the roles `worker` and `proxy`, and their keys made the two
+    /// signatures; the worker's certificate agrees with the record's model, model hash and image
+    /// hash; the charge is the price of the usage; and, when given, the answer's and request's
+    /// digests and the registry's allow-lists.
+    pub fn verify(&self, expect: &Expectations<'_>) -> Result<VerifiedReceipt, ReceiptError> {
+        if self.version != RECEIPT_VERSION {
+            return Err(ReceiptError::Malformed(format!(
+                "version {} (this build reads {RECEIPT_VERSION})",
+                self.version
+            )));
+        }
+        let at = UNIX_EPOCH + Duration::from_secs(self.answer.issued_at);
+        let policy = Policy::any_image(expect.min_kind);
+        let certificate = |text: &str, which: &'static str, role: &str| {
+            let der = decode_certificate(text, which)?;
+            let peer = verify_certificate(&der, expect.verifier, &policy, at)
+                .map_err(|source| ReceiptError::Certificate { which, source })?;
+            if peer.claims.role != role {
+                return Err(ReceiptError::WrongRole {
+                    which,
+                    role: peer.claims.role.clone(),
+                });
+            }
+            Ok(peer)
+        };
+        let worker = certificate(&self.worker_certificate, "worker", "worker")?;
+        let proxy = certificate(&self.proxy_certificate, "proxy", "proxy")?;
+        let record = record_bytes(&self.answer);
+        check_signature(
+            &worker.public_key,
+            &self.worker_signature,
+            WORKER_DOMAIN,
+            &[&record],
+            "worker",
+        )?;
+        check_signature(
+            &proxy.public_key,
+            &self.proxy_signature,
+            PROXY_DOMAIN,
+            &[&record, self.worker_signature.as_bytes()],
+            "proxy",
+        )?;
+        self.check_against_certificate(&worker)?;
+        let computed = price(
+            &self.answer.usage,
+            self.answer.coefficient,
+            &self.answer.prices,
+        )?
+        .client_price;
+        if computed != self.answer.charge {
+            return Err(ReceiptError::WrongCharge {
+                receipt: self.answer.charge,
+                computed,
+            });
+        }
+        let digests = [
+            (
+                "response",
+                expect.response_sha256,
+                self.answer.response_sha256,
+            ),
+            ("request", expect.request_sha256, self.answer.request_sha256),
+        ];
+        for (what, actual, receipt) in digests {
+            if let Some(actual) = actual.map(Hash32) {
+                if actual != receipt {
+                    return Err(ReceiptError::DigestMismatch {
+                        what,
+                        receipt,
+                        actual,
+                    });
+                }
+            }
+        }
+        if let Some(registry) = expect.registry {
+            check_registry(registry, &self.answer, &worker, &proxy)?;
+        }
+        Ok(VerifiedReceipt { worker, proxy })
+    }
+
+    fn check_against_certificate(&self, worker: &PeerIdentity) -> Result<(), ReceiptError> {
+        let attribute = |name: &str| worker.claims.attributes.get(name).cloned();
+        let checks = [
+            ("model", Some(self.answer.model.clone()), attribute("model")),
+            (
+                "model hash",
+                self.answer.model_hash.clone(),
+                attribute("model_hash"),
+            ),
+            (
+                "image hash",
+                Some(self.answer.worker_image_hash.to_string()),
+                Some(worker.image_hash.to_string()),
+            ),
+        ];
+        for (field, receipt, certificate) in checks {
+            if receipt != certificate {
+                let show = |v: Option<String>| v.unwrap_or_else(|| "nothing".into());
+                return Err(ReceiptError::ContradictsCertificate {
+                    field,
+                    receipt: show(receipt),
+                    certificate: show(certificate),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Receipt::verify`] checks beyond the receipt itself.
+pub struct Expectations<'a> {
+    /// Verifies the quotes inside the certificates (with TDX collateral for `tdx` quotes).
+    pub verifier: &'a Verifier,
+    /// The weakest attestation accepted (`tdx` for production receipts).
+    pub min_kind: AttestationKind,
+    /// The registry whose allow-lists the worker image, proxy image and model must be on.
+    pub registry: Option<&'a Registry>,
+    /// SHA-256 of the answer's text, when the auditor has the answer.
+    pub response_sha256: Option<[u8; 32]>,
+    /// SHA-256 of the request body, when the auditor has it.
+    pub request_sha256: Option<[u8; 32]>,
+}
+
+/// What a verified receipt proved about the two nodes.
+#[derive(Debug, Clone)]
+pub struct VerifiedReceipt {
+    /// The worker, as its certificate attests it.
+    pub worker: PeerIdentity,
+    /// The proxy, as its certificate attests it.
+    pub proxy: PeerIdentity,
+}
+
+fn check_registry(
+    registry: &Registry,
+    answer: &AnswerRecord,
+    worker: &PeerIdentity,
+    proxy: &PeerIdentity,
+) -> Result<(), ReceiptError> {
+    let listed =
+        |list: &[Hash32], image: ImageHash| list.is_empty() || list.contains(&Hash32(image.0));
+    if !listed(&registry.worker_image_hashes, worker.image_hash) {
+        return Err(ReceiptError::NotAllowed(format!(
+            "worker image {}",
+            worker.image_hash
+        )));
+    }
+    if !listed(&registry.proxy_image_hashes, proxy.image_hash) {
+        return Err(ReceiptError::NotAllowed(format!(
+            "proxy image {}",
+            proxy.image_hash
+        )));
+    }
+    if !registry.models.is_empty() {
+        let allowed = registry.models.get(&answer.model).map(Hash32::to_string);
+        if allowed.is_none() || allowed != answer.model_hash {
+            return Err(ReceiptError::NotAllowed(format!(
+                "model `{}` with weights {}",
+                answer.model,
+                answer.model_hash.as_deref().unwrap_or("unknown")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn to_header<T: Serialize>(value: &T) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn from_header<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, ReceiptError> {
+    let json = URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .map_err(|e| ReceiptError::Malformed(format!("not base64url: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| ReceiptError::Malformed(e.to_string()))
+}
+
+/// Now as Unix seconds, for [`AnswerRecord::issued_at`].
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+use std::collections::BTreeMap;
+
+use cocoon_ledger::AccountId;
+use cocoon_tee::FakeAttester;
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+const ANSWER: &str = "The capital of France is Paris.";
+const REQUEST: &[u8] =
+    br#"{"model":"smol","messages":[{"role":"user","content":"Capital of France?"}]}"#;
+const MODEL_HASH: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+fn identity(label: &str, role: &str, attributes: &[(&str, &str)]) -> Identity {
+    let attributes: BTreeMap<String, String> = attributes
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Identity::generate(
+        &FakeAttester::from_label(label),
+        role,
+        attributes,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+fn worker_identity() -> Identity {
+    identity(
+        "worker-image",
+        "worker",
+        &[("model", "smol"), ("model_hash", MODEL_HASH)],
+    )
+}
+
+fn record(worker: &Identity) -> AnswerRecord {
+    let usage = TokenUsage {
+        prompt_tokens: 12,
+        completion_tokens: 7,
+        ..TokenUsage::default()
+    };
+    let prices = Prices::default();
+    let charge = price(&usage, 1500, &prices).unwrap().client_price;
+    AnswerRecord {
+        request_id: "req-1".into(),
+        issued_at: unix_now(),
+        model: "smol".into(),
+        model_hash: Some(MODEL_HASH.into()),
+        worker_image_hash: Verifier::new().verify(worker.quote()).unwrap().image_hash,
+        request_sha256: Hash32(Sha256::digest(REQUEST).into()),
+        response_sha256: Hash32(Sha256::digest(ANSWER.as_bytes()).into()),
+        usage,
+        coefficient: 1500,
+        prices,
+        charge,
+    }
+}
+
+fn receipt() -> Receipt {
+    let worker = worker_identity();
+    let proxy = identity("proxy-image", "proxy", &[]);
+    let signed = WorkerReceipt::sign(record(&worker), &worker);
+    assert_eq!(signed.signer().unwrap(), worker.claims().public_key);
+    Receipt::countersign(signed, &proxy)
+}
+
+fn expect<'a>(verifier: &'a Verifier, response: &str) -> Expectations<'a> {
+    Expectations {
+        verifier,
+        min_kind: AttestationKind::Fake,
+        registry: None,
+        response_sha256: Some(Sha256::digest(response.as_bytes()).into()),
+        request_sha256: Some(Sha256::digest(REQUEST).into()),
+    }
+}
+
+#[test]
+fn a_receipt_verifies_with_its_answer_and_request() {
+    let verifier = Verifier::new();
+    let receipt = receipt();
+    let verified = receipt.verify(&expect(&verifier, ANSWER)).unwrap();
+    assert_eq!(verified.worker.claims.role, "worker");
+    assert_eq!(verified.proxy.claims.role, "proxy");
+    // Both transport forms read back to the same receipt.
+    let json = serde_json::to_string(&receipt).unwrap();
+    assert_eq!(Receipt::parse(&json).unwrap(), receipt);
+    assert_eq!(Receipt::parse(&receipt.to_header()).unwrap(), receipt);
+}
+
+#[test]
+fn changing_any_byte_of_the_answer_fails() {
+    let verifier = Verifier::new();
+    let receipt = receipt();
+    for at in 0..ANSWER.len() {
+        let mut bytes = ANSWER.as_bytes().to_vec();
+        bytes[at] ^= 0x01;
+        let changed = String::from_utf8(bytes).unwrap();
+        let error = receipt.verify(&expect(&verifier, &changed)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReceiptError::DigestMismatch {
+                    what: "response",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+    let error = receipt
+        .verify(&Expectations {
+            request_sha256: Some(Sha256::digest(b"another request").into()),
+            ..expect(&verifier, ANSWER)
+        })
+        .unwrap_err();
+    assert!(matches!(
+        error,
+        ReceiptError::DigestMismatch {
+            what: "request",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn changing_the_record_breaks_the_signatures() {
+    let verifier = Verifier::new();
+    let tampered: [fn(&mut Receipt); 5] = [
+        |r| r.answer.usage.completion_tokens += 1,
+        |r| r.answer.usage.prompt_tokens -= 1,
+        |r| r.answer.charge -= 1,
+        |r| r.answer.response_sha256.0[0] ^= 1,
+        |r| r.answer.model_hash = None,
+    ];
+    for tamper in tampered {
+        let mut receipt = receipt();
+        tamper(&mut receipt);
+        let response = ANSWER;
+        let error = receipt
+            .verify(&Expectations {
+                response_sha256: None,
+                ..expect(&verifier, response)
+            })
+            .unwrap_err();
+        assert!(
+            matches!(error, ReceiptError::BadSignature("worker")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn changing_either_signature_fails() {
+    let verifier = Verifier::new();
+    for (which, field) in [("worker", 0), ("proxy", 1)] {
+        for at in [0, 17, 127] {
+            let mut receipt = receipt();
+            let signature = if field == 0 {
+                &mut receipt.worker_signature
+            } else {
+                &mut receipt.proxy_signature
+            };
+            let mut bytes = hex::decode(&*signature).unwrap();
+            bytes[at / 2] ^= 0x10;
+            *signature = hex::encode(bytes);
+            let error = receipt.verify(&expect(&verifier, ANSWER)).unwrap_err();
+            assert!(
+                matches!(error, ReceiptError::BadSignature(w) if w == which),
+                "{which} at {at}: {error}"
+            );
+        }
+    }
+}
+
+#[test]
+fn certificates_must_be_the_right_nodes_and_agree_with_the_record() {
+    let verifier = Verifier::new();
+    // A proxy signing as the worker is caught by its role.
+    let proxy = identity("proxy-image", "proxy", &[]);
+    let mut answer = record(&worker_identity());
+    answer.worker_image_hash = Verifier::new().verify(proxy.quote()).unwrap().image_hash;
+    let receipt = Receipt::countersign(WorkerReceipt::sign(answer, &proxy), &proxy);
+    let error = receipt.verify(&expect(&verifier, ANSWER)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ReceiptError::WrongRole {
+                which: "worker",
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    // A worker whose certificate names other weights cannot vouch for these.
+    let other = identity(
+        "worker-image",
+        "worker",
+        &[("model", "smol"), ("model_hash", &"0".repeat(64))],
+    );
+    let receipt = Receipt::countersign(WorkerReceipt::sign(record(&other), &other), &proxy);
+    let error = receipt.verify(&expect(&verifier, ANSWER)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ReceiptError::ContradictsCertificate {
+                field: "model hash",
+                ..
+            }
+        ),
+        "{error}"
+    );
+
+    // A fake-attested receipt is not good enough where TDX is required.
+    let error = super::tests::receipt()
+        .verify(&Expectations {
+            min_kind: AttestationKind::Tdx,
+            ..expect(&verifier, ANSWER)
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ReceiptError::Certificate {
+                which: "worker",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_wrong_charge_is_reported_even_when_signed() {
+    let verifier = Verifier::new();
+    let worker = worker_identity();
+    let mut answer = record(&worker);
+    answer.charge += 1;
+    let receipt = Receipt::countersign(
+        WorkerReceipt::sign(answer, &worker),
+        &identity("proxy-image", "proxy", &[]),
+    );
+    let error = receipt.verify(&expect(&verifier, ANSWER)).unwrap_err();
+    assert!(matches!(error, ReceiptError::WrongCharge { .. }), "{error}");
+}
+
+#[test]
+fn the_registry_must_allow_the_images_and_the_model() {
+    let verifier = Verifier::new();
+    let receipt = receipt();
+    let verified = receipt.verify(&expect(&verifier, ANSWER)).unwrap();
+    let mut registry = Registry::new(AccountId([1; 32]));
+    registry.worker_image_hashes = vec![Hash32(verified.worker.image_hash.0)];
+    registry.proxy_image_hashes = vec![Hash32(verified.proxy.image_hash.0)];
+    registry
+        .models
+        .insert("smol".into(), MODEL_HASH.parse().unwrap());
+    let with = |registry: &Registry| {
+        receipt.verify(&Expectations {
+            registry: Some(registry),
+            ..expect(&verifier, ANSWER)
+        })
+    };
+    with(&registry).unwrap();
+
+    let mut revoked = registry.clone();
+    revoked.proxy_image_hashes = vec![Hash32([7; 32])];
+    assert!(
+        matches!(with(&revoked), Err(ReceiptError::NotAllowed(what)) if what.starts_with("proxy image"))
+    );
+    let mut other_weights = registry.clone();
+    other_weights.models.insert("smol".into(), Hash32([7; 32]));
+    assert!(
+        matches!(with(&other_weights), Err(ReceiptError::NotAllowed(what)) if what.starts_with("model"))
+    );
+}
+
+#[test]
+fn garbage_is_malformed() {
+    for text in ["", "{}", "not base64 !", "eyJ2ZXJzaW9uIjoxfQ"] {
+        assert!(
+            matches!(Receipt::parse(text), Err(ReceiptError::Malformed(_))),
+            "{text}"
+        );
+    }
+    let mut receipt = receipt();
+    receipt.version = 2;
+    let verifier = Verifier::new();
+    assert!(matches!(
+        receipt.verify(&expect(&verifier, ANSWER)),
+        Err(ReceiptError::Malformed(_))
+    ));
+}

@@ -1,0 +1,73 @@
+//! The worker's half of an answer's receipt: what it knew when the request came (request digest,
+//! model, prices) is kept in a [`ReceiptDraft`]; when the answer ends, the usage, the answer's text
+//! digest and the charge complete it, and the worker signs it with its current attested key.
+
+use std::sync::Arc;
+
+use cocoon_ledger::{price, Hash32, Prices};
+use cocoon_node::attestation::NodeTrust;
+use cocoon_proto::{headers, TokenUsage, WorkerInfo};
+use cocoon_receipt::{AnswerRecord, AnswerText, WorkerReceipt};
+use http::{HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+
+/// A receipt waiting for its answer to end.
+pub struct ReceiptDraft {
+    trust: Arc<NodeTrust>,
+    info: Arc<WorkerInfo>,
+    request_id: String,
+    request_sha256: Hash32,
+    prices: Prices,
+}
+
+impl ReceiptDraft {
+    /// A draft for a request with `headers` and `body`; `None` when the proxy sent no prices
+    /// (a caller that bills nothing gets no receipt).
+    pub fn new(
+        trust: Arc<NodeTrust>,
+        info: Arc<WorkerInfo>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Self> {
+        let prices = serde_json::from_slice(headers.get(headers::PRICES)?.as_bytes())
+            .inspect_err(
+                |error| tracing::warn!(%error, "the proxy's prices are unreadable; no receipt"),
+            )
+            .ok()?;
+        let request_id = headers
+            .get(headers::REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Some(ReceiptDraft {
+            trust,
+            info,
+            request_id,
+            request_sha256: Hash32(Sha256::digest(body).into()),
+            prices,
+        })
+    }
+
+    /// Signs the receipt of an answer that used `usage` and said `answer`; the trailer value.
+    pub fn finish(self, usage: &TokenUsage, answer: &AnswerText) -> Option<HeaderValue> {
+        let charge = price(usage, self.info.coefficient, &self.prices)
+            .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
+            .ok()?
+            .client_price;
+        let record = AnswerRecord {
+            request_id: self.request_id,
+            issued_at: cocoon_receipt::unix_now(),
+            model: self.info.model.clone(),
+            model_hash: self.info.model_hash.clone(),
+            worker_image_hash: self.trust.image_hash(),
+            request_sha256: self.request_sha256,
+            response_sha256: Hash32(answer.sha256()),
+            usage: *usage,
+            coefficient: self.info.coefficient,
+            prices: self.prices,
+            charge,
+        };
+        let signed = WorkerReceipt::sign(record, &self.trust.identity());
+        HeaderValue::from_str(&signed.to_header()).ok()
+    }
+}
