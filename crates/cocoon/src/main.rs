@@ -7,6 +7,7 @@ mod dev;
 #[cfg(feature = "embedded")]
 mod engine;
 mod ledger;
+mod receipt;
 mod registry;
 mod wallet;
 
@@ -54,6 +55,9 @@ enum Role {
     /// The network's registry: show it, or change it as its owner (images, models, proxies,
     /// prices); nodes apply a new version within seconds.
     Registry(registry::RegistryArgs),
+    /// Check answers' receipts offline (what served an answer, and what it cost).
+    #[command(subcommand)]
+    Receipt(receipt::ReceiptCommand),
     /// A node's ledger account: address, balance, deposits, withdrawals, claims.
     Wallet(wallet::WalletArgs),
     /// Make, inspect and check RA-TLS certificates and image hashes.
@@ -147,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         Role::Bench(args) => runtime.block_on(bench::run(args)),
         Role::Wallet(args) => runtime.block_on(wallet::run(args)),
         Role::Registry(args) => runtime.block_on(registry::run(args)),
+        Role::Receipt(command) => runtime.block_on(receipt::run(command)),
         Role::Ledger(args) => {
             let Some(config) = effective(name, sub, &args)? else {
                 return Ok(());

@@ -1,0 +1,175 @@
+//! End-to-end: every answer through the network comes with a receipt the worker signed and the
+//! proxy countersigned, and `cocoon receipt verify` checks it offline — and fails when one byte of
+//! the answer, the usage, or either signature changes.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn verify(receipt: &Path, extra: &[&str]) -> (bool, String, String) {
+    let receipt = receipt.display().to_string();
+    let mut args = vec!["receipt", "verify", receipt.as_str()];
+    args.extend_from_slice(extra);
+    cocoon(&args)
+}
+
+#[tokio::test]
+async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
+    let (_proxy, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &["--synthetic-chunk-bytes", "4"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let show = |p: &Path| p.display().to_string();
+
+    // Not streamed: the receipt is a response header.
+    let request = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6});
+    let request_bytes = serde_json::to_vec(&request).unwrap();
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(request_bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = response.headers()["x-cocoon-receipt"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.bytes().await.unwrap();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    std::fs::write(path("receipt"), &header).unwrap();
+    std::fs::write(path("answer.json"), &body).unwrap();
+    std::fs::write(path("request.json"), &request_bytes).unwrap();
+    let (ok, stdout, stderr) = verify(
+        &path("receipt"),
+        &[
+            "--response",
+            &show(&path("answer.json")),
+            "--request",
+            &show(&path("request.json")),
+            "--ledger",
+            &proxy.ledger,
+            "--json",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["response"], "matches");
+    assert_eq!(report["request"], "matches");
+    assert_eq!(report["answer"]["model"], "synthetic");
+    assert_eq!(report["answer"]["usage"]["completion_tokens"], 6);
+    // The charge in the receipt is the cost the app was shown.
+    assert_eq!(report["answer"]["charge"], answer["usage"]["total_cost"]);
+    assert_eq!(report["worker"]["image_hash"], image_hash("test-worker"));
+    assert_eq!(report["proxy"]["image_hash"], image_hash("test-proxy"));
+
+    // One byte of the answer's text changed.
+    let tampered = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replacen("xxxx", "xxxy", 1);
+    std::fs::write(path("tampered.json"), tampered).unwrap();
+    let (ok, _, stderr) = verify(
+        &path("receipt"),
+        &["--response", &show(&path("tampered.json"))],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("response hashes to"), "{stderr}");
+
+    // The usage, or either signature, changed.
+    let receipt: Value = serde_json::from_str(&{
+        let (ok, stdout, stderr) = verify(&path("receipt"), &["--json"]);
+        assert!(ok, "{stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["response"], "not checked");
+        // The header form and the JSON form are the same receipt.
+        let decoded = base64_json(&header);
+        serde_json::to_string(&decoded).unwrap()
+    })
+    .unwrap();
+    let flip_hex = |text: &str| {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars[10] = if chars[10] == '0' { '1' } else { '0' };
+        chars.into_iter().collect::<String>()
+    };
+    let cases: [(&str, Box<dyn Fn(&mut Value)>, &str); 3] = [
+        (
+            "usage",
+            Box::new(|r: &mut Value| {
+                let tokens = r["answer"]["usage"]["completion_tokens"].as_u64().unwrap();
+                r["answer"]["usage"]["completion_tokens"] = json!(tokens - 1);
+            }),
+            "worker signature",
+        ),
+        (
+            "worker signature",
+            Box::new(move |r: &mut Value| {
+                r["worker_signature"] = json!(flip_hex(r["worker_signature"].as_str().unwrap()));
+            }),
+            "worker signature",
+        ),
+        (
+            "proxy signature",
+            Box::new(move |r: &mut Value| {
+                r["proxy_signature"] = json!(flip_hex(r["proxy_signature"].as_str().unwrap()));
+            }),
+            "proxy signature",
+        ),
+    ];
+    for (what, tamper, expected) in cases {
+        let mut changed = receipt.clone();
+        tamper(&mut changed);
+        std::fs::write(path("changed.json"), serde_json::to_vec(&changed).unwrap()).unwrap();
+        let (ok, _, stderr) = verify(&path("changed.json"), &[]);
+        assert!(!ok, "a changed {what} verified");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+    }
+
+    // Streamed: the receipt is the event after [DONE], and covers the streamed text.
+    let request = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
+    let transcript = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (before, receipt_event) = transcript
+        .split_once("event: cocoon.receipt\n")
+        .unwrap_or_else(|| panic!("no receipt event in {transcript}"));
+    assert!(before.ends_with("data: [DONE]\n\n"), "{transcript}");
+    let receipt_json = receipt_event
+        .strip_prefix("data: ")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap();
+    std::fs::write(path("stream-receipt.json"), receipt_json).unwrap();
+    std::fs::write(path("stream.txt"), &transcript).unwrap();
+    let (ok, stdout, stderr) = verify(
+        &path("stream-receipt.json"),
+        &["--response", &show(&path("stream.txt"))],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("response: matches"), "{stdout}");
+    // Another answer's receipt does not cover this one.
+    let (ok, _, _) = verify(
+        &path("receipt"),
+        &["--response", &show(&path("stream.txt"))],
+    );
+    assert!(!ok);
+}
+
+/// The JSON inside a header-form receipt (base64url, no padding).
+fn base64_json(header: &str) -> Value {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
