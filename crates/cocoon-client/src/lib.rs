@@ -111,6 +111,7 @@ pub async fn start(
     )
     .context("bad --ledger")?;
     let trust = NodeTrust::new(&config.attestation, "client", attributes)
+        .await
         .context("cannot set up this client's attestation")?;
     trust.spawn_renewal(shutdown.clone());
     let listener = TcpListener::bind(&config.listen).await.with_context(|| {

@@ -46,6 +46,7 @@ fn attestation(label: &str) -> AttestationArgs {
         image_label: label.to_owned(),
         min_peer_tee: AttestationKind::Fake,
         cert_lifetime_secs: 3600,
+        pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
     }
 }
 
@@ -79,7 +80,9 @@ struct ProxyHandle {
 
 /// Starts a fake proxy whose answers carry `coefficient`, so tests can tell proxies apart.
 async fn fake_proxy(coefficient: u32) -> ProxyHandle {
-    let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", BTreeMap::new()).unwrap();
+    let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", BTreeMap::new())
+        .await
+        .unwrap();
     let acceptor = Arc::new(
         trust
             .acceptor(&trust.fixed_peer_policy(&[]).unwrap())
@@ -532,6 +535,7 @@ async fn models_and_attestation_come_from_the_proxy() {
     assert_eq!(attestation["kind"], "fake");
     assert_eq!(attestation["role"], "proxy");
     let expected = NodeTrust::new(&attestation_args_for_proxy(), "proxy", BTreeMap::new())
+        .await
         .unwrap()
         .image_hash()
         .to_string();

@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use cocoon_ledger::ImageRole;
 use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity};
+use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier, INTEL_PCS_URL};
 use cocoon_tee::{
     AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier,
 };
@@ -38,7 +39,21 @@ pub struct AttestationArgs {
     /// Lifetime of this node's RA-TLS certificate in seconds; it is renewed at half of it.
     #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
     pub cert_lifetime_secs: u64,
+    /// Base URL of Intel's PCS or of a PCCS, where the DCAP collateral that `tdx` quotes (this
+    /// node's and its peers') are verified with is fetched; it is cached and refreshed in the
+    /// background.
+    #[arg(long, default_value = INTEL_PCS_URL, value_name = "URL")]
+    #[serde(default = "default_pccs_url")]
+    pub pccs_url: String,
 }
+
+fn default_pccs_url() -> String {
+    INTEL_PCS_URL.to_owned()
+}
+
+/// How often the collateral cache is refreshed (entries that are due, and those peers' quotes
+/// missed); a peer whose collateral was missing is verifiable after the next refresh.
+const COLLATERAL_REFRESH: Duration = Duration::from_secs(5);
 
 /// Why a node's attestation could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +72,7 @@ pub enum TrustError {
 /// A node's attested identity, its peer policy, and the verifier both sides use.
 pub struct NodeTrust {
     identity: SharedIdentity,
+    collateral: Arc<CollateralSource>,
     min_peer_kind: AttestationKind,
     verifier: Arc<Verifier>,
     attester: Arc<dyn Attester>,
@@ -67,20 +83,27 @@ pub struct NodeTrust {
 }
 
 impl NodeTrust {
-    /// Attests this node as `role` with `attributes` in its claims (model name, model hash…).
-    pub fn new(
+    /// Attests this node as `role` with `attributes` in its claims (model name, model hash…). A
+    /// `tdx` node first fetches the collateral its own quote needs.
+    pub async fn new(
         args: &AttestationArgs,
         role: &str,
         attributes: BTreeMap<String, String>,
     ) -> Result<Arc<Self>, TrustError> {
         let attester = attester_for(args)?;
-        let verifier = Arc::new(Verifier::new());
+        let collateral = Arc::new(CollateralSource::pccs(PccsConfig::new(&args.pccs_url))?);
+        let tdx = TdxQuoteVerifier::new(collateral.clone());
+        let verifier = Arc::new(Verifier::new().with_tdx(Arc::new(tdx)));
         let lifetime = Duration::from_secs(args.cert_lifetime_secs.max(60));
         let identity = Identity::generate(attester.as_ref(), role, attributes.clone(), lifetime)?;
+        if identity.quote().kind == AttestationKind::Tdx {
+            collateral.prefetch(&identity.quote().bytes).await?;
+        }
         // Our own quote must verify with the checks peers will run: fail at start, not at every peer.
         let own = verifier.verify(identity.quote())?;
         Ok(Arc::new(NodeTrust {
             identity: Arc::new(ArcSwap::from_pointee(identity)),
+            collateral,
             min_peer_kind: args.min_peer_tee,
             verifier,
             attester,
@@ -150,7 +173,8 @@ impl NodeTrust {
         )?)
     }
 
-    /// Renews the certificate at half its lifetime until `shutdown`.
+    /// Until `shutdown`: renews the certificate at half its lifetime, and keeps the TDX
+    /// collateral cache fresh (refetching due entries and those peers' quotes missed).
     pub fn spawn_renewal(self: &Arc<Self>, shutdown: CancellationToken) {
         let rotation = cocoon_ratls::spawn_rotation(
             self.identity.clone(),
@@ -159,9 +183,21 @@ impl NodeTrust {
             self.attributes.clone(),
             self.lifetime,
         );
+        let collateral = self.collateral.clone();
+        let refresh = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(COLLATERAL_REFRESH).await;
+                match collateral.refresh().await {
+                    Ok(0) => {}
+                    Ok(fetched) => tracing::info!(fetched, "TDX collateral refreshed"),
+                    Err(error) => tracing::warn!(%error, "refreshing TDX collateral failed"),
+                }
+            }
+        });
         tokio::spawn(async move {
             shutdown.cancelled().await;
             rotation.abort();
+            refresh.abort();
         });
     }
 }

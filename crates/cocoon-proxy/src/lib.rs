@@ -71,8 +71,9 @@ pub async fn start(
     let billing = billing::Billing::open(config.billing(), wallet, &registry)
         .await
         .context("opening the proxy's billing")?;
-    let trust =
-        NodeTrust::new(&config.attestation, "proxy", attributes).context("attesting the proxy")?;
+    let trust = NodeTrust::new(&config.attestation, "proxy", attributes)
+        .await
+        .context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
     let worker_policy =
         trust.peer_policy(&config.allow_worker_image, &registry, ImageRole::Worker)?;

@@ -181,7 +181,7 @@ mod tests {
     use std::time::Duration;
     use tower::ServiceExt;
 
-    fn serving(max_active: u32) -> Serving {
+    async fn serving(max_active: u32) -> Serving {
         Serving {
             info: Arc::new(WorkerInfo {
                 protocol_version: cocoon_proto::PROTOCOL_VERSION,
@@ -203,10 +203,12 @@ mod tests {
                     image_label: "test-worker".into(),
                     min_peer_tee: cocoon_tee::AttestationKind::Fake,
                     cert_lifetime_secs: 3600,
+                    pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
                 },
                 "worker",
                 [("model".to_owned(), "synthetic".to_owned())].into(),
             )
+            .await
             .unwrap(),
         }
     }
@@ -219,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_with_usage_even_when_the_caller_did_not_ask() {
-        let response = link_router(serving(1))
+        let response = link_router(serving(1).await)
             .oneshot(post(
                 PATH_CHAT,
                 r#"{"model":"synthetic","stream":true,"max_tokens":2}"#,
@@ -236,7 +238,7 @@ mod tests {
     async fn answers_end_with_a_receipt_signed_by_the_worker_when_priced() {
         use cocoon_proto::headers;
         use cocoon_receipt::{AnswerText, WorkerReceipt};
-        let state = serving(2);
+        let state = serving(2).await;
         let prices = cocoon_ledger::Prices::default();
         for stream in [false, true] {
             let body = format!(r#"{{"model":"synthetic","stream":{stream},"max_tokens":3}}"#);
@@ -286,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_other_models_bad_json_big_bodies_and_excess_load() {
-        let state = serving(1);
+        let state = serving(1).await;
         let router = link_router(state.clone());
         let wrong = router
             .clone()

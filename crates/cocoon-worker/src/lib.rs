@@ -77,8 +77,9 @@ pub async fn start(
         claim_interval,
     )
     .context("connecting to the ledger")?;
-    let trust =
-        NodeTrust::new(&config.attestation, "worker", claims).context("attesting the worker")?;
+    let trust = NodeTrust::new(&config.attestation, "worker", claims)
+        .await
+        .context("attesting the worker")?;
     trust.spawn_renewal(shutdown.clone());
     let stats = NodeStats::new("worker");
     let serving = http::Serving {

@@ -77,6 +77,7 @@ fn attestation(label: &str) -> AttestationArgs {
         image_label: label.to_owned(),
         min_peer_tee: AttestationKind::Fake,
         cert_lifetime_secs: 86_400,
+        pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
     }
 }
 

@@ -2,11 +2,13 @@
 //! signatures, the charge, and (when given) the answer, the request and a registry's allow-lists.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use cocoon_ledger::{LedgerClient, Registry};
 use cocoon_receipt::{AnswerText, Expectations, Receipt};
+use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier};
 use cocoon_tee::{AttestationKind, Verifier};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -41,6 +43,9 @@ pub struct VerifyArgs {
     /// The weakest attestation accepted for both nodes (`tdx` for production receipts).
     #[arg(long, default_value = "fake", value_name = "KIND")]
     pub min_tee: AttestationKind,
+    /// Intel PCS or PCCS base URL for the collateral of `tdx` quotes.
+    #[arg(long, value_name = "URL", default_value = cocoon_tee::tdx::INTEL_PCS_URL)]
+    pub pccs_url: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -70,7 +75,7 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
-    let verifier = Verifier::new();
+    let verifier = verifier_for(&receipt, &args.pccs_url).await?;
     let verified = receipt
         .verify(&Expectations {
             verifier: &verifier,
@@ -130,6 +135,26 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
         None => println!("  registry: not checked"),
     }
     Ok(())
+}
+
+/// A verifier for the receipt's two quotes: `tdx` ones get their collateral fetched first.
+async fn verifier_for(receipt: &Receipt, pccs_url: &str) -> anyhow::Result<Verifier> {
+    use base64::Engine as _;
+    let collateral = Arc::new(CollateralSource::pccs(PccsConfig::new(pccs_url))?);
+    for certificate in [&receipt.worker_certificate, &receipt.proxy_certificate] {
+        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(certificate) else {
+            continue; // verification reports it
+        };
+        if let Ok(contents) = cocoon_ratls::inspect_certificate(&der) {
+            if contents.quote.kind == AttestationKind::Tdx {
+                collateral
+                    .prefetch(&contents.quote.bytes)
+                    .await
+                    .with_context(|| format!("fetching TDX collateral from {pccs_url}"))?;
+            }
+        }
+    }
+    Ok(Verifier::new().with_tdx(Arc::new(TdxQuoteVerifier::new(collateral))))
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {

@@ -97,7 +97,8 @@ async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
         chars[10] = if chars[10] == '0' { '1' } else { '0' };
         chars.into_iter().collect::<String>()
     };
-    let cases: [(&str, Box<dyn Fn(&mut Value)>, &str); 3] = [
+    type Tamper = Box<dyn Fn(&mut Value)>;
+    let cases: [(&str, Tamper, &str); 3] = [
         (
             "usage",
             Box::new(|r: &mut Value| {
