@@ -94,12 +94,18 @@ async fn the_network_answers_with_the_real_model() {
         .send()
         .await
         .unwrap();
-    let events = all_events(response).await;
+    let (events, receipt) = stream_answer(response).await;
     assert_eq!(
         events.last().map(String::as_str),
         Some("[DONE]"),
         "{events:?}"
     );
+    let receipt = receipt.expect("a receipt after [DONE]");
+    assert_eq!(
+        receipt["answer"]["model_hash"],
+        cocoon_infer::DEFAULT_MODEL_SHA256
+    );
+    assert_eq!(receipt["answer"]["usage"]["completion_tokens"], 6);
     let chunks: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str(e).ok())

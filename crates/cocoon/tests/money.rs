@@ -54,7 +54,7 @@ async fn ask(api: &str, request: &Value) -> Option<TokenUsage> {
         return None;
     }
     let usage = if request["stream"] == true {
-        let events = all_events(response).await;
+        let (events, _receipt) = stream_answer(response).await;
         if events.last().map(String::as_str) != Some("[DONE]") {
             return None;
         }

@@ -67,12 +67,13 @@ async fn chat_and_completions_stream_and_not_with_usage() {
         response.headers()["x-cocoon-worker-image"],
         image_hash("test-worker").as_str()
     );
-    let events = all_events(response).await;
+    let (events, receipt) = stream_answer(response).await;
     assert_eq!(
         events.last().map(String::as_str),
         Some("[DONE]"),
         "{events:?}"
     );
+    assert!(receipt.is_some(), "a streamed answer ends with its receipt");
     let usage: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
@@ -88,7 +89,7 @@ async fn chat_and_completions_stream_and_not_with_usage() {
 
     // Without include_usage the app gets no usage chunk, as from OpenAI.
     let response = ask(&api, &chat("synthetic", 2, true)).await;
-    let events = all_events(response).await;
+    let (events, _receipt) = stream_answer(response).await;
     assert!(
         events.iter().all(|e| !e.contains("\"usage\":{")),
         "{events:?}"

@@ -373,3 +373,20 @@ pub async fn all_events(response: reqwest::Response) -> Vec<String> {
     use futures::StreamExt;
     events(response).collect().await
 }
+
+/// A streamed answer's events up to and including `[DONE]`, and the receipt event that follows
+/// `[DONE]` (its JSON), if any.
+pub async fn stream_answer(
+    response: reqwest::Response,
+) -> (Vec<String>, Option<serde_json::Value>) {
+    let mut events = all_events(response).await;
+    let receipt = match events.iter().position(|event| event == "[DONE]") {
+        Some(done) if done + 1 < events.len() => {
+            let after: Vec<String> = events.drain(done + 1..).collect();
+            assert_eq!(after.len(), 1, "one receipt event after [DONE]: {after:?}");
+            Some(serde_json::from_str(&after[0]).expect("the receipt event is JSON"))
+        }
+        _ => None,
+    };
+    (events, receipt)
+}
