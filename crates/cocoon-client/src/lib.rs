@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cocoon_ledger::ImageRole;
 use cocoon_node::attestation::NodeTrust;
-use cocoon_node::registry::RegistryWatch;
+use cocoon_node::registry::{ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -135,14 +135,7 @@ pub async fn start(
             .connector(&policy)
             .context("cannot build the RA-TLS connector")?,
     );
-    let proxies = if config.proxy.is_empty() {
-        registry.derive(|document| {
-            let endpoints = document.proxies.iter().map(|p| p.client_endpoint.clone());
-            endpoints.collect::<Vec<_>>()
-        })
-    } else {
-        cocoon_node::registry::fixed(config.proxy.clone())
-    };
+    let proxies = registry.proxy_endpoints(&config.proxy, ProxyPort::Clients);
 
     let stats = NodeStats::new("client");
     let links_shutdown = shutdown.child_token();

@@ -122,49 +122,56 @@ impl std::fmt::Display for ImageRole {
     }
 }
 
-/// One change to the registry, as the owner's `cocoon registry` commands make them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One change to the registry; also the owner's `cocoon registry` subcommands (prices are set
+/// with `set-price`, which fills in the fields not given from the current document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "edit", rename_all = "snake_case")]
 pub enum RegistryEdit {
-    /// Register a proxy; it gets the next free seqno.
+    /// Register a proxy (it gets the next free seqno); clients and workers that follow the
+    /// registry link to it.
     AddProxy {
-        /// Address workers dial.
+        /// Address workers dial (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
         worker_endpoint: String,
-        /// Address clients dial.
+        /// Address clients dial (HOST:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
         client_endpoint: String,
     },
-    /// Unregister the proxy with this seqno.
+    /// Unregister a proxy (see `show` for seqnos); its links are dropped.
     RemoveProxy {
-        /// Its seqno.
+        /// The proxy's seqno.
         seqno: u64,
     },
-    /// Allow an image for a role.
+    /// Allow an image hash for proxies or workers.
     AllowImage {
-        /// Proxy or worker.
+        /// Which nodes the image is for.
+        #[arg(long, value_enum)]
         role: ImageRole,
-        /// The image hash.
+        /// The image hash (64 hex digits; `cocoon attest image-hash` prints a node's).
         hash: Hash32,
     },
-    /// Withdraw an image's permission.
+    /// Revoke an image hash; nodes running it are disconnected within seconds.
     RevokeImage {
-        /// Proxy or worker.
+        /// Which nodes the image was allowed for.
+        #[arg(long, value_enum)]
         role: ImageRole,
         /// The image hash.
         hash: Hash32,
     },
-    /// Allow a model name with the hash of its weights (replaces the name's previous hash).
+    /// Allow a model name with the SHA-256 of its weights (replaces the name's previous hash).
     AllowModel {
-        /// Model name as clients request it.
+        /// The model name clients request.
         name: String,
-        /// SHA-256 of its weights.
+        /// SHA-256 of the weights (a worker's `model_hash` in its `/jsonstats`).
         hash: Hash32,
     },
-    /// Withdraw a model.
+    /// Revoke a model; workers serving it are disconnected within seconds.
     RevokeModel {
-        /// Model name.
+        /// The model name.
         name: String,
     },
     /// Replace the prices.
+    #[command(skip)]
     SetPrices {
         /// The new prices.
         prices: Prices,

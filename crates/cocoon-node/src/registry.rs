@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_ledger::{ImageRole, LedgerClient, Registry};
+use cocoon_ledger::{ImageRole, LedgerClient, RegisteredProxy, Registry};
 use cocoon_ratls::{PeerIdentity, SharedPolicy};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
 use tokio::sync::watch;
@@ -92,6 +92,25 @@ impl RegistryWatch {
         self.current.borrow().clone()
     }
 
+    /// The proxy endpoints to link to: `flags` when given (fixed, for development), else the
+    /// `port` of every proxy the registry lists, followed live.
+    pub fn proxy_endpoints(
+        &self,
+        flags: &[String],
+        port: ProxyPort,
+    ) -> watch::Receiver<Arc<Vec<String>>> {
+        if !flags.is_empty() {
+            return fixed(flags.to_vec());
+        }
+        self.derive(move |document| {
+            let endpoint = |proxy: &RegisteredProxy| match port {
+                ProxyPort::Workers => proxy.worker_endpoint.clone(),
+                ProxyPort::Clients => proxy.client_endpoint.clone(),
+            };
+            document.proxies.iter().map(endpoint).collect::<Vec<_>>()
+        })
+    }
+
     /// A value computed from every version by `derive`, published only when it changes. The
     /// first value is computed before this returns.
     pub fn derive<T, F>(&self, derive: F) -> watch::Receiver<Arc<T>>
@@ -118,6 +137,15 @@ impl RegistryWatch {
         });
         derived
     }
+}
+
+/// Which of a proxy's two ports a node dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyPort {
+    /// The port workers dial.
+    Workers,
+    /// The port clients dial.
+    Clients,
 }
 
 /// Long-polls the ledger for newer versions and publishes them.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cocoon_ledger::ImageRole;
 use cocoon_node::attestation::NodeTrust;
-use cocoon_node::registry::{keep_each_endpoint, RegistryWatch};
+use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
 use cocoon_proto::WorkerInfo;
 use serde_json::json;
@@ -103,14 +103,7 @@ pub async fn start(
             tracing::error!(%error, "the settlement task failed");
         }
     });
-    let proxies = if config.proxy.is_empty() {
-        registry.derive(|document| {
-            let endpoints = document.proxies.iter().map(|p| p.worker_endpoint.clone());
-            endpoints.collect::<Vec<_>>()
-        })
-    } else {
-        cocoon_node::registry::fixed(config.proxy.clone())
-    };
+    let proxies = registry.proxy_endpoints(&config.proxy, ProxyPort::Workers);
     let linking = link::Linking {
         connector,
         policy: proxy_policy,

@@ -243,31 +243,29 @@ async fn register_dev_network(
     worker_endpoint: &str,
     client_endpoint: &str,
 ) -> anyhow::Result<()> {
-    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
-    let current = crate::registry::read(&ledger, ledger_url).await?;
-    let mut edits = Vec::new();
-    for (role, label) in [
-        (ImageRole::Proxy, PROXY_IMAGE),
-        (ImageRole::Worker, WORKER_IMAGE),
-    ] {
-        let hash: Hash32 = image_hash(label).parse()?;
-        if !current.images(role).contains(&hash) {
-            edits.push(RegistryEdit::AllowImage { role, hash });
+    update_dev_registry(ledger_url, owner_key, |current| {
+        let mut edits = Vec::new();
+        for (role, label) in [
+            (ImageRole::Proxy, PROXY_IMAGE),
+            (ImageRole::Worker, WORKER_IMAGE),
+        ] {
+            let hash: Hash32 = image_hash(label).parse()?;
+            if !current.images(role).contains(&hash) {
+                edits.push(RegistryEdit::AllowImage { role, hash });
+            }
         }
-    }
-    let listed = current.proxies.iter().any(|proxy| {
-        proxy.worker_endpoint == worker_endpoint && proxy.client_endpoint == client_endpoint
-    });
-    if !listed {
-        edits.push(RegistryEdit::AddProxy {
-            worker_endpoint: worker_endpoint.to_owned(),
-            client_endpoint: client_endpoint.to_owned(),
+        let listed = current.proxies.iter().any(|proxy| {
+            proxy.worker_endpoint == worker_endpoint && proxy.client_endpoint == client_endpoint
         });
-    }
-    if !edits.is_empty() {
-        crate::registry::apply(&ledger, &current, &edits).await?;
-    }
-    Ok(())
+        if !listed {
+            edits.push(RegistryEdit::AddProxy {
+                worker_endpoint: worker_endpoint.to_owned(),
+                client_endpoint: client_endpoint.to_owned(),
+            });
+        }
+        Ok(edits)
+    })
+    .await
 }
 
 /// Allows the dev workers' model weights in the registry (once the first worker has hashed them).
@@ -277,15 +275,31 @@ async fn allow_dev_model(
     model: &str,
     hash: &str,
 ) -> anyhow::Result<()> {
+    let hash: Hash32 = hash.parse()?;
+    update_dev_registry(ledger_url, owner_key, |current| {
+        Ok(if current.models.get(model) == Some(&hash) {
+            Vec::new()
+        } else {
+            vec![RegistryEdit::AllowModel {
+                name: model.to_owned(),
+                hash,
+            }]
+        })
+    })
+    .await
+}
+
+/// Applies the edits `wanted` finds missing from the current dev registry, as its owner.
+async fn update_dev_registry(
+    ledger_url: &str,
+    owner_key: &ed25519_dalek::SigningKey,
+    wanted: impl FnOnce(&cocoon_ledger::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
+) -> anyhow::Result<()> {
     let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
     let current = crate::registry::read(&ledger, ledger_url).await?;
-    let hash: Hash32 = hash.parse()?;
-    if current.models.get(model) != Some(&hash) {
-        let edit = RegistryEdit::AllowModel {
-            name: model.to_owned(),
-            hash,
-        };
-        crate::registry::apply(&ledger, &current, &[edit]).await?;
+    let edits = wanted(&current)?;
+    if !edits.is_empty() {
+        crate::registry::apply(&ledger, &current, &edits).await?;
     }
     Ok(())
 }

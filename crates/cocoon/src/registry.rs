@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use cocoon_ledger::{
-    AccountId, Amount, Hash32, ImageRole, LedgerClient, Registry, RegistryEdit, TransactionBody,
+    AccountId, Amount, ImageRole, LedgerClient, Registry, RegistryEdit, TransactionBody,
 };
 use ed25519_dalek::SigningKey;
 
@@ -48,48 +48,9 @@ pub enum RegistryCommand {
 /// The owner's changes to the registry.
 #[derive(Debug, Subcommand)]
 pub enum ChangeCommand {
-    /// Register a proxy; clients and workers that follow the registry link to it.
-    AddProxy {
-        /// Address workers dial (HOST:PORT).
-        #[arg(long, value_name = "HOST:PORT")]
-        worker_endpoint: String,
-        /// Address clients dial (HOST:PORT).
-        #[arg(long, value_name = "HOST:PORT")]
-        client_endpoint: String,
-    },
-    /// Unregister a proxy (see `show` for seqnos); its links are dropped.
-    RemoveProxy {
-        /// The proxy's seqno.
-        seqno: u64,
-    },
-    /// Allow an image hash for proxies or workers.
-    AllowImage {
-        /// Which nodes the image is for.
-        #[arg(long, value_enum)]
-        role: ImageRole,
-        /// The image hash (64 hex digits; `cocoon attest image-hash` prints a node's).
-        hash: Hash32,
-    },
-    /// Revoke an image hash; nodes running it are disconnected within seconds.
-    RevokeImage {
-        /// Which nodes the image was allowed for.
-        #[arg(long, value_enum)]
-        role: ImageRole,
-        /// The image hash.
-        hash: Hash32,
-    },
-    /// Allow a model name with the SHA-256 of its weights (replaces the name's previous hash).
-    AllowModel {
-        /// The model name clients request.
-        name: String,
-        /// SHA-256 of the weights (a worker's `model_hash` in its `/jsonstats`).
-        hash: Hash32,
-    },
-    /// Revoke a model; workers serving it are disconnected within seconds.
-    RevokeModel {
-        /// The model name.
-        name: String,
-    },
+    /// Changes of lists.
+    #[command(flatten)]
+    Edit(RegistryEdit),
     /// Change prices; options not given keep their current value.
     SetPrice(PriceArgs),
 }
@@ -141,18 +102,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let ledger = LedgerClient::new(&args.ledger, read_key(key_file)?)?;
     let current = read(&ledger, &args.ledger).await?;
     let edit = match change {
-        ChangeCommand::AddProxy {
-            worker_endpoint,
-            client_endpoint,
-        } => RegistryEdit::AddProxy {
-            worker_endpoint,
-            client_endpoint,
-        },
-        ChangeCommand::RemoveProxy { seqno } => RegistryEdit::RemoveProxy { seqno },
-        ChangeCommand::AllowImage { role, hash } => RegistryEdit::AllowImage { role, hash },
-        ChangeCommand::RevokeImage { role, hash } => RegistryEdit::RevokeImage { role, hash },
-        ChangeCommand::AllowModel { name, hash } => RegistryEdit::AllowModel { name, hash },
-        ChangeCommand::RevokeModel { name } => RegistryEdit::RevokeModel { name },
+        ChangeCommand::Edit(edit) => edit,
         ChangeCommand::SetPrice(prices) => RegistryEdit::SetPrices {
             prices: new_prices(&current.prices, &prices),
         },
