@@ -179,8 +179,10 @@ mod tests {
 
     #[test]
     fn unusable_values_are_refused() {
-        let mut config = ClientConfig::default();
-        config.proxy = vec!["no-port".into()];
+        let mut config = ClientConfig {
+            proxy: vec!["no-port".into()],
+            ..ClientConfig::default()
+        };
         assert_eq!(
             config.validate(),
             Err(ConfigError::BadProxy("no-port".into()))

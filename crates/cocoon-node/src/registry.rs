@@ -406,6 +406,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_task_per_listed_endpoint_and_removed_ones_are_stopped() {
+        let (publish, endpoints) =
+            watch::channel(Arc::new(vec!["a:1".to_owned(), "b:2".to_owned()]));
+        let started = Arc::new(std::sync::Mutex::new(
+            Vec::<(String, CancellationToken)>::new(),
+        ));
+        let shutdown = CancellationToken::new();
+        let record = started.clone();
+        let task = tokio::spawn(keep_each_endpoint(
+            endpoints,
+            shutdown.clone(),
+            move |endpoint, stop| {
+                record.lock().unwrap().push((endpoint, stop));
+            },
+        ));
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        settle().await;
+        let names = |started: &[(String, CancellationToken)]| {
+            started.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&started.lock().unwrap()), ["a:1", "b:2"]);
+
+        // b leaves, c joins; a keeps its task.
+        publish.send_replace(Arc::new(vec!["a:1".to_owned(), "c:3".to_owned()]));
+        settle().await;
+        {
+            let started = started.lock().unwrap();
+            assert_eq!(names(&started), ["a:1", "b:2", "c:3"]);
+            let stopped: Vec<bool> = started
+                .iter()
+                .map(|(_, stop)| stop.is_cancelled())
+                .collect();
+            assert_eq!(stopped, [false, true, false]);
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(started
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, stop)| stop.is_cancelled()));
+    }
+
+    #[tokio::test]
     async fn command_line_images_override_the_registry() {
         let mut registry = Registry::new(AccountId([1; 32]));
         registry.worker_image_hashes.push(Hash32(image("a").0));
