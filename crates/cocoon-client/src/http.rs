@@ -552,8 +552,8 @@ impl Api {
                 if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
                     bytes = priced;
                 }
-                if let Some(receipt) = trailers.get(RECEIPT) {
-                    answer = answer.header(RECEIPT, receipt.clone());
+                if let Some(receipt) = crate::stream::receipt_of(trailers) {
+                    answer = answer.header(RECEIPT, receipt.to_header());
                 }
             }
             answer = answer.header(

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
-use cocoon_proto::headers::{COST, ERROR, RECEIPT};
+use cocoon_proto::headers::{
+    COST, ERROR, RECEIPT_PROXY_CERTIFICATE, RECEIPT_RECORD, RECEIPT_WORKER_CERTIFICATE,
+};
 use cocoon_proto::{ErrorKind, OpenAiError};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use http::HeaderMap;
@@ -220,14 +222,24 @@ impl Rewrite {
 /// The line naming the event that carries a stream's receipt, after `[DONE]`.
 pub const RECEIPT_EVENT: &str = "event: cocoon.receipt";
 
-/// The receipt in the proxy's trailers, as compact JSON (one line, as an SSE data line needs).
-pub fn receipt_json(trailers: &HeaderMap) -> Option<Vec<u8>> {
-    let receipt = cocoon_receipt::Receipt::parse(trailers.get(RECEIPT)?.to_str().ok()?)
+/// The receipt in the proxy's trailers, if it sent one.
+pub fn receipt_of(trailers: &HeaderMap) -> Option<cocoon_receipt::Receipt> {
+    let text = |name: &str| trailers.get(name)?.to_str().ok();
+    let receipt = cocoon_receipt::Receipt::from_wire(
+        text(RECEIPT_RECORD)?,
+        text(RECEIPT_WORKER_CERTIFICATE)?,
+        text(RECEIPT_PROXY_CERTIFICATE)?,
+    );
+    receipt
         .inspect_err(
             |error| tracing::warn!(%error, "the proxy's receipt is unreadable; not passed on"),
         )
-        .ok()?;
-    serde_json::to_vec(&receipt).ok()
+        .ok()
+}
+
+/// The receipt in the proxy's trailers, as compact JSON (one line, as an SSE data line needs).
+fn receipt_json(trailers: &HeaderMap) -> Option<Vec<u8>> {
+    serde_json::to_vec(&receipt_of(trailers)?).ok()
 }
 
 /// An SSE event carrying an OpenAI error, as OpenAI ends failed streams.

@@ -23,10 +23,17 @@ pub const ERROR: &str = "x-cocoon-error";
 /// Request header from the proxy to the worker: the prices the answer will be
 /// billed at, as JSON, so the worker's receipt states the same charge.
 pub const PRICES: &str = "x-cocoon-prices";
-/// Trailer (worker → proxy: the worker's signed half; proxy → client: the countersigned receipt)
-/// and, at the client, the response header of a non-streamed answer: the answer's receipt,
-/// base64url (no padding) of its JSON.
+/// Response header of a non-streamed answer at the client: the answer's full receipt, base64url
+/// (no padding) of its JSON.
 pub const RECEIPT: &str = "x-cocoon-receipt";
+/// Trailer: an answer's signed receipt record (base64url JSON) — the worker's half from the
+/// worker, the countersigned one from the proxy. The certificates ride in the two trailers below:
+/// they repeat on every answer of a link, so HTTP/2 header compression sends them once.
+pub const RECEIPT_RECORD: &str = "x-cocoon-receipt-record";
+/// Trailer: the certificate (base64 DER) whose key made the worker's receipt signature.
+pub const RECEIPT_WORKER_CERTIFICATE: &str = "x-cocoon-receipt-worker-certificate";
+/// Trailer from the proxy: the certificate (base64 DER) whose key made its countersignature.
+pub const RECEIPT_PROXY_CERTIFICATE: &str = "x-cocoon-receipt-proxy-certificate";
 /// Trailer added by the proxy: what the answer cost the client, as JSON
 /// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.
 pub const COST: &str = "x-cocoon-cost";

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::billing::{self, Billing, Reservation};
-use crate::receipt::{Countersigner, Seen};
+use crate::receipt::{Countersigned, Countersigner, Seen};
 use crate::routing::{RouteError, Routing, Slot, WorkerLink};
 
 /// Largest error body read from a worker.
@@ -271,8 +271,11 @@ struct Meter {
 /// The trailers a charged answer gains: its cost, and its countersigned receipt.
 struct Charged {
     cost: HeaderValue,
-    receipt: Option<HeaderValue>,
+    receipt: Option<Countersigned>,
 }
+
+/// The worker's receipt trailers: its record and its certificate.
+type WorkerReceiptTrailers = (HeaderValue, HeaderValue);
 
 /// A charge being written, with the trailers it will complete.
 type Charging = (
@@ -286,7 +289,7 @@ impl Meter {
     fn charge(
         &mut self,
         usage: cocoon_proto::TokenUsage,
-        worker_receipt: Option<HeaderValue>,
+        worker_receipt: Option<WorkerReceiptTrailers>,
     ) -> Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>> {
         let reservation = self.reservation.take();
         let (billing, wallet, worker, receipts) = (
@@ -319,9 +322,9 @@ impl Meter {
                 charge: cost.total_cost,
                 prices: &prices,
             };
-            let receipt = worker_receipt.and_then(|trailer| {
+            let receipt = worker_receipt.and_then(|(record, certificate)| {
                 receipts
-                    .countersign(&trailer, &seen)
+                    .countersign(&record, &certificate, &seen)
                     .inspect_err(|error| tracing::warn!(worker = worker.id, %error, "worker's receipt refused; the answer goes without one"))
                     .ok()
             });
@@ -363,7 +366,15 @@ impl http_body::Body for Relay {
                 Ok(Charged { cost, receipt }) => {
                     trailers.insert(headers::COST, cost);
                     if let Some(receipt) = receipt {
-                        trailers.insert(headers::RECEIPT, receipt);
+                        trailers.insert(headers::RECEIPT_RECORD, receipt.record);
+                        trailers.insert(
+                            headers::RECEIPT_WORKER_CERTIFICATE,
+                            receipt.worker_certificate,
+                        );
+                        trailers.insert(
+                            headers::RECEIPT_PROXY_CERTIFICATE,
+                            receipt.proxy_certificate,
+                        );
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
@@ -389,7 +400,9 @@ impl http_body::Body for Relay {
                 };
                 this.finished = true;
                 // Only a receipt the proxy countersigns goes on to the client.
-                let worker_receipt = trailers.remove(headers::RECEIPT);
+                let worker_receipt = trailers
+                    .remove(headers::RECEIPT_RECORD)
+                    .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE));
                 if let Some(usage) = read_usage(&trailers) {
                     this.stats.record_tokens(&usage);
                     this.charging = Some((this.meter.charge(usage, worker_receipt), trailers));

@@ -1,4 +1,4 @@
-//! Countersigning answers' receipts: the worker's signed half arrives in its last trailer; the
+//! Countersigning answers' receipts: the worker's signed half arrives in its last trailers; the
 //! proxy checks that it is the worker's and says what the proxy saw (usage, charge, prices,
 //! model, image), then adds its own signature, and the client gets the full receipt.
 //!
@@ -12,8 +12,9 @@ use cocoon_ledger::{Amount, Prices};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::LivePolicy;
 use cocoon_proto::TokenUsage;
-use cocoon_receipt::{Receipt, ReceiptError, WorkerReceipt};
+use cocoon_receipt::{AnswerRecord, Receipt, ReceiptError, WorkerReceipt};
 use http::HeaderValue;
+use sha2::{Digest, Sha256};
 
 use crate::routing::WorkerLink;
 
@@ -58,24 +59,36 @@ pub struct Seen<'a> {
     pub prices: &'a Prices,
 }
 
+/// The trailers carrying a countersigned receipt to the client.
+pub struct Countersigned {
+    /// `x-cocoon-receipt-record`.
+    pub record: HeaderValue,
+    /// `x-cocoon-receipt-worker-certificate`, passed on as the worker sent it.
+    pub worker_certificate: HeaderValue,
+    /// `x-cocoon-receipt-proxy-certificate`.
+    pub proxy_certificate: HeaderValue,
+}
+
 impl Countersigner {
-    /// Checks the worker's receipt (trailer value) against `seen`; the full receipt's trailer value.
+    /// Checks the worker's receipt (its record and certificate trailers) against `seen`, and
+    /// countersigns it.
     pub fn countersign(
         &self,
-        trailer: &HeaderValue,
+        record: &HeaderValue,
+        worker_certificate: &HeaderValue,
         seen: &Seen<'_>,
-    ) -> Result<HeaderValue, ReceiptRefused> {
-        let text = trailer
-            .to_str()
-            .map_err(|_| ReceiptError::Malformed("the trailer is not ASCII".into()))?;
-        let worker_receipt = WorkerReceipt::from_header(text)?;
-        let signer = worker_receipt.signer()?;
+    ) -> Result<Countersigned, ReceiptRefused> {
+        let worker_receipt = WorkerReceipt::from_wire(ascii(record)?, ascii(worker_certificate)?)?;
         let peer = &seen.worker.peer;
-        if signer != peer.public_key {
+        let der = worker_receipt.certificate_der()?;
+        let fingerprint: [u8; 32] = Sha256::digest(&der).into();
+        if fingerprint == peer.cert_fingerprint {
+            worker_receipt.check_signature(&peer.public_key)?;
+        } else {
             // The worker renewed its certificate since this link came up: the new one must
-            // verify under today's policy and attest the same image.
+            // verify under today's policy and attest the same image and role.
             let renewed = cocoon_ratls::verify_certificate(
-                &worker_receipt.certificate_der()?,
+                &der,
                 self.trust.verifier(),
                 &self.worker_policy.current(),
                 SystemTime::now(),
@@ -87,45 +100,63 @@ impl Countersigner {
                     renewed.image_hash, renewed.claims.role
                 )));
             }
+            worker_receipt.check_signature(&renewed.public_key)?;
         }
-        let answer = &worker_receipt.answer;
-        let info = &seen.worker.info;
-        let checks = [
-            ("usage", json(&answer.usage), json(seen.usage)),
-            ("charge", answer.charge.to_string(), seen.charge.to_string()),
-            ("prices", json(&answer.prices), json(seen.prices)),
-            (
-                "coefficient",
-                answer.coefficient.to_string(),
-                info.coefficient.to_string(),
-            ),
-            ("model", answer.model.clone(), info.model.clone()),
-            (
-                "model hash",
-                json(&answer.model_hash),
-                json(&info.model_hash),
-            ),
-            (
-                "worker image",
-                answer.worker_image_hash.to_string(),
-                peer.image_hash.to_string(),
-            ),
-        ];
-        for (field, receipt, seen) in checks {
-            if receipt != seen {
-                return Err(ReceiptRefused::Disagrees {
-                    field,
-                    receipt,
-                    seen,
-                });
-            }
-        }
+        agree(&worker_receipt.answer, seen)?;
         let receipt = Receipt::countersign(worker_receipt, &self.trust.identity());
-        HeaderValue::from_str(&receipt.to_header())
-            .map_err(|_| ReceiptError::Malformed("not a header value".into()).into())
+        let (record, _, proxy_certificate) = receipt.to_wire();
+        let value = |text: &str| {
+            HeaderValue::from_str(text)
+                .map_err(|_| ReceiptError::Malformed("not a header value".into()))
+        };
+        Ok(Countersigned {
+            record: value(&record)?,
+            worker_certificate: worker_certificate.clone(),
+            proxy_certificate: value(proxy_certificate)?,
+        })
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
+fn ascii(value: &HeaderValue) -> Result<&str, ReceiptError> {
+    value
+        .to_str()
+        .map_err(|_| ReceiptError::Malformed("a receipt trailer is not ASCII".into()))
+}
+
+/// Whether the receipt says what the proxy saw; the first difference otherwise.
+fn agree(answer: &AnswerRecord, seen: &Seen<'_>) -> Result<(), ReceiptRefused> {
+    let info = &seen.worker.info;
+    let differ = |field: &'static str, receipt: &dyn std::fmt::Debug, saw: &dyn std::fmt::Debug| {
+        Err(ReceiptRefused::Disagrees {
+            field,
+            receipt: format!("{receipt:?}"),
+            seen: format!("{saw:?}"),
+        })
+    };
+    if answer.usage != *seen.usage {
+        return differ("usage", &answer.usage, seen.usage);
+    }
+    if answer.charge != seen.charge {
+        return differ("charge", &answer.charge, &seen.charge);
+    }
+    if answer.prices != *seen.prices {
+        return differ("prices", &answer.prices, seen.prices);
+    }
+    if answer.coefficient != info.coefficient {
+        return differ("coefficient", &answer.coefficient, &info.coefficient);
+    }
+    if answer.model != info.model {
+        return differ("model", &answer.model, &info.model);
+    }
+    if answer.model_hash != info.model_hash {
+        return differ("model hash", &answer.model_hash, &info.model_hash);
+    }
+    if answer.worker_image_hash != seen.worker.peer.image_hash {
+        return differ(
+            "worker image",
+            &answer.worker_image_hash,
+            &seen.worker.peer.image_hash,
+        );
+    }
+    Ok(())
 }

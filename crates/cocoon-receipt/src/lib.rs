@@ -203,25 +203,26 @@ impl WorkerReceipt {
     /// The embedded certificate's key, once the signature is checked with it. The caller decides
     /// whether that key is the worker's (the proxy compares it with its link's peer).
     pub fn signer(&self) -> Result<[u8; 32], ReceiptError> {
-        if self.version != RECEIPT_VERSION {
-            return Err(ReceiptError::Malformed(format!(
-                "version {} (this build reads {RECEIPT_VERSION})",
-                self.version
-            )));
-        }
         let der = decode_certificate(&self.worker_certificate, "worker")?;
         let contents = inspect_certificate(&der).map_err(|source| ReceiptError::Certificate {
             which: "worker",
             source,
         })?;
+        self.check_signature(&contents.public_key)?;
+        Ok(contents.public_key)
+    }
+
+    /// Checks the worker's signature with `key` (one the caller already trusts as the worker's,
+    /// such as its link's verified key).
+    pub fn check_signature(&self, key: &[u8; 32]) -> Result<(), ReceiptError> {
+        check_version(self.version)?;
         check_signature(
-            &contents.public_key,
+            key,
             &self.worker_signature,
             WORKER_DOMAIN,
             &[&record_bytes(&self.answer)],
             "worker",
-        )?;
-        Ok(contents.public_key)
+        )
     }
 
     /// The worker's certificate (DER).
@@ -229,14 +230,60 @@ impl WorkerReceipt {
         decode_certificate(&self.worker_certificate, "worker")
     }
 
-    /// Encodes for a header or trailer value: base64url (no padding) of the JSON.
-    pub fn to_header(&self) -> String {
-        to_header(self)
+    /// The wire form between nodes: the signed record (base64url JSON, for
+    /// `x-cocoon-receipt-record`) and the certificate (base64, for
+    /// `x-cocoon-receipt-worker-certificate`). The certificate rides apart because it is the same
+    /// on every answer of a link, so HTTP/2 header compression sends it once.
+    pub fn to_wire(&self) -> (String, &str) {
+        let record = RecordRef {
+            version: self.version,
+            answer: &self.answer,
+            worker_signature: &self.worker_signature,
+            proxy_signature: None,
+        };
+        (to_header(&record), &self.worker_certificate)
     }
 
-    /// Decodes [`WorkerReceipt::to_header`]'s form.
-    pub fn from_header(text: &str) -> Result<Self, ReceiptError> {
-        from_header(text)
+    /// Reads [`WorkerReceipt::to_wire`]'s form.
+    pub fn from_wire(record: &str, worker_certificate: &str) -> Result<Self, ReceiptError> {
+        let record: Record = from_header(record)?;
+        Ok(WorkerReceipt {
+            version: record.version,
+            answer: record.answer,
+            worker_certificate: worker_certificate.to_owned(),
+            worker_signature: record.worker_signature,
+        })
+    }
+}
+
+/// A receipt's signed record as it travels between nodes, certificates apart.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    version: u32,
+    answer: &'a AnswerRecord,
+    worker_signature: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_signature: Option<&'a str>,
+}
+
+/// [`RecordRef`], read back.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    version: u32,
+    answer: AnswerRecord,
+    worker_signature: String,
+    #[serde(default)]
+    proxy_signature: Option<String>,
+}
+
+fn check_version(version: u32) -> Result<(), ReceiptError> {
+    if version == RECEIPT_VERSION {
+        Ok(())
+    } else {
+        Err(ReceiptError::Malformed(format!(
+            "version {version} (this build reads {RECEIPT_VERSION})"
+        )))
     }
 }
 
@@ -261,9 +308,46 @@ impl Receipt {
         }
     }
 
-    /// Encodes for a header or trailer value: base64url (no padding) of the JSON.
+    /// Encodes for a header value: base64url (no padding) of the JSON (what apps get in
+    /// `x-cocoon-receipt`).
     pub fn to_header(&self) -> String {
         to_header(self)
+    }
+
+    /// The wire form between nodes: the signed record (base64url JSON) and the two certificates
+    /// (base64), for `x-cocoon-receipt-record`, `-worker-certificate` and `-proxy-certificate`.
+    pub fn to_wire(&self) -> (String, &str, &str) {
+        let record = RecordRef {
+            version: self.version,
+            answer: &self.answer,
+            worker_signature: &self.worker_signature,
+            proxy_signature: Some(&self.proxy_signature),
+        };
+        (
+            to_header(&record),
+            &self.worker_certificate,
+            &self.proxy_certificate,
+        )
+    }
+
+    /// Reads [`Receipt::to_wire`]'s form.
+    pub fn from_wire(
+        record: &str,
+        worker_certificate: &str,
+        proxy_certificate: &str,
+    ) -> Result<Self, ReceiptError> {
+        let record: Record = from_header(record)?;
+        let proxy_signature = record
+            .proxy_signature
+            .ok_or_else(|| ReceiptError::Malformed("the record has no proxy signature".into()))?;
+        Ok(Receipt {
+            version: record.version,
+            answer: record.answer,
+            worker_certificate: worker_certificate.to_owned(),
+            worker_signature: record.worker_signature,
+            proxy_certificate: proxy_certificate.to_owned(),
+            proxy_signature,
+        })
     }
 
     /// Reads a receipt given as JSON or as a header value.
@@ -283,12 +367,7 @@ impl Receipt {
     /// hash; the charge is the price of the usage; and, when given, the answer's and request's
     /// digests and the registry's allow-lists.
     pub fn verify(&self, expect: &Expectations<'_>) -> Result<VerifiedReceipt, ReceiptError> {
-        if self.version != RECEIPT_VERSION {
-            return Err(ReceiptError::Malformed(format!(
-                "version {} (this build reads {RECEIPT_VERSION})",
-                self.version
-            )));
-        }
+        check_version(self.version)?;
         let at = UNIX_EPOCH + Duration::from_secs(self.answer.issued_at);
         let policy = Policy::any_image(expect.min_kind);
         let certificate = |text: &str, which: &'static str, role: &str| {

@@ -85,6 +85,23 @@ fn a_receipt_verifies_with_its_answer_and_request() {
     let json = serde_json::to_string(&receipt).unwrap();
     assert_eq!(Receipt::parse(&json).unwrap(), receipt);
     assert_eq!(Receipt::parse(&receipt.to_header()).unwrap(), receipt);
+    let (record, worker, proxy) = receipt.to_wire();
+    assert_eq!(Receipt::from_wire(&record, worker, proxy).unwrap(), receipt);
+    let worker_half = WorkerReceipt::sign(record_of(&receipt), &worker_identity());
+    let (record, certificate) = worker_half.to_wire();
+    assert_eq!(
+        WorkerReceipt::from_wire(&record, certificate).unwrap(),
+        worker_half
+    );
+    // A worker's half is not a full receipt.
+    assert!(matches!(
+        Receipt::from_wire(&record, certificate, certificate),
+        Err(ReceiptError::Malformed(_))
+    ));
+}
+
+fn record_of(receipt: &Receipt) -> AnswerRecord {
+    receipt.answer.clone()
 }
 
 #[test]

@@ -255,8 +255,13 @@ mod tests {
             let trailers = collected.trailers().unwrap().clone();
             let answer = AnswerText::from_transcript(&collected.to_bytes());
             assert_eq!(answer.text(), "x".repeat(12), "stream: {stream}");
-            let receipt = trailers[headers::RECEIPT].to_str().unwrap();
-            let receipt = WorkerReceipt::from_header(receipt).unwrap();
+            let receipt = WorkerReceipt::from_wire(
+                trailers[headers::RECEIPT_RECORD].to_str().unwrap(),
+                trailers[headers::RECEIPT_WORKER_CERTIFICATE]
+                    .to_str()
+                    .unwrap(),
+            )
+            .unwrap();
             assert_eq!(
                 receipt.signer().unwrap(),
                 state.trust.identity().claims().public_key
@@ -282,7 +287,7 @@ mod tests {
         assert!(collected
             .trailers()
             .unwrap()
-            .get(headers::RECEIPT)
+            .get(headers::RECEIPT_RECORD)
             .is_none());
     }
 

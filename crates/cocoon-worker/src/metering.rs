@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::trailers::{error_trailers, usage_trailers};
 use cocoon_node::Body;
-use cocoon_proto::{headers, may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
+use cocoon_proto::{may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
 use cocoon_receipt::AnswerText;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
@@ -41,8 +41,8 @@ fn final_trailers(
     answer: &AnswerText,
 ) -> HeaderMap {
     let mut trailers = usage_trailers(usage);
-    if let Some(value) = draft.and_then(|draft| draft.finish(usage, answer)) {
-        trailers.insert(headers::RECEIPT, value);
+    if let Some(draft) = draft {
+        draft.finish(usage, answer, &mut trailers);
     }
     trailers
 }

@@ -48,8 +48,15 @@ impl ReceiptDraft {
         })
     }
 
-    /// Signs the receipt of an answer that used `usage` and said `answer`; the trailer value.
-    pub fn finish(self, usage: &TokenUsage, answer: &AnswerText) -> Option<HeaderValue> {
+    /// Signs the receipt of an answer that used `usage` and said `answer`; adds it to `trailers`.
+    pub fn finish(self, usage: &TokenUsage, answer: &AnswerText, trailers: &mut HeaderMap) {
+        if let Some((record, certificate)) = self.sign(usage, answer) {
+            trailers.insert(headers::RECEIPT_RECORD, record);
+            trailers.insert(headers::RECEIPT_WORKER_CERTIFICATE, certificate);
+        }
+    }
+
+    fn sign(self, usage: &TokenUsage, answer: &AnswerText) -> Option<(HeaderValue, HeaderValue)> {
         let charge = price(usage, self.info.coefficient, &self.prices)
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
             .ok()?
@@ -68,6 +75,10 @@ impl ReceiptDraft {
             charge,
         };
         let signed = WorkerReceipt::sign(record, &self.trust.identity());
-        HeaderValue::from_str(&signed.to_header()).ok()
+        let (record, certificate) = signed.to_wire();
+        Some((
+            HeaderValue::from_str(&record).ok()?,
+            HeaderValue::from_str(certificate).ok()?,
+        ))
     }
 }
