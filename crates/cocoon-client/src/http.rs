@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use cocoon_node::link::get_json;
+use cocoon_node::link::{get_json, per_request};
 use cocoon_node::reply::{json_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
@@ -587,7 +587,12 @@ impl Api {
                 .method(Method::POST)
                 .uri(endpoint.path())
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(REQUEST_ID, request_id)
+                .header(
+                    REQUEST_ID,
+                    per_request(HeaderValue::from_str(request_id).map_err(|_| {
+                        Failure::new(ErrorKind::Internal, "the request id is not a header value")
+                    })?),
+                )
                 .header(MAX_COEFFICIENT, prepared.max_coefficient)
                 .header(TIMEOUT_MS, prepared.timeout.as_millis().to_string())
                 .body(Body::from(prepared.body.clone()))

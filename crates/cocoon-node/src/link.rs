@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -36,6 +36,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 8192;
 /// separately and flushes at the end of each write cycle; gathering them turns a cycle's frames
 /// into one TLS record and one system call instead of one per frame.
 const WRITE_BUFFER: usize = 64 << 10;
+/// HPACK table size each side offers its peer: room for the values that repeat on every answer
+/// of a link (two receipt certificates of ~1.5 KiB, hashes), which the default 4 KiB barely holds.
+const HEADER_TABLE_SIZE: u32 = 64 << 10;
 /// Deadline for small control exchanges on a link.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +90,7 @@ where
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_reset_streams(MAX_CONCURRENT_STREAMS as usize)
+        .header_table_size(HEADER_TABLE_SIZE)
         .handshake(TokioIo::new(BufWriter::with_capacity(WRITE_BUFFER, io)))
         .await?;
     let driver = async move {
@@ -95,6 +99,14 @@ where
         }
     };
     Ok((sender, driver))
+}
+
+/// Marks a header value that differs on every request (ids, usage, signatures) so that HPACK
+/// sends it as a literal instead of adding it to the link's header table, where it would evict
+/// the values that repeat on every answer (receipt certificates, image and model hashes).
+pub fn per_request(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// Serves `router` as HTTP/2 on an established (attested) stream until the link ends.
@@ -109,6 +121,7 @@ where
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .header_table_size(HEADER_TABLE_SIZE)
         .serve_connection(
             TokioIo::new(BufWriter::with_capacity(WRITE_BUFFER, io)),
             TowerToHyperService::new(router),

@@ -36,7 +36,9 @@ fn json_value<T: serde::Serialize>(value: &T) -> Option<HeaderValue> {
     // JSON escapes control characters, so the only bytes left are visible ASCII and UTF-8, which
     // HTTP/2 header values carry as opaque octets.
     let text = serde_json::to_vec(value).ok()?;
-    HeaderValue::from_bytes(&text).ok()
+    HeaderValue::from_bytes(&text)
+        .ok()
+        .map(crate::link::per_request)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::body::to_bytes;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cocoon_node::link::per_request;
 use cocoon_node::reply::{error_response, openai_error_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::{error_trailers, read_error, read_usage};
@@ -147,7 +148,7 @@ pub async fn forward(
         if let Some(id) = &request_id {
             request
                 .headers_mut()
-                .insert(headers::REQUEST_ID, id.clone());
+                .insert(headers::REQUEST_ID, per_request(id.clone()));
         }
         if let Some(prices) = &prices {
             request
@@ -329,7 +330,7 @@ impl Meter {
                     .ok()
             });
             let text = serde_json::to_string(&cost).unwrap_or_default();
-            let cost = HeaderValue::from_str(&text).map_err(|_| {
+            let cost = HeaderValue::from_str(&text).map(per_request).map_err(|_| {
                 OpenAiError::new(
                     ErrorKind::Internal,
                     "the cost trailer is not a header value",

@@ -23,12 +23,18 @@ pub struct WorkerLink {
     /// Sends requests on its link.
     pub sender: LinkSender,
     active: AtomicU32,
+    receipts: AtomicU64,
 }
 
 impl WorkerLink {
     /// Requests in flight on this worker.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more receipt from this worker; the count before it (0 for the first).
+    pub fn count_receipt(&self) -> u64 {
+        self.receipts.fetch_add(1, Ordering::Relaxed)
     }
 
     fn try_reserve(&self) -> bool {
@@ -106,6 +112,7 @@ impl Routing {
             peer,
             sender,
             active: AtomicU32::new(0),
+            receipts: AtomicU64::new(0),
         });
         self.write()
             .entry(link.info.model.clone())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cocoon_ledger::{price, Hash32, Prices};
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::link::per_request;
 use cocoon_proto::{headers, TokenUsage, WorkerInfo};
 use cocoon_receipt::{AnswerRecord, AnswerText, WorkerReceipt};
 use http::{HeaderMap, HeaderValue};
@@ -77,7 +78,7 @@ impl ReceiptDraft {
         let signed = WorkerReceipt::sign(record, &self.trust.identity());
         let (record, certificate) = signed.to_wire();
         Some((
-            HeaderValue::from_str(&record).ok()?,
+            per_request(HeaderValue::from_str(&record).ok()?),
             HeaderValue::from_str(certificate).ok()?,
         ))
     }

@@ -98,6 +98,46 @@ impl Drop for Process {
     }
 }
 
+/// CPU time (user + system) a process has used, from `/proc/PID/stat` (Linux; `None` elsewhere).
+/// Its fields 14 and 15 count ticks of 1/100 s (the kernel's fixed `USER_HZ`).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; the fields after it follow its `)`.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after_name.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+/// CPU time of each benchmark process, to attribute a cell's cost per request.
+struct CpuMeter {
+    /// Name and pid of each process measured.
+    processes: Vec<(&'static str, u32)>,
+    before: Vec<Option<Duration>>,
+}
+
+impl CpuMeter {
+    fn start(processes: Vec<(&'static str, u32)>) -> Self {
+        let before = processes.iter().map(|(_, pid)| cpu_time(*pid)).collect();
+        Self { processes, before }
+    }
+
+    /// `name µs` of CPU per request since `start`, for each process.
+    fn per_request(&self, requests: usize) -> String {
+        let requests = requests.max(1) as f64;
+        self.processes
+            .iter()
+            .zip(&self.before)
+            .filter_map(|((name, pid), before)| {
+                let used = cpu_time(*pid)?.checked_sub((*before)?)?;
+                Some(format!("{name} {:.0}", used.as_secs_f64() * 1e6 / requests))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 fn spawn(args: &[String], threads: usize) -> anyhow::Result<Process> {
     let exe = std::env::current_exe().context("locating the cocoon binary")?;
     let child = Command::new(exe)
@@ -150,7 +190,8 @@ fn ensure_ports_free(base_port: u16, count: u16) -> anyhow::Result<()> {
 
 /// The nodes of a benchmark network, stopped when dropped.
 struct Network {
-    _nodes: Vec<Process>,
+    /// Ledger, proxy, worker and client, in that order.
+    nodes: Vec<Process>,
     api: String,
     data: PathBuf,
 }
@@ -252,11 +293,7 @@ async fn start_network(
         ]),
         threads,
     )?);
-    let network = Network {
-        _nodes: nodes,
-        api,
-        data,
-    };
+    let network = Network { nodes, api, data };
     let probe = format!(
         r#"{{"model":"{model}","max_tokens":1,"messages":[{{"role":"user","content":"hi"}}]}}"#
     );
@@ -267,7 +304,7 @@ async fn start_network(
 async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
     ensure_ports_free(args.base_port, 7)?;
     let engine = format!("127.0.0.1:{}", args.base_port);
-    let _engine = spawn(
+    let engine_process = spawn(
         &strings(&[
             "synthetic-engine",
             "--listen",
@@ -279,7 +316,7 @@ async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
         ]),
         args.node_threads,
     )?;
-    let network = start_network(
+    let nodes = start_network(
         &format!("http://{engine}"),
         "synthetic",
         4096,
@@ -287,7 +324,7 @@ async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
         args.node_threads,
     )
     .await?;
-    let api = network.api.clone();
+    let api = nodes.api.clone();
 
     println!(
         "cocoon bench: {} chunks x {} B per streamed request, a new connection per request, {} s per cell",
@@ -327,7 +364,21 @@ async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
     for (name, body) in &workloads {
         for &concurrency in &args.concurrency {
             let duration = Duration::from_secs_f64(args.seconds);
+            let engine_cpu = CpuMeter::start(vec![
+                ("engine", engine_process.0.id()),
+                ("load", std::process::id()),
+            ]);
             let direct = measure(&engine, body, concurrency, duration).await?;
+            let direct_cpu = engine_cpu.per_request(direct.latencies_ms.len());
+            let mut processes = vec![("engine", engine_process.0.id())];
+            for (name, node) in ["ledger", "proxy", "worker", "client"]
+                .into_iter()
+                .zip(&nodes.nodes)
+            {
+                processes.push((name, node.0.id()));
+            }
+            processes.push(("load", std::process::id()));
+            let network_cpu = CpuMeter::start(processes);
             let network = measure(&api, body, concurrency, duration).await?;
             println!(
                 "{:<7} {:>5} | {:>9.0} {:>9.0} {:>6.1}% | {:>9.3} {:>9.3} | {:>9.3} {:>9.3} | {:>9.3}",
@@ -341,6 +392,10 @@ async fn network(args: NetworkBenchArgs) -> anyhow::Result<()> {
                 network.percentile(50.0),
                 network.percentile(99.0),
                 network.percentile(50.0) - direct.percentile(50.0),
+            );
+            println!(
+                "        CPU µs per request: direct [{direct_cpu}]; network [{}]",
+                network_cpu.per_request(network.latencies_ms.len())
             );
             if direct.failures + network.failures > 0 {
                 println!(
