@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use cocoon_node::attestation::{attester_for, own_image_hash, AttestationArgs};
 use cocoon_ratls::{inspect_certificate, verify_certificate, Identity};
-use cocoon_tee::{AttestationKind, ImageHash, Policy, Verifier};
+use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier};
+use cocoon_tee::{AttestationKind, ImageHash, Policy, Quote, Verifier};
 use serde_json::json;
 
 /// `cocoon attest …`
@@ -68,6 +70,9 @@ pub struct VerifyArgs {
     /// Check at this time (unix seconds) instead of now.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub at: Option<u64>,
+    /// Intel PCS or PCCS base URL for the collateral of a `tdx` quote.
+    #[arg(long, value_name = "URL", default_value = cocoon_tee::tdx::INTEL_PCS_URL)]
+    pub pccs_url: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -82,11 +87,11 @@ pub struct ImageHashArgs {
 }
 
 /// Runs one `cocoon attest` command.
-pub fn run(command: AttestCommand) -> anyhow::Result<()> {
+pub async fn run(command: AttestCommand) -> anyhow::Result<()> {
     match command {
         AttestCommand::GenCert(args) => gen_cert(args),
         AttestCommand::Show(args) => show(args),
-        AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Verify(args) => verify(args).await,
         AttestCommand::ImageHash(args) => {
             println!("{}", own_image_hash(&args.attestation)?);
             Ok(())
@@ -139,8 +144,25 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
     print_report(&report, args.json)
 }
 
-fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+/// A verifier for `quotes`: `tdx` ones get their DCAP collateral fetched from `pccs_url` first.
+pub async fn verifier_for(quotes: &[&Quote], pccs_url: &str) -> anyhow::Result<Verifier> {
+    let collateral = Arc::new(CollateralSource::pccs(PccsConfig::new(pccs_url))?);
+    for quote in quotes.iter().filter(|q| q.kind == AttestationKind::Tdx) {
+        collateral
+            .prefetch(&quote.bytes)
+            .await
+            .with_context(|| format!("fetching TDX collateral from {pccs_url}"))?;
+    }
+    Ok(Verifier::new().with_tdx(Arc::new(TdxQuoteVerifier::new(collateral))))
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let der = read_certificate(&args.file)?;
+    let verifier = match inspect_certificate(&der) {
+        Ok(contents) => verifier_for(&[&contents.quote], &args.pccs_url).await?,
+        // Verification reports what is wrong with it.
+        Err(_) => Verifier::new(),
+    };
     let policy = Policy {
         allowed_image_hashes: args
             .allow_image
@@ -157,7 +179,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         .at
         .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
         .unwrap_or_else(SystemTime::now);
-    match verify_certificate(&der, &Verifier::new(), &policy, now) {
+    match verify_certificate(&der, &verifier, &policy, now) {
         Ok(peer) => {
             let report = serde_json::to_value(&peer)?;
             if args.json {

@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Role::Dev(args) => runtime.block_on(dev::run(args)),
-        Role::Attest(command) => attest::run(command),
+        Role::Attest(command) => runtime.block_on(attest::run(command)),
         #[cfg(feature = "embedded")]
         Role::EmbeddedEngine(args) => runtime.block_on(engine::run(args)),
         Role::Bench(args) => runtime.block_on(bench::run(args)),

@@ -2,14 +2,12 @@
 //! signatures, the charge, and (when given) the answer, the request and a registry's allow-lists.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use cocoon_ledger::{LedgerClient, Registry};
 use cocoon_receipt::{AnswerText, Expectations, Receipt};
-use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier};
-use cocoon_tee::{AttestationKind, Verifier};
+use cocoon_tee::{AttestationKind, Quote, Verifier};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -137,24 +135,21 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A verifier for the receipt's two quotes: `tdx` ones get their collateral fetched first.
+/// A verifier for the receipt's two quotes (`tdx` ones get their collateral fetched first).
 async fn verifier_for(receipt: &Receipt, pccs_url: &str) -> anyhow::Result<Verifier> {
     use base64::Engine as _;
-    let collateral = Arc::new(CollateralSource::pccs(PccsConfig::new(pccs_url))?);
-    for certificate in [&receipt.worker_certificate, &receipt.proxy_certificate] {
-        let Ok(der) = base64::engine::general_purpose::STANDARD.decode(certificate) else {
-            continue; // verification reports it
-        };
-        if let Ok(contents) = cocoon_ratls::inspect_certificate(&der) {
-            if contents.quote.kind == AttestationKind::Tdx {
-                collateral
-                    .prefetch(&contents.quote.bytes)
-                    .await
-                    .with_context(|| format!("fetching TDX collateral from {pccs_url}"))?;
-            }
-        }
-    }
-    Ok(Verifier::new().with_tdx(Arc::new(TdxQuoteVerifier::new(collateral))))
+    let quotes: Vec<Quote> = [&receipt.worker_certificate, &receipt.proxy_certificate]
+        .into_iter()
+        .filter_map(|certificate| {
+            base64::engine::general_purpose::STANDARD
+                .decode(certificate)
+                .ok()
+        })
+        .filter_map(|der| cocoon_ratls::inspect_certificate(&der).ok())
+        .map(|contents| contents.quote)
+        .collect();
+    // Certificates that do not decode are reported by the verification itself.
+    crate::attest::verifier_for(&quotes.iter().collect::<Vec<_>>(), pccs_url).await
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
