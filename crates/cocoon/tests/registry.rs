@@ -1,6 +1,6 @@
 //! End-to-end: the registry on the ledger is the network's source of truth. Nodes started without
 //! `--proxy` or allow-list flags find the proxy and judge images from it, and `cocoon registry`
-//! changes take effect on live links within seconds.
+//! changes (revoked images, removed proxies) take effect on live links within seconds.
 
 mod common;
 
@@ -41,7 +41,7 @@ async fn chat_status(api: &str) -> u16 {
 }
 
 #[tokio::test]
-async fn revoking_an_image_disconnects_its_workers_and_allowing_it_again_brings_them_back() {
+async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_listed_again() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("owner.key");
     let key_arg = key.display().to_string();
@@ -105,6 +105,31 @@ async fn revoking_an_image_disconnects_its_workers_and_allowing_it_again_brings_
     assert!(proxy_workers(&proxy).await.is_empty());
 
     let (ok, _, stderr) = registry(&["allow-image", "--role", "worker", &worker_image]);
+    assert!(ok, "{stderr}");
+    until_workers(&proxy, 1, Duration::from_secs(15)).await;
+    wait_for_model(&api, "synthetic", 1).await;
+    assert_eq!(chat_status(&api).await, 200);
+
+    // A proxy taken off the registry loses the links of nodes that found it there.
+    let (ok, _, stderr) = registry(&["remove-proxy", "1"]);
+    assert!(ok, "{stderr}");
+    until_workers(&proxy, 0, Duration::from_secs(5)).await;
+    let started = Instant::now();
+    while chat_status(&api).await != 503 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the client still uses a proxy the registry no longer lists"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Registered again (with a new seqno), it is found again.
+    let (ok, _, stderr) = registry(&[
+        "add-proxy",
+        "--worker-endpoint",
+        &proxy.workers,
+        "--client-endpoint",
+        &proxy.clients,
+    ]);
     assert!(ok, "{stderr}");
     until_workers(&proxy, 1, Duration::from_secs(15)).await;
     wait_for_model(&api, "synthetic", 1).await;
