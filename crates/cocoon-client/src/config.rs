@@ -59,6 +59,12 @@ pub struct ClientConfig {
     /// Milliseconds between checks of the contract (open, top up, apply charges).
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub settle_interval_ms: u64,
+    /// Leave the `x-cocoon-receipt` header off non-streamed answers. A receipt carries two attested
+    /// certificates: ~5 KB with `fake` quotes, ~20 KB with `tdx` ones, more than some HTTP stacks
+    /// and reverse proxies accept in a header. Streamed answers still end with the receipt event.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_receipt_header: bool,
     /// How this node attests itself and which proxies it accepts.
     #[command(flatten)]
     #[serde(flatten)]

@@ -322,6 +322,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// Values for requests that do not set their own.
     pub defaults: Defaults,
+    /// Whether non-streamed answers carry their receipt in `x-cocoon-receipt`.
+    pub receipt_header: bool,
 }
 
 /// The whole HTTP surface: the OpenAI API (behind the API keys) and `stats_routes` (open, so
@@ -552,8 +554,10 @@ impl Api {
                 if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
                     bytes = priced;
                 }
-                if let Some(receipt) = crate::stream::receipt_of(trailers) {
-                    answer = answer.header(RECEIPT, receipt.to_header());
+                if self.receipt_header {
+                    if let Some(receipt) = crate::stream::receipt_of(trailers) {
+                        answer = answer.header(RECEIPT, receipt.to_header());
+                    }
                 }
             }
             answer = answer.header(

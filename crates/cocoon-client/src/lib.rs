@@ -169,6 +169,7 @@ pub async fn start(
             max_coefficient: config.max_coefficient,
             timeout: config.default_timeout(),
         },
+        receipt_header: !config.no_receipt_header,
     });
     let app = http::router(api, stats_routes);
     let graceful = shutdown.clone();

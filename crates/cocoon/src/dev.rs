@@ -193,6 +193,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             stake: 0,
             faucet: DEV_FAUCET,
             settle_interval_ms: 1_000,
+            no_receipt_header: false,
             attestation: attestation(CLIENT_IMAGE),
         },
         shutdown.clone(),

@@ -164,6 +164,18 @@ async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
         &["--response", &show(&path("stream.txt"))],
     );
     assert!(!ok);
+
+    // An app behind an HTTP stack with small header limits can have the header left off.
+    let (_quiet, quiet_api) = client(&proxy, &["--no-receipt-header"]);
+    wait_for_model(&quiet_api, "synthetic", 1).await;
+    let response = http()
+        .post(format!("{quiet_api}/v1/chat/completions"))
+        .json(&json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-cocoon-receipt").is_none());
 }
 
 /// The JSON inside a header-form receipt (base64url, no padding).
