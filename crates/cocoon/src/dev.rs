@@ -3,6 +3,7 @@
 //! dev images and model, and lists the proxy the others find), ready for `curl`. A local ledger with the development faucet on settles the money:
 //! the proxy stakes from the faucet, the client deposits from it, and every answer shows its cost.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,9 +175,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         workers.push(worker);
     }
     let model = workers[0].info.model.clone();
-    if let Some(hash) = &workers[0].info.model_hash {
-        allow_dev_model(&ledger_url, &owner_key, &model, hash).await?;
-    }
+    allow_dev_model(
+        &ledger_url,
+        &owner_key,
+        &model,
+        workers[0].info.model_hash.as_deref(),
+    )
+    .await?;
 
     let client = cocoon_client::start(
         ClientConfig {
@@ -269,25 +274,32 @@ async fn register_dev_network(
     .await
 }
 
-/// Allows the dev workers' model weights in the registry (once the first worker has hashed them).
+/// Makes the dev workers' model the only one the dev registry allows (once the first worker has
+/// hashed its weights), so an earlier run's model in the same data directory does not keep this
+/// run's workers out. An engine that reports no weights hash (synthetic, an engine URL) can only be
+/// admitted by a registry that lists no models.
 async fn allow_dev_model(
     ledger_url: &str,
     owner_key: &ed25519_dalek::SigningKey,
     model: &str,
-    hash: &str,
+    hash: Option<&str>,
 ) -> anyhow::Result<()> {
-    let hash: Hash32 = hash.parse()?;
-    update_dev_registry(ledger_url, owner_key, |current| {
-        Ok(if current.models.get(model) == Some(&hash) {
-            Vec::new()
-        } else {
-            vec![RegistryEdit::AllowModel {
-                name: model.to_owned(),
-                hash,
-            }]
-        })
-    })
-    .await
+    let wanted = match hash {
+        Some(hash) => BTreeMap::from([(model.to_owned(), hash.parse::<Hash32>()?)]),
+        None => BTreeMap::new(),
+    };
+    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
+    let current = crate::registry::read(&ledger, ledger_url).await?;
+    if current.models != wanted {
+        let mut next = current.clone();
+        next.models = wanted;
+        next.version = current.version + 1;
+        ledger
+            .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry: next })
+            .await
+            .context("updating the dev registry's models")?;
+    }
+    Ok(())
 }
 
 /// Applies the edits `wanted` finds missing from the current dev registry, as its owner.
