@@ -58,20 +58,24 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
         all.extend_from_slice(args);
         cocoon(&all)
     };
-    let worker_image = image_hash("test-worker");
-    let spare_image = image_hash("spare-worker");
-    for image in [&worker_image, &spare_image] {
-        let (ok, _, stderr) = registry(&["allow-image", "--role", "worker", image]);
-        assert!(ok, "{stderr}");
-    }
-    let (ok, _, stderr) = registry(&[
+    // Every change below must be accepted.
+    let change = |args: &[&str]| {
+        let (ok, _, stderr) = registry(args);
+        assert!(ok, "cocoon registry {args:?}: {stderr}");
+    };
+    let add_proxy = [
         "add-proxy",
         "--worker-endpoint",
         &proxy.workers,
         "--client-endpoint",
         &proxy.clients,
-    ]);
-    assert!(ok, "{stderr}");
+    ];
+    let worker_image = image_hash("test-worker");
+    let spare_image = image_hash("spare-worker");
+    for image in [&worker_image, &spare_image] {
+        change(&["allow-image", "--role", "worker", image]);
+    }
+    change(&add_proxy);
     let shown: Value = serde_json::from_str(&cocoon_ok(&[
         "registry",
         "--ledger",
@@ -92,8 +96,7 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
     wait_for_model(&api, "synthetic", 1).await;
     assert_eq!(chat_status(&api).await, 200);
 
-    let (ok, _, stderr) = registry(&["revoke-image", "--role", "worker", &worker_image]);
-    assert!(ok, "{stderr}");
+    change(&["revoke-image", "--role", "worker", &worker_image]);
     until_workers(&proxy, 0, Duration::from_secs(5)).await;
     assert_eq!(
         chat_status(&api).await,
@@ -104,15 +107,13 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(proxy_workers(&proxy).await.is_empty());
 
-    let (ok, _, stderr) = registry(&["allow-image", "--role", "worker", &worker_image]);
-    assert!(ok, "{stderr}");
+    change(&["allow-image", "--role", "worker", &worker_image]);
     until_workers(&proxy, 1, Duration::from_secs(15)).await;
     wait_for_model(&api, "synthetic", 1).await;
     assert_eq!(chat_status(&api).await, 200);
 
     // A proxy taken off the registry loses the links of nodes that found it there.
-    let (ok, _, stderr) = registry(&["remove-proxy", "1"]);
-    assert!(ok, "{stderr}");
+    change(&["remove-proxy", "1"]);
     until_workers(&proxy, 0, Duration::from_secs(5)).await;
     let started = Instant::now();
     while chat_status(&api).await != 503 {
@@ -123,14 +124,7 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Registered again (with a new seqno), it is found again.
-    let (ok, _, stderr) = registry(&[
-        "add-proxy",
-        "--worker-endpoint",
-        &proxy.workers,
-        "--client-endpoint",
-        &proxy.clients,
-    ]);
-    assert!(ok, "{stderr}");
+    change(&add_proxy);
     until_workers(&proxy, 1, Duration::from_secs(15)).await;
     wait_for_model(&api, "synthetic", 1).await;
     assert_eq!(chat_status(&api).await, 200);
