@@ -37,8 +37,6 @@ pub enum RegistryError {
 #[derive(Clone)]
 pub struct RegistryWatch {
     current: watch::Receiver<Arc<Registry>>,
-    /// The sender of a fixed document, kept so receivers wait instead of seeing a closed channel.
-    _fixed: Option<Arc<watch::Sender<Arc<Registry>>>>,
 }
 
 impl RegistryWatch {
@@ -72,19 +70,7 @@ impl RegistryWatch {
                 _ = follow(ledger, url, publish) => {}
             }
         });
-        Ok(Self {
-            current,
-            _fixed: None,
-        })
-    }
-
-    /// A watch that never changes, for nodes (and tests) given a fixed document.
-    pub fn fixed(registry: Registry) -> Self {
-        let (publish, current) = watch::channel(Arc::new(registry));
-        Self {
-            current,
-            _fixed: Some(Arc::new(publish)),
-        }
+        Ok(Self { current })
     }
 
     /// The document now.
@@ -453,7 +439,9 @@ mod tests {
     async fn command_line_images_override_the_registry() {
         let mut registry = Registry::new(AccountId([1; 32]));
         registry.worker_image_hashes.push(Hash32(image("a").0));
-        let watch = RegistryWatch::fixed(registry);
+        // The sender stays alive for the test, as the ledger follower would.
+        let (_publish, current) = watch::channel(Arc::new(registry));
+        let watch = RegistryWatch { current };
         let flags = BTreeSet::from([image("b")]);
         let policy = LivePolicy::new(
             flags.clone(),
