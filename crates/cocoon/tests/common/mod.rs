@@ -7,6 +7,7 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cocoon_tee::FakeAttester;
@@ -17,6 +18,10 @@ pub const TEST_FAUCET: &str = "1000000000000";
 /// A running `cocoon` process, killed when dropped (with its data directory, if it owns one).
 pub struct Node {
     child: Child,
+    /// The role (`cocoon`'s first argument), to name the node when it died early.
+    role: String,
+    /// Whether the test killed it (then its exit is no news).
+    killed: bool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -30,7 +35,12 @@ impl Node {
             .stdout(Stdio::null())
             .spawn()
             .expect("cocoon starts");
-        Node { child, _dir: None }
+        Node {
+            child,
+            role: args.first().cloned().unwrap_or_default(),
+            killed: false,
+            _dir: None,
+        }
     }
 
     /// Starts `cocoon ARGS…`, removing `dir` when the node is dropped.
@@ -47,6 +57,7 @@ impl Node {
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
+        self.killed = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,17 +65,44 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // A node that died on its own explains a failed wait; its own error is on stderr above.
+        let died = if self.killed { None } else { self.exited() };
+        if let Some(status) = died.filter(|status| !status.success()) {
+            eprintln!(
+                "the {} node had exited before the test ended: {status}",
+                self.role
+            );
+        }
         self.kill();
     }
 }
 
-/// A port free right now on loopback.
+/// A port free right now on loopback, for a node this test starts.
+///
+/// A node binds its ports only after it has attested and opened its wallet (a second or more on a
+/// loaded machine), so a port that is merely free now must not be one the kernel may hand out
+/// meanwhile: not an ephemeral port (another test's `bind(0)` or outgoing connection could take
+/// it), and never the same one twice in this process. Ports are taken in turn from the range
+/// below the kernel's ephemeral range, starting at an offset drawn from the process id so that
+/// test binaries running side by side start apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    panic!("no free port below the ephemeral range {ephemeral_low}")
 }
 
 /// `127.0.0.1:PORT` on a free port.
