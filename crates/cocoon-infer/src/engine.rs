@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 
 use crate::config::EngineConfig;
 use crate::error::InferError;
-use crate::model_file::{check_gguf, model_sha256};
+use cocoon_tee::weights::weights_sha256;
+
+use crate::model_file::check_gguf;
 use crate::openai::{ApiError, Sampling};
 use crate::scheduler;
 
@@ -149,7 +151,7 @@ impl Engine {
         }
         let path = config.model_path.clone();
         check_gguf(&path)?;
-        let model_hash = model_sha256(&path)?;
+        let model_hash = weights_sha256(&path)?;
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
         let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| {

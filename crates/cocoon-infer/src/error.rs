@@ -17,6 +17,9 @@ pub enum InferError {
         #[source]
         source: std::io::Error,
     },
+    /// The model file's SHA-256 could not be computed.
+    #[error(transparent)]
+    Weights(#[from] cocoon_tee::weights::WeightsError),
     /// The model file exists but llama.cpp cannot use it (not GGUF, truncated, unsupported).
     #[error("cannot load model {path}: {reason}")]
     ModelLoad {

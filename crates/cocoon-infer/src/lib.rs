@@ -32,4 +32,3 @@ pub use fetch::{
     DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_SHA256, DEFAULT_MODEL_SIZE,
 };
 pub use http::{router, BODY_LIMIT};
-pub use model_file::model_sha256;

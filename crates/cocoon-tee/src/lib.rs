@@ -6,7 +6,8 @@
 //! [`ImageHash`], report data); a [`Policy`] then decides whether that image and attestation
 //! kind are acceptable. Kinds: `none` ([`NoneAttester`], development only), `fake`
 //! ([`FakeAttester`], a software TDX stand-in signed by a published key) and `tdx`
-//! (verification plugged in through [`QuoteVerifier`]).
+//! (verification plugged in through [`QuoteVerifier`]). A worker's model is measured too: the
+//! SHA-256 of its weights ([`weights::weights_sha256`]) is one of its attested claims.
 
 mod error;
 pub mod fake;
@@ -18,6 +19,7 @@ pub mod sealed;
 pub mod tdx;
 pub mod tsm;
 mod verify;
+pub mod weights;
 
 pub use error::TeeError;
 pub use fake::FakeAttester;

@@ -26,8 +26,11 @@ pub struct WorkerConfig {
     /// The model name requests must carry. For `embedded` it defaults to the GGUF file's name.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub model: String,
-    /// GGUF model file for the `embedded` engine. Empty: the default model (SmolLM2-135M-Instruct),
-    /// fetched once into the data directory.
+    /// The weights served. `embedded`: the GGUF model file (empty: the default model,
+    /// SmolLM2-135M-Instruct, fetched once into the data directory). An engine URL: the file or
+    /// directory (e.g. a Hugging Face snapshot) the engine loaded, so the worker can attest their
+    /// SHA-256 (`cocoon attest model-hash PATH`); without it the worker attests no model hash, and
+    /// only proxies that list no models admit it. Hashes are cached beside the files.
     #[arg(long, value_name = "PATH", default_value = "")]
     pub model_path: String,
     /// Context window per sequence of the `embedded` engine, in tokens.

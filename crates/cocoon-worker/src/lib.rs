@@ -186,6 +186,9 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
             } else {
                 config.model.clone()
             };
+            if !config.model_path.is_empty() {
+                bail!("--model-path names the weights of the embedded engine or of an engine URL; the synthetic engine has none");
+            }
             let engine = Engine::InProcess(synthetic::router(SyntheticParams {
                 chunk_bytes: config.synthetic_chunk_bytes,
                 interval: Duration::from_micros(config.synthetic_interval_us),
@@ -198,9 +201,20 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
                 bail!("--model NAME is required with an engine URL (the name the engine serves)");
             }
             let engine = Engine::http(url)?;
+            let model_hash = if config.model_path.is_empty() {
+                None
+            } else {
+                let weights = std::path::PathBuf::from(&config.model_path);
+                let hash = tokio::task::spawn_blocking(move || {
+                    cocoon_tee::weights::weights_sha256(&weights)
+                })
+                .await?
+                .context("hashing the weights named by --model-path")?;
+                Some(hash)
+            };
             Ok((
                 engine,
-                announce(config.model.clone(), None, config, config.max_active),
+                announce(config.model.clone(), model_hash, config, config.max_active),
             ))
         }
     }

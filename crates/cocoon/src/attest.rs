@@ -24,6 +24,9 @@ pub enum AttestCommand {
     Verify(VerifyArgs),
     /// Print the image hash this machine's attestation (`--tee`, `--image-label`) yields.
     ImageHash(ImageHashArgs),
+    /// Print the model hash a worker serving these weights attests (a GGUF file, or a directory
+    /// such as a Hugging Face snapshot), for `cocoon registry allow-model NAME HASH`.
+    ModelHash(ModelHashArgs),
 }
 
 /// Options of `cocoon attest gen-cert`.
@@ -86,6 +89,14 @@ pub struct ImageHashArgs {
     pub attestation: AttestationArgs,
 }
 
+/// Options of `cocoon attest model-hash`.
+#[derive(Debug, Args)]
+pub struct ModelHashArgs {
+    /// The weights: a file, or a directory (every file under it but hidden ones; see
+    /// docs/operators/worker.md for the exact rule).
+    pub path: PathBuf,
+}
+
 /// Runs one `cocoon attest` command.
 pub async fn run(command: AttestCommand) -> anyhow::Result<()> {
     match command {
@@ -94,6 +105,14 @@ pub async fn run(command: AttestCommand) -> anyhow::Result<()> {
         AttestCommand::Verify(args) => verify(args).await,
         AttestCommand::ImageHash(args) => {
             println!("{}", own_image_hash(&args.attestation)?);
+            Ok(())
+        }
+        AttestCommand::ModelHash(args) => {
+            let hash = tokio::task::spawn_blocking(move || {
+                cocoon_tee::weights::weights_sha256(&args.path)
+            })
+            .await??;
+            println!("{hash}");
             Ok(())
         }
     }

@@ -46,7 +46,8 @@ pub struct DevArgs {
     /// Model name, required with an engine URL.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub model: String,
-    /// GGUF file for the `embedded` engine (default: SmolLM2-135M-Instruct, fetched once).
+    /// The weights: the GGUF file for the `embedded` engine (default: SmolLM2-135M-Instruct,
+    /// fetched once), or the file or directory an engine URL serves (then attested by hash).
     #[arg(long, value_name = "PATH", default_value = "")]
     pub model_path: String,
     /// How many workers to start.

@@ -1,6 +1,6 @@
 //! End-to-end: the registry on the ledger is the network's source of truth. Nodes started without
 //! `--proxy` or allow-list flags find the proxy and judge images from it, and `cocoon registry`
-//! changes (revoked images, removed proxies) take effect on live links within seconds.
+//! changes (revoked images and models, removed proxies) take effect on live links within seconds.
 
 mod common;
 
@@ -125,6 +125,88 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
     }
     // Registered again (with a new seqno), it is found again.
     change(&add_proxy);
+    until_workers(&proxy, 1, Duration::from_secs(15)).await;
+    wait_for_model(&api, "synthetic", 1).await;
+    assert_eq!(chat_status(&api).await, 200);
+}
+
+#[tokio::test]
+async fn an_engine_urls_weights_are_attested_and_revoking_its_model_drops_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("owner.key");
+    let key_arg = key.display().to_string();
+    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
+    let (_proxy, proxy) = proxy_on_ledger(&["--owner", owner.trim()], &[]);
+    let change = |args: &[&str]| {
+        let mut all = vec![
+            "registry",
+            "--ledger",
+            &proxy.ledger,
+            "--owner-key",
+            &key_arg,
+        ];
+        all.extend_from_slice(args);
+        let (ok, _, stderr) = cocoon(&all);
+        assert!(ok, "cocoon registry {args:?}: {stderr}");
+    };
+    // The weights an engine serves, as a snapshot directory; and a copy with one file changed.
+    let weights = dir.path().join("weights");
+    let tampered = dir.path().join("tampered");
+    for (path, config) in [
+        (&weights, "{\"layers\": 30}"),
+        (&tampered, "{\"layers\": 31}"),
+    ] {
+        std::fs::create_dir_all(path).unwrap();
+        std::fs::write(path.join("model.safetensors"), [7u8; 4096]).unwrap();
+        std::fs::write(path.join("config.json"), config).unwrap();
+    }
+    let weights_arg = weights.display().to_string();
+    let tampered_arg = tampered.display().to_string();
+    let hash = cocoon_ok(&["attest", "model-hash", &weights_arg]);
+    let hash = hash.trim();
+    assert_eq!(hash.len(), 64, "{hash}");
+    change(&["allow-model", "synthetic", hash]);
+    // A second model, so that revoking the first leaves a list (an empty one allows any model).
+    change(&["allow-model", "other", &"ab".repeat(32)]);
+
+    // Both workers forward to one engine over HTTP, as they would to vLLM.
+    let engine = free_addr();
+    let _engine = Node::start(&[
+        "synthetic-engine".to_owned(),
+        "--listen".to_owned(),
+        engine.clone(),
+    ]);
+    wait_for_port(&engine);
+    let engine_url = format!("http://{engine}");
+    let url_worker = |weights: &str| {
+        worker(
+            &proxy,
+            &[
+                "--engine",
+                &engine_url,
+                "--model",
+                "synthetic",
+                "--model-path",
+                weights,
+            ],
+        )
+    };
+    let (_worker, worker_stats) = url_worker(&weights_arg);
+    let (_impostor, _) = url_worker(&tampered_arg);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    assert_eq!(chat_status(&api).await, 200);
+    let stats = get_json(&format!("http://{worker_stats}/jsonstats")).await;
+    assert_eq!(stats["details"]["model_hash"], hash, "{stats}");
+    // The worker with changed weights is refused, however often it dials.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(proxy_workers(&proxy).await.len(), 1);
+
+    change(&["revoke-model", "synthetic"]);
+    until_workers(&proxy, 0, Duration::from_secs(5)).await;
+    assert_eq!(chat_status(&api).await, 404);
+
+    change(&["allow-model", "synthetic", hash]);
     until_workers(&proxy, 1, Duration::from_secs(15)).await;
     wait_for_model(&api, "synthetic", 1).await;
     assert_eq!(chat_status(&api).await, 200);
