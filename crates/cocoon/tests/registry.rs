@@ -40,29 +40,49 @@ async fn chat_status(api: &str) -> u16 {
     response.status().as_u16()
 }
 
+/// A registry owner's key (made with `cocoon registry keygen`) and the ledger it edits.
+struct Owner {
+    key: String,
+    ledger: String,
+}
+
+impl Owner {
+    /// A new owner key in `dir`; returns the key file's path and the owner's account.
+    fn keygen(dir: &std::path::Path) -> (String, String) {
+        let key = dir.join("owner.key").display().to_string();
+        let account = cocoon_ok(&["registry", "keygen", &key]);
+        (key, account.trim().to_owned())
+    }
+
+    /// `cocoon registry --ledger … --owner-key … ARGS…`: success, stdout, stderr.
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let owner_args = [
+            "registry",
+            "--ledger",
+            &self.ledger,
+            "--owner-key",
+            &self.key,
+        ];
+        cocoon(&[&owner_args[..], args].concat())
+    }
+
+    /// A change that must be accepted.
+    fn change(&self, args: &[&str]) {
+        let (ok, _, stderr) = self.run(args);
+        assert!(ok, "cocoon registry {args:?}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_listed_again() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("owner.key");
-    let key_arg = key.display().to_string();
-    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
-    let (_proxy, proxy) = proxy_on_ledger(&["--owner", owner.trim()], &[]);
-    let registry = |args: &[&str]| {
-        let mut all = vec![
-            "registry",
-            "--ledger",
-            &proxy.ledger,
-            "--owner-key",
-            &key_arg,
-        ];
-        all.extend_from_slice(args);
-        cocoon(&all)
+    let (key, account) = Owner::keygen(dir.path());
+    let (_proxy, proxy) = proxy_on_ledger(&["--owner", &account], &[]);
+    let owner = Owner {
+        key,
+        ledger: proxy.ledger.clone(),
     };
-    // Every change below must be accepted.
-    let change = |args: &[&str]| {
-        let (ok, _, stderr) = registry(args);
-        assert!(ok, "cocoon registry {args:?}: {stderr}");
-    };
+    let change = |args: &[&str]| owner.change(args);
     let add_proxy = [
         "add-proxy",
         "--worker-endpoint",
@@ -133,22 +153,13 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
 #[tokio::test]
 async fn an_engine_urls_weights_are_attested_and_revoking_its_model_drops_its_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("owner.key");
-    let key_arg = key.display().to_string();
-    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
-    let (_proxy, proxy) = proxy_on_ledger(&["--owner", owner.trim()], &[]);
-    let change = |args: &[&str]| {
-        let mut all = vec![
-            "registry",
-            "--ledger",
-            &proxy.ledger,
-            "--owner-key",
-            &key_arg,
-        ];
-        all.extend_from_slice(args);
-        let (ok, _, stderr) = cocoon(&all);
-        assert!(ok, "cocoon registry {args:?}: {stderr}");
+    let (key, account) = Owner::keygen(dir.path());
+    let (_proxy, proxy) = proxy_on_ledger(&["--owner", &account], &[]);
+    let owner = Owner {
+        key,
+        ledger: proxy.ledger.clone(),
     };
+    let change = |args: &[&str]| owner.change(args);
     // The weights an engine serves, as a snapshot directory; and a copy with one file changed.
     let weights = dir.path().join("weights");
     let tampered = dir.path().join("tampered");
@@ -215,10 +226,12 @@ async fn an_engine_urls_weights_are_attested_and_revoking_its_model_drops_its_wo
 #[tokio::test]
 async fn registry_changes_need_the_owner_and_refuse_to_open_a_list() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("owner.key");
-    let key_arg = key.display().to_string();
-    let owner = cocoon_ok(&["registry", "keygen", &key_arg]);
-    let (ledger_node, ledger) = ledger(dir.path(), &["--owner", owner.trim()]);
+    let (key, account) = Owner::keygen(dir.path());
+    let (ledger_node, ledger) = ledger(dir.path(), &["--owner", &account]);
+    let owner = Owner {
+        key,
+        ledger: ledger.clone(),
+    };
     let image = image_hash("only-worker");
 
     let (ok, _, stderr) = cocoon(&[
@@ -250,16 +263,14 @@ async fn registry_changes_need_the_owner_and_refuse_to_open_a_list() {
     assert!(!ok);
     assert!(stderr.contains("not the registry owner"), "{stderr}");
 
-    let owner_args = ["registry", "--ledger", &ledger, "--owner-key", &key_arg];
-    let run = |args: &[&str]| cocoon(&[&owner_args[..], args].concat());
-    assert!(run(&["allow-image", "--role", "worker", &image]).0);
-    let (ok, _, stderr) = run(&["revoke-image", "--role", "worker", &image]);
+    owner.change(&["allow-image", "--role", "worker", &image]);
+    let (ok, _, stderr) = owner.run(&["revoke-image", "--role", "worker", &image]);
     assert!(!ok, "revoking the last image would allow any image");
     assert!(stderr.contains("allows anything"), "{stderr}");
-    let (ok, _, stderr) = run(&["set-price", "--worker-fee-per-token", "999999999"]);
+    let (ok, _, stderr) = owner.run(&["set-price", "--worker-fee-per-token", "999999999"]);
     assert!(!ok);
     assert!(stderr.contains("exceeds price_per_token"), "{stderr}");
-    assert!(run(&["set-price", "--price-per-token", "2000"]).0);
+    owner.change(&["set-price", "--price-per-token", "2000"]);
     let shown = cocoon_ok(&["registry", "--ledger", &ledger, "show"]);
     assert!(shown.contains("version: 3"), "{shown}");
     assert!(shown.contains("2000 per token to clients"), "{shown}");
