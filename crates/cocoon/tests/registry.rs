@@ -73,15 +73,21 @@ impl Owner {
     }
 }
 
-#[tokio::test]
-async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_listed_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (key, account) = Owner::keygen(dir.path());
-    let (_proxy, proxy) = proxy_on_ledger(&["--owner", &account], &[]);
+/// A proxy on a ledger whose registry is owned by a key made in `dir`.
+fn proxy_with_owner(dir: &std::path::Path) -> (Node, ProxyAddrs, Owner) {
+    let (key, account) = Owner::keygen(dir);
+    let (node, proxy) = proxy_on_ledger(&["--owner", &account], &[]);
     let owner = Owner {
         key,
         ledger: proxy.ledger.clone(),
     };
+    (node, proxy, owner)
+}
+
+#[tokio::test]
+async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_listed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_proxy, proxy, owner) = proxy_with_owner(dir.path());
     let change = |args: &[&str]| owner.change(args);
     let add_proxy = [
         "add-proxy",
@@ -153,12 +159,7 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
 #[tokio::test]
 async fn an_engine_urls_weights_are_attested_and_revoking_its_model_drops_its_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, account) = Owner::keygen(dir.path());
-    let (_proxy, proxy) = proxy_on_ledger(&["--owner", &account], &[]);
-    let owner = Owner {
-        key,
-        ledger: proxy.ledger.clone(),
-    };
+    let (_proxy, proxy, owner) = proxy_with_owner(dir.path());
     let change = |args: &[&str]| owner.change(args);
     // The weights an engine serves, as a snapshot directory; and a copy with one file changed.
     let weights = dir.path().join("weights");
