@@ -252,3 +252,54 @@ async fn open_embedded(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerI
 async fn open_embedded(_config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInfo)> {
     bail!("this build has no embedded engine (cargo feature `embedded`): pass --engine URL or --engine synthetic")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerConfig,
+    }
+
+    fn config(args: &[&str]) -> WorkerConfig {
+        Cli::parse_from(std::iter::once("worker").chain(args.iter().copied())).worker
+    }
+
+    #[tokio::test]
+    async fn an_engine_url_with_weights_attests_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), b"weights").unwrap();
+        let weights = dir.path().display().to_string();
+        let expected = cocoon_tee::weights::weights_sha256(dir.path()).unwrap();
+        let url = "http://127.0.0.1:9";
+        let with = config(&["--engine", url, "--model", "m", "--model-path", &weights]);
+        let (_, info) = open_engine(&with).await.unwrap();
+        assert_eq!(info.model_hash.as_deref(), Some(expected.as_str()));
+
+        let without = config(&["--engine", url, "--model", "m"]);
+        let (_, info) = open_engine(&without).await.unwrap();
+        assert_eq!(info.model_hash, None, "no weights named, none attested");
+    }
+
+    #[tokio::test]
+    async fn weights_that_cannot_be_hashed_or_do_not_apply_stop_the_start() {
+        let missing = config(&[
+            "--engine",
+            "http://127.0.0.1:9",
+            "--model",
+            "m",
+            "--model-path",
+            "/nonexistent/weights",
+        ]);
+        let error = format!("{:#}", open_engine(&missing).await.err().unwrap());
+        assert!(error.contains("/nonexistent/weights"), "{error}");
+
+        let synthetic = config(&["--engine", "synthetic", "--model-path", "/tmp"]);
+        let error = format!("{:#}", open_engine(&synthetic).await.err().unwrap());
+        assert!(error.contains("synthetic engine has none"), "{error}");
+    }
+}
