@@ -28,11 +28,22 @@ pub struct Node {
 impl Node {
     /// Starts `cocoon ARGS…`.
     pub fn start(args: &[String]) -> Node {
+        Node::spawn(args, Stdio::null())
+    }
+
+    /// Starts `cocoon ARGS…` with its standard output readable, for commands that report on it.
+    pub fn start_with_stdout(args: &[String]) -> (Node, std::process::ChildStdout) {
+        let mut node = Node::spawn(args, Stdio::piped());
+        let stdout = node.child.stdout.take().expect("piped stdout");
+        (node, stdout)
+    }
+
+    fn spawn(args: &[String], stdout: Stdio) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
             .args(args)
             .env("COCOON_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .spawn()
             .expect("cocoon starts");
         Node {
@@ -91,7 +102,8 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    let low = 10_000.min(ephemeral_low / 2);
+    // Clear of `cocoon dev`'s ports (10000–14000 and up by instance) and `cocoon bench`'s (19000).
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
     let span = ephemeral_low.saturating_sub(low).max(1);
     let start = std::process::id().wrapping_mul(7919) % span;
     for _ in 0..span {
@@ -303,7 +315,8 @@ pub fn cocoon_ok(args: &[&str]) -> String {
     stdout
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
+/// Owned copies of `items`, for command lines.
+pub fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
