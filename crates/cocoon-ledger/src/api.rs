@@ -12,7 +12,8 @@
 //! - `GET  /v1/log?after=SEQ&limit=N` → `[`[`crate::store::LogEntry`]`]`
 //! - `POST /v1/transactions` with a [`crate::SignedTransaction`] → [`crate::store::Receipt`]
 //!
-//! Errors are an [`ApiError`] body with a matching status.
+//! Errors — including malformed queries, unknown routes and wrong methods — are an [`ApiError`]
+//! body with a matching status.
 
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +51,16 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
-    /// No such account or contract (HTTP 404).
+    /// No such account, contract or route (HTTP 404).
     #[error("not found: {message}")]
     NotFound {
         /// What was looked for.
+        message: String,
+    },
+    /// The route exists but not with this method (HTTP 405).
+    #[error("method not allowed: {message}")]
+    MethodNotAllowed {
+        /// The method and the route.
         message: String,
     },
     /// The ledger could not read or write its database (HTTP 500); nothing changed.
@@ -71,6 +78,7 @@ impl ApiError {
             ApiError::Rejected { .. } => 409,
             ApiError::BadRequest { .. } => 400,
             ApiError::NotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Storage { .. } => 500,
         }
     }

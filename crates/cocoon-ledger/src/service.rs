@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{request::Parts, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -157,6 +157,37 @@ fn not_found(what: String) -> ApiError {
     ApiError::NotFound { message: what }
 }
 
+/// A query string, refused as an [`ApiError`] (JSON, like every other ledger error) rather than
+/// axum's plain-text rejection.
+struct ApiQuery<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(query)) => Ok(ApiQuery(query)),
+            Err(rejection) => Err(ApiError::BadRequest {
+                message: rejection.body_text(),
+            }),
+        }
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        message: format!("{method} is not allowed on {}", uri.path()),
+    }
+}
+
 /// The ledger's HTTP routes (see [`crate::api`]).
 pub fn router(ledger: Arc<Ledger>) -> Router {
     Router::new()
@@ -172,12 +203,14 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/proxies/{proxy}/workers/{worker}", get(worker_contract))
         .route("/v1/log", get(log))
         .route(TRANSACTIONS_PATH, post(submit))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ledger)
 }
 
 async fn registry(
     State(ledger): State<Arc<Ledger>>,
-    Query(query): Query<RegistryQuery>,
+    ApiQuery(query): ApiQuery<RegistryQuery>,
 ) -> ApiResult<crate::Registry> {
     Ok(Json(match query.newer_than {
         Some(version) => {
@@ -269,7 +302,7 @@ async fn worker_contract(
 
 async fn log(
     State(ledger): State<Arc<Ledger>>,
-    Query(query): Query<LogQuery>,
+    ApiQuery(query): ApiQuery<LogQuery>,
 ) -> ApiResult<Vec<crate::store::LogEntry>> {
     let limit = query.limit.unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE);
     ledger

@@ -292,6 +292,30 @@ async fn bad_requests_get_typed_errors() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert!(matches!(reader.proxy_contract(id(PROXY)).await, Ok(None)));
+
+    // Malformed queries, unknown routes and wrong methods answer in the same JSON shape.
+    for (method, path, status, message) in [
+        ("GET", "/v1/registry?newer_than=abc", 400, "newer_than"),
+        ("GET", "/v1/log?limit=-1", 400, "limit"),
+        ("GET", "/v1/nothing", 404, "no route for GET /v1/nothing"),
+        (
+            "DELETE",
+            "/v1/stats",
+            405,
+            "DELETE is not allowed on /v1/stats",
+        ),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = raw
+            .request(method, format!("{url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let error: ApiError = response.json().await.unwrap();
+        assert_eq!(error.status(), status, "{path}");
+        assert!(error.to_string().contains(message), "{path}: {error}");
+    }
     assert_eq!(
         raw.get(format!("{url}/healthz"))
             .send()
