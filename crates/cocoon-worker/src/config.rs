@@ -27,7 +27,7 @@ pub struct WorkerConfig {
     #[arg(long, value_name = "NAME", default_value = "")]
     pub model: String,
     /// The weights served. `embedded`: the GGUF model file (empty: the default model,
-    /// SmolLM2-135M-Instruct, fetched once into the data directory). An engine URL: the file or
+    /// SmolLM2-135M-Instruct, fetched once into the user's model cache). An engine URL: the file or
     /// directory (e.g. a Hugging Face snapshot) the engine loaded, so the worker can attest their
     /// SHA-256 (`cocoon attest model-hash PATH`); without it the worker attests no model hash, and
     /// only proxies that list no models admit it. Hashes are cached beside the files.

@@ -13,7 +13,8 @@ pub struct EmbeddedEngineArgs {
     /// Address to serve on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
     pub listen: String,
-    /// GGUF model file. Default: SmolLM2-135M-Instruct, fetched once into the data directory.
+    /// GGUF model file. Default: SmolLM2-135M-Instruct, fetched once into the user's model cache
+    /// (`~/.local/share/cocoon/models` on Linux).
     #[arg(long, value_name = "PATH")]
     pub model_path: Option<PathBuf>,
     /// Served model name. Default: the file's name without its quantisation suffix.
