@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cocoon_ledger::ImageRole;
+use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::{ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
@@ -98,7 +98,7 @@ pub async fn start(
     config.validate()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("cannot open this client's wallet key")?;
-    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), &wallet);
+    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), AccountId::from(&wallet));
     let settlement = settlement::ClientSettlement::new(
         &config.ledger,
         wallet,

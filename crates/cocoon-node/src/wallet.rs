@@ -3,12 +3,14 @@
 //!
 //! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]), so
 //! a proxy bills the account the attested client named, and nobody can name another's account
-//! without that node's attested key.
+//! without that node's attested key. A worker may name an account it does not hold the key of (its
+//! owner's payout account): naming it only sends that account money.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cocoon_ledger::AccountId;
 use cocoon_ratls::PeerIdentity;
 use cocoon_tee::sealed::TdxHostSealingKeySource;
 use cocoon_tee::{
@@ -65,17 +67,12 @@ pub fn open_wallet(data_dir: &Path, args: &AttestationArgs) -> Result<SigningKey
     Ok(SealedKeyStore::new(data_dir.join(WALLET_FILE), sealing).load_or_create()?)
 }
 
-/// The wallet address (hex public key) of `key`.
-pub fn wallet_address(key: &SigningKey) -> String {
-    hex::encode(key.verifying_key().to_bytes())
-}
-
-/// Claims attributes `base` plus the wallet address of `key`.
+/// Claims attributes `base` plus the wallet `account` (the account the node is billed or paid in).
 pub fn with_wallet(
     mut base: BTreeMap<String, String>,
-    key: &SigningKey,
+    account: AccountId,
 ) -> BTreeMap<String, String> {
-    base.insert(WALLET_ATTRIBUTE.to_owned(), wallet_address(key));
+    base.insert(WALLET_ATTRIBUTE.to_owned(), account.to_string());
     base
 }
 
@@ -111,8 +108,10 @@ mod tests {
             open_wallet(dir.path(), &fake("b")),
             Err(WalletError::Sealed(_))
         ));
-        let attributes = with_wallet(BTreeMap::new(), &first);
-        assert_eq!(attributes[WALLET_ATTRIBUTE], wallet_address(&first));
-        assert_eq!(wallet_address(&first).len(), 64);
+        let attributes = with_wallet(BTreeMap::new(), AccountId::from(&first));
+        assert_eq!(
+            attributes[WALLET_ATTRIBUTE],
+            hex::encode(first.verifying_key().to_bytes())
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cocoon_ledger::ImageRole;
+use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
@@ -64,7 +64,7 @@ pub async fn start(
 ) -> anyhow::Result<RunningProxy> {
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("opening the proxy's wallet key")?;
-    let attributes = cocoon_node::wallet::with_wallet(Default::default(), &wallet);
+    let attributes = cocoon_node::wallet::with_wallet(Default::default(), AccountId::from(&wallet));
     let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
         .await
         .context("reading the registry")?;

@@ -61,6 +61,13 @@ pub struct WorkerConfig {
     /// Directory of the worker's sealed wallet key.
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/worker")]
     pub data_dir: PathBuf,
+    /// Where earnings are paid: an account you control (64 hex digits, as `cocoon wallet address`
+    /// prints it). Proxies name it in this worker's vouchers and claims pay it. The worker then
+    /// keeps no key on disk: the key that signs its claims is made at each start and never stored,
+    /// so a `tdx` worker needs no sealing service, and several workers can share one account.
+    /// Empty: the worker's own wallet, sealed in `--data-dir`.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    pub payout_account: String,
     /// Claim earnings from a proxy once at least this much (nano-units) is claimable.
     #[arg(long, value_name = "AMOUNT", default_value_t = 1_000_000_000)]
     pub claim_threshold: u64,

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cocoon_ledger::ImageRole;
+use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
 use cocoon_proto::WorkerInfo;
+use ed25519_dalek::SigningKey;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -66,13 +67,13 @@ pub async fn start(
     if let Some(hash) = &info.model_hash {
         claims.insert("model_hash".to_owned(), hash.clone());
     }
-    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
-        .context("opening the worker's wallet key")?;
-    let claims = cocoon_node::wallet::with_wallet(claims, &wallet);
+    let (claim_key, payee) = claim_key_and_payee(&config)?;
+    let claims = cocoon_node::wallet::with_wallet(claims, payee);
     let claim_interval = Duration::from_millis(config.claim_interval_ms.max(10));
     let settlement = settlement::WorkerSettlement::new(
         &config.ledger,
-        wallet,
+        claim_key,
+        payee,
         config.claim_threshold,
         claim_interval,
     )
@@ -161,6 +162,29 @@ pub async fn start(
 /// Runs a worker until `shutdown`.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     start(config, shutdown).await?.wait().await
+}
+
+/// The key that signs this worker's claims, and the account its earnings are paid to: a fresh
+/// in-memory key and the `--payout-account`, or the sealed wallet for both.
+fn claim_key_and_payee(config: &WorkerConfig) -> anyhow::Result<(SigningKey, AccountId)> {
+    if !config.payout_account.is_empty() {
+        let payee = config.payout_account.parse().map_err(|error| {
+            anyhow::anyhow!("--payout-account {}: {error}", config.payout_account)
+        })?;
+        // Anyone may submit a proxy's voucher and it pays the account it names, so this key needs
+        // no money and no future: it only signs the claim transactions.
+        return Ok((SigningKey::generate(&mut rand::rngs::OsRng), payee));
+    }
+    if config.attestation.tee == cocoon_tee::AttestationKind::Tdx {
+        bail!(
+            "a `tdx` worker needs --payout-account ACCOUNT: keeping its own wallet needs the host seal \
+             service, which this build does not implement"
+        );
+    }
+    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
+        .context("opening the worker's wallet key")?;
+    let account = AccountId::from(&wallet);
+    Ok((wallet, account))
 }
 
 fn announce(
@@ -301,5 +325,39 @@ mod tests {
         let synthetic = config(&["--engine", "synthetic", "--model-path", "/tmp"]);
         let error = format!("{:#}", open_engine(&synthetic).await.err().unwrap());
         assert!(error.contains("synthetic engine has none"), "{error}");
+    }
+
+    #[test]
+    fn a_payout_account_is_paid_and_no_key_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().display().to_string();
+        let owner = AccountId([7; 32]).to_string();
+        let with = config(&["--payout-account", &owner, "--data-dir", &data_dir]);
+        let (key, payee) = claim_key_and_payee(&with).unwrap();
+        assert_eq!(payee, AccountId([7; 32]));
+        assert_ne!(
+            AccountId::from(&key),
+            payee,
+            "claims are signed by a throwaway key"
+        );
+        let (again, _) = claim_key_and_payee(&with).unwrap();
+        assert_ne!(again.to_bytes(), key.to_bytes(), "a new key at every start");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // Without one, the worker's own sealed wallet is both.
+        let own = config(&["--data-dir", &data_dir]);
+        let (key, payee) = claim_key_and_payee(&own).unwrap();
+        assert_eq!(AccountId::from(&key), payee);
+        assert_eq!(claim_key_and_payee(&own).unwrap().1, payee);
+    }
+
+    #[test]
+    fn a_bad_payout_account_or_a_tdx_worker_without_one_is_refused() {
+        let bad = config(&["--payout-account", "not-hex"]);
+        let error = format!("{:#}", claim_key_and_payee(&bad).err().unwrap());
+        assert!(error.contains("--payout-account not-hex"), "{error}");
+        let tdx = config(&["--tee", "tdx"]);
+        let error = format!("{:#}", claim_key_and_payee(&tdx).err().unwrap());
+        assert!(error.contains("needs --payout-account"), "{error}");
     }
 }

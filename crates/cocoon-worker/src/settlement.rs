@@ -26,8 +26,9 @@ struct Earnings {
     paid: Amount,
 }
 
-/// The worker's wallet and the earnings proxies reported.
+/// The worker's account and the earnings proxies reported.
 pub struct WorkerSettlement {
+    /// The account earnings are paid to (named in the proxies' vouchers).
     account: AccountId,
     ledger: LedgerClient,
     threshold: Amount,
@@ -48,16 +49,18 @@ fn claimable(earnings: &Earnings) -> Amount {
 }
 
 impl WorkerSettlement {
-    /// Settlement for the wallet `key` against the ledger at `ledger_url`, claiming once at least
-    /// `threshold` is claimable from one proxy (checked every `interval`).
+    /// Settlement of the earnings paid to `payee` against the ledger at `ledger_url`, claiming
+    /// (transactions signed with `key`, which need not be `payee`'s) once at least `threshold` is
+    /// claimable from one proxy (checked every `interval`).
     pub fn new(
         ledger_url: &str,
         key: SigningKey,
+        payee: AccountId,
         threshold: Amount,
         interval: Duration,
     ) -> Result<Arc<Self>, cocoon_ledger::ClientError> {
         Ok(Arc::new(Self {
-            account: AccountId::from(&key),
+            account: payee,
             ledger: LedgerClient::new(ledger_url, key)?,
             threshold,
             interval,
@@ -66,7 +69,7 @@ impl WorkerSettlement {
         }))
     }
 
-    /// This worker's wallet.
+    /// The account this worker's earnings are paid to.
     pub fn account(&self) -> AccountId {
         self.account
     }
@@ -194,7 +197,15 @@ mod tests {
 
     fn settlement() -> Arc<WorkerSettlement> {
         let key = SigningKey::from_bytes(&[3; 32]);
-        WorkerSettlement::new("http://127.0.0.1:9", key, 100, Duration::from_secs(1)).unwrap()
+        let payee = AccountId::from(&key);
+        WorkerSettlement::new(
+            "http://127.0.0.1:9",
+            key,
+            payee,
+            100,
+            Duration::from_secs(1),
+        )
+        .unwrap()
     }
 
     fn statement(worker: AccountId, earned: Amount, seqno: u64) -> WorkerStatement {
@@ -224,5 +235,26 @@ mod tests {
         forged.earned = 1_000;
         assert!(settlement.accept(forged).is_err());
         assert_eq!(settlement.snapshot()["earned"], 70);
+    }
+
+    #[test]
+    fn statements_are_for_the_payee_not_the_claim_key() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let payee = AccountId([5; 32]);
+        let settlement = WorkerSettlement::new(
+            "http://127.0.0.1:9",
+            key.clone(),
+            payee,
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(settlement.account(), payee);
+        settlement.accept(statement(payee, 40, 1)).unwrap();
+        assert!(settlement
+            .accept(statement(AccountId::from(&key), 10, 2))
+            .is_err());
+        assert_eq!(settlement.snapshot()["account"], payee.to_string());
+        assert_eq!(settlement.snapshot()["claimable"], 40);
     }
 }

@@ -166,6 +166,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 synthetic_interval_us: 0,
                 ledger: ledger_url.clone(),
                 data_dir: data_dir.join(format!("worker-{index}")),
+                payout_account: String::new(),
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
                 attestation: attestation(WORKER_IMAGE),

@@ -224,6 +224,77 @@ async fn the_proxy_withdraws_its_commission_and_a_worker_claims_with_the_wallet_
 }
 
 #[tokio::test]
+async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_owner() {
+    let (_proxy, proxy) = proxy(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // The GPU owner's own wallet, on another machine as far as the worker is concerned.
+    let owner_dir = dir.path().join("owner").display().to_string();
+    let owner = wallet_cli(&proxy.ledger, &owner_dir, "owner-laptop", &["new"]);
+    let owner = owner["address"].as_str().unwrap().to_owned();
+    let worker_dir = dir.path().join("worker");
+    let worker_dir_arg = worker_dir.display().to_string();
+    let payout_worker = || {
+        worker(
+            &proxy,
+            &[
+                "--payout-account",
+                &owner,
+                "--claim-threshold",
+                "1",
+                "--data-dir",
+                &worker_dir_arg,
+            ],
+        )
+    };
+    let (mut first, first_stats) = payout_worker();
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let mut earned = 0;
+    for max_tokens in [3, 5] {
+        let usage = ask(&api, &chat(max_tokens, false)).await.expect("answered");
+        earned += price(&usage, 1_000, &Prices::default()).unwrap().worker_pay;
+    }
+    let stats = wallet(&first_stats).await;
+    assert_eq!(stats["account"], owner.as_str(), "{stats}");
+    let balance = eventually!(
+        wallet_cli(&proxy.ledger, &owner_dir, "owner-laptop", &["balance"]),
+        |b| b["balance"] == earned
+    );
+    assert_eq!(balance["address"], owner.as_str(), "{balance}");
+    assert!(
+        !worker_dir.join("wallet.sealed").exists(),
+        "a payout worker stores no key"
+    );
+
+    // Restarted, it signs claims with a new key; the earnings still go to the owner.
+    first.kill();
+    let (_second, _) = payout_worker();
+    wait_for_model(&api, "synthetic", 1).await;
+    let usage = ask(&api, &chat(7, false)).await.expect("answered");
+    earned += price(&usage, 1_000, &Prices::default()).unwrap().worker_pay;
+    eventually!(
+        wallet_cli(&proxy.ledger, &owner_dir, "owner-laptop", &["balance"]),
+        |b| b["balance"] == earned
+    );
+    let proxy_id = account_of(&proxy.stats).await;
+    let contract = contract(&proxy.ledger, proxy_id, "workers", owner.parse().unwrap()).await;
+    assert_eq!(contract["paid"], earned, "{contract}");
+
+    // A `tdx` worker has nowhere to keep a key of its own: it must be told where to pay.
+    let (ok, _, stderr) = cocoon(&[
+        "worker",
+        "--tee",
+        "tdx",
+        "--engine",
+        "synthetic",
+        "--data-dir",
+        &worker_dir_arg,
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("--payout-account"), "{stderr}");
+}
+
+#[tokio::test]
 async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
     // Dear tokens, so that a small stake covers few of them.
     let dir = tempfile::tempdir().unwrap();
