@@ -43,6 +43,14 @@ pub enum WalletCommand {
         #[arg(long, value_name = "ACCOUNT")]
         proxy: Option<AccountId>,
     },
+    /// Send `amount` from this account to another (e.g. a worker owner's earnings onward).
+    Transfer {
+        /// The receiving account.
+        #[arg(long, value_name = "ACCOUNT")]
+        to: AccountId,
+        /// Nano-units.
+        amount: Amount,
+    },
     /// Development ledgers only: mint `amount` into this account from the faucet.
     Faucet {
         /// Nano-units.
@@ -95,6 +103,10 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
     let out = match args.command {
         WalletCommand::New | WalletCommand::Address => json!({ "address": account.to_string() }),
         WalletCommand::Balance { proxy } => balance(&ledger, account, proxy).await?,
+        WalletCommand::Transfer { to, amount } => {
+            let receipt = ledger.transfer(to, amount).await?;
+            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, None).await? })
+        }
         WalletCommand::Faucet { amount } => {
             let receipt = ledger.faucet(amount).await?;
             json!({ "address": account.to_string(), "minted": amount, "seq": receipt.seq })

@@ -280,6 +280,35 @@ async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_
     let contract = contract(&proxy.ledger, proxy_id, "workers", owner.parse().unwrap()).await;
     assert_eq!(contract["paid"], earned, "{contract}");
 
+    // The owner moves the earnings on like any other money, and cannot move more.
+    let elsewhere = AccountId([9; 32]).to_string();
+    let transfer = |amount: u64| {
+        let amount = amount.to_string();
+        cocoon(&[
+            "wallet",
+            "--json",
+            "--ledger",
+            &proxy.ledger,
+            "--data-dir",
+            &owner_dir,
+            "--image-label",
+            "owner-laptop",
+            "transfer",
+            "--to",
+            &elsewhere,
+            &amount,
+        ])
+    };
+    let (ok, _, stderr) = transfer(earned + 1);
+    assert!(!ok);
+    assert!(stderr.contains("insufficient funds"), "{stderr}");
+    let (ok, stdout, stderr) = transfer(earned);
+    assert!(ok, "{stderr}");
+    let sent: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(sent["balance"]["balance"], 0, "{sent}");
+    let received = get_json(&format!("{}/v1/accounts/{elsewhere}", proxy.ledger)).await;
+    assert_eq!(received["balance"], earned, "{received}");
+
     // A `tdx` worker has nowhere to keep a key of its own: it must be told where to pay.
     let (ok, _, stderr) = cocoon(&[
         "worker",
