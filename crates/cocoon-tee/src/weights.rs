@@ -132,6 +132,11 @@ fn file_sha256(path: &Path) -> Result<String, WeightsError> {
         }
     }
     let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    // Large weights take minutes to read; say why the start is slow, once.
+    let bytes = file.metadata().map_or(0, |m| m.len());
+    if bytes >= 1 << 30 {
+        tracing::info!(path = %path.display(), bytes, "hashing weights (cached afterwards)");
+    }
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
     let digest = hex::encode(hasher.finalize());
