@@ -110,7 +110,7 @@ impl ProxyLinks {
                 tokio::spawn(async move {
                     maintain(&slot, &linking, stop).await;
                     write(&links.slots).retain(|other| !Arc::ptr_eq(other, &slot));
-                });
+                })
             },
         ));
         (links, task)

@@ -109,7 +109,8 @@ async fn fake_proxy(coefficient: u32) -> ProxyHandle {
             let router = router.clone();
             tokio::spawn(async move {
                 if let Ok((tls, _peer)) = acceptor.accept(tcp).await {
-                    let _ = serve(tls, router).await;
+                    let never = CancellationToken::new();
+                    let _ = serve(tls, router, &never, Duration::ZERO).await;
                 }
             });
         }

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter};
+use tokio_util::sync::CancellationToken;
 
 use crate::Body;
 
@@ -110,11 +111,19 @@ pub fn per_request(mut value: HeaderValue) -> HeaderValue {
 }
 
 /// Serves `router` as HTTP/2 on an established (attested) stream until the link ends.
-pub async fn serve<S>(io: S, router: Router) -> Result<(), LinkError>
+///
+/// Once `drain` is cancelled the peer is told (HTTP/2 GOAWAY) to open no more streams, and the
+/// link ends when the streams in flight have finished, or `grace` later with them cut.
+pub async fn serve<S>(
+    io: S,
+    router: Router,
+    drain: &CancellationToken,
+    grace: Duration,
+) -> Result<(), LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
@@ -125,9 +134,23 @@ where
         .serve_connection(
             TokioIo::new(BufWriter::with_capacity(WRITE_BUFFER, io)),
             TowerToHyperService::new(router),
-        )
-        .await?;
-    Ok(())
+        );
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return Ok(result?),
+        _ = drain.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    match tokio::time::timeout(grace, connection).await {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "streams still in flight after the drain period; link closed"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// GETs a small JSON control document over a link (the first exchange that proves a link is trusted
@@ -179,7 +202,8 @@ mod tests {
         // The reverse tunnel in miniature: one end serves, the other sends, over any byte stream.
         let (dialer_end, acceptor_end) = tokio::io::duplex(64 * 1024);
         let router = Router::new().route("/cocoon/v1/worker", get(|| async { "{\"ok\":true}" }));
-        tokio::spawn(serve(dialer_end, router));
+        let drain = CancellationToken::new();
+        tokio::spawn(async move { serve(dialer_end, router, &drain, Duration::ZERO).await });
         let (sender, driver) = client_handshake(acceptor_end).await.unwrap();
         tokio::spawn(driver);
         let answer: serde_json::Value = get_json(&sender, "/cocoon/v1/worker").await.unwrap();

@@ -15,6 +15,7 @@ use cocoon_ledger::{ImageRole, LedgerClient, RegisteredProxy, Registry};
 use cocoon_ratls::{PeerIdentity, SharedPolicy};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -222,20 +223,21 @@ impl LivePolicy {
     }
 }
 
-/// Runs one task per endpoint of a watched list until `shutdown`: `start(endpoint, stop)` is
-/// called for each endpoint that appears, and its `stop` token is cancelled when the endpoint
-/// leaves the list (a proxy removed from the registry). Returns after `shutdown`.
+/// Runs one task per endpoint of a watched list until `shutdown`: `start(endpoint, stop)` spawns
+/// the task for each endpoint that appears, and its `stop` token is cancelled when the endpoint
+/// leaves the list (a proxy removed from the registry). After `shutdown` it waits for the tasks
+/// still running, so that links which drain on `stop` can finish.
 pub async fn keep_each_endpoint<F>(
     mut endpoints: watch::Receiver<Arc<Vec<String>>>,
     shutdown: CancellationToken,
     mut start: F,
 ) where
-    F: FnMut(String, CancellationToken),
+    F: FnMut(String, CancellationToken) -> JoinHandle<()>,
 {
-    let mut running: Vec<(String, CancellationToken)> = Vec::new();
+    let mut running: Vec<(String, CancellationToken, JoinHandle<()>)> = Vec::new();
     loop {
         let wanted = endpoints.borrow_and_update().clone();
-        running.retain(|(endpoint, stop)| {
+        running.retain(|(endpoint, stop, _)| {
             let keep = wanted.contains(endpoint);
             if !keep {
                 tracing::info!(%endpoint, "no longer listed; dropping its link");
@@ -244,21 +246,26 @@ pub async fn keep_each_endpoint<F>(
             keep
         });
         for endpoint in wanted.iter() {
-            if !running.iter().any(|(known, _)| known == endpoint) {
+            if !running.iter().any(|(known, _, _)| known == endpoint) {
                 let stop = shutdown.child_token();
-                start(endpoint.clone(), stop.clone());
-                running.push((endpoint.clone(), stop));
+                let task = start(endpoint.clone(), stop.clone());
+                running.push((endpoint.clone(), stop, task));
             }
         }
         if wanted.is_empty() {
             tracing::warn!("no proxy to link to yet (the registry lists none); waiting for one");
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             changed = endpoints.changed() => if changed.is_err() {
                 shutdown.cancelled().await;
-                return;
+                break;
             }
+        }
+    }
+    for (endpoint, _, task) in running {
+        if let Err(error) = task.await {
+            tracing::warn!(%endpoint, %error, "an endpoint's task failed");
         }
     }
 }
@@ -404,7 +411,8 @@ mod tests {
             endpoints,
             shutdown.clone(),
             move |endpoint, stop| {
-                record.lock().unwrap().push((endpoint, stop));
+                record.lock().unwrap().push((endpoint, stop.clone()));
+                tokio::spawn(async move { stop.cancelled().await })
             },
         ));
         let settle = || tokio::time::sleep(Duration::from_millis(50));

@@ -2,14 +2,18 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// A token cancelled on the first SIGINT or SIGTERM.
+/// A token cancelled on the first SIGINT or SIGTERM. A second one exits the process at once, for
+/// an operator who will not wait for requests in flight to drain.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received; stopping (again to stop at once)");
         cancel.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal; exiting now");
+        std::process::exit(130);
     });
     token
 }

@@ -3,6 +3,7 @@
 //! Clients dial the other: the proxy serves them HTTP/2.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::{Extension, Router};
 use cocoon_node::link::{self, get_json};
@@ -168,13 +169,18 @@ pub async fn accept_clients(
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
 ) {
+    let stop = shutdown.clone();
     accept_links(listener, "client", shutdown, move |tcp| {
         let (acceptor, router, stats) = (acceptor.clone(), router.clone(), stats.clone());
+        let stop = stop.clone();
         async move {
             let (stream, peer) = acceptor.accept(tcp).await?;
             tracing::info!(image = %peer.image_hash, "client linked");
             let _linked = stats.peer_connected();
-            link::serve(stream, router.layer(Extension(Arc::new(peer)))).await?;
+            let router = router.layer(Extension(Arc::new(peer)));
+            // The proxy does not drain: at shutdown its clients are told to go elsewhere and the
+            // link closes (their requests in flight end with an error).
+            link::serve(stream, router, &stop, Duration::ZERO).await?;
             Ok(())
         }
     })

@@ -250,11 +250,14 @@ mod tests {
     use super::*;
     use cocoon_ratls::Claims;
     use cocoon_tee::{AttestationKind, FakeAttester};
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     async fn sender() -> LinkSender {
         let (ours, theirs) = tokio::io::duplex(4096);
-        tokio::spawn(cocoon_node::link::serve(theirs, axum::Router::new()));
+        tokio::spawn(async move {
+            let never = tokio_util::sync::CancellationToken::new();
+            cocoon_node::link::serve(theirs, axum::Router::new(), &never, Duration::ZERO).await
+        });
         let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
         tokio::spawn(driver);
         sender

@@ -46,6 +46,12 @@ pub struct WorkerConfig {
     /// Address of this worker's `/healthz`, `/stats`, `/jsonstats` and `/metrics`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:12000")]
     pub stats_listen: String,
+    /// On Ctrl-C or SIGTERM, seconds the requests in flight may take to finish: the proxies are
+    /// told at once to send no more (HTTP/2 GOAWAY) and route to other workers, and the worker
+    /// exits when its last answer ends or this runs out. 0: stop at once. A second Ctrl-C stops at
+    /// once too.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_secs: u64,
     /// Largest request body accepted from a proxy, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,

@@ -110,13 +110,12 @@ pub async fn start(
         policy: proxy_policy,
         router,
         stats: stats.clone(),
+        drain: Duration::from_secs(config.drain_secs),
     };
     tasks.spawn(keep_each_endpoint(
         proxies,
         shutdown.clone(),
-        move |proxy, stop| {
-            tokio::spawn(link::keep_linked(proxy, linking.clone(), stop));
-        },
+        move |proxy, stop| tokio::spawn(link::keep_linked(proxy, linking.clone(), stop)),
     ));
     let listener = tokio::net::TcpListener::bind(&config.stats_listen)
         .await

@@ -27,14 +27,20 @@ pub struct Linking {
     pub router: Router,
     /// Counts linked peers.
     pub stats: Arc<NodeStats>,
+    /// How long a link's requests in flight may finish after `stop`.
+    pub drain: Duration,
 }
 
-/// Keeps a link to `proxy` up until `stop`.
+/// Keeps a link to `proxy` up until `stop`, then drains it: the proxy is told to send no more
+/// requests, and the link closes when those in flight have ended (at most `linking.drain`).
 pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         let attempt = async {
-            let (stream, peer) = linking.connector.connect(&proxy).await?;
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => return Ok(None),
+                connected = linking.connector.connect(&proxy) => connected?,
+            };
             tracing::info!(
                 %proxy,
                 image = %peer.image_hash,
@@ -42,27 +48,32 @@ pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToke
             );
             let _linked = linking.stats.peer_connected();
             let since = Instant::now();
+            let serving = link::serve(stream, linking.router.clone(), &stop, linking.drain);
             let result = tokio::select! {
-                result = link::serve(stream, linking.router.clone()) => result.map_err(anyhow::Error::from),
+                result = serving => result.map_err(anyhow::Error::from),
                 reason = linking.policy.until_refused(&peer) => {
                     Err(anyhow::anyhow!("the proxy is no longer allowed: {reason}"))
                 }
             };
-            Ok::<_, anyhow::Error>((since.elapsed(), result))
+            Ok::<_, anyhow::Error>(Some((since.elapsed(), result)))
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            outcome = attempt => match outcome {
-                Ok((lasted, result)) => {
-                    if lasted >= STABLE_LINK {
-                        backoff.reset();
-                    }
-                    match result {
-                        Ok(()) => tracing::warn!(%proxy, "proxy closed the link"),
-                        Err(error) => tracing::warn!(%proxy, %error, "link to proxy lost"),
-                    }
+        match attempt.await {
+            _ if stop.is_cancelled() => {
+                tracing::info!(%proxy, "link drained and closed");
+                return;
+            }
+            Ok(Some((lasted, result))) => {
+                if lasted >= STABLE_LINK {
+                    backoff.reset();
                 }
-                Err(error) => tracing::warn!(%proxy, error = %format!("{error:#}"), "cannot link to proxy"),
+                match result {
+                    Ok(()) => tracing::warn!(%proxy, "proxy closed the link"),
+                    Err(error) => tracing::warn!(%proxy, %error, "link to proxy lost"),
+                }
+            }
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%proxy, error = %format!("{error:#}"), "cannot link to proxy")
             }
         }
         tokio::select! {

@@ -167,6 +167,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 ledger: ledger_url.clone(),
                 data_dir: data_dir.join(format!("worker-{index}")),
                 payout_account: String::new(),
+                drain_secs: 30,
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
                 attestation: attestation(WORKER_IMAGE),

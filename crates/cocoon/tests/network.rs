@@ -230,6 +230,52 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_r
     assert_eq!(next.headers()["x-cocoon-coefficient"], "2000");
 }
 
+#[tokio::test]
+async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_go_elsewhere() {
+    let (_proxy, proxy) = proxy(&[]);
+    // The draining worker is the cheaper one, so the proxy would prefer it if it did not know.
+    let (mut draining, _) = worker(
+        &proxy,
+        &["--coefficient", "1000", "--synthetic-interval-us", "20000"],
+    );
+    let (_other, _) = worker(&proxy, &["--coefficient", "2000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    // A 40-chunk answer at 20 ms a chunk is in flight when the worker is told to stop.
+    let response = ask(&api, &chat("synthetic", 40, true)).await;
+    assert_eq!(response.headers()["x-cocoon-coefficient"], "1000");
+    let mut events = events(response);
+    assert!(events.next().await.unwrap().contains("xxxx"));
+    draining.terminate();
+
+    // New requests are answered, by the other worker.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let next = ask(&api, &chat("synthetic", 1, false)).await;
+        assert_eq!(next.status(), 200);
+        assert_eq!(next.headers()["x-cocoon-coefficient"], "2000");
+    }
+    // The answer in flight ends complete, and then the worker exits by itself.
+    let rest: Vec<String> = tokio::time::timeout(Duration::from_secs(20), events.collect())
+        .await
+        .expect("the drained answer ends");
+    let done = rest.iter().position(|e| e == "[DONE]");
+    assert!(
+        done.is_some(),
+        "the drained answer completes: {} events",
+        rest.len()
+    );
+    let chunks = 1 + rest.iter().filter(|e| e.contains("xxxx")).count();
+    assert_eq!(chunks, 40, "every chunk of the answer arrived");
+    let receipt: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(receipt["answer"]["usage"]["completion_tokens"], 40);
+    let status = draining
+        .exit_within(Duration::from_secs(10))
+        .expect("the drained worker exits");
+    assert!(status.success(), "{status}");
+}
+
 /// An engine on loopback whose streamed answers never end, recording when one is dropped.
 async fn endless_engine(cancelled: Arc<AtomicBool>) -> String {
     use axum::routing::post;

@@ -66,6 +66,27 @@ impl Node {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGTERM, as a service manager stopping it would; the node then stops by itself.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `within` for the node to exit by itself; returns how it exited.
+    pub fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         self.killed = true;
