@@ -232,14 +232,14 @@ async fn a_worker_killed_mid_stream_ends_the_stream_with_an_error_and_the_next_r
 
 #[tokio::test]
 async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_go_elsewhere() {
-    let (_proxy, proxy) = proxy(&[]);
+    let (mut proxy_node, proxy) = proxy(&[]);
     // The draining worker is the cheaper one, so the proxy would prefer it if it did not know.
     let (mut draining, _) = worker(
         &proxy,
         &["--coefficient", "1000", "--synthetic-interval-us", "20000"],
     );
     let (_other, _) = worker(&proxy, &["--coefficient", "2000"]);
-    let (_client, api) = client(&proxy, &[]);
+    let (mut client_node, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 2).await;
 
     // A 40-chunk answer at 20 ms a chunk is in flight when the worker is told to stop.
@@ -274,6 +274,15 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
         .exit_within(Duration::from_secs(10))
         .expect("the drained worker exits");
     assert!(status.success(), "{status}");
+
+    // The other roles stop cleanly on SIGTERM too.
+    for (role, node) in [("client", &mut client_node), ("proxy", &mut proxy_node)] {
+        node.terminate();
+        let status = node
+            .exit_within(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the {role} did not stop"));
+        assert!(status.success(), "{role}: {status}");
+    }
 }
 
 /// An engine on loopback whose streamed answers never end, recording when one is dropped.
