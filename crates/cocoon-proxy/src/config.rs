@@ -36,6 +36,12 @@ pub struct ProxyConfig {
     /// Longest a request may take, in seconds; a client's own `timeout` is capped at this.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub max_request_secs: u64,
+    /// On Ctrl-C or SIGTERM, seconds the requests in flight may take to finish: new links are
+    /// refused, clients are told at once (HTTP/2 GOAWAY) to send no more, and the proxy keeps its
+    /// workers and records every charge until the last answer ends or this runs out. 0: stop at
+    /// once. A second Ctrl-C stops at once too.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_secs: u64,
     /// Base URL of the ledger that holds the proxy, client and worker contracts.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
     pub ledger: String,

@@ -113,6 +113,10 @@ pub async fn start(
         clients.local_addr()?,
         surface.local_addr()?,
     );
+    // Shutdown in two steps: at `shutdown` no new links, and client links drain; once the last
+    // has ended, `drained` stops what their requests needed (worker links, settlement — whose
+    // last round settles them — and the stats surface).
+    let drained = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(link::accept_workers(
         workers,
@@ -124,15 +128,22 @@ pub async fn start(
         routing.clone(),
         stats.clone(),
         shutdown.clone(),
+        drained.clone(),
     ));
-    tasks.spawn(link::accept_clients(
+    let clients_drained = drained.clone();
+    let client_links = link::accept_clients(
         clients,
         client_acceptor,
         http::client_router(forwarding),
         stats.clone(),
         shutdown.clone(),
-    ));
-    let settlement = billing.spawn(routing.clone(), shutdown.clone());
+        Duration::from_secs(config.drain_secs),
+    );
+    tasks.spawn(async move {
+        client_links.await;
+        clients_drained.cancel();
+    });
+    let settlement = billing.spawn(routing.clone(), drained.clone());
     tasks.spawn(async move {
         if let Err(error) = settlement.await {
             tracing::error!(%error, "the settlement task failed");
@@ -147,7 +158,7 @@ pub async fn start(
             "wallet": billing.snapshot(),
         })
     });
-    let stop = shutdown.clone();
+    let stop = drained.clone();
     let router = stats::router(stats, details);
     tasks.spawn(async move {
         if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await {

@@ -16,24 +16,28 @@ use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::AllowedModels;
 use crate::routing::Routing;
 
-/// Accepts connections on `listener` until `shutdown`, handing each to `serve` on its own task
-/// (also ended by `shutdown`); a failed link is logged as a `peer` link with its address.
+/// Accepts connections on `listener` until `shutdown`, handing each to `serve` on its own task; a
+/// failed link is logged as a `peer` link with its address. Returns once every link has ended by
+/// itself or been `cut`.
 async fn accept_links<F, Fut>(
     listener: TcpListener,
     peer: &'static str,
     shutdown: CancellationToken,
+    cut: CancellationToken,
     serve: F,
 ) where
     F: Fn(TcpStream) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    let links = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(error) => {
@@ -44,10 +48,10 @@ async fn accept_links<F, Fut>(
         };
         let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let link = serve(tcp);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        let cut = cut.clone();
+        links.spawn(async move {
             tokio::select! {
-                _ = shutdown.cancelled() => {}
+                _ = cut.cancelled() => {}
                 result = link => match result {
                     Ok(()) => tracing::info!(%address, peer, "link closed"),
                     Err(error) => tracing::warn!(%address, peer, error = %format!("{error:#}"), "link refused or lost"),
@@ -55,6 +59,10 @@ async fn accept_links<F, Fut>(
             }
         });
     }
+    // No new links (the listener closes here); wait for the live ones to end or be cut.
+    drop(listener);
+    links.close();
+    links.wait().await;
 }
 
 /// What a worker must pass to join, now and for as long as its link lives: the RA-TLS handshake
@@ -69,16 +77,17 @@ pub struct WorkerAdmission {
     pub models: watch::Receiver<Arc<AllowedModels>>,
 }
 
-/// Accepts worker links until `shutdown`.
+/// Accepts worker links until `shutdown`; keeps them (requests in flight need them) until `cut`.
 pub async fn accept_workers(
     listener: TcpListener,
     admission: WorkerAdmission,
     routing: Arc<Routing>,
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
+    cut: CancellationToken,
 ) {
     let admission = Arc::new(admission);
-    accept_links(listener, "worker", shutdown, move |tcp| {
+    accept_links(listener, "worker", shutdown, cut, move |tcp| {
         let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
         async move { serve_worker(tcp, &admission, &routing, &stats).await }
     })
@@ -161,26 +170,29 @@ async fn serve_worker(
     Ok(())
 }
 
-/// Accepts client links until `shutdown`, serving `router` on each.
+/// Accepts client links until `shutdown`, serving `router` on each; then drains them: clients are
+/// told to send no more, and each link ends when its requests in flight have (at most `grace`
+/// later). Returns when every client link has ended.
 pub async fn accept_clients(
     listener: TcpListener,
     acceptor: Arc<Acceptor>,
     router: Router,
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
+    grace: Duration,
 ) {
-    let stop = shutdown.clone();
-    accept_links(listener, "client", shutdown, move |tcp| {
+    let drain = shutdown.clone();
+    // Client links end by themselves within `grace` of shutdown; nothing cuts them sooner.
+    let never_cut = CancellationToken::new();
+    accept_links(listener, "client", shutdown, never_cut, move |tcp| {
         let (acceptor, router, stats) = (acceptor.clone(), router.clone(), stats.clone());
-        let stop = stop.clone();
+        let drain = drain.clone();
         async move {
             let (stream, peer) = acceptor.accept(tcp).await?;
             tracing::info!(image = %peer.image_hash, "client linked");
             let _linked = stats.peer_connected();
             let router = router.layer(Extension(Arc::new(peer)));
-            // The proxy does not drain: at shutdown its clients are told to go elsewhere and the
-            // link closes (their requests in flight end with an error).
-            link::serve(stream, router, &stop, Duration::ZERO).await?;
+            link::serve(stream, router, &drain, grace).await?;
             Ok(())
         }
     })

@@ -135,6 +135,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             allow_model: Vec::new(),
             max_body_bytes: 4 << 20,
             max_request_secs: 600,
+            drain_secs: 30,
             ledger: ledger_url.clone(),
             data_dir: data_dir.join("proxy"),
             stake: 0,

@@ -412,6 +412,43 @@ async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
 }
 
 #[tokio::test]
+async fn a_proxy_stopped_with_sigterm_finishes_and_charges_every_answer_in_flight() {
+    let (mut proxy_node, proxy) = proxy(&[]);
+    let (_worker, _) = worker(
+        &proxy,
+        &["--synthetic-interval-us", "20000", "--max-active", "16"],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let before = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+
+    // Eight streams of 0.4 s to 1.1 s; the proxy is told to stop at about 0.2 s.
+    let requests: Vec<Value> = (0..8).map(|i| chat(20 + 5 * i, true)).collect();
+    let load = join_all(requests.iter().map(|r| ask(&api, r)));
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy_node.terminate();
+    };
+    let (answers, ()) = tokio::join!(load, stopper);
+    assert!(
+        answers.iter().all(Option::is_some),
+        "every answer in flight completes"
+    );
+    let status = proxy_node
+        .exit_within(Duration::from_secs(15))
+        .expect("the drained proxy exits");
+    assert!(status.success(), "{status}");
+
+    // Restarted on its database, the proxy has charged each of them exactly once.
+    let cost = |usage: &TokenUsage| price(usage, 1_000, &Prices::default()).unwrap();
+    let served: Amount = answers.iter().flatten().map(|u| cost(u).client_price).sum();
+    let _proxy_again = Node::start(&proxy_args(&proxy, &[]));
+    wait_for_ok(&format!("http://{}/healthz", proxy.stats)).await;
+    let charged = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+    assert_eq!(charged - before, served);
+}
+
+#[tokio::test]
 async fn a_proxy_killed_during_streaming_loses_and_doubles_nothing() {
     let extra = ["--withdraw-threshold", "0"];
     let (mut proxy_node, proxy) = proxy(&extra);
