@@ -238,7 +238,10 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
         &proxy,
         &["--coefficient", "1000", "--synthetic-interval-us", "20000"],
     );
-    let (_other, _) = worker(&proxy, &["--coefficient", "2000"]);
+    let (_other, _) = worker(
+        &proxy,
+        &["--coefficient", "2000", "--synthetic-interval-us", "20000"],
+    );
     let (mut client_node, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 2).await;
 
@@ -275,7 +278,18 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
         .expect("the drained worker exits");
     assert!(status.success(), "{status}");
 
-    // The other roles stop cleanly on SIGTERM too.
+    // A client told to stop also lets the app's answer in flight finish.
+    let response = ask(&api, &chat("synthetic", 40, true)).await;
+    let mut streaming = common::events(response);
+    assert!(streaming.next().await.unwrap().contains("xxxx"));
+    client_node.terminate();
+    let rest: Vec<String> = tokio::time::timeout(Duration::from_secs(20), streaming.collect())
+        .await
+        .expect("the answer ends");
+    assert!(rest.iter().any(|e| e == "[DONE]"), "{} events", rest.len());
+    assert_eq!(1 + rest.iter().filter(|e| e.contains("xxxx")).count(), 40);
+
+    // Then both stop cleanly.
     for (role, node) in [("client", &mut client_node), ("proxy", &mut proxy_node)] {
         node.terminate();
         let status = node
