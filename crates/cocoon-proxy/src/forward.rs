@@ -126,17 +126,30 @@ pub async fn forward(
         Err(error) => return fail(error.kind(), error.to_string()),
     };
 
-    // A worker whose link fails before it answers gets the request again elsewhere: nothing has
-    // reached the client yet, and usage is only charged from a finished answer.
-    let mut failed_worker = None;
+    // A worker that fails before it answers (its link, or a 5xx) gets the request again elsewhere:
+    // nothing has reached the client yet, and usage is only charged from a finished answer. If no
+    // other worker can take it, the client hears the first worker's failure.
+    let mut failed: Option<(u64, OpenAiError)> = None;
     let prices = HeaderValue::from_str(
         &serde_json::to_string(reservation.prices().as_ref()).unwrap_or_default(),
     )
     .ok();
+    let reply_failure = |error: OpenAiError| {
+        state
+            .stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        openai_error_response(&error)
+    };
     let (slot, response) = loop {
-        let slot = match state.routing.choose(&model, max_coefficient, failed_worker) {
+        let exclude = failed.as_ref().map(|(worker, _)| *worker);
+        let slot = match state.routing.choose(&model, max_coefficient, exclude) {
             Ok(slot) => slot,
-            Err(route) => return fail(route.kind(), route.to_string()),
+            Err(route) => {
+                return match failed {
+                    Some((_, error)) => reply_failure(error),
+                    None => fail(route.kind(), route.to_string()),
+                }
+            }
         };
         let mut request = Request::post(path)
             .header(
@@ -161,16 +174,27 @@ pub async fn forward(
             sender.send_request(request).await
         };
         match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) => break (slot, response),
-            Ok(Err(error)) if failed_worker.is_none() => {
-                tracing::warn!(worker = slot.worker.id, %error, "worker failed before answering; retrying elsewhere");
-                failed_worker = Some(slot.worker.id);
-            }
-            Ok(Err(error)) => {
-                return fail(
-                    ErrorKind::BadGateway,
-                    format!("worker failed before answering: {error}"),
-                )
+            Ok(Ok(response)) if !response.status().is_server_error() => break (slot, response),
+            Ok(outcome) => {
+                slot.worker.record_failure();
+                let error = match outcome {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = to_bytes(Body::new(response.into_body()), MAX_ERROR_BODY)
+                            .await
+                            .unwrap_or_default();
+                        parse_peer_error(status, &body)
+                    }
+                    Err(error) => OpenAiError::new(
+                        ErrorKind::BadGateway,
+                        format!("worker failed before answering: {error}"),
+                    ),
+                };
+                if failed.is_some() {
+                    return reply_failure(error);
+                }
+                tracing::warn!(worker = slot.worker.id, error = %error.error.message, "worker failed before answering; retrying elsewhere");
+                failed = Some((slot.worker.id, error));
             }
             Err(_) => {
                 return fail(
@@ -405,23 +429,31 @@ impl http_body::Body for Relay {
                     .remove(headers::RECEIPT_RECORD)
                     .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE));
                 if let Some(usage) = read_usage(&trailers) {
+                    this.meter.worker.record_success();
                     this.stats.record_tokens(&usage);
                     this.charging = Some((this.meter.charge(usage, worker_receipt), trailers));
                     return Pin::new(this).poll_frame(cx);
                 } else if let Some(error) = read_error(&trailers) {
+                    this.meter.worker.record_failure();
                     this.stats
                         .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
                 }
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
-            Poll::Ready(Some(Err(error))) => this.fail(OpenAiError::new(
-                ErrorKind::BadGateway,
-                format!("the worker failed mid-answer: {error}"),
-            )),
-            Poll::Ready(None) => this.fail(OpenAiError::new(
-                ErrorKind::BadGateway,
-                "the worker ended its answer without reporting usage",
-            )),
+            Poll::Ready(Some(Err(error))) => {
+                this.meter.worker.record_failure();
+                this.fail(OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the worker failed mid-answer: {error}"),
+                ))
+            }
+            Poll::Ready(None) => {
+                this.meter.worker.record_failure();
+                this.fail(OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    "the worker ended its answer without reporting usage",
+                ))
+            }
         }
     }
 }

@@ -1,10 +1,17 @@
 //! The live set of workers per model, and the choice of a worker for each request: model matches,
 //! coefficient within the request's `max_coefficient`, a free slot; cheapest coefficient first,
 //! then least loaded.
+//!
+//! Failure accrual: a worker that fails [`FAILURES_TO_SET_ASIDE`] requests in a row (link errors,
+//! 5xx answers, answers broken off) is set aside — chosen only when no healthy worker can take the
+//! request — for [`FIRST_SET_ASIDE`], doubling up to [`LONGEST_SET_ASIDE`] while it keeps failing;
+//! one success restores it. A cheap worker whose engine is broken would otherwise draw every
+//! request first.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use cocoon_node::link::LinkSender;
 use cocoon_proto::link::{ModelEntry, ModelList};
@@ -24,9 +31,67 @@ pub struct WorkerLink {
     pub sender: LinkSender,
     active: AtomicU32,
     receipts: AtomicU64,
+    health: Mutex<Health>,
+}
+
+/// Consecutive failures that set a worker aside.
+pub const FAILURES_TO_SET_ASIDE: u32 = 5;
+/// How long a worker is first set aside.
+pub const FIRST_SET_ASIDE: Duration = Duration::from_secs(2);
+/// The longest a worker is set aside at once.
+pub const LONGEST_SET_ASIDE: Duration = Duration::from_secs(60);
+
+/// A worker's recent record.
+#[derive(Debug, Default)]
+struct Health {
+    /// Requests failed in a row.
+    consecutive_failures: u32,
+    /// Times set aside since its last success.
+    set_asides: u32,
+    /// Until when it is set aside.
+    aside_until: Option<Instant>,
 }
 
 impl WorkerLink {
+    /// Records a request this worker answered in full.
+    pub fn record_success(&self) {
+        *self.health() = Health::default();
+    }
+
+    /// Records a request this worker failed; sets it aside after too many in a row.
+    pub fn record_failure(&self) {
+        self.record_failure_at(Instant::now());
+    }
+
+    fn record_failure_at(&self, now: Instant) {
+        let mut health = self.health();
+        health.consecutive_failures += 1;
+        if health.consecutive_failures >= FAILURES_TO_SET_ASIDE {
+            let period = FIRST_SET_ASIDE
+                .saturating_mul(1 << health.set_asides.min(16))
+                .min(LONGEST_SET_ASIDE);
+            health.set_asides += 1;
+            health.aside_until = Some(now + period);
+            tracing::warn!(
+                worker = self.id,
+                failures = health.consecutive_failures,
+                ?period,
+                "worker keeps failing; set aside"
+            );
+        }
+    }
+
+    /// Whether the worker is set aside at `now`.
+    fn is_aside(&self, now: Instant) -> bool {
+        self.health().aside_until.is_some_and(|until| now < until)
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Requests in flight on this worker.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Relaxed)
@@ -113,6 +178,7 @@ impl Routing {
             sender,
             active: AtomicU32::new(0),
             receipts: AtomicU64::new(0),
+            health: Mutex::new(Health::default()),
         });
         self.write()
             .entry(link.info.model.clone())
@@ -174,7 +240,8 @@ impl Routing {
                 });
             }
         }
-        eligible.sort_by_key(|link| (link.info.coefficient, link.active()));
+        let now = Instant::now();
+        eligible.sort_by_key(|link| (link.is_aside(now), link.info.coefficient, link.active()));
         eligible
             .iter()
             .find(|link| link.try_reserve())
@@ -211,11 +278,16 @@ impl Routing {
     /// Every worker, for `/jsonstats`.
     pub fn snapshot(&self) -> Value {
         let workers = self.read();
+        let now = Instant::now();
         Value::Array(
             workers
                 .values()
                 .flatten()
                 .map(|link| {
+                    let health = link.health();
+                    let aside_ms = health
+                        .aside_until
+                        .map_or(0, |until| until.saturating_duration_since(now).as_millis());
                     json!({
                         "id": link.id,
                         "model": link.info.model,
@@ -224,6 +296,8 @@ impl Routing {
                         "active": link.active(),
                         "max_active": link.info.max_active,
                         "image_hash": link.peer.image_hash.to_string(),
+                        "consecutive_failures": health.consecutive_failures,
+                        "set_aside_ms": aside_ms,
                     })
                 })
                 .collect(),
@@ -306,6 +380,52 @@ mod tests {
         ));
         drop(first);
         assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
+    }
+
+    #[tokio::test]
+    async fn a_worker_failing_in_a_row_is_set_aside_until_healthy_ones_are_full() {
+        let routing = Routing::default();
+        let cheap = add(&routing, "m", 1000, 4).await;
+        let dear = add(&routing, "m", 2000, 1).await;
+        let worker = |id: u64| routing.links().into_iter().find(|l| l.id == id).unwrap();
+        for _ in 1..FAILURES_TO_SET_ASIDE {
+            worker(cheap).record_failure();
+        }
+        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
+        worker(cheap).record_failure();
+        // Set aside: the dearer healthy worker goes first…
+        let taken = routing.choose("m", 5000, None).unwrap();
+        assert_eq!(taken.worker.id, dear);
+        // …and the one set aside only takes what nobody else can.
+        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
+        drop(taken);
+        assert_eq!(routing.snapshot()[0]["consecutive_failures"], 5);
+        assert!(routing.snapshot()[0]["set_aside_ms"].as_u64() > Some(0));
+        // One success restores it.
+        worker(cheap).record_success();
+        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
+    }
+
+    #[tokio::test]
+    async fn set_aside_periods_double_while_failing_and_expire() {
+        let routing = Routing::default();
+        let id = add(&routing, "m", 1000, 1).await;
+        let worker = routing.links().into_iter().find(|l| l.id == id).unwrap();
+        let start = Instant::now();
+        for _ in 0..FAILURES_TO_SET_ASIDE {
+            worker.record_failure_at(start);
+        }
+        assert!(worker.is_aside(start + FIRST_SET_ASIDE - Duration::from_millis(1)));
+        assert!(!worker.is_aside(start + FIRST_SET_ASIDE));
+        // Failing again once it is back: twice as long, then capped.
+        let back = start + FIRST_SET_ASIDE;
+        worker.record_failure_at(back);
+        assert!(worker.is_aside(back + FIRST_SET_ASIDE * 2 - Duration::from_millis(1)));
+        assert!(!worker.is_aside(back + FIRST_SET_ASIDE * 2));
+        for _ in 0..20 {
+            worker.record_failure_at(back);
+        }
+        assert!(!worker.is_aside(back + LONGEST_SET_ASIDE));
     }
 
     #[tokio::test]

@@ -299,6 +299,48 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
     }
 }
 
+#[tokio::test]
+async fn a_cheap_worker_with_a_broken_engine_is_retried_around_then_set_aside() {
+    let (_proxy, proxy) = proxy(&[]);
+    // Its engine's port has nothing listening: every request it takes fails with a 5xx.
+    let nowhere = format!("http://{}", free_addr());
+    let (_broken, _) = worker(
+        &proxy,
+        &[
+            "--engine",
+            &nowhere,
+            "--model",
+            "synthetic",
+            "--coefficient",
+            "500",
+        ],
+    );
+    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    // Every request is answered — by the healthy worker, after a retry while the broken one is
+    // still tried first.
+    for _ in 0..12 {
+        let answer = ask(&api, &chat("synthetic", 1, false)).await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
+    }
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
+    let broken = stats["details"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["coefficient"] == 500)
+        .cloned()
+        .unwrap();
+    let failures = broken["consecutive_failures"].as_u64().unwrap();
+    assert!(
+        (5..12).contains(&failures),
+        "set aside after 5 failures, so not tried on every request: {broken}"
+    );
+}
+
 /// An engine on loopback whose streamed answers never end, recording when one is dropped.
 async fn endless_engine(cancelled: Arc<AtomicBool>) -> String {
     use axum::routing::post;
