@@ -140,11 +140,17 @@ async fn follow(ledger: LedgerClient, url: String, publish: watch::Sender<Arc<Re
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let version = publish.borrow().version;
+        let asked = std::time::Instant::now();
         match ledger.registry_newer_than(version, WATCH_WAIT).await {
             Ok(registry) if registry.version > version => {
                 tracing::info!(version = registry.version, "registry updated");
                 backoff.reset();
                 publish.send_replace(Arc::new(registry));
+            }
+            // Nothing newer: normal after a full wait; a ledger that answers at once (one that
+            // does not hold watches) must not be asked in a tight loop.
+            Ok(_) if asked.elapsed() < WATCH_WAIT / 2 => {
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Ok(_) => backoff.reset(),
             Err(error) => {
