@@ -180,8 +180,11 @@ pub async fn forward(
                 let error = match outcome {
                     Ok(response) => {
                         let status = response.status();
-                        let body = to_bytes(Body::new(response.into_body()), MAX_ERROR_BODY)
+                        let body = to_bytes(Body::new(response.into_body()), MAX_ERROR_BODY);
+                        let body = tokio::time::timeout_at(deadline, body)
                             .await
+                            .ok()
+                            .and_then(Result::ok)
                             .unwrap_or_default();
                         parse_peer_error(status, &body)
                     }
