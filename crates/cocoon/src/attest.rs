@@ -44,6 +44,9 @@ pub struct GenCertArgs {
     /// Validity in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub validity_secs: u64,
+    /// Print JSON (the file and the certificate's fingerprint) instead of the fingerprint alone.
+    #[arg(long)]
+    pub json: bool,
     /// How to attest.
     #[command(flatten)]
     pub attestation: AttestationArgs,
@@ -84,6 +87,9 @@ pub struct VerifyArgs {
 /// Options of `cocoon attest image-hash`.
 #[derive(Debug, Args)]
 pub struct ImageHashArgs {
+    /// Print JSON (the attestation kind and the image hash) instead of the hash alone.
+    #[arg(long)]
+    pub json: bool,
     /// How to attest.
     #[command(flatten)]
     pub attestation: AttestationArgs,
@@ -95,6 +101,9 @@ pub struct ModelHashArgs {
     /// The weights: a file, or a directory (every file under it but hidden ones; see
     /// docs/operators/worker.md for the exact rule).
     pub path: PathBuf,
+    /// Print JSON (the path and the hash) instead of the hash alone.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs one `cocoon attest` command.
@@ -104,16 +113,23 @@ pub async fn run(command: AttestCommand) -> anyhow::Result<()> {
         AttestCommand::Show(args) => show(args),
         AttestCommand::Verify(args) => verify(args).await,
         AttestCommand::ImageHash(args) => {
-            println!("{}", own_image_hash(&args.attestation)?);
-            Ok(())
+            let hash = own_image_hash(&args.attestation)?.to_string();
+            print_result(
+                args.json,
+                &hash,
+                json!({ "tee": args.attestation.tee, "image_hash": hash }),
+            )
         }
         AttestCommand::ModelHash(args) => {
-            let hash = tokio::task::spawn_blocking(move || {
-                cocoon_tee::weights::weights_sha256(&args.path)
-            })
-            .await??;
-            println!("{hash}");
-            Ok(())
+            let path = args.path.clone();
+            let hash =
+                tokio::task::spawn_blocking(move || cocoon_tee::weights::weights_sha256(&path))
+                    .await??;
+            print_result(
+                args.json,
+                &hash,
+                json!({ "path": args.path, "model_hash": hash }),
+            )
         }
     }
 }
@@ -138,7 +154,21 @@ fn gen_cert(args: GenCertArgs) -> anyhow::Result<()> {
     )?;
     let pem = pem::encode(&pem::Pem::new("CERTIFICATE", identity.certificate_der()));
     std::fs::write(&args.out, pem).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", hex::encode(identity.fingerprint()));
+    let fingerprint = hex::encode(identity.fingerprint());
+    print_result(
+        args.json,
+        &fingerprint,
+        json!({ "out": args.out, "fingerprint": fingerprint }),
+    )
+}
+
+/// Prints `text`, or `json` (pretty) with `--json`.
+fn print_result(as_json: bool, text: &str, json: serde_json::Value) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{text}");
+    }
     Ok(())
 }
 
@@ -199,21 +229,14 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds))
         .unwrap_or_else(SystemTime::now);
     match verify_certificate(&der, &verifier, &policy, now) {
-        Ok(peer) => {
-            let report = serde_json::to_value(&peer)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({"valid": true, "peer": report}))?
-                );
-            } else {
-                println!(
-                    "valid: {} image {} ({})",
-                    peer.claims.role, peer.image_hash, peer.kind
-                );
-            }
-            Ok(())
-        }
+        Ok(peer) => print_result(
+            args.json,
+            &format!(
+                "valid: {} image {} ({})",
+                peer.claims.role, peer.image_hash, peer.kind
+            ),
+            json!({"valid": true, "peer": serde_json::to_value(&peer)?}),
+        ),
         Err(error) => {
             if args.json {
                 println!(

@@ -41,6 +41,32 @@ fn a_generated_certificate_shows_its_claims_and_verifies_only_under_a_matching_p
     let (ok, printed) = cocoon(&["attest", "image-hash", "--image-label", "attest-test"]);
     assert!(ok);
     assert_eq!(printed.trim(), expected_image);
+    let (ok, printed) = cocoon(&[
+        "attest",
+        "image-hash",
+        "--image-label",
+        "attest-test",
+        "--json",
+    ]);
+    assert!(ok);
+    let printed: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(printed["image_hash"], expected_image.as_str());
+    assert_eq!(printed["tee"], "fake");
+    let again = dir.path().join("again.pem");
+    let again = again.to_str().unwrap();
+    let (ok, made) = cocoon(&[
+        "attest",
+        "gen-cert",
+        "--out",
+        again,
+        "--image-label",
+        "attest-test",
+        "--json",
+    ]);
+    assert!(ok);
+    let made: Value = serde_json::from_str(&made).unwrap();
+    assert_eq!(made["out"], again);
+    assert_eq!(made["fingerprint"].as_str().map(str::len), Some(64));
 
     let (ok, shown) = cocoon(&["attest", "show", cert, "--json"]);
     assert!(ok);

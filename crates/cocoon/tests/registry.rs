@@ -177,6 +177,15 @@ async fn an_engine_urls_weights_are_attested_and_revoking_its_model_drops_its_wo
     let hash = cocoon_ok(&["attest", "model-hash", &weights_arg]);
     let hash = hash.trim();
     assert_eq!(hash.len(), 64, "{hash}");
+    let described: Value = serde_json::from_str(&cocoon_ok(&[
+        "attest",
+        "model-hash",
+        &weights_arg,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(described["model_hash"], hash);
+    assert_eq!(described["path"], weights_arg.as_str());
     change(&["allow-model", "synthetic", hash]);
     // A second model, so that revoking the first leaves a list (an empty one allows any model).
     change(&["allow-model", "other", &"ab".repeat(32)]);
