@@ -139,8 +139,14 @@ pub async fn start(
 
     let stats = NodeStats::new("client");
     let links_shutdown = shutdown.child_token();
+    let preference = if config.proxy.is_empty() {
+        link::Preference::SpreadFor(settlement.account())
+    } else {
+        link::Preference::Listed
+    };
     let (links, links_task) = ProxyLinks::spawn(
         proxies,
+        preference,
         connector,
         policy,
         stats.clone(),

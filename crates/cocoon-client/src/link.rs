@@ -1,6 +1,10 @@
 //! Links to proxies: dial over RA-TLS, prove the link with a first exchange, keep it up (reconnect
 //! with backoff), and hand requests the live link of the most preferred proxy.
 //!
+//! Preference ([`Preference`]): proxies given with `--proxy` in their listed order; the registry's
+//! in an order of this client's own (rendezvous hashing of its account with each address), so
+//! every client keeps a stable favourite while clients as a whole spread over the proxies.
+//!
 //! Every proxy (from `--proxy`, else from the registry, followed live) gets its own task that keeps
 //! a link up, so that failing over to the next proxy costs nothing when the preferred one goes
 //! away, and returning to it is automatic once its link is back. A proxy the registry drops, or
@@ -10,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
+use cocoon_ledger::AccountId;
 use cocoon_node::backoff::Backoff;
 use cocoon_node::link::{client_handshake, get_json, LinkError, LinkSender};
 use cocoon_node::registry::{keep_each_endpoint, LivePolicy};
@@ -17,6 +22,7 @@ use cocoon_node::stats::{ConnectedPeer, NodeStats};
 use cocoon_proto::link::{ModelList, PATH_MODELS};
 use cocoon_ratls::{Connector, PeerIdentity, RatlsError};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -58,14 +64,47 @@ pub struct LiveLink {
     _counted: ConnectedPeer,
 }
 
+/// How the client orders the proxies it links to; the first live one serves its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preference {
+    /// In the order they are listed (`--proxy`).
+    Listed,
+    /// By SHA-256 of this account and the proxy's address: a stable order of this client's own,
+    /// different for other clients (rendezvous hashing), so that clients spread over the proxies
+    /// the registry lists and a proxy joining or leaving moves only the clients that prefer it.
+    SpreadFor(AccountId),
+}
+
+impl Preference {
+    /// Where `address` sorts (lower first); equal ranks keep the order they arrived in.
+    fn rank(self, address: &str) -> [u8; 32] {
+        match self {
+            Preference::Listed => [0; 32],
+            Preference::SpreadFor(account) => {
+                let mut hasher = Sha256::new();
+                hasher.update(account.0);
+                hasher.update(address.as_bytes());
+                hasher.finalize().into()
+            }
+        }
+    }
+}
+
 /// One configured proxy and its link, if up.
 struct ProxySlot {
     address: String,
+    rank: [u8; 32],
     live: ArcSwapOption<LiveLink>,
     last_error: ArcSwapOption<String>,
 }
 
-/// The links to every proxy, in order of preference (the order they were listed in).
+/// Puts `slot` among `slots` (kept sorted by rank) after those of equal rank.
+fn insert_by_rank(slots: &mut Vec<Arc<ProxySlot>>, slot: Arc<ProxySlot>) {
+    let at = slots.partition_point(|other| other.rank <= slot.rank);
+    slots.insert(at, slot);
+}
+
+/// The links to every proxy, in order of preference.
 pub struct ProxyLinks {
     slots: RwLock<Vec<Arc<ProxySlot>>>,
 }
@@ -78,10 +117,12 @@ struct Linking {
 }
 
 impl ProxyLinks {
-    /// Keeps a link up to every proxy in `proxies` (as the list changes) until `shutdown`;
-    /// returns the links and the task that manages them (it ends after `shutdown`).
+    /// Keeps a link up to every proxy in `proxies` (as the list changes) until `shutdown`, ordered
+    /// by `preference`; returns the links and the task that manages them (it ends after
+    /// `shutdown`).
     pub fn spawn(
         proxies: watch::Receiver<Arc<Vec<String>>>,
+        preference: Preference,
         connector: Arc<Connector>,
         policy: LivePolicy,
         stats: Arc<NodeStats>,
@@ -101,11 +142,12 @@ impl ProxyLinks {
             shutdown,
             move |address, stop| {
                 let slot = Arc::new(ProxySlot {
+                    rank: preference.rank(&address),
                     address,
                     live: ArcSwapOption::empty(),
                     last_error: ArcSwapOption::empty(),
                 });
-                write(&managed.slots).push(slot.clone());
+                insert_by_rank(&mut write(&managed.slots), slot.clone());
                 let (links, linking) = (managed.clone(), linking.clone());
                 tokio::spawn(async move {
                     maintain(&slot, &linking, stop).await;
@@ -265,4 +307,58 @@ pub(crate) fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The addresses in the order `preference` keeps them, inserted in `arrival` order.
+    fn order(preference: Preference, arrival: &[&str]) -> Vec<String> {
+        let mut slots = Vec::new();
+        for address in arrival {
+            let slot = Arc::new(ProxySlot {
+                address: address.to_string(),
+                rank: preference.rank(address),
+                live: ArcSwapOption::empty(),
+                last_error: ArcSwapOption::empty(),
+            });
+            insert_by_rank(&mut slots, slot);
+        }
+        slots.iter().map(|slot| slot.address.clone()).collect()
+    }
+
+    const PROXIES: [&str; 6] = [
+        "p1.example:11002",
+        "p2.example:11002",
+        "p3.example:11002",
+        "p4.example:11002",
+        "p5.example:11002",
+        "p6.example:11002",
+    ];
+
+    #[test]
+    fn listed_proxies_keep_their_order() {
+        assert_eq!(order(Preference::Listed, &PROXIES), PROXIES);
+    }
+
+    #[test]
+    fn registry_proxies_get_an_order_of_each_clients_own_whatever_their_arrival() {
+        let alice = Preference::SpreadFor(AccountId([1; 32]));
+        let mut reversed = PROXIES;
+        reversed.reverse();
+        assert_eq!(order(alice, &PROXIES), order(alice, &reversed));
+        // Other clients favour other proxies: over a few clients, more than one comes first.
+        let favourites: std::collections::BTreeSet<String> = (2..10u8)
+            .map(|n| order(Preference::SpreadFor(AccountId([n; 32])), &PROXIES)[0].clone())
+            .collect();
+        assert!(favourites.len() > 1, "{favourites:?}");
+        // A proxy joining moves nobody else: the others keep their relative order.
+        let without: Vec<String> = order(alice, &PROXIES[..5]);
+        let with: Vec<String> = order(alice, &PROXIES)
+            .into_iter()
+            .filter(|address| address != PROXIES[5])
+            .collect();
+        assert_eq!(with, without);
+    }
 }
