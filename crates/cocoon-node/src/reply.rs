@@ -49,22 +49,37 @@ pub fn hold_until_end<G: Send + 'static>(body: Body, guard: G) -> Body {
 }
 
 /// Reads an OpenAI error out of a peer's error body, or describes the body when it is not one.
+///
+/// The error keeps the peer's HTTP status: an error whose `code` is not one of ours (an engine's
+/// own vocabulary, e.g. vLLM's or Ollama's) takes its kind from the status, so a 400 stays a 400
+/// and a 429 a 429 on every hop instead of becoming a 500.
 pub fn parse_peer_error(status: StatusCode, body: &[u8]) -> OpenAiError {
-    serde_json::from_slice::<OpenAiError>(body).unwrap_or_else(|_| {
-        let kind = match status.as_u16() {
-            400 => ErrorKind::InvalidRequest,
-            401 | 403 => ErrorKind::Unauthorized,
-            402 => ErrorKind::InsufficientQuota,
-            404 => ErrorKind::NotFound,
-            413 => ErrorKind::PayloadTooLarge,
-            429 => ErrorKind::RateLimited,
-            503 => ErrorKind::Unavailable,
-            504 => ErrorKind::Timeout,
-            _ => ErrorKind::BadGateway,
-        };
-        let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-        OpenAiError::new(kind, format!("upstream answered {status}: {text}"))
-    })
+    let kind_of_status = || match status.as_u16() {
+        400 | 422 => ErrorKind::InvalidRequest,
+        401 | 403 => ErrorKind::Unauthorized,
+        402 => ErrorKind::InsufficientQuota,
+        404 => ErrorKind::NotFound,
+        413 => ErrorKind::PayloadTooLarge,
+        429 => ErrorKind::RateLimited,
+        503 => ErrorKind::Unavailable,
+        504 => ErrorKind::Timeout,
+        _ => ErrorKind::BadGateway,
+    };
+    match serde_json::from_slice::<OpenAiError>(body) {
+        Ok(mut error) => {
+            if error.kind().is_none() {
+                error.error.code = Some(kind_of_status().code().to_owned());
+            }
+            error
+        }
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            OpenAiError::new(
+                kind_of_status(),
+                format!("upstream answered {status}: {text}"),
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +96,19 @@ mod tests {
         assert_eq!(value["error"]["message"], "no model x");
         assert_eq!(value["error"]["code"], "model_not_found");
         assert_eq!(value["error"]["type"], "invalid_request_error");
+    }
+
+    #[test]
+    fn a_peer_error_in_another_vocabulary_keeps_its_message_and_takes_its_kind_from_the_status() {
+        let body =
+            br#"{"error": {"message": "overloaded", "type": "rate_limit_error", "code": "busy"}}"#;
+        let error = parse_peer_error(StatusCode::TOO_MANY_REQUESTS, body);
+        assert_eq!(error.kind(), Some(ErrorKind::RateLimited));
+        assert_eq!(error.error.message, "overloaded");
+        assert_eq!(error.error.error_type, "rate_limit_error");
+        let ours = OpenAiError::new(ErrorKind::ModelNotFound, "no such model");
+        let body = serde_json::to_vec(&ours).unwrap();
+        assert_eq!(parse_peer_error(StatusCode::BAD_GATEWAY, &body), ours);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use cocoon_node::trailers::{error_trailers, read_error, read_usage};
 use cocoon_node::Body;
 use cocoon_proto::{headers, ErrorKind, OpenAiError};
 use futures::FutureExt;
-use http::{header, HeaderMap, HeaderValue, Request};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body::Frame;
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -126,9 +126,10 @@ pub async fn forward(
         Err(error) => return fail(error.kind(), error.to_string()),
     };
 
-    // A worker that fails before it answers (its link, or a 5xx) gets the request again elsewhere:
-    // nothing has reached the client yet, and usage is only charged from a finished answer. If no
-    // other worker can take it, the client hears the first worker's failure.
+    // A worker that fails before it answers (its link, or a 5xx) or is busy (429: its slots are
+    // shared with other proxies) gets the request again elsewhere: nothing has reached the client
+    // yet, and usage is only charged from a finished answer. If no other worker can take it, the
+    // client hears the first worker's answer. Busy is not a failure of the worker.
     let mut failed: Option<(u64, OpenAiError)> = None;
     let prices = HeaderValue::from_str(
         &serde_json::to_string(reservation.prices().as_ref()).unwrap_or_default(),
@@ -174,9 +175,12 @@ pub async fn forward(
             sender.send_request(request).await
         };
         match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) if !response.status().is_server_error() => break (slot, response),
+            Ok(Ok(response)) if !retry_elsewhere(response.status()) => break (slot, response),
             Ok(outcome) => {
-                slot.worker.record_failure();
+                let busy = matches!(&outcome, Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS);
+                if !busy {
+                    slot.worker.record_failure();
+                }
                 let error = match outcome {
                     Ok(response) => {
                         let status = response.status();
@@ -267,6 +271,12 @@ pub async fn forward(
         answer_headers.insert(headers::MODEL_HASH, hash);
     }
     answer.into_response()
+}
+
+/// Whether a worker's answer with `status` means another worker should get the request: the
+/// worker failed (5xx) or is busy (429); nothing of an answer was produced.
+fn retry_elsewhere(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {

@@ -341,6 +341,58 @@ async fn a_cheap_worker_with_a_broken_engine_is_retried_around_then_set_aside() 
     );
 }
 
+/// An engine on loopback that refuses every request as overloaded (429).
+async fn busy_engine() -> String {
+    use axum::routing::post;
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            (
+                http::StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(json!({"error": {"message": "overloaded", "type": "rate_limit_error"}})),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_busy_worker_passes_the_request_on_without_being_held_against_it() {
+    let engine = busy_engine().await;
+    let (_proxy, proxy) = proxy(&[]);
+    let (_busy, _) = worker(
+        &proxy,
+        &[
+            "--engine",
+            &engine,
+            "--model",
+            "synthetic",
+            "--coefficient",
+            "500",
+        ],
+    );
+    let (_free, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+    for _ in 0..8 {
+        let answer = ask(&api, &chat("synthetic", 1, false)).await;
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
+    }
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
+    let busy = stats["details"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["coefficient"] == 500)
+        .cloned()
+        .unwrap();
+    assert_eq!(busy["consecutive_failures"], 0, "{busy}");
+}
+
 /// An engine on loopback whose streamed answers never end, recording when one is dropped.
 async fn endless_engine(cancelled: Arc<AtomicBool>) -> String {
     use axum::routing::post;
