@@ -422,11 +422,22 @@ async fn a_proxy_stopped_with_sigterm_finishes_and_charges_every_answer_in_fligh
     wait_for_model(&api, "synthetic", 1).await;
     let before = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
 
-    // Eight streams of 0.4 s to 1.1 s; the proxy is told to stop at about 0.2 s.
+    // Eight streams of 0.4 s to 1.1 s; the proxy is told to stop once all are under way.
     let requests: Vec<Value> = (0..8).map(|i| chat(20 + 5 * i, true)).collect();
     let load = join_all(requests.iter().map(|r| ask(&api, r)));
     let stopper = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        loop {
+            let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
+            let active: u64 = stats["details"]["workers"]
+                .as_array()
+                .map_or(0, |w| w.iter().filter_map(|w| w["active"].as_u64()).sum());
+            if active == 8 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{stats}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proxy_node.terminate();
     };
     let (answers, ()) = tokio::join!(load, stopper);

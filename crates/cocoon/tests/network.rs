@@ -252,8 +252,20 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
     assert!(events.next().await.unwrap().contains("xxxx"));
     draining.terminate();
 
-    // New requests are answered, by the other worker.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The proxy hears of it at once (GOAWAY) and routes no more to it…
+    let started = Instant::now();
+    while get_json(&format!("http://{}/jsonstats", proxy.stats)).await["details"]["workers"]
+        .as_array()
+        .map_or(0, Vec::len)
+        != 1
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still routed to"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …so new requests are answered by the other worker.
     for _ in 0..5 {
         let next = ask(&api, &chat("synthetic", 1, false)).await;
         assert_eq!(next.status(), 200);
