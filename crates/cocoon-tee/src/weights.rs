@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// A file or directory could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file or directory involved.
         path: PathBuf,
