@@ -241,7 +241,9 @@ impl Routing {
             }
         }
         let now = Instant::now();
-        eligible.sort_by_key(|link| (link.is_aside(now), link.info.coefficient, link.active()));
+        // Keys read once per worker: `is_aside` takes a lock, and this runs on every request.
+        eligible
+            .sort_by_cached_key(|link| (link.is_aside(now), link.info.coefficient, link.active()));
         eligible
             .iter()
             .find(|link| link.try_reserve())

@@ -428,14 +428,12 @@ async fn a_proxy_stopped_with_sigterm_finishes_and_charges_every_answer_in_fligh
     let stopper = async {
         let started = Instant::now();
         loop {
-            let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
-            let active: u64 = stats["details"]["workers"]
-                .as_array()
-                .map_or(0, |w| w.iter().filter_map(|w| w["active"].as_u64()).sum());
+            let workers = proxy_workers(&proxy).await;
+            let active: u64 = workers.iter().filter_map(|w| w["active"].as_u64()).sum();
             if active == 8 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "{stats}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{workers:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         proxy_node.terminate();

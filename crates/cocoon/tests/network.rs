@@ -254,11 +254,7 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
 
     // The proxy hears of it at once (GOAWAY) and routes no more to it…
     let started = Instant::now();
-    while get_json(&format!("http://{}/jsonstats", proxy.stats)).await["details"]["workers"]
-        .as_array()
-        .map_or(0, Vec::len)
-        != 1
-    {
+    while proxy_workers(&proxy).await.len() != 1 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "still routed to"
@@ -311,41 +307,42 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
     }
 }
 
-#[tokio::test]
-async fn a_cheap_worker_with_a_broken_engine_is_retried_around_then_set_aside() {
+/// Starts a cheap worker (coefficient 500) in front of `engine` beside a dearer healthy one, asks
+/// `requests` times — each answer must come from the healthy worker — and returns the cheap
+/// worker's entry in the proxy's routing stats.
+async fn cheap_worker_after(engine: &str, requests: usize) -> Value {
     let (_proxy, proxy) = proxy(&[]);
-    // Its engine's port has nothing listening: every request it takes fails with a 5xx.
-    let nowhere = format!("http://{}", free_addr());
-    let (_broken, _) = worker(
-        &proxy,
-        &[
-            "--engine",
-            &nowhere,
-            "--model",
-            "synthetic",
-            "--coefficient",
-            "500",
-        ],
-    );
+    let cheap_args = [
+        "--engine",
+        engine,
+        "--model",
+        "synthetic",
+        "--coefficient",
+        "500",
+    ];
+    let (_cheap, _) = worker(&proxy, &cheap_args);
     let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 2).await;
-
-    // Every request is answered — by the healthy worker, after a retry while the broken one is
-    // still tried first.
-    for _ in 0..12 {
+    for _ in 0..requests {
         let answer = ask(&api, &chat("synthetic", 1, false)).await;
         assert_eq!(answer.status(), 200);
         assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
     }
-    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
-    let broken = stats["details"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
+    proxy_workers(&proxy)
+        .await
+        .into_iter()
         .find(|w| w["coefficient"] == 500)
-        .cloned()
-        .unwrap();
+        .expect("the cheap worker is still linked")
+}
+
+#[tokio::test]
+async fn a_cheap_worker_with_a_broken_engine_is_retried_around_then_set_aside() {
+    // Its engine's port has nothing listening: every request it takes fails with a 5xx. Every
+    // request is still answered — by the healthy worker, after a retry while the broken one is
+    // still tried first.
+    let nowhere = format!("http://{}", free_addr());
+    let broken = cheap_worker_after(&nowhere, 12).await;
     let failures = broken["consecutive_failures"].as_u64().unwrap();
     assert!(
         (5..12).contains(&failures),
@@ -373,35 +370,7 @@ async fn busy_engine() -> String {
 
 #[tokio::test]
 async fn a_busy_worker_passes_the_request_on_without_being_held_against_it() {
-    let engine = busy_engine().await;
-    let (_proxy, proxy) = proxy(&[]);
-    let (_busy, _) = worker(
-        &proxy,
-        &[
-            "--engine",
-            &engine,
-            "--model",
-            "synthetic",
-            "--coefficient",
-            "500",
-        ],
-    );
-    let (_free, _) = worker(&proxy, &["--coefficient", "1000"]);
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 2).await;
-    for _ in 0..8 {
-        let answer = ask(&api, &chat("synthetic", 1, false)).await;
-        assert_eq!(answer.status(), 200);
-        assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
-    }
-    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
-    let busy = stats["details"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["coefficient"] == 500)
-        .cloned()
-        .unwrap();
+    let busy = cheap_worker_after(&busy_engine().await, 8).await;
     assert_eq!(busy["consecutive_failures"], 0, "{busy}");
 }
 

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-async fn proxy_workers(proxy: &ProxyAddrs) -> Vec<Value> {
-    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
-    stats["details"]["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// Waits until the proxy has `count` workers linked.
 async fn until_workers(proxy: &ProxyAddrs, count: usize, within: Duration) {
     let started = Instant::now();

@@ -355,6 +355,16 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// The workers a proxy has linked, as its `/jsonstats` lists them (id, model, coefficient, load,
+/// failures…).
+pub async fn proxy_workers(proxy: &ProxyAddrs) -> Vec<serde_json::Value> {
+    let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
+    stats["details"]["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// The client's `/jsonstats` `details.wallet` (its contract as it last saw it).
 pub async fn client_wallet(api: &str) -> serde_json::Value {
     get_json(&format!("{api}/jsonstats")).await["details"]["wallet"].clone()
