@@ -13,6 +13,7 @@
 //! [`start`] binds and spawns everything and returns a [`RunningClient`]; [`run`] also waits for
 //! shutdown.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;

@@ -12,6 +12,7 @@
 //!
 //! The crate is self-contained so that builds without an embedded engine skip llama.cpp.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;

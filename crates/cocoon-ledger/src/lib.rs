@@ -26,6 +26,7 @@
 //! voucher.verify(&signer.voucher_key()).unwrap();
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;

@@ -8,6 +8,8 @@
 //! - [`wallet`]: the node's sealed wallet key and the wallet peers name in their claims;
 //! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
 
+#![forbid(unsafe_code)]
+
 pub mod attestation;
 pub mod backoff;
 pub mod link;

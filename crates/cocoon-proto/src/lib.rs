@@ -4,6 +4,8 @@
 //! This crate depends on `serde` only, so that every role (and third-party tooling) can speak the
 //! protocol without pulling in a runtime.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod headers;
 pub mod link;

@@ -6,6 +6,8 @@
 //! [`billing`] (reservations, charges, settlement with the ledger) over [`store`] (the proxy's own
 //! durable database).
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod billing;
 pub mod config;

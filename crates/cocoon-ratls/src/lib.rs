@@ -9,6 +9,7 @@
 //! [`Acceptor`] run it on both sides of every handshake and return the peer's
 //! [`PeerIdentity`].
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod certificate;

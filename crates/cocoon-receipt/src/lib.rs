@@ -9,6 +9,7 @@
 //! fields in declaration order, as `serde_json` writes them); the proxy's signature also covers
 //! the worker's, so neither can be swapped.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod answer;

@@ -9,6 +9,8 @@
 //! (verification plugged in through [`QuoteVerifier`]). A worker's model is measured too: the
 //! SHA-256 of its weights ([`weights::weights_sha256`]) is one of its attested claims.
 
+#![forbid(unsafe_code)]
+
 mod error;
 pub mod fake;
 mod kind;

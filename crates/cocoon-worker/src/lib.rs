@@ -6,6 +6,8 @@
 //! usage counted ([`metering`]) and a signed [`receipt`]. Capacity is enforced per worker ([`http`]). Proxies send what the
 //! worker earned, and it claims on the ledger ([`settlement`]).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -1,5 +1,7 @@
 //! `cocoon`: every role of the Confidential Compute Open Network in one command.
 
+#![forbid(unsafe_code)]
+
 mod attest;
 mod bench;
 mod config;
