@@ -4,7 +4,9 @@
 //! Money touches the path at two points only: the worst case is reserved against the client's
 //! balance before a worker is chosen (402 when it cannot be covered), and the actual usage is
 //! charged durably when the worker's usage trailer arrives, before that frame is released. That
-//! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]).
+//! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]). An answer whose
+//! client hangs up just before its end is still read to the usage trailer and charged
+//! ([`charge_abandoned_tail`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,7 @@ use cocoon_proto::{headers, ErrorKind, OpenAiError};
 use futures::FutureExt;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body::Frame;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
@@ -37,6 +40,13 @@ use crate::routing::{RouteError, Routing, Slot, WorkerLink};
 const MAX_ERROR_BODY: usize = 1 << 20;
 /// Price limit for requests that do not state one: any worker.
 const NO_PRICE_LIMIT: u32 = u32::MAX;
+/// How much more of an answer the proxy reads after its client hung up, looking for the usage
+/// trailer: room for the last events (a usage chunk, `[DONE]`) of an answer the worker has
+/// finished, and little more, so a client is not charged for much it was never sent. An answer
+/// with more left is cancelled upstream and not charged.
+const ABANDONED_TAIL_BYTES: usize = 4096;
+/// How long the proxy waits for that tail.
+const ABANDONED_TAIL_WAIT: Duration = Duration::from_secs(2);
 
 /// What the request path needs.
 #[derive(Clone)]
@@ -242,13 +252,13 @@ pub async fn forward(
             worker: worker.clone(),
             receipts: state.receipts.clone(),
         },
-        inner: body,
+        inner: Some(body),
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
         timeout,
         finished: false,
         charging: None,
         stats: state.stats.clone(),
-        _slot: slot,
+        slot: Some(slot),
         _active: active,
     }));
     let answer_headers = answer.headers_mut();
@@ -286,14 +296,16 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// A worker's answer relayed to the client. It never fails: a worker failure or the deadline
 /// ends the answer with an `x-cocoon-error` trailer, so the client can tell the app why.
 struct Relay {
-    inner: Incoming,
+    /// The worker's answer; taken by [`Relay`]'s drop when the client left before its end.
+    inner: Option<Incoming>,
     meter: Meter,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
     finished: bool,
     charging: Option<Charging>,
     stats: Arc<NodeStats>,
-    _slot: Slot,
+    /// The worker's slot, held until the answer (or its abandoned tail) is done.
+    slot: Option<Slot>,
     _active: ActiveRequest,
 }
 
@@ -322,6 +334,17 @@ type Charging = (
 );
 
 impl Meter {
+    /// This meter's reservation and parties, for the task that finishes an abandoned answer.
+    fn detach(&mut self) -> Meter {
+        Meter {
+            billing: self.billing.clone(),
+            reservation: self.reservation.take(),
+            worker_wallet: self.worker_wallet,
+            worker: self.worker.clone(),
+            receipts: self.receipts.clone(),
+        }
+    }
+
     /// Charges `usage` durably and countersigns the worker's receipt (if it sent one); resolves
     /// to the trailers stating the cost and carrying the receipt.
     fn charge(
@@ -429,7 +452,10 @@ impl http_body::Body for Relay {
             );
             return this.fail(OpenAiError::new(ErrorKind::Timeout, message));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(frame))) => {
                 let mut trailers = match frame.into_trailers() {
@@ -438,9 +464,7 @@ impl http_body::Body for Relay {
                 };
                 this.finished = true;
                 // Only a receipt the proxy countersigns goes on to the client.
-                let worker_receipt = trailers
-                    .remove(headers::RECEIPT_RECORD)
-                    .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE));
+                let worker_receipt = take_worker_receipt(&mut trailers);
                 if let Some(usage) = read_usage(&trailers) {
                     this.meter.worker.record_success();
                     this.stats.record_tokens(&usage);
@@ -468,5 +492,83 @@ impl http_body::Body for Relay {
                 ))
             }
         }
+    }
+}
+
+/// Removes the worker's receipt from its trailers (only a countersigned one goes on).
+fn take_worker_receipt(trailers: &mut HeaderMap) -> Option<WorkerReceiptTrailers> {
+    trailers
+        .remove(headers::RECEIPT_RECORD)
+        .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE))
+}
+
+impl Drop for Relay {
+    /// The client is gone. An answer the worker completed is charged all the same: a charge
+    /// being written is finished, and an answer not read to its end yet has its tail read
+    /// ([`charge_abandoned_tail`]). Both run on a task of their own.
+    fn drop(&mut self) {
+        let charging = self.charging.take();
+        let unread = if self.finished {
+            None
+        } else {
+            self.inner.take()
+        };
+        if charging.is_none() && unread.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let meter = self.meter.detach();
+        let (slot, stats) = (self.slot.take(), self.stats.clone());
+        let until = self
+            .deadline
+            .deadline()
+            .min(Instant::now() + ABANDONED_TAIL_WAIT);
+        runtime.spawn(async move {
+            if let Some((charging, _)) = charging {
+                let _ = charging.await;
+            } else if let Some(unread) = unread {
+                charge_abandoned_tail(unread, meter, stats, until).await;
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Reads the rest of an answer whose client hung up. If the worker's usage trailer comes within
+/// [`ABANDONED_TAIL_BYTES`] more and before `until`, the worker had completed the answer, and it
+/// is charged as if the client had stayed; otherwise dropping the rest cancels the work upstream
+/// and nothing is charged.
+async fn charge_abandoned_tail(
+    mut answer: Incoming,
+    mut meter: Meter,
+    stats: Arc<NodeStats>,
+    until: Instant,
+) {
+    let mut allowance = ABANDONED_TAIL_BYTES;
+    loop {
+        let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, answer.frame()).await else {
+            return;
+        };
+        let mut trailers = match frame.into_trailers() {
+            Ok(trailers) => trailers,
+            Err(data) => {
+                let size = data.data_ref().map_or(0, Bytes::len);
+                match allowance.checked_sub(size) {
+                    Some(left) => allowance = left,
+                    None => return,
+                }
+                continue;
+            }
+        };
+        let worker_receipt = take_worker_receipt(&mut trailers);
+        if let Some(usage) = read_usage(&trailers) {
+            meter.worker.record_success();
+            stats.record_tokens(&usage);
+            // The charge logs its own failure; there is nobody left to tell.
+            let _ = meter.charge(usage, worker_receipt).await;
+        }
+        return;
     }
 }

@@ -4,12 +4,14 @@
 //! The request path reads in three files: [`link`] (the two listening ports and each link's life),
 //! [`routing`] (which worker serves a request) and [`forward`] (one request, end to end). Money is
 //! [`billing`] (reservations, charges, settlement with the ledger) over [`store`] (the proxy's own
-//! durable database).
+//! durable database) and [`charge_writer`] (the thread that writes charges, and refuses requests
+//! while it cannot).
 
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod billing;
+pub mod charge_writer;
 pub mod config;
 pub mod forward;
 pub mod http;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::response::IntoResponse;
 use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
@@ -152,6 +155,7 @@ pub async fn start(
         }
     });
     let image_hash = trust.image_hash();
+    let health = billing.clone();
     let details: stats::Details = Arc::new(move || {
         json!({
             "image_hash": image_hash.to_string(),
@@ -161,7 +165,23 @@ pub async fn start(
         })
     });
     let stop = drained.clone();
-    let router = stats::router(stats, details);
+    let router = stats::router(stats, details).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let unhealthy = (request.uri().path() == "/healthz")
+                .then(|| health.unhealthy())
+                .flatten();
+            async move {
+                match unhealthy {
+                    Some(reason) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("unhealthy proxy: {reason}\n"),
+                    )
+                        .into_response(),
+                    None => next.run(request).await,
+                }
+            }
+        },
+    ));
     tasks.spawn(async move {
         if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await {
             tracing::error!(%error, "stats server failed");

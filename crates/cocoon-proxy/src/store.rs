@@ -7,9 +7,6 @@
 //! detected on start.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
-
-use tokio::sync::oneshot;
 
 use cocoon_ledger::{AccountId, Amount, Hash32};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -104,6 +101,7 @@ CREATE TABLE IF NOT EXISTS charges (
     worker_pay INTEGER NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS write_probe (data BLOB NOT NULL);
 INSERT OR IGNORE INTO position (id, seqno, hash) VALUES (0, 0, zeroblob(32));
 ";
 
@@ -219,6 +217,31 @@ impl BillingStore {
         Ok(results)
     }
 
+    /// What `client` has been charged in total and the position it was read at, from one
+    /// snapshot: a voucher must never pair a seqno with a total from another moment.
+    pub fn client_at_position(&mut self, client: &AccountId) -> Result<(Totals, u64), StoreError> {
+        let snapshot = self.db.transaction()?;
+        let totals = totals_in(&snapshot, CLIENT_TOTALS, client)?;
+        Ok((totals, position_in(&snapshot)?.0))
+    }
+
+    /// Every worker with its totals and the position they were read at, from one snapshot.
+    pub fn workers_at_position(&mut self) -> Result<(Vec<(AccountId, Totals)>, u64), StoreError> {
+        let snapshot = self.db.transaction()?;
+        let workers = all_in(&snapshot, WORKERS)?;
+        Ok((workers, position_in(&snapshot)?.0))
+    }
+
+    /// Writes and commits a throw-away row larger than a charge, to learn whether the disk takes
+    /// writes again (after a charge failed) without risking a real charge.
+    pub fn probe_write(&mut self) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        tx.execute("INSERT INTO write_probe (data) VALUES (zeroblob(16384))", [])?;
+        tx.execute("DELETE FROM write_probe", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// What `client` has been charged in total.
     pub fn client(&self, client: &AccountId) -> Result<Totals, StoreError> {
         totals_in(&self.db, CLIENT_TOTALS, client)
@@ -231,16 +254,21 @@ impl BillingStore {
 
     /// Every client with its totals.
     pub fn clients(&self) -> Result<Vec<(AccountId, Totals)>, StoreError> {
-        self.all("SELECT account, charged, tokens, requests FROM clients ORDER BY account")
+        all_in(&self.db, CLIENTS)
     }
 
     /// Every worker with its totals.
     pub fn workers(&self) -> Result<Vec<(AccountId, Totals)>, StoreError> {
-        self.all("SELECT account, earned, tokens, requests FROM workers ORDER BY account")
+        all_in(&self.db, WORKERS)
     }
+}
 
-    fn all(&self, sql: &str) -> Result<Vec<(AccountId, Totals)>, StoreError> {
-        let mut statement = self.db.prepare(sql)?;
+const CLIENTS: &str = "SELECT account, charged, tokens, requests FROM clients ORDER BY account";
+const WORKERS: &str = "SELECT account, earned, tokens, requests FROM workers ORDER BY account";
+
+/// Every account of a totals table (inside or outside a transaction).
+fn all_in(db: &Connection, sql: &str) -> Result<Vec<(AccountId, Totals)>, StoreError> {
+        let mut statement = db.prepare_cached(sql)?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, Vec<u8>>(0)?,
@@ -256,7 +284,6 @@ impl BillingStore {
             Ok((account_of(account)?, totals))
         })
         .collect()
-    }
 }
 
 const CLIENT_TOTALS: &str = "SELECT charged, tokens, requests FROM clients WHERE account = ?1";
@@ -310,65 +337,12 @@ fn chain(previous: &Hash32, seqno: u64, charge: &ChargeRecord) -> Hash32 {
     Hash32(hasher.finalize().into())
 }
 
-/// Most charges written in one transaction.
-const MAX_GROUP: usize = 1024;
-
-/// Writes charges from one thread, as many per transaction (and fsync) as are waiting: requests
-/// finishing together share one disk flush, and no async task ever blocks on the disk.
-pub struct ChargeWriter {
-    queue: mpsc::Sender<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>,
-}
-
-impl ChargeWriter {
-    /// Starts the writer thread over `store`; it stops when the writer is dropped.
-    pub fn spawn(store: Arc<Mutex<BillingStore>>) -> std::io::Result<ChargeWriter> {
-        let (queue, pending) =
-            mpsc::channel::<(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>)>();
-        std::thread::Builder::new()
-            .name("charge-writer".into())
-            .spawn(move || {
-                while let Ok(first) = pending.recv() {
-                    let mut group = vec![first];
-                    group.extend(pending.try_iter().take(MAX_GROUP - 1));
-                    let charges: Vec<ChargeRecord> =
-                        group.iter().map(|(charge, _)| *charge).collect();
-                    let outcome = store
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner())
-                        .record_charges(&charges);
-                    match outcome {
-                        Ok(results) => {
-                            for ((_, done), result) in group.into_iter().zip(results) {
-                                let _ = done.send(result);
-                            }
-                        }
-                        Err(error) => {
-                            let message = error.to_string();
-                            for (_, done) in group {
-                                let _ = done.send(Err(StoreError::Batch(message.clone())));
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(ChargeWriter { queue })
-    }
-
-    /// Records `charge`; resolves once it is on disk.
-    pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
-        let (done, written) = oneshot::channel();
-        self.queue
-            .send((charge, done))
-            .map_err(|_| StoreError::WriterStopped)?;
-        written.await.map_err(|_| StoreError::WriterStopped)?
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn charge(client: u8, worker: u8, price: Amount) -> ChargeRecord {
+    /// A charge of `price` from client `client` to worker `worker` (80 % to the worker).
+    pub(crate) fn charge(client: u8, worker: u8, price: Amount) -> ChargeRecord {
         ChargeRecord {
             client: AccountId([client; 32]),
             worker: AccountId([worker; 32]),
@@ -376,34 +350,6 @@ mod tests {
             client_price: price,
             worker_pay: price * 8 / 10,
         }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_charges_share_commits_and_each_is_recorded_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxy.sqlite3");
-        let store = Arc::new(Mutex::new(BillingStore::open(&path).unwrap()));
-        let writer = Arc::new(ChargeWriter::spawn(store.clone()).unwrap());
-        let tasks: Vec<_> = (0..200u64)
-            .map(|i| {
-                let writer = writer.clone();
-                tokio::spawn(
-                    async move { writer.record(charge((i % 3) as u8, 9, 10)).await.unwrap() },
-                )
-            })
-            .collect();
-        let mut seqnos = Vec::new();
-        for task in tasks {
-            seqnos.push(task.await.unwrap());
-        }
-        seqnos.sort_unstable();
-        assert_eq!(seqnos, (1..=200).collect::<Vec<_>>());
-        drop(writer);
-        let store = BillingStore::open(&path).unwrap();
-        assert_eq!(store.position().unwrap().0, 200);
-        assert_eq!(store.worker(&AccountId([9; 32])).unwrap().amount, 200 * 8);
-        let charged: Amount = store.clients().unwrap().iter().map(|(_, t)| t.amount).sum();
-        assert_eq!(charged, 2000);
     }
 
     #[test]

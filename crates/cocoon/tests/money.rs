@@ -11,87 +11,6 @@ use common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-fn chat(max_tokens: u64, stream: bool) -> Value {
-    let mut request = json!({
-        "model": "synthetic",
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": max_tokens,
-        "stream": stream,
-    });
-    if stream {
-        request["stream_options"] = json!({"include_usage": true});
-    }
-    request
-}
-
-/// The `details.wallet` of a node's `/jsonstats` at `stats` (`HOST:PORT` or a base URL).
-async fn wallet(stats: &str) -> Value {
-    let base = if stats.starts_with("http") {
-        stats.to_owned()
-    } else {
-        format!("http://{stats}")
-    };
-    get_json(&format!("{base}/jsonstats")).await["details"]["wallet"].clone()
-}
-
-async fn account_of(stats: &str) -> AccountId {
-    wallet(stats).await["account"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// The usage of one answer (streamed or not), or `None` if it failed.
-async fn ask(api: &str, request: &Value) -> Option<TokenUsage> {
-    let response = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(request)
-        .send()
-        .await
-        .ok()?;
-    if response.status() != 200 {
-        return None;
-    }
-    let usage = if request["stream"] == true {
-        let (events, _receipt) = stream_answer(response).await;
-        if events.last().map(String::as_str) != Some("[DONE]") {
-            return None;
-        }
-        events
-            .iter()
-            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-            .find(|e| e["usage"].is_object())?["usage"]
-            .clone()
-    } else {
-        response.json::<Value>().await.ok()?["usage"].clone()
-    };
-    Some(TokenUsage {
-        prompt_tokens: usage["prompt_tokens"].as_u64()?,
-        completion_tokens: usage["completion_tokens"].as_u64()?,
-        ..TokenUsage::default()
-    })
-}
-
-/// Waits until `check` holds for the value `read` produces, failing with the last value.
-macro_rules! eventually {
-    ($read:expr, |$v:ident| $check:expr) => {{
-        let started = Instant::now();
-        loop {
-            let $v = $read;
-            if $check {
-                break $v;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "never held: {:?}",
-                $v
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }};
-}
-
 /// `cocoon wallet --json ARGS…` for the node with `data_dir` and `label`.
 fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
@@ -115,10 +34,6 @@ fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-async fn contract(ledger: &str, proxy: AccountId, kind: &str, party: AccountId) -> Value {
-    get_json(&format!("{ledger}/v1/proxies/{proxy}/{kind}/{party}")).await
 }
 
 #[tokio::test]

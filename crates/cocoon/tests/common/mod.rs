@@ -160,10 +160,27 @@ pub struct ProxyAddrs {
     pub ledger: String,
     /// Its data directory (wallet key, money database).
     pub data_dir: PathBuf,
-    /// The ledger process, shared by every node of this network (owns the ledger's directory).
-    _ledger_node: Node,
+    /// The ledger process, shared by every node of this network.
+    ledger_node: Node,
+    /// The ledger's command line, to restart it on its database.
+    ledger_args: Vec<String>,
+    /// The ledger's directory outlives ledger processes, so the ledger can be restarted on it.
+    _ledger_dir: tempfile::TempDir,
     /// The proxy's data directory outlives proxy processes, so a proxy can be restarted on it.
     _data_dir: tempfile::TempDir,
+}
+
+impl ProxyAddrs {
+    /// Kills the ledger process (SIGKILL), as an outage would.
+    pub fn kill_ledger(&mut self) {
+        self.ledger_node.kill();
+    }
+
+    /// Starts the ledger again on the same address and database; waits until it listens.
+    pub fn restart_ledger(&mut self) {
+        self.ledger_node = Node::start(&self.ledger_args);
+        wait_for_port(self.ledger.trim_start_matches("http://"));
+    }
 }
 
 /// Waits (blocking) until something listens on `addr`.
@@ -181,6 +198,12 @@ pub fn wait_for_port(addr: &str) {
 /// Starts a ledger (faucet on) with its database in `dir` and `extra` flags; returns it and its
 /// base URL.
 pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
+    let (node, url, _) = ledger_with_args(dir, extra);
+    (node, url)
+}
+
+/// [`ledger`], also returning its command line (to restart it).
+fn ledger_with_args(dir: &Path, extra: &[&str]) -> (Node, String, Vec<String>) {
     let listen = free_addr();
     let owner = "11".repeat(32);
     let args = strings(&[
@@ -194,7 +217,7 @@ pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
     let args = with_defaults(args, &[("--owner", &owner)], extra);
     let node = Node::start(&args);
     wait_for_port(&listen);
-    (node, format!("http://{listen}"))
+    (node, format!("http://{listen}"), args)
 }
 
 /// `args` plus `--FLAG VALUE` unless `extra` sets that flag itself; then `extra`.
@@ -215,21 +238,28 @@ pub fn proxy(extra: &[&str]) -> (Node, ProxyAddrs) {
 
 /// Starts a proxy with `extra` flags, on a fresh ledger started with `ledger_extra` flags.
 pub fn proxy_on_ledger(ledger_extra: &[&str], extra: &[&str]) -> (Node, ProxyAddrs) {
+    let addrs = proxy_addrs(ledger_extra);
+    let node = Node::start(&proxy_args(&addrs, extra));
+    (node, addrs)
+}
+
+/// A fresh ledger started with `ledger_extra` flags, and addresses and a data directory for a
+/// proxy on it, which the caller starts (`Node::start(&proxy_args(&addrs, extra))`).
+pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let (mut ledger_node, ledger_url) = ledger(ledger_dir.path(), ledger_extra);
-    ledger_node._dir = Some(ledger_dir);
+    let (ledger_node, ledger_url, ledger_args) = ledger_with_args(ledger_dir.path(), ledger_extra);
     let dir = tempfile::tempdir().unwrap();
-    let addrs = ProxyAddrs {
+    ProxyAddrs {
         workers: free_addr(),
         clients: free_addr(),
         stats: free_addr(),
         ledger: ledger_url,
         data_dir: dir.path().to_owned(),
-        _ledger_node: ledger_node,
+        ledger_node,
+        ledger_args,
+        _ledger_dir: ledger_dir,
         _data_dir: dir,
-    };
-    let node = Node::start(&proxy_args(&addrs, extra));
-    (node, addrs)
+    }
 }
 
 /// The command line of the proxy at `addrs` (used again to restart it).
@@ -471,4 +501,97 @@ pub async fn stream_answer(
         _ => None,
     };
     (events, receipt)
+}
+
+/// A chat request to the synthetic model for `max_tokens`, streamed (with usage) or not.
+pub fn chat(max_tokens: u64, stream: bool) -> serde_json::Value {
+    let mut request = serde_json::json!({
+        "model": "synthetic",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    });
+    if stream {
+        request["stream_options"] = serde_json::json!({"include_usage": true});
+    }
+    request
+}
+
+/// The usage of one answer (streamed or not), or `None` if it failed.
+pub async fn ask(api: &str, request: &serde_json::Value) -> Option<cocoon_proto::TokenUsage> {
+    let response = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(request)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let usage = if request["stream"] == true {
+        let (events, _receipt) = stream_answer(response).await;
+        if events.last().map(String::as_str) != Some("[DONE]") {
+            return None;
+        }
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .find(|e| e["usage"].is_object())?["usage"]
+            .clone()
+    } else {
+        response.json::<serde_json::Value>().await.ok()?["usage"].clone()
+    };
+    Some(cocoon_proto::TokenUsage {
+        prompt_tokens: usage["prompt_tokens"].as_u64()?,
+        completion_tokens: usage["completion_tokens"].as_u64()?,
+        ..cocoon_proto::TokenUsage::default()
+    })
+}
+
+/// The `details.wallet` of a node's `/jsonstats` at `stats` (`HOST:PORT` or a base URL).
+pub async fn wallet(stats: &str) -> serde_json::Value {
+    let base = if stats.starts_with("http") {
+        stats.to_owned()
+    } else {
+        format!("http://{stats}")
+    };
+    get_json(&format!("{base}/jsonstats")).await["details"]["wallet"].clone()
+}
+
+/// The wallet account of the node whose stats are at `stats`.
+pub async fn account_of(stats: &str) -> cocoon_ledger::AccountId {
+    wallet(stats).await["account"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `check` holds for the value `read` produces, failing with the last value.
+macro_rules! eventually {
+    ($read:expr, |$v:ident| $check:expr) => {{
+        let started = std::time::Instant::now();
+        loop {
+            let $v = $read;
+            if $check {
+                break $v;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "never held: {:?}",
+                $v
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use eventually;
+
+/// A contract of `proxy` on `ledger`: `kind` is `clients` or `workers`.
+pub async fn contract(ledger: &str, proxy: cocoon_ledger::AccountId,
+    kind: &str,
+    party: cocoon_ledger::AccountId,
+) -> serde_json::Value {
+    get_json(&format!("{ledger}/v1/proxies/{proxy}/{kind}/{party}")).await
 }

@@ -1,0 +1,220 @@
+//! Billing against a ledger running in this process.
+use super::*;
+
+#[test]
+fn reservation_inputs_come_from_the_body_and_the_routing() {
+    assert_eq!(requested_max_tokens(br#"{"max_tokens":64}"#), Some(64));
+    assert_eq!(
+        requested_max_tokens(br#"{"max_tokens":64,"max_completion_tokens":9}"#),
+        Some(9)
+    );
+    assert_eq!(requested_max_tokens(br#"{"model":"m"}"#), None);
+    assert_eq!(requested_max_tokens(b"not json"), None);
+    assert_eq!(prompt_tokens_bound(101), 51);
+    assert_eq!(reservation_coefficient(u32::MAX, Some(1_500)), 1_500);
+    assert_eq!(reservation_coefficient(800, Some(1_500)), 800);
+    assert_eq!(reservation_coefficient(u32::MAX, None), COEFFICIENT_ONE);
+}
+
+#[test]
+fn answer_cost_splits_the_charged_price_exactly() {
+    let prices = Prices::default();
+    let usage = TokenUsage {
+        prompt_tokens: 7,
+        cached_tokens: 3,
+        completion_tokens: 5,
+        reasoning_tokens: 0,
+    };
+    let (cost, answer) = answer_cost(&usage, 1_500, &prices).unwrap();
+    assert_eq!(answer.total_cost, cost.client_price);
+    assert_eq!(
+        answer.prompt_total_cost + answer.completion_total_cost,
+        answer.total_cost
+    );
+    // 4 prompt tokens at 1.0 plus 3 cached at 0.1, all × 1.5 = 6.45 → 6 adjusted tokens.
+    assert_eq!(answer.prompt_total_cost, 6 * prices.price_per_token);
+    let json = serde_json::to_value(answer).unwrap();
+    assert_eq!(json["total_cost"], cost.client_price);
+    assert!(json.get("completion_total_cost").is_some());
+}
+
+/// A ledger (faucet on) in this process, and the billing of a proxy on it.
+async fn ledger_and_billing(
+    dir: &std::path::Path,
+    proxy_key: SigningKey,
+) -> (cocoon_ledger::LedgerHandle, Arc<Billing>) {
+    let config = cocoon_ledger::LedgerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("ledger.sqlite3"),
+        faucet: true,
+        owner: Some(AccountId([0x11; 32])),
+        ..cocoon_ledger::LedgerConfig::default()
+    };
+    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+        .await
+        .unwrap();
+    let registry = registry_of(&ledger).await;
+    let billing = Billing::open(
+        billing_config(&ledger.url(), &dir.join("proxy")),
+        proxy_key,
+        &registry,
+    )
+    .await
+    .unwrap();
+    (ledger, billing)
+}
+
+async fn registry_of(ledger: &cocoon_ledger::LedgerHandle) -> RegistryWatch {
+    RegistryWatch::start(&ledger.url(), CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
+    BillingConfig {
+        ledger: ledger.to_owned(),
+        data_dir: data_dir.to_owned(),
+        stake: 0,
+        faucet: 100_000_000_000,
+        settle_interval: Duration::from_millis(100),
+        withdraw_threshold: 0,
+        reserve_max_tokens: 16,
+    }
+}
+
+#[tokio::test]
+async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) =
+        ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let client_key = SigningKey::from_bytes(&[8; 32]);
+    let client = AccountId::from(&client_key);
+    // No contract yet: refused.
+    let refused = billing.reserve(client, 10, 10, 1_000).await.err().unwrap();
+    assert!(
+        matches!(refused, BillingError::NoContract { .. }),
+        "{refused}"
+    );
+    let wallet = LedgerClient::new(&ledger.url(), client_key).unwrap();
+    wallet.faucet(2_000_000_000).await.unwrap();
+    // 1.0 units = 1_000_000 tokens at the default 1000 nano-units per token.
+    wallet
+        .open_client(billing.account(), 1_000_000_000, 1_000_000_000)
+        .await
+        .unwrap();
+
+    let too_much = billing
+        .reserve(client, 0, 1_000_001, 1_000)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            too_much,
+            BillingError::Insufficient {
+                available: 1_000_000_000,
+                ..
+            }
+        ),
+        "{too_much}"
+    );
+    let held = billing.reserve(client, 0, 600_000, 1_000).await.unwrap();
+    assert_eq!(held.amount(), 600_000_000);
+    // The hold counts against the next request, until it is released.
+    assert!(billing.reserve(client, 0, 600_000, 1_000).await.is_err());
+    drop(held);
+    let held = billing.reserve(client, 0, 600_000, 1_000).await.unwrap();
+    let usage = TokenUsage {
+        prompt_tokens: 100,
+        completion_tokens: 400_000,
+        ..TokenUsage::default()
+    };
+    let worker = AccountId([9; 32]);
+    let cost = billing.charge(held, worker, &usage, 1_000).await.unwrap();
+    assert_eq!(cost.total_cost, 400_100_000);
+    assert_eq!(cost.prompt_total_cost, 100_000);
+    // Charged but not collected yet: still owed out of the balance.
+    assert!(billing.reserve(client, 0, 600_000, 1_000).await.is_err());
+    let statement = billing.client_statement(client).unwrap();
+    assert_eq!(statement.charged, 400_100_000);
+    assert_eq!(statement.reserved, 0);
+
+    // A settlement round applies the charge and commits the database position.
+    billing.settle(&Routing::default()).await;
+    let contract = wallet
+        .client_contract(billing.account(), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contract.charged, 400_100_000);
+    assert_eq!(contract.balance, 1_000_000_000 - 400_100_000);
+    let snapshot = billing.snapshot();
+    assert_eq!(snapshot["committed_seqno"], 1, "{snapshot}");
+    assert_eq!(snapshot["earned"], 400_100 * 800, "{snapshot}");
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_or_older_database_is_refused_after_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let (ledger, billing) = ledger_and_billing(dir.path(), key.clone()).await;
+    let client_key = SigningKey::from_bytes(&[8; 32]);
+    let wallet = LedgerClient::new(&ledger.url(), client_key.clone()).unwrap();
+    wallet.faucet(2_000_000_000).await.unwrap();
+    wallet
+        .open_client(billing.account(), 2_000_000_000, 1_000_000_000)
+        .await
+        .unwrap();
+    let held = billing
+        .reserve(AccountId::from(&client_key), 0, 10, 1_000)
+        .await
+        .unwrap();
+    let usage = TokenUsage {
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        ..TokenUsage::default()
+    };
+    billing
+        .charge(held, AccountId([9; 32]), &usage, 1_000)
+        .await
+        .unwrap();
+    billing.settle(&Routing::default()).await;
+    drop(billing);
+
+    // The same wallet on a fresh database (seqno 0) is behind the ledger's commit (1).
+    let error = Billing::open(
+        billing_config(&ledger.url(), &dir.path().join("elsewhere")),
+        key.clone(),
+        &registry_of(&ledger).await,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(error, BillingError::Ledger(SettlementError::RolledBack(_))),
+        "{error}"
+    );
+    // Its own database is accepted again.
+    Billing::open(
+        billing_config(&ledger.url(), &dir.path().join("proxy")),
+        key,
+        &registry_of(&ledger).await,
+    )
+    .await
+    .unwrap();
+    ledger.shutdown().await.unwrap();
+}
+
+#[test]
+fn refusals_are_payment_errors_and_outages_are_not() {
+    let refused = BillingError::Insufficient {
+        available: 1,
+        needed: 2,
+    };
+    assert_eq!(refused.kind(), ErrorKind::InsufficientQuota);
+    assert_eq!(refused.kind().http_status(), 402);
+    assert_eq!(BillingError::NoWallet.kind(), ErrorKind::InsufficientQuota);
+    let outage = BillingError::Ledger(SettlementError::Unavailable("down".into()));
+    assert_eq!(outage.kind(), ErrorKind::Unavailable);
+}

@@ -1,0 +1,161 @@
+//! The one thread that writes charges to the proxy's database, as many per transaction (and
+//! fsync) as are waiting: requests finishing together share one disk flush, and no async task
+//! ever blocks on the disk. It owns its own connection, so readers (reservations, statements)
+//! never wait behind a flush (WAL readers do not block on the writer).
+//!
+//! It is also the proxy's circuit breaker for the disk: when a write fails (a full disk, an I/O
+//! error) it reports the database unwritable, and [`crate::billing::Billing`] refuses new requests
+//! rather than serve answers it cannot charge; while unwritable it probes every
+//! [`PROBE_INTERVAL`] with a throw-away write larger than a charge, and the first write that
+//! succeeds (a probe or a charge) clears the report.
+
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::store::{BillingStore, ChargeRecord, StoreError};
+
+/// Most charges written in one transaction.
+const MAX_GROUP: usize = 1024;
+/// Pause between probes while the database does not take writes.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why the database does not take writes now (`None`: it does).
+pub type WriteFailure = Option<Arc<str>>;
+
+type Pending = (ChargeRecord, oneshot::Sender<Result<u64, StoreError>>);
+
+/// Handle of the writer thread.
+pub struct ChargeWriter {
+    queue: mpsc::Sender<Pending>,
+    failure: watch::Receiver<WriteFailure>,
+}
+
+impl ChargeWriter {
+    /// Opens a connection of its own to the database at `path` and starts the writer thread on it;
+    /// the thread stops when the writer is dropped.
+    pub fn spawn(path: &Path) -> Result<ChargeWriter, StoreError> {
+        let store = BillingStore::open(path)?;
+        let (queue, pending) = mpsc::channel::<Pending>();
+        let (report, failure) = watch::channel(None);
+        std::thread::Builder::new()
+            .name("charge-writer".into())
+            .spawn(move || write_charges(store, pending, report))
+            .map_err(|error| StoreError::Batch(format!("starting the writer thread: {error}")))?;
+        Ok(ChargeWriter { queue, failure })
+    }
+
+    /// Records `charge`; resolves once it is on disk.
+    pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
+        let (done, written) = oneshot::channel();
+        self.queue
+            .send((charge, done))
+            .map_err(|_| StoreError::WriterStopped)?;
+        written.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Why the database does not take writes now, if it does not.
+    pub fn failure(&self) -> WriteFailure {
+        self.failure.borrow().clone()
+    }
+}
+
+fn write_charges(
+    mut store: BillingStore,
+    pending: mpsc::Receiver<Pending>,
+    report: watch::Sender<WriteFailure>,
+) {
+    loop {
+        let failing = report.borrow().is_some();
+        let first = if failing {
+            match pending.recv_timeout(PROBE_INTERVAL) {
+                Ok(first) => Some(first),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match pending.recv() {
+                Ok(first) => Some(first),
+                Err(_) => return,
+            }
+        };
+        let Some(first) = first else {
+            report_outcome(&report, store.probe_write());
+            continue;
+        };
+        let mut group = vec![first];
+        group.extend(pending.try_iter().take(MAX_GROUP - 1));
+        let charges: Vec<ChargeRecord> = group.iter().map(|(charge, _)| *charge).collect();
+        match store.record_charges(&charges) {
+            Ok(results) => {
+                report_outcome(&report, Ok(()));
+                for ((_, done), result) in group.into_iter().zip(results) {
+                    let _ = done.send(result);
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                report_outcome(&report, Err(error));
+                for (_, done) in group {
+                    let _ = done.send(Err(StoreError::Batch(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Publishes whether the last write succeeded; logs each change once.
+fn report_outcome(report: &watch::Sender<WriteFailure>, outcome: Result<(), StoreError>) {
+    report.send_if_modified(|failure| match (&outcome, failure.is_some()) {
+        (Ok(()), true) => {
+            tracing::warn!("the proxy database takes writes again; accepting requests");
+            *failure = None;
+            true
+        }
+        (Err(error), false) => {
+            tracing::error!(%error, "the proxy database does not take writes; refusing requests until it does");
+            *failure = Some(error.to_string().into());
+            true
+        }
+        _ => false,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::charge;
+    use cocoon_ledger::{AccountId, Amount};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_charges_share_commits_and_each_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sqlite3");
+        let writer = Arc::new(ChargeWriter::spawn(&path).unwrap());
+        let tasks: Vec<_> = (0..200u64)
+            .map(|i| {
+                let writer = writer.clone();
+                tokio::spawn(
+                    async move { writer.record(charge((i % 3) as u8, 9, 10)).await.unwrap() },
+                )
+            })
+            .collect();
+        let mut seqnos = Vec::new();
+        for task in tasks {
+            seqnos.push(task.await.unwrap());
+        }
+        seqnos.sort_unstable();
+        assert_eq!(seqnos, (1..=200).collect::<Vec<_>>());
+        assert_eq!(writer.failure(), None);
+        drop(writer);
+        let store = BillingStore::open(&path).unwrap();
+        assert_eq!(store.position().unwrap().0, 200);
+        assert_eq!(store.worker(&AccountId([9; 32])).unwrap().amount, 200 * 8);
+        let charged: Amount = store.clients().unwrap().iter().map(|(_, t)| t.amount).sum();
+        assert_eq!(charged, 2000);
+    }
+
+}

@@ -1,0 +1,266 @@
+//! The proxy's money under faults, with real processes: the ledger going away and coming back,
+//! the proxy's disk filling up, and apps hanging up at the end of their answers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cocoon_ledger::{price, Amount, Prices};
+use cocoon_proto::TokenUsage;
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn cost(usage: &TokenUsage) -> cocoon_ledger::Cost {
+    price(usage, 1_000, &Prices::default()).unwrap()
+}
+
+#[tokio::test]
+async fn inference_continues_through_a_ledger_outage_and_its_charges_settle_afterwards() {
+    let (_proxy, mut proxy) = proxy(&["--withdraw-threshold", "0"]);
+    let (_worker, worker_stats) = worker(&proxy, &["--claim-threshold", "1"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let (mut paid, mut earned) = (0, 0);
+    let mut serve = |usage: Option<TokenUsage>| {
+        let usage = usage.expect("answered");
+        paid += cost(&usage).client_price;
+        earned += cost(&usage).worker_pay;
+    };
+    serve(ask(&api, &chat(4, true)).await);
+    let proxy_id = account_of(&proxy.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+
+    proxy.kill_ledger();
+    // Every request during the outage is answered, streamed or not, for longer than the proxy
+    // trusts a cached contract (2 s) without asking the ledger.
+    let outage = Instant::now();
+    let mut during = 0;
+    while outage.elapsed() < Duration::from_secs(4) || during < 6 {
+        serve(ask(&api, &chat(3 + during % 4, during % 2 == 0)).await);
+        during += 1;
+    }
+    let wallet_now = wallet(&proxy.stats).await;
+    assert_eq!(wallet_now["charged"], paid, "{wallet_now}");
+    assert!(
+        wallet_now["ledger_unreachable_for_ms"].is_u64(),
+        "{wallet_now}"
+    );
+
+    proxy.restart_ledger();
+    // What accrued reaches the ledger: the client paid what the worker earned plus commission.
+    let client_contract = eventually!(
+        contract(&proxy.ledger, proxy_id, "clients", client_id).await,
+        |c| c["charged"] == paid
+    );
+    assert_eq!(client_contract["collected"], paid, "{client_contract}");
+    eventually!(
+        contract(&proxy.ledger, proxy_id, "workers", worker_id).await,
+        |c| c["paid"] == earned
+    );
+    let proxy_contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
+    assert_eq!(proxy_contract["pool"], paid - earned, "{proxy_contract}");
+    assert_eq!(proxy_contract["paid_to_workers"], earned, "{proxy_contract}");
+    let settled = eventually!(wallet(&proxy.stats).await, |w| w["ledger_unreachable_for_ms"]
+        .is_null());
+    assert_eq!(settled["earned"], earned, "{settled}");
+}
+
+#[tokio::test]
+async fn a_client_the_proxy_never_read_is_refused_during_a_ledger_outage() {
+    let (_proxy, mut proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    // Opened on the ledger, but never seen by the proxy (no request yet).
+    proxy.kill_ledger();
+    let refused = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&chat(3, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    proxy.restart_ledger();
+    eventually!(ask(&api, &chat(3, false)).await, |answer| answer.is_some());
+}
+
+/// A tmpfs mounted on a directory for one test, unmounted when dropped.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a `size` tmpfs on `path`, or says why not (not root, no mount namespace…).
+    fn mount(path: &Path, size: &str) -> Result<SmallDisk, String> {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|error| format!("mount: {error}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+        }
+        Ok(SmallDisk {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Fills what is left of the disk with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while file.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while file.write_all(&small).is_ok() {}
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_that_cannot_write_charges_refuses_requests_and_recovers_by_itself() {
+    let proxy = proxy_addrs(&[]);
+    let disk = match SmallDisk::mount(&proxy.data_dir, "16m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a small disk for the proxy's data ({why})");
+            return;
+        }
+    };
+    let _proxy_node = Node::start(&proxy_args(&proxy, &[]));
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(4, true)).await.expect("served");
+    let healthz = format!("http://{}/healthz", proxy.stats);
+
+    let filler = disk.fill();
+    // Streamed answers reach the app before their charge is written: at most the ones under
+    // way when the disk filled up go out unbilled; then the proxy takes no more requests.
+    let mut refused = None;
+    for _ in 0..40 {
+        let response = http()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&chat(4, true))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 503 {
+            refused = Some(response.text().await.unwrap());
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        all_events(response).await;
+    }
+    let refused = refused.expect("a proxy that cannot write charges keeps serving");
+    assert!(refused.contains("cannot record charges"), "{refused}");
+    let charged_before = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+    for _ in 0..5 {
+        assert!(ask(&api, &chat(4, true)).await.is_none(), "served unbilled");
+    }
+    let health = http().get(&healthz).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let reason = health.text().await.unwrap();
+    assert!(reason.contains("cannot record charges"), "{reason}");
+
+    std::fs::remove_file(filler).unwrap();
+    wait_for_ok(&healthz).await;
+    let usage = ask(&api, &chat(4, true)).await.expect("served again");
+    let charged = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+    assert_eq!(charged, charged_before + cost(&usage).client_price);
+}
+
+/// An engine on loopback that streams `tokens` one-word chunks, then takes a moment before the
+/// usage chunk and `[DONE]`, as real engines do: an app that hangs up after the last word is gone
+/// before the worker's usage reaches the proxy.
+async fn slow_to_finish_engine() -> String {
+    use axum::routing::post;
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(|axum::Json(request): axum::Json<Value>| async move {
+            let tokens = request["max_tokens"].as_u64().unwrap_or(1);
+            let chunk = |content: &str| {
+                json!({"object": "chat.completion.chunk", "model": "slow",
+                       "choices": [{"index": 0, "delta": {"content": content}}]})
+            };
+            let mut events: Vec<Value> = (0..tokens).map(|_| chunk("word ")).collect();
+            let usage = json!({"object": "chat.completion.chunk", "model": "slow", "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}});
+            let head = futures::stream::iter(events.drain(..).map(|e| format!("data: {e}\n\n")));
+            let tail = futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                format!("data: {usage}\n\ndata: [DONE]\n\n")
+            });
+            let body = head.chain(tail).map(Ok::<_, std::convert::Infallible>);
+            (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(body),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before_its_end() {
+    let (_proxy, proxy) = proxy(&[]);
+    let engine = slow_to_finish_engine().await;
+    let (_worker, _) = worker(
+        &proxy,
+        &["--engine", &engine, "--model", "synthetic", "--max-active", "64"],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let before = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
+    assert_eq!(before, 0);
+
+    const TOKENS: u64 = 8;
+    const REQUESTS: usize = 24;
+    let hang_up_after_last_word = || async {
+        let response = http()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&chat(TOKENS, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut events = events(response);
+        let mut words = 0;
+        while words < TOKENS {
+            let event = events.next().await.expect("the answer's words");
+            if event.contains("word") {
+                words += 1;
+            }
+        }
+        // Gone, before the usage chunk and `[DONE]`.
+    };
+    futures::future::join_all((0..REQUESTS).map(|_| hang_up_after_last_word())).await;
+
+    let usage = TokenUsage {
+        prompt_tokens: 5,
+        completion_tokens: TOKENS,
+        ..TokenUsage::default()
+    };
+    let expected = before + REQUESTS as Amount * cost(&usage).client_price;
+    let charged = eventually!(wallet(&proxy.stats).await, |w| w["charged"] == expected);
+    assert_eq!(
+        charged["earned"],
+        REQUESTS as Amount * cost(&usage).worker_pay,
+        "{charged}"
+    );
+}
