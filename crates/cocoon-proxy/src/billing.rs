@@ -461,10 +461,10 @@ impl Billing {
         usage: &TokenUsage,
         coefficient: u32,
     ) -> Result<AnswerCost, BillingError> {
-        let (cost, answer) = answer_cost(usage, coefficient, &reservation.prices)?;
+        let (cost, answer) = answer_cost(usage, coefficient, reservation.prices())?;
         self.writer
             .record(ChargeRecord {
-                client: reservation.client,
+                client: reservation.client(),
                 worker,
                 adjusted_tokens: cost.adjusted_tokens,
                 client_price: cost.client_price,

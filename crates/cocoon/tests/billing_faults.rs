@@ -77,12 +77,7 @@ async fn a_client_the_proxy_never_read_is_refused_during_a_ledger_outage() {
     wait_for_model(&api, "synthetic", 1).await;
     // Opened on the ledger, but never seen by the proxy (no request yet).
     proxy.kill_ledger();
-    let refused = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&chat(3, false))
-        .send()
-        .await
-        .unwrap();
+    let refused = post_chat(&api, &chat(3, false)).await.unwrap();
     assert_eq!(refused.status(), 503);
     proxy.restart_ledger();
     eventually!(ask(&api, &chat(3, false)).await, |answer| answer.is_some());
@@ -151,12 +146,7 @@ async fn a_proxy_that_cannot_write_charges_refuses_requests_and_recovers_by_itse
     // way when the disk filled up go out unbilled; then the proxy takes no more requests.
     let mut refused = None;
     for _ in 0..40 {
-        let response = http()
-            .post(format!("{api}/v1/chat/completions"))
-            .json(&chat(4, true))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&api, &chat(4, true)).await.unwrap();
         if response.status() == 503 {
             refused = Some(response.text().await.unwrap());
             break;
@@ -182,8 +172,9 @@ async fn a_proxy_that_cannot_write_charges_refuses_requests_and_recovers_by_itse
     assert_eq!(charged, charged_before + cost(&usage).client_price);
 }
 
-/// An engine on loopback that streams `tokens` one-word chunks, then takes a moment before the
-/// usage chunk and `[DONE]`, as real engines do: an app that hangs up after the last word is gone
+/// An engine on loopback that streams `tokens` one-word chunks, then, as real engines may, takes
+/// a while to finish: empty chunks every 100 ms for 0.8 s, then the usage chunk and `[DONE]`. An
+/// app that hangs up after the last word is noticed gone (its connection refuses those chunks)
 /// before the worker's usage reaches the proxy.
 async fn slow_to_finish_engine() -> String {
     use axum::routing::post;
@@ -191,29 +182,30 @@ async fn slow_to_finish_engine() -> String {
         "/v1/chat/completions",
         post(|axum::Json(request): axum::Json<Value>| async move {
             let tokens = request["max_tokens"].as_u64().unwrap_or(1);
-            let chunk = |content: &str| {
-                json!({"object": "chat.completion.chunk", "model": "slow",
-                       "choices": [{"index": 0, "delta": {"content": content}}]})
+            let chunk = |delta: Value| {
+                let chunk = json!({"object": "chat.completion.chunk", "model": "synthetic",
+                                   "choices": [{"index": 0, "delta": delta}]});
+                format!("data: {chunk}\n\n")
             };
-            let mut events: Vec<Value> = (0..tokens).map(|_| chunk("word ")).collect();
-            let usage = json!({"object": "chat.completion.chunk", "model": "slow", "choices": [],
+            let words = (0..tokens).map(move |_| chunk(json!({"content": "word "})));
+            let finishing = (0..8).map(move |_| chunk(json!({})));
+            let usage = json!({"object": "chat.completion.chunk", "model": "synthetic", "choices": [],
                 "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}});
-            let head = futures::stream::iter(events.drain(..).map(|e| format!("data: {e}\n\n")));
-            let tail = futures::stream::once(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                format!("data: {usage}\n\ndata: [DONE]\n\n")
-            });
-            let body = head.chain(tail).map(Ok::<_, std::convert::Infallible>);
+            let end = format!("data: {usage}\n\ndata: [DONE]\n\n");
+            let body = futures::stream::iter(words)
+                .chain(futures::stream::iter(finishing).then(|chunk| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    chunk
+                }))
+                .chain(futures::stream::once(async move { end }))
+                .map(Ok::<_, std::convert::Infallible>);
             (
                 [("content-type", "text/event-stream")],
                 axum::body::Body::from_stream(body),
             )
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{address}")
+    serve_on_loopback(router).await
 }
 
 #[tokio::test]
@@ -232,12 +224,7 @@ async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before
     const TOKENS: u64 = 8;
     const REQUESTS: usize = 24;
     let hang_up_after_last_word = || async {
-        let response = http()
-            .post(format!("{api}/v1/chat/completions"))
-            .json(&chat(TOKENS, true))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&api, &chat(TOKENS, true)).await.unwrap();
         assert_eq!(response.status(), 200);
         let mut events = events(response);
         let mut words = 0;

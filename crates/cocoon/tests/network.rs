@@ -13,12 +13,7 @@ use serde_json::{json, Value};
 
 /// POSTs `body` to the client API's chat completions.
 async fn ask(api: &str, body: &Value) -> reqwest::Response {
-    http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_chat(api, body).await.unwrap()
 }
 
 fn chat(model: &str, max_tokens: u64, stream: bool) -> Value {
@@ -362,10 +357,7 @@ async fn busy_engine() -> String {
             )
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{address}")
+    serve_on_loopback(router).await
 }
 
 #[tokio::test]
@@ -400,10 +392,7 @@ async fn endless_engine(cancelled: Arc<AtomicBool>) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{address}")
+    serve_on_loopback(router).await
 }
 
 #[tokio::test]

@@ -1,5 +1,9 @@
-//! Billing against a ledger running in this process.
+//! Billing's tests: its pure parts, and reservations, charges and settlement against a ledger
+//! running in this process.
+
 use super::*;
+use crate::routing::Routing;
+use tokio_util::sync::CancellationToken;
 
 #[test]
 fn reservation_inputs_come_from_the_body_and_the_routing() {
@@ -217,4 +221,69 @@ fn refusals_are_payment_errors_and_outages_are_not() {
     assert_eq!(BillingError::NoWallet.kind(), ErrorKind::InsufficientQuota);
     let outage = BillingError::Ledger(SettlementError::Unavailable("down".into()));
     assert_eq!(outage.kind(), ErrorKind::Unavailable);
+}
+
+/// Opens a client contract (`deposit`, `stake`) with `billing`'s proxy for the wallet of key
+/// `seed`; returns the client's account.
+async fn open_client(
+    ledger: &cocoon_ledger::LedgerHandle,
+    billing: &Billing,
+    seed: u8,
+    deposit: Amount,
+    stake: Amount,
+) -> AccountId {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let client = AccountId::from(&key);
+    let wallet = LedgerClient::new(&ledger.url(), key).unwrap();
+    wallet.faucet(deposit).await.unwrap();
+    wallet
+        .open_client(billing.account(), deposit, stake)
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    // 5.0 units deposited each, 1.0 of them the stake (1_000_000 tokens at 1000 nano-units).
+    let client = open_client(&ledger, &billing, 8, 5_000_000_000, 1_000_000_000).await;
+    let other = open_client(&ledger, &billing, 9, 5_000_000_000, 1_000_000_000).await;
+    drop(billing.reserve(client, 0, 10, 1_000).await.unwrap());
+    ledger.shutdown().await.unwrap();
+
+    // Beyond the freshness of the cached reading, the ledger is asked, and is gone.
+    tokio::time::sleep(CONTRACT_FRESHNESS).await;
+    let held = billing.reserve(client, 0, 600_000, 1_000).await.unwrap();
+    let beyond = billing.reserve(client, 0, 600_000, 1_000).await.err().unwrap();
+    assert!(
+        matches!(
+            beyond,
+            BillingError::OutageBound {
+                available: 400_000_000,
+                needed: 600_000_000
+            }
+        ),
+        "{beyond}"
+    );
+    assert_eq!(beyond.kind(), ErrorKind::Unavailable);
+    let usage = TokenUsage {
+        completion_tokens: 300_000,
+        ..TokenUsage::default()
+    };
+    billing
+        .charge(held, AccountId([3; 32]), &usage, 1_000)
+        .await
+        .unwrap();
+    // The charge counts against the stake until the ledger collects it.
+    assert!(billing.reserve(client, 0, 700_001, 1_000).await.is_err());
+    drop(billing.reserve(client, 0, 700_000, 1_000).await.unwrap());
+    // A client never read before cannot be judged at all.
+    let unknown = billing.reserve(other, 0, 10, 1_000).await.err().unwrap();
+    assert!(
+        matches!(unknown, BillingError::Ledger(SettlementError::Unavailable(_))),
+        "{unknown}"
+    );
+    assert!(billing.snapshot()["ledger_unreachable_for_ms"].is_u64());
 }

@@ -517,14 +517,26 @@ pub fn chat(max_tokens: u64, stream: bool) -> serde_json::Value {
     request
 }
 
-/// The usage of one answer (streamed or not), or `None` if it failed.
-pub async fn ask(api: &str, request: &serde_json::Value) -> Option<cocoon_proto::TokenUsage> {
-    let response = http()
+/// POSTs `request` to the client API's chat completions.
+pub async fn post_chat(api: &str, request: &serde_json::Value) -> reqwest::Result<reqwest::Response> {
+    http()
         .post(format!("{api}/v1/chat/completions"))
         .json(request)
         .send()
         .await
-        .ok()?;
+}
+
+/// Serves `router` on a free loopback port (a stand-in engine); returns its base URL.
+pub async fn serve_on_loopback(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+/// The usage of one answer (streamed or not), or `None` if it failed.
+pub async fn ask(api: &str, request: &serde_json::Value) -> Option<cocoon_proto::TokenUsage> {
+    let response = post_chat(api, request).await.ok()?;
     if response.status() != 200 {
         return None;
     }
