@@ -44,7 +44,11 @@ impl ChargeWriter {
         std::thread::Builder::new()
             .name("charge-writer".into())
             .spawn(move || write_charges(store, pending, report))
-            .map_err(|error| StoreError::Batch(format!("starting the writer thread: {error}")))?;
+            .map_err(|error| {
+                StoreError::Batch(format!(
+                    "proxy database: starting the writer thread: {error}"
+                ))
+            })?;
         Ok(ChargeWriter { queue, failure })
     }
 
@@ -157,5 +161,4 @@ mod tests {
         let charged: Amount = store.clients().unwrap().iter().map(|(_, t)| t.amount).sum();
         assert_eq!(charged, 2000);
     }
-
 }

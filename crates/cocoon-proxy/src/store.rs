@@ -24,8 +24,8 @@ pub enum StoreError {
     /// A stored value is not what this code writes.
     #[error("proxy database is corrupted: {0}")]
     Corrupt(String),
-    /// The group commit this charge was part of failed.
-    #[error("proxy database: {0}")]
+    /// The group commit this charge was part of failed (the message names the database).
+    #[error("{0}")]
     Batch(String),
     /// The writer thread is gone (the proxy is stopping).
     #[error("proxy database writer has stopped")]
@@ -236,7 +236,10 @@ impl BillingStore {
     /// writes again (after a charge failed) without risking a real charge.
     pub fn probe_write(&mut self) -> Result<(), StoreError> {
         let tx = self.db.transaction()?;
-        tx.execute("INSERT INTO write_probe (data) VALUES (zeroblob(16384))", [])?;
+        tx.execute(
+            "INSERT INTO write_probe (data) VALUES (zeroblob(16384))",
+            [],
+        )?;
         tx.execute("DELETE FROM write_probe", [])?;
         tx.commit()?;
         Ok(())
@@ -268,22 +271,22 @@ const WORKERS: &str = "SELECT account, earned, tokens, requests FROM workers ORD
 
 /// Every account of a totals table (inside or outside a transaction).
 fn all_in(db: &Connection, sql: &str) -> Result<Vec<(AccountId, Totals)>, StoreError> {
-        let mut statement = db.prepare_cached(sql)?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, Vec<u8>>(0)?,
-                Totals {
-                    amount: from_sql(row.get(1)?),
-                    tokens: from_sql(row.get(2)?),
-                    requests: from_sql(row.get(3)?),
-                },
-            ))
-        })?;
-        rows.map(|row| {
-            let (account, totals) = row?;
-            Ok((account_of(account)?, totals))
-        })
-        .collect()
+    let mut statement = db.prepare_cached(sql)?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            row.get::<_, Vec<u8>>(0)?,
+            Totals {
+                amount: from_sql(row.get(1)?),
+                tokens: from_sql(row.get(2)?),
+                requests: from_sql(row.get(3)?),
+            },
+        ))
+    })?;
+    rows.map(|row| {
+        let (account, totals) = row?;
+        Ok((account_of(account)?, totals))
+    })
+    .collect()
 }
 
 const CLIENT_TOTALS: &str = "SELECT charged, tokens, requests FROM clients WHERE account = ?1";

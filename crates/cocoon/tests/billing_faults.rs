@@ -63,8 +63,12 @@ async fn inference_continues_through_a_ledger_outage_and_its_charges_settle_afte
     );
     let proxy_contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
     assert_eq!(proxy_contract["pool"], paid - earned, "{proxy_contract}");
-    assert_eq!(proxy_contract["paid_to_workers"], earned, "{proxy_contract}");
-    let settled = eventually!(wallet(&proxy.stats).await, |w| w["ledger_unreachable_for_ms"]
+    assert_eq!(
+        proxy_contract["paid_to_workers"], earned,
+        "{proxy_contract}"
+    );
+    let settled = eventually!(wallet(&proxy.stats).await, |w| w
+        ["ledger_unreachable_for_ms"]
         .is_null());
     assert_eq!(settled["earned"], earned, "{settled}");
 }
@@ -214,7 +218,14 @@ async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before
     let engine = slow_to_finish_engine().await;
     let (_worker, _) = worker(
         &proxy,
-        &["--engine", &engine, "--model", "synthetic", "--max-active", "64"],
+        &[
+            "--engine",
+            &engine,
+            "--model",
+            "synthetic",
+            "--max-active",
+            "64",
+        ],
     );
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 1).await;

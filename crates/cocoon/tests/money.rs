@@ -9,7 +9,7 @@ use cocoon_ledger::{price, AccountId, Amount, Prices, Registry};
 use cocoon_proto::TokenUsage;
 use common::*;
 use futures::future::join_all;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// `cocoon wallet --json ARGS…` for the node with `data_dir` and `label`.
 fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value {

@@ -128,13 +128,22 @@ mod tests {
         let delay = Duration::from_secs(600);
         let recent = Duration::from_secs(5);
         // Balance 100 with a stake of 10: the 90 above it could be gone; 3 uncollected, 2 held.
-        assert_eq!(outage_available(&contract(100, 0, 0), 3, 2, recent, delay), 5);
+        assert_eq!(
+            outage_available(&contract(100, 0, 0), 3, 2, recent, delay),
+            5
+        );
         // A balance below the stake covers only itself.
         assert_eq!(outage_available(&contract(4, 0, 0), 0, 0, recent, delay), 4);
         // Charges beyond what the stake covers leave nothing, never an underflow.
-        assert_eq!(outage_available(&contract(100, 0, 0), 50, 0, recent, delay), 0);
+        assert_eq!(
+            outage_available(&contract(100, 0, 0), 50, 0, recent, delay),
+            0
+        );
         // A reading as old as the close delay guarantees nothing: the stake may have left.
-        assert_eq!(outage_available(&contract(100, 0, 0), 0, 0, delay, delay), 0);
+        assert_eq!(
+            outage_available(&contract(100, 0, 0), 0, 0, delay, delay),
+            0
+        );
         // It never exceeds what the ledger itself would allow.
         for balance in [0, 5, 10, 50] {
             for charged in [0, 5, 20] {

@@ -89,8 +89,7 @@ fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
 #[tokio::test]
 async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
     let dir = tempfile::tempdir().unwrap();
-    let (ledger, billing) =
-        ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
     let client_key = SigningKey::from_bytes(&[8; 32]);
     let client = AccountId::from(&client_key);
     // No contract yet: refused.
@@ -256,7 +255,11 @@ async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others
     // Beyond the freshness of the cached reading, the ledger is asked, and is gone.
     tokio::time::sleep(CONTRACT_FRESHNESS).await;
     let held = billing.reserve(client, 0, 600_000, 1_000).await.unwrap();
-    let beyond = billing.reserve(client, 0, 600_000, 1_000).await.err().unwrap();
+    let beyond = billing
+        .reserve(client, 0, 600_000, 1_000)
+        .await
+        .err()
+        .unwrap();
     assert!(
         matches!(
             beyond,
@@ -282,7 +285,10 @@ async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others
     // A client never read before cannot be judged at all.
     let unknown = billing.reserve(other, 0, 10, 1_000).await.err().unwrap();
     assert!(
-        matches!(unknown, BillingError::Ledger(SettlementError::Unavailable(_))),
+        matches!(
+            unknown,
+            BillingError::Ledger(SettlementError::Unavailable(_))
+        ),
         "{unknown}"
     );
     assert!(billing.snapshot()["ledger_unreachable_for_ms"].is_u64());

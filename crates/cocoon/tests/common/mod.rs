@@ -518,7 +518,10 @@ pub fn chat(max_tokens: u64, stream: bool) -> serde_json::Value {
 }
 
 /// POSTs `request` to the client API's chat completions.
-pub async fn post_chat(api: &str, request: &serde_json::Value) -> reqwest::Result<reqwest::Response> {
+pub async fn post_chat(
+    api: &str,
+    request: &serde_json::Value,
+) -> reqwest::Result<reqwest::Response> {
     http()
         .post(format!("{api}/v1/chat/completions"))
         .json(request)
@@ -580,6 +583,7 @@ pub async fn account_of(stats: &str) -> cocoon_ledger::AccountId {
 }
 
 /// Waits until `check` holds for the value `read` produces, failing with the last value.
+#[allow(unused_macros)]
 macro_rules! eventually {
     ($read:expr, |$v:ident| $check:expr) => {{
         let started = std::time::Instant::now();
@@ -601,7 +605,9 @@ macro_rules! eventually {
 pub(crate) use eventually;
 
 /// A contract of `proxy` on `ledger`: `kind` is `clients` or `workers`.
-pub async fn contract(ledger: &str, proxy: cocoon_ledger::AccountId,
+pub async fn contract(
+    ledger: &str,
+    proxy: cocoon_ledger::AccountId,
     kind: &str,
     party: cocoon_ledger::AccountId,
 ) -> serde_json::Value {
