@@ -31,6 +31,10 @@ impl Billing {
             self.ledger.commit_proxy_state(seqno, hash).await?;
             lock(&self.view).committed_seqno = seqno;
         }
+        // Workers' earnings are read before the clients' charges are applied: a charge written
+        // in between is then applied to its client before its worker can claim it, so claims
+        // never run ahead of what clients paid into the pool (the stake would cover the gap).
+        let statements = self.worker_statements()?;
         // 2. Apply what clients owe (clients may also apply the same vouchers: harmless).
         let clients = lock(&self.store).clients()?;
         for (client, totals) in clients {
@@ -51,8 +55,7 @@ impl Billing {
                 }
             }
         }
-        // 3. Tell linked workers what they can claim.
-        let statements = self.worker_statements()?;
+        // 3. Tell linked workers what they can claim, as of before step 2.
         let links = routing.links();
         lock(&self.pushed).retain(|id, _| links.iter().any(|link| link.id == *id));
         for link in links {
