@@ -182,9 +182,13 @@ async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_
     );
 
     // Restarted, it signs claims with a new key; the earnings still go to the owner.
+    let first_link = proxy_workers(&proxy).await[0]["id"].clone();
     first.kill();
     let (_second, _) = payout_worker();
-    wait_for_model(&api, "synthetic", 1).await;
+    // The killed worker stays listed until its link is noticed dead: wait for the new one.
+    eventually!(proxy_workers(&proxy).await, |workers| workers
+        .iter()
+        .any(|w| w["id"] != first_link));
     let usage = ask(&api, &chat(7, false)).await.expect("answered");
     earned += price(&usage, 1_000, &Prices::default()).unwrap().worker_pay;
     eventually!(
