@@ -98,13 +98,8 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
         matches!(refused, BillingError::NoContract { .. }),
         "{refused}"
     );
-    let wallet = LedgerClient::new(&ledger.url(), client_key).unwrap();
-    wallet.faucet(2_000_000_000).await.unwrap();
     // 1.0 units = 1_000_000 tokens at the default 1000 nano-units per token.
-    wallet
-        .open_client(billing.account(), 1_000_000_000, 1_000_000_000)
-        .await
-        .unwrap();
+    let (_, wallet) = open_client(&ledger, &billing, 8, 1_000_000_000, 1_000_000_000).await;
 
     let too_much = billing
         .reserve(client, 0, 1_000_001, 1_000)
@@ -162,17 +157,8 @@ async fn an_empty_or_older_database_is_refused_after_a_commit() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
     let (ledger, billing) = ledger_and_billing(dir.path(), key.clone()).await;
-    let client_key = SigningKey::from_bytes(&[8; 32]);
-    let wallet = LedgerClient::new(&ledger.url(), client_key.clone()).unwrap();
-    wallet.faucet(2_000_000_000).await.unwrap();
-    wallet
-        .open_client(billing.account(), 2_000_000_000, 1_000_000_000)
-        .await
-        .unwrap();
-    let held = billing
-        .reserve(AccountId::from(&client_key), 0, 10, 1_000)
-        .await
-        .unwrap();
+    let (client, _) = open_client(&ledger, &billing, 8, 2_000_000_000, 1_000_000_000).await;
+    let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
     let usage = TokenUsage {
         prompt_tokens: 1,
         completion_tokens: 1,
@@ -223,14 +209,14 @@ fn refusals_are_payment_errors_and_outages_are_not() {
 }
 
 /// Opens a client contract (`deposit`, `stake`) with `billing`'s proxy for the wallet of key
-/// `seed`; returns the client's account.
+/// `seed`, funded from the faucet; returns the client's account and its ledger client.
 async fn open_client(
     ledger: &cocoon_ledger::LedgerHandle,
     billing: &Billing,
     seed: u8,
     deposit: Amount,
     stake: Amount,
-) -> AccountId {
+) -> (AccountId, LedgerClient) {
     let key = SigningKey::from_bytes(&[seed; 32]);
     let client = AccountId::from(&key);
     let wallet = LedgerClient::new(&ledger.url(), key).unwrap();
@@ -239,7 +225,7 @@ async fn open_client(
         .open_client(billing.account(), deposit, stake)
         .await
         .unwrap();
-    client
+    (client, wallet)
 }
 
 #[tokio::test]
@@ -247,8 +233,8 @@ async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others
     let dir = tempfile::tempdir().unwrap();
     let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
     // 5.0 units deposited each, 1.0 of them the stake (1_000_000 tokens at 1000 nano-units).
-    let client = open_client(&ledger, &billing, 8, 5_000_000_000, 1_000_000_000).await;
-    let other = open_client(&ledger, &billing, 9, 5_000_000_000, 1_000_000_000).await;
+    let (client, _) = open_client(&ledger, &billing, 8, 5_000_000_000, 1_000_000_000).await;
+    let (other, _) = open_client(&ledger, &billing, 9, 5_000_000_000, 1_000_000_000).await;
     drop(billing.reserve(client, 0, 10, 1_000).await.unwrap());
     ledger.shutdown().await.unwrap();
 
