@@ -177,14 +177,14 @@ async fn a_proxy_that_cannot_write_charges_refuses_requests_and_recovers_by_itse
 }
 
 /// An engine on loopback that streams `tokens` one-word chunks, then, as real engines may, takes
-/// a while to finish: empty chunks every 100 ms for 0.8 s, then the usage chunk and `[DONE]`. An
-/// app that hangs up after the last word is noticed gone (its connection refuses those chunks)
-/// before the worker's usage reaches the proxy.
-async fn slow_to_finish_engine() -> String {
+/// a while to finish: `finishing` empty chunks `pause` apart, then the usage chunk and `[DONE]`.
+/// An app that hangs up after the last word is noticed gone (its connection refuses those
+/// chunks) before the worker's usage reaches the proxy.
+async fn slow_to_finish_engine(finishing: usize, pause: Duration) -> String {
     use axum::routing::post;
     let router = axum::Router::new().route(
         "/v1/chat/completions",
-        post(|axum::Json(request): axum::Json<Value>| async move {
+        post(move |axum::Json(request): axum::Json<Value>| async move {
             let tokens = request["max_tokens"].as_u64().unwrap_or(1);
             let chunk = |delta: Value| {
                 let chunk = json!({"object": "chat.completion.chunk", "model": "synthetic",
@@ -192,13 +192,13 @@ async fn slow_to_finish_engine() -> String {
                 format!("data: {chunk}\n\n")
             };
             let words = (0..tokens).map(move |_| chunk(json!({"content": "word "})));
-            let finishing = (0..8).map(move |_| chunk(json!({})));
+            let finishing = (0..finishing).map(move |_| chunk(json!({})));
             let usage = json!({"object": "chat.completion.chunk", "model": "synthetic", "choices": [],
                 "usage": {"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens}});
             let end = format!("data: {usage}\n\ndata: [DONE]\n\n");
             let body = futures::stream::iter(words)
-                .chain(futures::stream::iter(finishing).then(|chunk| async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                .chain(futures::stream::iter(finishing).then(move |chunk| async move {
+                    tokio::time::sleep(pause).await;
                     chunk
                 }))
                 .chain(futures::stream::once(async move { end }))
@@ -212,34 +212,39 @@ async fn slow_to_finish_engine() -> String {
     serve_on_loopback(router).await
 }
 
-#[tokio::test]
-async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before_its_end() {
+/// Words in each answer of [`apps_hang_up_after_the_last_word`].
+const WORDS: u64 = 8;
+
+/// Sends `requests` streamed requests of [`WORDS`] words at once through a network whose engine
+/// is [`slow_to_finish_engine`]`(finishing, pause)`; each app hangs up right after the last word.
+/// Returns the proxy's wallet once every answer is done with (all worker slots free again: an
+/// abandoned answer's tail is charged, or given up, before its slot is).
+async fn apps_hang_up_after_the_last_word(
+    finishing: usize,
+    pause: Duration,
+    requests: usize,
+) -> Value {
     let (_proxy, proxy) = proxy(&[]);
-    let engine = slow_to_finish_engine().await;
-    let (_worker, _) = worker(
-        &proxy,
-        &[
-            "--engine",
-            &engine,
-            "--model",
-            "synthetic",
-            "--max-active",
-            "64",
-        ],
-    );
+    let engine = slow_to_finish_engine(finishing, pause).await;
+    let worker_args = [
+        "--engine",
+        &engine,
+        "--model",
+        "synthetic",
+        "--max-active",
+        "64",
+    ];
+    let (_worker, _) = worker(&proxy, &worker_args);
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 1).await;
-    let before = wallet(&proxy.stats).await["charged"].as_u64().unwrap();
-    assert_eq!(before, 0);
+    assert_eq!(wallet(&proxy.stats).await["charged"], 0);
 
-    const TOKENS: u64 = 8;
-    const REQUESTS: usize = 24;
     let hang_up_after_last_word = || async {
-        let response = post_chat(&api, &chat(TOKENS, true)).await.unwrap();
+        let response = post_chat(&api, &chat(WORDS, true)).await.unwrap();
         assert_eq!(response.status(), 200);
         let mut events = events(response);
         let mut words = 0;
-        while words < TOKENS {
+        while words < WORDS {
             let event = events.next().await.expect("the answer's words");
             if event.contains("word") {
                 words += 1;
@@ -247,18 +252,41 @@ async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before
         }
         // Gone, before the usage chunk and `[DONE]`.
     };
-    futures::future::join_all((0..REQUESTS).map(|_| hang_up_after_last_word())).await;
+    futures::future::join_all((0..requests).map(|_| hang_up_after_last_word())).await;
+    eventually!(proxy_workers(&proxy).await, |workers| workers
+        .iter()
+        .all(|w| w["active"] == 0));
+    wallet(&proxy.stats).await
+}
 
+#[tokio::test]
+async fn an_answer_the_worker_completed_is_charged_though_the_app_hung_up_before_its_end() {
+    const REQUESTS: usize = 24;
+    // 0.8 s of empty chunks (under 1 KiB) before the usage: the answer is complete but for them.
+    let wallet = apps_hang_up_after_the_last_word(8, Duration::from_millis(100), REQUESTS).await;
     let usage = TokenUsage {
         prompt_tokens: 5,
-        completion_tokens: TOKENS,
+        completion_tokens: WORDS,
         ..TokenUsage::default()
     };
-    let expected = before + REQUESTS as Amount * cost(&usage).client_price;
-    let charged = eventually!(wallet(&proxy.stats).await, |w| w["charged"] == expected);
+    let requests = REQUESTS as Amount;
     assert_eq!(
-        charged["earned"],
-        REQUESTS as Amount * cost(&usage).worker_pay,
-        "{charged}"
+        wallet["charged"],
+        requests * cost(&usage).client_price,
+        "{wallet}"
     );
+    assert_eq!(
+        wallet["earned"],
+        requests * cost(&usage).worker_pay,
+        "{wallet}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_abandoned_well_before_its_end_is_cancelled_and_not_charged() {
+    // 200 empty chunks (about 20 KiB) before the usage: more than the proxy reads for a client
+    // that has gone, so it gives up on the answer instead of charging for what it never sent.
+    let wallet = apps_hang_up_after_the_last_word(200, Duration::from_millis(5), 4).await;
+    assert_eq!(wallet["charged"], 0, "{wallet}");
+    assert_eq!(wallet["earned"], 0, "{wallet}");
 }
