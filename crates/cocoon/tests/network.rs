@@ -292,9 +292,10 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
     assert!(rest.iter().any(|e| e == "[DONE]"), "{} events", rest.len());
     assert_eq!(1 + rest.iter().filter(|e| e.contains("xxxx")).count(), 40);
 
-    // Then both stop cleanly.
+    // Then both stop cleanly: the client, already told, by itself (a second SIGTERM would
+    // rightly stop it at once), and the proxy when told.
+    proxy_node.terminate();
     for (role, node) in [("client", &mut client_node), ("proxy", &mut proxy_node)] {
-        node.terminate();
         let status = node
             .exit_within(Duration::from_secs(10))
             .unwrap_or_else(|| panic!("the {role} did not stop"));
