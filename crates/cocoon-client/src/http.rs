@@ -2,10 +2,9 @@
 //! `GET /v1/models`, plus `GET /v1/attestation` (what the proxy proved) and the node surfaces
 //! (`/healthz`, `/stats`, `/jsonstats`, `/metrics`).
 //!
-//! Requests are checked here, before they cost anything upstream: body size (read with a limit so
-//! that the 413 is OpenAI JSON too), JSON shape, and the fields OpenAI clients get wrong most. The
-//! cocoon-only fields `max_coefficient` and `timeout` become link headers and are stripped from the
-//! body, which otherwise travels to the engine unchanged.
+//! Requests are read with a size limit (so that the 413 is OpenAI JSON too) and checked by
+//! [`crate::request`] before they cost anything upstream; answers from the proxy are read with a
+//! size limit and under the request's deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,15 +23,17 @@ use cocoon_node::Body;
 use cocoon_proto::headers::{
     COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, RECEIPT, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
 };
+use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_SSE_EVENT_BYTES};
 use cocoon_proto::link::{ModelList, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
 use cocoon_proto::{ErrorKind, OpenAiError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use crate::link::{unix_seconds, ProxyLinks};
+use crate::request::{prepare, Defaults, Endpoint, Prepared};
 use crate::stream::{rewrite_sse, SseOptions};
 
 /// OpenAI's model listing, answered from the proxy's [`ModelList`].
@@ -40,8 +41,6 @@ pub const PATH_V1_MODELS: &str = "/v1/models";
 /// The proxy's verified attestation, as JSON.
 pub const PATH_ATTESTATION: &str = "/v1/attestation";
 
-/// Longest timeout an app may ask for; keeps deadline arithmetic far from overflow.
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Extra time past the request's deadline before the client gives up on its own, so that the
 /// proxy's more precise timeout error normally arrives first.
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
@@ -69,7 +68,7 @@ impl Failure {
     }
 
     /// An invalid-request failure naming the field at fault.
-    fn invalid(param: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(param: &str, message: impl Into<String>) -> Self {
         let mut failure = Failure::new(ErrorKind::InvalidRequest, message);
         failure.error = failure.error.with_param(param);
         failure
@@ -85,202 +84,6 @@ impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         json_response(self.status, &self.error)
     }
-}
-
-/// The two completion endpoints the client forwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /v1/chat/completions`: needs `messages`.
-    Chat,
-    /// `POST /v1/completions`: needs `prompt`.
-    Completions,
-}
-
-impl Endpoint {
-    /// The path, the same on the app side and on the link.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => PATH_CHAT,
-            Endpoint::Completions => PATH_COMPLETIONS,
-        }
-    }
-}
-
-/// Values for requests that do not set their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Defaults {
-    /// Highest coefficient accepted.
-    pub max_coefficient: u32,
-    /// Whole-request deadline.
-    pub timeout: Duration,
-}
-
-/// A checked request, ready for the link.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
-    /// The body for the engine: the app's JSON without the cocoon-only fields.
-    pub body: Bytes,
-    /// The requested model.
-    pub model: String,
-    /// Whether the app asked for a stream.
-    pub stream: bool,
-    /// Whether the app asked for the final usage chunk of a stream.
-    pub include_usage: bool,
-    /// Highest coefficient accepted for this request.
-    pub max_coefficient: u32,
-    /// This request's deadline.
-    pub timeout: Duration,
-}
-
-/// Checks an app's request body for `endpoint` and turns it into what goes on the link.
-pub fn prepare(endpoint: Endpoint, body: &[u8], defaults: Defaults) -> Result<Prepared, Failure> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        Failure::new(
-            ErrorKind::InvalidRequest,
-            format!("the request body is not valid JSON: {error}"),
-        )
-    })?;
-    let Value::Object(mut object) = value else {
-        return Err(Failure::new(
-            ErrorKind::InvalidRequest,
-            "the request body must be a JSON object",
-        ));
-    };
-    let model = match object.get("model") {
-        Some(Value::String(model)) if !model.is_empty() => model.clone(),
-        Some(_) => {
-            return Err(Failure::invalid(
-                "model",
-                "`model` must be a non-empty string",
-            ))
-        }
-        None => return Err(Failure::invalid("model", "`model` is required")),
-    };
-    match endpoint {
-        Endpoint::Chat => match present(&object, "messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                if !messages.iter().all(Value::is_object) {
-                    return Err(Failure::invalid(
-                        "messages",
-                        "each of `messages` must be an object",
-                    ));
-                }
-            }
-            Some(_) => {
-                return Err(Failure::invalid(
-                    "messages",
-                    "`messages` must be a non-empty array",
-                ))
-            }
-            None => return Err(Failure::invalid("messages", "`messages` is required")),
-        },
-        Endpoint::Completions => match present(&object, "prompt") {
-            Some(Value::String(_) | Value::Array(_)) => {}
-            Some(_) => {
-                return Err(Failure::invalid(
-                    "prompt",
-                    "`prompt` must be a string or an array",
-                ))
-            }
-            None => return Err(Failure::invalid("prompt", "`prompt` is required")),
-        },
-    }
-    if let Some(n) = present(&object, "n") {
-        if n.as_u64().is_none_or(|n| n == 0) {
-            return Err(Failure::invalid(
-                "n",
-                "`n` must be an integer of at least 1",
-            ));
-        }
-    }
-    for field in ["max_tokens", "max_completion_tokens"] {
-        if let Some(value) = present(&object, field) {
-            if value.as_u64().is_none() {
-                return Err(Failure::invalid(
-                    field,
-                    format!("`{field}` must be a non-negative integer"),
-                ));
-            }
-        }
-    }
-    let stream = match present(&object, "stream") {
-        None => false,
-        Some(Value::Bool(stream)) => *stream,
-        Some(_) => return Err(Failure::invalid("stream", "`stream` must be a boolean")),
-    };
-    let include_usage = match present(&object, "stream_options") {
-        None => false,
-        Some(Value::Object(options)) => match options.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(include)) => *include,
-            Some(_) => {
-                return Err(Failure::invalid(
-                    "stream_options",
-                    "`stream_options.include_usage` must be a boolean",
-                ))
-            }
-        },
-        Some(_) => {
-            return Err(Failure::invalid(
-                "stream_options",
-                "`stream_options` must be an object",
-            ))
-        }
-    };
-    let max_coefficient = match present(&object, "max_coefficient") {
-        None => defaults.max_coefficient,
-        Some(value) => value
-            .as_u64()
-            .and_then(|value| u32::try_from(value).ok())
-            .ok_or_else(|| {
-                Failure::invalid(
-                    "max_coefficient",
-                    "`max_coefficient` must be an integer from 0 to 4294967295 (1000 = 1.0x)",
-                )
-            })?,
-    };
-    let timeout = match present(&object, "timeout") {
-        None => defaults.timeout,
-        Some(value) => value
-            .as_f64()
-            .filter(|seconds| *seconds > 0.0 && *seconds <= MAX_TIMEOUT.as_secs_f64())
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                Failure::invalid(
-                    "timeout",
-                    format!(
-                        "`timeout` must be a number of seconds above 0 and at most {}",
-                        MAX_TIMEOUT.as_secs()
-                    ),
-                )
-            })?,
-    };
-    let body = if object.contains_key("max_coefficient") || object.contains_key("timeout") {
-        object.remove("max_coefficient");
-        object.remove("timeout");
-        Bytes::from(serde_json::to_vec(&Value::Object(object)).map_err(|error| {
-            Failure::new(
-                ErrorKind::Internal,
-                format!("cannot re-encode the request: {error}"),
-            )
-        })?)
-    } else {
-        // Nothing to strip: forward the app's bytes exactly.
-        Bytes::copy_from_slice(body)
-    };
-    Ok(Prepared {
-        body,
-        model,
-        stream,
-        include_usage,
-        max_coefficient,
-        timeout,
-    })
-}
-
-/// A field's value, treating an explicit `null` as absent (as OpenAI does).
-fn present<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
-    object.get(field).filter(|value| !value.is_null())
 }
 
 /// Whether `headers` carry one of `keys` as `Authorization: Bearer <key>`.
@@ -523,18 +326,11 @@ impl Api {
                     deadline,
                     stats: self.stats.clone(),
                     active,
+                    max_event_bytes: MAX_SSE_EVENT_BYTES,
                 },
             ))
         } else {
-            let collected = tokio::time::timeout_at(deadline, response.into_body().collect())
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|error| {
-                    Failure::new(
-                        ErrorKind::BadGateway,
-                        format!("the answer broke off: {error}"),
-                    )
-                })?;
+            let collected = read_answer(response.into_body(), deadline, MAX_ANSWER_BYTES).await?;
             let trailers = collected.trailers().cloned();
             let mut bytes = collected.to_bytes();
             if let Some(trailers) = &trailers {
@@ -617,6 +413,30 @@ impl Api {
     }
 }
 
+/// Reads a non-streamed answer from the proxy: at most `limit` bytes, before `deadline`.
+async fn read_answer<B>(
+    body: B,
+    deadline: Instant,
+    limit: usize,
+) -> Result<http_body_util::Collected<Bytes>, Failure>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(timed_out()),
+        Ok(Ok(collected)) => Ok(collected),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Failure::new(
+            ErrorKind::BadGateway,
+            format!("the answer is larger than {limit} bytes"),
+        )),
+        Ok(Err(error)) => Err(Failure::new(
+            ErrorKind::BadGateway,
+            format!("the answer broke off: {error}"),
+        )),
+    }
+}
+
 /// Reads the app's body, refusing more than `limit` bytes with an OpenAI-shaped 413.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Failure> {
     let too_large = || {
@@ -646,122 +466,6 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 mod tests {
     use super::*;
 
-    const DEFAULTS: Defaults = Defaults {
-        max_coefficient: 4000,
-        timeout: Duration::from_secs(300),
-    };
-
-    fn chat(body: &str) -> Result<Prepared, Failure> {
-        prepare(Endpoint::Chat, body.as_bytes(), DEFAULTS)
-    }
-
-    fn param_of(result: Result<Prepared, Failure>) -> Option<String> {
-        let failure = result.expect_err("should be refused");
-        assert_eq!(failure.status, StatusCode::BAD_REQUEST);
-        assert_eq!(failure.error.kind(), Some(ErrorKind::InvalidRequest));
-        failure.error.error.param
-    }
-
-    #[test]
-    fn a_plain_request_passes_unchanged_with_defaults() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        let prepared = chat(body).unwrap();
-        assert_eq!(&prepared.body[..], body.as_bytes());
-        assert_eq!(prepared.model, "m");
-        assert!(!prepared.stream);
-        assert!(!prepared.include_usage);
-        assert_eq!(prepared.max_coefficient, 4000);
-        assert_eq!(prepared.timeout, Duration::from_secs(300));
-    }
-
-    #[test]
-    fn cocoon_fields_become_settings_and_leave_the_body() {
-        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_coefficient":1500,"timeout":2.5,"stream":true,"stream_options":{"include_usage":true}}"#;
-        let prepared = chat(body).unwrap();
-        assert_eq!(prepared.max_coefficient, 1500);
-        assert_eq!(prepared.timeout, Duration::from_millis(2500));
-        assert!(prepared.stream);
-        assert!(prepared.include_usage);
-        let forwarded: Value = serde_json::from_slice(&prepared.body).unwrap();
-        assert!(forwarded.get("max_coefficient").is_none());
-        assert!(forwarded.get("timeout").is_none());
-        assert_eq!(forwarded["stream"], true);
-        assert_eq!(forwarded["messages"][0]["content"], "hi");
-    }
-
-    #[test]
-    fn malformed_bodies_are_refused() {
-        assert_eq!(param_of(chat("{not json")), None);
-        assert_eq!(param_of(chat("[1,2]")), None);
-        assert!(chat("{not json")
-            .unwrap_err()
-            .error
-            .error
-            .message
-            .contains("not valid JSON"));
-    }
-
-    #[test]
-    fn each_bad_field_is_named() {
-        let cases = [
-            (r#"{"messages":[{"role":"user"}]}"#, "model"),
-            (r#"{"model":5,"messages":[{"role":"user"}]}"#, "model"),
-            (r#"{"model":"m"}"#, "messages"),
-            (r#"{"model":"m","messages":[]}"#, "messages"),
-            (r#"{"model":"m","messages":["hi"]}"#, "messages"),
-            (r#"{"model":"m","messages":[{}],"n":1.5}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"n":"2"}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"n":0}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"stream":"yes"}"#, "stream"),
-            (
-                r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":1}}"#,
-                "stream_options",
-            ),
-            (
-                r#"{"model":"m","messages":[{}],"max_tokens":-1}"#,
-                "max_tokens",
-            ),
-            (
-                r#"{"model":"m","messages":[{}],"max_coefficient":-1}"#,
-                "max_coefficient",
-            ),
-            (
-                r#"{"model":"m","messages":[{}],"max_coefficient":5000000000}"#,
-                "max_coefficient",
-            ),
-            (r#"{"model":"m","messages":[{}],"timeout":0}"#, "timeout"),
-            (r#"{"model":"m","messages":[{}],"timeout":"10"}"#, "timeout"),
-        ];
-        for (body, param) in cases {
-            assert_eq!(param_of(chat(body)).as_deref(), Some(param), "{body}");
-        }
-    }
-
-    #[test]
-    fn nulls_count_as_absent() {
-        let prepared =
-            chat(r#"{"model":"m","messages":[{}],"n":null,"stream":null,"timeout":null}"#).unwrap();
-        assert!(!prepared.stream);
-        assert_eq!(prepared.timeout, DEFAULTS.timeout);
-    }
-
-    #[test]
-    fn completions_need_a_prompt() {
-        let completions = |body: &str| prepare(Endpoint::Completions, body.as_bytes(), DEFAULTS);
-        assert!(completions(r#"{"model":"m","prompt":"Once"}"#).is_ok());
-        assert!(completions(r#"{"model":"m","prompt":[1,2,3]}"#).is_ok());
-        assert_eq!(
-            param_of(completions(r#"{"model":"m"}"#)).as_deref(),
-            Some("prompt")
-        );
-        assert_eq!(
-            param_of(completions(r#"{"model":"m","prompt":7}"#)).as_deref(),
-            Some("prompt")
-        );
-        // `messages` is a chat field: a completions request does not need it.
-        assert!(completions(r#"{"model":"m","prompt":"x","n":2}"#).is_ok());
-    }
-
     #[test]
     fn api_keys_are_checked_when_configured() {
         let keys = vec!["secret-1".to_owned(), "secret-2".to_owned()];
@@ -786,6 +490,24 @@ mod tests {
             HeaderValue::from_static("Basic secret-2"),
         );
         assert!(authorized(&headers, &keys).is_err());
+    }
+
+    #[tokio::test]
+    async fn answers_from_the_proxy_are_read_within_a_size_and_a_deadline() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let big = read_answer(Body::from(vec![b'x'; 11]), later, 10)
+            .await
+            .unwrap_err();
+        assert_eq!(big.status, StatusCode::BAD_GATEWAY);
+        assert!(big.error.error.message.contains("larger than 10"), "{big}");
+        let fits = read_answer(Body::from(vec![b'x'; 10]), later, 10).await;
+        assert_eq!(fits.unwrap().to_bytes().len(), 10);
+        // An answer that never ends is given up at the deadline.
+        let endless =
+            Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let soon = Instant::now() + Duration::from_millis(10);
+        let late = read_answer(endless, soon, 10).await.unwrap_err();
+        assert_eq!(late.error.kind(), Some(ErrorKind::Timeout));
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod http;
 pub mod link;
+pub mod request;
 pub mod settlement;
 pub mod stream;
 
@@ -38,8 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ClientConfig, ConfigError};
 
-use crate::http::{Api, Defaults};
+use crate::http::Api;
 use crate::link::ProxyLinks;
+use crate::request::Defaults;
 
 /// How long shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -25,6 +25,7 @@ use cocoon_node::trailers::read_usage;
 use cocoon_proto::headers::{
     COST, ERROR, RECEIPT_PROXY_CERTIFICATE, RECEIPT_RECORD, RECEIPT_WORKER_CERTIFICATE,
 };
+use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
 use futures::stream::{BoxStream, Stream, StreamExt};
 use http::HeaderMap;
@@ -46,6 +47,8 @@ pub struct SseOptions {
     pub stats: Arc<NodeStats>,
     /// The request, counted active until the stream ends or is dropped.
     pub active: ActiveRequest,
+    /// The largest event accepted from the proxy; a larger one ends the stream with an error.
+    pub max_event_bytes: usize,
 }
 
 /// Turns a proxy's SSE response body into the app's SSE body (see the module docs).
@@ -59,12 +62,19 @@ where
 {
     let (trailers_tx, trailers_rx) = oneshot::channel();
     let mut trailers_tx = Some(trailers_tx);
-    // Trailers are not SSE bytes: set them aside for the end, and turn body errors into I/O errors
-    // so the event parser reports them as transport errors.
+    // Trailers are not SSE bytes: set them aside for the end, and turn body errors (and an event
+    // past its size limit, which the parser would otherwise buffer without end) into I/O errors so
+    // the event parser reports them as transport errors.
+    let mut event_limit = SseEventLimit::new(options.max_event_bytes);
     let bytes = BodyStream::new(body).filter_map(move |frame| {
         let item = match frame {
             Ok(frame) => match frame.into_data() {
-                Ok(data) => Some(Ok::<Bytes, std::io::Error>(data)),
+                Ok(data) => Some(
+                    event_limit
+                        .check(&data)
+                        .map(|()| data)
+                        .map_err(std::io::Error::other),
+                ),
                 Err(frame) => {
                     if let (Ok(trailers), Some(tx)) = (frame.into_trailers(), trailers_tx.take()) {
                         // The receiver lives in the same stream state; it cannot be gone yet.
@@ -328,21 +338,38 @@ mod tests {
         trailer(USAGE, r#"{"prompt_tokens":3,"completion_tokens":1}"#)
     }
 
+    fn options(stats: &Arc<NodeStats>, include_usage: bool, timeout: Duration) -> SseOptions {
+        SseOptions {
+            include_usage,
+            deadline: Instant::now() + timeout,
+            stats: stats.clone(),
+            active: stats.request_started(),
+            max_event_bytes: cocoon_proto::limits::MAX_SSE_EVENT_BYTES,
+        }
+    }
+
     async fn run(
         parts: Vec<Part>,
         include_usage: bool,
         timeout: Duration,
     ) -> (String, Arc<NodeStats>) {
-        let stats = NodeStats::new("client");
-        let options = SseOptions {
-            include_usage,
-            deadline: Instant::now() + timeout,
-            stats: stats.clone(),
-            active: stats.request_started(),
-        };
-        let chunks: Vec<_> = rewrite_sse(StreamBody::new(futures::stream::iter(parts)), options)
-            .collect()
-            .await;
+        run_stream(
+            futures::stream::iter(parts),
+            options_for(include_usage, timeout),
+        )
+        .await
+    }
+
+    fn options_for(include_usage: bool, timeout: Duration) -> SseOptions {
+        options(&NodeStats::new("client"), include_usage, timeout)
+    }
+
+    async fn run_stream(
+        parts: impl Stream<Item = Part> + Send + 'static,
+        options: SseOptions,
+    ) -> (String, Arc<NodeStats>) {
+        let stats = options.stats.clone();
+        let chunks: Vec<_> = rewrite_sse(StreamBody::new(parts), options).collect().await;
         let text = chunks
             .into_iter()
             .map(|chunk| String::from_utf8(chunk.unwrap().to_vec()).unwrap())
@@ -428,6 +455,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_that_never_ends_ends_the_stream_with_an_error_once_past_the_limit() {
+        // An endless line without a newline: an unbounded parser would buffer it forever.
+        let endless = futures::stream::iter([data(&format!("data: {CHUNK}\n\n")), data("data: ")])
+            .chain(futures::stream::repeat_with(|| data("xxxxxxxxxxxxxxxx")));
+        let mut options = options_for(false, Duration::from_secs(60));
+        options.max_event_bytes = 1000;
+        let (text, stats) = run_stream(endless, options).await;
+        assert!(text.starts_with(&format!("data: {CHUNK}\n\n")), "{text}");
+        assert!(text.contains("larger than 1000 bytes"), "{text}");
+        assert!(!text.contains("xxxx") && !text.contains(DONE), "{text}");
+        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
+    }
+
+    #[tokio::test]
     async fn an_end_without_done_is_an_error() {
         let parts = vec![data(&format!("data: {CHUNK}\n\n")), usage_trailer()];
         let (text, _) = run(parts, false, Duration::from_secs(5)).await;
@@ -440,12 +481,7 @@ mod tests {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
         tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
             .unwrap();
-        let options = SseOptions {
-            include_usage: false,
-            deadline: Instant::now() + Duration::from_millis(50),
-            stats: stats.clone(),
-            active: stats.request_started(),
-        };
+        let options = options(&stats, false, Duration::from_millis(50));
         let chunks: Vec<_> = rewrite_sse(StreamBody::new(rx), options).collect().await;
         assert_eq!(chunks.len(), 2);
         let last = String::from_utf8(chunks[1].as_ref().unwrap().to_vec()).unwrap();
@@ -461,12 +497,7 @@ mod tests {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
         tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
             .unwrap();
-        let options = SseOptions {
-            include_usage: false,
-            deadline: Instant::now() + Duration::from_secs(60),
-            stats: stats.clone(),
-            active: stats.request_started(),
-        };
+        let options = options(&stats, false, Duration::from_secs(60));
         let mut stream = Box::pin(rewrite_sse(StreamBody::new(rx), options));
         assert!(stream.next().await.is_some());
         assert!(!tx.is_closed());

@@ -8,7 +8,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cocoon_proto::{ErrorKind, OpenAiError};
+use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField};
 use serde::Deserialize;
 
 /// A request-level failure, answered as OpenAI error JSON with the kind's HTTP status.
@@ -192,20 +192,13 @@ impl CommonParams {
                 "tool calling is not supported by this engine",
             ));
         }
-        let (param, limit) = match (self.max_completion_tokens, self.max_tokens) {
-            (Some(v), _) => ("max_completion_tokens", Some(v)),
-            (None, v) => ("max_tokens", v),
-        };
-        let max_tokens = match limit {
-            None => None,
-            Some(v) if v >= 1 => Some(u32::try_from(v).unwrap_or(u32::MAX)),
-            Some(v) => {
-                return Err(ApiError::invalid(
-                    param,
-                    format!("{param} must be at least 1, got {v}"),
-                ))
-            }
-        };
+        // The rule every hop applies: one limit, or two equal ones.
+        let max_tokens = completion_limit(
+            TokenField::from_i64(self.max_tokens),
+            TokenField::from_i64(self.max_completion_tokens),
+        )
+        .map_err(|error| ApiError::invalid(error.param(), error.to_string()))?
+        .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX));
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -354,11 +347,20 @@ mod tests {
     }
 
     #[test]
-    fn max_completion_tokens_wins_over_max_tokens() {
-        let g = common(json!({"max_tokens": 5, "max_completion_tokens": 3}))
+    fn token_limits_follow_the_one_rule_of_every_hop() {
+        let g = common(json!({"max_tokens": 3, "max_completion_tokens": 3}))
             .validate(0)
             .unwrap();
         assert_eq!(g.max_tokens, Some(3));
+        let g = common(json!({"max_completion_tokens": 4}))
+            .validate(0)
+            .unwrap();
+        assert_eq!(g.max_tokens, Some(4));
+        // Two limits that disagree: refused, whichever an engine would have honoured.
+        let e = common(json!({"max_tokens": 1000, "max_completion_tokens": 1}))
+            .validate(0)
+            .unwrap_err();
+        assert_eq!(e.0.error.param.as_deref(), Some("max_completion_tokens"));
         let e = common(json!({"max_tokens": 0})).validate(0).unwrap_err();
         assert_eq!(e.0.error.param.as_deref(), Some("max_tokens"));
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);

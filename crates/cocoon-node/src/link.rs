@@ -184,8 +184,11 @@ pub async fn get_json<T: DeserializeOwned>(
         .map_err(|_| LinkError::Timeout(path, CONTROL_TIMEOUT))?
 }
 
+/// Largest control answer read (a model list of thousands of models fits many times over).
+const MAX_CONTROL_ANSWER: usize = 4 << 20;
+
 async fn collect(body: hyper::body::Incoming) -> Result<Bytes, LinkError> {
-    Ok(body
+    Ok(http_body_util::Limited::new(body, MAX_CONTROL_ANSWER)
         .collect()
         .await
         .map_err(|error| LinkError::Body(error.to_string()))?
@@ -212,5 +215,23 @@ mod tests {
         assert!(
             matches!(missing, Err(LinkError::Status { status, .. }) if status == StatusCode::NOT_FOUND)
         );
+    }
+
+    #[tokio::test]
+    async fn a_control_answer_past_its_size_limit_is_refused() {
+        let (dialer_end, acceptor_end) = tokio::io::duplex(64 * 1024);
+        // Valid JSON, but larger than any control answer has reason to be.
+        let oversized = || async {
+            let mut json = vec![b' '; MAX_CONTROL_ANSWER];
+            json.extend_from_slice(b"{}");
+            json
+        };
+        let router = Router::new().route("/cocoon/v1/worker", axum::routing::get(oversized));
+        let drain = CancellationToken::new();
+        tokio::spawn(async move { serve(dialer_end, router, &drain, Duration::ZERO).await });
+        let (sender, driver) = client_handshake(acceptor_end).await.unwrap();
+        tokio::spawn(driver);
+        let answer = get_json::<serde_json::Value>(&sender, "/cocoon/v1/worker").await;
+        assert!(matches!(answer, Err(LinkError::Body(_))), "{answer:?}");
     }
 }

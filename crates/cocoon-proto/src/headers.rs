@@ -10,6 +10,9 @@ pub const REQUEST_ID: &str = "x-cocoon-request-id";
 pub const MAX_COEFFICIENT: &str = "x-cocoon-max-coefficient";
 /// Request header: the whole request's deadline in milliseconds, measured from its arrival.
 pub const TIMEOUT_MS: &str = "x-cocoon-timeout-ms";
+/// Request header from the proxy to the worker: the completion tokens reserved for the request.
+/// The worker asks its engine for no more and relays no more, whatever the engine does.
+pub const MAX_TOKENS: &str = "x-cocoon-max-tokens";
 /// Response header: the coefficient of the worker that serves the request.
 pub const COEFFICIENT: &str = "x-cocoon-coefficient";
 /// Response header: hex image hash of the worker's attested TEE image.

@@ -8,10 +8,12 @@
 
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod link;
 pub mod usage;
 
 pub use error::{ErrorBody, ErrorKind, OpenAiError};
+pub use limits::{completion_limit, TokenField, TokenLimitError};
 pub use link::{ModelEntry, ModelList, WorkerInfo};
 pub use usage::{may_carry_usage, OpenAiUsage, TokenUsage};
 

@@ -29,11 +29,13 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::billing::{self, Billing, Reservation};
 use crate::receipt::{Countersigned, Countersigner, Seen};
+use crate::request_check::{
+    invalid_request, refused_reservation, reserved_completion_tokens, RoutedFields,
+};
 use crate::routing::{RouteError, Routing, Slot, WorkerLink};
 
 /// Largest error body read from a worker.
@@ -65,11 +67,8 @@ pub struct Forwarding {
     pub receipts: Arc<Countersigner>,
 }
 
-/// The fields of a request the proxy reads; the body is forwarded unchanged.
-#[derive(Deserialize)]
-struct RoutedFields {
-    model: Option<serde_json::Value>,
-}
+/// The longest a client may take to send a request's body (and at most the request's timeout).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Forwards one client request on `path` to a worker, billing `client` (the wallet its attestation
 /// names, if any).
@@ -85,26 +84,14 @@ pub async fn forward(
         state.stats.record_error(kind);
         error_response(kind, message)
     };
-    let Ok(bytes) = to_bytes(body, state.max_body_bytes).await else {
-        return fail(
-            ErrorKind::PayloadTooLarge,
-            format!("request body is larger than {} bytes", state.max_body_bytes),
-        );
-    };
-    let model = match serde_json::from_slice::<RoutedFields>(&bytes) {
-        Ok(RoutedFields {
-            model: Some(serde_json::Value::String(model)),
-        }) => model,
-        Ok(_) => {
-            return fail(
-                ErrorKind::InvalidRequest,
-                "`model` (a string) is required".into(),
-            );
-        }
-        Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
+    let reply_failure = |error: OpenAiError| {
+        state
+            .stats
+            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
+        openai_error_response(&error)
     };
     let max_coefficient = header_number(&headers, headers::MAX_COEFFICIENT)
-        .map(|value| value.min(u32::MAX as u64) as u32)
+        .map(|value| u32::try_from(value).unwrap_or(u32::MAX))
         .unwrap_or(NO_PRICE_LIMIT);
     let timeout = header_number(&headers, headers::TIMEOUT_MS)
         .map(Duration::from_millis)
@@ -112,6 +99,40 @@ pub async fn forward(
         .min(state.max_request);
     let deadline = Instant::now() + timeout;
     let request_id = headers.get(headers::REQUEST_ID).cloned();
+    let body_deadline = deadline.min(Instant::now() + BODY_READ_TIMEOUT);
+    let bytes =
+        match tokio::time::timeout_at(body_deadline, to_bytes(body, state.max_body_bytes)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => {
+                return fail(
+                    ErrorKind::PayloadTooLarge,
+                    format!("request body is larger than {} bytes", state.max_body_bytes),
+                )
+            }
+            Err(_) => {
+                return fail(
+                    ErrorKind::Timeout,
+                    "the request body did not arrive in time".into(),
+                )
+            }
+        };
+    let fields = match serde_json::from_slice::<RoutedFields>(&bytes) {
+        Ok(fields) => fields,
+        Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
+    };
+    let Some(serde_json::Value::String(model)) = &fields.model else {
+        return reply_failure(invalid_request(
+            "model",
+            "`model` (a string) is required".into(),
+        ));
+    };
+    let model = model.clone();
+    // Checked before anything is reserved: an impossible limit is the request's fault (400), not
+    // a shortage of funds.
+    let max_tokens = match reserved_completion_tokens(&fields, state.billing.default_max_tokens()) {
+        Ok(max_tokens) => max_tokens,
+        Err(error) => return reply_failure(invalid_request(error.param(), error.to_string())),
+    };
 
     // A model nobody serves is reported as such, whether or not the client could pay.
     let Some(dearest) = state.routing.dearest(&model) else {
@@ -123,8 +144,6 @@ pub async fn forward(
         let error = billing::BillingError::NoWallet;
         return fail(error.kind(), error.to_string());
     };
-    let max_tokens =
-        billing::requested_max_tokens(&bytes).unwrap_or(state.billing.default_max_tokens());
     let coefficient = billing::reservation_coefficient(max_coefficient, Some(dearest));
     let prompt_tokens = billing::prompt_tokens_bound(bytes.len());
     let reservation = match state
@@ -133,7 +152,7 @@ pub async fn forward(
         .await
     {
         Ok(reservation) => reservation,
-        Err(error) => return fail(error.kind(), error.to_string()),
+        Err(error) => return reply_failure(refused_reservation(&error, max_tokens)),
     };
 
     // A worker that fails before it answers (its link, or a 5xx) or is busy (429: its slots are
@@ -145,12 +164,6 @@ pub async fn forward(
         &serde_json::to_string(reservation.prices().as_ref()).unwrap_or_default(),
     )
     .ok();
-    let reply_failure = |error: OpenAiError| {
-        state
-            .stats
-            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-        openai_error_response(&error)
-    };
     let (slot, response) = loop {
         let exclude = failed.as_ref().map(|(worker, _)| *worker);
         let slot = match state.routing.choose(&model, max_coefficient, exclude) {
@@ -174,37 +187,43 @@ pub async fn forward(
                 .headers_mut()
                 .insert(headers::REQUEST_ID, per_request(id.clone()));
         }
+        let request_headers = request.headers_mut();
         if let Some(prices) = &prices {
-            request
-                .headers_mut()
-                .insert(headers::PRICES, prices.clone());
+            request_headers.insert(headers::PRICES, prices.clone());
         }
-        let mut sender = slot.worker.sender.clone();
-        let exchange = async move {
-            sender.ready().await?;
-            sender.send_request(request).await
-        };
-        match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) if !retry_elsewhere(response.status()) => break (slot, response),
+        request_headers.insert(headers::MAX_TOKENS, HeaderValue::from(max_tokens));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        request_headers.insert(
+            headers::TIMEOUT_MS,
+            HeaderValue::from(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
+        );
+        match tokio::time::timeout_at(deadline, attempt(&slot.worker, request)).await {
+            Ok(Attempt::Answered(response)) if !retry_elsewhere(response.status()) => {
+                break (slot, response)
+            }
+            Ok(Attempt::Lost(error)) => {
+                // The worker had the request when its link failed: the request may be what broke
+                // it, so no other worker gets it.
+                slot.worker.record_failure();
+                return reply_failure(OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    format!("the worker's link failed while it had the request (not retried elsewhere): {error}"),
+                ));
+            }
             Ok(outcome) => {
-                let busy = matches!(&outcome, Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS);
+                let busy = matches!(&outcome, Attempt::Answered(response) if response.status() == StatusCode::TOO_MANY_REQUESTS);
                 if !busy {
                     slot.worker.record_failure();
                 }
                 let error = match outcome {
-                    Ok(response) => {
+                    Attempt::Answered(response) => {
                         let status = response.status();
-                        let body = to_bytes(Body::new(response.into_body()), MAX_ERROR_BODY);
-                        let body = tokio::time::timeout_at(deadline, body)
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or_default();
+                        let body = read_error_body(response.into_body(), deadline).await;
                         parse_peer_error(status, &body)
                     }
-                    Err(error) => OpenAiError::new(
+                    Attempt::NotSent(error) | Attempt::Lost(error) => OpenAiError::new(
                         ErrorKind::BadGateway,
-                        format!("worker failed before answering: {error}"),
+                        format!("the worker's link was closed before the request: {error}"),
                     ),
                 };
                 if failed.is_some() {
@@ -227,9 +246,7 @@ pub async fn forward(
     state.stats.record_first_byte(active.started().elapsed());
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
-        let bytes = to_bytes(Body::new(body), MAX_ERROR_BODY)
-            .await
-            .unwrap_or_default();
+        let bytes = read_error_body(body, deadline).await;
         let error = parse_peer_error(parts.status, &bytes);
         state
             .stats
@@ -281,6 +298,41 @@ pub async fn forward(
         answer_headers.insert(headers::MODEL_HASH, hash);
     }
     answer.into_response()
+}
+
+/// How one try at a worker ended.
+enum Attempt {
+    /// The worker answered (any status).
+    Answered(http::Response<Incoming>),
+    /// The link was closed before the request left: another worker may have it.
+    NotSent(hyper::Error),
+    /// The link failed while the worker had the request.
+    Lost(hyper::Error),
+}
+
+/// Sends `request` to `worker`, telling apart a link found closed before sending from one that
+/// failed with the request under way.
+async fn attempt(worker: &WorkerLink, request: Request<Body>) -> Attempt {
+    let mut sender = worker.sender.clone();
+    if let Err(error) = sender.ready().await {
+        return Attempt::NotSent(error);
+    }
+    match sender.send_request(request).await {
+        Ok(response) => Attempt::Answered(response),
+        // hyper cancels requests its connection closed before sending them.
+        Err(error) if error.is_canceled() => Attempt::NotSent(error),
+        Err(error) => Attempt::Lost(error),
+    }
+}
+
+/// A worker's error body: at most [`MAX_ERROR_BODY`] bytes, read before `deadline`; empty when it
+/// does not come.
+async fn read_error_body(body: Incoming, deadline: Instant) -> Bytes {
+    tokio::time::timeout_at(deadline, to_bytes(Body::new(body), MAX_ERROR_BODY))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
 }
 
 /// Whether a worker's answer with `status` means another worker should get the request: the

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod http;
 pub mod link;
 pub mod receipt;
+mod request_check;
 pub mod routing;
 pub mod store;
 

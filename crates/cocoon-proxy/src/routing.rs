@@ -65,12 +65,12 @@ impl WorkerLink {
 
     fn record_failure_at(&self, now: Instant) {
         let mut health = self.health();
-        health.consecutive_failures += 1;
+        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         if health.consecutive_failures >= FAILURES_TO_SET_ASIDE {
             let period = FIRST_SET_ASIDE
                 .saturating_mul(1 << health.set_asides.min(16))
                 .min(LONGEST_SET_ASIDE);
-            health.set_asides += 1;
+            health.set_asides = health.set_asides.saturating_add(1);
             health.aside_until = Some(now + period);
             tracing::warn!(
                 worker = self.id,
@@ -265,13 +265,14 @@ impl Routing {
                 .iter()
                 .map(|(model, links)| ModelEntry {
                     id: model.clone(),
-                    workers: links.len() as u32,
+                    workers: u32::try_from(links.len()).unwrap_or(u32::MAX),
                     min_coefficient: links.iter().map(|l| l.info.coefficient).min().unwrap_or(0),
                     max_coefficient: links.iter().map(|l| l.info.coefficient).max().unwrap_or(0),
+                    // Each worker announces its own capacity: the sum saturates, never wraps.
                     free_slots: links
                         .iter()
                         .map(|l| l.info.max_active.saturating_sub(l.active()))
-                        .sum(),
+                        .fold(0u32, u32::saturating_add),
                 })
                 .collect(),
         }
@@ -485,5 +486,13 @@ mod tests {
                 free_slots: 2,
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn capacities_announced_by_workers_add_up_without_overflow() {
+        let routing = Routing::default();
+        add(&routing, "m", 1000, u32::MAX).await;
+        add(&routing, "m", 1000, u32::MAX).await;
+        assert_eq!(routing.models().models[0].free_slots, u32::MAX);
     }
 }

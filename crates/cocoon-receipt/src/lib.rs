@@ -110,6 +110,9 @@ pub enum ReceiptError {
         /// Why.
         source: RatlsError,
     },
+    /// `issued_at` is not a time this system can represent.
+    #[error("the receipt's issued_at ({0}) is out of range")]
+    IssuedAtOutOfRange(u64),
     /// A certificate belongs to a node of another role.
     #[error("the {which} certificate attests a `{role}`")]
     WrongRole {
@@ -369,7 +372,9 @@ impl Receipt {
     /// digests and the registry's allow-lists.
     pub fn verify(&self, expect: &Expectations<'_>) -> Result<VerifiedReceipt, ReceiptError> {
         check_version(self.version)?;
-        let at = UNIX_EPOCH + Duration::from_secs(self.answer.issued_at);
+        let at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.answer.issued_at))
+            .ok_or(ReceiptError::IssuedAtOutOfRange(self.answer.issued_at))?;
         let policy = Policy::any_image(expect.min_kind);
         let certificate = |text: &str, which: &'static str, role: &str| {
             let der = decode_certificate(text, which)?;

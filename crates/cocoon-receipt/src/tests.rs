@@ -308,3 +308,24 @@ fn garbage_is_malformed() {
         Err(ReceiptError::Malformed(_))
     ));
 }
+
+#[test]
+fn a_crafted_issue_time_is_refused_not_a_panic() {
+    let verifier = Verifier::new();
+    let worker = worker_identity();
+    let proxy = identity("proxy-image", "proxy", &[]);
+    for issued_at in [u64::MAX, u64::MAX / 2, i64::MAX as u64 + 1] {
+        // Signed by both nodes: only the time is wrong.
+        let mut record = record(&worker);
+        record.issued_at = issued_at;
+        let receipt = Receipt::countersign(WorkerReceipt::sign(record, &worker), &proxy);
+        let error = receipt.verify(&expect(&verifier, ANSWER)).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ReceiptError::IssuedAtOutOfRange(_) | ReceiptError::Certificate { .. }
+            ),
+            "{issued_at}: {error}"
+        );
+    }
+}

@@ -12,18 +12,23 @@ use cocoon_node::attestation::NodeTrust;
 use cocoon_node::reply::{error_response, hold_until_end, openai_error_response, parse_peer_error};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
+use cocoon_proto::headers::{MAX_TOKENS, TIMEOUT_MS};
+use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_COMPLETION_TOKENS_FIELD, MAX_TOKENS_FIELD};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
-use cocoon_proto::{ErrorKind, WorkerInfo};
+use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, WorkerInfo};
 use http::{header, HeaderMap};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use tokio::time::{timeout_at, Duration, Instant};
 
 use crate::engine::Engine;
 use crate::metering::{metered_answer, metered_stream};
 use crate::receipt::ReceiptDraft;
 
-/// Largest error or non-streamed answer read from an engine.
-const MAX_ENGINE_ANSWER: usize = 64 << 20;
+/// The longest a proxy may take to send a request's body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a request may take when the proxy states no deadline (it always does).
+const LONGEST_REQUEST: Duration = Duration::from_secs(3600);
 
 /// Shared state of the forwarding path.
 #[derive(Clone)]
@@ -81,14 +86,28 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
             ),
         );
     };
-    let Ok(bytes) = to_bytes(body, serving.max_body_bytes).await else {
-        return fail(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "request body is larger than {} bytes",
-                serving.max_body_bytes
-            ),
-        );
+    let deadline = Instant::now()
+        + header_number(&headers, TIMEOUT_MS)
+            .map(Duration::from_millis)
+            .map_or(LONGEST_REQUEST, |timeout| timeout.min(LONGEST_REQUEST));
+    let body_deadline = deadline.min(Instant::now() + BODY_READ_TIMEOUT);
+    let bytes = match timeout_at(body_deadline, to_bytes(body, serving.max_body_bytes)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return fail(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "request body is larger than {} bytes",
+                    serving.max_body_bytes
+                ),
+            )
+        }
+        Err(_) => {
+            return fail(
+                ErrorKind::Timeout,
+                "the request body did not arrive in time".into(),
+            )
+        }
     };
     let mut request: Value = match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Value::Object(map),
@@ -108,6 +127,18 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
                 serving.info.model, request["model"]
             ),
         );
+    }
+    let limit = match completion_tokens_limit(&headers, &request) {
+        Ok(limit) => limit,
+        Err(error) => {
+            serving.stats.record_error(ErrorKind::InvalidRequest);
+            return openai_error_response(&error);
+        }
+    };
+    if let (Some(limit), Value::Object(fields)) = (limit, &mut request) {
+        // The engine is asked for exactly what was reserved, in the field every engine reads.
+        fields.remove(MAX_COMPLETION_TOKENS_FIELD);
+        fields.insert(MAX_TOKENS_FIELD.into(), limit.into());
     }
     let receipt = ReceiptDraft::new(
         serving.trust.clone(),
@@ -135,13 +166,24 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
             )
         }
     };
-    let response = match serving.engine.post(path, body.into()).await {
-        Ok(response) => response,
-        Err(error) => return fail(ErrorKind::BadGateway, error.to_string()),
+    let engine_timeout = || {
+        fail(
+            ErrorKind::Timeout,
+            "the engine did not answer within the request's deadline".into(),
+        )
+    };
+    let response = match timeout_at(deadline, serving.engine.post(path, body.into())).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return fail(ErrorKind::BadGateway, error.to_string()),
+        Err(_) => return engine_timeout(),
     };
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
-        let bytes = to_bytes(body, MAX_ENGINE_ANSWER).await.unwrap_or_default();
+        let bytes = timeout_at(deadline, to_bytes(body, MAX_ERROR_BODY))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let error = parse_peer_error(parts.status, &bytes);
         serving
             .stats
@@ -150,16 +192,19 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
     }
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     let body = if stream {
-        metered_stream(body, serving.stats.clone(), receipt)
+        metered_stream(body, serving.stats.clone(), receipt, limit)
     } else {
-        match to_bytes(body, MAX_ENGINE_ANSWER).await {
-            Ok(bytes) => metered_answer(bytes, &serving.stats, receipt),
-            Err(error) => {
+        match timeout_at(deadline, to_bytes(body, MAX_ANSWER_BYTES)).await {
+            Ok(Ok(bytes)) => metered_answer(bytes, &serving.stats, receipt, limit),
+            Ok(Err(error)) => {
                 return fail(
                     ErrorKind::BadGateway,
-                    format!("reading the engine's answer: {error}"),
+                    format!(
+                        "reading the engine's answer (at most {MAX_ANSWER_BYTES} bytes): {error}"
+                    ),
                 )
             }
+            Err(_) => return engine_timeout(),
         }
     };
     let mut response = hold_until_end(body, (permit, active)).into_response();
@@ -169,6 +214,40 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
             .insert(header::CONTENT_TYPE, content_type);
     }
     response
+}
+
+/// Largest error body read from an engine.
+const MAX_ERROR_BODY: usize = 1 << 20;
+
+fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The most completion tokens this answer may carry: what the proxy reserved
+/// (`x-cocoon-max-tokens`), and no more than the request itself asks for (by the one rule of
+/// [`completion_limit`]). `None` when neither says.
+fn completion_tokens_limit(
+    headers: &HeaderMap,
+    request: &Value,
+) -> Result<Option<u64>, OpenAiError> {
+    let reserved = match headers.get(MAX_TOKENS) {
+        None => None,
+        Some(_) => Some(header_number(headers, MAX_TOKENS).ok_or_else(|| {
+            OpenAiError::new(
+                ErrorKind::InvalidRequest,
+                format!("`{MAX_TOKENS}` must be a number of tokens"),
+            )
+        })?),
+    };
+    let field = |name: &str| TokenField::read(request.get(name));
+    let requested = completion_limit(field(MAX_TOKENS_FIELD), field(MAX_COMPLETION_TOKENS_FIELD))
+        .map_err(|error| {
+        OpenAiError::new(ErrorKind::InvalidRequest, error.to_string()).with_param(error.param())
+    })?;
+    Ok(match (reserved, requested) {
+        (Some(reserved), Some(requested)) => Some(reserved.min(requested)),
+        (reserved, requested) => reserved.or(requested),
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +368,41 @@ mod tests {
             .unwrap()
             .get(headers::RECEIPT_RECORD)
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn the_engine_is_asked_for_no_more_than_the_proxy_reserved() {
+        let state = serving(2).await;
+        for stream in [false, true] {
+            // The body asks for more than the proxy reserved (a client that lies to it).
+            let body = format!(
+                r#"{{"model":"synthetic","stream":{stream},"max_completion_tokens":1000}}"#
+            );
+            let mut request = post(PATH_CHAT, &body);
+            request
+                .headers_mut()
+                .insert(MAX_TOKENS, http::HeaderValue::from_static("2"));
+            let response = link_router(state.clone()).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let collected = response.into_body().collect().await.unwrap();
+            let usage = read_usage(collected.trailers().unwrap()).unwrap();
+            assert_eq!(usage.completion_tokens, 2, "stream: {stream}");
+            let text = cocoon_receipt::AnswerText::from_transcript(&collected.to_bytes());
+            assert_eq!(text.text(), "x".repeat(8), "stream: {stream}");
+        }
+        // Limits that disagree, or a reservation that is not a number, are refused.
+        let conflict = post(
+            PATH_CHAT,
+            r#"{"model":"synthetic","max_completion_tokens":1,"max_tokens":1000}"#,
+        );
+        let response = link_router(state.clone()).oneshot(conflict).await.unwrap();
+        assert_eq!(response.status(), 400);
+        let mut garbled = post(PATH_CHAT, r#"{"model":"synthetic"}"#);
+        garbled
+            .headers_mut()
+            .insert(MAX_TOKENS, http::HeaderValue::from_static("-1"));
+        let response = link_router(state).oneshot(garbled).await.unwrap();
+        assert_eq!(response.status(), 400);
     }
 
     #[tokio::test]

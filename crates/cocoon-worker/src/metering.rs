@@ -1,6 +1,12 @@
 //! Counting the tokens of an engine's answer while passing it through unchanged, and ending the
 //! answer with the `x-cocoon-usage` trailer and the worker's signed `x-cocoon-receipt` (or
 //! `x-cocoon-error` when the engine failed midway).
+//!
+//! Whatever the engine does, an answer never goes past the completion tokens the proxy reserved:
+//! a stream is cut (cleanly, with `[DONE]`) after that many content chunks, and the usage reported
+//! is capped at it. An engine event larger than
+//! [`MAX_SSE_EVENT_BYTES`](cocoon_proto::limits::MAX_SSE_EVENT_BYTES) ends the answer with an
+//! error instead of being buffered.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,15 +15,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::trailers::{error_trailers, usage_trailers};
 use cocoon_node::Body;
+use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
 use cocoon_receipt::AnswerText;
 use futures::stream::{self, StreamExt};
 use futures::FutureExt;
 use http::HeaderMap;
 use http_body::Frame;
-use http_body_util::StreamBody;
+use http_body_util::{BodyDataStream, StreamBody};
 use serde::Deserialize;
-use sse_stream::{Sse, SseStream};
+use sse_stream::{Sse, SseByteStream};
 
 use crate::receipt::ReceiptDraft;
 
@@ -47,9 +54,25 @@ fn final_trailers(
     trailers
 }
 
-/// A complete (non-streamed) answer followed by its usage and receipt trailers.
-pub fn metered_answer(bytes: Bytes, stats: &NodeStats, receipt: Option<ReceiptDraft>) -> Body {
-    let usage = usage_in(&bytes).unwrap_or_default();
+/// `usage` with its completion (and the reasoning within it) capped at `limit`: what the worker
+/// reports never exceeds what the proxy reserved.
+fn capped(mut usage: TokenUsage, limit: Option<u64>) -> TokenUsage {
+    if let Some(limit) = limit {
+        usage.completion_tokens = usage.completion_tokens.min(limit);
+        usage.reasoning_tokens = usage.reasoning_tokens.min(usage.completion_tokens);
+    }
+    usage
+}
+
+/// A complete (non-streamed) answer followed by its usage and receipt trailers; the usage is
+/// capped at `limit` completion tokens.
+pub fn metered_answer(
+    bytes: Bytes,
+    stats: &NodeStats,
+    receipt: Option<ReceiptDraft>,
+    limit: Option<u64>,
+) -> Body {
+    let usage = capped(usage_in(&bytes).unwrap_or_default(), limit);
     stats.record_tokens(&usage);
     let mut answer = AnswerText::new();
     if receipt.is_some() {
@@ -66,7 +89,11 @@ pub fn metered_answer(bytes: Bytes, stats: &NodeStats, receipt: Option<ReceiptDr
 struct Meter {
     usage: Option<TokenUsage>,
     content_chunks: u64,
+    /// The most content chunks relayed (the completion tokens reserved), if known.
+    limit: Option<u64>,
     failure: Option<String>,
+    /// The answer reached its limit: what follows from the engine is not relayed.
+    cut: bool,
     finished: bool,
     /// The receipt to sign at the end, and the answer's text gathered for it.
     receipt: Option<ReceiptDraft>,
@@ -74,20 +101,47 @@ struct Meter {
 }
 
 impl Meter {
-    /// Notes one event: the engine's usage, or one more content chunk (and its text).
-    fn observe(&mut self, data: &str) {
+    /// Notes one event: the engine's usage, or one more content chunk (and its text). Returns
+    /// whether the event is relayed: not a content chunk past the limit, which cuts the answer.
+    fn observe(&mut self, data: &str) -> bool {
         if may_carry_usage(data) {
             if let Some(usage) = usage_in(data.as_bytes()) {
                 self.usage = Some(usage);
-                return;
+                return true;
             }
         }
-        if self.usage.is_none() && data != "[DONE]" {
-            self.content_chunks += 1;
-            if self.receipt.is_some() {
-                self.answer.add_json(data.as_bytes());
-            }
+        if data == "[DONE]" {
+            return true;
         }
+        // Counted even after a usage chunk: an engine that sends its usage first must not stream
+        // on past the limit.
+        if self.limit.is_some_and(|limit| self.content_chunks >= limit) {
+            self.cut = true;
+            return false;
+        }
+        self.content_chunks = self.content_chunks.saturating_add(1);
+        if self.receipt.is_some() {
+            self.answer.add_json(data.as_bytes());
+        }
+        true
+    }
+
+    /// The trailers ending a finished answer: the engine's usage (or, without one, a token per
+    /// content chunk), capped at the limit.
+    fn finish(&mut self, stats: &NodeStats) -> HeaderMap {
+        self.finished = true;
+        let usage = self.usage.unwrap_or_else(|| {
+            if !self.cut {
+                tracing::warn!("engine sent no usage; counting one token per chunk");
+            }
+            TokenUsage {
+                completion_tokens: self.content_chunks,
+                ..TokenUsage::default()
+            }
+        });
+        let usage = capped(usage, self.limit);
+        stats.record_tokens(&usage);
+        final_trailers(&usage, self.receipt.take(), &self.answer)
     }
 }
 
@@ -102,13 +156,27 @@ const MAX_EVENTS_PER_FRAME: usize = 64;
 ///
 /// Engines that ignore `stream_options.include_usage` send no usage; the completion is then counted
 /// as one token per content chunk (how every known engine streams) and the prompt as unknown (0),
-/// which never overcharges the client.
-pub fn metered_stream(body: Body, stats: Arc<NodeStats>, receipt: Option<ReceiptDraft>) -> Body {
-    let batches = Box::pin(SseStream::new(body));
+/// which never overcharges the client. So is an answer cut at its `limit` of content chunks: the
+/// engine's usage never arrives, and the worker forgoes the prompt rather than guess it.
+pub fn metered_stream(
+    body: Body,
+    stats: Arc<NodeStats>,
+    receipt: Option<ReceiptDraft>,
+    limit: Option<u64>,
+) -> Body {
+    let mut event_limit = SseEventLimit::default();
+    let bytes = BodyDataStream::new(body).map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        event_limit.check(&chunk).map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let batches = Box::pin(SseByteStream::new(bytes));
     let meter = Meter {
         usage: None,
         content_chunks: 0,
+        limit,
         failure: None,
+        cut: false,
         finished: false,
         receipt,
         answer: AnswerText::new(),
@@ -119,7 +187,9 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>, receipt: Option<Receipt
             if meter.finished {
                 return None;
             }
-            let frame = if let Some(error) = meter.failure.take() {
+            let frame = if meter.cut {
+                Frame::trailers(meter.finish(&stats))
+            } else if let Some(error) = meter.failure.take() {
                 meter.finished = true;
                 stats.record_error(ErrorKind::BadGateway);
                 Frame::trailers(error_trailers(&OpenAiError::new(
@@ -137,7 +207,11 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>, receipt: Option<Receipt
                                 Ok(Sse {
                                     data: Some(event), ..
                                 }) => {
-                                    meter.observe(&event);
+                                    if !meter.observe(&event) {
+                                        // Cut: the answer ends here, as a complete one.
+                                        put_sse_event(&mut data, "[DONE]");
+                                        break;
+                                    }
                                     put_sse_event(&mut data, &event);
                                 }
                                 Ok(_) => {}
@@ -151,19 +225,7 @@ pub fn metered_stream(body: Body, stats: Arc<NodeStats>, receipt: Option<Receipt
                         }
                         Frame::data(data.freeze())
                     }
-                    None => {
-                        meter.finished = true;
-                        let usage = meter.usage.unwrap_or_else(|| {
-                            tracing::warn!("engine sent no usage; counting one token per chunk");
-                            TokenUsage {
-                                completion_tokens: meter.content_chunks,
-                                ..TokenUsage::default()
-                            }
-                        });
-                        stats.record_tokens(&usage);
-                        let draft = meter.receipt.take();
-                        Frame::trailers(final_trailers(&usage, draft, &meter.answer))
-                    }
+                    None => Frame::trailers(meter.finish(&stats)),
                 }
             };
             Some((Ok::<_, Infallible>(frame), (batches, meter, stats)))
@@ -231,7 +293,8 @@ mod tests {
                    data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":1,\"total_tokens\":6}}\n\n\
                    data: [DONE]\n\n";
         let stats = NodeStats::new("worker");
-        let (text, trailers) = frames(metered_stream(Body::from(sse), stats.clone(), None)).await;
+        let (text, trailers) =
+            frames(metered_stream(Body::from(sse), stats.clone(), None, None)).await;
         assert_eq!(text, sse);
         let usage = read_usage(&trailers.unwrap()).unwrap();
         assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 1));
@@ -245,6 +308,7 @@ mod tests {
             Body::from(sse),
             NodeStats::new("worker"),
             None,
+            None,
         ))
         .await;
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 2);
@@ -257,7 +321,8 @@ mod tests {
             Err(std::io::Error::other("engine crashed")),
         ];
         let body = Body::from_stream(stream::iter(chunks));
-        let (text, trailers) = frames(metered_stream(body, NodeStats::new("worker"), None)).await;
+        let (text, trailers) =
+            frames(metered_stream(body, NodeStats::new("worker"), None, None)).await;
         assert!(text.starts_with("data: {\"choices\":[]}"));
         let error = read_error(&trailers.unwrap()).unwrap();
         assert_eq!(error.kind(), Some(ErrorKind::BadGateway));
@@ -273,9 +338,75 @@ mod tests {
             json.clone(),
             &NodeStats::new("worker"),
             None,
+            None,
         ))
         .await;
         assert_eq!(text.as_bytes(), &json[..]);
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 3);
+    }
+
+    /// An engine that ignores the limit it was asked for: `chunks` content chunks, then its usage.
+    fn runaway_engine(chunks: usize, reported_completion: u64) -> String {
+        let mut sse = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n".repeat(chunks);
+        sse.push_str(&format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":{reported_completion}}}}}\n\ndata: [DONE]\n\n"
+        ));
+        sse
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_the_reserved_tokens_is_cut_and_ends_cleanly() {
+        let stats = NodeStats::new("worker");
+        let body = Body::from(runaway_engine(50, 50));
+        let (text, trailers) = frames(metered_stream(body, stats.clone(), None, Some(3))).await;
+        assert_eq!(text.matches("\"content\":\"x\"").count(), 3, "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let usage = read_usage(&trailers.unwrap()).unwrap();
+        assert_eq!(usage.completion_tokens, 3);
+        assert_eq!(stats.snapshot()["tokens"]["completion"], 3);
+    }
+
+    #[tokio::test]
+    async fn usage_above_the_reserved_tokens_is_capped() {
+        // Few chunks (an engine may pack many tokens into one), but a usage claiming more.
+        let (_, trailers) = frames(metered_stream(
+            Body::from(runaway_engine(2, 1_000_000)),
+            NodeStats::new("worker"),
+            None,
+            Some(10),
+        ))
+        .await;
+        let usage = read_usage(&trailers.unwrap()).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 10));
+        let json = Bytes::from_static(
+            br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":999,"completion_tokens_details":{"reasoning_tokens":999}}}"#,
+        );
+        let (_, trailers) = frames(metered_answer(
+            json,
+            &NodeStats::new("worker"),
+            None,
+            Some(4),
+        ))
+        .await;
+        let usage = read_usage(&trailers.unwrap()).unwrap();
+        assert_eq!((usage.completion_tokens, usage.reasoning_tokens), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn an_engine_event_without_an_end_ends_the_answer_with_an_error() {
+        // The bytes of one event keep coming and never reach a newline.
+        let endless = stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"data: "))]).chain(
+            stream::repeat_with(|| Ok(Bytes::from(vec![b'x'; 64 * 1024]))),
+        );
+        let (text, trailers) = frames(metered_stream(
+            Body::from_stream(endless),
+            NodeStats::new("worker"),
+            None,
+            None,
+        ))
+        .await;
+        assert!(text.is_empty(), "nothing of the oversized event is relayed");
+        let error = read_error(&trailers.unwrap()).unwrap();
+        assert!(error.error.message.contains("larger than"), "{error:?}");
     }
 }

@@ -154,8 +154,15 @@ impl WorkerSettlement {
     /// Wallet figures for `/jsonstats`.
     pub fn snapshot(&self) -> Value {
         let earnings = lock(&self.earnings);
-        let earned: Amount = earnings.values().map(|e| e.statement.earned).sum();
-        let paid: Amount = earnings.values().map(|e| e.paid).sum();
+        // Each proxy states its own figures: the totals saturate rather than wrap or panic.
+        let earned = earnings
+            .values()
+            .map(|e| e.statement.earned)
+            .fold(0, Amount::saturating_add);
+        let paid = earnings
+            .values()
+            .map(|e| e.paid)
+            .fold(0, Amount::saturating_add);
         let proxies: Vec<Value> = earnings
             .values()
             .map(|e| {
@@ -209,7 +216,15 @@ mod tests {
     }
 
     fn statement(worker: AccountId, earned: Amount, seqno: u64) -> WorkerStatement {
-        let proxy = AccountId([1; 32]);
+        statement_from(AccountId([1; 32]), worker, earned, seqno)
+    }
+
+    fn statement_from(
+        proxy: AccountId,
+        worker: AccountId,
+        earned: Amount,
+        seqno: u64,
+    ) -> WorkerStatement {
         let signer = VoucherSigner::new(SigningKey::from_bytes(&[9; 32]), proxy);
         WorkerStatement {
             proxy,
@@ -256,5 +271,17 @@ mod tests {
             .is_err());
         assert_eq!(settlement.snapshot()["account"], payee.to_string());
         assert_eq!(settlement.snapshot()["claimable"], 40);
+    }
+
+    #[test]
+    fn totals_over_proxies_saturate_instead_of_overflowing() {
+        let settlement = settlement();
+        let me = settlement.account();
+        for proxy in [1, 2] {
+            settlement
+                .accept(statement_from(AccountId([proxy; 32]), me, Amount::MAX, 1))
+                .unwrap();
+        }
+        assert_eq!(settlement.snapshot()["earned"], Amount::MAX);
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! It exists for benchmarks and tests only (its model is literally named `synthetic`); it measures
 //! the network, never a model. Each request yields `max_tokens` chunks (default 16) of
-//! `chunk_bytes` bytes each, one "token" per chunk, with usage counted the same way.
+//! `chunk_bytes` bytes each, one "token" per chunk, with usage counted the same way. Like a real
+//! model it has a context window ([`SYNTHETIC_CONTEXT_TOKENS`]): a request for more is refused
+//! with `context_length_exceeded`, so no request sizes its memory.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,13 +15,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cocoon_node::reply::error_response;
-use cocoon_proto::ErrorKind;
+use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_COMPLETION_TOKENS_FIELD, MAX_TOKENS_FIELD};
+use cocoon_proto::{completion_limit, ErrorKind, TokenField};
 use futures::stream::{self, StreamExt};
 use http::header;
 use serde_json::{json, Value};
 
 /// The model name the synthetic engine serves.
 pub const SYNTHETIC_MODEL: &str = "synthetic";
+
+/// The most completion tokens one synthetic answer may have.
+pub const SYNTHETIC_CONTEXT_TOKENS: u64 = 1 << 16;
 
 /// Shape of the synthetic stream.
 #[derive(Debug, Clone, Copy)]
@@ -60,12 +66,30 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
             return error_response(ErrorKind::InvalidRequest, format!("invalid JSON: {error}"))
         }
     };
-    let tokens = request["max_tokens"]
-        .as_u64()
-        .or_else(|| request["max_completion_tokens"].as_u64())
-        .unwrap_or(16);
-    let prompt_tokens = (body.len() as u64 / 4).max(1);
+    let tokens = match completion_limit(
+        TokenField::read(request.get(MAX_TOKENS_FIELD)),
+        TokenField::read(request.get(MAX_COMPLETION_TOKENS_FIELD)),
+    ) {
+        Ok(tokens) => tokens.unwrap_or(16),
+        Err(error) => return error_response(ErrorKind::InvalidRequest, error.to_string()),
+    };
     let stream = request["stream"].as_bool().unwrap_or(false);
+    // A whole answer is held in memory: it must fit an answer's size limit too.
+    let answer_bytes = usize::try_from(tokens)
+        .ok()
+        .and_then(|tokens| tokens.checked_mul(params.chunk_bytes));
+    if tokens > SYNTHETIC_CONTEXT_TOKENS
+        || (!stream && answer_bytes.is_none_or(|bytes| bytes > MAX_ANSWER_BYTES))
+    {
+        return error_response(
+            ErrorKind::ContextLength,
+            format!(
+                "the synthetic model's context is {SYNTHETIC_CONTEXT_TOKENS} tokens \
+                 ({MAX_ANSWER_BYTES} bytes in one answer); {tokens} were requested"
+            ),
+        );
+    }
+    let prompt_tokens = (body.len() as u64 / 4).max(1);
     let include_usage = request["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
@@ -73,7 +97,7 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": tokens,
-        "total_tokens": prompt_tokens + tokens,
+        "total_tokens": prompt_tokens.saturating_add(tokens),
     });
     let object = if chat {
         "chat.completion"
@@ -81,6 +105,7 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
         "text_completion"
     };
     if !stream {
+        // Bounded above: at most MAX_ANSWER_BYTES.
         let content = text.repeat(tokens as usize);
         let choice = if chat {
             json!({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length"})
@@ -179,5 +204,34 @@ mod tests {
         let value: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(value["choices"][0]["text"], "x".repeat(16));
         assert_eq!(value["usage"]["completion_tokens"], 2);
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_its_context_are_refused_without_allocating_them() {
+        for body in [
+            r#"{"model":"synthetic","max_tokens":65537}"#,
+            r#"{"model":"synthetic","max_completion_tokens":65537,"stream":true}"#,
+        ] {
+            let request = http::Request::post("/v1/chat/completions")
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            let response = router(params()).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 400, "{body}");
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let error: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(error["error"]["code"], "context_length_exceeded", "{body}");
+        }
+        // Two limits that disagree (the engine cannot pick one), and limits past any context.
+        for body in [
+            r#"{"model":"synthetic","max_completion_tokens":1,"max_tokens":1000}"#,
+            r#"{"model":"synthetic","max_tokens":1000000000}"#,
+            r#"{"model":"synthetic","max_tokens":18446744073709551615}"#,
+        ] {
+            let request = http::Request::post("/v1/chat/completions")
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            let response = router(params()).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 400, "{body}");
+        }
     }
 }

@@ -1,0 +1,98 @@
+//! What the proxy checks in a client's request before anything is reserved: the model, and the
+//! completion-token limit by the rule every hop applies ([`completion_limit`]), so that an
+//! impossible limit is answered 400 naming the parameter, never 402.
+
+use cocoon_ledger::PricingError;
+use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, TokenLimitError};
+use serde::Deserialize;
+
+use crate::billing;
+
+/// The fields of a request the proxy reads; the body is forwarded unchanged.
+#[derive(Deserialize)]
+pub(crate) struct RoutedFields {
+    pub model: Option<serde_json::Value>,
+    #[serde(default)]
+    max_tokens: TokenField,
+    #[serde(default)]
+    max_completion_tokens: TokenField,
+}
+
+/// The completion tokens to reserve for a request: its own limit (by the one rule every hop
+/// applies), or `default` when it sets none.
+pub(crate) fn reserved_completion_tokens(
+    fields: &RoutedFields,
+    default: u64,
+) -> Result<u64, TokenLimitError> {
+    Ok(completion_limit(fields.max_tokens, fields.max_completion_tokens)?.unwrap_or(default))
+}
+
+/// A request refused before any reservation, naming the parameter at fault.
+pub(crate) fn invalid_request(param: &str, message: String) -> OpenAiError {
+    OpenAiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+}
+
+/// The answer to a refused reservation: a worst case too large to price is the request's fault
+/// (400 naming `max_tokens`); anything else is billing's verdict (402, 503…).
+pub(crate) fn refused_reservation(error: &billing::BillingError, max_tokens: u64) -> OpenAiError {
+    match error {
+        billing::BillingError::Pricing(PricingError::Overflow) => invalid_request(
+            "max_tokens",
+            format!("the worst case of {max_tokens} completion tokens overflows its price"),
+        ),
+        error => OpenAiError::new(error.kind(), error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_ledger::Prices;
+    use cocoon_proto::ErrorKind;
+
+    fn fields(json: &str) -> RoutedFields {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_reserved_limit_is_the_one_every_hop_enforces() {
+        assert_eq!(reserved_completion_tokens(&fields("{}"), 256), Ok(256));
+        assert_eq!(
+            reserved_completion_tokens(&fields(r#"{"max_completion_tokens":9}"#), 256),
+            Ok(9)
+        );
+        // Reserved by one field, served by the other: refused, not reserved by the smaller.
+        let poisoned = fields(r#"{"max_completion_tokens":1,"max_tokens":1000}"#);
+        assert_eq!(
+            reserved_completion_tokens(&poisoned, 256)
+                .unwrap_err()
+                .param(),
+            "max_completion_tokens"
+        );
+        for (json, param) in [
+            (r#"{"max_tokens":9223372036854775808}"#, "max_tokens"),
+            (r#"{"max_tokens":-3}"#, "max_tokens"),
+            (
+                r#"{"max_completion_tokens":{"a":1}}"#,
+                "max_completion_tokens",
+            ),
+        ] {
+            let error = reserved_completion_tokens(&fields(json), 256).unwrap_err();
+            assert_eq!(error.param(), param, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_worst_case_that_overflows_its_price_is_a_bad_request_not_a_lack_of_funds() {
+        let prices = Prices {
+            price_per_token: u64::MAX / 2,
+            ..Prices::default()
+        };
+        let overflow = cocoon_ledger::worst_case_cost(10, 1 << 24, u32::MAX, &prices).unwrap_err();
+        let error = refused_reservation(&billing::BillingError::Pricing(overflow), 1 << 24);
+        assert_eq!(error.kind(), Some(ErrorKind::InvalidRequest));
+        assert_eq!(error.error.param.as_deref(), Some("max_tokens"));
+        let unpaid = refused_reservation(&billing::BillingError::NoWallet, 5);
+        assert_eq!(unpaid.kind(), Some(ErrorKind::InsufficientQuota));
+    }
+}

@@ -1,0 +1,146 @@
+//! End-to-end: requests crafted to take nodes down (issue #10) are answered with a clear error,
+//! and every node — ledger, proxy, workers, client — is still up and serving afterwards.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+/// Asks `body` and returns the status and the OpenAI error's `param` and `code`.
+async fn refusal(api: &str, body: &Value) -> (u16, Value, Value) {
+    let response = post_chat(api, body).await.unwrap();
+    let status = response.status().as_u16();
+    let error: Value = response.json().await.unwrap();
+    (
+        status,
+        error["error"]["param"].clone(),
+        error["error"]["code"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_poisoned_token_limit_is_refused_and_every_node_keeps_serving() {
+    let (mut proxy_node, proxy) = proxy(&[]);
+    let (mut first, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (mut second, _) = worker(&proxy, &["--coefficient", "2000"]);
+    let (mut client_node, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    // Reserved by `max_completion_tokens`, served by `max_tokens`: this one request used to make
+    // the synthetic engine allocate 128 GB and abort, on one worker and then on the retry.
+    // Refused for its size; two limits that disagree are refused even when each is small.
+    for (max_tokens, param) in [
+        (1_000_000_000, "max_tokens"),
+        (1_000, "max_completion_tokens"),
+    ] {
+        for stream in [false, true] {
+            let mut poisoned = chat(max_tokens, stream);
+            poisoned["max_completion_tokens"] = json!(1);
+            let (status, refused, _) = refusal(&api, &poisoned).await;
+            assert_eq!((status, refused), (400, json!(param)), "stream: {stream}");
+        }
+    }
+    // A limit whose reservation would overflow is the request's fault, not a lack of funds.
+    let (status, param, _) = refusal(&api, &chat(1 << 63, false)).await;
+    assert_eq!((status, param), (400, json!("max_tokens")));
+    // A limit the protocol allows but the model cannot serve: the engine refuses it, and the
+    // proxy does not hand it to the other worker.
+    let (status, _, code) = refusal(&api, &chat(100_000, false)).await;
+    assert_eq!((status, code), (400, json!("context_length_exceeded")));
+
+    for (role, node) in [
+        ("proxy", &mut proxy_node),
+        ("first worker", &mut first),
+        ("second worker", &mut second),
+        ("client", &mut client_node),
+    ] {
+        assert_eq!(node.exited(), None, "the {role} died");
+    }
+    let ledger = http()
+        .get(format!("{}/v1/stats", proxy.ledger))
+        .send()
+        .await;
+    assert_eq!(ledger.map(|r| r.status().as_u16()).ok(), Some(200));
+    let workers = proxy_workers(&proxy).await;
+    assert_eq!(workers.len(), 2, "both workers still linked: {workers:?}");
+    assert!(
+        workers.iter().all(|w| w["consecutive_failures"] == 0),
+        "refused requests are not held against the workers: {workers:?}"
+    );
+    for stream in [false, true] {
+        let answer = post_chat(&api, &chat(3, stream)).await.unwrap();
+        assert_eq!(answer.status(), 200, "stream: {stream}");
+    }
+}
+
+/// An engine on loopback that takes requests and never answers; `arrived` is notified for each.
+async fn silent_engine(arrived: Arc<Notify>) -> String {
+    use axum::routing::post;
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            arrived.notify_one();
+            std::future::pending::<()>()
+        }),
+    );
+    serve_on_loopback(router).await
+}
+
+#[tokio::test]
+async fn a_request_whose_worker_died_holding_it_is_not_retried_on_another() {
+    let arrived = Arc::new(Notify::new());
+    let engine = silent_engine(arrived.clone()).await;
+    let (_proxy, proxy) = proxy(&[]);
+    let cheap_args = [
+        "--engine",
+        &engine,
+        "--model",
+        "synthetic",
+        "--coefficient",
+        "500",
+    ];
+    let (mut doomed, _) = worker(&proxy, &cheap_args);
+    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    let request = tokio::spawn({
+        let api = api.clone();
+        async move { refusal(&api, &chat(2, false)).await }
+    });
+    // The cheap worker has the request (its engine holds it); then it dies, as a worker the
+    // request itself crashed would.
+    tokio::time::timeout(Duration::from_secs(30), arrived.notified())
+        .await
+        .expect("the cheap worker's engine gets the request");
+    doomed.kill();
+    let (status, _, code) = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("answered soon after the worker died")
+        .unwrap();
+    assert_eq!(
+        (status, code),
+        (502, json!("bad_gateway")),
+        "the request must not reach (and maybe crash) a second worker"
+    );
+
+    // Other requests still go to the surviving worker.
+    let started = Instant::now();
+    loop {
+        let answer = post_chat(&api, &chat(1, false)).await.unwrap();
+        if answer.status() == 200 {
+            assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the surviving worker never answered: {}",
+            answer.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
