@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cocoon_client::http::{prepare, Defaults, Endpoint};
+use cocoon_client::request::{prepare, Defaults, Endpoint};
 use cocoon_client::stream::{rewrite_sse, SseOptions};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
@@ -77,6 +77,8 @@ pub const CLIENT_SSE: Target = Target {
                     deadline: tokio::time::Instant::now() + Duration::from_secs(60),
                     active: stats.request_started(),
                     stats,
+                    // Small, so that inputs reach the limit too.
+                    max_event_bytes: 256,
                 };
                 let mut out = Box::pin(rewrite_sse(body_of(bytes), options));
                 while out.next().await.is_some() {}
@@ -94,7 +96,13 @@ pub const WORKER_SSE: Target = Target {
         RUNTIME.with(|rt| {
             rt.borrow().block_on(async {
                 let stats = NodeStats::new("worker");
-                let metered = cocoon_worker::metering::metered_stream(body_of(bytes), stats, None);
+                let metered = cocoon_worker::metering::metered_stream(
+                    body_of(bytes),
+                    stats,
+                    None,
+                    // Some inputs are cut at their limit.
+                    Some(bytes.len() as u64 % 8),
+                );
                 let _ = metered.collect().await;
                 let _ = cocoon_worker::metering::usage_in(bytes);
             })
