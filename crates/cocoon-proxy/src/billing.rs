@@ -216,15 +216,6 @@ pub fn wallet_of(peer: &cocoon_ratls::PeerIdentity) -> Option<AccountId> {
     cocoon_node::wallet::peer_wallet(peer)?.parse().ok()
 }
 
-/// Completion tokens a request may produce, from its `max_tokens` / `max_completion_tokens`.
-pub fn requested_max_tokens(body: &[u8]) -> Option<u64> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    value
-        .get("max_completion_tokens")
-        .or_else(|| value.get("max_tokens"))
-        .and_then(Value::as_u64)
-}
-
 /// Upper bound of a request's prompt tokens from its body size. A token is at least one byte of
 /// text in practice, and the JSON around the text (keys, quotes, escapes, the message list) more
 /// than doubles it, so half the body's bytes bounds the prompt without running a tokenizer.

@@ -7,13 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 #[test]
 fn reservation_inputs_come_from_the_body_and_the_routing() {
-    assert_eq!(requested_max_tokens(br#"{"max_tokens":64}"#), Some(64));
-    assert_eq!(
-        requested_max_tokens(br#"{"max_tokens":64,"max_completion_tokens":9}"#),
-        Some(9)
-    );
-    assert_eq!(requested_max_tokens(br#"{"model":"m"}"#), None);
-    assert_eq!(requested_max_tokens(b"not json"), None);
+    // The completion tokens come from `request_check` (the rule every hop applies).
     assert_eq!(prompt_tokens_bound(101), 51);
     assert_eq!(reservation_coefficient(u32::MAX, Some(1_500)), 1_500);
     assert_eq!(reservation_coefficient(800, Some(1_500)), 800);
