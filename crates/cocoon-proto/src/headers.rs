@@ -13,6 +13,10 @@ pub const TIMEOUT_MS: &str = "x-cocoon-timeout-ms";
 /// Request header from the proxy to the worker: the completion tokens reserved for the request.
 /// The worker asks its engine for no more and relays no more, whatever the engine does.
 pub const MAX_TOKENS: &str = "x-cocoon-max-tokens";
+/// Response header, on a worker's 5xx answer: the request reached no engine, so another worker may
+/// be given it. A 5xx without it means the engine had the request (which may be what broke it):
+/// the proxy does not retry it elsewhere.
+pub const NOT_PROCESSED: &str = "x-cocoon-not-processed";
 /// Response header: the coefficient of the worker that serves the request.
 pub const COEFFICIENT: &str = "x-cocoon-coefficient";
 /// Response header: hex image hash of the worker's attested TEE image.

@@ -198,7 +198,7 @@ pub async fn forward(
             HeaderValue::from(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
         );
         match tokio::time::timeout_at(deadline, attempt(&slot.worker, request)).await {
-            Ok(Attempt::Answered(response)) if !retry_elsewhere(response.status()) => {
+            Ok(Attempt::Answered(response)) if !retry_elsewhere(&response) => {
                 break (slot, response)
             }
             Ok(Attempt::Lost(error)) => {
@@ -246,6 +246,9 @@ pub async fn forward(
     state.stats.record_first_byte(active.started().elapsed());
     let (parts, body) = response.into_parts();
     if !parts.status.is_success() {
+        if parts.status.is_server_error() {
+            slot.worker.record_failure();
+        }
         let bytes = read_error_body(body, deadline).await;
         let error = parse_peer_error(parts.status, &bytes);
         state
@@ -335,10 +338,13 @@ async fn read_error_body(body: Incoming, deadline: Instant) -> Bytes {
         .unwrap_or_default()
 }
 
-/// Whether a worker's answer with `status` means another worker should get the request: the
-/// worker failed (5xx) or is busy (429); nothing of an answer was produced.
-fn retry_elsewhere(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+/// Whether a worker's answer means another worker should get the request: the worker is busy
+/// (429), or failed (5xx) saying its engine never had the request. A 5xx after the engine had it
+/// is not retried: the request may be what broke the engine, and would break the next one too.
+fn retry_elsewhere<B>(response: &Response<B>) -> bool {
+    let status = response.status();
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && response.headers().contains_key(headers::NOT_PROCESSED))
 }
 
 fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {

@@ -20,9 +20,21 @@ pub enum EngineError {
     /// The engine URL is not a valid `http://host:port[/prefix]` URL.
     #[error("engine URL `{0}` is invalid: {1}")]
     BadUrl(String, String),
-    /// The engine could not be reached or failed before answering.
-    #[error("engine at {0} failed: {1}")]
+    /// The engine could not be connected to: the request never reached it.
+    #[error("engine at {0} is unreachable: {1}")]
     Unreachable(String, String),
+    /// The engine had the request and failed before answering (its connection broke): the request
+    /// may be what broke it.
+    #[error("engine at {0} failed while it had the request: {1}")]
+    Failed(String, String),
+}
+
+impl EngineError {
+    /// Whether the engine received the request. One that did not can be sent to another worker;
+    /// one that did may have been broken by the request, which must then go nowhere else.
+    pub fn reached_engine(&self) -> bool {
+        matches!(self, EngineError::Failed(..))
+    }
 }
 
 /// An OpenAI-compatible engine.
@@ -72,10 +84,14 @@ impl Engine {
             Engine::Http { base, client } => {
                 let request = json_request(&format!("{base}{path}"), body)
                     .map_err(|error| EngineError::BadUrl(base.clone(), error.to_string()))?;
-                let response = client
-                    .request(request)
-                    .await
-                    .map_err(|error| EngineError::Unreachable(base.clone(), error_chain(&error)))?;
+                let response = client.request(request).await.map_err(|error| {
+                    let why = error_chain(&error);
+                    if error.is_connect() {
+                        EngineError::Unreachable(base.clone(), why)
+                    } else {
+                        EngineError::Failed(base.clone(), why)
+                    }
+                })?;
                 Ok(response.map(Body::new))
             }
             Engine::InProcess(router) => {
@@ -139,5 +155,29 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("127.0.0.1:9"), "{error}");
+        assert!(!error.reached_engine());
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_breaks_while_it_has_the_request_is_told_apart() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An engine that reads the request and dies without answering.
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = socket.read(&mut buf).await;
+        });
+        let engine = Engine::http(&format!("http://{addr}")).unwrap();
+        let error = engine
+            .post("/v1/completions", Bytes::from("{}"))
+            .await
+            .unwrap_err();
+        assert!(error.reached_engine(), "{error}");
+        assert!(
+            error.to_string().contains("while it had the request"),
+            "{error}"
+        );
     }
 }

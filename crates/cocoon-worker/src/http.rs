@@ -12,11 +12,11 @@ use cocoon_node::attestation::NodeTrust;
 use cocoon_node::reply::{error_response, hold_until_end, openai_error_response, parse_peer_error};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
-use cocoon_proto::headers::{MAX_TOKENS, TIMEOUT_MS};
+use cocoon_proto::headers::{self, MAX_TOKENS, TIMEOUT_MS};
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_COMPLETION_TOKENS_FIELD, MAX_TOKENS_FIELD};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
 use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, WorkerInfo};
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Duration, Instant};
@@ -174,7 +174,16 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
     };
     let response = match timeout_at(deadline, serving.engine.post(path, body.into())).await {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => return fail(ErrorKind::BadGateway, error.to_string()),
+        Ok(Err(error)) => {
+            let mut response = fail(ErrorKind::BadGateway, error.to_string());
+            if !error.reached_engine() {
+                // Nothing of the request reached the engine: the proxy may try another worker.
+                response
+                    .headers_mut()
+                    .insert(headers::NOT_PROCESSED, HeaderValue::from_static("1"));
+            }
+            return response;
+        }
         Err(_) => return engine_timeout(),
     };
     let (parts, body) = response.into_parts();

@@ -144,3 +144,52 @@ async fn a_request_whose_worker_died_holding_it_is_not_retried_on_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An engine on loopback that reads each request and then dies without answering (its connection
+/// closes), as an engine the request crashed would; `requests` counts what it read.
+async fn crashing_engine(requests: Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                if matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_request_that_broke_a_workers_engine_is_not_retried_on_another() {
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let engine = crashing_engine(requests.clone()).await;
+    let (_proxy, proxy) = proxy(&[]);
+    let cheap_args = [
+        "--engine",
+        &engine,
+        "--model",
+        "synthetic",
+        "--coefficient",
+        "500",
+    ];
+    let (_broken, _) = worker(&proxy, &cheap_args);
+    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+
+    // The cheap worker's engine had the request and died: the proxy must not hand it to the
+    // healthy worker (whose engine it might crash too); the app hears the failure.
+    let (status, _, code) = refusal(&api, &chat(2, false)).await;
+    assert_eq!(
+        (status, code),
+        (502, json!("bad_gateway")),
+        "a request that broke an engine must go to no other worker"
+    );
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
