@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
 /// How the client serves apps and which proxies it forwards to.
@@ -65,6 +66,10 @@ pub struct ClientConfig {
     #[arg(long)]
     #[serde(default)]
     pub no_receipt_header: bool,
+    /// Connection cap and timeouts of this node's HTTP surface (the API and its stats).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: HttpLimits,
     /// How this node attests itself and which proxies it accepts.
     #[command(flatten)]
     #[serde(flatten)]

@@ -50,7 +50,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct RunningClient {
     /// The address the API actually listens on (useful with port 0).
     pub local_addr: SocketAddr,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     links: Vec<JoinHandle<()>>,
     shutdown: CancellationToken,
     /// Stops the link tasks; a child of `shutdown`, also cancelled if the server stops by itself.
@@ -85,7 +85,7 @@ impl RunningClient {
             task.await.context("a proxy link task failed")?;
         }
         match served {
-            Ok(result) => result.context("the HTTP server failed"),
+            Ok(()) => Ok(()),
             Err(error) if error.is_cancelled() => Ok(()),
             Err(error) => Err(error).context("the HTTP server task failed"),
         }
@@ -181,9 +181,11 @@ pub async fn start(
         receipt_header: !config.no_receipt_header,
     });
     let app = http::router(api, stats_routes);
-    let graceful = shutdown.clone();
-    let server =
-        tokio::spawn(async move { cocoon_node::serve::serve_http(listener, app, graceful).await });
+    let graceful = shutdown.clone().cancelled_owned();
+    let limits = config.http.clone();
+    let server = tokio::spawn(cocoon_node::serve::serve_http(
+        listener, app, limits, "api", graceful,
+    ));
     tracing::info!(%local_addr, proxies = ?config.proxy, "client API listening");
     Ok(RunningClient {
         local_addr,

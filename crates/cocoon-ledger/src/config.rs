@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use cocoon_serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::AccountId;
@@ -17,7 +18,9 @@ pub const DEFAULT_DATABASE: &str = "cocoon-ledger.sqlite3";
 
 /// Settings of a `cocoon ledger` node.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+// No `deny_unknown_fields`: serde cannot combine it with the flattened limits; `cocoon ledger`'s
+// configuration loader refuses unknown keys itself.
+#[serde(default)]
 pub struct LedgerConfig {
     /// Address the HTTP/JSON API listens on.
     #[arg(long, default_value = DEFAULT_LISTEN)]
@@ -37,6 +40,10 @@ pub struct LedgerConfig {
     /// Initial balance of a new ledger, as ACCOUNT=AMOUNT (nano-units); repeatable.
     #[arg(long = "genesis", value_name = "ACCOUNT=AMOUNT")]
     pub genesis: Vec<GenesisAllocation>,
+    /// Connection cap and timeouts of the HTTP/JSON API.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: HttpLimits,
 }
 
 impl Default for LedgerConfig {
@@ -51,6 +58,7 @@ impl Default for LedgerConfig {
             owner: None,
             registry: None,
             genesis: Vec::new(),
+            http: HttpLimits::default(),
         }
     }
 }

@@ -337,7 +337,7 @@ async fn submit(
 pub struct LedgerHandle {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl LedgerHandle {
@@ -357,7 +357,7 @@ impl LedgerHandle {
             // The server may already have stopped; then there is no one to tell.
             let _ = tx.send(());
         }
-        Ok((&mut self.task).await??)
+        Ok((&mut self.task).await?)
     }
 }
 
@@ -371,14 +371,17 @@ pub async fn spawn(
     let addr = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
     let app = router(ledger);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                // A dropped sender also stops the server.
-                let _ = rx.await;
-            })
-            .await
-    });
+    let stopped = async move {
+        // A dropped sender also stops the server.
+        let _ = rx.await;
+    };
+    let task = tokio::spawn(cocoon_serve::serve_http(
+        listener,
+        app,
+        config.http.clone(),
+        "ledger",
+        stopped,
+    ));
     tracing::info!(%addr, database = %config.database.display(), faucet = config.faucet, "ledger listening");
     Ok(LedgerHandle {
         addr,

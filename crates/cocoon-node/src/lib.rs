@@ -6,20 +6,23 @@
 //! - [`registry`]: the registry read from the ledger and watched; policies that follow it;
 //! - [`reply`]: OpenAI-shaped error responses; [`trailers`]: usage and failures at the end of answers;
 //! - [`wallet`]: the node's sealed wallet key and the wallet peers name in their claims;
-//! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling.
+//! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling;
+//! - [`serve`]: plain-HTTP surfaces and accept loops under limits (the `cocoon-serve` crate,
+//!   which the ledger shares).
 
 #![forbid(unsafe_code)]
 
 pub mod attestation;
-pub mod backoff;
 pub mod link;
 pub mod registry;
 pub mod reply;
-pub mod serve;
 pub mod shutdown;
 pub mod stats;
 pub mod trailers;
 pub mod wallet;
+
+pub use cocoon_serve as serve;
+pub use cocoon_serve::backoff;
 
 /// The HTTP body type used on every surface and link.
 pub type Body = axum::body::Body;

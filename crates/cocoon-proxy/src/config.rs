@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
 /// Everything a proxy needs to route clients' requests to workers.
@@ -68,6 +69,18 @@ pub struct ProxyConfig {
     /// `max_tokens` (the charge is always the actual usage).
     #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
     pub reserve_max_tokens: u64,
+    /// Seconds a worker or client has to finish the RA-TLS handshake on the proxy's ports.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub handshake_timeout_secs: u64,
+    /// Handshakes under way at once on each of the proxy's RA-TLS ports; beyond, a new connection
+    /// takes the place of the oldest unfinished handshake, so a flood of half-open connections
+    /// cannot keep real peers out.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_handshakes: usize,
+    /// Connection cap and timeouts of this node's HTTP surface (stats).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: HttpLimits,
     /// How this proxy attests itself, and the weakest attestation it accepts from peers.
     #[command(flatten)]
     #[serde(flatten)]

@@ -83,9 +83,13 @@ pub async fn start(
     trust.spawn_renewal(shutdown.clone());
     let worker_policy =
         trust.peer_policy(&config.allow_worker_image, &registry, ImageRole::Worker)?;
-    let worker_acceptor = Arc::new(trust.acceptor(&worker_policy)?);
-    let client_acceptor =
-        Arc::new(trust.acceptor(&trust.fixed_peer_policy(&config.allow_client_image)?)?);
+    let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs.max(1));
+    let port = |acceptor: cocoon_ratls::Acceptor| link::Port {
+        acceptor: Arc::new(acceptor.with_handshake_timeout(handshake_timeout)),
+        max_handshakes: config.max_handshakes,
+    };
+    let worker_port = port(trust.acceptor(&worker_policy)?);
+    let client_port = port(trust.acceptor(&trust.fixed_peer_policy(&config.allow_client_image)?)?);
     let models = if config.allow_model.is_empty() {
         registry.derive(|document| admission::AllowedModels::from_registry(&document.models))
     } else {
@@ -126,8 +130,8 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     tasks.spawn(link::accept_workers(
         workers,
+        worker_port,
         link::WorkerAdmission {
-            acceptor: worker_acceptor,
             policy: worker_policy,
             models,
         },
@@ -139,7 +143,7 @@ pub async fn start(
     let clients_drained = drained.clone();
     let client_links = link::accept_clients(
         clients,
-        client_acceptor,
+        client_port,
         http::client_router(forwarding),
         stats.clone(),
         shutdown.clone(),
@@ -165,7 +169,6 @@ pub async fn start(
             "wallet": billing.snapshot(),
         })
     });
-    let stop = drained.clone();
     let router = stats::router(stats, details).layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let unhealthy = (request.uri().path() == "/healthz")
@@ -183,11 +186,13 @@ pub async fn start(
             }
         },
     ));
-    tasks.spawn(async move {
-        if let Err(error) = cocoon_node::serve::serve_http(surface, router, stop).await {
-            tracing::error!(%error, "stats server failed");
-        }
-    });
+    tasks.spawn(cocoon_node::serve::serve_http(
+        surface,
+        router,
+        config.http.clone(),
+        "stats",
+        drained.clone().cancelled_owned(),
+    ));
     tracing::info!(workers = %worker_addr, clients = %client_addr, stats = %stats_addr, %image_hash, "proxy started");
     Ok(RunningProxy {
         worker_addr,

@@ -11,56 +11,94 @@ use cocoon_node::registry::{until_refused, LivePolicy};
 use cocoon_node::stats::NodeStats;
 use cocoon_proto::link::PATH_WORKER_INFO;
 use cocoon_proto::{WorkerInfo, PROTOCOL_VERSION};
-use cocoon_ratls::Acceptor;
+use cocoon_node::serve::{Accepting, Admission, LogThrottle, Slots};
+use cocoon_ratls::{Acceptor, PeerIdentity};
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::AllowedModels;
 use crate::routing::Routing;
 
-/// Accepts connections on `listener` until `shutdown`, handing each to `serve` on its own task; a
-/// failed link is logged as a `peer` link with its address. Returns once every link has ended by
-/// itself or been `cut`.
+/// An RA-TLS port: who may join, and how many may be joining at once.
+pub struct Port {
+    /// Handshakes peers (with its handshake deadline).
+    pub acceptor: Arc<Acceptor>,
+    /// Handshakes under way at once; beyond, the oldest unfinished one is dropped for the newcomer.
+    pub max_handshakes: usize,
+}
+
+/// Accepts connections on `port` until `shutdown`; each runs the RA-TLS handshake (at most
+/// `port.max_handshakes` at once) and then `serve` on its own task. Refused and failed links are
+/// logged as `peer` links at most once per second, with the number of lines held back, so a flood
+/// of refused handshakes cannot flood the log. Returns once every link has ended by itself or
+/// been `cut`.
 async fn accept_links<F, Fut>(
     listener: TcpListener,
+    port: Port,
     peer: &'static str,
     shutdown: CancellationToken,
     cut: CancellationToken,
     serve: F,
 ) where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(server::TlsStream<TcpStream>, PeerIdentity) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let links = TaskTracker::new();
+    let handshakes = Slots::new(port.max_handshakes);
+    let mut accepting = Accepting::new(listener, peer);
+    let failures = Arc::new(LogThrottle::per_second());
+    let serve = Arc::new(serve);
     loop {
         let tcp = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    tracing::warn!(%error, peer, "accepting a connection failed");
-                    continue;
+            tcp = accepting.accept(&handshakes) => tcp,
+        };
+        // No handshake is ever busy, so there is always room: at the cap the oldest makes way.
+        let handshake = match handshakes.admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Evicted(slot) => {
+                if let Some(suppressed) = failures.admit() {
+                    tracing::warn!(peer, suppressed, max_handshakes = handshakes.cap(), "too many handshakes under way; dropped the oldest");
                 }
-            },
+                slot
+            }
+            Admission::Full => continue,
         };
         let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        let link = serve(tcp);
-        let cut = cut.clone();
+        let (acceptor, serve, failures, cut) = (
+            port.acceptor.clone(),
+            serve.clone(),
+            failures.clone(),
+            cut.clone(),
+        );
         links.spawn(async move {
+            let link = async {
+                let (stream, identity) = tokio::select! {
+                    _ = handshake.evicted() => anyhow::bail!("dropped to make room for newer handshakes"),
+                    accepted = acceptor.accept(tcp) => accepted?,
+                };
+                drop(handshake);
+                serve(stream, identity).await
+            };
             tokio::select! {
                 _ = cut.cancelled() => {}
                 result = link => match result {
                     Ok(()) => tracing::info!(%address, peer, "link closed"),
-                    Err(error) => tracing::warn!(%address, peer, error = %format!("{error:#}"), "link refused or lost"),
+                    Err(error) => {
+                        if let Some(suppressed) = failures.admit() {
+                            tracing::warn!(%address, peer, suppressed, error = %format!("{error:#}"), "link refused or lost");
+                        }
+                    }
                 }
             }
         });
     }
     // No new links (the listener closes here); wait for the live ones to end or be cut.
-    drop(listener);
+    drop(accepting);
     links.close();
     links.wait().await;
 }
@@ -69,8 +107,6 @@ async fn accept_links<F, Fut>(
 /// under `policy`, then its model and weights under `models`. Both follow the registry; a worker
 /// that a new version refuses is disconnected.
 pub struct WorkerAdmission {
-    /// Handshakes workers under `policy`.
-    pub acceptor: Arc<Acceptor>,
     /// Which worker images are allowed.
     pub policy: LivePolicy,
     /// Which models and weights are allowed.
@@ -80,6 +116,7 @@ pub struct WorkerAdmission {
 /// Accepts worker links until `shutdown`; keeps them (requests in flight need them) until `cut`.
 pub async fn accept_workers(
     listener: TcpListener,
+    port: Port,
     admission: WorkerAdmission,
     routing: Arc<Routing>,
     stats: Arc<NodeStats>,
@@ -87,20 +124,20 @@ pub async fn accept_workers(
     cut: CancellationToken,
 ) {
     let admission = Arc::new(admission);
-    accept_links(listener, "worker", shutdown, cut, move |tcp| {
+    accept_links(listener, port, "worker", shutdown, cut, move |stream, peer| {
         let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
-        async move { serve_worker(tcp, &admission, &routing, &stats).await }
+        async move { serve_worker(stream, peer, &admission, &routing, &stats).await }
     })
     .await
 }
 
 async fn serve_worker(
-    tcp: TcpStream,
+    stream: server::TlsStream<TcpStream>,
+    peer: PeerIdentity,
     admission: &WorkerAdmission,
     routing: &Routing,
     stats: &Arc<NodeStats>,
 ) -> anyhow::Result<()> {
-    let (stream, peer) = admission.acceptor.accept(tcp).await?;
     let (sender, driver) = link::client_handshake(stream).await?;
     let mut driver = tokio::spawn(driver);
     // The first exchange proves the worker accepted our certificate too.
@@ -175,7 +212,7 @@ async fn serve_worker(
 /// later). Returns when every client link has ended.
 pub async fn accept_clients(
     listener: TcpListener,
-    acceptor: Arc<Acceptor>,
+    port: Port,
     router: Router,
     stats: Arc<NodeStats>,
     shutdown: CancellationToken,
@@ -184,11 +221,10 @@ pub async fn accept_clients(
     let drain = shutdown.clone();
     // Client links end by themselves within `grace` of shutdown; nothing cuts them sooner.
     let never_cut = CancellationToken::new();
-    accept_links(listener, "client", shutdown, never_cut, move |tcp| {
-        let (acceptor, router, stats) = (acceptor.clone(), router.clone(), stats.clone());
+    accept_links(listener, port, "client", shutdown, never_cut, move |stream, peer| {
+        let (router, stats) = (router.clone(), stats.clone());
         let drain = drain.clone();
         async move {
-            let (stream, peer) = acceptor.accept(tcp).await?;
             tracing::info!(image = %peer.image_hash, "client linked");
             let _linked = stats.peer_connected();
             let router = router.layer(Extension(Arc::new(peer)));

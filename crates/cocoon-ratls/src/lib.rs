@@ -26,7 +26,7 @@ pub use error::RatlsError;
 pub use identity::{
     Identity, SharedIdentity, SharedPolicy, CLOCK_SKEW_ALLOWANCE, DEFAULT_VALIDITY,
 };
-pub use link::{Acceptor, Connector, ALPN_H2, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use link::{Acceptor, Connector, ALPN_H2, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use rotation::spawn_rotation;
 
 /// OID arcs of the quote extension.

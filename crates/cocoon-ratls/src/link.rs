@@ -24,8 +24,11 @@ use crate::{PeerIdentity, RatlsError, SharedIdentity, SharedPolicy};
 /// The ALPN protocol spoken over every link.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// Default limit for TCP connect plus TLS handshake.
+/// Default limit for TCP connect plus TLS handshake, when dialing.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit for a handshake on an accepted connection: a peer that has connected needs no
+/// more than a few round trips, and a half-open connection must not hold a port's resources long.
+pub const DEFAULT_ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ring provider restricted to the TLS 1.3 AES-GCM suites.
 fn provider() -> Arc<CryptoProvider> {
@@ -149,11 +152,11 @@ impl Acceptor {
         Ok(Acceptor {
             tls: TlsAcceptor::from(Arc::new(config)),
             check,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: DEFAULT_ACCEPT_TIMEOUT,
         })
     }
 
-    /// Sets the handshake time limit (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    /// Sets the handshake time limit (default [`DEFAULT_ACCEPT_TIMEOUT`]).
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self

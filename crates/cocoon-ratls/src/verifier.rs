@@ -53,11 +53,13 @@ impl PeerCheck {
         }
     }
 
-    /// Verifies `der` at `now`, logging any rejection.
+    /// Verifies `der` at `now`. A rejection is only traced here: it reaches the caller of
+    /// `connect`/`accept` as the handshake's error, and the caller logs it once (rate-limited
+    /// where a port can be flooded).
     pub(crate) fn check(&self, der: &[u8], now: SystemTime) -> Result<PeerIdentity, RatlsError> {
         let result = self.check_inner(der, now);
         if let Err(e) = &result {
-            tracing::warn!(side = self.side, error = %e, "rejected RA-TLS peer certificate");
+            tracing::debug!(side = self.side, error = %e, "rejected RA-TLS peer certificate");
         }
         result
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
 /// Everything a worker needs to serve a model to proxies.
@@ -80,6 +81,10 @@ pub struct WorkerConfig {
     /// Milliseconds between checks of what is claimable.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub claim_interval_ms: u64,
+    /// Connection cap and timeouts of this node's HTTP surface (stats).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub http: HttpLimits,
     /// How this worker attests itself and which proxies it accepts.
     #[command(flatten)]
     #[serde(flatten)]

@@ -137,13 +137,13 @@ pub async fn start(
             "wallet": settlement.snapshot(),
         })
     });
-    let surface = stats::router(stats, details);
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(error) = cocoon_node::serve::serve_http(listener, surface, stop).await {
-            tracing::error!(%error, "stats server failed");
-        }
-    });
+    tasks.spawn(cocoon_node::serve::serve_http(
+        listener,
+        stats::router(stats, details),
+        config.http.clone(),
+        "stats",
+        shutdown.clone().cancelled_owned(),
+    ));
     tracing::info!(
         model = %info.model,
         coefficient = info.coefficient,

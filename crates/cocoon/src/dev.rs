@@ -16,6 +16,7 @@ use cocoon_ledger::{
     AccountId, Hash32, ImageRole, LedgerClient, LedgerConfig, RegistryEdit, SystemClock,
 };
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::serve::HttpLimits;
 use cocoon_proxy::ProxyConfig;
 use cocoon_tee::{AttestationKind, FakeAttester};
 use cocoon_worker::WorkerConfig;
@@ -143,6 +144,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             settle_interval_ms: 2_000,
             withdraw_threshold: 10_000_000_000,
             reserve_max_tokens: 4096,
+            handshake_timeout_secs: 5,
+            max_handshakes: 64,
+            http: HttpLimits::default(),
             attestation: attestation(PROXY_IMAGE),
         },
         shutdown.clone(),
@@ -171,6 +175,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 drain_secs: 30,
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
+                http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
             },
             shutdown.clone(),
@@ -203,6 +208,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             faucet: DEV_FAUCET,
             settle_interval_ms: 1_000,
             no_receipt_header: false,
+            http: HttpLimits::default(),
             attestation: attestation(CLIENT_IMAGE),
         },
         shutdown.clone(),

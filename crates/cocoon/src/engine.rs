@@ -32,6 +32,9 @@ pub struct EmbeddedEngineArgs {
     /// Layers offloaded to the GPU (builds with the `cuda` feature).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub gpu_layers: u32,
+    /// Connection cap and timeouts of the engine's HTTP surface.
+    #[command(flatten)]
+    pub http: cocoon_node::serve::HttpLimits,
 }
 
 /// Loads the model and serves it until Ctrl-C or SIGTERM.
@@ -61,6 +64,7 @@ pub async fn run(args: EmbeddedEngineArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(model = engine.model_name(), hash = engine.model_hash(), listen = %args.listen, "engine serving");
     let shutdown = cocoon_node::shutdown::on_signal();
-    cocoon_node::serve::serve_http(listener, cocoon_infer::router(engine), shutdown).await?;
+    let router = cocoon_infer::router(engine);
+    cocoon_node::serve::serve_http(listener, router, args.http, "engine", shutdown.cancelled_owned()).await;
     Ok(())
 }

@@ -105,6 +105,9 @@ struct SyntheticEngineArgs {
     /// Microseconds between chunks (0: as fast as possible).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     interval_us: u64,
+    /// Connection cap and timeouts of the engine's HTTP surface.
+    #[command(flatten)]
+    http: cocoon_node::serve::HttpLimits,
 }
 
 /// Options every long-running role shares, around the role's own configuration.
@@ -215,7 +218,7 @@ async fn serve_synthetic(args: SyntheticEngineArgs) -> anyhow::Result<()> {
         interval: std::time::Duration::from_micros(args.interval_us),
     });
     let shutdown = cocoon_node::shutdown::on_signal();
-    cocoon_node::serve::serve_http(listener, router, shutdown).await?;
+    cocoon_node::serve::serve_http(listener, router, args.http, "engine", shutdown.cancelled_owned()).await;
     Ok(())
 }
 

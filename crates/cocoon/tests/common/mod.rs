@@ -4,10 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cocoon_tee::FakeAttester;
@@ -27,36 +29,84 @@ pub struct Node {
     role: String,
     /// Whether the test killed it (then its exit is no news).
     killed: bool,
+    /// Its standard error so far, when [`Launch::capture_stderr`] asked for it.
+    stderr: Option<Arc<Mutex<Vec<String>>>>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// How a node is started, beyond its arguments.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Launch {
+    /// RLIMIT_NOFILE (soft and hard) for the process, as a deployment with the common default of
+    /// 1 024 has (set through util-linux's `prlimit`).
+    pub file_limit: Option<u64>,
+    /// Keep its standard error for [`Node::stderr_lines`] instead of passing it through.
+    pub capture_stderr: bool,
 }
 
 impl Node {
     /// Starts `cocoon ARGS…`.
     pub fn start(args: &[String]) -> Node {
-        Node::spawn(args, Stdio::null())
+        Node::spawn(args, Stdio::null(), Launch::default())
+    }
+
+    /// Starts `cocoon ARGS…` as `launch` says.
+    pub fn launch(args: &[String], launch: Launch) -> Node {
+        Node::spawn(args, Stdio::null(), launch)
     }
 
     /// Starts `cocoon ARGS…` with its standard output readable, for commands that report on it.
     pub fn start_with_stdout(args: &[String]) -> (Node, std::process::ChildStdout) {
-        let mut node = Node::spawn(args, Stdio::piped());
+        let mut node = Node::spawn(args, Stdio::piped(), Launch::default());
         let stdout = node.child.stdout.take().expect("piped stdout");
         (node, stdout)
     }
 
-    fn spawn(args: &[String], stdout: Stdio) -> Node {
-        let child = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+    fn spawn(args: &[String], stdout: Stdio, launch: Launch) -> Node {
+        let cocoon = env!("CARGO_BIN_EXE_cocoon");
+        let mut command = match launch.file_limit {
+            // `prlimit` execs the command: the child's pid stays the node's.
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(cocoon);
+                command
+            }
+            None => Command::new(cocoon),
+        };
+        command
             .args(args)
             .env("COCOON_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(stdout)
-            .spawn()
-            .expect("cocoon starts");
+            .stdout(stdout);
+        if launch.capture_stderr {
+            command.stderr(Stdio::piped());
+        }
+        let mut child = command.spawn().expect("cocoon starts");
+        let stderr = child.stderr.take().map(|pipe| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        });
         Node {
             child,
             role: args.first().cloned().unwrap_or_default(),
             killed: false,
+            stderr,
             _dir: None,
         }
+    }
+
+    /// The lines it has written to standard error so far (started with
+    /// [`Launch::capture_stderr`]).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        let lines = self.stderr.as_ref().expect("stderr is captured");
+        lines.lock().unwrap().clone()
     }
 
     /// Starts `cocoon ARGS…`, removing `dir` when the node is dropped.
@@ -203,12 +253,18 @@ pub fn wait_for_port(addr: &str) {
 /// Starts a ledger (faucet on) with its database in `dir` and `extra` flags; returns it and its
 /// base URL.
 pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
-    let (node, url, _) = ledger_with_args(dir, extra);
+    let (node, url, _) = ledger_with_args(dir, extra, Launch::default());
     (node, url)
 }
 
-/// [`ledger`], also returning its command line (to restart it).
-fn ledger_with_args(dir: &Path, extra: &[&str]) -> (Node, String, Vec<String>) {
+/// [`ledger`], started as `launch` says.
+pub fn ledger_launched(dir: &Path, extra: &[&str], launch: Launch) -> (Node, String) {
+    let (node, url, _) = ledger_with_args(dir, extra, launch);
+    (node, url)
+}
+
+/// [`ledger`] started as `launch` says, also returning its command line (to restart it).
+fn ledger_with_args(dir: &Path, extra: &[&str], launch: Launch) -> (Node, String, Vec<String>) {
     let listen = free_addr();
     let owner = "11".repeat(32);
     let args = strings(&[
@@ -220,7 +276,7 @@ fn ledger_with_args(dir: &Path, extra: &[&str]) -> (Node, String, Vec<String>) {
         "--faucet",
     ]);
     let args = with_defaults(args, &[("--owner", &owner)], extra);
-    let node = Node::start(&args);
+    let node = Node::launch(&args, launch);
     wait_for_port(&listen);
     (node, format!("http://{listen}"), args)
 }
@@ -252,7 +308,7 @@ pub fn proxy_on_ledger(ledger_extra: &[&str], extra: &[&str]) -> (Node, ProxyAdd
 /// proxy on it, which the caller starts (`Node::start(&proxy_args(&addrs, extra))`).
 pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let (ledger_node, ledger_url, ledger_args) = ledger_with_args(ledger_dir.path(), ledger_extra);
+    let (ledger_node, ledger_url, ledger_args) = ledger_with_args(ledger_dir.path(), ledger_extra, Launch::default());
     let dir = tempfile::tempdir().unwrap();
     ProxyAddrs {
         workers: free_addr(),
@@ -329,6 +385,16 @@ pub fn client(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
 /// Starts a client settling on `ledger` that uses `proxy`, or the proxies the registry lists when
 /// `None`.
 pub fn client_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
+    client_launched(ledger, proxy, extra, Launch::default())
+}
+
+/// [`client_on`], started as `launch` says.
+pub fn client_launched(
+    ledger: &str,
+    proxy: Option<&str>,
+    extra: &[&str],
+    launch: Launch,
+) -> (Node, String) {
     let listen = free_addr();
     let dir = tempfile::tempdir().unwrap();
     let mut args = strings(&["client", "--listen", &listen, "--ledger", ledger]);
@@ -346,7 +412,9 @@ pub fn client_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, St
         ],
         extra,
     );
-    (Node::start_owning(&args, dir), format!("http://{listen}"))
+    let mut node = Node::launch(&args, launch);
+    node._dir = Some(dir);
+    (node, format!("http://{listen}"))
 }
 
 /// Runs `cocoon ARGS…` to completion; returns whether it succeeded, its stdout and its stderr.

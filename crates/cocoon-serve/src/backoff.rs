@@ -1,5 +1,5 @@
-//! Exponential reconnect backoff with jitter, so that many nodes losing the same peer do not
-//! reconnect in lockstep.
+//! Exponential backoff with jitter (reconnects, accept failures), so that many nodes losing the
+//! same peer do not reconnect in lockstep.
 
 use std::time::Duration;
 
