@@ -44,7 +44,6 @@ pub async fn serve_http(
     let slots = Slots::new(limits.connection_cap(file_limit()));
     tracing::debug!(surface, max_connections = slots.cap(), "serving HTTP");
     let mut accepting = Accepting::new(listener, surface);
-    let warnings = LogThrottle::per_second();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -57,7 +56,8 @@ pub async fn serve_http(
         limits,
         name: surface,
         max_connections: slots.cap(),
-        warnings,
+        full: LogThrottle::per_second(),
+        stalled: LogThrottle::per_second(),
     });
     let connections = TaskTracker::new();
     let drain = CancellationToken::new();
@@ -99,12 +99,15 @@ struct Surface {
     limits: HttpLimits,
     name: &'static str,
     max_connections: usize,
-    warnings: LogThrottle,
+    /// Warnings that the connection cap was hit.
+    full: LogThrottle,
+    /// Warnings that a request body stopped arriving.
+    stalled: LogThrottle,
 }
 
 impl Surface {
     fn warn_limit(&self, what: &'static str) {
-        if let Some(suppressed) = self.warnings.admit() {
+        if let Some(suppressed) = self.full.admit() {
             tracing::warn!(
                 surface = self.name,
                 suppressed,
@@ -182,7 +185,7 @@ impl Surface {
         });
         let mut response = self.router.clone().oneshot(request).await?;
         if timed_out.load(Ordering::Relaxed) {
-            if let Some(suppressed) = self.warnings.admit() {
+            if let Some(suppressed) = self.stalled.admit() {
                 tracing::warn!(surface = self.name, suppressed, timeout = ?body_timeout, "a request body stopped arriving; answered 408");
             }
             *response.status_mut() = StatusCode::REQUEST_TIMEOUT;

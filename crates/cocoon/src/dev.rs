@@ -112,6 +112,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             owner: Some(owner),
             registry: None,
             genesis: Vec::new(),
+            http: HttpLimits::default(),
         },
         Arc::new(SystemClock),
     )
