@@ -45,25 +45,23 @@ fn raise_own_file_limit() {
     }
 }
 
-/// Opens `FLOOD` connections to `addr`: most send nothing, every tenth sends `partial` (the start
-/// of a request or handshake) and stops. They stay open until dropped.
+/// Opens `FLOOD` connections to `addr`, one after the other as a simple attacker would: most send
+/// nothing, every tenth sends `partial` (the start of a request or handshake) and stops. They stay
+/// open until dropped.
 async fn flood(addr: &str, partial: &'static [u8]) -> Vec<TcpStream> {
-    let connects = (0..FLOOD).map(|index| async move {
+    let mut connections = Vec::with_capacity(FLOOD);
+    for index in 0..FLOOD {
         // A port whose backlog is full drops SYNs; what cannot connect soon is not part of it.
-        let mut tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
-        if index % 10 == 0 {
-            tcp.write_all(partial).await.ok()?;
+        let Ok(Ok(mut tcp)) =
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await
+        else {
+            break;
+        };
+        if index % 10 == 0 && tcp.write_all(partial).await.is_err() {
+            continue;
         }
-        Some(tcp)
-    });
-    let connections: Vec<TcpStream> = futures::future::join_all(connects)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+        connections.push(tcp);
+    }
     assert!(
         connections.len() > FILE_LIMIT as usize,
         "only {} flood connections opened",
@@ -205,9 +203,9 @@ async fn a_flood_of_half_open_handshakes_does_not_keep_a_client_off_the_proxy() 
     let warnings = warnings(&proxy_node);
     assert!(
         warnings.len() <= 2 * seconds,
-        "{} warnings in {seconds} s under a flood of {FLOOD} connections:\n{}",
+        "{} warnings in {seconds} s under a flood of {FLOOD} connections, the first: {:?}",
         warnings.len(),
-        warnings.join("\n")
+        &warnings[..warnings.len().min(5)]
     );
 }
 
@@ -239,8 +237,8 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     while !warnings(&proxy_node).iter().any(counted) {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "no line counts the refusals held back: {:?}",
-            warnings(&proxy_node)
+            "no line counts the refusals held back; the first lines: {:?}",
+            &warnings(&proxy_node)[..warnings(&proxy_node).len().min(5)]
         );
         intrude(&intruder, &proxy.clients).await;
         refused += 1;
@@ -249,12 +247,13 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     let warnings = warnings(&proxy_node);
     assert!(
         warnings.iter().all(|line| !line.contains("rejected RA-TLS peer certificate")),
-        "a refusal is logged once, by the port: {warnings:?}"
+        "a refusal is logged once, by the port: {:?}",
+        &warnings[..warnings.len().min(5)]
     );
     assert!(
         warnings.len() <= seconds + 2,
-        "{} warnings for {refused} refusals in {seconds} s:\n{}",
+        "{} warnings for {refused} refusals in {seconds} s, the first: {:?}",
         warnings.len(),
-        warnings.join("\n")
+        &warnings[..warnings.len().min(5)]
     );
 }
