@@ -8,10 +8,10 @@ use std::time::Duration;
 use axum::{Extension, Router};
 use cocoon_node::link::{self, get_json};
 use cocoon_node::registry::{until_refused, LivePolicy};
+use cocoon_node::serve::{Accepting, Admission, LogThrottle, Slots};
 use cocoon_node::stats::NodeStats;
 use cocoon_proto::link::PATH_WORKER_INFO;
 use cocoon_proto::{WorkerInfo, PROTOCOL_VERSION};
-use cocoon_node::serve::{Accepting, Admission, LogThrottle, Slots};
 use cocoon_ratls::{Acceptor, PeerIdentity};
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -62,7 +62,12 @@ async fn accept_links<F, Fut>(
             Admission::Admitted(slot) => slot,
             Admission::Evicted(slot) => {
                 if let Some(suppressed) = failures.admit() {
-                    tracing::warn!(peer, suppressed, max_handshakes = handshakes.cap(), "too many handshakes under way; dropped the oldest");
+                    tracing::warn!(
+                        peer,
+                        suppressed,
+                        max_handshakes = handshakes.cap(),
+                        "too many handshakes under way; dropped the oldest"
+                    );
                 }
                 slot
             }
@@ -124,10 +129,17 @@ pub async fn accept_workers(
     cut: CancellationToken,
 ) {
     let admission = Arc::new(admission);
-    accept_links(listener, port, "worker", shutdown, cut, move |stream, peer| {
-        let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
-        async move { serve_worker(stream, peer, &admission, &routing, &stats).await }
-    })
+    accept_links(
+        listener,
+        port,
+        "worker",
+        shutdown,
+        cut,
+        move |stream, peer| {
+            let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
+            async move { serve_worker(stream, peer, &admission, &routing, &stats).await }
+        },
+    )
     .await
 }
 
@@ -221,16 +233,23 @@ pub async fn accept_clients(
     let drain = shutdown.clone();
     // Client links end by themselves within `grace` of shutdown; nothing cuts them sooner.
     let never_cut = CancellationToken::new();
-    accept_links(listener, port, "client", shutdown, never_cut, move |stream, peer| {
-        let (router, stats) = (router.clone(), stats.clone());
-        let drain = drain.clone();
-        async move {
-            tracing::info!(image = %peer.image_hash, "client linked");
-            let _linked = stats.peer_connected();
-            let router = router.layer(Extension(Arc::new(peer)));
-            link::serve(stream, router, &drain, grace).await?;
-            Ok(())
-        }
-    })
+    accept_links(
+        listener,
+        port,
+        "client",
+        shutdown,
+        never_cut,
+        move |stream, peer| {
+            let (router, stats) = (router.clone(), stats.clone());
+            let drain = drain.clone();
+            async move {
+                tracing::info!(image = %peer.image_hash, "client linked");
+                let _linked = stats.peer_connected();
+                let router = router.layer(Extension(Arc::new(peer)));
+                link::serve(stream, router, &drain, grace).await?;
+                Ok(())
+            }
+        },
+    )
     .await
 }

@@ -174,14 +174,12 @@ impl Surface {
         let noticed = timed_out.clone();
         let body_timeout = self.limits.body_timeout();
         let request = request.map(|body| {
-            Body::new(
-                TimeoutBody::new(body_timeout, body).map_err(move |error| {
-                    if error.is::<TimeoutError>() {
-                        noticed.store(true, Ordering::Relaxed);
-                    }
-                    error
-                }),
-            )
+            Body::new(TimeoutBody::new(body_timeout, body).map_err(move |error| {
+                if error.is::<TimeoutError>() {
+                    noticed.store(true, Ordering::Relaxed);
+                }
+                error
+            }))
         });
         let mut response = self.router.clone().oneshot(request).await?;
         if timed_out.load(Ordering::Relaxed) {

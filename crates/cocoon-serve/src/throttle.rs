@@ -40,7 +40,10 @@ impl LogThrottle {
     pub fn admit_at(&self, now: Instant) -> Option<u64> {
         // A poisoned lock only means another thread panicked while counting; the count is
         // still usable.
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let due = state
             .last
             .is_none_or(|last| now.saturating_duration_since(last) >= self.every);

@@ -150,5 +150,8 @@ async fn connections_that_send_nothing_are_closed_after_the_header_timeout() {
     assert!(closed(&mut silent).await);
     let mut kept_alive = TcpStream::connect(&addr).await.unwrap();
     assert_eq!(get_status(&mut kept_alive, "/").await, "HTTP/1.1 200 OK");
-    assert!(closed(&mut kept_alive).await, "an idle keep-alive connection is closed too");
+    assert!(
+        closed(&mut kept_alive).await,
+        "an idle keep-alive connection is closed too"
+    );
 }

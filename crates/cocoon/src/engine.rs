@@ -65,6 +65,13 @@ pub async fn run(args: EmbeddedEngineArgs) -> anyhow::Result<()> {
     tracing::info!(model = engine.model_name(), hash = engine.model_hash(), listen = %args.listen, "engine serving");
     let shutdown = cocoon_node::shutdown::on_signal();
     let router = cocoon_infer::router(engine);
-    cocoon_node::serve::serve_http(listener, router, args.http, "engine", shutdown.cancelled_owned()).await;
+    cocoon_node::serve::serve_http(
+        listener,
+        router,
+        args.http,
+        "engine",
+        shutdown.cancelled_owned(),
+    )
+    .await;
     Ok(())
 }

@@ -218,7 +218,14 @@ async fn serve_synthetic(args: SyntheticEngineArgs) -> anyhow::Result<()> {
         interval: std::time::Duration::from_micros(args.interval_us),
     });
     let shutdown = cocoon_node::shutdown::on_signal();
-    cocoon_node::serve::serve_http(listener, router, args.http, "engine", shutdown.cancelled_owned()).await;
+    cocoon_node::serve::serve_http(
+        listener,
+        router,
+        args.http,
+        "engine",
+        shutdown.cancelled_owned(),
+    )
+    .await;
     Ok(())
 }
 

@@ -40,7 +40,10 @@ fn raise_own_file_limit() {
     let mut limit = getrlimit(Resource::Nofile);
     let wanted = (3 * FLOOD) as u64;
     if limit.current.is_some_and(|current| current < wanted) {
-        limit.current = limit.maximum.map(|max| max.min(4 * wanted)).or(Some(4 * wanted));
+        limit.current = limit
+            .maximum
+            .map(|max| max.min(4 * wanted))
+            .or(Some(4 * wanted));
         setrlimit(Resource::Nofile, limit).expect("the test can raise its own file limit");
     }
 }
@@ -186,7 +189,11 @@ async fn a_flood_of_half_open_handshakes_does_not_keep_a_client_off_the_proxy() 
     wait_for_port(&proxy.clients);
     let started = Instant::now();
     // The start of a TLS ClientHello, never finished.
-    let _flood = flood(&proxy.clients, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").await;
+    let _flood = flood(
+        &proxy.clients,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    )
+    .await;
 
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 1).await;
@@ -221,7 +228,9 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     let identity = Identity::generate(&NoneAttester, "client", BTreeMap::new(), DEFAULT_VALIDITY)
         .unwrap()
         .into_shared();
-    let policy = Arc::new(ArcSwap::from_pointee(Policy::any_image(AttestationKind::Fake)));
+    let policy = Arc::new(ArcSwap::from_pointee(Policy::any_image(
+        AttestationKind::Fake,
+    )));
     let intruder = Connector::new(identity, policy, Arc::new(Verifier::new())).unwrap();
 
     let started = Instant::now();
@@ -246,7 +255,9 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     let seconds = started.elapsed().as_secs() as usize + 1;
     let warnings = warnings(&proxy_node);
     assert!(
-        warnings.iter().all(|line| !line.contains("rejected RA-TLS peer certificate")),
+        warnings
+            .iter()
+            .all(|line| !line.contains("rejected RA-TLS peer certificate")),
         "a refusal is logged once, by the port: {:?}",
         &warnings[..warnings.len().min(5)]
     );
