@@ -1,6 +1,7 @@
 //! `cocoon embedded-engine`: the embedded llama.cpp engine served on its own as an OpenAI-compatible
 //! HTTP server — the same engine a worker embeds, reachable directly (for `cocoon bench engine`'s
-//! baseline, or as a plain local inference server).
+//! baseline, or as a plain local inference server). [`serve_until_signal`] serves any engine's
+//! router, the synthetic one's too.
 
 use std::path::PathBuf;
 
@@ -59,16 +60,24 @@ pub async fn run(args: EmbeddedEngineArgs) -> anyhow::Result<()> {
     let engine = tokio::task::spawn_blocking(move || cocoon_infer::Engine::load(config))
         .await?
         .context("loading the model")?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(model = engine.model_name(), hash = engine.model_hash(), listen = %args.listen, "engine serving");
+    serve_until_signal(&args.listen, cocoon_infer::router(engine), args.http).await
+}
+
+/// Serves an engine's `router` on `listen` under `limits` until Ctrl-C or SIGTERM.
+pub async fn serve_until_signal(
+    listen: &str,
+    router: axum::Router,
+    limits: cocoon_node::serve::HttpLimits,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     let shutdown = cocoon_node::shutdown::on_signal();
-    let router = cocoon_infer::router(engine);
     cocoon_node::serve::serve_http(
         listener,
         router,
-        args.http,
+        limits,
         "engine",
         shutdown.cancelled_owned(),
     )

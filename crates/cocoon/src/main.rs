@@ -210,23 +210,11 @@ where
 
 async fn serve_synthetic(args: SyntheticEngineArgs) -> anyhow::Result<()> {
     use cocoon_worker::synthetic::{router, SyntheticParams};
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     let router = router(SyntheticParams {
         chunk_bytes: args.chunk_bytes,
         interval: std::time::Duration::from_micros(args.interval_us),
     });
-    let shutdown = cocoon_node::shutdown::on_signal();
-    cocoon_node::serve::serve_http(
-        listener,
-        router,
-        args.http,
-        "engine",
-        shutdown.cancelled_owned(),
-    )
-    .await;
-    Ok(())
+    engine::serve_until_signal(&args.listen, router, args.http).await
 }
 
 fn init_logging() {
