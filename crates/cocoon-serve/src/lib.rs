@@ -10,6 +10,8 @@
 //!
 //! The ledger serves through this crate too, which is why it stands apart from `cocoon-node`.
 
+#![forbid(unsafe_code)]
+
 mod accept;
 pub mod backoff;
 mod http;

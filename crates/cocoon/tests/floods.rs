@@ -181,10 +181,9 @@ async fn intrude(intruder: &Connector, addr: &str) {
 async fn a_flood_of_half_open_handshakes_does_not_keep_a_client_off_the_proxy() {
     raise_own_file_limit();
     let (proxy_node, proxy) = proxy_launched(Launch {
-            capture_stderr: true,
-            ..limited()
-        },
-    );
+        capture_stderr: true,
+        ..limited()
+    });
     let (_worker, _) = worker(&proxy, &[]);
     wait_for_port(&proxy.clients);
     let started = Instant::now();
@@ -219,10 +218,9 @@ async fn a_flood_of_half_open_handshakes_does_not_keep_a_client_off_the_proxy() 
 #[tokio::test]
 async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     let (proxy_node, proxy) = proxy_launched(Launch {
-            capture_stderr: true,
-            ..Launch::default()
-        },
-    );
+        capture_stderr: true,
+        ..Launch::default()
+    });
     wait_for_port(&proxy.clients);
     // An intruder with no attestation: the proxy requires at least `fake`.
     let identity = Identity::generate(&NoneAttester, "client", BTreeMap::new(), DEFAULT_VALIDITY)

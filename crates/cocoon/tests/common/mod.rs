@@ -68,7 +68,10 @@ impl Node {
             // `prlimit` execs the command: the child's pid stays the node's.
             Some(limit) => {
                 let mut command = Command::new("prlimit");
-                command.arg(format!("--nofile={limit}:{limit}")).arg("--").arg(cocoon);
+                command
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(cocoon);
                 command
             }
             None => Command::new(cocoon),
@@ -308,7 +311,8 @@ pub fn proxy_on_ledger(ledger_extra: &[&str], extra: &[&str]) -> (Node, ProxyAdd
 /// proxy on it, which the caller starts (`Node::start(&proxy_args(&addrs, extra))`).
 pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let (ledger_node, ledger_url, ledger_args) = ledger_with_args(ledger_dir.path(), ledger_extra, Launch::default());
+    let (ledger_node, ledger_url, ledger_args) =
+        ledger_with_args(ledger_dir.path(), ledger_extra, Launch::default());
     let dir = tempfile::tempdir().unwrap();
     ProxyAddrs {
         workers: free_addr(),
