@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use cocoon_ratls::{Connector, Identity, DEFAULT_VALIDITY};
 use cocoon_tee::{AttestationKind, NoneAttester, Policy, Verifier};
 use common::*;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -133,17 +132,10 @@ async fn a_flood_of_idle_and_half_sent_connections_does_not_starve_the_client_ap
     let addr = api.trim_start_matches("http://").to_owned();
     let _flood = flood(&addr, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").await;
 
-    let chat = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3});
-    let answer = tokio::time::timeout(
-        REAL_REQUEST_DEADLINE,
-        http()
-            .post(format!("{api}/v1/chat/completions"))
-            .json(&chat)
-            .send(),
-    )
-    .await
-    .expect("a request was starved by idle connections")
-    .unwrap();
+    let answer = tokio::time::timeout(REAL_REQUEST_DEADLINE, post_chat(&api, &chat(3, false)))
+        .await
+        .expect("a request was starved by idle connections")
+        .unwrap();
     assert_eq!(answer.status(), 200);
     assert_a_stalled_body_is_answered_408(&addr, "/v1/chat/completions").await;
 }
@@ -196,12 +188,7 @@ async fn a_flood_of_half_open_handshakes_does_not_keep_a_client_off_the_proxy() 
 
     let (_client, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 1).await;
-    let answer = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
-        .send()
-        .await
-        .unwrap();
+    let answer = post_chat(&api, &chat(3, false)).await.unwrap();
     assert_eq!(answer.status(), 200);
     // Running out of descriptors, dropping handshakes and refusing links were each logged at most
     // once a second, not once per connection.
