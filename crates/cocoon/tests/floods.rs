@@ -118,6 +118,25 @@ async fn a_flood_of_idle_and_half_sent_connections_does_not_starve_the_ledger() 
 }
 
 #[tokio::test]
+async fn a_ledger_out_of_descriptors_closes_idle_connections_and_keeps_serving() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    // A cap above the file limit: only surviving EMFILE can keep the ledger serving.
+    let (_ledger, url) = ledger_launched(dir.path(), &["--max-connections", "4096"], limited());
+    let addr = url.trim_start_matches("http://").to_owned();
+    let _flood = flood(&addr, b"GET /v1/stats HTTP/1.1\r\nHost: x\r\n").await;
+
+    let read = tokio::time::timeout(
+        REAL_REQUEST_DEADLINE,
+        http().get(format!("{url}/v1/stats")).send(),
+    )
+    .await
+    .expect("a ledger out of descriptors stopped serving")
+    .unwrap();
+    assert_eq!(read.status(), 200);
+}
+
+#[tokio::test]
 async fn a_flood_of_idle_and_half_sent_connections_does_not_starve_the_client_api() {
     raise_own_file_limit();
     let (_proxy, proxy) = proxy(&[]);
