@@ -73,8 +73,8 @@ pub struct ProxyConfig {
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub handshake_timeout_secs: u64,
     /// Handshakes under way at once on each of the proxy's RA-TLS ports; beyond, a new connection
-    /// takes the place of the oldest unfinished handshake, so a flood of half-open connections
-    /// cannot keep real peers out.
+    /// takes the place of the oldest unfinished handshake (if it has had a second), so a flood of
+    /// half-open connections cannot keep real peers out; otherwise the new one is refused.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_handshakes: usize,
     /// Connection cap and timeouts of this node's HTTP surface (stats).

@@ -27,9 +27,16 @@ use crate::routing::Routing;
 pub struct Port {
     /// Handshakes peers (with its handshake deadline).
     pub acceptor: Arc<Acceptor>,
-    /// Handshakes under way at once; beyond, the oldest unfinished one is dropped for the newcomer.
+    /// Handshakes under way at once; beyond, the oldest unfinished one is dropped for the
+    /// newcomer if it has had [`HANDSHAKE_GRACE`], else the newcomer is refused.
     pub max_handshakes: usize,
 }
+
+/// How long a handshake is safe from being dropped for a newcomer: enough for a real peer across
+/// the world, while half-open connections soon make way. A crowd of real peers arriving at once
+/// (a proxy restarting under 1 000 workers) is then refused at the door and retries, instead of
+/// cutting each other's handshakes short.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts connections on `port` until `shutdown`; each runs the RA-TLS handshake (at most
 /// `port.max_handshakes` at once) and then `serve` on its own task. Refused and failed links are
@@ -48,7 +55,7 @@ async fn accept_links<F, Fut>(
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let links = TaskTracker::new();
-    let handshakes = Slots::new(port.max_handshakes);
+    let handshakes = Slots::sparing(port.max_handshakes, HANDSHAKE_GRACE);
     let mut accepting = Accepting::new(listener, peer);
     let failures = Arc::new(LogThrottle::per_second());
     let serve = Arc::new(serve);
@@ -57,7 +64,7 @@ async fn accept_links<F, Fut>(
             _ = shutdown.cancelled() => break,
             tcp = accepting.accept(&handshakes) => tcp,
         };
-        // No handshake is ever busy, so there is always room: at the cap the oldest makes way.
+        // At the cap the oldest handshake past its grace makes way, or the newcomer is refused.
         let handshake = match handshakes.admit() {
             Admission::Admitted(slot) => slot,
             Admission::Evicted(slot) => {
@@ -71,7 +78,17 @@ async fn accept_links<F, Fut>(
                 }
                 slot
             }
-            Admission::Full => continue,
+            Admission::Full => {
+                if let Some(suppressed) = failures.admit() {
+                    tracing::warn!(
+                        peer,
+                        suppressed,
+                        max_handshakes = handshakes.cap(),
+                        "too many handshakes under way; refused a new connection"
+                    );
+                }
+                continue;
+            }
         };
         let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
         let (acceptor, serve, failures, cut) = (

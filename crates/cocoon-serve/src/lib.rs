@@ -4,7 +4,8 @@
 //!   cap, header, idle and body-read timeouts;
 //! - [`Accepting`]: an accept loop that survives running out of file descriptors;
 //! - [`Slots`]: a cap on connections in some state (open, handshaking) that makes room by
-//!   closing the longest-idle one, so a flood of idle connections cannot starve a live one;
+//!   closing the longest-idle one (optionally sparing the young), so a flood of idle connections
+//!   cannot starve a live one;
 //! - [`LogThrottle`]: at most one warning per interval, counting the ones it held back;
 //! - [`backoff`]: jittered exponential delays.
 //!

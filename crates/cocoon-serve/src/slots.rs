@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -20,6 +20,8 @@ const EVICTED: usize = usize::MAX / 2;
 #[derive(Debug)]
 pub struct Slots {
     cap: usize,
+    /// How long an occupant is spared after it arrived or last finished a request.
+    grace: Duration,
     next_id: AtomicU64,
     /// Occupants by arrival: the first idle one in this order is the longest-standing.
     occupants: Mutex<BTreeMap<u64, Arc<Occupant>>>,
@@ -59,10 +61,19 @@ pub struct Slot {
 pub struct Busy(Arc<Occupant>);
 
 impl Slots {
-    /// Room for `cap` occupants (at least one).
+    /// Room for `cap` occupants (at least one); any idle occupant may be evicted.
     pub fn new(cap: usize) -> Arc<Self> {
+        Slots::sparing(cap, Duration::ZERO)
+    }
+
+    /// Room for `cap` occupants (at least one), sparing each from eviction for `grace` after it
+    /// arrived or went idle: a newcomer finding only younger occupants is refused instead. For
+    /// places held while work is under way (a handshake), so that a crowd of newcomers cannot cut
+    /// every one of them short.
+    pub fn sparing(cap: usize, grace: Duration) -> Arc<Self> {
         Arc::new(Slots {
             cap: cap.max(1),
+            grace,
             next_id: AtomicU64::new(0),
             occupants: Mutex::new(BTreeMap::new()),
         })
@@ -87,7 +98,7 @@ impl Slots {
     pub fn admit(self: &Arc<Self>) -> Admission {
         let mut occupants = self.occupants();
         let evicted = occupants.len() >= self.cap;
-        if evicted && !evict_longest_idle(&mut occupants) {
+        if evicted && !self.evict_longest_idle(&mut occupants) {
             return Admission::Full;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -113,7 +124,31 @@ impl Slots {
     /// Evicts the longest-idle occupant, if any is idle (to free a file descriptor when the
     /// process has run out). Returns whether one was.
     pub fn evict_idle(&self) -> bool {
-        evict_longest_idle(&mut self.occupants())
+        self.evict_longest_idle(&mut self.occupants())
+    }
+
+    /// Evicts the first occupant, in arrival order, with no request in flight for at least the
+    /// grace period.
+    fn evict_longest_idle(&self, occupants: &mut BTreeMap<u64, Arc<Occupant>>) -> bool {
+        let now = Instant::now();
+        let idle = occupants.iter().find_map(|(&id, occupant)| {
+            let spared = now.saturating_duration_since(*lock(&occupant.idle_since)) < self.grace;
+            // Claiming it atomically: a request that starts meanwhile finds it evicted, never the
+            // other way round.
+            let claimed = !spared
+                && occupant
+                    .in_flight
+                    .compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            claimed.then_some(id)
+        });
+        match idle.and_then(|id| occupants.remove(&id)) {
+            Some(occupant) => {
+                occupant.evicted.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     fn occupants(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<Occupant>>> {
@@ -121,26 +156,6 @@ impl Slots {
         self.occupants
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Evicts the first occupant, in arrival order, with no request in flight.
-fn evict_longest_idle(occupants: &mut BTreeMap<u64, Arc<Occupant>>) -> bool {
-    let idle = occupants.iter().find_map(|(&id, occupant)| {
-        // Claiming it atomically: a request that starts meanwhile finds it evicted, never the
-        // other way round.
-        occupant
-            .in_flight
-            .compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-            .then_some(id)
-    });
-    match idle.and_then(|id| occupants.remove(&id)) {
-        Some(occupant) => {
-            occupant.evicted.cancel();
-            true
-        }
-        None => false,
     }
 }
 
@@ -247,6 +262,15 @@ mod tests {
         let _other_request = third.busy();
         assert!(matches!(slots.admit(), Admission::Full));
         assert!(!slots.evict_idle());
+    }
+
+    #[test]
+    fn occupants_within_their_grace_are_spared_and_the_newcomer_refused() {
+        let slots = Slots::sparing(1, Duration::from_secs(3600));
+        let only = admitted(slots.admit());
+        assert!(matches!(slots.admit(), Admission::Full));
+        assert!(!slots.evict_idle());
+        assert!(!is_evicted(&only));
     }
 
     #[test]
