@@ -14,6 +14,8 @@ use crate::settlement::{Settlement, SettlementError};
 use crate::store::{LogEntry, Receipt};
 use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
 
+/// How long an idle pooled connection to the ledger is kept (below the server's 10 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one HTTP request to the ledger may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -90,6 +92,9 @@ impl LedgerClient {
     fn build(base_url: &str, key: Option<SigningKey>) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            // Servers close keep-alive connections idle for 10 s (header-read timeout); dropping
+            // ours sooner means no request is ever sent on a connection the ledger is closing.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()?;
         Ok(Self {
             http,
