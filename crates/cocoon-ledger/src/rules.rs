@@ -19,6 +19,10 @@ use crate::registry::{Amount, Registry};
 use crate::transaction::{Transaction, TransactionBody};
 use crate::voucher::{SignedVoucher, VoucherKind};
 
+/// The most one faucet transaction mints (1000 coins): plenty for any development node, and far
+/// from the supply limit, so nobody drains a development faucet with one transaction.
+pub const MAX_FAUCET_GRANT: Amount = 1_000_000_000_000;
+
 /// What the environment supplies to a transaction: the time and the faucet switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
@@ -236,11 +240,20 @@ pub enum RuleError {
     /// The faucet is off on this ledger.
     #[error("the faucet is disabled on this ledger")]
     FaucetDisabled,
+    /// One faucet grant is capped at [`MAX_FAUCET_GRANT`].
+    #[error("a faucet grant is at most {max}, {got} asked")]
+    FaucetGrantTooLarge {
+        /// The cap.
+        max: Amount,
+        /// What was asked for.
+        got: Amount,
+    },
     /// Minting would take the total supply past the 64-bit limit.
     #[error("total supply would overflow")]
     SupplyOverflow,
-    /// A key given in the transaction is not a valid Ed25519 public key.
-    #[error("not a valid Ed25519 public key")]
+    /// A key given in the transaction is not a valid Ed25519 public key, or is a weak
+    /// (small-order) one that anybody could sign for.
+    #[error("not a valid, non-weak Ed25519 public key")]
     InvalidKey,
     /// The signer already has an open (or closing) proxy contract.
     #[error("proxy contract already exists")]
@@ -367,6 +380,12 @@ pub enum RuleError {
     },
 }
 
+/// Money may only go to a key that can sign for it: a valid, non-weak Ed25519 key. (A weak key's
+/// "signatures" need no secret, so its money would be anybody's.)
+fn usable_key(id: &AccountId) -> Result<(), RuleError> {
+    id.verifying_key().map(drop).map_err(|_| RuleError::InvalidKey)
+}
+
 /// One persisted entity of the ledger state; the store writes those a transaction touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EntityKey {
@@ -431,6 +450,7 @@ impl LedgerState {
             touched: BTreeSet::new(),
         };
         for &(id, amount) in allocations {
+            usable_key(&id)?;
             state.supply = state
                 .supply
                 .checked_add(amount)
@@ -722,6 +742,12 @@ impl LedgerState {
         if amount == 0 {
             return Err(RuleError::ZeroAmount);
         }
+        if amount > MAX_FAUCET_GRANT {
+            return Err(RuleError::FaucetGrantTooLarge {
+                max: MAX_FAUCET_GRANT,
+                got: amount,
+            });
+        }
         let supply = self
             .supply
             .checked_add(amount)
@@ -738,6 +764,7 @@ impl LedgerState {
         to: AccountId,
         amount: Amount,
     ) -> Result<Outcome, RuleError> {
+        usable_key(&to)?;
         Self::require_funds(self.balance_of(&signer), amount)?;
         self.account_mut(signer).balance -= amount;
         self.account_mut(to).balance += amount;
@@ -757,9 +784,7 @@ impl LedgerState {
         {
             return Err(RuleError::ProxyExists);
         }
-        voucher_key
-            .verifying_key()
-            .map_err(|_| RuleError::InvalidKey)?;
+        usable_key(&voucher_key)?;
         let min = self.registry.min_proxy_stake;
         if stake < min {
             return Err(RuleError::StakeTooLow { min, got: stake });
@@ -951,6 +976,7 @@ impl LedgerState {
     fn claim(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
         self.verified_voucher(voucher, VoucherKind::WorkerPay)?;
         let v = voucher.voucher;
+        usable_key(&v.counterparty)?;
         let (paid_seqno, paid) = self
             .worker_contract(&v.proxy, &v.counterparty)
             .map_or((0, 0), |w| (w.voucher_seqno, w.paid));

@@ -100,7 +100,7 @@ impl std::fmt::Debug for LedgerStore {
     }
 }
 
-fn entity_location(key: &EntityKey) -> (&'static str, String) {
+pub(crate) fn entity_location(key: &EntityKey) -> (&'static str, String) {
     match key {
         EntityKey::Supply => ("supply", String::new()),
         EntityKey::Registry => ("registry", String::new()),
@@ -235,33 +235,15 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// Up to `limit` log entries after `after_seq`, oldest first.
-    pub fn log_since(&self, after_seq: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, applied_at, tx, outcome FROM transactions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(
-            params![i64::try_from(after_seq).unwrap_or(i64::MAX), limit],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, tx, outcome) = row?;
-            out.push(LogEntry {
-                seq: u64::try_from(seq).map_err(corrupt)?,
-                applied_at: u64::try_from(at).map_err(corrupt)?,
-                transaction: serde_json::from_str(&tx).map_err(corrupt)?,
-                outcome: serde_json::from_str(&outcome).map_err(corrupt)?,
-            });
-        }
-        Ok(out)
+    /// Up to `limit` log entries after `after_seq`, oldest first, and no more than `max_bytes`
+    /// of them after the first (see [`crate::reader::log_since`]).
+    pub fn log_since(
+        &self,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        crate::reader::log_since(&self.conn, after_seq, limit, max_bytes)
     }
 }
 
@@ -486,7 +468,7 @@ mod tests {
         assert_eq!(reopened.last_seq(), 5);
         assert_eq!(reopened.state().supply(), 6_000);
         assert_eq!(reopened.state().holdings_total(), 6_000);
-        let log = reopened.log_since(3, 10).unwrap();
+        let log = reopened.log_since(3, 10, usize::MAX).unwrap();
         assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(log[1].outcome, Outcome::Claimed { paid: 60 });
         assert_eq!(log[1].applied_at, 100);

@@ -277,6 +277,7 @@ async fn bad_requests_get_typed_errors() {
     let raw = reqwest::Client::new();
     let response = raw
         .post(format!("{url}/v1/transactions"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await

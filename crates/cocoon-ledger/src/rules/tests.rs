@@ -389,10 +389,65 @@ fn faucet_only_when_enabled() {
     h.ctx.faucet_enabled = true;
     h.run(CLIENT, mint).unwrap();
     assert_eq!(h.state.supply(), 4_500);
+}
+
+#[test]
+fn one_faucet_grant_is_capped_far_below_the_supply_limit() {
+    let mut h = Harness::new();
+    h.ctx.faucet_enabled = true;
+    for amount in [MAX_FAUCET_GRANT + 1, u64::MAX - 4_000] {
+        assert_eq!(
+            h.run(CLIENT, TransactionBody::Mint { amount }),
+            Err(RuleError::FaucetGrantTooLarge {
+                max: MAX_FAUCET_GRANT,
+                got: amount
+            })
+        );
+    }
+    h.run(CLIENT, TransactionBody::Mint { amount: MAX_FAUCET_GRANT }).unwrap();
+    assert_eq!(h.state.supply(), 4_000 + MAX_FAUCET_GRANT);
+
+    // The supply limit still holds for grants within the cap.
+    h.state = LedgerState::genesis(test_registry(), &[(id(OWNER), u64::MAX - 10)]).unwrap();
     assert_eq!(
-        h.run(CLIENT, TransactionBody::Mint { amount: u64::MAX }),
+        h.run(CLIENT, TransactionBody::Mint { amount: 11 }),
         Err(RuleError::SupplyOverflow)
     );
+}
+
+/// The identity point: a small-order ("weak") key under which a zero signature verifies for any
+/// message with non-strict Ed25519.
+pub(crate) const WEAK_KEY: AccountId = AccountId({
+    let mut bytes = [0u8; 32];
+    bytes[0] = 1;
+    bytes
+});
+
+#[test]
+fn weak_keys_can_neither_receive_money_nor_sign_vouchers() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.run(CLIENT, TransactionBody::Transfer { to: WEAK_KEY, amount: 5 }),
+        Err(RuleError::InvalidKey)
+    );
+    assert_eq!(
+        h.run(
+            PROXY,
+            TransactionBody::OpenProxy {
+                stake: 100,
+                voucher_key: WEAK_KEY
+            }
+        ),
+        Err(RuleError::InvalidKey)
+    );
+    assert!(LedgerState::genesis(test_registry(), &[(WEAK_KEY, 1)]).is_err());
+    let mut registry = test_registry();
+    registry.owner = WEAK_KEY;
+    registry.version += 1;
+    assert!(matches!(
+        h.run(OWNER, TransactionBody::UpdateRegistry { registry }),
+        Err(RuleError::InvalidRegistry { .. })
+    ));
 }
 
 #[test]
