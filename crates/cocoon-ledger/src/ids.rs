@@ -137,6 +137,7 @@ impl AccountId {
 
     /// Checks `signature` over `message` strictly (no weak keys, no non-canonical signatures),
     /// so one signature cannot be reshaped into another valid one and no key signs for anyone.
+    /// Fails with [`IdError::BadSignature`] when the key is usable but the signature is not.
     pub fn verify_strict(&self, message: &[u8], signature: &SignatureBytes) -> Result<(), IdError> {
         self.verifying_key()?
             .verify_strict(message, &signature.to_signature())

@@ -72,10 +72,10 @@ impl LedgerReader {
                 conn
             }
         };
-        let result = (|| {
+        let result = (|| -> Result<T, StoreError> {
             let snapshot = conn.unchecked_transaction()?;
             let value = read(&snapshot)?;
-            snapshot.finish()?;
+            snapshot.commit()?;
             Ok(value)
         })();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

@@ -123,7 +123,7 @@ pub enum RegistryError {
     },
     /// A model name or endpoint is empty, too long or not printable ASCII, or an endpoint is
     /// not `host:port`.
-    #[error("bad {what} {text:?}: at most {MAX_NAME_LEN} printable ASCII characters{rule}")]
+    #[error("bad {what} {text:?}: at most {max} printable ASCII characters{rule}", max = MAX_NAME_LEN)]
     BadName {
         /// What kind of text.
         what: &'static str,

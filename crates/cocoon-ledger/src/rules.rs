@@ -34,6 +34,7 @@ pub struct Context {
 
 /// An account: free balance and the last nonce it used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Account {
     /// Free funds.
     pub balance: Amount,
@@ -43,7 +44,7 @@ pub struct Account {
 
 /// Lifecycle of a proxy or client contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContractStatus {
     /// In service.
     Open,
@@ -58,6 +59,7 @@ pub enum ContractStatus {
 
 /// A proxy's committed database position: `(seqno, state hash)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateCommit {
     /// The proxy's state sequence number.
     pub seqno: u64,
@@ -105,6 +107,7 @@ impl StateCommit {
 
 /// A proxy contract: the proxy's stake and the client funds it has collected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyContract {
     /// The proxy's account (also the contract's id).
     pub owner: AccountId,
@@ -128,6 +131,7 @@ pub struct ProxyContract {
 
 /// A client contract (one per client × proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientContract {
     /// The proxy contract.
     pub proxy: AccountId,
@@ -159,6 +163,7 @@ impl ClientContract {
 
 /// A worker contract (one per worker × proxy): what was already paid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerContract {
     /// The proxy contract.
     pub proxy: AccountId,
@@ -216,7 +221,7 @@ pub enum Outcome {
 
 /// Why the rules reject a transaction. Serialisable, so the HTTP client gets back the same value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "code", rename_all = "snake_case")]
+#[serde(tag = "code", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleError {
     /// The nonce is not above the account's last one (a replay or a stale nonce).
     #[error("nonce {got} is not above the last used nonce {last}")]

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS transactions (
 );
 ";
 
-/// The result of an accepted transaction.
+/// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
+/// beside `flatten`; the ledger only writes it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// Position of the transaction in the ledger's log (1-based).
@@ -40,6 +41,7 @@ pub struct Receipt {
 
 /// One accepted transaction as kept in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogEntry {
     /// Position in the log.
     pub seq: u64,

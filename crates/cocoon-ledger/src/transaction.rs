@@ -9,7 +9,7 @@
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AccountId, Hash32, SignatureBytes};
+use crate::ids::{AccountId, Hash32, IdError, SignatureBytes};
 use crate::registry::{Amount, Registry};
 use crate::voucher::SignedVoucher;
 
@@ -192,11 +192,11 @@ impl SignedTransaction {
     /// the payload and checks that it is canonical.
     pub fn verify(&self) -> Result<Transaction, TransactionError> {
         self.signer
-            .verifying_key()
-            .map_err(|_| TransactionError::BadSigner)?;
-        self.signer
             .verify_strict(&signing_bytes(&self.signer, &self.payload), &self.signature)
-            .map_err(|_| TransactionError::BadSignature)?;
+            .map_err(|e| match e {
+                IdError::BadSignature => TransactionError::BadSignature,
+                _ => TransactionError::BadSigner,
+            })?;
         let payload: Payload = serde_json::from_str(&self.payload)?;
         if serde_json::to_string(&payload)? != self.payload {
             return Err(TransactionError::NotCanonical);

@@ -8,7 +8,7 @@
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AccountId, SignatureBytes};
+use crate::ids::{AccountId, IdError, SignatureBytes};
 use crate::registry::Amount;
 
 /// Domain separation: a voucher signature can never be mistaken for a transaction signature.
@@ -95,9 +95,11 @@ impl SignedVoucher {
     /// Checks the signature against `key` (the proxy contract's voucher key), strictly: a weak
     /// key or a malleated signature is refused.
     pub fn verify(&self, key: &AccountId) -> Result<(), VoucherError> {
-        key.verifying_key().map_err(|_| VoucherError::BadKey)?;
         key.verify_strict(&self.voucher.signing_bytes(), &self.signature)
-            .map_err(|_| VoucherError::BadSignature)
+            .map_err(|e| match e {
+                IdError::BadSignature => VoucherError::BadSignature,
+                _ => VoucherError::BadKey,
+            })
     }
 }
 

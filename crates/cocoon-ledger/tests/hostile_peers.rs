@@ -138,7 +138,7 @@ async fn every_rejection_is_a_json_api_error() {
     assert_eq!((status, error.status()), (415, 415), "{error}");
     let (status, error) = post_raw(&url, "application/json", b"{not json".to_vec()).await;
     assert_eq!((status, error.status()), (400, 400), "{error}");
-    let (status, _) = post_raw(&url, "application/json", vec![b'x'; 3 << 20]).await;
+    let (status, _) = post_raw(&url, "application/json", vec![b'x'; MAX_TRANSACTION_BYTES + 1]).await;
     assert_eq!(status, 413);
 
     for (method, path, status) in [
@@ -225,7 +225,7 @@ async fn shutdown_ends_registry_long_polls_at_once() {
     });
     let reader = LedgerClient::read_only(&url).unwrap();
     while reader.stats().await.unwrap().registry_watchers == 0 {
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The poll would wait 30 s (the server's cap); shutting down must not wait for it.
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
@@ -254,7 +254,7 @@ async fn the_client_reads_no_answer_beyond_its_cap_or_its_deadline() {
     let declared = impostor(|| axum::body::Body::from(vec![b'0'; MAX_RESPONSE_BYTES + 1])).await;
     let streamed = impostor(|| {
         let chunk = axum::body::Bytes::from(vec![b'0'; 64 * 1024]);
-        let chunks = std::iter::repeat_n(Ok::<_, std::io::Error>(chunk), 1 << 14);
+        let chunks = (0..1 << 14).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
         axum::body::Body::from_stream(futures::stream::iter(chunks))
     })
     .await;
