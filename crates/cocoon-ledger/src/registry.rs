@@ -360,19 +360,12 @@ impl Registry {
             }
         }
         for name in self.models.keys() {
-            check_name("model name", name, "")?;
+            check_name("model name", name, "", |_| true)?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for proxy in &self.proxies {
             for endpoint in [&proxy.worker_endpoint, &proxy.client_endpoint] {
-                check_name("endpoint", endpoint, ", as HOST:PORT")?;
-                if !is_endpoint(endpoint) {
-                    return Err(RegistryError::BadName {
-                        what: "endpoint",
-                        text: endpoint.clone(),
-                        rule: ", as HOST:PORT",
-                    });
-                }
+                check_name("endpoint", endpoint, ", as HOST:PORT", is_endpoint)?;
             }
             if !seen.insert(proxy.seqno) {
                 return Err(RegistryError::DuplicateProxySeqno { seqno: proxy.seqno });
@@ -384,9 +377,14 @@ impl Registry {
 
 /// Model names and endpoints are short printable ASCII: what real ones are, and nothing that
 /// could pad the document or hide in a log line.
-fn check_name(what: &'static str, text: &str, rule: &'static str) -> Result<(), RegistryError> {
-    if text.is_empty() || text.len() > MAX_NAME_LEN || !text.bytes().all(|b| b.is_ascii_graphic())
-    {
+fn check_name(
+    what: &'static str,
+    text: &str,
+    rule: &'static str,
+    follows_rule: impl Fn(&str) -> bool,
+) -> Result<(), RegistryError> {
+    let printable = text.bytes().all(|b| b.is_ascii_graphic());
+    if text.is_empty() || text.len() > MAX_NAME_LEN || !printable || !follows_rule(text) {
         return Err(RegistryError::BadName {
             what,
             text: text.chars().take(MAX_NAME_LEN).collect(),
@@ -525,6 +523,41 @@ mod tests {
         assert_eq!(
             reg.validate(),
             Err(RegistryError::DuplicateProxySeqno { seqno: 1 })
+        );
+    }
+
+    #[test]
+    fn registries_are_bounded_and_owned_by_a_usable_key() {
+        let owner = AccountId([3; 32]);
+        let mut reg = Registry::new(owner);
+        reg.models = (0..=MAX_MODELS)
+            .map(|i| (format!("m{i}"), Hash32([0; 32])))
+            .collect();
+        assert!(matches!(
+            reg.validate(),
+            Err(RegistryError::TooMany { what: "models", .. })
+        ));
+        for name in ["x".repeat(MAX_NAME_LEN + 1), "a b".into(), "".into(), "é".into()] {
+            let mut reg = Registry::new(owner);
+            reg.models.insert(name.clone(), Hash32([0; 32]));
+            assert!(
+                matches!(reg.validate(), Err(RegistryError::BadName { .. })),
+                "{name:?}"
+            );
+        }
+        let mut reg = Registry::new(owner);
+        reg.proxies.push(RegisteredProxy {
+            seqno: 1,
+            worker_endpoint: "no-port".into(),
+            client_endpoint: "h:1".into(),
+        });
+        assert!(matches!(reg.validate(), Err(RegistryError::BadName { .. })));
+        // The identity point: anyone could sign for it.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        assert_eq!(
+            Registry::new(AccountId(weak)).validate(),
+            Err(RegistryError::BadOwner)
         );
     }
 }
