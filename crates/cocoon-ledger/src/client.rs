@@ -98,7 +98,9 @@ impl LedgerClient {
 
     fn build(base_url: &str, key: Option<SigningKey>) -> Result<Self, ClientError> {
         Ok(Self {
-            http: reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?,
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()?,
             timeout: REQUEST_TIMEOUT,
             base: base_url.trim_end_matches('/').to_owned(),
             key,

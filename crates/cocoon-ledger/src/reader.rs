@@ -159,7 +159,11 @@ pub fn figures(conn: &Connection) -> Result<Figures, StoreError> {
         let held = match kind.as_str() {
             "account" => {
                 counts.0 += 1;
-                u128::from(serde_json::from_str::<Account>(&value).map_err(bad)?.balance)
+                u128::from(
+                    serde_json::from_str::<Account>(&value)
+                        .map_err(bad)?
+                        .balance,
+                )
             }
             "proxy" => {
                 counts.1 += 1;

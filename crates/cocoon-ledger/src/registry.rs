@@ -350,9 +350,21 @@ impl Registry {
             .verifying_key()
             .map_err(|_| RegistryError::BadOwner)?;
         for (what, len, max) in [
-            ("registered proxies", self.proxies.len(), MAX_REGISTERED_PROXIES),
-            ("proxy image hashes", self.proxy_image_hashes.len(), MAX_IMAGE_HASHES),
-            ("worker image hashes", self.worker_image_hashes.len(), MAX_IMAGE_HASHES),
+            (
+                "registered proxies",
+                self.proxies.len(),
+                MAX_REGISTERED_PROXIES,
+            ),
+            (
+                "proxy image hashes",
+                self.proxy_image_hashes.len(),
+                MAX_IMAGE_HASHES,
+            ),
+            (
+                "worker image hashes",
+                self.worker_image_hashes.len(),
+                MAX_IMAGE_HASHES,
+            ),
             ("models", self.models.len(), MAX_MODELS),
         ] {
             if len > max {
@@ -537,7 +549,12 @@ mod tests {
             reg.validate(),
             Err(RegistryError::TooMany { what: "models", .. })
         ));
-        for name in ["x".repeat(MAX_NAME_LEN + 1), "a b".into(), "".into(), "é".into()] {
+        for name in [
+            "x".repeat(MAX_NAME_LEN + 1),
+            "a b".into(),
+            "".into(),
+            "é".into(),
+        ] {
             let mut reg = Registry::new(owner);
             reg.models.insert(name.clone(), Hash32([0; 32]));
             assert!(

@@ -388,7 +388,9 @@ pub enum RuleError {
 /// Money may only go to a key that can sign for it: a valid, non-weak Ed25519 key. (A weak key's
 /// "signatures" need no secret, so its money would be anybody's.)
 fn usable_key(id: &AccountId) -> Result<(), RuleError> {
-    id.verifying_key().map(drop).map_err(|_| RuleError::InvalidKey)
+    id.verifying_key()
+        .map(drop)
+        .map_err(|_| RuleError::InvalidKey)
 }
 
 /// One persisted entity of the ledger state; the store writes those a transaction touched.

@@ -95,9 +95,13 @@ impl Ledger {
         self: &Arc<Self>,
         read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self.reads.acquire().await.map_err(|_| ApiError::Unavailable {
-            message: "the ledger is stopping".into(),
-        })?;
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                message: "the ledger is stopping".into(),
+            })?;
         let ledger = self.clone();
         tokio::task::spawn_blocking(move || ledger.reader.read(read))
             .await
@@ -498,7 +502,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = LedgerConfig {
             database: dir.path().join("ledger.sqlite3"),
-            owner: Some(AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&[1; 32]))),
+            owner: Some(AccountId::from(&ed25519_dalek::SigningKey::from_bytes(
+                &[1; 32],
+            ))),
             ..LedgerConfig::default()
         };
         let ledger = Arc::new(Ledger::open(&config, Arc::new(ManualClock::new(5))).unwrap());

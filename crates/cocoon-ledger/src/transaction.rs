@@ -286,7 +286,10 @@ mod tests {
         let padded = [
             format!("{canonical}{}", " ".repeat(1000)),
             canonical.replacen('{', "{\"padding\":\"xxxxxxxx\",", 1),
-            canonical.replace("\"type\":\"start_proxy_close\"", "\"type\":\"start_proxy_close\",\"pad\":[1,2,3]"),
+            canonical.replace(
+                "\"type\":\"start_proxy_close\"",
+                "\"type\":\"start_proxy_close\",\"pad\":[1,2,3]",
+            ),
             canonical.replace("3", "3.0"),
             canonical.replace(':', ": "),
         ];

@@ -255,11 +255,15 @@ mod tests {
         for bad in [
             json.replacen('{', "{\"padding\":\"x\",", 1),
             json.replace("\"is_final\":false", "\"is_final\":false,\"extra\":1"),
-            json.replace("\"is_final\":false,", "").replace(",\"is_final\":false", ""),
+            json.replace("\"is_final\":false,", "")
+                .replace(",\"is_final\":false", ""),
             json.replacen("0101", "0A01", 1),
             json.replace(&"02".repeat(32), &format!(" {}", "02".repeat(32))),
         ] {
-            assert!(serde_json::from_str::<SignedVoucher>(&bad).is_err(), "accepted {bad}");
+            assert!(
+                serde_json::from_str::<SignedVoucher>(&bad).is_err(),
+                "accepted {bad}"
+            );
         }
     }
 }

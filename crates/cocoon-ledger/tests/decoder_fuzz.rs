@@ -70,10 +70,8 @@ fn body() -> impl Strategy<Value = TransactionBody> {
     prop_oneof![
         any::<u64>().prop_map(|amount| B::Mint { amount }),
         (account(), any::<u64>()).prop_map(|(to, amount)| B::Transfer { to, amount }),
-        (any::<u64>(), account()).prop_map(|(stake, voucher_key)| B::OpenProxy {
-            stake,
-            voucher_key
-        }),
+        (any::<u64>(), account())
+            .prop_map(|(stake, voucher_key)| B::OpenProxy { stake, voucher_key }),
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(seqno, h)| B::CommitProxyState {
             seqno,
             state_hash: Hash32(h)

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_ledger::api::{
-    LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES,
-};
+use cocoon_ledger::api::{LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES};
 use cocoon_ledger::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
 use cocoon_ledger::{
     spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerConfig, LedgerHandle,
@@ -60,8 +58,7 @@ fn largest_registry(owner: AccountId, version: u64) -> Registry {
     let mut registry = Registry::new(owner);
     registry.version = version;
     let name = |i: usize| format!("{i:05}{}", "n".repeat(MAX_NAME_LEN - 5));
-    let endpoint =
-        |i: usize, port: u16| format!("{i:05}{}:{port}", "h".repeat(MAX_NAME_LEN - 11));
+    let endpoint = |i: usize, port: u16| format!("{i:05}{}:{port}", "h".repeat(MAX_NAME_LEN - 11));
     registry.proxies = (0..MAX_REGISTERED_PROXIES)
         .map(|i| RegisteredProxy {
             seqno: u64::MAX - i as u64,
@@ -69,8 +66,12 @@ fn largest_registry(owner: AccountId, version: u64) -> Registry {
             client_endpoint: endpoint(i, 65_001),
         })
         .collect();
-    registry.models = (0..MAX_MODELS).map(|i| (name(i), Hash32([0xee; 32]))).collect();
-    registry.proxy_image_hashes = (0..MAX_IMAGE_HASHES).map(|i| Hash32([i as u8; 32])).collect();
+    registry.models = (0..MAX_MODELS)
+        .map(|i| (name(i), Hash32([0xee; 32])))
+        .collect();
+    registry.proxy_image_hashes = (0..MAX_IMAGE_HASHES)
+        .map(|i| Hash32([i as u8; 32]))
+        .collect();
     registry.worker_image_hashes = registry.proxy_image_hashes.clone();
     registry
 }
@@ -138,7 +139,12 @@ async fn every_rejection_is_a_json_api_error() {
     assert_eq!((status, error.status()), (415, 415), "{error}");
     let (status, error) = post_raw(&url, "application/json", b"{not json".to_vec()).await;
     assert_eq!((status, error.status()), (400, 400), "{error}");
-    let (status, _) = post_raw(&url, "application/json", vec![b'x'; MAX_TRANSACTION_BYTES + 1]).await;
+    let (status, _) = post_raw(
+        &url,
+        "application/json",
+        vec![b'x'; MAX_TRANSACTION_BYTES + 1],
+    )
+    .await;
     assert_eq!(status, 413);
 
     for (method, path, status) in [
@@ -183,7 +189,9 @@ async fn the_largest_registry_fits_and_log_pages_are_bounded_in_bytes() {
     }
     // One more item than allowed is refused.
     let mut registry = largest_registry(id(OWNER), 1_000);
-    registry.models.insert("one-too-many".into(), Hash32([1; 32]));
+    registry
+        .models
+        .insert("one-too-many".into(), Hash32([1; 32]));
     assert!(owner
         .submit(TransactionBody::UpdateRegistry { registry })
         .await
@@ -194,20 +202,20 @@ async fn the_largest_registry_fits_and_log_pages_are_bounded_in_bytes() {
     let mut after = 0;
     let mut pages = 0;
     while after < updates as u64 {
-        let page = owner
-            .log(LogQuery {
-                after,
-                limit: None,
-            })
-            .await
-            .unwrap();
+        let page = owner.log(LogQuery { after, limit: None }).await.unwrap();
         assert!(!page.is_empty());
         let bytes = serde_json::to_vec(&page).unwrap().len();
-        assert!(bytes <= MAX_LOG_PAGE_BYTES + 64 * 1024, "page of {bytes} bytes");
+        assert!(
+            bytes <= MAX_LOG_PAGE_BYTES + 64 * 1024,
+            "page of {bytes} bytes"
+        );
         after = page.last().unwrap().seq;
         pages += 1;
     }
-    assert!(pages >= 2, "{updates} large entries came in {pages} page(s)");
+    assert!(
+        pages >= 2,
+        "{updates} large entries came in {pages} page(s)"
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -263,7 +271,9 @@ async fn the_client_reads_no_answer_beyond_its_cap_or_its_deadline() {
         assert!(
             matches!(
                 client.stats().await,
-                Err(ClientError::TooLarge { limit: MAX_RESPONSE_BYTES })
+                Err(ClientError::TooLarge {
+                    limit: MAX_RESPONSE_BYTES
+                })
             ),
             "{url}"
         );

@@ -339,7 +339,13 @@ fn a_weak_key_signs_nothing() {
     let mut signature = [0u8; 64];
     signature[0] = 1;
     assert!(matches!(
-        check_signature(&weak, &hex::encode(signature), b"d", &[b"any message".as_slice()], "test"),
+        check_signature(
+            &weak,
+            &hex::encode(signature),
+            b"d",
+            &[b"any message".as_slice()],
+            "test"
+        ),
         Err(ReceiptError::BadSignature("test"))
     ));
 }

@@ -404,7 +404,13 @@ fn one_faucet_grant_is_capped_far_below_the_supply_limit() {
             })
         );
     }
-    h.run(CLIENT, TransactionBody::Mint { amount: MAX_FAUCET_GRANT }).unwrap();
+    h.run(
+        CLIENT,
+        TransactionBody::Mint {
+            amount: MAX_FAUCET_GRANT,
+        },
+    )
+    .unwrap();
     assert_eq!(h.state.supply(), 4_000 + MAX_FAUCET_GRANT);
 
     // The supply limit still holds for grants within the cap.
@@ -427,7 +433,13 @@ pub(crate) const WEAK_KEY: AccountId = AccountId({
 fn weak_keys_can_neither_receive_money_nor_sign_vouchers() {
     let mut h = Harness::new();
     assert_eq!(
-        h.run(CLIENT, TransactionBody::Transfer { to: WEAK_KEY, amount: 5 }),
+        h.run(
+            CLIENT,
+            TransactionBody::Transfer {
+                to: WEAK_KEY,
+                amount: 5
+            }
+        ),
         Err(RuleError::InvalidKey)
     );
     assert_eq!(
