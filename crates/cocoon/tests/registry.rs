@@ -289,7 +289,12 @@ async fn a_ledger_stops_at_once_on_ctrl_c_while_nodes_watch_its_registry() {
             .get(format!("{url}/v1/registry?newer_than=1&wait_secs=30"))
             .send(),
     );
+    let started = Instant::now();
     while get_json(&format!("{url}/v1/stats")).await["registry_watchers"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the long poll never reached the ledger"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ledger_node.interrupt();
