@@ -7,32 +7,17 @@ use std::time::Duration;
 use cocoon_ledger::api::{LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES};
 use cocoon_ledger::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
 use cocoon_ledger::{
-    spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerConfig, LedgerHandle,
+    spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerHandle,
     ManualClock, RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
 };
-use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
+mod common;
 
-fn id(n: u8) -> AccountId {
-    AccountId::from(&key(n))
-}
-
-const OWNER: u8 = 1;
-const CLIENT: u8 = 3;
+use common::*;
 
 async fn ledger(dir: &tempfile::TempDir) -> LedgerHandle {
-    let config = LedgerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.path().join("ledger.sqlite3"),
-        faucet: true,
-        owner: Some(id(OWNER)),
-        ..LedgerConfig::default()
-    };
-    spawn(&config, Arc::new(ManualClock::new(1_700_000_000)))
+    spawn(&config(dir), Arc::new(ManualClock::new(START)))
         .await
         .unwrap()
 }

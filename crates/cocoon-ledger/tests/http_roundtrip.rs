@@ -4,35 +4,14 @@ use std::sync::Arc;
 
 use cocoon_ledger::api::LogQuery;
 use cocoon_ledger::{
-    spawn, AccountId, ApiError, ClientError, ContractStatus, Hash32, LedgerClient, LedgerConfig,
+    spawn, ApiError, ClientError, ContractStatus, Hash32, LedgerClient,
     ManualClock, Outcome, RollbackError, RuleError, Settlement, SettlementError, Voucher,
     VoucherKind,
 };
-use ed25519_dalek::SigningKey;
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
+mod common;
 
-fn id(n: u8) -> AccountId {
-    AccountId::from(&key(n))
-}
-
-const OWNER: u8 = 1;
-const PROXY: u8 = 2;
-const CLIENT: u8 = 3;
-const WORKER: u8 = 4;
-const START: u64 = 1_700_000_000;
-
-fn config(dir: &tempfile::TempDir) -> LedgerConfig {
-    LedgerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.path().join("ledger.sqlite3"),
-        faucet: true,
-        owner: Some(id(OWNER)),
-        ..LedgerConfig::default()
-    }
-}
+use common::*;
 
 fn settlement(url: &str, n: u8) -> Arc<dyn Settlement> {
     Arc::new(LedgerClient::new(url, key(n)).unwrap())
