@@ -1136,4 +1136,6 @@ impl LedgerState {
 }
 
 #[cfg(test)]
+pub(crate) mod properties;
+#[cfg(test)]
 pub(crate) mod tests;

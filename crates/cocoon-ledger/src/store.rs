@@ -548,9 +548,10 @@ mod tests {
         /// Whatever sequence was applied, a reopened store holds exactly the same state.
         #[test]
         fn reopen_restores_the_state_after_random_sequences(
-            ops in proptest::collection::vec(crate::rules::tests::op(), 1..60)
+            ops in proptest::collection::vec(crate::rules::properties::op(), 1..60)
         ) {
-            use crate::rules::tests::{build_body, id, key, test_registry, Op, KEYS};
+            use crate::rules::properties::{build_body, Op, KEYS};
+            use crate::rules::tests::{id, key, test_registry};
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("ledger.sqlite3");
             let genesis = || {

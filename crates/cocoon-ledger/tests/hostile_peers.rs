@@ -7,8 +7,8 @@ use std::time::Duration;
 use cocoon_ledger::api::{LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES};
 use cocoon_ledger::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
 use cocoon_ledger::{
-    spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerHandle,
-    ManualClock, RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
+    spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerHandle, ManualClock,
+    RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
 };
 use futures::StreamExt;
 

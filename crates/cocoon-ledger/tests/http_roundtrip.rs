@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use cocoon_ledger::api::LogQuery;
 use cocoon_ledger::{
-    spawn, ApiError, ClientError, ContractStatus, Hash32, LedgerClient,
-    ManualClock, Outcome, RollbackError, RuleError, Settlement, SettlementError, Voucher,
-    VoucherKind,
+    spawn, ApiError, ClientError, ContractStatus, Hash32, LedgerClient, ManualClock, Outcome,
+    RollbackError, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
 };
 
 mod common;
