@@ -283,6 +283,9 @@ async fn bad_requests_get_typed_errors() {
             405,
             "DELETE is not allowed on /v1/stats",
         ),
+        ("GET", "/v1/accounts/%FF%FE", 400, "UTF-8"),
+        ("GET", "/v1/transactions", 405, "GET is not allowed"),
+        ("GET", "/v1/log?limit=1&surprise=1", 400, "surprise"),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let response = raw
@@ -291,6 +294,7 @@ async fn bad_requests_get_typed_errors() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
         let error: ApiError = response.json().await.unwrap();
         assert_eq!(error.status(), status, "{path}");
         assert!(error.to_string().contains(message), "{path}: {error}");
