@@ -3,7 +3,8 @@
 //! is not canonical, and must never accept a changed input as a different valid one.
 //!
 //! Each property runs `COCOON_FUZZ_CASES` cases (default 256, fast enough for `cargo test`):
-//! `COCOON_FUZZ_CASES=1000000 cargo test -p cocoon-ledger --test decoder_fuzz --release`.
+//! `COCOON_FUZZ_CASES=1000000 cargo test -p cocoon-ledger --test decoder_fuzz` (dependencies are
+//! optimised even in test builds).
 
 use cocoon_ledger::{
     AccountId, Hash32, Registry, SignedTransaction, SignedVoucher, TransactionBody, Voucher,
