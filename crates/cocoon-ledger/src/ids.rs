@@ -124,6 +124,24 @@ hex_newtype!(
     64
 );
 
+/// The identity point's encoding: a small-order ("weak") key under which the signature
+/// [`FORGED_SIGNATURE`] (R = identity, s = 0) verifies for every message with non-strict
+/// Ed25519. For the tests that attack the strict checks.
+#[cfg(test)]
+pub(crate) const WEAK_KEY: AccountId = AccountId({
+    let mut bytes = [0u8; 32];
+    bytes[0] = 1;
+    bytes
+});
+
+/// See [`WEAK_KEY`].
+#[cfg(test)]
+pub(crate) const FORGED_SIGNATURE: SignatureBytes = SignatureBytes({
+    let mut bytes = [0u8; 64];
+    bytes[0] = 1;
+    bytes
+});
+
 impl AccountId {
     /// The Ed25519 key this account id names; fails when the bytes are not a curve point or
     /// are a weak (small-order) point, under which signatures prove nothing.

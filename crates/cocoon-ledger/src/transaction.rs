@@ -247,19 +247,9 @@ mod tests {
         ));
     }
 
-    /// The identity point and the signature `(R = identity, s = 0)`: non-strict Ed25519 accepts
-    /// it for every message, so whoever sent money to this "account" would lose it to anyone.
-    fn weak_key_and_forged_signature() -> (AccountId, SignatureBytes) {
-        let mut key = [0u8; 32];
-        key[0] = 1;
-        let mut signature = [0u8; 64];
-        signature[0] = 1;
-        (AccountId(key), SignatureBytes(signature))
-    }
-
     #[test]
     fn a_weak_signer_cannot_sign_with_the_identity_signature() {
-        let (signer, signature) = weak_key_and_forged_signature();
+        use crate::ids::{FORGED_SIGNATURE, WEAK_KEY};
         let payload = serde_json::to_string(&Payload {
             nonce: 1,
             body: TransactionBody::Transfer {
@@ -269,9 +259,9 @@ mod tests {
         })
         .unwrap();
         let forged = SignedTransaction {
-            signer,
+            signer: WEAK_KEY,
             payload,
-            signature,
+            signature: FORGED_SIGNATURE,
         };
         assert!(matches!(forged.verify(), Err(TransactionError::BadSigner)));
     }

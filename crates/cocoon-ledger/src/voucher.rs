@@ -234,17 +234,12 @@ mod tests {
 
     #[test]
     fn a_weak_voucher_key_signs_nothing() {
-        // The identity point, and the signature (R = identity, s = 0) that non-strict
-        // verification accepts under it for any message.
-        let mut weak = [0u8; 32];
-        weak[0] = 1;
-        let mut signature = [0u8; 64];
-        signature[0] = 1;
+        use crate::ids::{FORGED_SIGNATURE, WEAK_KEY};
         let forged = SignedVoucher {
             voucher: voucher(),
-            signature: SignatureBytes(signature),
+            signature: FORGED_SIGNATURE,
         };
-        assert_eq!(forged.verify(&AccountId(weak)), Err(VoucherError::BadKey));
+        assert_eq!(forged.verify(&WEAK_KEY), Err(VoucherError::BadKey));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use ed25519_dalek::SigningKey;
 
 use super::*;
+use crate::ids::WEAK_KEY;
 use crate::voucher::Voucher;
 
 const OWNER: u8 = 1;
@@ -420,14 +421,6 @@ fn one_faucet_grant_is_capped_far_below_the_supply_limit() {
         Err(RuleError::SupplyOverflow)
     );
 }
-
-/// The identity point: a small-order ("weak") key under which a zero signature verifies for any
-/// message with non-strict Ed25519.
-pub(crate) const WEAK_KEY: AccountId = AccountId({
-    let mut bytes = [0u8; 32];
-    bytes[0] = 1;
-    bytes
-});
 
 #[test]
 fn weak_keys_can_neither_receive_money_nor_sign_vouchers() {
