@@ -9,11 +9,13 @@
 //! - `GET  /v1/proxies/{proxy}` → [`crate::ProxyContract`]
 //! - `GET  /v1/proxies/{proxy}/clients/{client}` → [`crate::ClientContract`]
 //! - `GET  /v1/proxies/{proxy}/workers/{worker}` → [`crate::WorkerContract`]
-//! - `GET  /v1/log?after=SEQ&limit=N` → `[`[`crate::store::LogEntry`]`]`
-//! - `POST /v1/transactions` with a [`crate::SignedTransaction`] → [`crate::store::Receipt`]
+//! - `GET  /v1/log?after=SEQ&limit=N` → `[`[`crate::store::LogEntry`]`]` (at most
+//!   [`MAX_LOG_PAGE`] entries and, past the first, [`MAX_LOG_PAGE_BYTES`] of them)
+//! - `POST /v1/transactions` with a [`crate::SignedTransaction`] (`application/json`, at most
+//!   [`MAX_TRANSACTION_BYTES`]) → [`crate::store::Receipt`]
 //!
-//! Errors — including malformed queries, unknown routes and wrong methods — are an [`ApiError`]
-//! body with a matching status.
+//! Errors — including malformed queries, unknown routes, wrong methods, bodies that are too large
+//! or not JSON — are an [`ApiError`] body with a matching status.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +25,13 @@ use crate::rules::RuleError;
 /// The longest a registry watch request is held open.
 pub const MAX_REGISTRY_WAIT_SECS: u64 = 30;
 
+/// Largest request body of `POST /v1/transactions`. Every transaction but a registry update is
+/// well under 1 KiB; the limit fits a registry at every `MAX_*` limit of [`crate::registry`].
+pub const MAX_TRANSACTION_BYTES: usize = 64 * 1024;
+
 /// Query of `GET /v1/registry`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegistryQuery {
     /// Answer once the registry version is above this (or when the wait ends).
     pub newer_than: Option<u64>,
@@ -37,7 +44,7 @@ pub const TRANSACTIONS_PATH: &str = "/v1/transactions";
 
 /// An error answer of the ledger API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "error", rename_all = "snake_case")]
+#[serde(tag = "error", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ApiError {
     /// The rules refused the transaction (HTTP 409); nothing changed.
     #[error("rejected: {rule}")]
@@ -63,6 +70,24 @@ pub enum ApiError {
         /// The method and the route.
         message: String,
     },
+    /// The request body is larger than the route accepts (HTTP 413).
+    #[error("request body too large: {message}")]
+    TooLarge {
+        /// The limit.
+        message: String,
+    },
+    /// The request body is not `application/json` (HTTP 415).
+    #[error("unsupported media type: {message}")]
+    UnsupportedMediaType {
+        /// What was expected.
+        message: String,
+    },
+    /// The ledger is shutting down (HTTP 503); ask another time.
+    #[error("ledger unavailable: {message}")]
+    Unavailable {
+        /// Why.
+        message: String,
+    },
     /// The ledger could not read or write its database (HTTP 500); nothing changed.
     #[error("ledger storage failure: {message}")]
     Storage {
@@ -79,6 +104,9 @@ impl ApiError {
             ApiError::BadRequest { .. } => 400,
             ApiError::NotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::TooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType { .. } => 415,
+            ApiError::Unavailable { .. } => 503,
             ApiError::Storage { .. } => 500,
         }
     }
@@ -86,6 +114,7 @@ impl ApiError {
 
 /// Ledger-wide figures, for `/jsonstats` and `cocoon wallet`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LedgerStats {
     /// Sequence number of the last accepted transaction.
     pub last_seq: u64,
@@ -103,6 +132,8 @@ pub struct LedgerStats {
     pub worker_contracts: usize,
     /// Current registry version.
     pub registry_version: u64,
+    /// Registry long polls (`GET /v1/registry?newer_than=`) waiting now: the nodes following it.
+    pub registry_watchers: usize,
     /// Whether the faucet is on.
     pub faucet_enabled: bool,
     /// The ledger's clock (unix seconds).
@@ -111,6 +142,7 @@ pub struct LedgerStats {
 
 /// Query of `GET /v1/log`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Return entries with a sequence number above this.
     #[serde(default)]
@@ -122,6 +154,14 @@ pub struct LogQuery {
 
 /// Largest log page the server returns.
 pub const MAX_LOG_PAGE: u32 = 1_000;
+
+/// Most stored bytes of log entries one page carries (a page always has its first entry). With
+/// [`MAX_TRANSACTION_BYTES`] per entry, a page stays under [`MAX_RESPONSE_BYTES`].
+pub const MAX_LOG_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Largest answer [`crate::LedgerClient`] reads from a ledger; anything longer is an error, not
+/// an allocation.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, LedgerStats, LogQuery, TRANSACTIONS_PATH};
+use crate::api::{ApiError, LedgerStats, LogQuery, MAX_RESPONSE_BYTES, TRANSACTIONS_PATH};
 use crate::ids::AccountId;
 use crate::registry::Registry;
 use crate::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
@@ -16,8 +16,9 @@ use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
 
 /// How long an idle pooled connection to the ledger is kept (below the server's 10 s).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one HTTP request to the ledger may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one HTTP request to the ledger may take, body included (a registry long poll gets
+/// its wait on top).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a ledger request failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,12 @@ pub enum ClientError {
     /// The request did not complete (connection, timeout, unreadable body).
     #[error("ledger request failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// The answer is longer than any the ledger API gives; it was not read to the end.
+    #[error("ledger answer exceeds {limit} bytes")]
+    TooLarge {
+        /// The cap, [`MAX_RESPONSE_BYTES`].
+        limit: usize,
+    },
     /// The ledger answered with something that is not its API.
     #[error("unexpected ledger response {status}: {body}")]
     UnexpectedResponse {
@@ -59,6 +66,7 @@ impl From<ClientError> for SettlementError {
         match e {
             ClientError::Api(ApiError::Rejected { rule }) => SettlementError::Rejected(rule),
             ClientError::Http(e) => SettlementError::Unavailable(e.to_string()),
+            e @ ClientError::TooLarge { .. } => SettlementError::Unavailable(e.to_string()),
             ClientError::NoSigningKey => SettlementError::NoSigningKey,
             other => SettlementError::Backend(other.to_string()),
         }
@@ -72,6 +80,7 @@ impl From<ClientError> for SettlementError {
 #[derive(Debug)]
 pub struct LedgerClient {
     http: reqwest::Client,
+    timeout: Duration,
     base: String,
     key: Option<SigningKey>,
     /// Last nonce known used by this account; `None` until fetched or after an unknown outcome.
@@ -90,23 +99,51 @@ impl LedgerClient {
     }
 
     fn build(base_url: &str, key: Option<SigningKey>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            // Servers close keep-alive connections idle for 10 s (header-read timeout); dropping
-            // ours sooner means no request is ever sent on a connection the ledger is closing.
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build()?;
         Ok(Self {
-            http,
+            http: reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                // Servers close keep-alive connections idle for 10 s (header-read timeout);
+                // dropping ours sooner means no request is sent on a connection being closed.
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .build()?,
+            timeout: REQUEST_TIMEOUT,
             base: base_url.trim_end_matches('/').to_owned(),
             key,
             nonce: tokio::sync::Mutex::new(None),
         })
     }
 
+    /// The same client with another deadline per request (default [`REQUEST_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ClientError> {
+        self.http = reqwest::Client::builder().timeout(timeout).build()?;
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// Reads the whole body, refusing one over [`MAX_RESPONSE_BYTES`] before allocating it.
+    /// The client's deadline covers the body too, so a stalled body ends as a timeout.
+    async fn body(mut response: reqwest::Response) -> Result<Vec<u8>, ClientError> {
+        let too_large = ClientError::TooLarge {
+            limit: MAX_RESPONSE_BYTES,
+        };
+        let declared = response.content_length().unwrap_or(0);
+        if declared > MAX_RESPONSE_BYTES as u64 {
+            return Err(too_large);
+        }
+        // `declared` is within the cap here, so it sizes nothing unbounded.
+        let mut body = Vec::with_capacity(declared as usize);
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         let status = response.status();
-        let bytes = response.bytes().await?;
+        let bytes = Self::body(response).await?;
         if status.is_success() {
             if let Ok(value) = serde_json::from_slice(&bytes) {
                 return Ok(value);
@@ -166,7 +203,7 @@ impl LedgerClient {
             .http
             .get(format!("{}{path}", self.base))
             // The ledger answers after `wait` at the latest; allow for the trip.
-            .timeout(wait + REQUEST_TIMEOUT)
+            .timeout(wait + self.timeout)
             .send()
             .await?;
         Self::decode(response).await

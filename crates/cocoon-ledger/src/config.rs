@@ -65,6 +65,7 @@ impl Default for LedgerConfig {
 
 /// An initial balance: `ACCOUNT=AMOUNT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GenesisAllocation {
     /// The account credited.
     pub account: AccountId,

@@ -20,6 +20,31 @@ pub enum IdError {
     /// The bytes are not a valid Ed25519 public key.
     #[error("not a valid Ed25519 public key")]
     BadPublicKey,
+    /// The key is a small-order ("weak") point: a signature made without any secret verifies
+    /// under it, so it can never authorize anything.
+    #[error("weak (small-order) Ed25519 public key")]
+    WeakPublicKey,
+    /// The signature does not verify under the key.
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// Parses exactly `2 * N` lowercase hex digits: the one encoding the ledger writes, so that
+/// every id has a single spelling on the wire.
+fn canonical_hex<const N: usize>(text: &str) -> Result<[u8; N], IdError> {
+    let bad = |reason: &str| IdError::BadHex {
+        expected: 2 * N,
+        reason: reason.to_owned(),
+    };
+    if text.len() != 2 * N {
+        return Err(bad("wrong length"));
+    }
+    if !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(bad("only lowercase hex digits are accepted"));
+    }
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).map_err(|e| bad(&e.to_string()))?;
+    Ok(out)
 }
 
 /// Defines a byte-array newtype with hex `Display`/`FromStr`/serde, so every id reads the same in
@@ -68,10 +93,14 @@ macro_rules! hex_newtype {
             }
         }
 
+        /// Strict: exactly the lowercase hex [`fmt::Display`] writes (text input via
+        /// [`FromStr`] is more forgiving).
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let text = String::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
+                canonical_hex::<$len>(&text)
+                    .map(Self)
+                    .map_err(serde::de::Error::custom)
             }
         }
     };
@@ -95,10 +124,42 @@ hex_newtype!(
     64
 );
 
+/// The identity point's encoding: a small-order ("weak") key under which the signature
+/// [`FORGED_SIGNATURE`] (R = identity, s = 0) verifies for every message with non-strict
+/// Ed25519. For the tests that attack the strict checks.
+#[cfg(test)]
+pub(crate) const WEAK_KEY: AccountId = AccountId({
+    let mut bytes = [0u8; 32];
+    bytes[0] = 1;
+    bytes
+});
+
+/// See [`WEAK_KEY`].
+#[cfg(test)]
+pub(crate) const FORGED_SIGNATURE: SignatureBytes = SignatureBytes({
+    let mut bytes = [0u8; 64];
+    bytes[0] = 1;
+    bytes
+});
+
 impl AccountId {
-    /// The Ed25519 key this account id names; fails when the bytes are not a curve point.
+    /// The Ed25519 key this account id names; fails when the bytes are not a curve point or
+    /// are a weak (small-order) point, under which signatures prove nothing.
     pub fn verifying_key(&self) -> Result<VerifyingKey, IdError> {
-        VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::BadPublicKey)
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::BadPublicKey)?;
+        if key.is_weak() {
+            return Err(IdError::WeakPublicKey);
+        }
+        Ok(key)
+    }
+
+    /// Checks `signature` over `message` strictly (no weak keys, no non-canonical signatures),
+    /// so one signature cannot be reshaped into another valid one and no key signs for anyone.
+    /// Fails with [`IdError::BadSignature`] when the key is usable but the signature is not.
+    pub fn verify_strict(&self, message: &[u8], signature: &SignatureBytes) -> Result<(), IdError> {
+        self.verifying_key()?
+            .verify_strict(message, &signature.to_signature())
+            .map_err(|_| IdError::BadSignature)
     }
 }
 

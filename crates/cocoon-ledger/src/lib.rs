@@ -5,7 +5,7 @@
 //! - [`pricing`]: token usage → client price, worker pay, proxy commission.
 //! - [`voucher`], [`transaction`]: what proxies and accounts sign.
 //! - [`rules`]: the state machine every settlement backend must follow.
-//! - [`store`]: the state and its transaction log in SQLite.
+//! - [`store`]: the state and its transaction log in SQLite; [`reader`]: reads of what it committed.
 //! - [`statement`]: what a proxy tells its clients and workers they owe and earned.
 //! - [`service`] and [`client`]: the HTTP/JSON API and a [`Settlement`] client for it.
 //!
@@ -35,6 +35,7 @@ pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod pricing;
+pub mod reader;
 pub mod registry;
 pub mod rules;
 pub mod service;

@@ -9,9 +9,19 @@ use crate::ids::{AccountId, Hash32};
 /// An amount of money in nano-units (10⁻⁹ of the network's coin).
 pub type Amount = u64;
 
+/// Most proxies a registry lists (the network is designed for 10–100).
+pub const MAX_REGISTERED_PROXIES: usize = 100;
+/// Most image hashes a registry allows per role.
+pub const MAX_IMAGE_HASHES: usize = 64;
+/// Most models a registry allows.
+pub const MAX_MODELS: usize = 64;
+/// Longest model name or proxy endpoint, in bytes.
+pub const MAX_NAME_LEN: usize = 100;
+
 /// The network's prices. Multipliers are per 10 000 (10 000 = 1.0×); prices are nano-units per
 /// adjusted token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Prices {
     /// What a client pays per adjusted token.
     pub price_per_token: Amount,
@@ -44,6 +54,7 @@ impl Default for Prices {
 
 /// A proxy the registry lists, as clients and workers find it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegisteredProxy {
     /// Sequence number of the registration (unique within the registry).
     pub seqno: u64,
@@ -55,6 +66,7 @@ pub struct RegisteredProxy {
 
 /// The versioned registry document. Only its owner may replace it, and only with a higher version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Registry {
     /// Version, strictly increasing with every update.
     pub version: u64,
@@ -101,6 +113,29 @@ pub enum RegistryError {
         /// The repeated seqno.
         seqno: u64,
     },
+    /// A list is longer than any real registry needs (see the `MAX_*` constants).
+    #[error("too many {what}: at most {max}")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// Its limit.
+        max: usize,
+    },
+    /// A model name or endpoint is empty, too long or not printable ASCII, or an endpoint is
+    /// not `host:port`.
+    #[error("bad {what} {text:?}: at most {max} printable ASCII characters{rule}", max = MAX_NAME_LEN)]
+    BadName {
+        /// What kind of text.
+        what: &'static str,
+        /// The text, cut to the limit.
+        text: String,
+        /// The extra rule it breaks, if any.
+        rule: &'static str,
+    },
+    /// The owner key is not a valid, non-weak Ed25519 key: nobody could ever sign an update, or
+    /// anybody could.
+    #[error("registry owner is not a valid, non-weak Ed25519 public key")]
+    BadOwner,
 }
 
 /// Which kind of node an image hash is allowed for.
@@ -125,7 +160,7 @@ impl std::fmt::Display for ImageRole {
 /// One change to the registry; also the owner's `cocoon registry` subcommands (prices are set
 /// with `set-price`, which fills in the fields not given from the current document).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
-#[serde(tag = "edit", rename_all = "snake_case")]
+#[serde(tag = "edit", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RegistryEdit {
     /// Register a proxy (it gets the next free seqno); clients and workers that follow the
     /// registry link to it.
@@ -311,14 +346,64 @@ impl Registry {
                 price: p.price_per_token,
             });
         }
+        self.owner
+            .verifying_key()
+            .map_err(|_| RegistryError::BadOwner)?;
+        for (what, len, max) in [
+            (
+                "registered proxies",
+                self.proxies.len(),
+                MAX_REGISTERED_PROXIES,
+            ),
+            (
+                "proxy image hashes",
+                self.proxy_image_hashes.len(),
+                MAX_IMAGE_HASHES,
+            ),
+            (
+                "worker image hashes",
+                self.worker_image_hashes.len(),
+                MAX_IMAGE_HASHES,
+            ),
+            ("models", self.models.len(), MAX_MODELS),
+        ] {
+            if len > max {
+                return Err(RegistryError::TooMany { what, max });
+            }
+        }
+        for name in self.models.keys() {
+            check_name("model name", name, "", |_| true)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for proxy in &self.proxies {
+            for endpoint in [&proxy.worker_endpoint, &proxy.client_endpoint] {
+                check_name("endpoint", endpoint, ", as HOST:PORT", is_endpoint)?;
+            }
             if !seen.insert(proxy.seqno) {
                 return Err(RegistryError::DuplicateProxySeqno { seqno: proxy.seqno });
             }
         }
         Ok(())
     }
+}
+
+/// Model names and endpoints are short printable ASCII: what real ones are, and nothing that
+/// could pad the document or hide in a log line.
+fn check_name(
+    what: &'static str,
+    text: &str,
+    rule: &'static str,
+    follows_rule: impl Fn(&str) -> bool,
+) -> Result<(), RegistryError> {
+    let printable = text.bytes().all(|b| b.is_ascii_graphic());
+    if text.is_empty() || text.len() > MAX_NAME_LEN || !printable || !follows_rule(text) {
+        return Err(RegistryError::BadName {
+            what,
+            text: text.chars().take(MAX_NAME_LEN).collect(),
+            rule,
+        });
+    }
+    Ok(())
 }
 
 /// Whether `text` looks like `host:port`.
@@ -450,6 +535,44 @@ mod tests {
         assert_eq!(
             reg.validate(),
             Err(RegistryError::DuplicateProxySeqno { seqno: 1 })
+        );
+    }
+
+    #[test]
+    fn registries_are_bounded_and_owned_by_a_usable_key() {
+        let owner = AccountId([3; 32]);
+        let mut reg = Registry::new(owner);
+        reg.models = (0..=MAX_MODELS)
+            .map(|i| (format!("m{i}"), Hash32([0; 32])))
+            .collect();
+        assert!(matches!(
+            reg.validate(),
+            Err(RegistryError::TooMany { what: "models", .. })
+        ));
+        for name in [
+            "x".repeat(MAX_NAME_LEN + 1),
+            "a b".into(),
+            "".into(),
+            "é".into(),
+        ] {
+            let mut reg = Registry::new(owner);
+            reg.models.insert(name.clone(), Hash32([0; 32]));
+            assert!(
+                matches!(reg.validate(), Err(RegistryError::BadName { .. })),
+                "{name:?}"
+            );
+        }
+        let mut reg = Registry::new(owner);
+        reg.proxies.push(RegisteredProxy {
+            seqno: 1,
+            worker_endpoint: "no-port".into(),
+            client_endpoint: "h:1".into(),
+        });
+        assert!(matches!(reg.validate(), Err(RegistryError::BadName { .. })));
+        // Anyone could sign for it.
+        assert_eq!(
+            Registry::new(crate::ids::WEAK_KEY).validate(),
+            Err(RegistryError::BadOwner)
         );
     }
 }

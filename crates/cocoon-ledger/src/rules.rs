@@ -19,6 +19,10 @@ use crate::registry::{Amount, Registry};
 use crate::transaction::{Transaction, TransactionBody};
 use crate::voucher::{SignedVoucher, VoucherKind};
 
+/// The most one faucet transaction mints (1000 coins): plenty for any development node, and far
+/// from the supply limit, so nobody drains a development faucet with one transaction.
+pub const MAX_FAUCET_GRANT: Amount = 1_000_000_000_000;
+
 /// What the environment supplies to a transaction: the time and the faucet switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
@@ -30,6 +34,7 @@ pub struct Context {
 
 /// An account: free balance and the last nonce it used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Account {
     /// Free funds.
     pub balance: Amount,
@@ -39,7 +44,7 @@ pub struct Account {
 
 /// Lifecycle of a proxy or client contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContractStatus {
     /// In service.
     Open,
@@ -54,6 +59,7 @@ pub enum ContractStatus {
 
 /// A proxy's committed database position: `(seqno, state hash)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateCommit {
     /// The proxy's state sequence number.
     pub seqno: u64,
@@ -101,6 +107,7 @@ impl StateCommit {
 
 /// A proxy contract: the proxy's stake and the client funds it has collected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProxyContract {
     /// The proxy's account (also the contract's id).
     pub owner: AccountId,
@@ -124,6 +131,7 @@ pub struct ProxyContract {
 
 /// A client contract (one per client × proxy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientContract {
     /// The proxy contract.
     pub proxy: AccountId,
@@ -155,6 +163,7 @@ impl ClientContract {
 
 /// A worker contract (one per worker × proxy): what was already paid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerContract {
     /// The proxy contract.
     pub proxy: AccountId,
@@ -212,7 +221,7 @@ pub enum Outcome {
 
 /// Why the rules reject a transaction. Serialisable, so the HTTP client gets back the same value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "code", rename_all = "snake_case")]
+#[serde(tag = "code", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleError {
     /// The nonce is not above the account's last one (a replay or a stale nonce).
     #[error("nonce {got} is not above the last used nonce {last}")]
@@ -236,11 +245,20 @@ pub enum RuleError {
     /// The faucet is off on this ledger.
     #[error("the faucet is disabled on this ledger")]
     FaucetDisabled,
+    /// One faucet grant is capped at [`MAX_FAUCET_GRANT`].
+    #[error("a faucet grant is at most {max}, {got} asked")]
+    FaucetGrantTooLarge {
+        /// The cap.
+        max: Amount,
+        /// What was asked for.
+        got: Amount,
+    },
     /// Minting would take the total supply past the 64-bit limit.
     #[error("total supply would overflow")]
     SupplyOverflow,
-    /// A key given in the transaction is not a valid Ed25519 public key.
-    #[error("not a valid Ed25519 public key")]
+    /// A key given in the transaction is not a valid Ed25519 public key, or is a weak
+    /// (small-order) one that anybody could sign for.
+    #[error("not a valid, non-weak Ed25519 public key")]
     InvalidKey,
     /// The signer already has an open (or closing) proxy contract.
     #[error("proxy contract already exists")]
@@ -367,6 +385,14 @@ pub enum RuleError {
     },
 }
 
+/// Money may only go to a key that can sign for it: a valid, non-weak Ed25519 key. (A weak key's
+/// "signatures" need no secret, so its money would be anybody's.)
+fn usable_key(id: &AccountId) -> Result<(), RuleError> {
+    id.verifying_key()
+        .map(drop)
+        .map_err(|_| RuleError::InvalidKey)
+}
+
 /// One persisted entity of the ledger state; the store writes those a transaction touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum EntityKey {
@@ -431,6 +457,7 @@ impl LedgerState {
             touched: BTreeSet::new(),
         };
         for &(id, amount) in allocations {
+            usable_key(&id)?;
             state.supply = state
                 .supply
                 .checked_add(amount)
@@ -722,6 +749,12 @@ impl LedgerState {
         if amount == 0 {
             return Err(RuleError::ZeroAmount);
         }
+        if amount > MAX_FAUCET_GRANT {
+            return Err(RuleError::FaucetGrantTooLarge {
+                max: MAX_FAUCET_GRANT,
+                got: amount,
+            });
+        }
         let supply = self
             .supply
             .checked_add(amount)
@@ -738,6 +771,7 @@ impl LedgerState {
         to: AccountId,
         amount: Amount,
     ) -> Result<Outcome, RuleError> {
+        usable_key(&to)?;
         Self::require_funds(self.balance_of(&signer), amount)?;
         self.account_mut(signer).balance -= amount;
         self.account_mut(to).balance += amount;
@@ -757,9 +791,7 @@ impl LedgerState {
         {
             return Err(RuleError::ProxyExists);
         }
-        voucher_key
-            .verifying_key()
-            .map_err(|_| RuleError::InvalidKey)?;
+        usable_key(&voucher_key)?;
         let min = self.registry.min_proxy_stake;
         if stake < min {
             return Err(RuleError::StakeTooLow { min, got: stake });
@@ -951,6 +983,7 @@ impl LedgerState {
     fn claim(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
         self.verified_voucher(voucher, VoucherKind::WorkerPay)?;
         let v = voucher.voucher;
+        usable_key(&v.counterparty)?;
         let (paid_seqno, paid) = self
             .worker_contract(&v.proxy, &v.counterparty)
             .map_or((0, 0), |w| (w.voucher_seqno, w.paid));
@@ -1102,5 +1135,7 @@ impl LedgerState {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod properties;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,29 +1,39 @@
 //! The `cocoon ledger` service: the durable store behind an axum HTTP/JSON API (see [`crate::api`]).
+//!
+//! One writer applies transactions under a lock; every read is served from committed SQLite
+//! snapshots on read-only connections ([`crate::reader`]), so reads never wait for the writer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, State};
 use axum::http::{request::Parts, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rusqlite::Connection;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::api::{
-    ApiError, LedgerStats, LogQuery, RegistryQuery, MAX_LOG_PAGE, MAX_REGISTRY_WAIT_SECS,
-    TRANSACTIONS_PATH,
+    ApiError, LedgerStats, LogQuery, RegistryQuery, MAX_LOG_PAGE, MAX_LOG_PAGE_BYTES,
+    MAX_REGISTRY_WAIT_SECS, MAX_TRANSACTION_BYTES, TRANSACTIONS_PATH,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LedgerConfig};
 use crate::ids::AccountId;
-use crate::rules::{Account, Context};
+use crate::reader::{self, LedgerReader};
+use crate::rules::{Account, Context, EntityKey};
 use crate::store::{LedgerStore, StoreError, SubmitError};
 use crate::transaction::SignedTransaction;
+
+/// Reads running at once; more wait their turn, so a flood of reads cannot occupy every
+/// blocking thread.
+const MAX_CONCURRENT_READS: usize = 16;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +52,18 @@ pub enum ServiceError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The ledger behind the HTTP API: one store (single writer), a clock and the faucet switch.
+/// The ledger behind the HTTP API: one store (single writer), its readers, a clock and the
+/// faucet switch.
 pub struct Ledger {
     store: Mutex<LedgerStore>,
+    reader: LedgerReader,
+    reads: Semaphore,
     clock: Arc<dyn Clock>,
     faucet_enabled: bool,
     /// The registry version, so watchers can wait for the next one (`GET /v1/registry?newer_than=`).
     registry_version: watch::Sender<u64>,
+    /// Cancelled when the service stops: ends registry long polls at once.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -66,10 +81,36 @@ impl Ledger {
         let (registry_version, _) = watch::channel(store.state().registry().version);
         Ok(Self {
             store: Mutex::new(store),
+            reader: LedgerReader::new(&config.database),
+            reads: Semaphore::new(MAX_CONCURRENT_READS),
             clock,
             faucet_enabled: config.faucet,
             registry_version,
+            stopping: CancellationToken::new(),
         })
+    }
+
+    /// Runs `read` on a committed snapshot, off the async workers and never behind the writer.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable {
+                message: "the ledger is stopping".into(),
+            })?;
+        let ledger = self.clone();
+        tokio::task::spawn_blocking(move || ledger.reader.read(read))
+            .await
+            .map_err(|e| ApiError::Storage {
+                message: format!("ledger read task failed: {e}"),
+            })?
+            .map_err(|e| ApiError::Storage {
+                message: e.to_string(),
+            })
     }
 
     /// Locks the store. A panic while holding the lock cannot leave it half-written (the rules
@@ -95,31 +136,47 @@ impl Ledger {
         Ok(receipt)
     }
 
-    /// The registry once its version is above `version`, or the current one after `wait`.
-    pub async fn registry_newer_than(&self, version: u64, wait: Duration) -> crate::Registry {
+    /// The registry once its version is above `version`, or the current one after `wait` or
+    /// when the service stops, whichever comes first.
+    pub async fn registry_newer_than(
+        self: &Arc<Self>,
+        version: u64,
+        wait: Duration,
+    ) -> Result<crate::Registry, ApiError> {
         let mut versions = self.registry_version.subscribe();
-        // Either outcome ends the wait; the document is read afterwards in both cases.
-        let _ = tokio::time::timeout(wait, versions.wait_for(|current| *current > version)).await;
-        self.store().state().registry().clone()
+        // Any outcome ends the wait; the document is read afterwards in every case.
+        tokio::select! {
+            _ = tokio::time::timeout(wait, versions.wait_for(|current| *current > version)) => {}
+            () = self.stopping.cancelled() => {}
+        }
+        self.read(reader::registry).await
     }
 
     /// Current ledger-wide figures.
-    pub fn stats(&self) -> LedgerStats {
-        let store = self.store();
-        let state = store.state();
-        let (accounts, proxies, clients, workers) = state.counts();
-        LedgerStats {
-            last_seq: store.last_seq(),
-            supply: state.supply(),
-            holdings_total: state.holdings_total(),
+    pub async fn stats(self: &Arc<Self>) -> Result<LedgerStats, ApiError> {
+        let figures = self.read(reader::figures).await?;
+        let (accounts, proxies, clients, workers) = figures.counts;
+        Ok(LedgerStats {
+            last_seq: figures.last_seq,
+            supply: figures.supply,
+            holdings_total: figures.holdings_total,
             accounts,
             proxy_contracts: proxies,
             client_contracts: clients,
             worker_contracts: workers,
-            registry_version: state.registry().version,
+            registry_version: figures.registry_version,
+            registry_watchers: self.registry_version.receiver_count(),
             faucet_enabled: self.faucet_enabled,
             now: self.clock.now(),
-        }
+        })
+    }
+
+    /// One stored entity, if it exists.
+    async fn entity<T>(self: &Arc<Self>, key: EntityKey) -> Result<Option<T>, ApiError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.read(move |conn| reader::entity(conn, &key)).await
     }
 }
 
@@ -157,6 +214,35 @@ fn not_found(what: String) -> ApiError {
     ApiError::NotFound { message: what }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest {
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest {
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let message = rejection.body_text();
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                message: format!("at most {MAX_TRANSACTION_BYTES} bytes ({message})"),
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType { message },
+            _ => ApiError::BadRequest { message },
+        }
+    }
+}
+
 /// A query string, refused as an [`ApiError`] (JSON, like every other ledger error) rather than
 /// axum's plain-text rejection.
 struct ApiQuery<T>(T);
@@ -169,12 +255,40 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(query)) => Ok(ApiQuery(query)),
-            Err(rejection) => Err(ApiError::BadRequest {
-                message: rejection.body_text(),
-            }),
-        }
+        let Query(query) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(query))
+    }
+}
+
+/// Path parameters, refused as an [`ApiError`].
+struct ApiPath<T>(T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(path) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(path))
+    }
+}
+
+/// A JSON body, refused (too large, not JSON, wrong content type) as an [`ApiError`].
+struct ApiJson<T>(T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<T>::from_request(request, state).await?;
+        Ok(ApiJson(body))
     }
 }
 
@@ -202,7 +316,10 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
         .route("/v1/proxies/{proxy}/clients/{client}", get(client_contract))
         .route("/v1/proxies/{proxy}/workers/{worker}", get(worker_contract))
         .route("/v1/log", get(log))
-        .route(TRANSACTIONS_PATH, post(submit))
+        .route(
+            TRANSACTIONS_PATH,
+            post(submit).layer(DefaultBodyLimit::max(MAX_TRANSACTION_BYTES)),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(ledger)
@@ -216,55 +333,50 @@ async fn registry(
         Some(version) => {
             let wait = Duration::from_secs(query.wait_secs.unwrap_or(MAX_REGISTRY_WAIT_SECS))
                 .min(Duration::from_secs(MAX_REGISTRY_WAIT_SECS));
-            ledger.registry_newer_than(version, wait).await
+            ledger.registry_newer_than(version, wait).await?
         }
-        None => ledger.store().state().registry().clone(),
+        None => ledger.read(reader::registry).await?,
     }))
 }
 
 async fn stats(State(ledger): State<Arc<Ledger>>) -> ApiResult<LedgerStats> {
-    Ok(Json(ledger.stats()))
+    Ok(Json(ledger.stats().await?))
 }
 
-async fn human_stats(State(ledger): State<Arc<Ledger>>) -> String {
-    crate::stats::stats_text(&ledger.stats())
+async fn human_stats(State(ledger): State<Arc<Ledger>>) -> Result<String, ApiError> {
+    Ok(crate::stats::stats_text(&ledger.stats().await?))
 }
 
-async fn metrics(State(ledger): State<Arc<Ledger>>) -> Response {
-    match crate::stats::metrics_text(&ledger.stats()) {
-        Ok(text) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(e) => ApiError::Storage {
+async fn metrics(State(ledger): State<Arc<Ledger>>) -> Result<Response, ApiError> {
+    let text =
+        crate::stats::metrics_text(&ledger.stats().await?).map_err(|e| ApiError::Storage {
             message: format!("encoding metrics: {e}"),
-        }
-        .into_response(),
-    }
+        })?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
-async fn account(State(ledger): State<Arc<Ledger>>, Path(id): Path<String>) -> ApiResult<Account> {
+async fn account(
+    State(ledger): State<Arc<Ledger>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Account> {
     let id = account_param(&id)?;
-    Ok(Json(
-        ledger
-            .store()
-            .state()
-            .account(&id)
-            .copied()
-            .unwrap_or_default(),
-    ))
+    let found = ledger.entity(EntityKey::Account(id)).await?;
+    Ok(Json(found.unwrap_or_default()))
 }
 
 async fn proxy(
     State(ledger): State<Arc<Ledger>>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<crate::ProxyContract> {
     let id = account_param(&id)?;
-    let found = ledger.store().state().proxy(&id).cloned();
+    let found = ledger.entity(EntityKey::Proxy(id)).await?;
     found
         .map(Json)
         .ok_or_else(|| not_found(format!("proxy contract {id}")))
@@ -272,14 +384,10 @@ async fn proxy(
 
 async fn client_contract(
     State(ledger): State<Arc<Ledger>>,
-    Path((proxy, client)): Path<(String, String)>,
+    ApiPath((proxy, client)): ApiPath<(String, String)>,
 ) -> ApiResult<crate::ClientContract> {
     let (proxy, client) = (account_param(&proxy)?, account_param(&client)?);
-    let found = ledger
-        .store()
-        .state()
-        .client_contract(&proxy, &client)
-        .cloned();
+    let found = ledger.entity(EntityKey::Client(proxy, client)).await?;
     found
         .map(Json)
         .ok_or_else(|| not_found(format!("client contract of {client} with {proxy}")))
@@ -287,14 +395,10 @@ async fn client_contract(
 
 async fn worker_contract(
     State(ledger): State<Arc<Ledger>>,
-    Path((proxy, worker)): Path<(String, String)>,
+    ApiPath((proxy, worker)): ApiPath<(String, String)>,
 ) -> ApiResult<crate::WorkerContract> {
     let (proxy, worker) = (account_param(&proxy)?, account_param(&worker)?);
-    let found = ledger
-        .store()
-        .state()
-        .worker_contract(&proxy, &worker)
-        .cloned();
+    let found = ledger.entity(EntityKey::Worker(proxy, worker)).await?;
     found
         .map(Json)
         .ok_or_else(|| not_found(format!("worker contract of {worker} with {proxy}")))
@@ -305,24 +409,17 @@ async fn log(
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> ApiResult<Vec<crate::store::LogEntry>> {
     let limit = query.limit.unwrap_or(MAX_LOG_PAGE).min(MAX_LOG_PAGE);
-    ledger
-        .store()
-        .log_since(query.after, limit)
-        .map(Json)
-        .map_err(|e| ApiError::Storage {
-            message: e.to_string(),
-        })
+    let after = query.after;
+    let page = ledger
+        .read(move |conn| reader::log_since(conn, after, limit, MAX_LOG_PAGE_BYTES))
+        .await?;
+    Ok(Json(page))
 }
 
 async fn submit(
     State(ledger): State<Arc<Ledger>>,
-    body: Bytes,
+    ApiJson(tx): ApiJson<SignedTransaction>,
 ) -> ApiResult<crate::store::Receipt> {
-    // Parsed here rather than by axum's `Json` extractor so malformed bodies get an `ApiError`.
-    let tx: SignedTransaction =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest {
-            message: format!("not a signed transaction: {e}"),
-        })?;
     // SQLite's fsync blocks; keep it off the async workers.
     let receipt = tokio::task::spawn_blocking(move || ledger.submit(&tx))
         .await
@@ -332,11 +429,12 @@ async fn submit(
     Ok(Json(receipt))
 }
 
-/// A running ledger server (see [`spawn`]).
+/// A running ledger server (see [`spawn`]); dropping it stops the server too.
 #[derive(Debug)]
 pub struct LedgerHandle {
     addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Cancels the service's token when dropped.
+    stop: DropGuard,
     task: JoinHandle<()>,
 }
 
@@ -351,13 +449,12 @@ impl LedgerHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes in-flight requests and waits for the server to end.
-    pub async fn shutdown(mut self) -> Result<(), ServiceError> {
-        if let Some(tx) = self.shutdown.take() {
-            // The server may already have stopped; then there is no one to tell.
-            let _ = tx.send(());
-        }
-        Ok((&mut self.task).await?)
+    /// Stops accepting, ends registry long polls at once, finishes the other in-flight requests
+    /// and waits for the server to end.
+    pub async fn shutdown(self) -> Result<(), ServiceError> {
+        let Self { stop, task, .. } = self;
+        drop(stop);
+        Ok(task.await?)
     }
 }
 
@@ -369,23 +466,22 @@ pub async fn spawn(
     let ledger = Arc::new(Ledger::open(config, clock)?);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = oneshot::channel::<()>();
+    let stopping = ledger.stopping.clone();
     let app = router(ledger);
-    let stopped = async move {
-        // A dropped sender also stops the server.
-        let _ = rx.await;
-    };
-    let task = tokio::spawn(cocoon_serve::serve_http(
-        listener,
-        app,
-        config.http.clone(),
-        "ledger",
-        stopped,
-    ));
+    let task = tokio::spawn({
+        let stopping = stopping.clone();
+        let limits = config.http.clone();
+        async move {
+            cocoon_serve::serve_http(listener, app, limits, "ledger", async move {
+                stopping.cancelled().await
+            })
+            .await
+        }
+    });
     tracing::info!(%addr, database = %config.database.display(), faucet = config.faucet, "ledger listening");
     Ok(LedgerHandle {
         addr,
-        shutdown: Some(tx),
+        stop: stopping.drop_guard(),
         task,
     })
 }
@@ -396,4 +492,48 @@ pub async fn serve(config: LedgerConfig) -> Result<(), ServiceError> {
     tokio::signal::ctrl_c().await?;
     tracing::info!("ledger shutting down");
     handle.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[tokio::test]
+    async fn reads_do_not_wait_for_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LedgerConfig {
+            database: dir.path().join("ledger.sqlite3"),
+            owner: Some(AccountId::from(&ed25519_dalek::SigningKey::from_bytes(
+                &[1; 32],
+            ))),
+            ..LedgerConfig::default()
+        };
+        let ledger = Arc::new(Ledger::open(&config, Arc::new(ManualClock::new(5))).unwrap());
+        // The writer is busy (as during a commit's fsync) until `release` is sent.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn({
+            let ledger = ledger.clone();
+            move || {
+                let _store = ledger.store();
+                locked.send(()).unwrap();
+                let _ = released.recv();
+            }
+        });
+        is_locked.recv().unwrap();
+        let reads = async {
+            ledger.stats().await.unwrap();
+            ledger.read(reader::registry).await.unwrap();
+            ledger
+                .read(|conn| reader::log_since(conn, 0, MAX_LOG_PAGE, MAX_LOG_PAGE_BYTES))
+                .await
+                .unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(10), reads)
+            .await
+            .expect("a read waited for the writer");
+        release.send(()).unwrap();
+        writer.join().unwrap();
+    }
 }

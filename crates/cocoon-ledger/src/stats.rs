@@ -16,7 +16,7 @@ pub fn stats_text(stats: &LedgerStats) -> String {
          supply: {} (holdings {}{})\n\
          accounts: {}\n\
          contracts: {} proxy, {} client, {} worker\n\
-         registry version: {}\n\
+         registry version: {} ({} watching)\n\
          faucet: {}\n\
          clock: {}\n",
         stats.last_seq,
@@ -32,6 +32,7 @@ pub fn stats_text(stats: &LedgerStats) -> String {
         stats.client_contracts,
         stats.worker_contracts,
         stats.registry_version,
+        stats.registry_watchers,
         if stats.faucet_enabled { "on" } else { "off" },
         stats.now,
     )
@@ -41,7 +42,7 @@ pub fn stats_text(stats: &LedgerStats) -> String {
 pub fn metrics_text(stats: &LedgerStats) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("cocoon_ledger");
     // Amounts can exceed i64, so every gauge is a float.
-    let gauges: [(&str, &str, f64); 8] = [
+    let gauges: [(&str, &str, f64); 9] = [
         (
             "last_seq",
             "Sequence number of the last accepted transaction",
@@ -78,6 +79,11 @@ pub fn metrics_text(stats: &LedgerStats) -> Result<String, std::fmt::Error> {
             "Current registry version",
             stats.registry_version as f64,
         ),
+        (
+            "registry_watchers",
+            "Registry long polls waiting now",
+            stats.registry_watchers as f64,
+        ),
     ];
     for (name, help, value) in gauges {
         let gauge = Gauge::<f64, AtomicU64>::default();
@@ -103,6 +109,7 @@ mod tests {
             client_contracts: 2,
             worker_contracts: 4,
             registry_version: 7,
+            registry_watchers: 2,
             faucet_enabled: true,
             now: 99,
         }

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS transactions (
 );
 ";
 
-/// The result of an accepted transaction.
+/// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
+/// beside `flatten`; the ledger only writes it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// Position of the transaction in the ledger's log (1-based).
@@ -40,6 +41,7 @@ pub struct Receipt {
 
 /// One accepted transaction as kept in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogEntry {
     /// Position in the log.
     pub seq: u64,
@@ -100,7 +102,7 @@ impl std::fmt::Debug for LedgerStore {
     }
 }
 
-fn entity_location(key: &EntityKey) -> (&'static str, String) {
+pub(crate) fn entity_location(key: &EntityKey) -> (&'static str, String) {
     match key {
         EntityKey::Supply => ("supply", String::new()),
         EntityKey::Registry => ("registry", String::new()),
@@ -235,33 +237,15 @@ impl LedgerStore {
         Ok(())
     }
 
-    /// Up to `limit` log entries after `after_seq`, oldest first.
-    pub fn log_since(&self, after_seq: u64, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, applied_at, tx, outcome FROM transactions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(
-            params![i64::try_from(after_seq).unwrap_or(i64::MAX), limit],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at, tx, outcome) = row?;
-            out.push(LogEntry {
-                seq: u64::try_from(seq).map_err(corrupt)?,
-                applied_at: u64::try_from(at).map_err(corrupt)?,
-                transaction: serde_json::from_str(&tx).map_err(corrupt)?,
-                outcome: serde_json::from_str(&outcome).map_err(corrupt)?,
-            });
-        }
-        Ok(out)
+    /// Up to `limit` log entries after `after_seq`, oldest first, and no more than `max_bytes`
+    /// of them after the first (see [`crate::reader::log_since`]).
+    pub fn log_since(
+        &self,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        crate::reader::log_since(&self.conn, after_seq, limit, max_bytes)
     }
 }
 
@@ -486,7 +470,7 @@ mod tests {
         assert_eq!(reopened.last_seq(), 5);
         assert_eq!(reopened.state().supply(), 6_000);
         assert_eq!(reopened.state().holdings_total(), 6_000);
-        let log = reopened.log_since(3, 10).unwrap();
+        let log = reopened.log_since(3, 10, usize::MAX).unwrap();
         assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
         assert_eq!(log[1].outcome, Outcome::Claimed { paid: 60 });
         assert_eq!(log[1].applied_at, 100);
@@ -564,9 +548,10 @@ mod tests {
         /// Whatever sequence was applied, a reopened store holds exactly the same state.
         #[test]
         fn reopen_restores_the_state_after_random_sequences(
-            ops in proptest::collection::vec(crate::rules::tests::op(), 1..60)
+            ops in proptest::collection::vec(crate::rules::properties::op(), 1..60)
         ) {
-            use crate::rules::tests::{build_body, id, key, test_registry, Op, KEYS};
+            use crate::rules::properties::{build_body, Op, KEYS};
+            use crate::rules::tests::{id, key, test_registry};
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("ledger.sqlite3");
             let genesis = || {

@@ -2,12 +2,14 @@
 //! proves the account asked.
 //!
 //! The envelope carries the exact JSON text that was signed (`payload`), so verification never
-//! depends on re-serialising to the same bytes.
+//! depends on re-serialising to the same bytes. That text must also be canonical — exactly what
+//! [`SignedTransaction::sign`] writes for the decoded transaction: no unknown fields, no padding,
+//! no alternative spellings — so what the ledger stores forever is as small as the operation.
 
-use ed25519_dalek::{Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AccountId, Hash32, SignatureBytes};
+use crate::ids::{AccountId, Hash32, IdError, SignatureBytes};
 use crate::registry::{Amount, Registry};
 use crate::voucher::SignedVoucher;
 
@@ -16,7 +18,7 @@ const TX_DOMAIN: &[u8] = b"cocoon-ledger-tx-v1\0";
 
 /// One operation on the ledger. The signer of the enclosing [`Transaction`] is the acting account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TransactionBody {
     /// Development faucet: create `amount` in the signer's account (only when the faucet is on).
     Mint {
@@ -125,6 +127,7 @@ pub struct Transaction {
 
 /// What the signer signs (as JSON text).
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Payload {
     nonce: u64,
     body: TransactionBody,
@@ -132,6 +135,7 @@ struct Payload {
 
 /// A transaction as sent over the wire and kept in the ledger's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SignedTransaction {
     /// The acting account (its public key).
     pub signer: AccountId,
@@ -144,8 +148,8 @@ pub struct SignedTransaction {
 /// Why a signed transaction could not be built or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
-    /// The signer is not a valid Ed25519 key.
-    #[error("signer is not a valid Ed25519 public key")]
+    /// The signer is not a valid Ed25519 key, or is a weak (small-order) one.
+    #[error("signer is not a valid, non-weak Ed25519 public key")]
     BadSigner,
     /// The signature does not verify.
     #[error("transaction signature does not verify")]
@@ -153,6 +157,10 @@ pub enum TransactionError {
     /// The payload is not a well-formed transaction.
     #[error("malformed transaction payload: {0}")]
     Payload(#[from] serde_json::Error),
+    /// The payload decodes, but is not the one canonical text of what it decodes to (extra
+    /// whitespace or fields, another key order, escapes): refused so nobody can pad the log.
+    #[error("transaction payload is not canonical JSON (sign it with SignedTransaction::sign)")]
+    NotCanonical,
 }
 
 fn signing_bytes(signer: &AccountId, payload: &str) -> Vec<u8> {
@@ -180,18 +188,19 @@ impl SignedTransaction {
         })
     }
 
-    /// Checks the signature and decodes the payload.
+    /// Checks the signature (strictly: weak keys and malleated signatures are refused), decodes
+    /// the payload and checks that it is canonical.
     pub fn verify(&self) -> Result<Transaction, TransactionError> {
-        let key = self
-            .signer
-            .verifying_key()
-            .map_err(|_| TransactionError::BadSigner)?;
-        key.verify(
-            &signing_bytes(&self.signer, &self.payload),
-            &self.signature.to_signature(),
-        )
-        .map_err(|_| TransactionError::BadSignature)?;
+        self.signer
+            .verify_strict(&signing_bytes(&self.signer, &self.payload), &self.signature)
+            .map_err(|e| match e {
+                IdError::BadSignature => TransactionError::BadSignature,
+                _ => TransactionError::BadSigner,
+            })?;
         let payload: Payload = serde_json::from_str(&self.payload)?;
+        if serde_json::to_string(&payload)? != self.payload {
+            return Err(TransactionError::NotCanonical);
+        }
         Ok(Transaction {
             signer: self.signer,
             nonce: payload.nonce,
@@ -236,5 +245,52 @@ mod tests {
             foreign.verify(),
             Err(TransactionError::BadSignature)
         ));
+    }
+
+    #[test]
+    fn a_weak_signer_cannot_sign_with_the_identity_signature() {
+        use crate::ids::{FORGED_SIGNATURE, WEAK_KEY};
+        let payload = serde_json::to_string(&Payload {
+            nonce: 1,
+            body: TransactionBody::Transfer {
+                to: AccountId::from(&SigningKey::from_bytes(&[4; 32])),
+                amount: 1_000,
+            },
+        })
+        .unwrap();
+        let forged = SignedTransaction {
+            signer: WEAK_KEY,
+            payload,
+            signature: FORGED_SIGNATURE,
+        };
+        assert!(matches!(forged.verify(), Err(TransactionError::BadSigner)));
+    }
+
+    #[test]
+    fn non_canonical_payloads_are_refused_even_when_signed() {
+        let key = SigningKey::from_bytes(&[4; 32]);
+        let signer = AccountId::from(&key);
+        let canonical = SignedTransaction::sign(&key, 3, TransactionBody::StartProxyClose)
+            .unwrap()
+            .payload;
+        let padded = [
+            format!("{canonical}{}", " ".repeat(1000)),
+            canonical.replacen('{', "{\"padding\":\"xxxxxxxx\",", 1),
+            canonical.replace(
+                "\"type\":\"start_proxy_close\"",
+                "\"type\":\"start_proxy_close\",\"pad\":[1,2,3]",
+            ),
+            canonical.replace("3", "3.0"),
+            canonical.replace(':', ": "),
+        ];
+        for payload in padded {
+            let signature = key.sign(&signing_bytes(&signer, &payload)).into();
+            let tx = SignedTransaction {
+                signer,
+                payload: payload.clone(),
+                signature,
+            };
+            assert!(tx.verify().is_err(), "accepted {payload}");
+        }
     }
 }

@@ -5,10 +5,10 @@
 //! higher seqno than the last applied one (and a cumulative amount not below it), moving just the
 //! difference, so replays and reordering are harmless.
 
-use ed25519_dalek::{Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AccountId, SignatureBytes};
+use crate::ids::{AccountId, IdError, SignatureBytes};
 use crate::registry::Amount;
 
 /// Domain separation: a voucher signature can never be mistaken for a transaction signature.
@@ -26,6 +26,7 @@ pub enum VoucherKind {
 
 /// The statement a proxy signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Voucher {
     /// Which contract kind this settles.
     pub kind: VoucherKind,
@@ -38,12 +39,12 @@ pub struct Voucher {
     /// Statement number, strictly increasing per (proxy, kind, counterparty).
     pub seqno: u64,
     /// Set on the proxy's last voucher for a client who is closing; lets the client close at once.
-    #[serde(default)]
     pub is_final: bool,
 }
 
 /// A voucher with the proxy's Ed25519 signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SignedVoucher {
     /// The statement.
     pub voucher: Voucher,
@@ -54,8 +55,8 @@ pub struct SignedVoucher {
 /// Why a voucher's signature is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VoucherError {
-    /// The expected signer is not a valid Ed25519 key.
-    #[error("voucher key is not a valid Ed25519 public key")]
+    /// The expected signer is not a valid Ed25519 key, or is a weak (small-order) one.
+    #[error("voucher key is not a valid, non-weak Ed25519 public key")]
     BadKey,
     /// The signature does not verify under the expected key.
     #[error("voucher signature does not verify")]
@@ -91,14 +92,14 @@ impl Voucher {
 }
 
 impl SignedVoucher {
-    /// Checks the signature against `key` (the proxy contract's voucher key).
+    /// Checks the signature against `key` (the proxy contract's voucher key), strictly: a weak
+    /// key or a malleated signature is refused.
     pub fn verify(&self, key: &AccountId) -> Result<(), VoucherError> {
-        let key = key.verifying_key().map_err(|_| VoucherError::BadKey)?;
-        key.verify(
-            &self.voucher.signing_bytes(),
-            &self.signature.to_signature(),
-        )
-        .map_err(|_| VoucherError::BadSignature)
+        key.verify_strict(&self.voucher.signing_bytes(), &self.signature)
+            .map_err(|e| match e {
+                IdError::BadSignature => VoucherError::BadSignature,
+                _ => VoucherError::BadKey,
+            })
     }
 }
 
@@ -229,5 +230,35 @@ mod tests {
         let back: SignedVoucher =
             serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
         back.verify(&AccountId::from(&key)).unwrap();
+    }
+
+    #[test]
+    fn a_weak_voucher_key_signs_nothing() {
+        use crate::ids::{FORGED_SIGNATURE, WEAK_KEY};
+        let forged = SignedVoucher {
+            voucher: voucher(),
+            signature: FORGED_SIGNATURE,
+        };
+        assert_eq!(forged.verify(&WEAK_KEY), Err(VoucherError::BadKey));
+    }
+
+    #[test]
+    fn unknown_fields_and_loose_hex_are_refused() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let json = serde_json::to_string(&voucher().sign(&key)).unwrap();
+        assert!(serde_json::from_str::<SignedVoucher>(&json).is_ok());
+        for bad in [
+            json.replacen('{', "{\"padding\":\"x\",", 1),
+            json.replace("\"is_final\":false", "\"is_final\":false,\"extra\":1"),
+            json.replace("\"is_final\":false,", "")
+                .replace(",\"is_final\":false", ""),
+            json.replacen("0101", "0A01", 1),
+            json.replace(&"02".repeat(32), &format!(" {}", "02".repeat(32))),
+        ] {
+            assert!(
+                serde_json::from_str::<SignedVoucher>(&bad).is_err(),
+                "accepted {bad}"
+            );
+        }
     }
 }

@@ -4,35 +4,13 @@ use std::sync::Arc;
 
 use cocoon_ledger::api::LogQuery;
 use cocoon_ledger::{
-    spawn, AccountId, ApiError, ClientError, ContractStatus, Hash32, LedgerClient, LedgerConfig,
-    ManualClock, Outcome, RollbackError, RuleError, Settlement, SettlementError, Voucher,
-    VoucherKind,
+    spawn, ApiError, ClientError, ContractStatus, Hash32, LedgerClient, ManualClock, Outcome,
+    RollbackError, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
 };
-use ed25519_dalek::SigningKey;
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
+mod common;
 
-fn id(n: u8) -> AccountId {
-    AccountId::from(&key(n))
-}
-
-const OWNER: u8 = 1;
-const PROXY: u8 = 2;
-const CLIENT: u8 = 3;
-const WORKER: u8 = 4;
-const START: u64 = 1_700_000_000;
-
-fn config(dir: &tempfile::TempDir) -> LedgerConfig {
-    LedgerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.path().join("ledger.sqlite3"),
-        faucet: true,
-        owner: Some(id(OWNER)),
-        ..LedgerConfig::default()
-    }
-}
+use common::*;
 
 fn settlement(url: &str, n: u8) -> Arc<dyn Settlement> {
     Arc::new(LedgerClient::new(url, key(n)).unwrap())
@@ -277,6 +255,7 @@ async fn bad_requests_get_typed_errors() {
     let raw = reqwest::Client::new();
     let response = raw
         .post(format!("{url}/v1/transactions"))
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
@@ -304,6 +283,9 @@ async fn bad_requests_get_typed_errors() {
             405,
             "DELETE is not allowed on /v1/stats",
         ),
+        ("GET", "/v1/accounts/%FF%FE", 400, "UTF-8"),
+        ("GET", "/v1/transactions", 405, "GET is not allowed"),
+        ("GET", "/v1/log?limit=1&surprise=1", 400, "surprise"),
     ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let response = raw
@@ -312,6 +294,7 @@ async fn bad_requests_get_typed_errors() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
         let error: ApiError = response.json().await.unwrap();
         assert_eq!(error.status(), status, "{path}");
         assert!(error.to_string().contains(message), "{path}: {error}");

@@ -329,3 +329,23 @@ fn a_crafted_issue_time_is_refused_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn a_weak_key_signs_nothing() {
+    // The identity point, with the signature (R = identity, s = 0) that non-strict Ed25519
+    // accepts under it for any message.
+    let mut weak = [0u8; 32];
+    weak[0] = 1;
+    let mut signature = [0u8; 64];
+    signature[0] = 1;
+    assert!(matches!(
+        check_signature(
+            &weak,
+            &hex::encode(signature),
+            b"d",
+            &[b"any message".as_slice()],
+            "test"
+        ),
+        Err(ReceiptError::BadSignature("test"))
+    ));
+}

@@ -203,7 +203,7 @@ impl Drop for Network {
 }
 
 /// What the faucet gives the benchmark's proxy and client (nano-units), enough for any run.
-const BENCH_FUNDS: &str = "1000000000000000";
+const BENCH_FUNDS: &str = "1000000000000";
 
 /// Starts a ledger, proxy, worker (forwarding to `engine_url` for `model`) and client on ports from
 /// `base_port`, with their state in a temporary directory removed afterwards.

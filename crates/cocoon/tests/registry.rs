@@ -279,3 +279,29 @@ async fn registry_changes_need_the_owner_and_refuse_to_open_a_list() {
     assert!(shown.contains(&image), "{shown}");
     drop(ledger_node);
 }
+
+#[tokio::test]
+async fn a_ledger_stops_at_once_on_ctrl_c_while_nodes_watch_its_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ledger_node, url) = ledger(dir.path(), &[]);
+    let watch = tokio::spawn(
+        http()
+            .get(format!("{url}/v1/registry?newer_than=1&wait_secs=30"))
+            .send(),
+    );
+    let started = Instant::now();
+    while get_json(&format!("{url}/v1/stats")).await["registry_watchers"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the long poll never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ledger_node.interrupt();
+    // Well before the 30 s the long poll would otherwise hold it.
+    let status = ledger_node
+        .exit_within(Duration::from_secs(10))
+        .expect("the ledger waited for a registry long poll");
+    assert!(status.success(), "{status}");
+    watch.abort();
+}

@@ -126,11 +126,20 @@ impl Node {
 
     /// SIGTERM, as a service manager stopping it would; the node then stops by itself.
     pub fn terminate(&mut self) {
+        self.signal("TERM");
+    }
+
+    /// SIGINT, as Ctrl-C in its terminal would; the node then stops by itself.
+    pub fn interrupt(&mut self) {
+        self.signal("INT");
+    }
+
+    fn signal(&mut self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Waits up to `within` for the node to exit by itself; returns how it exited.
