@@ -22,6 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LedgerConfig};
 use crate::ids::AccountId;
 use crate::rules::{Account, Context};
+use crate::signed_registry::RegistryAnswer;
 use crate::store::{LedgerStore, StoreError, SubmitError};
 use crate::transaction::SignedTransaction;
 
@@ -49,6 +50,9 @@ pub struct Ledger {
     faucet_enabled: bool,
     /// The registry version, so watchers can wait for the next one (`GET /v1/registry?newer_than=`).
     registry_version: watch::Sender<u64>,
+    /// The owner's transaction that set the current registry (`None` for a genesis document);
+    /// written while the store is locked, so it always matches the store's document.
+    registry_update: Mutex<Option<SignedTransaction>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -64,11 +68,13 @@ impl Ledger {
     pub fn open(config: &LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, ServiceError> {
         let store = LedgerStore::open(&config.database, || config.genesis_state())?;
         let (registry_version, _) = watch::channel(store.state().registry().version);
+        let registry_update = Mutex::new(store.current_registry_update()?);
         Ok(Self {
             store: Mutex::new(store),
             clock,
             faucet_enabled: config.faucet,
             registry_version,
+            registry_update,
         })
     }
 
@@ -89,18 +95,31 @@ impl Ledger {
         let version = store.state().registry().version;
         self.registry_version.send_if_modified(|current| {
             let changed = *current != version;
+            if changed {
+                // Only an owner's registry update changes the version: this transaction.
+                *lock(&self.registry_update) = Some(tx.clone());
+            }
             *current = version;
             changed
         });
         Ok(receipt)
     }
 
+    /// The registry and the owner's update that set it.
+    pub fn registry(&self) -> RegistryAnswer {
+        let store = self.store();
+        RegistryAnswer {
+            registry: store.state().registry().clone(),
+            signed_update: lock(&self.registry_update).clone(),
+        }
+    }
+
     /// The registry once its version is above `version`, or the current one after `wait`.
-    pub async fn registry_newer_than(&self, version: u64, wait: Duration) -> crate::Registry {
+    pub async fn registry_newer_than(&self, version: u64, wait: Duration) -> RegistryAnswer {
         let mut versions = self.registry_version.subscribe();
         // Either outcome ends the wait; the document is read afterwards in both cases.
         let _ = tokio::time::timeout(wait, versions.wait_for(|current| *current > version)).await;
-        self.store().state().registry().clone()
+        self.registry()
     }
 
     /// Current ledger-wide figures.
@@ -121,6 +140,11 @@ impl Ledger {
             now: self.clock.now(),
         }
     }
+}
+
+/// Locks a mutex whose data a panic cannot leave half-written (one assignment), reusing it if poisoned.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl From<SubmitError> for ApiError {
@@ -211,14 +235,14 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
 async fn registry(
     State(ledger): State<Arc<Ledger>>,
     ApiQuery(query): ApiQuery<RegistryQuery>,
-) -> ApiResult<crate::Registry> {
+) -> ApiResult<RegistryAnswer> {
     Ok(Json(match query.newer_than {
         Some(version) => {
             let wait = Duration::from_secs(query.wait_secs.unwrap_or(MAX_REGISTRY_WAIT_SECS))
                 .min(Duration::from_secs(MAX_REGISTRY_WAIT_SECS));
             ledger.registry_newer_than(version, wait).await
         }
-        None => ledger.store().state().registry().clone(),
+        None => ledger.registry(),
     }))
 }
 

@@ -68,10 +68,11 @@ pub async fn start(
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningProxy> {
+    let registry_trust = config.registry_trust()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("opening the proxy's wallet key")?;
     let attributes = cocoon_node::wallet::with_wallet(Default::default(), AccountId::from(&wallet));
-    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
     let billing = billing::Billing::open(config.billing(), wallet, &registry)
@@ -165,6 +166,7 @@ pub async fn start(
         json!({
             "image_hash": image_hash.to_string(),
             "registry_version": registry.current().version,
+            "registry": registry.status(),
             "workers": routing.snapshot(),
             "wallet": billing.snapshot(),
         })
