@@ -273,7 +273,7 @@ async fn healthz(State(surface): State<Surface>) -> Response {
         Ok(()) => (StatusCode::OK, format!("ok {role}\n")).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready {role}: {reason}\n"),
+            format!("unhealthy {role}: {reason}\n"),
         )
             .into_response(),
     }

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::response::IntoResponse;
 use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
@@ -171,23 +170,11 @@ pub async fn start(
             "wallet": billing.snapshot(),
         })
     });
-    let router = stats::router(stats, details).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let unhealthy = (request.uri().path() == "/healthz")
-                .then(|| health.unhealthy())
-                .flatten();
-            async move {
-                match unhealthy {
-                    Some(reason) => (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!("unhealthy proxy: {reason}\n"),
-                    )
-                        .into_response(),
-                    None => next.run(request).await,
-                }
-            }
-        },
-    ));
+    let readiness: stats::Readiness = Arc::new(move || {
+        let verdict = health.unhealthy().map_or(Ok(()), Err);
+        Box::pin(std::future::ready(verdict))
+    });
+    let router = stats::router_with_readiness(stats, details, readiness);
     tasks.spawn(cocoon_node::serve::serve_http(
         surface,
         router,

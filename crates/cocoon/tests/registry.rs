@@ -22,7 +22,11 @@ async fn until_workers(proxy: &ProxyAddrs, count: usize, within: Duration) {
 }
 
 async fn chat_status(api: &str) -> u16 {
-    post_chat(api, &chat(2, false)).await.unwrap().status().as_u16()
+    post_chat(api, &chat(2, false))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// A registry owner's key (made with `cocoon registry keygen`) and the ledger it edits.
