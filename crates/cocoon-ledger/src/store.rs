@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::AccountId;
 use crate::rules::{Context, EntityKey, LedgerState, Outcome, RuleError};
-use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
+use crate::transaction::{SignedTransaction, TransactionError};
+
+mod registry_update;
 
 /// Bumped when the table layout changes; an unknown version is refused rather than misread.
 const SCHEMA_VERSION: i64 = 1;
@@ -262,27 +264,6 @@ impl LedgerStore {
             });
         }
         Ok(out)
-    }
-
-    /// The owner's accepted `UpdateRegistry` transaction that set the current registry, so nodes
-    /// can check the document without trusting this ledger; `None` for a genesis document, which
-    /// no one signed. Reads the log from the newest entry back to the last registry update.
-    pub fn current_registry_update(&self) -> Result<Option<SignedTransaction>, StoreError> {
-        // The text match only narrows the scan; every candidate is decoded and checked.
-        let mut stmt = self.conn.prepare(
-            "SELECT tx FROM transactions WHERE tx LIKE '%update_registry%' ORDER BY seq DESC",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let signed: SignedTransaction =
-                serde_json::from_str(&row.get::<_, String>(0)?).map_err(corrupt)?;
-            let Ok(tx) = signed.verify() else { continue };
-            if let TransactionBody::UpdateRegistry { registry } = tx.body {
-                let current = &registry == self.state.registry();
-                return Ok(current.then_some(signed));
-            }
-        }
-        Ok(None)
     }
 }
 
