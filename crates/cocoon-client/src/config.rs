@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,12 @@ pub struct ClientConfig {
     /// Base URL of the ledger holding this client's contract with its proxy.
     #[arg(long, default_value = "http://127.0.0.1:13000", value_name = "URL")]
     pub ledger: String,
+    /// The registry owner's account (64 hex digits; `cocoon registry keygen` prints it). Every
+    /// registry version must carry its signature and never be older than the last one accepted.
+    /// Required unless every list this node would take from the registry is given as a flag.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    #[serde(default)]
+    pub registry_owner: String,
     /// Directory of the client's sealed wallet key.
     #[arg(long, default_value = "cocoon-data/client", value_name = "DIR")]
     pub data_dir: PathBuf,
@@ -91,6 +98,18 @@ pub enum ConfigError {
 }
 
 impl ClientConfig {
+    /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
+    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+        RegistryTrust::for_node(
+            &self.registry_owner,
+            &[
+                ("--proxy", &self.proxy[..]),
+                ("--allow-proxy-image", &self.allow_proxy_image[..]),
+            ],
+            &self.data_dir,
+        )
+    }
+
     /// Checks values that parse but cannot work, so `start` fails clearly instead of every request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for proxy in &self.proxy {

@@ -8,7 +8,8 @@
 //!   `/jsonstats`, `/metrics`);
 //! - [`stream`]: streaming answers passed through lazily, so an app that goes away cancels the
 //!   work upstream;
-//! - [`settlement`]: the contract with the proxy: deposit, automatic top-ups, applied charges.
+//! - [`settlement`]: the contract with the proxy: deposit, automatic top-ups, applied charges;
+//! - [`readiness`]: `/healthz` is 200 only when a request can be served at once.
 //!
 //! [`start`] binds and spawns everything and returns a [`RunningClient`]; [`run`] also waits for
 //! shutdown.
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod http;
 pub mod link;
+pub mod readiness;
 pub mod request;
 pub mod settlement;
 pub mod stream;
@@ -99,6 +101,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningClient> {
     config.validate()?;
+    let registry_trust = config.registry_trust()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("cannot open this client's wallet key")?;
     let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), AccountId::from(&wallet));
@@ -127,7 +130,7 @@ pub async fn start(
         .local_addr()
         .context("cannot read the listening address")?;
 
-    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("cannot read the registry")?;
     let policy = trust
@@ -160,14 +163,17 @@ pub async fn start(
         settlement.spawn(links.clone(), links_shutdown.clone()),
     ];
     let details_links = links.clone();
-    let stats_routes = stats::router(
+    let readiness = readiness::readiness(links.clone(), settlement.clone());
+    let stats_routes = stats::router_with_readiness(
         stats.clone(),
         Arc::new(move || {
             let mut details = details_links.snapshot();
             details["wallet"] = settlement.snapshot();
             details["registry_version"] = registry.current().version.into();
+            details["registry"] = registry.status();
             details
         }),
+        readiness,
     );
     let api = Arc::new(Api {
         links,

@@ -82,6 +82,8 @@ struct View {
     charged: Option<Amount>,
     charged_on_ledger: Option<Amount>,
     available: Option<Amount>,
+    /// Whether the contract is open (not closing or closed).
+    open: bool,
     last_error: Option<String>,
 }
 
@@ -211,8 +213,31 @@ impl ClientSettlement {
             charged: Some(charged),
             charged_on_ledger: contract.map(|c| c.charged),
             available: contract.map(|c| available(c, charged)),
+            open: contract.is_some_and(|c| c.status == ContractStatus::Open),
             last_error: None,
         };
+    }
+
+    /// Whether the contract with `proxy`, as the last round read it, is open with money
+    /// available, so a request sent there now is not refused for payment; else why not.
+    pub fn funded_with(&self, proxy: AccountId) -> Result<(), String> {
+        let view = lock(&self.view);
+        if view.proxy.as_deref() != Some(proxy.to_string().as_str()) {
+            return Err(format!("no contract with the proxy {proxy} read yet"));
+        }
+        if !view.open {
+            let why = view.last_error.as_deref().unwrap_or("not opened yet");
+            return Err(format!(
+                "the contract with the proxy {proxy} is not open: {why}"
+            ));
+        }
+        match view.available {
+            Some(available) if available > 0 => Ok(()),
+            _ => Err(format!(
+                "the contract with the proxy {proxy} has no money available; it is topped up \
+                 from the wallet (see /jsonstats `details.wallet`)"
+            )),
+        }
     }
 
     /// Settles every interval until `shutdown`.

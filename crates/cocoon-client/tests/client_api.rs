@@ -236,12 +236,26 @@ async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
     let config = cocoon_ledger::LedgerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: dir.join("ledger.sqlite3"),
-        owner: Some(cocoon_ledger::AccountId([0x11; 32])),
+        owner: Some(cocoon_ledger::AccountId::from(&owner_key())),
         ..cocoon_ledger::LedgerConfig::default()
     };
-    cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
         .await
-        .unwrap()
+        .unwrap();
+    // Clients read only versions the owner signed; the genesis one is not.
+    let owner = cocoon_ledger::LedgerClient::new(&ledger.url(), owner_key()).unwrap();
+    let mut registry = owner.registry_newer_than(0, Duration::ZERO).await.unwrap();
+    registry.version += 1;
+    owner
+        .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry })
+        .await
+        .unwrap();
+    ledger
+}
+
+/// The key that owns the test ledgers' registry.
+fn owner_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0x11; 32])
 }
 
 impl Client {
@@ -252,6 +266,7 @@ impl Client {
             listen: "127.0.0.1:0".to_owned(),
             ledger: ledger.url(),
             proxy: proxies,
+            registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
             data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
             ..ClientConfig::default()
@@ -510,8 +525,9 @@ async fn api_keys_guard_the_openai_routes_only() {
 
     let response = client.get("/v1/models").await;
     assert_eq!(response.status(), 401);
-    // Monitoring needs no key.
-    assert_eq!(client.get("/healthz").await.status(), 200);
+    // Monitoring needs no key (this fake proxy names no wallet, so the client is not ready).
+    assert_eq!(client.get("/jsonstats").await.status(), 200);
+    assert_eq!(client.get("/healthz").await.status(), 503);
     let metrics = client.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("cocoon_requests_total"), "{metrics}");
     client.stop().await;
@@ -662,6 +678,7 @@ async fn a_taken_port_fails_start_clearly() {
     let data_dir = tempfile::tempdir().unwrap();
     let config = ClientConfig {
         listen: taken.local_addr().unwrap().to_string(),
+        registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
         data_dir: data_dir.path().to_owned(),
         attestation: attestation("test-client"),
         ..ClientConfig::default()

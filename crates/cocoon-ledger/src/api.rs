@@ -2,7 +2,8 @@
 //!
 //! Routes (all JSON):
 //! - `GET  /healthz` → `"ok"` (text)
-//! - `GET  /v1/registry` → [`crate::Registry`]; with `?newer_than=V[&wait_secs=S]` the answer waits
+//! - `GET  /v1/registry` → [`crate::RegistryAnswer`]: the document, and the owner's signed update
+//!   that set it (which nodes verify); with `?newer_than=V[&wait_secs=S]` the answer waits
 //!   (at most [`MAX_REGISTRY_WAIT_SECS`]) until the version is above `V` — how nodes watch it
 //! - `GET  /v1/stats` (also `/jsonstats`) → [`LedgerStats`]; `/stats` (text), `/metrics` (Prometheus)
 //! - `GET  /v1/accounts/{account}` → [`crate::Account`] (zero balance and nonce if never seen)

@@ -11,6 +11,7 @@ use crate::ids::AccountId;
 use crate::registry::Registry;
 use crate::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
 use crate::settlement::{Settlement, SettlementError};
+use crate::signed_registry::RegistryAnswer;
 use crate::store::{LogEntry, Receipt};
 use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
 
@@ -189,12 +190,25 @@ impl LedgerClient {
     }
 
     /// The registry once its version is above `version`, or the current one after `wait` (the
-    /// ledger holds the request open; see [`crate::api::RegistryQuery`]).
+    /// ledger holds the request open; see [`crate::api::RegistryQuery`]), as the ledger states it.
     pub async fn registry_newer_than(
         &self,
         version: u64,
         wait: Duration,
     ) -> Result<Registry, ClientError> {
+        Ok(self
+            .registry_answer_newer_than(version, wait)
+            .await?
+            .registry)
+    }
+
+    /// As [`LedgerClient::registry_newer_than`], with the owner's signed update that set the
+    /// version, for a reader that checks it (see [`RegistryAnswer::verify`]).
+    pub async fn registry_answer_newer_than(
+        &self,
+        version: u64,
+        wait: Duration,
+    ) -> Result<RegistryAnswer, ClientError> {
         let path = format!(
             "/v1/registry?newer_than={version}&wait_secs={}",
             wait.as_secs()

@@ -40,6 +40,7 @@ pub mod registry;
 pub mod rules;
 pub mod service;
 pub mod settlement;
+pub mod signed_registry;
 pub mod statement;
 pub mod stats;
 pub mod store;
@@ -61,6 +62,7 @@ pub use rules::{
 };
 pub use service::{serve, spawn, Ledger, LedgerHandle, ServiceError};
 pub use settlement::{Settlement, SettlementError};
+pub use signed_registry::{RegistryAnswer, RegistryRefusal, SeenVersion};
 pub use statement::{ClientStatement, WorkerStatement};
 pub use store::{LedgerStore, LogEntry, Receipt, StoreError, SubmitError};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};

@@ -28,6 +28,7 @@ use crate::config::{ConfigError, LedgerConfig};
 use crate::ids::AccountId;
 use crate::reader::{self, LedgerReader};
 use crate::rules::{Account, Context, EntityKey};
+use crate::signed_registry::RegistryAnswer;
 use crate::store::{LedgerStore, StoreError, SubmitError};
 use crate::transaction::SignedTransaction;
 
@@ -64,6 +65,10 @@ pub struct Ledger {
     registry_version: watch::Sender<u64>,
     /// Cancelled when the service stops: ends registry long polls at once.
     stopping: CancellationToken,
+    /// The current registry and the owner's transaction that set it (`None` for a genesis
+    /// document); replaced while the store is locked, so the two always match, and read without
+    /// touching the store, so registry reads never wait for the writer.
+    registry_answer: Mutex<RegistryAnswer>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -79,6 +84,10 @@ impl Ledger {
     pub fn open(config: &LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, ServiceError> {
         let store = LedgerStore::open(&config.database, || config.genesis_state())?;
         let (registry_version, _) = watch::channel(store.state().registry().version);
+        let registry_answer = Mutex::new(RegistryAnswer {
+            registry: store.state().registry().clone(),
+            signed_update: store.current_registry_update()?,
+        });
         Ok(Self {
             store: Mutex::new(store),
             reader: LedgerReader::new(&config.database),
@@ -87,6 +96,7 @@ impl Ledger {
             faucet_enabled: config.faucet,
             registry_version,
             stopping: CancellationToken::new(),
+            registry_answer,
         })
     }
 
@@ -130,26 +140,34 @@ impl Ledger {
         let version = store.state().registry().version;
         self.registry_version.send_if_modified(|current| {
             let changed = *current != version;
+            if changed {
+                // Only an owner's registry update changes the version: this transaction.
+                *lock(&self.registry_answer) = RegistryAnswer {
+                    registry: store.state().registry().clone(),
+                    signed_update: Some(tx.clone()),
+                };
+            }
             *current = version;
             changed
         });
         Ok(receipt)
     }
 
+    /// The registry and the owner's update that set it.
+    pub fn registry(&self) -> RegistryAnswer {
+        lock(&self.registry_answer).clone()
+    }
+
     /// The registry once its version is above `version`, or the current one after `wait` or
     /// when the service stops, whichever comes first.
-    pub async fn registry_newer_than(
-        self: &Arc<Self>,
-        version: u64,
-        wait: Duration,
-    ) -> Result<crate::Registry, ApiError> {
+    pub async fn registry_newer_than(&self, version: u64, wait: Duration) -> RegistryAnswer {
         let mut versions = self.registry_version.subscribe();
         // Any outcome ends the wait; the document is read afterwards in every case.
         tokio::select! {
             _ = tokio::time::timeout(wait, versions.wait_for(|current| *current > version)) => {}
             () = self.stopping.cancelled() => {}
         }
-        self.read(reader::registry).await
+        self.registry()
     }
 
     /// Current ledger-wide figures.
@@ -178,6 +196,11 @@ impl Ledger {
     {
         self.read(move |conn| reader::entity(conn, &key)).await
     }
+}
+
+/// Locks a mutex whose data a panic cannot leave half-written (one assignment), reusing it if poisoned.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl From<SubmitError> for ApiError {
@@ -328,14 +351,14 @@ pub fn router(ledger: Arc<Ledger>) -> Router {
 async fn registry(
     State(ledger): State<Arc<Ledger>>,
     ApiQuery(query): ApiQuery<RegistryQuery>,
-) -> ApiResult<crate::Registry> {
+) -> ApiResult<RegistryAnswer> {
     Ok(Json(match query.newer_than {
         Some(version) => {
             let wait = Duration::from_secs(query.wait_secs.unwrap_or(MAX_REGISTRY_WAIT_SECS))
                 .min(Duration::from_secs(MAX_REGISTRY_WAIT_SECS));
-            ledger.registry_newer_than(version, wait).await?
+            ledger.registry_newer_than(version, wait).await
         }
-        None => ledger.read(reader::registry).await?,
+        None => ledger.registry(),
     }))
 }
 

@@ -14,6 +14,8 @@ use crate::ids::AccountId;
 use crate::rules::{Context, EntityKey, LedgerState, Outcome, RuleError};
 use crate::transaction::{SignedTransaction, TransactionError};
 
+mod registry_update;
+
 /// Bumped when the table layout changes; an unknown version is refused rather than misread.
 const SCHEMA_VERSION: i64 = 1;
 

@@ -332,3 +332,40 @@ async fn bad_requests_get_typed_errors() {
     server.shutdown().await.unwrap();
     assert!(matches!(reader.stats().await, Err(ClientError::Http(_))));
 }
+
+#[tokio::test]
+async fn the_registry_comes_with_the_owners_signed_update_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let server = spawn(&config(&dir), clock.clone()).await.unwrap();
+    let reader = LedgerClient::read_only(&server.url()).unwrap();
+    let wait = std::time::Duration::ZERO;
+    // The genesis document was signed by no one: nodes that pin the owner refuse it.
+    let genesis = reader.registry_answer_newer_than(0, wait).await.unwrap();
+    assert!(genesis.signed_update.is_none());
+    assert!(matches!(
+        genesis.verify(id(OWNER), None),
+        Err(cocoon_ledger::RegistryRefusal::Unsigned { version: 1 })
+    ));
+
+    let mut next = genesis.registry.clone();
+    next.version = 2;
+    next.min_client_stake += 1;
+    settlement(&server.url(), OWNER)
+        .update_registry(next.clone())
+        .await
+        .unwrap();
+    // Another account's transactions after the update do not hide it.
+    settlement(&server.url(), CLIENT).faucet(5).await.unwrap();
+    let answer = reader.registry_answer_newer_than(1, wait).await.unwrap();
+    let (verified, seen) = answer.verify(id(OWNER), None).unwrap();
+    assert_eq!((verified, seen.version), (next.clone(), 2));
+    server.shutdown().await.unwrap();
+
+    let server = spawn(&config(&dir), clock).await.unwrap();
+    let reader = LedgerClient::read_only(&server.url()).unwrap();
+    let reopened = reader.registry_answer_newer_than(0, wait).await.unwrap();
+    assert_eq!(reopened, answer, "the same signed bytes after a restart");
+    assert_eq!(reopened.verify(id(OWNER), Some(seen)).unwrap().1, seen);
+    server.shutdown().await.unwrap();
+}

@@ -4,6 +4,7 @@
 //! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
 //! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
 //! - [`registry`]: the registry read from the ledger and watched; policies that follow it;
+//! - [`registry_trust`]: the pinned registry owner and the last version accepted;
 //! - [`reply`]: OpenAI-shaped error responses; [`trailers`]: usage and failures at the end of answers;
 //! - [`wallet`]: the node's sealed wallet key and the wallet peers name in their claims;
 //! - [`backoff`] and [`shutdown`]: reconnect pacing and Ctrl-C/SIGTERM handling;
@@ -15,6 +16,7 @@
 pub mod attestation;
 pub mod link;
 pub mod registry;
+pub mod registry_trust;
 pub mod reply;
 pub mod shutdown;
 pub mod stats;

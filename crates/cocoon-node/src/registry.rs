@@ -1,5 +1,7 @@
 //! The registry as a node sees it: read from the ledger at start, then watched (the ledger holds a
-//! request open until the next version), so a new version takes effect within a round trip.
+//! request open until the next version), so a new version takes effect within a round trip. Each
+//! version is judged by the node's [`RegistryTrust`] (the owner's signature, never older than the
+//! last one accepted) before anything uses it.
 //!
 //! Roles do not read the document directly; they [`RegistryWatch::derive`] what they need (a peer
 //! policy, an allow-list of models, the proxies to dial), and what they derived changes only when
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_ledger::{ImageRole, LedgerClient, RegisteredProxy, Registry};
+use cocoon_ledger::{ImageRole, RegisteredProxy, Registry};
 use cocoon_ratls::{PeerIdentity, SharedPolicy};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
 use tokio::sync::watch;
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::registry_trust::{ReadError, Refusals, RegistryReader, RegistryTrust};
 
 /// How long one watch request waits for a new version before asking again.
 const WATCH_WAIT: Duration = Duration::from_secs(25);
@@ -38,40 +41,64 @@ pub enum RegistryError {
 #[derive(Clone)]
 pub struct RegistryWatch {
     current: watch::Receiver<Arc<Registry>>,
+    refusals: Arc<Refusals>,
 }
 
 impl RegistryWatch {
     /// Reads the registry from the ledger at `ledger_url` (retrying while the ledger is not up, as
-    /// after a host restart) and keeps it current until `shutdown`.
+    /// after a host restart, or serves nothing `trust` accepts) and keeps it current until
+    /// `shutdown`. When the ledger's version is refused but the data directory keeps a good one,
+    /// the node starts on that.
     pub async fn start(
         ledger_url: &str,
+        trust: RegistryTrust,
         shutdown: CancellationToken,
     ) -> Result<Self, RegistryError> {
-        let ledger = LedgerClient::read_only(ledger_url)?;
+        let mut reader = RegistryReader::new(ledger_url, trust)?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = loop {
             let read = tokio::select! {
                 _ = shutdown.cancelled() => return Err(RegistryError::Stopped),
-                read = ledger.registry_newer_than(0, Duration::ZERO) => read,
+                read = reader.read(0, Duration::ZERO) => read,
             };
             match read {
                 Ok(registry) => break registry,
-                Err(error) => {
+                // Logged by the reader. Without a good version kept, wait for one to come.
+                Err(ReadError::Refused(_)) => match reader.stored() {
+                    Some(stored) => break stored,
+                    None => tokio::time::sleep(backoff.next_delay()).await,
+                },
+                Err(ReadError::Ledger(error)) => {
                     tracing::warn!(ledger = ledger_url, %error, "cannot read the registry yet; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         };
         tracing::info!(version = first.version, "registry read");
+        let refusals = reader.refusals.clone();
         let (publish, current) = watch::channel(Arc::new(first));
-        let url = ledger_url.to_owned();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = follow(ledger, url, publish) => {}
+                _ = follow(reader, publish) => {}
             }
         });
-        Ok(Self { current })
+        Ok(Self { current, refusals })
+    }
+
+    /// How many versions the ledger served were refused, and the latest reason.
+    pub fn refusals(&self) -> (u64, Option<String>) {
+        self.refusals.snapshot()
+    }
+
+    /// The registry's part of a node's `/jsonstats`: the version in use and the refusals.
+    pub fn status(&self) -> serde_json::Value {
+        let (refused, latest) = self.refusals();
+        serde_json::json!({
+            "version": self.current().version,
+            "refused": refused,
+            "last_refusal": latest,
+        })
     }
 
     /// The document now.
@@ -135,13 +162,13 @@ pub enum ProxyPort {
     Clients,
 }
 
-/// Long-polls the ledger for newer versions and publishes them.
-async fn follow(ledger: LedgerClient, url: String, publish: watch::Sender<Arc<Registry>>) {
+/// Long-polls the ledger for newer versions and publishes those the reader accepts.
+async fn follow(mut reader: RegistryReader, publish: watch::Sender<Arc<Registry>>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let version = publish.borrow().version;
         let asked = std::time::Instant::now();
-        match ledger.registry_newer_than(version, WATCH_WAIT).await {
+        match reader.read(version, WATCH_WAIT).await {
             Ok(registry) if registry.version > version => {
                 tracing::info!(version = registry.version, "registry updated");
                 backoff.reset();
@@ -153,8 +180,10 @@ async fn follow(ledger: LedgerClient, url: String, publish: watch::Sender<Arc<Re
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Ok(_) => backoff.reset(),
-            Err(error) => {
-                tracing::warn!(ledger = %url, %error, "watching the registry failed; retrying");
+            // Logged by the reader; the last good version stays.
+            Err(ReadError::Refused(_)) => tokio::time::sleep(backoff.next_delay()).await,
+            Err(ReadError::Ledger(error)) => {
+                tracing::warn!(ledger = %reader.url(), %error, "watching the registry failed; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
@@ -302,7 +331,7 @@ pub async fn until_refused<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::{AccountId, Hash32, LedgerConfig, RegistryEdit};
+    use cocoon_ledger::{AccountId, Hash32, LedgerClient, LedgerConfig, RegistryEdit};
     use cocoon_tee::{Attester, FakeAttester, Verifier};
 
     fn image(label: &str) -> ImageHash {
@@ -349,7 +378,11 @@ mod tests {
             edit(&ledger.url(), &owner, edit_allow).await;
         }
         let shutdown = CancellationToken::new();
-        let watch = RegistryWatch::start(&ledger.url(), shutdown.clone())
+        let trust = RegistryTrust::Pinned {
+            owner: AccountId::from(&owner),
+            data_dir: None,
+        };
+        let watch = RegistryWatch::start(&ledger.url(), trust, shutdown.clone())
             .await
             .unwrap();
         assert_eq!(watch.current().version, 3);
@@ -455,7 +488,10 @@ mod tests {
         registry.worker_image_hashes.push(Hash32(image("a").0));
         // The sender stays alive for the test, as the ledger follower would.
         let (_publish, current) = watch::channel(Arc::new(registry));
-        let watch = RegistryWatch { current };
+        let watch = RegistryWatch {
+            current,
+            refusals: Arc::default(),
+        };
         let flags = BTreeSet::from([image("b")]);
         let policy = LivePolicy::new(
             flags.clone(),

@@ -27,6 +27,10 @@ struct KindLabel {
 /// A role-specific section of `/jsonstats` and `/stats` (balances, workers, links…).
 pub type Details = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// Whether a node can serve a request now; `Err` says why not (`/healthz` answers 503 with it).
+pub type Readiness =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// The counters of one node. Cheap to update from any task.
 pub struct NodeStats {
     role: &'static str,
@@ -215,6 +219,7 @@ impl Drop for ConnectedPeer {
 struct Surface {
     stats: Arc<NodeStats>,
     details: Details,
+    readiness: Option<Readiness>,
 }
 
 impl Surface {
@@ -225,18 +230,53 @@ impl Surface {
     }
 }
 
-/// The `/healthz`, `/stats`, `/jsonstats` and `/metrics` routes of a node.
+/// The `/healthz`, `/stats`, `/jsonstats` and `/metrics` routes of a node; `/healthz` answers 200
+/// while the node runs.
 pub fn router(stats: Arc<NodeStats>, details: Details) -> Router {
+    surfaces(Surface {
+        stats,
+        details,
+        readiness: None,
+    })
+}
+
+/// As [`router`], with a `/healthz` that answers 200 only while `readiness` says the node can
+/// serve a request, and 503 with the reason otherwise.
+pub fn router_with_readiness(
+    stats: Arc<NodeStats>,
+    details: Details,
+    readiness: Readiness,
+) -> Router {
+    surfaces(Surface {
+        stats,
+        details,
+        readiness: Some(readiness),
+    })
+}
+
+fn surfaces(surface: Surface) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/stats", get(human))
         .route("/jsonstats", get(machine))
         .route("/metrics", get(metrics))
-        .with_state(Surface { stats, details })
+        .with_state(surface)
 }
 
 async fn healthz(State(surface): State<Surface>) -> Response {
-    (StatusCode::OK, format!("ok {}\n", surface.stats.role)).into_response()
+    let role = surface.stats.role;
+    let verdict = match &surface.readiness {
+        Some(readiness) => readiness().await,
+        None => Ok(()),
+    };
+    match verdict {
+        Ok(()) => (StatusCode::OK, format!("ok {role}\n")).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy {role}: {reason}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn machine(State(surface): State<Surface>) -> Response {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,12 @@ pub struct ProxyConfig {
     /// Base URL of the ledger that holds the proxy, client and worker contracts.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
     pub ledger: String,
+    /// The registry owner's account (64 hex digits; `cocoon registry keygen` prints it). Every
+    /// registry version must carry its signature and never be older than the last one accepted.
+    /// Required unless every list this node would take from the registry is given as a flag.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    #[serde(default)]
+    pub registry_owner: String,
     /// Directory of the proxy's sealed wallet key and its money database (`proxy-billing.sqlite3`).
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/proxy")]
     pub data_dir: PathBuf,
@@ -88,6 +95,18 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
+    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+        RegistryTrust::for_node(
+            &self.registry_owner,
+            &[
+                ("--allow-worker-image", &self.allow_worker_image[..]),
+                ("--allow-model", &self.allow_model[..]),
+            ],
+            &self.data_dir,
+        )
+    }
+
     /// The billing part of the configuration.
     pub fn billing(&self) -> crate::billing::BillingConfig {
         crate::billing::BillingConfig {

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::response::IntoResponse;
 use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
@@ -68,10 +67,11 @@ pub async fn start(
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningProxy> {
+    let registry_trust = config.registry_trust()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("opening the proxy's wallet key")?;
     let attributes = cocoon_node::wallet::with_wallet(Default::default(), AccountId::from(&wallet));
-    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
     let billing = billing::Billing::open(config.billing(), wallet, &registry)
@@ -165,27 +165,16 @@ pub async fn start(
         json!({
             "image_hash": image_hash.to_string(),
             "registry_version": registry.current().version,
+            "registry": registry.status(),
             "workers": routing.snapshot(),
             "wallet": billing.snapshot(),
         })
     });
-    let router = stats::router(stats, details).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let unhealthy = (request.uri().path() == "/healthz")
-                .then(|| health.unhealthy())
-                .flatten();
-            async move {
-                match unhealthy {
-                    Some(reason) => (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!("unhealthy proxy: {reason}\n"),
-                    )
-                        .into_response(),
-                    None => next.run(request).await,
-                }
-            }
-        },
-    ));
+    let readiness: stats::Readiness = Arc::new(move || {
+        let verdict = health.unhealthy().map_or(Ok(()), Err);
+        Box::pin(std::future::ready(verdict))
+    });
+    let router = stats::router_with_readiness(stats, details, readiness);
     tasks.spawn(cocoon_node::serve::serve_http(
         surface,
         router,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +66,12 @@ pub struct WorkerConfig {
     /// Base URL of the ledger where this worker claims its earnings.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
     pub ledger: String,
+    /// The registry owner's account (64 hex digits; `cocoon registry keygen` prints it). Every
+    /// registry version must carry its signature and never be older than the last one accepted.
+    /// Required unless every list this node would take from the registry is given as a flag.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    #[serde(default)]
+    pub registry_owner: String,
     /// Directory of the worker's sealed wallet key.
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/worker")]
     pub data_dir: PathBuf,
@@ -89,4 +96,18 @@ pub struct WorkerConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub attestation: AttestationArgs,
+}
+
+impl WorkerConfig {
+    /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
+    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+        RegistryTrust::for_node(
+            &self.registry_owner,
+            &[
+                ("--proxy", &self.proxy[..]),
+                ("--allow-proxy-image", &self.allow_proxy_image[..]),
+            ],
+            &self.data_dir,
+        )
+    }
 }

@@ -64,6 +64,7 @@ pub async fn start(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
+    let registry_trust = config.registry_trust()?;
     let (engine, info) = open_engine(&config).await?;
     let mut claims = BTreeMap::from([("model".to_owned(), info.model.clone())]);
     if let Some(hash) = &info.model_hash {
@@ -94,7 +95,7 @@ pub async fn start(
         trust: trust.clone(),
     };
     let router = http::link_router(serving.clone()).merge(settlement.router());
-    let registry = RegistryWatch::start(&config.ledger, shutdown.clone())
+    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
     let proxy_policy = trust.peer_policy(&config.allow_proxy_image, &registry, ImageRole::Proxy)?;
@@ -134,6 +135,7 @@ pub async fn start(
             "free_slots": serving.slots.available_permits(),
             "image_hash": image_hash.to_string(),
             "registry_version": registry.current().version,
+            "registry": registry.status(),
             "wallet": settlement.snapshot(),
         })
     });

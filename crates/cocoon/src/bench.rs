@@ -222,6 +222,8 @@ async fn start_network(
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).context("creating the benchmark's data directory")?;
     let dir = |role: &str| data.join(role).display().to_string();
+    let owner_key = crate::dev::owner_key();
+    let owner = cocoon_ledger::AccountId::from(&owner_key).to_string();
     let mut nodes = vec![spawn(
         &strings(&[
             "ledger",
@@ -231,10 +233,11 @@ async fn start_network(
             &data.join("ledger.sqlite3").display().to_string(),
             "--faucet",
             "--owner",
-            &"11".repeat(32),
+            &owner,
         ]),
         threads,
     )?];
+    crate::registry::publish_when_up(&ledger, &owner_key).await?;
     nodes.push(spawn(
         &strings(&[
             "proxy",
@@ -248,6 +251,8 @@ async fn start_network(
             &ledger,
             "--data-dir",
             &dir("proxy"),
+            "--registry-owner",
+            &owner,
             "--faucet",
             BENCH_FUNDS,
         ]),
@@ -270,6 +275,8 @@ async fn start_network(
             &ledger,
             "--data-dir",
             &dir("worker"),
+            "--registry-owner",
+            &owner,
         ]),
         threads,
     )?);
@@ -286,6 +293,8 @@ async fn start_network(
             &ledger,
             "--data-dir",
             &dir("client"),
+            "--registry-owner",
+            &owner,
             "--faucet",
             BENCH_FUNDS,
             "--deposit",

@@ -32,6 +32,11 @@ const DEV_FAUCET: u64 = 1_000_000_000_000;
 /// The registry owner of a dev ledger: a well-known key, as befits a ledger anyone may mint on.
 const DEV_OWNER_SEED: [u8; 32] = *b"cocoon-dev-registry-owner-key!!!";
 
+/// The registry owner's key of every dev (and benchmark) network.
+pub(crate) fn owner_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&DEV_OWNER_SEED)
+}
+
 /// Options of `cocoon dev`.
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -102,7 +107,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let port = |base: u16| format!("127.0.0.1:{}", base + shift);
     let shutdown = cocoon_node::shutdown::on_signal();
 
-    let owner_key = ed25519_dalek::SigningKey::from_bytes(&DEV_OWNER_SEED);
+    let owner_key = owner_key();
     let owner = AccountId::from(&owner_key);
     let ledger = cocoon_ledger::spawn(
         &LedgerConfig {
@@ -139,6 +144,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_request_secs: 600,
             drain_secs: 30,
             ledger: ledger_url.clone(),
+            registry_owner: owner.to_string(),
             data_dir: data_dir.join("proxy"),
             stake: 0,
             faucet: DEV_FAUCET,
@@ -171,6 +177,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 synthetic_chunk_bytes: 128,
                 synthetic_interval_us: 0,
                 ledger: ledger_url.clone(),
+                registry_owner: owner.to_string(),
                 data_dir: data_dir.join(format!("worker-{index}")),
                 payout_account: String::new(),
                 drain_secs: 30,
@@ -203,6 +210,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_coefficient: 4000,
             timeout_secs: 300,
             ledger: ledger_url.clone(),
+            registry_owner: owner.to_string(),
             data_dir: data_dir.join("client"),
             deposit: 10_000_000_000,
             stake: 0,
@@ -216,8 +224,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     )
     .await?;
     let api = format!("http://{}", client.local_addr);
-    wait_until_routable(&api, &model).await?;
-    wait_until_funded(&api).await?;
+    wait_until_ready(&api).await?;
 
     println!(
         "Cocoon dev network is up (fake attestation, every check on). Data: {}",
@@ -226,7 +233,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     println!("  client API (OpenAI-compatible): {api}/v1");
     println!("  ledger:       {ledger_url}/v1/stats (faucet on)");
     println!(
-        "  registry:     cocoon registry --ledger {ledger_url} show  (owner key: {})",
+        "  registry:     cocoon registry --ledger {ledger_url} show  (owner {owner}, key: {})",
         owner_key_file.display()
     );
     println!("  proxy stats:  http://{}/stats", proxy.stats_addr);
@@ -253,7 +260,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lists the dev proxy's endpoints and the dev images in the registry, unless a previous run did.
+/// Lists the dev proxy's endpoints and the dev images in the registry, unless a previous run did,
+/// and makes sure its version is signed by the owner.
 async fn register_dev_network(
     ledger_url: &str,
     owner_key: &ed25519_dalek::SigningKey,
@@ -320,65 +328,37 @@ async fn update_dev_registry(
     wanted: impl FnOnce(&cocoon_ledger::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
 ) -> anyhow::Result<()> {
     let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
-    let current = crate::registry::read(&ledger, ledger_url).await?;
-    let edits = wanted(&current)?;
-    if !edits.is_empty() {
-        crate::registry::apply(&ledger, &current, &edits).await?;
+    let answer = ledger
+        .registry_answer_newer_than(0, Duration::ZERO)
+        .await
+        .with_context(|| format!("reading the registry from {ledger_url}"))?;
+    let edits = wanted(&answer.registry)?;
+    // The nodes read only versions the owner signed: a new ledger's first one is not.
+    if !edits.is_empty() || answer.signed_update.is_none() {
+        crate::registry::apply(&ledger, &answer.registry, &edits).await?;
     }
     Ok(())
 }
 
-/// Waits until the client's contract with the proxy is open and funded (its `/jsonstats` shows an
-/// available balance), so the first request is not refused for payment.
-async fn wait_until_funded(api: &str) -> anyhow::Result<()> {
+/// Waits until the client's `/healthz` says a request can be served at once: links up, the model
+/// routable, the contract with the proxy open and funded.
+async fn wait_until_ready(api: &str) -> anyhow::Result<()> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("{api}/jsonstats").parse()?;
+    let uri: http::Uri = format!("{api}/healthz").parse()?;
     let started = Instant::now();
+    let mut last = String::from("no answer");
     loop {
         if let Ok(response) = client.get(uri.clone()).await {
+            let ready = response.status().is_success();
             if let Ok(body) = response.into_body().collect().await {
-                let stats: serde_json::Value =
-                    serde_json::from_slice(&body.to_bytes()).unwrap_or_default();
-                if stats
-                    .pointer("/details/wallet/available")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0)
-                    > 0
-                {
-                    return Ok(());
-                }
+                last = String::from_utf8_lossy(&body.to_bytes()).trim().to_owned();
+            }
+            if ready {
+                return Ok(());
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("the client's contract was not funded within 60 s (see its /jsonstats `details.wallet`)");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the client lists `model`, i.e. client→proxy and worker→proxy links are both up.
-async fn wait_until_routable(api: &str, model: &str) -> anyhow::Result<()> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: http::Uri = format!("{api}/v1/models").parse()?;
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = client.get(uri.clone()).await {
-            if let Ok(body) = response.into_body().collect().await {
-                let body = body.to_bytes();
-                if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    let listed = list["data"]
-                        .as_array()
-                        .is_some_and(|models| models.iter().any(|m| m["id"] == model));
-                    if listed {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the network did not come up within 60 s (model `{model}` never became routable)"
-            );
+            bail!("the network did not come up within 60 s (the client's /healthz: {last})");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

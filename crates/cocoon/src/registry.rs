@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use cocoon_ledger::{
-    AccountId, Amount, ImageRole, LedgerClient, Registry, RegistryEdit, TransactionBody,
+    AccountId, Amount, ImageRole, LedgerClient, Registry, RegistryAnswer, RegistryEdit,
+    TransactionBody,
 };
 use ed25519_dalek::SigningKey;
 
@@ -53,6 +54,9 @@ pub enum ChangeCommand {
     Edit(RegistryEdit),
     /// Change prices; options not given keep their current value.
     SetPrice(PriceArgs),
+    /// Sign the current document again, unchanged, as the next version. Nodes read only versions
+    /// their pinned owner signed, and a new ledger's first document is signed by no one.
+    Publish,
 }
 
 /// New values for `cocoon registry set-price`.
@@ -83,7 +87,11 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let change = match args.command {
         RegistryCommand::Show => {
             let ledger = LedgerClient::read_only(&args.ledger)?;
-            return print(&read(&ledger, &args.ledger).await?, args.json);
+            let answer = ledger
+                .registry_answer_newer_than(0, std::time::Duration::ZERO)
+                .await
+                .with_context(|| format!("reading the registry from {}", args.ledger))?;
+            return print(&answer, args.json);
         }
         RegistryCommand::Keygen { file } => {
             let account = keygen(&file)?;
@@ -101,13 +109,14 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     };
     let ledger = LedgerClient::new(&args.ledger, read_key(key_file)?)?;
     let current = read(&ledger, &args.ledger).await?;
-    let edit = match change {
-        ChangeCommand::Edit(edit) => edit,
-        ChangeCommand::SetPrice(prices) => RegistryEdit::SetPrices {
+    let edits = match change {
+        ChangeCommand::Edit(edit) => vec![edit],
+        ChangeCommand::SetPrice(prices) => vec![RegistryEdit::SetPrices {
             prices: new_prices(&current.prices, &prices),
-        },
+        }],
+        ChangeCommand::Publish => Vec::new(),
     };
-    let updated = apply(&ledger, &current, &[edit]).await?;
+    let updated = apply(&ledger, &current, &edits).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&updated)?);
     } else {
@@ -162,6 +171,24 @@ pub async fn apply(
     Ok(next)
 }
 
+/// Signs the registry of the ledger at `url` again, unchanged, as its next version, once the
+/// ledger answers (within 30 s): for a network that starts its own ledger, so that its nodes,
+/// which pin the owner, have a signed version to read.
+pub async fn publish_when_up(url: &str, owner_key: &SigningKey) -> anyhow::Result<Registry> {
+    let ledger = LedgerClient::new(url, owner_key.clone())?;
+    let started = std::time::Instant::now();
+    let current = loop {
+        match read(&ledger, url).await {
+            Ok(current) => break current,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(error.context("the ledger did not come up within 30 s")),
+        }
+    };
+    apply(&ledger, &current, &[]).await
+}
+
 /// Reads an owner key file: 64 hex digits (the Ed25519 seed).
 pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     let text = std::fs::read_to_string(path)
@@ -194,7 +221,8 @@ fn keygen(path: &Path) -> anyhow::Result<AccountId> {
     Ok(AccountId::from(&key))
 }
 
-fn print(registry: &Registry, json: bool) -> anyhow::Result<()> {
+fn print(answer: &RegistryAnswer, json: bool) -> anyhow::Result<()> {
+    let registry = &answer.registry;
     if json {
         println!("{}", serde_json::to_string_pretty(registry)?);
         return Ok(());
@@ -202,6 +230,13 @@ fn print(registry: &Registry, json: bool) -> anyhow::Result<()> {
     let p = &registry.prices;
     println!("version: {}", registry.version);
     println!("owner:   {}", registry.owner);
+    match &answer.signed_update {
+        Some(update) => println!("signed:  by {}", update.signer),
+        None => println!(
+            "signed:  no (a new ledger's first version; nodes wait for one the owner signed: \
+             `cocoon registry publish`)"
+        ),
+    }
     println!(
         "prices:  {} per token to clients, {} to workers (nano-units); multipliers per 10000: \
          prompt {}, cached {}, completion {}, reasoning {}",

@@ -145,7 +145,7 @@ async fn a_flood_of_idle_and_half_sent_connections_does_not_starve_the_client_ap
     let (_proxy, proxy) = proxy(&[]);
     let (_worker, _) = worker(&proxy, &[]);
     let (_client, api) = client_launched(
-        &proxy.ledger,
+        &proxy,
         Some(&proxy.clients),
         &["--body-timeout-secs", BODY_TIMEOUT_SECS],
         limited(),

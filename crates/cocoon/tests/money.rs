@@ -233,6 +233,8 @@ async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_
         "worker",
         "--tee",
         "tdx",
+        "--registry-owner",
+        &test_owner(),
         "--engine",
         "synthetic",
         "--data-dir",
@@ -246,7 +248,7 @@ async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_
 async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
     // Dear tokens, so that a small stake covers few of them.
     let dir = tempfile::tempdir().unwrap();
-    let mut registry = Registry::new(AccountId([0x11; 32]));
+    let mut registry = Registry::new(test_owner().parse().unwrap());
     registry.prices.price_per_token = 1_000_000;
     registry.prices.worker_fee_per_token = 700_000;
     registry.min_client_stake = 1_000_000_000;

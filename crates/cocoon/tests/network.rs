@@ -164,7 +164,8 @@ async fn disallowed_images_are_refused_on_both_sides() {
         &proxy,
         &["--allow-proxy-image", &image_hash("some-other-proxy")],
     );
-    wait_for_ok(&format!("{picky_api}/healthz")).await;
+    // Up, but never ready: `/healthz` would stay 503.
+    wait_for_ok(&format!("{picky_api}/jsonstats")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let refused = ask(&picky_api, &chat("synthetic", 1, false)).await;
     assert_eq!(refused.status(), 503);
@@ -178,7 +179,7 @@ async fn a_worker_whose_model_weights_are_not_allowed_is_refused() {
     let (_proxy, proxy) = proxy(&["--allow-model", &allowed]);
     let (_worker, _) = worker(&proxy, &[]);
     let (_client, api) = client(&proxy, &[]);
-    wait_for_ok(&format!("{api}/healthz")).await;
+    wait_for_ok(&format!("{api}/jsonstats")).await;
     // Give the worker time to dial (and be refused) a few times.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Waits until the proxy has `count` workers linked.
 async fn until_workers(proxy: &ProxyAddrs, count: usize, within: Duration) {
@@ -22,14 +22,11 @@ async fn until_workers(proxy: &ProxyAddrs, count: usize, within: Duration) {
 }
 
 async fn chat_status(api: &str) -> u16 {
-    let body = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
-    let response = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&body)
-        .send()
+    post_chat(api, &chat(2, false))
         .await
-        .unwrap();
-    response.status().as_u16()
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// A registry owner's key (made with `cocoon registry keygen`) and the ledger it edits.
@@ -109,8 +106,8 @@ async fn revoked_images_and_removed_proxies_drop_live_links_and_return_when_list
     );
 
     // Neither node is told where the proxy is: both read it from the registry.
-    let (_worker, _) = worker_on(&proxy.ledger, None, &[]);
-    let (_client, api) = client_on(&proxy.ledger, None, &[]);
+    let (_worker, _) = worker_on(&proxy, None, &[]);
+    let (_client, api) = client_on(&proxy, None, &[]);
     wait_for_model(&api, "synthetic", 1).await;
     assert_eq!(chat_status(&api).await, 200);
 

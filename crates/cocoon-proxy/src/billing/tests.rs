@@ -63,7 +63,8 @@ async fn ledger_and_billing(
 }
 
 async fn registry_of(ledger: &cocoon_ledger::LedgerHandle) -> RegistryWatch {
-    RegistryWatch::start(&ledger.url(), CancellationToken::new())
+    let trust = cocoon_node::registry_trust::RegistryTrust::Unverified;
+    RegistryWatch::start(&ledger.url(), trust, CancellationToken::new())
         .await
         .unwrap()
 }

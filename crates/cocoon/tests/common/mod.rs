@@ -22,6 +22,19 @@ pub use answers::*;
 /// What the faucet gives a test node that needs money (nano-units).
 pub const TEST_FAUCET: &str = "1000000000000";
 
+/// The seed of the key that owns every test ledger's registry unless a test names its own owner.
+pub const TEST_OWNER_SEED: [u8; 32] = [0x5e; 32];
+
+/// The test registry owner's key.
+pub fn test_owner_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&TEST_OWNER_SEED)
+}
+
+/// The test registry owner's account (hex), for `--owner` and `--registry-owner`.
+pub fn test_owner() -> String {
+    cocoon_ledger::AccountId::from(&test_owner_key()).to_string()
+}
+
 /// A running `cocoon` process, killed when dropped (with its data directory, if it owns one).
 pub struct Node {
     child: Child,
@@ -227,6 +240,8 @@ pub struct ProxyAddrs {
     pub ledger: String,
     /// Its data directory (wallet key, money database).
     pub data_dir: PathBuf,
+    /// The registry owner every node of this network pins (`--registry-owner`).
+    pub registry_owner: String,
     /// The ledger process, shared by every node of this network.
     ledger_node: Node,
     /// The ledger's command line, to restart it on its database.
@@ -263,7 +278,9 @@ pub fn wait_for_port(addr: &str) {
 }
 
 /// Starts a ledger (faucet on) with its database in `dir` and `extra` flags; returns it and its
-/// base URL.
+/// base URL. Unless `extra` names another `--owner`, the test owner owns the registry (also one
+/// from `--registry`, whose owner must then be [`test_owner`]) and signs a first version of it, so
+/// that nodes pinning the owner have one to read.
 pub fn ledger(dir: &Path, extra: &[&str]) -> (Node, String) {
     let (node, url, _) = ledger_with_args(dir, extra, Launch::default());
     (node, url)
@@ -278,7 +295,7 @@ pub fn ledger_launched(dir: &Path, extra: &[&str], launch: Launch) -> (Node, Str
 /// [`ledger`] started as `launch` says, also returning its command line (to restart it).
 fn ledger_with_args(dir: &Path, extra: &[&str], launch: Launch) -> (Node, String, Vec<String>) {
     let listen = free_addr();
-    let owner = "11".repeat(32);
+    let owner = test_owner();
     let args = strings(&[
         "ledger",
         "--listen",
@@ -290,7 +307,14 @@ fn ledger_with_args(dir: &Path, extra: &[&str], launch: Launch) -> (Node, String
     let args = with_defaults(args, &[("--owner", &owner)], extra);
     let node = Node::launch(&args, launch);
     wait_for_port(&listen);
-    (node, format!("http://{listen}"), args)
+    let url = format!("http://{listen}");
+    if !extra.contains(&"--owner") {
+        let key = dir.join("test-owner.key");
+        std::fs::write(&key, hex::encode(TEST_OWNER_SEED)).unwrap();
+        let key = key.display().to_string();
+        cocoon_ok(&["registry", "--ledger", &url, "--owner-key", &key, "publish"]);
+    }
+    (node, url, args)
 }
 
 /// `args` plus `--FLAG VALUE` unless `extra` sets that flag itself; then `extra`.
@@ -323,12 +347,17 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
     let (ledger_node, ledger_url, ledger_args) =
         ledger_with_args(ledger_dir.path(), ledger_extra, Launch::default());
     let dir = tempfile::tempdir().unwrap();
+    let registry_owner = match ledger_extra.iter().position(|flag| *flag == "--owner") {
+        Some(at) => ledger_extra[at + 1].to_owned(),
+        None => test_owner(),
+    };
     ProxyAddrs {
         workers: free_addr(),
         clients: free_addr(),
         stats: free_addr(),
         ledger: ledger_url,
         data_dir: dir.path().to_owned(),
+        registry_owner,
         ledger_node,
         ledger_args,
         _ledger_dir: ledger_dir,
@@ -354,6 +383,7 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
     with_defaults(
         args,
         &[
+            ("--registry-owner", &addrs.registry_owner),
             ("--image-label", "test-proxy"),
             ("--faucet", TEST_FAUCET),
             ("--settle-interval-ms", "200"),
@@ -364,15 +394,21 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
-    worker_on(&proxy.ledger, Some(&proxy.workers), extra)
+    worker_on(proxy, Some(&proxy.workers), extra)
 }
 
-/// Starts a synthetic-engine worker settling on `ledger` that dials `proxy`, or the proxies the
-/// registry lists when `None`.
-pub fn worker_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
+/// Starts a synthetic-engine worker in the network of `network` (its ledger and registry owner)
+/// that dials `proxy`, or the proxies the registry lists when `None`.
+pub fn worker_on(network: &ProxyAddrs, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
     let stats = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let mut args = strings(&["worker", "--stats-listen", &stats, "--ledger", ledger]);
+    let mut args = strings(&[
+        "worker",
+        "--stats-listen",
+        &stats,
+        "--ledger",
+        &network.ledger,
+    ]);
     if let Some(proxy) = proxy {
         args.extend(strings(&["--proxy", proxy]));
     }
@@ -380,6 +416,7 @@ pub fn worker_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, St
     let args = with_defaults(
         args,
         &[
+            ("--registry-owner", &network.registry_owner),
             ("--data-dir", &data_dir),
             ("--image-label", "test-worker"),
             ("--engine", "synthetic"),
@@ -392,42 +429,63 @@ pub fn worker_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, St
 
 /// Starts a client for `proxy` with `extra` flags; returns it and its API base URL.
 pub fn client(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
-    client_on(&proxy.ledger, Some(&proxy.clients), extra)
+    client_on(proxy, Some(&proxy.clients), extra)
 }
 
-/// Starts a client settling on `ledger` that uses `proxy`, or the proxies the registry lists when
-/// `None`.
-pub fn client_on(ledger: &str, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
-    client_launched(ledger, proxy, extra, Launch::default())
+/// Starts a client in the network of `network` (its ledger and registry owner) that uses `proxy`,
+/// or the proxies the registry lists when `None`.
+pub fn client_on(network: &ProxyAddrs, proxy: Option<&str>, extra: &[&str]) -> (Node, String) {
+    client_launched(network, proxy, extra, Launch::default())
 }
 
 /// [`client_on`], started as `launch` says.
 pub fn client_launched(
-    ledger: &str,
+    network: &ProxyAddrs,
     proxy: Option<&str>,
     extra: &[&str],
     launch: Launch,
 ) -> (Node, String) {
     let listen = free_addr();
     let dir = tempfile::tempdir().unwrap();
-    let mut args = strings(&["client", "--listen", &listen, "--ledger", ledger]);
-    if let Some(proxy) = proxy {
-        args.extend(strings(&["--proxy", proxy]));
-    }
-    let data_dir = dir.path().display().to_string();
-    let args = with_defaults(
-        args,
-        &[
-            ("--data-dir", &data_dir),
-            ("--image-label", "test-client"),
-            ("--faucet", TEST_FAUCET),
-            ("--settle-interval-ms", "200"),
-        ],
-        extra,
-    );
-    let mut node = Node::launch(&args, launch);
+    let client = ClientArgs {
+        ledger: &network.ledger,
+        registry_owner: &network.registry_owner,
+        listen: &listen,
+        data_dir: &dir.path().display().to_string(),
+    };
+    let mut node = Node::launch(&client.args(proxy, extra), launch);
     node._dir = Some(dir);
     (node, format!("http://{listen}"))
+}
+
+/// Where a client listens, settles and keeps its state, and whom it believes about the registry.
+pub struct ClientArgs<'a> {
+    pub ledger: &'a str,
+    pub registry_owner: &'a str,
+    pub listen: &'a str,
+    /// The default `--data-dir` (`extra` may set another).
+    pub data_dir: &'a str,
+}
+
+impl ClientArgs<'_> {
+    /// The client's command line: it uses `proxy`, or the registry's proxies when `None`.
+    pub fn args(&self, proxy: Option<&str>, extra: &[&str]) -> Vec<String> {
+        let mut args = strings(&["client", "--listen", self.listen, "--ledger", self.ledger]);
+        if let Some(proxy) = proxy {
+            args.extend(strings(&["--proxy", proxy]));
+        }
+        with_defaults(
+            args,
+            &[
+                ("--registry-owner", self.registry_owner),
+                ("--data-dir", self.data_dir),
+                ("--image-label", "test-client"),
+                ("--faucet", TEST_FAUCET),
+                ("--settle-interval-ms", "200"),
+            ],
+            extra,
+        )
+    }
 }
 
 /// Runs `cocoon ARGS…` to completion; returns whether it succeeded, its stdout and its stderr.

@@ -1,0 +1,348 @@
+//! Whom a node believes about the registry. A node pins the registry owner's key
+//! (`--registry-owner`) and uses a version only as the owner signed it, never older than the last
+//! one it accepted: kept in memory, and in the node's data directory so that a restart does not
+//! forget it. A ledger can then withhold new versions, but neither forge one nor roll one back.
+//!
+//! A refused version is logged (at most once a minute for the same reason) and counted, and the
+//! node keeps the last good one.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cocoon_ledger::signed_registry::verify_update;
+use cocoon_ledger::{
+    AccountId, ClientError, LedgerClient, Registry, RegistryRefusal, SeenVersion, SignedTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+/// The file in a node's data directory that keeps the last registry update it accepted.
+pub const SEEN_FILE: &str = "registry-seen.json";
+
+/// How often the same refusal is logged as a warning.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// How a node authenticates the registry it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryTrust {
+    /// Every version must be signed by `owner` and not older than the last one accepted (kept in
+    /// `data_dir`, if given, across restarts).
+    Pinned {
+        /// The registry owner's account (its Ed25519 public key).
+        owner: AccountId,
+        /// Where the last accepted version is kept.
+        data_dir: Option<PathBuf>,
+    },
+    /// Development only: the registry is taken as the ledger states it. Allowed only for a node
+    /// whose lists all come from its command line (see [`RegistryTrust::for_node`]).
+    Unverified,
+}
+
+/// Why a node cannot trust a registry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    /// `--registry-owner` is not an account.
+    #[error("--registry-owner {given}: {reason}")]
+    BadOwner {
+        /// What was given.
+        given: String,
+        /// Why it is not an account.
+        reason: String,
+    },
+    /// The node follows the registry but pinned no owner.
+    #[error(
+        "without {from_registry} this node follows the registry, so it must pin the registry's \
+         owner: pass --registry-owner ACCOUNT (`cocoon registry keygen` prints it; `cocoon dev` \
+         keeps its key in <data-dir>/registry-owner.key)"
+    )]
+    OwnerNotPinned {
+        /// The flag of the first list the node would take from the registry.
+        from_registry: &'static str,
+    },
+}
+
+impl RegistryTrust {
+    /// The trust of a node that pinned `owner` (`--registry-owner`, hex; empty: none), keeping the last accepted
+    /// version in `data_dir`. `lists` are the lists the node takes from its command line, or from
+    /// the registry when the flag is not given: `(flag, values)`. A node without an owner may read
+    /// the registry unverified only when every list is given on its command line.
+    pub fn for_node(
+        owner: &str,
+        lists: &[(&'static str, &[String])],
+        data_dir: &Path,
+    ) -> Result<Self, TrustError> {
+        let owner = match owner.trim() {
+            "" => None,
+            given => Some(
+                given
+                    .parse::<AccountId>()
+                    .map_err(|error| TrustError::BadOwner {
+                        given: given.to_owned(),
+                        reason: error.to_string(),
+                    })?,
+            ),
+        };
+        let from_registry = lists
+            .iter()
+            .find(|(_, values)| values.is_empty())
+            .map(|(flag, _)| *flag);
+        match (owner, from_registry) {
+            (Some(owner), _) => Ok(RegistryTrust::Pinned {
+                owner,
+                data_dir: Some(data_dir.to_owned()),
+            }),
+            (None, None) => {
+                tracing::warn!(
+                    "no --registry-owner: the registry's prices and stakes are taken unverified \
+                     from the ledger (development only; every list is fixed on the command line)"
+                );
+                Ok(RegistryTrust::Unverified)
+            }
+            (None, Some(from_registry)) => Err(TrustError::OwnerNotPinned { from_registry }),
+        }
+    }
+}
+
+/// Why a registry read gave no version to use.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The ledger did not answer.
+    #[error(transparent)]
+    Ledger(#[from] ClientError),
+    /// The ledger answered with a version this node refuses.
+    #[error(transparent)]
+    Refused(#[from] RegistryRefusal),
+}
+
+/// The refusals of one node, for its stats.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    count: AtomicU64,
+    /// The latest reason, and when it was last logged as a warning.
+    latest: Mutex<Option<(String, Instant)>>,
+}
+
+impl Refusals {
+    /// How many versions were refused, and the latest reason.
+    pub fn snapshot(&self) -> (u64, Option<String>) {
+        let latest = self.lock().as_ref().map(|(reason, _)| reason.clone());
+        (self.count.load(Ordering::Relaxed), latest)
+    }
+
+    fn record(&self, refusal: &RegistryRefusal, ledger: &str) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let reason = refusal.to_string();
+        let mut latest = self.lock();
+        let repeated = latest
+            .as_ref()
+            .is_some_and(|(last, at)| *last == reason && at.elapsed() < WARN_EVERY);
+        if repeated {
+            tracing::debug!(%ledger, %reason, "registry refused again; keeping the last good one");
+        } else {
+            tracing::warn!(%ledger, %reason, "registry refused; keeping the last good one");
+            *latest = Some((reason, Instant::now()));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, Instant)>> {
+        // Plain data, assigned whole: a panic elsewhere cannot leave it half-written.
+        self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What [`SEEN_FILE`] holds: the owner's last accepted update, as signed.
+#[derive(Debug, Serialize, Deserialize)]
+struct SeenFile {
+    owner: AccountId,
+    update: SignedTransaction,
+}
+
+/// Reads the registry from one ledger and judges every version by the node's trust.
+pub(crate) struct RegistryReader {
+    ledger: LedgerClient,
+    url: String,
+    trust: RegistryTrust,
+    seen: Option<SeenVersion>,
+    /// The last good version from the data directory, used when the ledger's is refused at start.
+    stored: Option<Registry>,
+    pub(crate) refusals: Arc<Refusals>,
+}
+
+impl RegistryReader {
+    /// A reader of the ledger at `url`, starting from the version kept in the data directory.
+    pub(crate) fn new(url: &str, trust: RegistryTrust) -> Result<Self, ClientError> {
+        let mut reader = Self {
+            ledger: LedgerClient::read_only(url)?,
+            url: url.to_owned(),
+            trust,
+            seen: None,
+            stored: None,
+            refusals: Arc::default(),
+        };
+        if let RegistryTrust::Pinned {
+            owner,
+            data_dir: Some(dir),
+        } = &reader.trust
+        {
+            if let Some((registry, seen)) = load_seen(dir, *owner) {
+                tracing::info!(
+                    version = seen.version,
+                    "last accepted registry version read"
+                );
+                reader.seen = Some(seen);
+                reader.stored = Some(registry);
+            }
+        }
+        Ok(reader)
+    }
+
+    /// The ledger's address.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The last good version from the data directory, if any.
+    pub(crate) fn stored(&self) -> Option<Registry> {
+        self.stored.clone()
+    }
+
+    /// The version after `version` (once the ledger has one, or its current one after `wait`),
+    /// if this node accepts it.
+    pub(crate) async fn read(
+        &mut self,
+        version: u64,
+        wait: Duration,
+    ) -> Result<Registry, ReadError> {
+        let answer = self
+            .ledger
+            .registry_answer_newer_than(version, wait)
+            .await?;
+        let RegistryTrust::Pinned { owner, data_dir } = &self.trust else {
+            return Ok(answer.registry);
+        };
+        let (registry, seen) = match answer.verify(*owner, self.seen) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                self.refusals.record(&refusal, &self.url);
+                return Err(refusal.into());
+            }
+        };
+        if self.seen != Some(seen) {
+            self.seen = Some(seen);
+            if let (Some(dir), Some(update)) = (data_dir, &answer.signed_update) {
+                store_seen(dir, *owner, update);
+            }
+        }
+        Ok(registry)
+    }
+}
+
+/// The update kept in `dir`, if it is `owner`'s and still verifies.
+fn load_seen(dir: &Path, owner: AccountId) -> Option<(Registry, SeenVersion)> {
+    let path = dir.join(SEEN_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the last accepted registry");
+            return None;
+        }
+    };
+    let file: SeenFile = match serde_json::from_str(&text) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring an unreadable last accepted registry");
+            return None;
+        }
+    };
+    // Another owner's network (the node was re-pinned) starts its versions afresh.
+    if file.owner != owner {
+        return None;
+    }
+    match verify_update(&file.update, owner, None) {
+        Ok(accepted) => Some(accepted),
+        Err(refusal) => {
+            tracing::warn!(path = %path.display(), %refusal, "ignoring the last accepted registry");
+            None
+        }
+    }
+}
+
+/// Keeps `update` in `dir` (written aside, then renamed over the old one). A failure is logged:
+/// the version stays protected in memory until the node restarts.
+fn store_seen(dir: &Path, owner: AccountId, update: &SignedTransaction) {
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let text = serde_json::to_vec(&SeenFile {
+            owner,
+            update: update.clone(),
+        })?;
+        let temporary = dir.join(format!("{SEEN_FILE}.tmp"));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, dir.join(SEEN_FILE))
+    };
+    if let Err(error) = write() {
+        tracing::warn!(dir = %dir.display(), %error, "cannot keep the accepted registry version on disk");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_follows_the_registry_must_pin_its_owner() {
+        let dir = Path::new("/nonexistent");
+        let owner = AccountId([1; 32]);
+        let listed = ["127.0.0.1:1".to_owned()];
+        let follows = [("--proxy", &[][..]), ("--allow-proxy-image", &listed[..])];
+        assert_eq!(
+            RegistryTrust::for_node("", &follows, dir),
+            Err(TrustError::OwnerNotPinned {
+                from_registry: "--proxy"
+            })
+        );
+        let fixed = [
+            ("--proxy", &listed[..]),
+            ("--allow-proxy-image", &listed[..]),
+        ];
+        assert_eq!(
+            RegistryTrust::for_node("", &fixed, dir),
+            Ok(RegistryTrust::Unverified)
+        );
+        assert_eq!(
+            RegistryTrust::for_node(&owner.to_string(), &follows, dir),
+            Ok(RegistryTrust::Pinned {
+                owner,
+                data_dir: Some(dir.to_owned())
+            })
+        );
+        assert!(matches!(
+            RegistryTrust::for_node("not-hex", &fixed, dir),
+            Err(TrustError::BadOwner { .. })
+        ));
+    }
+
+    #[test]
+    fn the_kept_update_is_read_back_only_for_its_owner_and_if_it_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let owner = AccountId::from(&key);
+        let mut registry = Registry::new(owner);
+        registry.version = 7;
+        let body = cocoon_ledger::TransactionBody::UpdateRegistry {
+            registry: registry.clone(),
+        };
+        let update = SignedTransaction::sign(&key, 1, body).unwrap();
+        assert!(load_seen(dir.path(), owner).is_none());
+        store_seen(dir.path(), owner, &update);
+        let (read, seen) = load_seen(dir.path(), owner).unwrap();
+        assert_eq!((read, seen.version), (registry, 7));
+        assert!(load_seen(dir.path(), AccountId([9; 32])).is_none());
+        let mut forged = update;
+        forged.payload = forged.payload.replace("\"version\":7", "\"version\":8");
+        store_seen(dir.path(), owner, &forged);
+        assert!(load_seen(dir.path(), owner).is_none());
+    }
+}
