@@ -289,7 +289,8 @@ impl Settlement for LedgerClient {
     }
 
     async fn registry(&self) -> Result<Registry, SettlementError> {
-        Ok(self.get("/v1/registry").await?)
+        // The answer carries the owner's signed update beside the document.
+        Ok(self.get::<RegistryAnswer>("/v1/registry").await?.registry)
     }
 
     async fn account(&self, id: AccountId) -> Result<Account, SettlementError> {
