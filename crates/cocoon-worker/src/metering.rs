@@ -41,6 +41,51 @@ pub fn usage_in(json: &[u8]) -> Option<TokenUsage> {
     field.usage.as_ref().map(TokenUsage::from)
 }
 
+/// What of a stream chunk's choices the worker reads to tell a token from bookkeeping.
+#[derive(Deserialize)]
+struct ChunkChoices<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether a stream chunk carries generated output (text, reasoning or a tool call), as opposed to
+/// the role-only first chunk or the empty last one with `finish_reason` that engines also send.
+/// A chunk that is not JSON of that shape counts as output: an engine cannot slip tokens past the
+/// limit by malforming them.
+fn carries_output(data: &str) -> bool {
+    let Ok(chunk) = serde_json::from_str::<ChunkChoices>(data) else {
+        return true;
+    };
+    chunk.choices.iter().any(|choice| {
+        let non_empty =
+            |text: &Option<std::borrow::Cow<str>>| text.as_ref().is_some_and(|t| !t.is_empty());
+        non_empty(&choice.text)
+            || choice.delta.as_ref().is_some_and(|delta| {
+                non_empty(&delta.content)
+                    || non_empty(&delta.reasoning_content)
+                    || delta.tool_calls.is_some()
+            })
+    })
+}
+
 /// The trailers ending a successful answer: its usage, and its receipt when there is a draft.
 fn final_trailers(
     usage: &TokenUsage,
@@ -111,6 +156,9 @@ impl Meter {
             }
         }
         if data == "[DONE]" {
+            return true;
+        }
+        if !carries_output(data) {
             return true;
         }
         // Counted even after a usage chunk: an engine that sends its usage first must not stream
@@ -364,6 +412,32 @@ mod tests {
         let usage = read_usage(&trailers.unwrap()).unwrap();
         assert_eq!(usage.completion_tokens, 3);
         assert_eq!(stats.snapshot()["tokens"]["completion"], 3);
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_exactly_the_reserved_tokens_keeps_its_role_finish_and_usage_chunks() {
+        // How vLLM and OpenAI stream: a role-only chunk, the tokens, an empty chunk with the
+        // finish reason, the usage.
+        let mut sse = String::from(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+        );
+        sse.push_str(
+            &"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\n".repeat(3),
+        );
+        sse.push_str(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+        );
+        sse.push_str("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
+        let (text, trailers) = frames(metered_stream(
+            Body::from(sse),
+            NodeStats::new("worker"),
+            None,
+            Some(3),
+        ))
+        .await;
+        assert!(text.contains("finish_reason"), "{text}");
+        let usage = read_usage(&trailers.unwrap()).unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (5, 3));
     }
 
     #[tokio::test]
