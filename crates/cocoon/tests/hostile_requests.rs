@@ -77,6 +77,38 @@ async fn a_poisoned_token_limit_is_refused_and_every_node_keeps_serving() {
     }
 }
 
+/// A proxy with a cheap worker (coefficient 500) in front of `engine`, which routing prefers, and a
+/// dearer healthy one, and a client whose API lists both.
+struct CheapAndHealthy {
+    cheap: Node,
+    api: String,
+    _nodes: Vec<Node>,
+    /// Holds the proxy's ledger.
+    _proxy: ProxyAddrs,
+}
+
+async fn cheap_worker_in_front_of(engine: &str) -> CheapAndHealthy {
+    let (proxy_node, proxy) = proxy(&[]);
+    let cheap_args = [
+        "--engine",
+        engine,
+        "--model",
+        "synthetic",
+        "--coefficient",
+        "500",
+    ];
+    let (cheap, _) = worker(&proxy, &cheap_args);
+    let (healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
+    let (client_node, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 2).await;
+    CheapAndHealthy {
+        cheap,
+        api,
+        _nodes: vec![proxy_node, healthy, client_node],
+        _proxy: proxy,
+    }
+}
+
 /// An engine on loopback that takes requests and never answers; `arrived` is notified for each.
 async fn silent_engine(arrived: Arc<Notify>) -> String {
     use axum::routing::post;
@@ -94,19 +126,8 @@ async fn silent_engine(arrived: Arc<Notify>) -> String {
 async fn a_request_whose_worker_died_holding_it_is_not_retried_on_another() {
     let arrived = Arc::new(Notify::new());
     let engine = silent_engine(arrived.clone()).await;
-    let (_proxy, proxy) = proxy(&[]);
-    let cheap_args = [
-        "--engine",
-        &engine,
-        "--model",
-        "synthetic",
-        "--coefficient",
-        "500",
-    ];
-    let (mut doomed, _) = worker(&proxy, &cheap_args);
-    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 2).await;
+    let mut network = cheap_worker_in_front_of(&engine).await;
+    let api = network.api.clone();
 
     let request = tokio::spawn({
         let api = api.clone();
@@ -117,7 +138,7 @@ async fn a_request_whose_worker_died_holding_it_is_not_retried_on_another() {
     tokio::time::timeout(Duration::from_secs(30), arrived.notified())
         .await
         .expect("the cheap worker's engine gets the request");
-    doomed.kill();
+    network.cheap.kill();
     let (status, _, code) = tokio::time::timeout(Duration::from_secs(30), request)
         .await
         .expect("answered soon after the worker died")
@@ -169,23 +190,12 @@ async fn crashing_engine(requests: Arc<std::sync::atomic::AtomicUsize>) -> Strin
 async fn a_request_that_broke_a_workers_engine_is_not_retried_on_another() {
     let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let engine = crashing_engine(requests.clone()).await;
-    let (_proxy, proxy) = proxy(&[]);
-    let cheap_args = [
-        "--engine",
-        &engine,
-        "--model",
-        "synthetic",
-        "--coefficient",
-        "500",
-    ];
-    let (_broken, _) = worker(&proxy, &cheap_args);
-    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 2).await;
+    let network = cheap_worker_in_front_of(&engine).await;
+    let api = &network.api;
 
     // The cheap worker's engine had the request and died: the proxy must not hand it to the
     // healthy worker (whose engine it might crash too); the app hears the failure.
-    let (status, _, code) = refusal(&api, &chat(2, false)).await;
+    let (status, _, code) = refusal(api, &chat(2, false)).await;
     assert_eq!(
         (status, code),
         (502, json!("bad_gateway")),
