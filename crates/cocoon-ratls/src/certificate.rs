@@ -292,7 +292,7 @@ mod tests {
         let id = Identity::generate(&attester, "worker", attrs, DEFAULT_VALIDITY).unwrap();
         let peer = verify(id.certificate_der()).unwrap();
         assert_eq!(peer.kind, AttestationKind::Fake);
-        assert_eq!(peer.image_hash, attester.measurements().image_hash());
+        assert_eq!(peer.image_hash, attester.image_hash());
         assert_eq!(peer.claims, *id.claims());
         assert_eq!(peer.claims.attributes["model"], "tiny");
         assert_eq!(peer.public_key, id.signing_key().verifying_key().to_bytes());
@@ -466,7 +466,6 @@ mod tests {
         let worker = FakeAttester::from_label("worker");
         let id = Identity::generate(&worker, "worker", BTreeMap::new(), HOUR).unwrap();
         let other = FakeAttester::from_label("other")
-            .measurements()
             .image_hash();
         let policy = Policy {
             allowed_image_hashes: BTreeSet::from([other]),
@@ -480,7 +479,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, RatlsError::Policy(TeeError::ImageHashNotAllowed(h)) if h == worker.measurements().image_hash()),
+            matches!(err, RatlsError::Policy(TeeError::ImageHashNotAllowed(h)) if h == worker.image_hash()),
             "{err}"
         );
         assert!(err.to_string().contains("is not in the allowed list"));

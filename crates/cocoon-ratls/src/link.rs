@@ -297,7 +297,7 @@ mod tests {
         let (mut tls, server_seen) = connector.connect(&addr).await.unwrap();
         assert_eq!(server_seen.cert_fingerprint, server_id.load().fingerprint());
         assert_eq!(server_seen.claims.role, "proxy");
-        assert_eq!(server_seen.image_hash, proxy.measurements().image_hash());
+        assert_eq!(server_seen.image_hash, proxy.image_hash());
         assert!(exchange(&mut tls).await);
 
         let conn = tls.get_ref().1;
@@ -317,7 +317,7 @@ mod tests {
         let client_seen = accepted.recv().await.unwrap().unwrap();
         assert_eq!(client_seen.cert_fingerprint, client_id.load().fingerprint());
         assert_eq!(client_seen.claims.role, "worker");
-        assert_eq!(client_seen.image_hash, worker.measurements().image_hash());
+        assert_eq!(client_seen.image_hash, worker.image_hash());
     }
 
     #[tokio::test]
@@ -357,7 +357,7 @@ mod tests {
             Arc::new(Verifier::new()),
         )
         .unwrap();
-        let allowed = FakeAttester::from_label("good").measurements().image_hash();
+        let allowed = FakeAttester::from_label("good").image_hash();
         let connector = Connector::new(
             identity(&FakeAttester::from_label("w"), "worker"),
             policy(Policy {
@@ -408,7 +408,6 @@ mod tests {
 
         // A policy change applies even though the certificate's verification is cached.
         let other = FakeAttester::from_label("other")
-            .measurements()
             .image_hash();
         client_policy.store(Arc::new(Policy {
             allowed_image_hashes: BTreeSet::from([other]),

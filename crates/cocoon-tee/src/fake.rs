@@ -63,6 +63,12 @@ impl FakeAttester {
     pub fn measurements(&self) -> &Measurements {
         &self.measurements
     }
+
+    /// The image hash its quotes verify to (a `fake` one: never a TDX image's, see
+    /// [`Measurements::image_hash`]).
+    pub fn image_hash(&self) -> crate::ImageHash {
+        self.measurements.image_hash(AttestationKind::Fake)
+    }
 }
 
 /// Deterministic measurements for a label: MRTD and each RTMRi are
@@ -116,7 +122,7 @@ pub(crate) fn verify_fake(body: &[u8]) -> Result<VerifiedQuote, TeeError> {
     let measurements = Measurements::from_canonical_bytes(m);
     Ok(VerifiedQuote {
         kind: AttestationKind::Fake,
-        image_hash: measurements.image_hash(),
+        image_hash: measurements.image_hash(AttestationKind::Fake),
         measurements,
         report_data,
     })
@@ -134,7 +140,7 @@ mod tests {
         let v = verify_fake(&q.bytes).unwrap();
         assert_eq!(v.report_data, [9; 64]);
         assert_eq!(v.measurements, *a.measurements());
-        assert_eq!(v.image_hash, a.measurements().image_hash());
+        assert_eq!(v.image_hash, a.image_hash());
     }
 
     #[test]
@@ -182,14 +188,14 @@ mod tests {
         let w = measurements_from_label("cocoon-worker-dev");
         assert_eq!(w, measurements_from_label("cocoon-worker-dev"));
         assert_ne!(
-            w.image_hash(),
-            measurements_from_label("cocoon-proxy-dev").image_hash()
+            w.image_hash(AttestationKind::Fake),
+            measurements_from_label("cocoon-proxy-dev").image_hash(AttestationKind::Fake)
         );
         assert_eq!(w.mr_owner, [0; MR_LEN]);
         // Pinned: `cocoon dev` configurations and docs may quote this value.
         assert_eq!(
-            w.image_hash().to_string(),
-            "8c2e7737badd0e026a200766ebe619e320c197b2167a6d68c5fb097f0f24c58c"
+            w.image_hash(AttestationKind::Fake).to_string(),
+            "d7646948ec053509c4605ee30710b8c4af271eb0b5afd0e12b4a02d922e92ba2"
         );
     }
 }

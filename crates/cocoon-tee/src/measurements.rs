@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::TeeError;
+use crate::{AttestationKind, TeeError};
 
 /// Length of one TDX measurement register (SHA-384).
 pub const MR_LEN: usize = 48;
@@ -112,9 +112,24 @@ impl Measurements {
         }
     }
 
-    /// SHA-256 over [`canonical_bytes`](Self::canonical_bytes): names the image, not the instance.
-    pub fn image_hash(&self) -> ImageHash {
-        ImageHash(Sha256::digest(self.canonical_bytes()).into())
+    /// The hash naming these measurements when attested as `kind`: it names the image (not the
+    /// instance) *and how strongly it is proven*, so an allow-list entry meant for one kind can
+    /// never match a quote of another.
+    ///
+    /// - `tdx`: SHA-256 over [`canonical_bytes`](Self::canonical_bytes) (exactly 400 bytes), which
+    ///   external tools compute straight from a TDX quote.
+    /// - `fake` and `none`: SHA-256 over `"cocoon-image-hash-v1/<kind>\0" ‖ canonical_bytes`.
+    ///
+    /// Why this is enough: anyone can make a `fake` quote with any measurements (its key is
+    /// public), including a production TDX image's. Its hash is then taken over a longer,
+    /// prefixed input, so it equals the TDX hash only through a SHA-256 collision.
+    pub fn image_hash(&self, kind: AttestationKind) -> ImageHash {
+        let mut hasher = Sha256::new();
+        if kind != AttestationKind::Tdx {
+            hasher.update(format!("cocoon-image-hash-v1/{kind}\0"));
+        }
+        hasher.update(self.canonical_bytes());
+        ImageHash(hasher.finalize().into())
     }
 }
 
@@ -244,16 +259,36 @@ mod tests {
     #[test]
     fn image_hash_is_stable_and_sensitive() {
         let m = sample();
-        assert_eq!(m.image_hash(), sample().image_hash());
+        let tdx = AttestationKind::Tdx;
+        assert_eq!(m.image_hash(tdx), sample().image_hash(tdx));
         // Pinned value (SHA-256 of 400 zero bytes): changing the canonical encoding
         // would silently invalidate every deployed policy.
         assert_eq!(
-            Measurements::ZERO.image_hash().to_string(),
+            Measurements::ZERO.image_hash(tdx).to_string(),
             "7a12e561363385e9dfeeab326368731c030ed4b374e7f5897ac819159d2884c5"
         );
         let mut other = m;
         other.rtmr[3][47] ^= 1;
-        assert_ne!(other.image_hash(), m.image_hash());
+        assert_ne!(other.image_hash(tdx), m.image_hash(tdx));
+    }
+
+    #[test]
+    fn the_same_measurements_hash_differently_for_each_kind() {
+        // A `fake` quote can carry a production image's measurements (anyone can sign one):
+        // its hash must not be the TDX one that allow-lists name.
+        let m = sample();
+        let hashes: std::collections::BTreeSet<ImageHash> = AttestationKind::ALL
+            .into_iter()
+            .map(|kind| m.image_hash(kind))
+            .collect();
+        assert_eq!(hashes.len(), AttestationKind::ALL.len());
+        assert_eq!(
+            m.image_hash(AttestationKind::Fake),
+            ImageHash(
+                Sha256::digest([&b"cocoon-image-hash-v1/fake\0"[..], &m.canonical_bytes()].concat())
+                    .into()
+            )
+        );
     }
 
     #[test]
@@ -272,7 +307,7 @@ mod tests {
 
     #[test]
     fn image_hash_text_round_trip() {
-        let h = sample().image_hash();
+        let h = sample().image_hash(AttestationKind::Fake);
         assert_eq!(h.to_string().parse::<ImageHash>().unwrap(), h);
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<ImageHash>(&json).unwrap(), h);

@@ -101,11 +101,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fake_quote_with_a_tdx_images_measurements_matches_no_tdx_entry() {
+        // The fake platform key is public: anyone can sign a `fake` quote over the
+        // measurements of an allowed production (TDX) image.
+        let forger = FakeAttester::from_label("production");
+        let production_tdx_image = forger
+            .measurements()
+            .image_hash(AttestationKind::Tdx);
+        let forged = verified(&forger);
+        let mut policy = Policy::any_image(AttestationKind::Fake);
+        policy.allowed_image_hashes.insert(production_tdx_image);
+        assert!(matches!(
+            policy.check(&forged),
+            Err(TeeError::ImageHashNotAllowed(h)) if h == forged.image_hash
+        ));
+        // Nor does a `none` quote match the TDX entry for all-zero measurements.
+        let mut zero = Policy::any_image(AttestationKind::None);
+        zero.allowed_image_hashes
+            .insert(crate::Measurements::ZERO.image_hash(AttestationKind::Tdx));
+        assert!(zero.check(&verified(&NoneAttester)).is_err());
+    }
+
+    #[test]
     fn serde_round_trip_and_defaults() {
         let mut policy = Policy::any_image(AttestationKind::Fake);
         policy
             .allowed_image_hashes
-            .insert(crate::Measurements::ZERO.image_hash());
+            .insert(crate::Measurements::ZERO.image_hash(AttestationKind::None));
         let json = serde_json::to_string(&policy).unwrap();
         assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), policy);
         let minimal: Policy = serde_json::from_str(r#"{"min_kind":"tdx"}"#).unwrap();

@@ -72,7 +72,7 @@ pub trait Attester: Send + Sync {
 }
 
 /// The `none` attester: its quote is just the report data, proves nothing, and verifies
-/// as all-zero measurements (image hash = [`crate::Measurements::ZERO`]`.image_hash()`).
+/// as all-zero measurements (image hash = [`crate::Measurements::ZERO`]`.image_hash(None)`).
 /// Development only; any policy with a minimum above `none` refuses it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoneAttester;

@@ -502,7 +502,7 @@ impl TdxQuoteVerifier {
         Ok(TdxVerification {
             quote: VerifiedQuote {
                 kind: AttestationKind::Tdx,
-                image_hash: measurements.image_hash(),
+                image_hash: measurements.image_hash(AttestationKind::Tdx),
                 measurements,
                 report_data: report.report_data,
             },

@@ -15,7 +15,7 @@ pub struct VerifiedQuote {
     pub kind: AttestationKind,
     /// The image's measurements.
     pub measurements: Measurements,
-    /// `measurements.image_hash()`, precomputed.
+    /// `measurements.image_hash(kind)`, precomputed.
     pub image_hash: ImageHash,
     /// The 64 bytes the quote binds (Cocoon: `SHA-512(claims)`).
     #[serde(with = "hex_array")]
@@ -79,7 +79,7 @@ impl Verifier {
                 Ok(VerifiedQuote {
                     kind: AttestationKind::None,
                     measurements: Measurements::ZERO,
-                    image_hash: Measurements::ZERO.image_hash(),
+                    image_hash: Measurements::ZERO.image_hash(AttestationKind::None),
                     report_data,
                 })
             }
@@ -90,7 +90,7 @@ impl Verifier {
                 // A plugged-in verifier must not be able to upgrade or downgrade the kind,
                 // nor report a hash that does not match its measurements.
                 if verified.kind != AttestationKind::Tdx
-                    || verified.image_hash != verified.measurements.image_hash()
+                    || verified.image_hash != verified.measurements.image_hash(AttestationKind::Tdx)
                 {
                     return Err(TeeError::QuoteRejected {
                         kind: AttestationKind::Tdx,
@@ -120,7 +120,7 @@ mod tests {
             Ok(VerifiedQuote {
                 kind: self.0,
                 measurements: Measurements::ZERO,
-                image_hash: Measurements::ZERO.image_hash(),
+                image_hash: Measurements::ZERO.image_hash(self.0),
                 report_data: [0; 64],
             })
         }
@@ -132,7 +132,10 @@ mod tests {
         let v = Verifier::new().verify(&q).unwrap();
         assert_eq!(v.kind, AttestationKind::None);
         assert_eq!(v.report_data, [4; 64]);
-        assert_eq!(v.image_hash, Measurements::ZERO.image_hash());
+        assert_eq!(
+            v.image_hash,
+            Measurements::ZERO.image_hash(AttestationKind::None)
+        );
         let short = Quote {
             kind: AttestationKind::None,
             bytes: vec![0; 63],

@@ -8,6 +8,7 @@ use cocoon_tee::tdx::{
 };
 use cocoon_tee::{AttestationKind, Quote, QuoteVerifier, TeeError, Verifier};
 use dcap_qvl::{QuoteCollateralV3, TcbStatus};
+use sha2::Digest;
 
 /// Inside the collateral's validity window (2025-06-21).
 const PINNED: u64 = 1_750_500_000;
@@ -64,7 +65,10 @@ fn verifies_at_pinned_time_with_measurements_from_the_td_report() {
         &vq.measurements.canonical_bytes()[..],
         &q[body + 120..body + 520]
     );
-    assert_eq!(vq.image_hash, vq.measurements.image_hash());
+    // A TDX image hash is SHA-256 of exactly those bytes, as an external tool computes it.
+    let external: [u8; 32] = sha2::Sha256::digest(&q[body + 120..body + 520]).into();
+    assert_eq!(vq.image_hash.0, external);
+    assert_eq!(vq.image_hash, vq.measurements.image_hash(AttestationKind::Tdx));
 }
 
 #[test]
