@@ -40,6 +40,11 @@ const WRITE_BUFFER: usize = 64 << 10;
 /// HPACK table size each side offers its peer: room for the values that repeat on every answer
 /// of a link (two receipt certificates of ~1.5 KiB, hashes), which the default 4 KiB barely holds.
 const HEADER_TABLE_SIZE: u32 = 64 << 10;
+/// Largest header list (headers or trailers, decoded) each side accepts from its peer. HTTP/2's
+/// usual 16 KiB is too small for a receipt of two `tdx`-attested certificates (~20 KB, each
+/// carrying a ~5 KB quote); 64 KiB fits one with room to spare and still bounds what a peer can
+/// make us hold per stream.
+pub const MAX_HEADER_LIST: u32 = 64 << 10;
 /// Deadline for small control exchanges on a link.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -92,6 +97,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_reset_streams(MAX_CONCURRENT_STREAMS as usize)
         .header_table_size(HEADER_TABLE_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST)
         .handshake(TokioIo::new(BufWriter::with_capacity(WRITE_BUFFER, io)))
         .await?;
     let driver = async move {
@@ -131,6 +137,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .header_table_size(HEADER_TABLE_SIZE)
+        .max_header_list_size(MAX_HEADER_LIST)
         .serve_connection(
             TokioIo::new(BufWriter::with_capacity(WRITE_BUFFER, io)),
             TowerToHyperService::new(router),
@@ -233,5 +240,53 @@ mod tests {
         tokio::spawn(driver);
         let answer = get_json::<serde_json::Value>(&sender, "/cocoon/v1/worker").await;
         assert!(matches!(answer, Err(LinkError::Body(_))), "{answer:?}");
+    }
+
+    /// The size of a receipt whose two certificates carry real TDX quotes: each certificate is the
+    /// quote plus ~1 KiB (claims, key, X.509), base64 in the receipt's JSON, which travels
+    /// base64url-encoded again.
+    fn tdx_receipt_len() -> usize {
+        let quote = include_bytes!("../../cocoon-tee/testdata/tdx/tdx_quote").len();
+        let certificate = quote + 1024;
+        2 * certificate * 4 / 3 * 4 / 3
+    }
+
+    #[tokio::test]
+    async fn a_receipt_of_tdx_size_crosses_a_link_in_a_header_and_in_a_trailer() {
+        let receipt = "r".repeat(tdx_receipt_len());
+        assert!(receipt.len() > 16 << 10, "bigger than HTTP/2's usual limit");
+        let (dialer_end, acceptor_end) = tokio::io::duplex(64 * 1024);
+        let sent = receipt.clone();
+        let router = Router::new().route(
+            "/answer",
+            get(move || {
+                let receipt = HeaderValue::from_str(&sent).unwrap();
+                async move {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("x-cocoon-receipt-record", receipt.clone());
+                    let body = http_body_util::StreamBody::new(futures::stream::iter([
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                            Bytes::from_static(b"answer"),
+                        )),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ]));
+                    (
+                        [("x-cocoon-receipt", receipt)],
+                        axum::body::Body::new(body),
+                    )
+                }
+            }),
+        );
+        let drain = CancellationToken::new();
+        tokio::spawn(async move { serve(dialer_end, router, &drain, Duration::ZERO).await });
+        let (mut sender, driver) = client_handshake(acceptor_end).await.unwrap();
+        tokio::spawn(driver);
+        let request = Request::get("/answer").body(Body::empty()).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.headers()["x-cocoon-receipt"], receipt.as_str());
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers arrive");
+        assert_eq!(trailers["x-cocoon-receipt-record"], receipt.as_str());
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"answer"));
     }
 }
