@@ -7,6 +7,7 @@ use std::time::Duration;
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
+use cocoon_tee::AttestationKind;
 use serde::{Deserialize, Serialize};
 
 /// How the client serves apps and which proxies it forwards to.
@@ -25,6 +26,11 @@ pub struct ClientConfig {
     /// the registry's allowed proxy images (any, if it lists none), followed live.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_proxy_image: Vec<String>,
+    /// The weakest attestation accepted from proxies (`none`, `fake`, `tdx`). Anything below
+    /// `tdx` proves nothing (anyone can make a `fake` quote): development only, and the node says
+    /// so at start and in `/jsonstats`.
+    #[arg(long, default_value = "tdx", value_name = "KIND")]
+    pub min_peer_tee: AttestationKind,
     /// API keys apps must present as `Authorization: Bearer <key>` (repeat or separate with
     /// commas; a config file keeps them off the command line). Empty: the local API needs no key.
     #[arg(long, value_delimiter = ',', value_name = "KEY")]

@@ -134,7 +134,12 @@ pub async fn start(
         .await
         .context("cannot read the registry")?;
     let policy = trust
-        .peer_policy(&config.allow_proxy_image, &registry, ImageRole::Proxy)
+        .peer_policy(
+            &config.allow_proxy_image,
+            &registry,
+            ImageRole::Proxy,
+            config.min_peer_tee,
+        )
         .context("bad --allow-proxy-image")?;
     let connector = Arc::new(
         trust
@@ -164,10 +169,12 @@ pub async fn start(
     ];
     let details_links = links.clone();
     let readiness = readiness::readiness(links.clone(), settlement.clone());
+    let details_trust = trust.clone();
     let stats_routes = stats::router_with_readiness(
         stats.clone(),
         Arc::new(move || {
             let mut details = details_links.snapshot();
+            details["attestation"] = details_trust.stats();
             details["wallet"] = settlement.snapshot();
             details["registry_version"] = registry.current().version.into();
             details["registry"] = registry.status();

@@ -44,7 +44,6 @@ fn attestation(label: &str) -> AttestationArgs {
     AttestationArgs {
         tee: AttestationKind::Fake,
         image_label: label.to_owned(),
-        min_peer_tee: AttestationKind::Fake,
         cert_lifetime_secs: 3600,
         pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
     }
@@ -85,7 +84,11 @@ async fn fake_proxy(coefficient: u32) -> ProxyHandle {
         .unwrap();
     let acceptor = Arc::new(
         trust
-            .acceptor(&trust.fixed_peer_policy(&[]).unwrap())
+            .acceptor(
+                &trust
+                    .fixed_peer_policy("client", &[], AttestationKind::Fake)
+                    .unwrap(),
+            )
             .unwrap(),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,6 +272,7 @@ impl Client {
             registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
             data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
+            min_peer_tee: AttestationKind::Fake,
             ..ClientConfig::default()
         };
         config.api_key.clear();
@@ -681,6 +685,7 @@ async fn a_taken_port_fails_start_clearly() {
         registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
         data_dir: data_dir.path().to_owned(),
         attestation: attestation("test-client"),
+        min_peer_tee: AttestationKind::Fake,
         ..ClientConfig::default()
     };
     let error = match start(config, CancellationToken::new()).await {

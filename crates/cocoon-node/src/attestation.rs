@@ -7,12 +7,12 @@
 //! handshake and drops the links already up.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cocoon_ledger::ImageRole;
-use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity};
+use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity, MAX_VALIDITY};
 use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier, INTEL_PCS_URL};
 use cocoon_tee::{
     AttestationKind, Attester, FakeAttester, ImageHash, NoneAttester, Policy, TeeError, Verifier,
@@ -33,10 +33,8 @@ pub struct AttestationArgs {
     /// label have the same image hash.
     #[arg(long, default_value = "cocoon-dev", value_name = "LABEL")]
     pub image_label: String,
-    /// The weakest attestation kind accepted from peers (`none`, `fake`, `tdx`).
-    #[arg(long, default_value = "fake", value_name = "KIND")]
-    pub min_peer_tee: AttestationKind,
-    /// Lifetime of this node's RA-TLS certificate in seconds; it is renewed at half of it.
+    /// Lifetime of this node's RA-TLS certificate in seconds (at most two days: peers refuse longer
+    /// ones); it is renewed at half of it.
     #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
     pub cert_lifetime_secs: u64,
     /// Base URL of Intel's PCS or of a PCCS, where the DCAP collateral that `tdx` quotes (this
@@ -72,8 +70,9 @@ pub enum TrustError {
 /// A node's attested identity, its peer policy, and the verifier both sides use.
 pub struct NodeTrust {
     identity: SharedIdentity,
+    /// The weakest kind each peer role's policy accepts, for `/jsonstats`.
+    peer_minimums: Mutex<BTreeMap<String, AttestationKind>>,
     collateral: Arc<CollateralSource>,
-    min_peer_kind: AttestationKind,
     verifier: Arc<Verifier>,
     attester: Arc<dyn Attester>,
     image_hash: ImageHash,
@@ -94,7 +93,9 @@ impl NodeTrust {
         let collateral = Arc::new(CollateralSource::pccs(PccsConfig::new(&args.pccs_url))?);
         let tdx = TdxQuoteVerifier::new(collateral.clone());
         let verifier = Arc::new(Verifier::new().with_tdx(Arc::new(tdx)));
-        let lifetime = Duration::from_secs(args.cert_lifetime_secs.max(60));
+        // Peers refuse certificates living longer than `MAX_VALIDITY`.
+        let lifetime = Duration::from_secs(args.cert_lifetime_secs)
+            .clamp(Duration::from_secs(60), MAX_VALIDITY);
         let identity = Identity::generate(attester.as_ref(), role, attributes.clone(), lifetime)?;
         if identity.quote().kind == AttestationKind::Tdx {
             collateral.prefetch(&identity.quote().bytes).await?;
@@ -103,8 +104,8 @@ impl NodeTrust {
         let own = verifier.verify(identity.quote())?;
         Ok(Arc::new(NodeTrust {
             identity: Arc::new(ArcSwap::from_pointee(identity)),
+            peer_minimums: Mutex::default(),
             collateral,
-            min_peer_kind: args.min_peer_tee,
             verifier,
             attester,
             image_hash: own.image_hash,
@@ -130,29 +131,73 @@ impl NodeTrust {
     }
 
     /// The policy for peers in `role` (see [`LivePolicy::new`]): the `flag_images` (hex image
-    /// hashes) when given, else the registry's list, attested at least as strongly as this node's
-    /// `--min-peer-tee`.
+    /// hashes) when given, else the registry's list, attested at least as strongly as `min_kind`.
     pub fn peer_policy(
         &self,
         flag_images: &[String],
         registry: &RegistryWatch,
         role: ImageRole,
+        min_kind: AttestationKind,
     ) -> Result<LivePolicy, TrustError> {
-        Ok(LivePolicy::new(
-            parse_images(flag_images)?,
-            registry,
-            role,
-            self.min_peer_kind,
+        let images = parse_images(flag_images)?;
+        self.record_minimum(&role.to_string(), min_kind);
+        Ok(LivePolicy::new(images, registry, role, min_kind))
+    }
+
+    /// A fixed policy for peers claiming `peer_role`, accepting `flag_images` (empty: any image)
+    /// attested at least as strongly as `min_kind`, for peers the registry does not list.
+    pub fn fixed_peer_policy(
+        &self,
+        peer_role: &str,
+        flag_images: &[String],
+        min_kind: AttestationKind,
+    ) -> Result<LivePolicy, TrustError> {
+        let allowed_image_hashes = parse_images(flag_images)?;
+        self.record_minimum(peer_role, min_kind);
+        Ok(LivePolicy::fixed(
+            peer_role,
+            Policy {
+                allowed_image_hashes,
+                min_kind,
+            },
         ))
     }
 
-    /// A fixed policy accepting `flag_images` (empty: any image) attested at least as strongly as
-    /// this node's `--min-peer-tee`, for peers the registry does not list.
-    pub fn fixed_peer_policy(&self, flag_images: &[String]) -> Result<LivePolicy, TrustError> {
-        Ok(LivePolicy::fixed(Policy {
-            allowed_image_hashes: parse_images(flag_images)?,
-            min_kind: self.min_peer_kind,
-        }))
+    /// Notes the weakest kind accepted from `peer_role`, and says loudly when it is below `tdx`:
+    /// such peers prove nothing (a `fake` quote can be made by anyone).
+    fn record_minimum(&self, peer_role: &str, min_kind: AttestationKind) {
+        if min_kind < AttestationKind::Tdx {
+            tracing::warn!(
+                peer_role,
+                min_kind = %min_kind,
+                "accepting peers in the `{peer_role}` role attested only as `{min_kind}`: they prove \
+                 nothing about what they run (development only; production needs `tdx`)"
+            );
+        }
+        if let Ok(mut minimums) = self.peer_minimums.lock() {
+            minimums.insert(peer_role.to_owned(), min_kind);
+        }
+    }
+
+    /// What `/jsonstats` shows of this node's attestation: its own kind and image, the weakest
+    /// kind accepted from each peer role, and whether any of those is below `tdx`.
+    pub fn stats(&self) -> serde_json::Value {
+        let minimums = self
+            .peer_minimums
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let weak: Vec<&String> = minimums
+            .iter()
+            .filter(|(_, kind)| **kind < AttestationKind::Tdx)
+            .map(|(role, _)| role)
+            .collect();
+        serde_json::json!({
+            "tee": self.identity.load().quote().kind,
+            "image_hash": self.image_hash.to_string(),
+            "min_peer_tee": minimums,
+            "weak_peer_minimum": weak,
+        })
     }
 
     /// A dialer presenting this identity and checking peers with `policy`.
@@ -161,6 +206,7 @@ impl NodeTrust {
             self.identity.clone(),
             policy.shared(),
             self.verifier.clone(),
+            policy.peer_role(),
         )?)
     }
 
@@ -170,6 +216,7 @@ impl NodeTrust {
             self.identity.clone(),
             policy.shared(),
             self.verifier.clone(),
+            policy.peer_role(),
         )?)
     }
 
@@ -214,10 +261,21 @@ fn parse_images(texts: &[String]) -> Result<BTreeSet<ImageHash>, TrustError> {
         .collect()
 }
 
-/// The image hash `args` give this node, as peers will see it: its own quote, verified.
+/// The image hash `args` give this node, as peers will see it.
 pub fn own_image_hash(args: &AttestationArgs) -> Result<ImageHash, TrustError> {
-    let quote = attester_for(args)?.quote(&[0u8; 64])?;
-    Ok(Verifier::new().verify(&quote)?.image_hash)
+    image_hash_of_own(&attester_for(args)?.quote(&[0u8; 64])?)
+}
+
+/// The image hash of this node's own `quote`. A `tdx` quote's measurements are read from it
+/// without DCAP collateral: it comes from our own TD, and a TD that cannot reach Intel's PCS must
+/// still be able to name its image (peers verify it fully). Other kinds are verified as peers do.
+fn image_hash_of_own(quote: &cocoon_tee::Quote) -> Result<ImageHash, TrustError> {
+    Ok(match quote.kind {
+        AttestationKind::Tdx => {
+            cocoon_tee::tdx::unverified_measurements(&quote.bytes)?.image_hash(AttestationKind::Tdx)
+        }
+        AttestationKind::None | AttestationKind::Fake => Verifier::new().verify(quote)?.image_hash,
+    })
 }
 
 /// The attester `args` select (`tdx` fails clearly outside a TD guest).
@@ -227,4 +285,31 @@ pub fn attester_for(args: &AttestationArgs) -> Result<Arc<dyn Attester>, TrustEr
         AttestationKind::Fake => Arc::new(FakeAttester::from_label(&args.image_label)),
         AttestationKind::Tdx => Arc::new(cocoon_tee::tsm::TdxAttester::open_default()?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    #[test]
+    fn a_tdx_nodes_own_image_hash_needs_no_collateral() {
+        // A real TDX quote (v4): 48-byte header, then the TD report body whose bytes 120..520 are
+        // what a TDX image hash covers.
+        let bytes = include_bytes!("../../cocoon-tee/testdata/tdx/tdx_quote").to_vec();
+        let expected: [u8; 32] = Sha256::digest(&bytes[48 + 120..48 + 520]).into();
+        let quote = cocoon_tee::Quote {
+            kind: AttestationKind::Tdx,
+            bytes,
+        };
+        assert_eq!(image_hash_of_own(&quote).unwrap(), ImageHash(expected));
+    }
+
+    #[test]
+    fn a_fake_nodes_own_image_hash_is_its_fake_one() {
+        let attester = FakeAttester::from_label("own");
+        let quote = attester.quote(&[0; 64]).unwrap();
+        assert_eq!(image_hash_of_own(&quote).unwrap(), attester.image_hash());
+    }
 }

@@ -270,10 +270,7 @@ mod tests {
                         )),
                         Ok(hyper::body::Frame::trailers(trailers)),
                     ]));
-                    (
-                        [("x-cocoon-receipt", receipt)],
-                        axum::body::Body::new(body),
-                    )
+                    ([("x-cocoon-receipt", receipt)], axum::body::Body::new(body))
                 }
             }),
         );

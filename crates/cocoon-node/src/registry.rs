@@ -196,11 +196,14 @@ async fn follow(mut reader: RegistryReader, publish: watch::Sender<Arc<Registry>
 pub struct LivePolicy {
     shared: SharedPolicy,
     changes: watch::Receiver<Arc<Policy>>,
+    /// The role peers under this policy must claim.
+    peer_role: String,
 }
 
 impl LivePolicy {
-    /// A policy for peers in `role`: the images given on the command line when there are any
-    /// (fixed, for development), else the registry's list for `role`, followed live.
+    /// A policy for peers in `role` (who must claim that role): the images given on the command
+    /// line when there are any (fixed, for development), else the registry's list for `role`,
+    /// followed live.
     pub fn new(
         flag_images: BTreeSet<ImageHash>,
         registry: &RegistryWatch,
@@ -227,15 +230,26 @@ impl LivePolicy {
             store.store(Arc::new(policy.clone()));
             policy
         });
-        Self { shared, changes }
+        Self {
+            shared,
+            changes,
+            peer_role: role.to_string(),
+        }
     }
 
-    /// A policy that never changes (lists no registry covers, such as the proxy's client images).
-    pub fn fixed(policy: Policy) -> Self {
+    /// A policy that never changes for peers claiming `peer_role` (lists no registry covers, such
+    /// as the proxy's client images).
+    pub fn fixed(peer_role: &str, policy: Policy) -> Self {
         Self {
             shared: Arc::new(ArcSwap::from_pointee(policy.clone())),
             changes: fixed(policy),
+            peer_role: peer_role.to_owned(),
         }
+    }
+
+    /// The role peers under this policy must claim in their certificates.
+    pub fn peer_role(&self) -> &str {
+        &self.peer_role
     }
 
     /// The policy the RA-TLS verifiers apply to new handshakes.

@@ -92,7 +92,6 @@ mod tests {
         AttestationArgs {
             tee: AttestationKind::Fake,
             image_label: label.to_owned(),
-            min_peer_tee: AttestationKind::Fake,
             cert_lifetime_secs: 3_600,
             pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
         }

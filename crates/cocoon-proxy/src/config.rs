@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
+use cocoon_tee::AttestationKind;
 use serde::{Deserialize, Serialize};
 
 /// Everything a proxy needs to route clients' requests to workers.
@@ -19,14 +20,25 @@ pub struct ProxyConfig {
     /// Address of `/healthz`, `/stats`, `/jsonstats` and `/metrics`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:11000")]
     pub stats_listen: String,
-    /// Image hashes of workers this proxy accepts (hex; repeat or separate with commas). Empty: any
-    /// image attested at least as strongly as `--min-peer-tee`.
+    /// Image hashes of workers this proxy accepts (hex; repeat or separate with commas). Empty:
+    /// the registry's allowed worker images (any attested at least as strongly as
+    /// `--min-worker-tee`, if it lists none), followed live.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_worker_image: Vec<String>,
+    /// The weakest attestation accepted on the worker port (`none`, `fake`, `tdx`). Workers
+    /// receive prompts in clear inside their TEE, so anything below `tdx` proves nothing:
+    /// development only, and the proxy says so at start and in `/jsonstats`.
+    #[arg(long, default_value = "tdx", value_name = "KIND")]
+    pub min_worker_tee: AttestationKind,
     /// Image hashes of clients this proxy accepts (hex; repeat or separate with commas). Empty: any
-    /// image attested at least as strongly as `--min-peer-tee`.
+    /// image attested at least as strongly as `--min-client-tee`.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_client_image: Vec<String>,
+    /// The weakest attestation accepted on the client port (`none`, `fake`, `tdx`), independent of
+    /// the worker port's: accepting weaker clients never lets weaker workers in. Below `tdx` the
+    /// proxy says so at start and in `/jsonstats`.
+    #[arg(long, default_value = "tdx", value_name = "KIND")]
+    pub min_client_tee: AttestationKind,
     /// Model weights this proxy routes to, as `NAME=SHA256` (repeat or separate with commas; a
     /// name may be listed with several hashes). A worker must serve a listed name with an allowed
     /// hash in its attested claims. Empty: any model.
@@ -88,7 +100,7 @@ pub struct ProxyConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub http: HttpLimits,
-    /// How this proxy attests itself, and the weakest attestation it accepts from peers.
+    /// How this proxy attests itself.
     #[command(flatten)]
     #[serde(flatten)]
     pub attestation: AttestationArgs,

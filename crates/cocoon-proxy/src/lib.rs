@@ -36,6 +36,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::ProxyConfig;
+
+/// The role clients claim in their certificates (the only one the client port accepts).
+pub const CLIENT_ROLE: &str = "client";
 use forward::Forwarding;
 use routing::Routing;
 
@@ -81,15 +84,25 @@ pub async fn start(
         .await
         .context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
-    let worker_policy =
-        trust.peer_policy(&config.allow_worker_image, &registry, ImageRole::Worker)?;
+    // Each port has its own minimum and list: accepting weaker clients never admits weaker workers.
+    let worker_policy = trust.peer_policy(
+        &config.allow_worker_image,
+        &registry,
+        ImageRole::Worker,
+        config.min_worker_tee,
+    )?;
     let handshake_timeout = Duration::from_secs(config.handshake_timeout_secs.max(1));
     let port = |acceptor: cocoon_ratls::Acceptor| link::Port {
         acceptor: Arc::new(acceptor.with_handshake_timeout(handshake_timeout)),
         max_handshakes: config.max_handshakes,
     };
     let worker_port = port(trust.acceptor(&worker_policy)?);
-    let client_port = port(trust.acceptor(&trust.fixed_peer_policy(&config.allow_client_image)?)?);
+    let client_policy = trust.fixed_peer_policy(
+        CLIENT_ROLE,
+        &config.allow_client_image,
+        config.min_client_tee,
+    )?;
+    let client_port = port(trust.acceptor(&client_policy)?);
     let models = if config.allow_model.is_empty() {
         registry.derive(|document| admission::AllowedModels::from_registry(&document.models))
     } else {
@@ -161,9 +174,11 @@ pub async fn start(
     });
     let image_hash = trust.image_hash();
     let health = billing.clone();
+    let details_trust = trust.clone();
     let details: stats::Details = Arc::new(move || {
         json!({
             "image_hash": image_hash.to_string(),
+            "attestation": details_trust.stats(),
             "registry_version": registry.current().version,
             "registry": registry.status(),
             "workers": routing.snapshot(),

@@ -344,7 +344,7 @@ mod tests {
         let measurements = *FakeAttester::from_label("w").measurements();
         PeerIdentity {
             kind: AttestationKind::Fake,
-            image_hash: measurements.image_hash(),
+            image_hash: measurements.image_hash(AttestationKind::Fake),
             measurements,
             claims: Claims {
                 public_key: [0; 32],

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use x509_parser::certificate::X509Certificate;
 
 use crate::claims::report_data_for;
-use crate::{Claims, RatlsError, CLAIMS_OID_STR, QUOTE_OID_STR};
+use crate::{
+    Claims, RatlsError, CLAIMS_OID_STR, CLOCK_SKEW_ALLOWANCE, MAX_VALIDITY, QUOTE_OID_STR,
+};
 
 const ED25519_OID: &str = "1.3.101.112";
 
@@ -135,6 +137,11 @@ pub(crate) fn verify_attested(
             not_after,
             now: now_s,
         });
+    }
+    let max = i64::try_from((MAX_VALIDITY + CLOCK_SKEW_ALLOWANCE).as_secs()).unwrap_or(i64::MAX);
+    let seconds = not_after.saturating_sub(not_before);
+    if seconds > max {
+        return Err(RatlsError::LifetimeTooLong { seconds, max });
     }
 
     let verified = verifier.verify(&c.quote).map_err(RatlsError::Quote)?;
@@ -462,11 +469,41 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_living_longer_than_peers_accept_is_refused() {
+        // A peer choosing a year-long certificate would keep its verdict for a year.
+        let key = ed25519();
+        let (claims, quote) = attest(&FakeAttester::from_label("w"), &key);
+        let now = SystemTime::now();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let der = certificate_params("worker", &quote, &claims, now - HOUR, now + year)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let err = verify(der.der()).unwrap_err();
+        assert!(matches!(err, RatlsError::LifetimeTooLong { .. }), "{err}");
+        // The longest a node makes, with its clock-skew allowance, still passes.
+        let longest = Identity::generate(
+            &FakeAttester::from_label("w"),
+            "worker",
+            BTreeMap::new(),
+            crate::MAX_VALIDITY,
+        )
+        .unwrap();
+        verify(longest.certificate_der()).unwrap();
+        assert!(Identity::generate(
+            &FakeAttester::from_label("w"),
+            "worker",
+            BTreeMap::new(),
+            crate::MAX_VALIDITY + Duration::from_secs(1),
+        )
+        .is_err());
+    }
+
+    #[test]
     fn policy_is_applied() {
         let worker = FakeAttester::from_label("worker");
         let id = Identity::generate(&worker, "worker", BTreeMap::new(), HOUR).unwrap();
-        let other = FakeAttester::from_label("other")
-            .image_hash();
+        let other = FakeAttester::from_label("other").image_hash();
         let policy = Policy {
             allowed_image_hashes: BTreeSet::from([other]),
             min_kind: AttestationKind::Fake,

@@ -53,6 +53,14 @@ pub enum RatlsError {
         /// Verification time, unix seconds.
         now: i64,
     },
+    /// The certificate's lifetime is longer than peers accept ([`crate::MAX_VALIDITY`]).
+    #[error("certificate is valid for {seconds} s, longer than the {max} s accepted")]
+    LifetimeTooLong {
+        /// Its `notAfter - notBefore`.
+        seconds: i64,
+        /// The longest accepted, clock-skew allowance included.
+        max: i64,
+    },
     /// The claims extension is not valid claims JSON.
     #[error("certificate claims are not valid: {0}")]
     InvalidClaims(String),
@@ -73,6 +81,15 @@ pub enum RatlsError {
     /// The quote verifies but the policy refuses it.
     #[error("peer refused by policy: {0}")]
     Policy(#[source] TeeError),
+    /// The peer's attested claims name another role than this link is for (a client on a
+    /// proxy's worker port, a worker where a proxy was dialled…).
+    #[error("peer claims the role {claimed:?}, but this link accepts only {expected:?}")]
+    WrongRole {
+        /// The role this link accepts.
+        expected: String,
+        /// The role the peer's certificate claims.
+        claimed: String,
+    },
     /// Our own attester could not produce a quote.
     #[error("cannot attest this node: {0}")]
     Attestation(#[source] TeeError),

@@ -27,6 +27,11 @@ pub type SharedPolicy = Arc<ArcSwap<Policy>>;
 /// Default certificate lifetime.
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The longest certificate lifetime a peer accepts (plus [`CLOCK_SKEW_ALLOWANCE`]): a verdict on a
+/// certificate is reused while it is valid, so a longer one would keep a peer judged once, with
+/// collateral and a registry long out of date.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(2 * 24 * 60 * 60);
+
 /// How far in the past `notBefore` is set, to tolerate peers whose clocks run behind.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(5 * 60);
 
@@ -74,6 +79,11 @@ impl Identity {
             .quote(&report_data_for(&claims_json))
             .map_err(RatlsError::Attestation)?;
 
+        if validity > MAX_VALIDITY {
+            return Err(RatlsError::Identity(format!(
+                "validity {validity:?} is longer than peers accept ({MAX_VALIDITY:?})"
+            )));
+        }
         let now = SystemTime::now();
         let not_before = now
             .checked_sub(CLOCK_SKEW_ALLOWANCE)

@@ -24,7 +24,7 @@ pub use certificate::{inspect_certificate, verify_certificate, CertificateConten
 pub use claims::{report_data_for, Claims};
 pub use error::RatlsError;
 pub use identity::{
-    Identity, SharedIdentity, SharedPolicy, CLOCK_SKEW_ALLOWANCE, DEFAULT_VALIDITY,
+    Identity, SharedIdentity, SharedPolicy, CLOCK_SKEW_ALLOWANCE, DEFAULT_VALIDITY, MAX_VALIDITY,
 };
 pub use link::{Acceptor, Connector, ALPN_H2, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use rotation::spawn_rotation;

@@ -50,17 +50,20 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector presenting `identity` and accepting servers that pass `policy` as checked by
-    /// `verifier`. Both shared values are read at each handshake, so updates apply live.
+    /// A connector presenting `identity` and accepting servers whose claims name `peer_role` and
+    /// that pass `policy` as checked by `verifier`. Both shared values are read at each
+    /// handshake, so updates apply live.
     pub fn new(
         identity: SharedIdentity,
         policy: SharedPolicy,
         verifier: Arc<Verifier>,
+        peer_role: &str,
     ) -> Result<Self, RatlsError> {
         let provider = provider();
         let check = Arc::new(PeerCheck::new(
             verifier,
             policy,
+            peer_role,
             provider.signature_verification_algorithms,
             "client",
         ));
@@ -127,17 +130,20 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// An acceptor presenting `identity` and requiring clients that pass `policy` as checked
-    /// by `verifier`. Both shared values are read at each handshake, so updates apply live.
+    /// An acceptor presenting `identity` and requiring clients whose claims name `peer_role` and
+    /// that pass `policy` as checked by `verifier`. Both shared values are read at each
+    /// handshake, so updates apply live.
     pub fn new(
         identity: SharedIdentity,
         policy: SharedPolicy,
         verifier: Arc<Verifier>,
+        peer_role: &str,
     ) -> Result<Self, RatlsError> {
         let provider = provider();
         let check = Arc::new(PeerCheck::new(
             verifier,
             policy,
+            peer_role,
             provider.signature_verification_algorithms,
             "server",
         ));
@@ -240,6 +246,10 @@ mod tests {
         Arc::new(ArcSwap::from_pointee(p))
     }
 
+    fn verifier() -> Arc<Verifier> {
+        Arc::new(Verifier::new())
+    }
+
     fn fake() -> SharedPolicy {
         policy(Policy::any_image(AttestationKind::Fake))
     }
@@ -289,9 +299,8 @@ mod tests {
         let worker = FakeAttester::from_label("cocoon-worker-dev");
         let server_id = identity(&proxy, "proxy");
         let client_id = identity(&worker, "worker");
-        let acceptor = Acceptor::new(server_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
-        let connector =
-            Connector::new(client_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
+        let acceptor = Acceptor::new(server_id.clone(), fake(), verifier(), "worker").unwrap();
+        let connector = Connector::new(client_id.clone(), fake(), verifier(), "proxy").unwrap();
         let (addr, mut accepted) = serve(acceptor).await;
 
         let (mut tls, server_seen) = connector.connect(&addr).await.unwrap();
@@ -325,13 +334,15 @@ mod tests {
         let acceptor = Acceptor::new(
             identity(&FakeAttester::from_label("p"), "proxy"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "client",
         )
         .unwrap();
         let connector = Connector::new(
             identity(&NoneAttester, "client"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap();
         let (addr, mut accepted) = serve(acceptor).await;
@@ -350,11 +361,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_certificate_claiming_another_role_is_refused_on_both_sides() {
+        // A client's certificate on a port for workers: the server refuses it.
+        let acceptor = Acceptor::new(
+            identity(&FakeAttester::from_label("p"), "proxy"),
+            fake(),
+            verifier(),
+            "worker",
+        )
+        .unwrap();
+        let connector = Connector::new(
+            identity(&FakeAttester::from_label("c"), "client"),
+            fake(),
+            verifier(),
+            "proxy",
+        )
+        .unwrap();
+        let (addr, mut accepted) = serve(acceptor).await;
+        if let Ok((mut tls, _)) = connector.connect(&addr).await {
+            assert!(!exchange(&mut tls).await);
+        }
+        let err = accepted.recv().await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, RatlsError::PeerRejected(m) if m.contains(r#"claims the role "client", but this link accepts only "worker""#)),
+            "{err}"
+        );
+
+        // A server that is not a proxy, dialled as one: the client refuses it.
+        let acceptor = Acceptor::new(
+            identity(&FakeAttester::from_label("w"), "worker"),
+            fake(),
+            verifier(),
+            "client",
+        )
+        .unwrap();
+        let (addr, _accepted) = serve(acceptor).await;
+        let err = connector.connect(&addr).await.unwrap_err();
+        assert!(
+            matches!(&err, RatlsError::PeerRejected(m) if m.contains(r#"claims the role "worker""#)),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
     async fn client_rejects_server_with_unlisted_image() {
         let acceptor = Acceptor::new(
             identity(&FakeAttester::from_label("rogue"), "proxy"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "worker",
         )
         .unwrap();
         let allowed = FakeAttester::from_label("good").image_hash();
@@ -364,7 +419,8 @@ mod tests {
                 allowed_image_hashes: BTreeSet::from([allowed]),
                 min_kind: AttestationKind::Fake,
             }),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap();
         let (addr, mut accepted) = serve(acceptor).await;
@@ -386,11 +442,12 @@ mod tests {
         let proxy = FakeAttester::from_label("proxy");
         let server_id = identity(&proxy, "proxy");
         let client_policy = fake();
-        let acceptor = Acceptor::new(server_id.clone(), fake(), Arc::new(Verifier::new())).unwrap();
+        let acceptor = Acceptor::new(server_id.clone(), fake(), verifier(), "worker").unwrap();
         let connector = Connector::new(
             identity(&FakeAttester::from_label("w"), "worker"),
             client_policy.clone(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap();
         let (addr, _accepted) = serve(acceptor).await;
@@ -407,8 +464,7 @@ mod tests {
         assert_eq!(second.cert_fingerprint, rotated_fp);
 
         // A policy change applies even though the certificate's verification is cached.
-        let other = FakeAttester::from_label("other")
-            .image_hash();
+        let other = FakeAttester::from_label("other").image_hash();
         client_policy.store(Arc::new(Policy {
             allowed_image_hashes: BTreeSet::from([other]),
             min_kind: AttestationKind::Fake,
@@ -426,12 +482,12 @@ mod tests {
         };
         let victim = new_id();
         let thief = new_id().with_stolen_certificate(&victim);
-        let acceptor =
-            Acceptor::new(thief.into_shared(), fake(), Arc::new(Verifier::new())).unwrap();
+        let acceptor = Acceptor::new(thief.into_shared(), fake(), verifier(), "worker").unwrap();
         let connector = Connector::new(
             identity(&FakeAttester::from_label("w"), "worker"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap();
         let (addr, _accepted) = serve(acceptor).await;
@@ -446,7 +502,8 @@ mod tests {
         let connector = Connector::new(
             identity(&NoneAttester, "client"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap();
         for addr in ["no-port", "host:notaport"] {
@@ -479,7 +536,8 @@ mod tests {
         let connector = Connector::new(
             identity(&NoneAttester, "client"),
             fake(),
-            Arc::new(Verifier::new()),
+            verifier(),
+            "proxy",
         )
         .unwrap()
         .with_handshake_timeout(Duration::from_millis(200));

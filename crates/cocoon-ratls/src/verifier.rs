@@ -26,13 +26,39 @@ use crate::{PeerIdentity, RatlsError, SharedIdentity, SharedPolicy};
 /// is not enough, of everything (a re-verification is only a cost, never a risk).
 const CACHE_LIMIT: usize = 4096;
 
-/// Verifies peer certificates against a live policy, caching quote verification by
-/// certificate fingerprint until the certificate expires.
+/// The longest a quote's verdict is reused: refreshed TCB status and CRLs reach a peer whose
+/// certificate is still valid no later than this.
+pub const MAX_VERDICT_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// A cached verification and until when it may be reused.
+type Verdict = (PeerIdentity, VerifiedQuote, SystemTime);
+
+/// Until when a verification made at `now` may be reused: never past the certificate's end, the
+/// collateral it was judged with ([`VerifiedQuote::valid_until`]) or [`MAX_VERDICT_AGE`].
+fn reuse_until(peer: &PeerIdentity, quote: &VerifiedQuote, now: SystemTime) -> SystemTime {
+    // `now` may be any time a caller checks at (a receipt's date): no unchecked time arithmetic.
+    let mut until = match now.checked_add(MAX_VERDICT_AGE) {
+        Some(oldest) => peer.not_after.min(oldest),
+        None => now,
+    };
+    if let Some(collateral) = quote.valid_until {
+        let collateral = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(collateral))
+            .unwrap_or(now);
+        until = until.min(collateral);
+    }
+    until
+}
+
+/// Verifies peer certificates against a live policy and the one role the link is for, caching
+/// quote verification by certificate fingerprint (see [`reuse_until`]).
 pub(crate) struct PeerCheck {
     verifier: Arc<Verifier>,
     policy: SharedPolicy,
+    /// The role a peer's claims must name (`"worker"` on a proxy's worker port, …).
+    role: String,
     algorithms: WebPkiSupportedAlgorithms,
-    cache: Mutex<HashMap<[u8; 32], (PeerIdentity, VerifiedQuote)>>,
+    cache: Mutex<HashMap<[u8; 32], Verdict>>,
     /// `"server"` or `"client"`: which side's verifier this is, for logs.
     side: &'static str,
 }
@@ -41,12 +67,14 @@ impl PeerCheck {
     pub(crate) fn new(
         verifier: Arc<Verifier>,
         policy: SharedPolicy,
+        role: &str,
         algorithms: WebPkiSupportedAlgorithms,
         side: &'static str,
     ) -> Self {
         PeerCheck {
             verifier,
             policy,
+            role: role.to_owned(),
             algorithms,
             cache: Mutex::new(HashMap::new()),
             side,
@@ -71,21 +99,23 @@ impl PeerCheck {
             .lock()
             .ok()
             .and_then(|c| c.get(&fingerprint).cloned())
-            .filter(|(peer, _)| now < peer.not_after);
+            .filter(|(_, _, until)| now < *until)
+            .map(|(peer, quote, _)| (peer, quote));
         let (peer, quote) = match cached {
             Some(hit) => hit,
             None => {
-                let fresh = verify_attested(der, &self.verifier, now)?;
+                let (peer, quote) = verify_attested(der, &self.verifier, now)?;
+                let until = reuse_until(&peer, &quote, now);
                 if let Ok(mut cache) = self.cache.lock() {
                     if cache.len() >= CACHE_LIMIT {
-                        cache.retain(|_, (p, _)| now < p.not_after);
+                        cache.retain(|_, (_, _, until)| now < *until);
                         if cache.len() >= CACHE_LIMIT {
                             cache.clear();
                         }
                     }
-                    cache.insert(fingerprint, fresh.clone());
+                    cache.insert(fingerprint, (peer.clone(), quote.clone(), until));
                 }
-                fresh
+                (peer, quote)
             }
         };
         // The policy is applied on every use: it may have changed since the entry was cached.
@@ -93,6 +123,14 @@ impl PeerCheck {
             .load()
             .check(&quote)
             .map_err(RatlsError::Policy)?;
+        // The role is attested (claims are bound into the quote), so a peer cannot join a port
+        // meant for another role by saying so.
+        if peer.claims.role != self.role {
+            return Err(RatlsError::WrongRole {
+                expected: self.role.clone(),
+                claimed: peer.claims.role,
+            });
+        }
         Ok(peer)
     }
 
@@ -267,5 +305,66 @@ impl ResolvesClientCert for IdentityResolver {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arc_swap::ArcSwap;
+    use cocoon_tee::{AttestationKind, FakeAttester, Policy};
+
+    use super::*;
+    use crate::Identity;
+
+    fn check() -> PeerCheck {
+        PeerCheck::new(
+            Arc::new(Verifier::new()),
+            Arc::new(ArcSwap::from_pointee(Policy::any_image(
+                AttestationKind::Fake,
+            ))),
+            "worker",
+            rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            "server",
+        )
+    }
+
+    #[test]
+    fn a_verdict_is_reused_no_longer_than_its_collateral_or_the_maximum_age() {
+        let id = Identity::generate(
+            &FakeAttester::from_label("w"),
+            "worker",
+            BTreeMap::new(),
+            crate::DEFAULT_VALIDITY,
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let check = check();
+        let peer = check.check(id.certificate_der(), now).unwrap();
+        let cached_until =
+            |check: &PeerCheck| check.cache.lock().unwrap()[&peer.cert_fingerprint].2;
+        // The certificate lives a day; its verdict, at most `MAX_VERDICT_AGE`.
+        assert_eq!(cached_until(&check), now + MAX_VERDICT_AGE);
+        // A verdict judged with collateral that expires sooner ends with it.
+        let (_, mut quote) = verify_attested(id.certificate_der(), &Verifier::new(), now).unwrap();
+        let soon = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        quote.valid_until = Some(soon);
+        assert_eq!(
+            reuse_until(&peer, &quote, now),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(soon)
+        );
+        // Checked at the end of time (a peer-chosen date): no overflow, no reuse beyond it.
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        quote.valid_until = Some(u64::MAX);
+        assert!(reuse_until(&peer, &quote, end) <= end);
+        // Past its reuse time, the certificate is verified afresh (and a fresh verdict cached).
+        let later = now + MAX_VERDICT_AGE + Duration::from_secs(1);
+        check.check(id.certificate_der(), later).unwrap();
+        assert_eq!(cached_until(&check), later + MAX_VERDICT_AGE);
     }
 }

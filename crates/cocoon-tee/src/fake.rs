@@ -125,6 +125,7 @@ pub(crate) fn verify_fake(body: &[u8]) -> Result<VerifiedQuote, TeeError> {
         image_hash: measurements.image_hash(AttestationKind::Fake),
         measurements,
         report_data,
+        valid_until: None,
     })
 }
 

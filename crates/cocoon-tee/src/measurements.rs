@@ -285,8 +285,10 @@ mod tests {
         assert_eq!(
             m.image_hash(AttestationKind::Fake),
             ImageHash(
-                Sha256::digest([&b"cocoon-image-hash-v1/fake\0"[..], &m.canonical_bytes()].concat())
-                    .into()
+                Sha256::digest(
+                    [&b"cocoon-image-hash-v1/fake\0"[..], &m.canonical_bytes()].concat()
+                )
+                .into()
             )
         );
     }

@@ -105,9 +105,7 @@ mod tests {
         // The fake platform key is public: anyone can sign a `fake` quote over the
         // measurements of an allowed production (TDX) image.
         let forger = FakeAttester::from_label("production");
-        let production_tdx_image = forger
-            .measurements()
-            .image_hash(AttestationKind::Tdx);
+        let production_tdx_image = forger.measurements().image_hash(AttestationKind::Tdx);
         let forged = verified(&forger);
         let mut policy = Policy::any_image(AttestationKind::Fake);
         policy.allowed_image_hashes.insert(production_tdx_image);

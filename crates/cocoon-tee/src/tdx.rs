@@ -460,6 +460,7 @@ impl TdxQuoteVerifier {
         }
         let key = CollateralKey::from_parsed(&quote)?;
         let collateral = self.collateral.cached(&key)?;
+        let valid_until = next_update(&collateral)?;
         let now = self.clock.now_unix();
         let mut policy = QuotePolicy::strict(now)
             .allow_smt(self.policy.allow_smt)
@@ -490,21 +491,14 @@ impl TdxQuoteVerifier {
             )));
         }
         let report = td_report(&claims.report)?;
-        let measurements = Measurements {
-            td_attributes: report.td_attributes,
-            xfam: report.xfam,
-            mrtd: report.mr_td,
-            mr_config_id: report.mr_config_id,
-            mr_owner: report.mr_owner,
-            mr_owner_config: report.mr_owner_config,
-            rtmr: [report.rt_mr0, report.rt_mr1, report.rt_mr2, report.rt_mr3],
-        };
+        let measurements = measurements_of(report);
         Ok(TdxVerification {
             quote: VerifiedQuote {
                 kind: AttestationKind::Tdx,
                 image_hash: measurements.image_hash(AttestationKind::Tdx),
                 measurements,
                 report_data: report.report_data,
+                valid_until: Some(valid_until),
             },
             tcb_status: claims.tcb.status,
             advisory_ids: claims.tcb.advisory_ids,
@@ -517,6 +511,33 @@ impl TdxQuoteVerifier {
 impl QuoteVerifier for TdxQuoteVerifier {
     fn verify(&self, quote_bytes: &[u8]) -> Result<VerifiedQuote, TeeError> {
         self.verify_detailed(quote_bytes).map(|v| v.quote)
+    }
+}
+
+/// The measurements in a TDX quote, read **without verifying it**: only for a node's own quote,
+/// fresh from its own TD (so that `cocoon attest image-hash --tee tdx` works inside a TD without
+/// reaching Intel's PCS). Never use it on a peer's quote: that is [`TdxQuoteVerifier`]'s job.
+pub fn unverified_measurements(quote_bytes: &[u8]) -> Result<Measurements, TeeError> {
+    let quote =
+        DcapQuote::parse(quote_bytes).map_err(|e| rejected(format!("malformed quote: {e:#}")))?;
+    if quote.header.tee_type != TEE_TYPE_TDX {
+        return Err(rejected(format!(
+            "not a TDX quote (tee type {:#x})",
+            quote.header.tee_type
+        )));
+    }
+    Ok(measurements_of(td_report(&quote.report)?))
+}
+
+fn measurements_of(report: &TDReport10) -> Measurements {
+    Measurements {
+        td_attributes: report.td_attributes,
+        xfam: report.xfam,
+        mrtd: report.mr_td,
+        mr_config_id: report.mr_config_id,
+        mr_owner: report.mr_owner,
+        mr_owner_config: report.mr_owner_config,
+        rtmr: [report.rt_mr0, report.rt_mr1, report.rt_mr2, report.rt_mr3],
     }
 }
 

@@ -20,6 +20,11 @@ pub struct VerifiedQuote {
     /// The 64 bytes the quote binds (Cocoon: `SHA-512(claims)`).
     #[serde(with = "hex_array")]
     pub report_data: ReportData,
+    /// Until when (Unix seconds) this verdict holds: the earliest `nextUpdate` of the collateral it
+    /// was judged with (`tdx`); `None` when nothing external was consulted (`none`, `fake`). A
+    /// cache must not reuse the verdict past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<u64>,
 }
 
 /// A pluggable verifier for one quote kind's raw body (the TDX/DCAP verifier implements this).
@@ -81,6 +86,7 @@ impl Verifier {
                     measurements: Measurements::ZERO,
                     image_hash: Measurements::ZERO.image_hash(AttestationKind::None),
                     report_data,
+                    valid_until: None,
                 })
             }
             AttestationKind::Fake => fake::verify_fake(&quote.bytes),
@@ -122,6 +128,7 @@ mod tests {
                 measurements: Measurements::ZERO,
                 image_hash: Measurements::ZERO.image_hash(self.0),
                 report_data: [0; 64],
+                valid_until: None,
             })
         }
     }

@@ -40,6 +40,16 @@ fn reason(err: TeeError) -> String {
 }
 
 #[test]
+fn a_nodes_own_quote_gives_the_image_hash_peers_verify() {
+    let q = quote();
+    let own = cocoon_tee::tdx::unverified_measurements(&q).unwrap();
+    let verified = verifier_at(PINNED).verify(&q).unwrap();
+    assert_eq!(own, verified.measurements);
+    assert_eq!(own.image_hash(AttestationKind::Tdx), verified.image_hash);
+    assert!(cocoon_tee::tdx::unverified_measurements(&q[..100]).is_err());
+}
+
+#[test]
 fn verifies_at_pinned_time_with_measurements_from_the_td_report() {
     let q = quote();
     let v = verifier_at(PINNED).verify_detailed(&q).unwrap();
@@ -47,6 +57,8 @@ fn verifies_at_pinned_time_with_measurements_from_the_td_report() {
     assert_eq!(v.root_key_id, INTEL_ROOT_KEY_IDS[0]);
     let vq = &v.quote;
     assert_eq!(vq.kind, AttestationKind::Tdx);
+    // The verdict holds only as long as the collateral it was judged with.
+    assert!(vq.valid_until.is_some_and(|until| until > PINNED), "{vq:?}");
     // Fields come straight from the TD report body.
     assert_eq!(&vq.measurements.mrtd[..], &q[MRTD_OFFSET..MRTD_OFFSET + 48]);
     let body = HEADER_LEN;
@@ -68,7 +80,10 @@ fn verifies_at_pinned_time_with_measurements_from_the_td_report() {
     // A TDX image hash is SHA-256 of exactly those bytes, as an external tool computes it.
     let external: [u8; 32] = sha2::Sha256::digest(&q[body + 120..body + 520]).into();
     assert_eq!(vq.image_hash.0, external);
-    assert_eq!(vq.image_hash, vq.measurements.image_hash(AttestationKind::Tdx));
+    assert_eq!(
+        vq.image_hash,
+        vq.measurements.image_hash(AttestationKind::Tdx)
+    );
 }
 
 #[test]

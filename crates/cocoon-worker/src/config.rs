@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::registry_trust::{RegistryTrust, TrustError};
 use cocoon_node::serve::HttpLimits;
+use cocoon_tee::AttestationKind;
 use serde::{Deserialize, Serialize};
 
 /// Everything a worker needs to serve a model to proxies.
@@ -19,6 +20,11 @@ pub struct WorkerConfig {
     /// image is revoked is disconnected.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_proxy_image: Vec<String>,
+    /// The weakest attestation accepted from proxies (`none`, `fake`, `tdx`). Anything below
+    /// `tdx` proves nothing (anyone can make a `fake` quote): development only, and the node says
+    /// so at start and in `/jsonstats`.
+    #[arg(long, default_value = "tdx", value_name = "KIND")]
+    pub min_peer_tee: AttestationKind,
     /// The inference engine: `embedded` (llama.cpp inside the worker, serving `--model-path`),
     /// `synthetic` (a fixed-rate token stream for benchmarks and tests, not a model), or the base
     /// URL of an OpenAI-compatible server such as vLLM, SGLang, llama.cpp or Ollama

@@ -289,7 +289,6 @@ mod tests {
                 &cocoon_node::attestation::AttestationArgs {
                     tee: cocoon_tee::AttestationKind::Fake,
                     image_label: "test-worker".into(),
-                    min_peer_tee: cocoon_tee::AttestationKind::Fake,
                     cert_lifetime_secs: 3600,
                     pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
                 },

@@ -98,7 +98,12 @@ pub async fn start(
     let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
-    let proxy_policy = trust.peer_policy(&config.allow_proxy_image, &registry, ImageRole::Proxy)?;
+    let proxy_policy = trust.peer_policy(
+        &config.allow_proxy_image,
+        &registry,
+        ImageRole::Proxy,
+        config.min_peer_tee,
+    )?;
     let connector = Arc::new(trust.connector(&proxy_policy)?);
     let mut tasks = JoinSet::new();
     let claims_task = settlement.spawn(shutdown.clone());
@@ -126,8 +131,10 @@ pub async fn start(
     let stats_addr = listener.local_addr()?;
     let details_info = info.clone();
     let image_hash = trust.image_hash();
+    let details_trust = trust.clone();
     let details: stats::Details = Arc::new(move || {
         json!({
+            "attestation": details_trust.stats(),
             "model": details_info.model,
             "model_hash": details_info.model_hash,
             "coefficient": details_info.coefficient,

@@ -70,8 +70,9 @@ pub struct VerifyArgs {
     /// Allowed image hashes (repeat or separate with commas). Empty: any image.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]
     pub allow_image: Vec<String>,
-    /// The weakest attestation kind accepted.
-    #[arg(long, default_value = "fake")]
+    /// The weakest attestation kind accepted (`fake` and `none` prove nothing: pass them only to
+    /// check development certificates).
+    #[arg(long, default_value = "tdx")]
     pub min_kind: AttestationKind,
     /// Check at this time (unix seconds) instead of now.
     #[arg(long, value_name = "UNIX_SECONDS")]

@@ -73,16 +73,13 @@ const DEFAULT_ENGINE: &str = "embedded";
 const DEFAULT_ENGINE: &str = "synthetic";
 
 fn image_hash(label: &str) -> String {
-    FakeAttester::from_label(label)
-        .image_hash()
-        .to_string()
+    FakeAttester::from_label(label).image_hash().to_string()
 }
 
 fn attestation(label: &str) -> AttestationArgs {
     AttestationArgs {
         tee: AttestationKind::Fake,
         image_label: label.to_owned(),
-        min_peer_tee: AttestationKind::Fake,
         cert_lifetime_secs: 86_400,
         pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
     }
@@ -137,7 +134,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             client_listen: port(11002),
             stats_listen: port(11000),
             allow_worker_image: Vec::new(),
+            min_worker_tee: AttestationKind::Fake,
             allow_client_image: vec![image_hash(CLIENT_IMAGE)],
+            min_client_tee: AttestationKind::Fake,
             allow_model: Vec::new(),
             max_body_bytes: 4 << 20,
             max_request_secs: 600,
@@ -165,6 +164,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             WorkerConfig {
                 proxy: Vec::new(),
                 allow_proxy_image: Vec::new(),
+                min_peer_tee: AttestationKind::Fake,
                 engine: args.engine.clone(),
                 model: args.model.clone(),
                 model_path: args.model_path.clone(),
@@ -204,6 +204,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             listen: port(10000),
             proxy: Vec::new(),
             allow_proxy_image: Vec::new(),
+            min_peer_tee: AttestationKind::Fake,
             api_key: Vec::new(),
             max_body_bytes: 4 << 20,
             max_coefficient: 4000,

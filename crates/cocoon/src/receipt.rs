@@ -38,8 +38,9 @@ pub struct VerifyArgs {
     /// Check against the registry of this ledger now, instead of a file.
     #[arg(long, value_name = "URL")]
     pub ledger: Option<String>,
-    /// The weakest attestation accepted for both nodes (`tdx` for production receipts).
-    #[arg(long, default_value = "fake", value_name = "KIND")]
+    /// The weakest attestation accepted for both nodes (`fake` and `none` prove nothing: pass
+    /// them only to check receipts of a development network such as `cocoon dev`).
+    #[arg(long, default_value = "tdx", value_name = "KIND")]
     pub min_tee: AttestationKind,
     /// Intel PCS or PCCS base URL for the collateral of `tdx` quotes.
     #[arg(long, value_name = "URL", default_value = cocoon_tee::tdx::INTEL_PCS_URL)]

@@ -84,6 +84,8 @@ fn a_generated_certificate_shows_its_claims_and_verifies_only_under_a_matching_p
         cert,
         "--allow-image",
         &expected_image,
+        "--min-kind",
+        "fake",
         "--json",
     ]);
     assert!(ok, "{verdict}");
@@ -98,6 +100,8 @@ fn a_generated_certificate_shows_its_claims_and_verifies_only_under_a_matching_p
         cert,
         "--allow-image",
         &image_hash("other"),
+        "--min-kind",
+        "fake",
         "--json",
     ]);
     assert!(!ok);
@@ -118,11 +122,25 @@ fn a_generated_certificate_shows_its_claims_and_verifies_only_under_a_matching_p
         .as_secs()
         + 129_600)
         .to_string();
-    let (ok, _) = cocoon(&["attest", "verify", cert, "--at", &later]);
+    let (ok, verdict) = cocoon(&[
+        "attest",
+        "verify",
+        cert,
+        "--at",
+        &later,
+        "--min-kind",
+        "fake",
+        "--json",
+    ]);
     assert!(!ok);
-    // `tdx` is the policy's minimum: a fake quote is refused.
-    let (ok, _) = cocoon(&["attest", "verify", cert, "--min-kind", "tdx"]);
+    assert!(verdict.contains("expired"), "{verdict}");
+    // By default `tdx` is the minimum: a fake quote proves nothing and is refused.
+    let (ok, verdict) = cocoon(&["attest", "verify", cert, "--json"]);
     assert!(!ok);
+    assert!(
+        verdict.contains("below the policy's minimum tdx"),
+        "{verdict}"
+    );
 }
 
 #[test]

@@ -9,9 +9,10 @@ use std::path::Path;
 use common::*;
 use serde_json::{json, Value};
 
+/// `cocoon receipt verify RECEIPT --min-tee fake EXTRA…`: the test network attests with `fake`.
 fn verify(receipt: &Path, extra: &[&str]) -> (bool, String, String) {
     let receipt = receipt.display().to_string();
-    let mut args = vec!["receipt", "verify", receipt.as_str()];
+    let mut args = vec!["receipt", "verify", receipt.as_str(), "--min-tee", "fake"];
     args.extend_from_slice(extra);
     cocoon(&args)
 }
@@ -68,6 +69,13 @@ async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
     assert_eq!(report["answer"]["charge"], answer["usage"]["total_cost"]);
     assert_eq!(report["worker"]["image_hash"], image_hash("test-worker"));
     assert_eq!(report["proxy"]["image_hash"], image_hash("test-proxy"));
+    // By default a receipt must come from `tdx` nodes: `fake` ones prove nothing.
+    let (ok, _, stderr) = cocoon(&["receipt", "verify", &show(&path("receipt"))]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("below the policy's minimum tdx"),
+        "{stderr}"
+    );
 
     // One byte of the answer's text changed.
     let tampered = String::from_utf8(body.to_vec())

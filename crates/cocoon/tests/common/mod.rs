@@ -225,9 +225,7 @@ pub fn free_addr() -> String {
 
 /// The image hash `fake` attestation gives a node with `label`.
 pub fn image_hash(label: &str) -> String {
-    FakeAttester::from_label(label)
-        .image_hash()
-        .to_string()
+    FakeAttester::from_label(label).image_hash().to_string()
 }
 
 /// Addresses of a proxy, and the ledger it settles on.
@@ -384,6 +382,9 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
         &[
             ("--registry-owner", &addrs.registry_owner),
             ("--image-label", "test-proxy"),
+            ("--tee", "fake"),
+            ("--min-worker-tee", "fake"),
+            ("--min-client-tee", "fake"),
             ("--faucet", TEST_FAUCET),
             ("--settle-interval-ms", "200"),
         ],
@@ -418,6 +419,8 @@ pub fn worker_on(network: &ProxyAddrs, proxy: Option<&str>, extra: &[&str]) -> (
             ("--registry-owner", &network.registry_owner),
             ("--data-dir", &data_dir),
             ("--image-label", "test-worker"),
+            ("--tee", "fake"),
+            ("--min-peer-tee", "fake"),
             ("--engine", "synthetic"),
             ("--claim-interval-ms", "200"),
         ],
@@ -479,6 +482,8 @@ impl ClientArgs<'_> {
                 ("--registry-owner", self.registry_owner),
                 ("--data-dir", self.data_dir),
                 ("--image-label", "test-client"),
+                ("--tee", "fake"),
+                ("--min-peer-tee", "fake"),
                 ("--faucet", TEST_FAUCET),
                 ("--settle-interval-ms", "200"),
             ],
