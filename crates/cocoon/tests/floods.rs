@@ -238,7 +238,7 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
     let policy = Arc::new(ArcSwap::from_pointee(Policy::any_image(
         AttestationKind::Fake,
     )));
-    let intruder = Connector::new(identity, policy, Arc::new(Verifier::new())).unwrap();
+    let intruder = Connector::new(identity, policy, Arc::new(Verifier::new()), "proxy").unwrap();
 
     let started = Instant::now();
     let mut refused = 0;
