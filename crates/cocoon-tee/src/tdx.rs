@@ -686,12 +686,32 @@ async fn get(
         return Err(collateral_err(format!("GET {url}: HTTP {status}")));
     }
     let headers = resp.headers().clone();
-    let body = resp
-        .bytes()
+    let too_large = || {
+        collateral_err(format!(
+            "GET {url}: the answer exceeds {MAX_COLLATERAL_BYTES} bytes"
+        ))
+    };
+    if resp.content_length().unwrap_or(0) > MAX_COLLATERAL_BYTES as u64 {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut resp = resp;
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| collateral_err(format!("GET {url}: reading body: {e}")))?;
-    Ok((headers, body.to_vec()))
+        .map_err(|e| collateral_err(format!("GET {url}: reading body: {e}")))?
+    {
+        if body.len() + chunk.len() > MAX_COLLATERAL_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((headers, body))
 }
+
+/// Largest answer read from a PCCS: Intel's CRLs, TCB info and QE identity are tens of KiB; a
+/// collateral service that sends more is not read to the end.
+const MAX_COLLATERAL_BYTES: usize = 4 << 20;
 
 /// Issuer chains arrive as URL-encoded PEM in a response header.
 fn issuer_chain(headers: &reqwest::header::HeaderMap, names: &[&str]) -> Result<String, TeeError> {

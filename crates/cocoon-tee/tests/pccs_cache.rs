@@ -190,3 +190,21 @@ async fn unreachable_pccs_is_a_collateral_error() {
     let err = source.prefetch(&quote()).await.unwrap_err();
     assert!(matches!(err, TeeError::Collateral(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_pccs_answer_past_the_size_limit_is_not_read_to_the_end() {
+    // A hostile collateral service: an endless body without a declared length.
+    let endless = || async {
+        let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+        axum::body::Body::from_stream(futures::stream::repeat_with(move || {
+            Ok::<_, std::convert::Infallible>(chunk.clone())
+        }))
+    };
+    let app = Router::new().fallback(get(endless));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let source = CollateralSource::pccs(PccsConfig::new(url)).unwrap();
+    let err = source.prefetch(&quote()).await.unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+}
