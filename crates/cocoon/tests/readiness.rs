@@ -70,7 +70,9 @@ async fn an_unlinked_or_unfunded_client_is_503_with_the_reason() {
     // No faucet: its empty wallet cannot open a contract with the proxy.
     let (_unfunded, unfunded_api) = client(&proxy, &["--faucet", "0"]);
     wait_for_model_only(&unfunded_api, "synthetic", 1).await;
-    let (status, body) = until_not_ready_for(&unfunded_api, "is not open").await;
+    // Before its first settlement round the contract is "not opened yet"; after it, the reason
+    // is the wallet's.
+    let (status, body) = until_not_ready_for(&unfunded_api, "insufficient").await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("insufficient"), "{body}");
+    assert!(body.contains("is not open"), "{body}");
 }
