@@ -281,9 +281,15 @@ async fn registry_changes_need_the_owner_and_refuse_to_open_a_list() {
 async fn a_ledger_stops_at_once_on_ctrl_c_while_nodes_watch_its_registry() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ledger_node, url) = ledger(dir.path(), &[]);
+    // Watch for the version after the current one, as nodes do.
+    let version = get_json(&format!("{url}/v1/stats")).await["registry_version"]
+        .as_u64()
+        .unwrap();
     let watch = tokio::spawn(
         http()
-            .get(format!("{url}/v1/registry?newer_than=1&wait_secs=30"))
+            .get(format!(
+                "{url}/v1/registry?newer_than={version}&wait_secs=30"
+            ))
             .send(),
     );
     let started = Instant::now();
