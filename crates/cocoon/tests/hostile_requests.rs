@@ -77,38 +77,6 @@ async fn a_poisoned_token_limit_is_refused_and_every_node_keeps_serving() {
     }
 }
 
-/// A proxy with a cheap worker (coefficient 500) in front of `engine`, which routing prefers, and a
-/// dearer healthy one, and a client whose API lists both.
-struct CheapAndHealthy {
-    cheap: Node,
-    api: String,
-    _nodes: Vec<Node>,
-    /// Holds the proxy's ledger.
-    _proxy: ProxyAddrs,
-}
-
-async fn cheap_worker_in_front_of(engine: &str) -> CheapAndHealthy {
-    let (proxy_node, proxy) = proxy(&[]);
-    let cheap_args = [
-        "--engine",
-        engine,
-        "--model",
-        "synthetic",
-        "--coefficient",
-        "500",
-    ];
-    let (cheap, _) = worker(&proxy, &cheap_args);
-    let (healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
-    let (client_node, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 2).await;
-    CheapAndHealthy {
-        cheap,
-        api,
-        _nodes: vec![proxy_node, healthy, client_node],
-        _proxy: proxy,
-    }
-}
-
 /// An engine on loopback that takes requests and never answers; `arrived` is notified for each.
 async fn silent_engine(arrived: Arc<Notify>) -> String {
     use axum::routing::post;

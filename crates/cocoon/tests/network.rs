@@ -308,25 +308,14 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
 /// `requests` times — each answer must come from the healthy worker — and returns the cheap
 /// worker's entry in the proxy's routing stats.
 async fn cheap_worker_after(engine: &str, requests: usize) -> Value {
-    let (_proxy, proxy) = proxy(&[]);
-    let cheap_args = [
-        "--engine",
-        engine,
-        "--model",
-        "synthetic",
-        "--coefficient",
-        "500",
-    ];
-    let (_cheap, _) = worker(&proxy, &cheap_args);
-    let (_healthy, _) = worker(&proxy, &["--coefficient", "1000"]);
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 2).await;
+    let network = cheap_worker_in_front_of(engine).await;
+    let (api, proxy) = (&network.api, &network.proxy);
     for _ in 0..requests {
-        let answer = ask(&api, &chat("synthetic", 1, false)).await;
+        let answer = ask(api, &chat("synthetic", 1, false)).await;
         assert_eq!(answer.status(), 200);
         assert_eq!(answer.headers()["x-cocoon-coefficient"], "1000");
     }
-    proxy_workers(&proxy)
+    proxy_workers(proxy)
         .await
         .into_iter()
         .find(|w| w["coefficient"] == 500)

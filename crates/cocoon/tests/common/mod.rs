@@ -15,9 +15,12 @@ use std::time::{Duration, Instant};
 use cocoon_tee::FakeAttester;
 
 mod answers;
-// Not every test binary asks for answers.
+mod scenarios;
+// Not every test binary asks for answers or sets up a scenario.
 #[allow(unused_imports)]
 pub use answers::*;
+#[allow(unused_imports)]
+pub use scenarios::*;
 
 /// What the faucet gives a test node that needs money (nano-units).
 pub const TEST_FAUCET: &str = "1000000000000";
