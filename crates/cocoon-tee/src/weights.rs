@@ -14,7 +14,8 @@
 //!
 //! Hashing 100 MB–100 GB on every start is wasteful, so each file's digest is cached in a sidecar
 //! `<file>.sha256` together with the file's size and modification time; a changed file is hashed
-//! again.
+//! again. Inside a TD the host could plant such a sidecar, so there ([`Sidecars::Ignored`]) every
+//! byte is hashed at every start and no sidecar is read or written.
 
 use std::fs::{self, File};
 use std::io;
@@ -50,12 +51,27 @@ fn io_error(path: &Path, source: io::Error) -> WeightsError {
     }
 }
 
+/// Whether the sidecar caches of file digests may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sidecars {
+    /// Read and refresh them (outside a TEE: whoever can write the sidecar can write the weights).
+    Trusted,
+    /// Hash every byte, and neither read nor write them: inside a TD the host can write files, so a
+    /// planted sidecar could make the TD attest weights it does not serve.
+    Ignored,
+}
+
 /// SHA-256 (lower-case hex) of the weights at `path`, a file or a directory (see the module
 /// documentation), using and refreshing the sidecar caches.
 pub fn weights_sha256(path: &Path) -> Result<String, WeightsError> {
+    weights_sha256_with(path, Sidecars::Trusted)
+}
+
+/// [`weights_sha256`], with the sidecar caches used or not.
+pub fn weights_sha256_with(path: &Path, sidecars: Sidecars) -> Result<String, WeightsError> {
     let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
     if !meta.is_dir() {
-        return file_sha256(path);
+        return file_sha256(path, sidecars);
     }
     let mut files = Vec::new();
     list_files(path, "", &mut files)?;
@@ -65,7 +81,7 @@ pub fn weights_sha256(path: &Path) -> Result<String, WeightsError> {
     files.sort();
     let mut manifest = Sha256::new();
     for relative in &files {
-        let digest = file_sha256(&path.join(relative))?;
+        let digest = file_sha256(&path.join(relative), sidecars)?;
         manifest.update(format!("{digest}  {relative}\n"));
     }
     Ok(hex::encode(manifest.finalize()))
@@ -118,10 +134,14 @@ fn file_key(path: &Path) -> Result<String, WeightsError> {
 ///
 /// A sidecar that cannot be written (a read-only model directory) is not an error: the digest is
 /// then computed again next time.
-fn file_sha256(path: &Path) -> Result<String, WeightsError> {
+fn file_sha256(path: &Path, sidecars: Sidecars) -> Result<String, WeightsError> {
     let key = file_key(path)?;
     let cache = cache_path(path);
-    if let Ok(cached) = fs::read_to_string(&cache) {
+    let cached = match sidecars {
+        Sidecars::Trusted => fs::read_to_string(&cache).ok(),
+        Sidecars::Ignored => None,
+    };
+    if let Some(cached) = cached {
         if let Some((digest, cached_key)) = cached.trim().split_once(' ') {
             if cached_key == key
                 && digest.len() == 64
@@ -140,8 +160,10 @@ fn file_sha256(path: &Path) -> Result<String, WeightsError> {
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
     let digest = hex::encode(hasher.finalize());
-    if let Err(e) = fs::write(&cache, format!("{digest} {key}\n")) {
-        tracing::debug!(path = %cache.display(), error = %e, "cannot cache the weights' hash");
+    if sidecars == Sidecars::Trusted {
+        if let Err(e) = fs::write(&cache, format!("{digest} {key}\n")) {
+            tracing::debug!(path = %cache.display(), error = %e, "cannot cache the weights' hash");
+        }
     }
     Ok(digest)
 }
@@ -171,6 +193,40 @@ mod tests {
         // A different size invalidates it.
         fs::write(&path, b"abcd").unwrap();
         assert_eq!(weights_sha256(&path).unwrap(), ABCD_SHA256);
+    }
+
+    #[test]
+    fn a_planted_sidecar_is_not_trusted_when_sidecars_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        fs::write(&path, b"abc").unwrap();
+        // The host plants a sidecar naming other weights, keyed to this file's size and mtime.
+        let planted = format!("{ABCD_SHA256} {}\n", file_key(&path).unwrap());
+        fs::write(cache_path(&path), &planted).unwrap();
+        assert_eq!(
+            weights_sha256(&path).unwrap(),
+            ABCD_SHA256,
+            "trusted, it is believed"
+        );
+        assert_eq!(
+            weights_sha256_with(&path, Sidecars::Ignored).unwrap(),
+            ABC_SHA256,
+            "ignored, the bytes decide"
+        );
+        assert_eq!(
+            fs::read_to_string(cache_path(&path)).unwrap(),
+            planted,
+            "nor rewritten"
+        );
+        assert_eq!(
+            weights_sha256_with(dir.path(), Sidecars::Ignored).unwrap(),
+            {
+                let mut manifest = Sha256::new();
+                manifest.update(format!("{ABC_SHA256}  m.gguf\n"));
+                hex::encode(manifest.finalize())
+            },
+            "directories too"
+        );
     }
 
     #[test]

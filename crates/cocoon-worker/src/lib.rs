@@ -239,8 +239,14 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
                 None
             } else {
                 let weights = std::path::PathBuf::from(&config.model_path);
+                // Inside a TD the host can write files: its sidecar caches are not believed.
+                let sidecars = if config.attestation.tee == cocoon_tee::AttestationKind::Tdx {
+                    cocoon_tee::weights::Sidecars::Ignored
+                } else {
+                    cocoon_tee::weights::Sidecars::Trusted
+                };
                 let hash = tokio::task::spawn_blocking(move || {
-                    cocoon_tee::weights::weights_sha256(&weights)
+                    cocoon_tee::weights::weights_sha256_with(&weights, sidecars)
                 })
                 .await?
                 .context("hashing the weights named by --model-path")?;
