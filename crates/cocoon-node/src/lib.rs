@@ -1,6 +1,7 @@
 //! Plumbing that every Cocoon node (proxy, worker, client) shares:
 //!
 //! - [`attestation`]: the node's attested identity and peer policy, built from its configuration;
+//! - [`engine_claim`]: where a worker's attested engine runs (inside its TEE or not);
 //! - [`link`]: HTTP/2 over RA-TLS in both directions (a dialer may be the HTTP/2 server);
 //! - [`stats`]: the `/healthz`, `/stats`, `/jsonstats` and `/metrics` surfaces;
 //! - [`registry`]: the registry read from the ledger and watched; policies that follow it;
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attestation;
+pub mod engine_claim;
 pub mod link;
 pub mod registry;
 pub mod registry_trust;

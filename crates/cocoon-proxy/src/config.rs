@@ -30,6 +30,11 @@ pub struct ProxyConfig {
     /// development only, and the proxy says so at start and in `/jsonstats`.
     #[arg(long, default_value = "tdx", value_name = "KIND")]
     pub min_worker_tee: AttestationKind,
+    /// Admit workers whose attested engine is not inside their TEE (an engine URL that is not a
+    /// loopback address): their prompts cross the host's network in clear. Off by default.
+    #[arg(long)]
+    #[serde(default)]
+    pub accept_remote_engines: bool,
     /// Image hashes of clients this proxy accepts (hex; repeat or separate with commas). Empty: any
     /// image attested at least as strongly as `--min-client-tee`.
     #[arg(long, value_name = "HASH", value_delimiter = ',')]

@@ -147,6 +147,7 @@ pub async fn start(
         link::WorkerAdmission {
             policy: worker_policy,
             models,
+            accept_remote_engines: config.accept_remote_engines,
         },
         routing.clone(),
         stats.clone(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{Extension, Router};
+use cocoon_node::engine_claim::{self, ENGINE_ATTRIBUTE};
 use cocoon_node::link::{self, get_json};
 use cocoon_node::registry::{until_refused, LivePolicy};
 use cocoon_node::serve::{Accepting, Admission, LogThrottle, Slots};
@@ -133,6 +134,8 @@ pub struct WorkerAdmission {
     pub policy: LivePolicy,
     /// Which models and weights are allowed.
     pub models: watch::Receiver<Arc<AllowedModels>>,
+    /// Admit workers whose attested engine runs outside their TEE (`--accept-remote-engines`).
+    pub accept_remote_engines: bool,
 }
 
 /// Accepts worker links until `shutdown`; keeps them (requests in flight need them) until `cut`.
@@ -185,6 +188,18 @@ async fn serve_worker(
             "worker announces model `{}` but its certificate claims {:?}",
             info.model,
             attested_model
+        );
+    }
+    // Prompts reach the engine in clear: one outside the worker's TEE needs the operator's consent.
+    let engine = peer
+        .claims
+        .attributes
+        .get(ENGINE_ATTRIBUTE)
+        .map_or("", String::as_str);
+    if !admission.accept_remote_engines && !engine_claim::locate(engine).is_inside_tee() {
+        anyhow::bail!(
+            "the worker's certificate claims engine {engine:?}, outside its TEE (prompts would leave it \
+             in clear); start the proxy with --accept-remote-engines to admit such workers"
         );
     }
     // So must the weights: the attested hash, announced unchanged and allowed for the model.

@@ -31,6 +31,12 @@ pub struct WorkerConfig {
     /// (e.g. `http://127.0.0.1:8000`).
     #[arg(long, value_name = "ENGINE", default_value = "embedded")]
     pub engine: String,
+    /// Allow an engine URL that is not a loopback address. Prompts then cross the host's network
+    /// in clear, outside this worker's TEE; the URL is in the worker's attested claims, and proxies
+    /// admit such a worker only with `--accept-remote-engines`. Off by default.
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_remote_engine: bool,
     /// The model name requests must carry. For `embedded` it defaults to the GGUF file's name.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub model: String,

@@ -25,6 +25,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::engine_claim::{self, ENGINE_ATTRIBUTE};
 use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
 use cocoon_proto::WorkerInfo;
@@ -66,7 +67,10 @@ pub async fn start(
 ) -> anyhow::Result<RunningWorker> {
     let registry_trust = config.registry_trust()?;
     let (engine, info) = open_engine(&config).await?;
-    let mut claims = BTreeMap::from([("model".to_owned(), info.model.clone())]);
+    let mut claims = BTreeMap::from([
+        ("model".to_owned(), info.model.clone()),
+        (ENGINE_ATTRIBUTE.to_owned(), config.engine.clone()),
+    ]);
     if let Some(hash) = &info.model_hash {
         claims.insert("model_hash".to_owned(), hash.clone());
     }
@@ -234,6 +238,13 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
             if config.model.is_empty() {
                 bail!("--model NAME is required with an engine URL (the name the engine serves)");
             }
+            if !config.allow_remote_engine && !engine_claim::locate(url).is_inside_tee() {
+                bail!(
+                    "--engine {url} is not a loopback http URL: prompts would leave this worker's TEE in \
+                     clear. Run the engine beside the worker (127.0.0.1), or pass --allow-remote-engine \
+                     (proxies then admit this worker only with --accept-remote-engines)"
+                );
+            }
             let engine = Engine::http(url)?;
             let model_hash = if config.model_path.is_empty() {
                 None
@@ -323,6 +334,22 @@ mod tests {
         let without = config(&["--engine", url, "--model", "m"]);
         let (_, info) = open_engine(&without).await.unwrap();
         assert_eq!(info.model_hash, None, "no weights named, none attested");
+    }
+
+    #[tokio::test]
+    async fn an_engine_outside_the_tee_needs_explicit_consent() {
+        let remote = config(&["--engine", "http://10.0.0.5:8000", "--model", "m"]);
+        let error = format!("{:#}", open_engine(&remote).await.err().unwrap());
+        assert!(error.contains("--allow-remote-engine"), "{error}");
+
+        let allowed = config(&[
+            "--engine",
+            "http://10.0.0.5:8000",
+            "--model",
+            "m",
+            "--allow-remote-engine",
+        ]);
+        assert!(open_engine(&allowed).await.is_ok());
     }
 
     #[tokio::test]

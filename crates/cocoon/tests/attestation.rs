@@ -148,3 +148,36 @@ async fn a_certificate_claiming_another_role_is_refused_on_each_port() {
     .await;
     assert_eq!(proxy_workers(&proxy).await, Vec::<serde_json::Value>::new());
 }
+
+#[tokio::test]
+async fn a_worker_whose_attested_engine_is_outside_its_tee_needs_the_proxys_consent() {
+    // The host chose the engine URL (a command line is not measured), so the proxy judges the URL
+    // the worker attested. Nothing listens there: the proxy decides at the link, before any prompt.
+    let remote = [
+        "--engine",
+        "http://10.255.255.1:9",
+        "--model",
+        "m",
+        "--allow-remote-engine",
+    ];
+    let (proxy_node, proxy) = logged_proxy(&[]);
+    let (_worker, _) = worker(&proxy, &remote);
+    wait_for_log(
+        &proxy_node,
+        &[
+            "link refused or lost",
+            r#"claims engine "http://10.255.255.1:9", outside its TEE"#,
+        ],
+    )
+    .await;
+    assert_eq!(proxy_workers(&proxy).await, Vec::<serde_json::Value>::new());
+
+    let (_consenting_node, consenting) = logged_proxy(&["--accept-remote-engines"]);
+    let (_admitted, _) = worker(&consenting, &remote);
+    wait_for_port(&consenting.stats);
+    let started = Instant::now();
+    while proxy_workers(&consenting).await.is_empty() {
+        assert!(started.elapsed() < WITHIN, "the worker was never admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
