@@ -22,6 +22,11 @@ pub struct EngineConfig {
     pub gpu_layers: u32,
     /// Requests that may wait for a free sequence before new ones are refused with HTTP 429.
     pub max_queued: usize,
+    /// Serve a private copy of the model made in this directory, hashed as it is written, instead
+    /// of the file itself (whose hash sidecar is then not read either). Inside a TD this must be
+    /// TD-private memory (e.g. `/dev/shm`), so the bytes served are the bytes attested even if the
+    /// host rewrites the file. `None`: serve the file, trusting its sidecar cache (outside a TEE).
+    pub weights_copy_dir: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -37,6 +42,7 @@ impl EngineConfig {
             threads: None,
             gpu_layers: 0,
             max_queued: 64,
+            weights_copy_dir: None,
         }
     }
 }

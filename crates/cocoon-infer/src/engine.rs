@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::config::EngineConfig;
 use crate::error::InferError;
-use cocoon_tee::weights::weights_sha256;
+use cocoon_tee::weights::{private_copy, weights_sha256};
 
 use crate::model_file::check_gguf;
 use crate::openai::{ApiError, Sampling};
@@ -151,15 +151,25 @@ impl Engine {
         }
         let path = config.model_path.clone();
         check_gguf(&path)?;
-        let model_hash = weights_sha256(&path)?;
+        // Either the copy whose bytes were hashed as they were written, or the file as it is.
+        let copy = match &config.weights_copy_dir {
+            Some(dir) => Some(private_copy(&path, dir)?),
+            None => None,
+        };
+        let (load_path, model_hash) = match &copy {
+            Some(copy) => (copy.path().to_path_buf(), copy.sha256().to_owned()),
+            None => (path.clone(), weights_sha256(&path)?),
+        };
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-        let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| {
+        let model = LlamaModel::load_from_file(backend, &load_path, &params).map_err(|e| {
             InferError::ModelLoad {
                 path: path.clone(),
                 reason: format!("llama.cpp rejected it ({e}); see the llama.cpp log for details"),
             }
         })?;
+        // Loaded (mapped or read): the name can go, the bytes stay with the model.
+        drop(copy);
         let model = Arc::new(model);
 
         let template = match model.chat_template(None) {

@@ -168,12 +168,105 @@ fn file_sha256(path: &Path, sidecars: Sidecars) -> Result<String, WeightsError> 
     Ok(digest)
 }
 
+/// A copy of a weights file in a directory only this node can write, holding exactly the bytes
+/// its digest was computed from. Removed when dropped; a loader that mapped or read it keeps
+/// what it loaded.
+#[derive(Debug)]
+pub struct PrivateCopy {
+    file: tempfile::TempPath,
+    sha256: String,
+}
+
+impl PrivateCopy {
+    /// Where the copy is.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// SHA-256 (lower-case hex) of the copy's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+}
+
+/// Copies the file at `source` into a new file in `dir`, hashing each byte as it is written, so the
+/// digest is of the copy's bytes whatever happens to `source` meanwhile, and never from a sidecar.
+///
+/// Inside a TD, `dir` must be TD-private memory (a tmpfs such as `/dev/shm`): the host can rewrite
+/// its own disks between a hash and a load, but not the TD's memory. Loading the copy then serves
+/// the bytes that were attested.
+pub fn private_copy(source: &Path, dir: &Path) -> Result<PrivateCopy, WeightsError> {
+    let mut input = File::open(source).map_err(|e| io_error(source, e))?;
+    let copy = tempfile::Builder::new()
+        .prefix(".weights-")
+        .tempfile_in(dir)
+        .map_err(|e| io_error(dir, e))?;
+    let (file, path) = copy.into_parts();
+    let mut output = HashingWriter {
+        file,
+        hasher: Sha256::new(),
+    };
+    io::copy(&mut input, &mut output).map_err(|e| io_error(&path, e))?;
+    output.file.sync_all().map_err(|e| io_error(&path, e))?;
+    Ok(PrivateCopy {
+        file: path,
+        sha256: hex::encode(output.hasher.finalize()),
+    })
+}
+
+/// Writes to a file and hashes what it wrote, in one pass.
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+}
+
+impl io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     const ABCD_SHA256: &str = "88d4266fd4e6338d13b845fcf289579d209c897823b9217da3e161936f031589";
+
+    #[test]
+    fn a_private_copy_holds_the_bytes_it_hashed_and_believes_no_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        fs::write(&path, b"abc").unwrap();
+        // A host planting a digest for the same size and time would fool the sidecar cache.
+        fs::write(
+            cache_path(&path),
+            format!("{ABCD_SHA256} {}\n", file_key(&path).unwrap()),
+        )
+        .unwrap();
+        let private = tempfile::tempdir().unwrap();
+        let copy = private_copy(&path, private.path()).unwrap();
+        assert_eq!(copy.sha256(), ABC_SHA256);
+        assert_eq!(fs::read(copy.path()).unwrap(), b"abc");
+        assert!(copy.path().starts_with(private.path()));
+        // The source changing after the copy changes neither the copy nor its digest.
+        fs::write(&path, b"abcd").unwrap();
+        assert_eq!(fs::read(copy.path()).unwrap(), b"abc");
+        let copied = copy.path().to_path_buf();
+        drop(copy);
+        assert!(!copied.exists(), "the copy is removed when dropped");
+
+        let missing = private_copy(&dir.path().join("none"), private.path()).unwrap_err();
+        assert!(missing.to_string().contains("none"), "{missing}");
+        let no_dir = private_copy(&path, &dir.path().join("no-dir")).unwrap_err();
+        assert!(no_dir.to_string().contains("no-dir"), "{no_dir}");
+    }
 
     #[test]
     fn a_file_hashes_to_its_bytes_then_from_the_cache_and_again_when_it_changes() {

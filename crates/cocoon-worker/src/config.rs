@@ -47,6 +47,14 @@ pub struct WorkerConfig {
     /// only proxies that list no models admit it. Hashes are cached beside the files.
     #[arg(long, value_name = "PATH", default_value = "")]
     pub model_path: String,
+    /// `embedded` engine: serve a private copy of the model made in this directory, hashed as it is
+    /// written, so the bytes served are the bytes attested even if the host rewrites the file
+    /// afterwards. Inside a TD it must be TD-private memory (budget the model's size in RAM). Empty:
+    /// `/dev/shm` for `--tee tdx`; no copy otherwise (the file is served as it is, its hash read
+    /// from the sidecar cache).
+    #[arg(long, value_name = "DIR", default_value = "")]
+    #[serde(default)]
+    pub weights_copy_dir: String,
     /// Context window per sequence of the `embedded` engine, in tokens.
     #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
     pub context_length: u32,
@@ -111,6 +119,18 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// Where the embedded engine copies its weights before hashing and loading them (see
+    /// `--weights-copy-dir`), if anywhere.
+    pub fn weights_copy_dir(&self) -> Option<PathBuf> {
+        if !self.weights_copy_dir.is_empty() {
+            Some(PathBuf::from(&self.weights_copy_dir))
+        } else if self.attestation.tee == AttestationKind::Tdx {
+            Some(PathBuf::from("/dev/shm"))
+        } else {
+            None
+        }
+    }
+
     /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
     pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
         RegistryTrust::for_node(

@@ -286,6 +286,7 @@ async fn open_embedded(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerI
         engine_config.model_name = config.model.clone();
     }
     engine_config.context_length = config.context_length;
+    engine_config.weights_copy_dir = config.weights_copy_dir();
     engine_config.parallel = config.max_active.max(1) as usize;
     let engine = tokio::task::spawn_blocking(move || cocoon_infer::Engine::load(engine_config))
         .await?

@@ -170,6 +170,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 allow_remote_engine: false,
                 model: args.model.clone(),
                 model_path: args.model_path.clone(),
+                weights_copy_dir: String::new(),
                 context_length: 4096,
                 coefficient: 1000,
                 max_active: args.max_active,

@@ -119,3 +119,45 @@ async fn the_network_answers_with_the_real_model() {
         .iter()
         .any(|c| c["choices"][0]["finish_reason"] == "length"));
 }
+
+/// The model hash a worker started with `extra` attests, read from its stats once it is up.
+async fn attested_hash(proxy: &ProxyAddrs, model: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--engine", "embedded", "--model-path", model];
+    args.extend_from_slice(extra);
+    let (_worker, stats) = worker(proxy, &args);
+    wait_for_port(&stats);
+    let details = get_json(&format!("http://{stats}/jsonstats")).await["details"].clone();
+    details["model_hash"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_private_weights_copy_attests_the_bytes_it_serves_not_a_planted_digest() {
+    let Some(model) = model_path() else { return };
+    let host = tempfile::tempdir().unwrap();
+    let served = host.path().join(model.file_name().unwrap());
+    std::fs::copy(&model, &served).unwrap();
+    // The host plants a digest for the file's size and time (the sidecar format is public).
+    cocoon_tee::weights::weights_sha256(&served).unwrap();
+    let sidecar = cocoon_tee::weights::cache_path(&served);
+    let planted = std::fs::read_to_string(&sidecar).unwrap().replacen(
+        cocoon_infer::DEFAULT_MODEL_SHA256,
+        &"ab".repeat(32),
+        1,
+    );
+    std::fs::write(&sidecar, planted).unwrap();
+    let served = served.display().to_string();
+    let (_proxy, proxy) = proxy(&[]);
+
+    // Serving the file as it is believes the sidecar: the attack this guards against.
+    assert_eq!(attested_hash(&proxy, &served, &[]).await, "ab".repeat(32));
+
+    let private = tempfile::tempdir().unwrap();
+    let copy_dir = private.path().display().to_string();
+    let hash = attested_hash(&proxy, &served, &["--weights-copy-dir", &copy_dir]).await;
+    assert_eq!(hash, cocoon_infer::DEFAULT_MODEL_SHA256);
+    assert_eq!(
+        std::fs::read_dir(private.path()).unwrap().count(),
+        0,
+        "the copy's name is removed once the model is loaded"
+    );
+}
