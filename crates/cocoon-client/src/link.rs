@@ -20,7 +20,7 @@ use cocoon_node::link::{client_handshake, get_json, LinkError, LinkSender};
 use cocoon_node::registry::{keep_each_endpoint, LivePolicy};
 use cocoon_node::stats::{ConnectedPeer, NodeStats};
 use cocoon_proto::link::{ModelList, PATH_MODELS};
-use cocoon_ratls::{Connector, PeerIdentity, RatlsError};
+use cocoon_ratls::{Connector, PeerIdentity, PeerWatch, RatlsError};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -229,7 +229,7 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
             attempt = dial(&slot.address, &linking.connector) => attempt,
         };
         match attempt {
-            Ok((sender, mut driver, peer)) => {
+            Ok((sender, mut driver, peer, watch)) => {
                 backoff.reset();
                 tracing::info!(
                     proxy = %slot.address,
@@ -258,6 +258,10 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
                         driver.abort();
                         format!("the proxy is no longer allowed: {reason}")
                     }
+                    reason = watch.until_refused() => {
+                        driver.abort();
+                        format!("the proxy no longer passes attestation: {reason}")
+                    }
                 };
                 slot.live.store(None);
                 tracing::warn!(proxy = %slot.address, reason = %lost, "proxy link lost; reconnecting");
@@ -281,16 +285,17 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
 async fn dial(
     address: &str,
     connector: &Connector,
-) -> Result<(LinkSender, JoinHandle<()>, PeerIdentity), DialError> {
+) -> Result<(LinkSender, JoinHandle<()>, PeerIdentity, PeerWatch), DialError> {
     let establish = async {
         let (tls, peer) = connector.connect(address).await?;
         if peer.claims.role != PROXY_ROLE {
             return Err(DialError::NotAProxy(peer.claims.role.clone()));
         }
+        let watch = connector.watch(&tls)?;
         let (sender, driver) = client_handshake(tls).await?;
         let driver = tokio::spawn(driver);
         match get_json::<ModelList>(&sender, PATH_MODELS).await {
-            Ok(_) => Ok((sender, driver, peer)),
+            Ok(_) => Ok((sender, driver, peer, watch)),
             Err(error) => {
                 driver.abort();
                 Err(error.into())

@@ -13,7 +13,7 @@ use cocoon_node::serve::{Accepting, Admission, LogThrottle, Slots};
 use cocoon_node::stats::NodeStats;
 use cocoon_proto::link::PATH_WORKER_INFO;
 use cocoon_proto::{WorkerInfo, PROTOCOL_VERSION};
-use cocoon_ratls::{Acceptor, PeerIdentity};
+use cocoon_ratls::{Acceptor, PeerIdentity, PeerWatch};
 use futures::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -149,6 +149,7 @@ pub async fn accept_workers(
     cut: CancellationToken,
 ) {
     let admission = Arc::new(admission);
+    let acceptor = port.acceptor.clone();
     accept_links(
         listener,
         port,
@@ -157,7 +158,8 @@ pub async fn accept_workers(
         cut,
         move |stream, peer| {
             let (admission, routing, stats) = (admission.clone(), routing.clone(), stats.clone());
-            async move { serve_worker(stream, peer, &admission, &routing, &stats).await }
+            let watch = acceptor.watch(&stream);
+            async move { serve_worker(stream, peer, watch?, &admission, &routing, &stats).await }
         },
     )
     .await
@@ -166,6 +168,7 @@ pub async fn accept_workers(
 async fn serve_worker(
     stream: server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    watch: PeerWatch,
     admission: &WorkerAdmission,
     routing: &Routing,
     stats: &Arc<NodeStats>,
@@ -238,6 +241,7 @@ async fn serve_worker(
     let refused: Option<anyhow::Error> = tokio::select! {
         _ = &mut driver => None,
         reason = admission.policy.until_refused(&worker.peer) => Some(reason.into()),
+        reason = watch.until_refused() => Some(anyhow::anyhow!("no longer passes attestation: {reason}")),
         reason = model_refused => Some(reason.into()),
     };
     routing.remove(worker.id);

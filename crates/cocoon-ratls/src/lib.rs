@@ -17,6 +17,7 @@ mod claims;
 mod error;
 mod identity;
 mod link;
+mod rejudge;
 mod rotation;
 mod verifier;
 
@@ -27,7 +28,9 @@ pub use identity::{
     Identity, SharedIdentity, SharedPolicy, CLOCK_SKEW_ALLOWANCE, DEFAULT_VALIDITY, MAX_VALIDITY,
 };
 pub use link::{Acceptor, Connector, ALPN_H2, DEFAULT_ACCEPT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use rejudge::PeerWatch;
 pub use rotation::spawn_rotation;
+pub use verifier::MAX_VERDICT_AGE;
 
 /// OID arcs of the quote extension.
 pub const QUOTE_OID: &[u64] = &[1, 3, 6, 1, 4, 1, 12345, 1];

@@ -18,6 +18,7 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
+use crate::rejudge::PeerWatch;
 use crate::verifier::{IdentityResolver, PeerCheck, RatlsClientVerifier, RatlsServerVerifier};
 use crate::{PeerIdentity, RatlsError, SharedIdentity, SharedPolicy};
 
@@ -80,6 +81,19 @@ impl Connector {
             check,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         })
+    }
+
+    /// A watch that judges the peer of `stream` (one of this connector's links) again whenever its
+    /// verdict lapses, for as long as the link lives (see [`PeerWatch`]).
+    pub fn watch(&self, stream: &client::TlsStream<TcpStream>) -> Result<PeerWatch, RatlsError> {
+        PeerWatch::new(self.check.clone(), stream.get_ref().1.peer_certificates())
+    }
+
+    /// Reuses verdicts, and leaves live links' peers unjudged, for at most `age` (default
+    /// [`MAX_VERDICT_AGE`](crate::MAX_VERDICT_AGE)); shorter in tests.
+    pub fn with_max_verdict_age(self, age: Duration) -> Self {
+        self.check.set_max_verdict_age(age);
+        self
     }
 
     /// Sets the limit for TCP connect plus handshake (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
@@ -160,6 +174,19 @@ impl Acceptor {
             check,
             handshake_timeout: DEFAULT_ACCEPT_TIMEOUT,
         })
+    }
+
+    /// A watch that judges the peer of `stream` (one of this acceptor's links) again whenever its
+    /// verdict lapses, for as long as the link lives (see [`PeerWatch`]).
+    pub fn watch(&self, stream: &server::TlsStream<TcpStream>) -> Result<PeerWatch, RatlsError> {
+        PeerWatch::new(self.check.clone(), stream.get_ref().1.peer_certificates())
+    }
+
+    /// Reuses verdicts, and leaves live links' peers unjudged, for at most `age` (default
+    /// [`MAX_VERDICT_AGE`](crate::MAX_VERDICT_AGE)); shorter in tests.
+    pub fn with_max_verdict_age(self, age: Duration) -> Self {
+        self.check.set_max_verdict_age(age);
+        self
     }
 
     /// Sets the handshake time limit (default [`DEFAULT_ACCEPT_TIMEOUT`]).

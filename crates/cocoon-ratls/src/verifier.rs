@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -34,13 +35,21 @@ pub const MAX_VERDICT_AGE: Duration = Duration::from_secs(5 * 60);
 type Verdict = (PeerIdentity, VerifiedQuote, SystemTime);
 
 /// Until when a verification made at `now` may be reused: never past the certificate's end, the
-/// collateral it was judged with ([`VerifiedQuote::valid_until`]) or [`MAX_VERDICT_AGE`].
-fn reuse_until(peer: &PeerIdentity, quote: &VerifiedQuote, now: SystemTime) -> SystemTime {
+/// collateral it was judged with ([`VerifiedQuote::valid_until`]) or `max_age`.
+fn reuse_until(
+    peer: &PeerIdentity,
+    quote: &VerifiedQuote,
+    now: SystemTime,
+    max_age: Duration,
+) -> SystemTime {
+    peer.not_after.min(judged_until(quote, now, max_age))
+}
+
+/// Until when a judgment made at `now` holds, the certificate's end aside: no later than `max_age`
+/// after it, nor than the collateral it was made with.
+fn judged_until(quote: &VerifiedQuote, now: SystemTime, max_age: Duration) -> SystemTime {
     // `now` may be any time a caller checks at (a receipt's date): no unchecked time arithmetic.
-    let mut until = match now.checked_add(MAX_VERDICT_AGE) {
-        Some(oldest) => peer.not_after.min(oldest),
-        None => now,
-    };
+    let mut until = now.checked_add(max_age).unwrap_or(now);
     if let Some(collateral) = quote.valid_until {
         let collateral = SystemTime::UNIX_EPOCH
             .checked_add(Duration::from_secs(collateral))
@@ -61,6 +70,9 @@ pub(crate) struct PeerCheck {
     cache: Mutex<HashMap<[u8; 32], Verdict>>,
     /// `"server"` or `"client"`: which side's verifier this is, for logs.
     side: &'static str,
+    /// The longest a verdict is reused, or a live link's peer goes without being judged again, in
+    /// milliseconds (atomic: the TLS verifiers share this check).
+    max_verdict_age_ms: AtomicU64,
 }
 
 impl PeerCheck {
@@ -78,13 +90,34 @@ impl PeerCheck {
             algorithms,
             cache: Mutex::new(HashMap::new()),
             side,
+            max_verdict_age_ms: AtomicU64::new(MAX_VERDICT_AGE.as_millis() as u64),
         }
+    }
+
+    /// Reuses verdicts, and leaves live links' peers unjudged, for at most `age` (default
+    /// [`MAX_VERDICT_AGE`]).
+    pub(crate) fn set_max_verdict_age(&self, age: Duration) {
+        let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        self.max_verdict_age_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn max_verdict_age(&self) -> Duration {
+        Duration::from_millis(self.max_verdict_age_ms.load(Ordering::Relaxed))
     }
 
     /// Verifies `der` at `now`. A rejection is only traced here: it reaches the caller of
     /// `connect`/`accept` as the handshake's error, and the caller logs it once (rate-limited
     /// where a port can be flooded).
     pub(crate) fn check(&self, der: &[u8], now: SystemTime) -> Result<PeerIdentity, RatlsError> {
+        self.check_with_expiry(der, now).map(|(peer, _)| peer)
+    }
+
+    /// [`check`](Self::check), also saying until when the verdict may be reused.
+    pub(crate) fn check_with_expiry(
+        &self,
+        der: &[u8],
+        now: SystemTime,
+    ) -> Result<(PeerIdentity, SystemTime), RatlsError> {
         let result = self.check_inner(der, now);
         if let Err(e) = &result {
             tracing::debug!(side = self.side, error = %e, "rejected RA-TLS peer certificate");
@@ -92,20 +125,23 @@ impl PeerCheck {
         result
     }
 
-    fn check_inner(&self, der: &[u8], now: SystemTime) -> Result<PeerIdentity, RatlsError> {
+    fn check_inner(
+        &self,
+        der: &[u8],
+        now: SystemTime,
+    ) -> Result<(PeerIdentity, SystemTime), RatlsError> {
         let fingerprint: [u8; 32] = Sha256::digest(der).into();
         let cached = self
             .cache
             .lock()
             .ok()
             .and_then(|c| c.get(&fingerprint).cloned())
-            .filter(|(_, _, until)| now < *until)
-            .map(|(peer, quote, _)| (peer, quote));
-        let (peer, quote) = match cached {
+            .filter(|(_, _, until)| now < *until);
+        let (peer, quote, until) = match cached {
             Some(hit) => hit,
             None => {
                 let (peer, quote) = verify_attested(der, &self.verifier, now)?;
-                let until = reuse_until(&peer, &quote, now);
+                let until = reuse_until(&peer, &quote, now, self.max_verdict_age());
                 if let Ok(mut cache) = self.cache.lock() {
                     if cache.len() >= CACHE_LIMIT {
                         cache.retain(|_, (_, _, until)| now < *until);
@@ -115,13 +151,32 @@ impl PeerCheck {
                     }
                     cache.insert(fingerprint, (peer.clone(), quote.clone(), until));
                 }
-                (peer, quote)
+                (peer, quote, until)
             }
         };
+        self.admit(peer, &quote).map(|peer| (peer, until))
+    }
+
+    /// Judges a live link's peer again, whatever is cached: its certificate as of `judged_at`, its
+    /// quote with the collateral held now, the policy and role as they are now. Returns the
+    /// identity and until when this judgment holds (see [`crate::rejudge`]).
+    pub(crate) fn rejudge(
+        &self,
+        der: &[u8],
+        judged_at: SystemTime,
+        now: SystemTime,
+    ) -> Result<(PeerIdentity, SystemTime), RatlsError> {
+        let (peer, quote) = verify_attested(der, &self.verifier, judged_at)?;
+        let until = judged_until(&quote, now, self.max_verdict_age());
+        self.admit(peer, &quote).map(|peer| (peer, until))
+    }
+
+    /// Applies what may change after a quote was verified: the policy and the link's role.
+    fn admit(&self, peer: PeerIdentity, quote: &VerifiedQuote) -> Result<PeerIdentity, RatlsError> {
         // The policy is applied on every use: it may have changed since the entry was cached.
         self.policy
             .load()
-            .check(&quote)
+            .check(quote)
             .map_err(RatlsError::Policy)?;
         // The role is attested (claims are bound into the quote), so a peer cannot join a port
         // meant for another role by saying so.
@@ -355,13 +410,13 @@ mod tests {
             + 30;
         quote.valid_until = Some(soon);
         assert_eq!(
-            reuse_until(&peer, &quote, now),
+            reuse_until(&peer, &quote, now, MAX_VERDICT_AGE),
             SystemTime::UNIX_EPOCH + Duration::from_secs(soon)
         );
         // Checked at the end of time (a peer-chosen date): no overflow, no reuse beyond it.
         let end = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
         quote.valid_until = Some(u64::MAX);
-        assert!(reuse_until(&peer, &quote, end) <= end);
+        assert!(reuse_until(&peer, &quote, end, MAX_VERDICT_AGE) <= end);
         // Past its reuse time, the certificate is verified afresh (and a fresh verdict cached).
         let later = now + MAX_VERDICT_AGE + Duration::from_secs(1);
         check.check(id.certificate_der(), later).unwrap();

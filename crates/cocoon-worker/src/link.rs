@@ -41,6 +41,7 @@ pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToke
                 _ = stop.cancelled() => return Ok(None),
                 connected = linking.connector.connect(&proxy) => connected?,
             };
+            let watch = linking.connector.watch(&stream)?;
             tracing::info!(
                 %proxy,
                 image = %peer.image_hash,
@@ -53,6 +54,9 @@ pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToke
                 result = serving => result.map_err(anyhow::Error::from),
                 reason = linking.policy.until_refused(&peer) => {
                     Err(anyhow::anyhow!("the proxy is no longer allowed: {reason}"))
+                }
+                reason = watch.until_refused() => {
+                    Err(anyhow::anyhow!("the proxy no longer passes attestation: {reason}"))
                 }
             };
             Ok::<_, anyhow::Error>(Some((since.elapsed(), result)))
