@@ -165,7 +165,11 @@ pub async fn start(
     );
     let link_tasks = vec![
         links_task,
-        settlement.spawn(links.clone(), links_shutdown.clone()),
+        settlement.spawn(
+            links.clone(),
+            registry.derive(|registry| registry.min_client_stake),
+            links_shutdown.clone(),
+        ),
     ];
     let details_links = links.clone();
     let readiness = readiness::readiness(links.clone(), settlement.clone());

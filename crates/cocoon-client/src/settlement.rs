@@ -15,6 +15,7 @@ use cocoon_proto::link::PATH_BILLING;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::ProxyLinks;
@@ -136,14 +137,17 @@ impl ClientSettlement {
     }
 
     /// One round against the proxy the client currently uses.
-    pub async fn settle(&self, links: &ProxyLinks) {
-        if let Err(error) = self.try_settle(links).await {
+    ///
+    /// `min_stake` is the registry's `min_client_stake`, as the node's verified registry says (the
+    /// ledger's own unauthenticated answer is not asked).
+    pub async fn settle(&self, links: &ProxyLinks, min_stake: Amount) {
+        if let Err(error) = self.try_settle(links, min_stake).await {
             tracing::warn!(%error, "client settlement round failed");
             lock(&self.view).last_error = Some(error.to_string());
         }
     }
 
-    async fn try_settle(&self, links: &ProxyLinks) -> anyhow::Result<()> {
+    async fn try_settle(&self, links: &ProxyLinks, min_stake: Amount) -> anyhow::Result<()> {
         let Some(link) = links.current() else {
             return Ok(());
         };
@@ -152,7 +156,6 @@ impl ClientSettlement {
         else {
             anyhow::bail!("proxy {} names no wallet in its attestation", link.proxy);
         };
-        let min_stake = self.ledger.registry().await?.min_client_stake;
         let funding = Funding {
             stake: self.funding.stake.max(min_stake),
             ..self.funding
@@ -240,16 +243,19 @@ impl ClientSettlement {
         }
     }
 
-    /// Settles every interval until `shutdown`.
+    /// Settles every interval until `shutdown`, with the minimum stake `min_stake` follows (from
+    /// the node's verified registry).
     pub fn spawn(
         self: &Arc<Self>,
         links: Arc<ProxyLinks>,
+        min_stake: watch::Receiver<Arc<Amount>>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let settlement = self.clone();
         tokio::spawn(async move {
             loop {
-                settlement.settle(&links).await;
+                let stake = **min_stake.borrow();
+                settlement.settle(&links, stake).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(settlement.interval) => {}

@@ -8,7 +8,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use cocoon_ledger::{AccountId, Amount, LedgerClient, Settlement, SignedVoucher};
 use cocoon_node::attestation::AttestationArgs;
+use cocoon_node::registry::RegistryWatch;
+use cocoon_node::registry_trust::RegistryTrust;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 /// Options of `cocoon wallet`.
 #[derive(Debug, Args)]
@@ -22,6 +25,10 @@ pub struct WalletArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The registry owner's account: registry figures (such as the minimum stake `deposit` uses
+    /// by default) are read only from a version it signed, never from the ledger's word.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    pub registry_owner: String,
     /// The node's attestation options (the key is sealed to its image).
     #[command(flatten)]
     pub attestation: AttestationArgs,
@@ -63,7 +70,8 @@ pub enum WalletCommand {
         proxy: AccountId,
         /// Nano-units.
         amount: Amount,
-        /// Stake of a new contract (default: the registry's minimum).
+        /// Stake of a new contract (default: the registry's minimum, which needs
+        /// `--registry-owner`).
         #[arg(long, value_name = "AMOUNT")]
         stake: Option<Amount>,
     },
@@ -93,6 +101,38 @@ pub enum WalletCommand {
         voucher: String,
     },
 }
+
+/// The registry's `min_client_stake`, from a version its pinned owner signed (and not older than
+/// the last one this data directory saw).
+async fn verified_min_client_stake(
+    ledger: &str,
+    owner: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Amount> {
+    if owner.trim().is_empty() {
+        anyhow::bail!(
+            "pass --stake AMOUNT, or --registry-owner ACCOUNT to stake the registry's minimum (read \
+             only from a version its owner signed)"
+        );
+    }
+    let trust = RegistryTrust::for_node(owner, &[], data_dir)?;
+    let stop = CancellationToken::new();
+    let registry = tokio::time::timeout(
+        REGISTRY_WAIT,
+        RegistryWatch::start(ledger, trust, stop.clone()),
+    )
+    .await
+    .with_context(|| {
+        format!("the ledger served no registry signed by {owner} within {REGISTRY_WAIT:?}")
+    })?
+    .context("reading the registry")?;
+    let stake = registry.current().min_client_stake;
+    stop.cancel();
+    Ok(stake)
+}
+
+/// How long `deposit` waits for a registry version it can trust.
+const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs one wallet command.
 pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
@@ -125,7 +165,14 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             } else {
                 let stake = match stake {
                     Some(stake) => stake,
-                    None => ledger.registry().await?.min_client_stake,
+                    None => {
+                        verified_min_client_stake(
+                            &args.ledger,
+                            &args.registry_owner,
+                            &args.data_dir,
+                        )
+                        .await?
+                    }
                 };
                 ledger.open_client(proxy, amount, stake).await?;
             }

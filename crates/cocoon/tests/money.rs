@@ -13,7 +13,22 @@ use serde_json::Value;
 
 /// `cocoon wallet --json ARGS…` for the node with `data_dir` and `label`.
 fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
+    let output = wallet_command(ledger, data_dir, label, args);
+    assert!(
+        output.status.success(),
+        "wallet {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn wallet_command(
+    ledger: &str,
+    data_dir: &str,
+    label: &str,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args([
             "wallet",
             "--json",
@@ -27,13 +42,7 @@ fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value
         .args(args)
         .env("COCOON_LOG", "warn")
         .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "wallet {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -316,11 +325,32 @@ async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
         "test-client",
         &["faucet", "5000000000"],
     );
+    // A new contract's default stake is the registry's minimum, read only from a version its
+    // owner signed: without the owner pinned, nothing is read and nothing opened.
+    let unpinned = wallet_command(
+        &proxy.ledger,
+        &client_dir,
+        "test-client",
+        &["deposit", "--proxy", &test_owner(), "4000000000"],
+    );
+    assert!(!unpinned.status.success());
+    assert!(
+        String::from_utf8_lossy(&unpinned.stderr).contains("--registry-owner"),
+        "{}",
+        String::from_utf8_lossy(&unpinned.stderr)
+    );
     let after = wallet_cli(
         &proxy.ledger,
         &client_dir,
         "test-client",
-        &["deposit", "--proxy", &proxy_id, "4000000000"],
+        &[
+            "--registry-owner",
+            &proxy.registry_owner,
+            "deposit",
+            "--proxy",
+            &proxy_id,
+            "4000000000",
+        ],
     );
     assert!(
         after["client_contract"]["balance"].as_u64().unwrap() >= 4_000_000_000,
