@@ -2,8 +2,8 @@
 //
 // Shapes follow toncenter's JSON API (`{ok: true, result}` / `{ok: false, error, code}`), so the
 // backend talks to this devnet exactly as it talks to toncenter or a self-hosted ton-http-api.
-// Chain time does not pass by itself: it moves only when asked (`/devnet/advance`), so tests of
-// close delays are exact.
+// Chain time follows the wall clock, plus whatever `/devnet/advance` added: a test of a close delay
+// jumps over it instead of waiting.
 
 import { Address, Cell, beginCell, loadMessage, toNano } from '@ton/core';
 import { Blockchain, internal } from '@ton/sandbox';
@@ -155,18 +155,28 @@ function stackItemOut(item) {
 
 /** The devnet: a sandbox blockchain, a faucet, and the API v2 methods over them. */
 export class Devnet {
-    static async create({ now } = {}) {
-        const blockchain = await Blockchain.create();
-        blockchain.now = now ?? Math.floor(Date.now() / 1000);
-        return new Devnet(blockchain);
+    static async create() {
+        const devnet = new Devnet(await Blockchain.create());
+        devnet.tick();
+        return devnet;
     }
 
     constructor(blockchain) {
         this.blockchain = blockchain;
+        // Seconds added to the wall clock by `advance`.
+        this.offset = 0;
         // Every transaction by the account it ran on (the sandbox keeps no per-account history).
         this.history = new Map();
         // One "block" per message accepted: what getMasterchainInfo counts.
         this.seqno = 1;
+    }
+
+    /** Brings chain time up to the clock; called before every method. */
+    tick() {
+        const now = Math.floor(Date.now() / 1000) + this.offset;
+        if (this.blockchain.now === undefined || now > this.blockchain.now) {
+            this.blockchain.now = now;
+        }
     }
 
     async getMasterchainInfo() {
@@ -258,6 +268,11 @@ export class Devnet {
             throw new ApiError(416, 'stack: expected at most 64 entries');
         }
         const stack = stackIn.map(stackItemIn);
+        const contract = await this.blockchain.getContract(address);
+        if (contract.accountState?.type !== 'active') {
+            // As toncenter answers for an account with no code.
+            return { '@type': 'smc.runResult', gas_used: 0, stack: [], exit_code: -13 };
+        }
         try {
             const result = await this.blockchain.runGetMethod(address, method, stack);
             return { '@type': 'smc.runResult', gas_used: Number(result.gasUsed), stack: result.stack.map(stackItemOut), exit_code: result.exitCode };
@@ -282,13 +297,14 @@ export class Devnet {
         return { sent: amount, transactions: result.transactions.length };
     }
 
-    /** Devnet only: moves chain time forward by `seconds`. */
+    /** Devnet only: moves chain time forward by `seconds` (it keeps following the clock after). */
     async advance(body) {
         const seconds = Number(body?.seconds);
         if (!Number.isInteger(seconds) || seconds < 1 || seconds > 10 * 365 * 86400) {
             throw new ApiError(416, 'seconds: expected an integer from 1 to ten years');
         }
-        this.blockchain.now += seconds;
+        this.offset += seconds;
+        this.tick();
         this.seqno += 1;
         return { now: this.blockchain.now };
     }

@@ -5,7 +5,8 @@
 // Prints `devnet listening on http://ADDR` once it answers. Methods: GET getMasterchainInfo,
 // getAddressInformation, getTransactions; POST sendBoc, runGetMethod (also under /api/v2/, as
 // toncenter serves them). Devnet only: POST /devnet/faucet {address, amount}, POST /devnet/advance
-// {seconds}. Calls run one at a time (the sandbox is a single state machine).
+// {seconds}. Calls run one at a time (the sandbox is a single state machine); chain time follows the
+// clock plus what /devnet/advance added.
 
 import http from 'node:http';
 
@@ -69,7 +70,10 @@ export async function start({ host = '127.0.0.1', port = 0 } = {}) {
                 }
             }
             const query = Object.fromEntries(url.searchParams);
-            const run = queue.then(() => route(devnet, query, body));
+            const run = queue.then(() => {
+                devnet.tick();
+                return route(devnet, query, body);
+            });
             queue = run.catch(() => {});
             answer(response, 200, { ok: true, result: await run });
         } catch (error) {
