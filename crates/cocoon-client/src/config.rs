@@ -35,6 +35,12 @@ pub struct ClientConfig {
     /// commas; a config file keeps them off the command line). Empty: the local API needs no key.
     #[arg(long, value_delimiter = ',', value_name = "KEY")]
     pub api_key: Vec<String>,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com` (repeat or
+    /// separate with commas; `*` allows any). Empty: no CORS headers, so browsers refuse
+    /// cross-origin calls. The API key still applies.
+    #[arg(long, value_delimiter = ',', value_name = "ORIGIN")]
+    #[serde(default)]
+    pub cors_origin: Vec<String>,
     /// Largest request body accepted from apps, in bytes; larger ones are refused with 413.
     #[arg(long, default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
     pub max_body_bytes: usize,

@@ -15,29 +15,34 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use cocoon_node::link::{get_json, per_request};
+use cocoon_node::link::per_request;
 use cocoon_node::reply::{json_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
 use cocoon_node::Body;
 use cocoon_proto::headers::{
-    COEFFICIENT, ERROR, MAX_COEFFICIENT, MODEL_HASH, RECEIPT, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
+    COEFFICIENT, ENGINE_PARAMS, ERROR, MAX_COEFFICIENT, MODEL_HASH, RECEIPT, REQUEST_ID,
+    TIMEOUT_MS, WORKER_IMAGE,
 };
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_SSE_EVENT_BYTES};
-use cocoon_proto::link::{ModelList, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
+use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS};
 use cocoon_proto::{ErrorKind, OpenAiError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{json, Value};
+use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
+use tower_http::cors::CorsLayer;
 
+use crate::edge::{new_request_id, with_request_id, RequestId};
 use crate::link::{unix_seconds, ProxyLinks};
 use crate::request::{prepare, Defaults, Endpoint, Prepared};
 use crate::stream::{rewrite_sse, SseOptions};
 
 /// OpenAI's model listing, answered from the proxy's [`ModelList`].
 pub const PATH_V1_MODELS: &str = "/v1/models";
+/// OpenAI's model retrieval; the id may hold `/` (as Hugging Face names do).
+pub const PATH_V1_MODEL: &str = "/v1/models/{*id}";
 /// The proxy's verified attestation, as JSON.
 pub const PATH_ATTESTATION: &str = "/v1/attestation";
 
@@ -130,19 +135,26 @@ pub struct Api {
 }
 
 /// The whole HTTP surface: the OpenAI API (behind the API keys) and `stats_routes` (open, so
-/// monitoring needs no key).
-pub fn router(api: Arc<Api>, stats_routes: Router) -> Router {
+/// monitoring needs no key), every answer with an `x-request-id`, and `cors` when configured.
+pub fn router(api: Arc<Api>, stats_routes: Router, cors: Option<CorsLayer>) -> Router {
     let openai = Router::new()
         .route(PATH_CHAT, post(chat))
         .route(PATH_COMPLETIONS, post(completions))
-        .route(PATH_V1_MODELS, get(models))
+        .route(PATH_V1_MODELS, get(crate::models::models))
+        .route(PATH_V1_MODEL, get(crate::models::model))
         .route(PATH_ATTESTATION, get(attestation))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))
         .with_state(api);
-    openai
+    let app = openai
         .merge(stats_routes)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    // CORS outside the API keys: a browser's preflight carries no key.
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(middleware::from_fn(with_request_id))
 }
 
 async fn require_api_key(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
@@ -180,38 +192,6 @@ async fn completions(State(api): State<Arc<Api>>, request: Request) -> Response 
     api.complete(Endpoint::Completions, request).await
 }
 
-async fn models(State(api): State<Arc<Api>>) -> Response {
-    let Some(link) = api.links.current() else {
-        return no_proxy().into_response();
-    };
-    match get_json::<ModelList>(&link.sender, PATH_MODELS).await {
-        Ok(list) => {
-            let data: Vec<Value> = list
-                .models
-                .iter()
-                .map(|model| {
-                    json!({
-                        "id": model.id,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": "cocoon",
-                        "workers": model.workers,
-                        "min_coefficient": model.min_coefficient,
-                        "max_coefficient": model.max_coefficient,
-                        "free_slots": model.free_slots,
-                    })
-                })
-                .collect();
-            json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
-        }
-        Err(error) => Failure::new(
-            ErrorKind::BadGateway,
-            format!("the proxy did not list its models: {error}"),
-        )
-        .into_response(),
-    }
-}
-
 async fn attestation(State(api): State<Arc<Api>>) -> Response {
     let Some(link) = api.links.current() else {
         return no_proxy().into_response();
@@ -234,7 +214,7 @@ async fn attestation(State(api): State<Arc<Api>>) -> Response {
     )
 }
 
-fn no_proxy() -> Failure {
+pub(crate) fn no_proxy() -> Failure {
     Failure::new(
         ErrorKind::Unavailable,
         "no proxy link is up; the client keeps trying to connect",
@@ -270,9 +250,13 @@ impl Api {
         let (parts, body) = request.into_parts();
         let body = read_body(&parts.headers, body, self.max_body_bytes).await?;
         let prepared = prepare(endpoint, &body, self.defaults)?;
-        let request_id = format!("{:032x}", rand::random::<u128>());
+        // The app's request id (or the fresh one) names the request on every hop.
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(new_request_id, |id| id.0.clone());
         let deadline = Instant::now() + prepared.timeout + DEADLINE_GRACE;
-        tracing::debug!(%request_id, model = %prepared.model, stream = prepared.stream, "forwarding");
+        tracing::debug!(?request_id, model = %prepared.model, stream = prepared.stream, "forwarding");
 
         let response =
             tokio::time::timeout_at(deadline, self.send(endpoint, &prepared, &request_id))
@@ -300,9 +284,7 @@ impl Api {
 
         let mut answer = Response::builder().status(StatusCode::OK);
         if let Some(headers) = answer.headers_mut() {
-            if let Ok(value) = HeaderValue::from_str(&request_id) {
-                headers.insert(REQUEST_ID, value);
-            }
+            headers.insert(REQUEST_ID, request_id.clone());
             for name in [COEFFICIENT, WORKER_IMAGE, MODEL_HASH] {
                 if let Some(value) = response.headers().get(name) {
                     headers.insert(name, value.clone());
@@ -376,8 +358,16 @@ impl Api {
         &self,
         endpoint: Endpoint,
         prepared: &Prepared,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+        // Checked names only ([`cocoon_proto::capabilities::is_param_name`]): a plain header value.
+        let engine_params =
+            HeaderValue::from_str(&prepared.engine_params.join(",")).map_err(|_| {
+                Failure::new(
+                    ErrorKind::Internal,
+                    "engine parameters are not a header value",
+                )
+            })?;
         for link in self.links.live_links() {
             let mut sender = link.sender.clone();
             if sender.ready().await.is_err() {
@@ -387,12 +377,8 @@ impl Api {
                 .method(Method::POST)
                 .uri(endpoint.path())
                 .header(header::CONTENT_TYPE, "application/json")
-                .header(
-                    REQUEST_ID,
-                    per_request(HeaderValue::from_str(request_id).map_err(|_| {
-                        Failure::new(ErrorKind::Internal, "the request id is not a header value")
-                    })?),
-                )
+                .header(REQUEST_ID, per_request(request_id.clone()))
+                .header(ENGINE_PARAMS, engine_params.clone())
                 .header(MAX_COEFFICIENT, prepared.max_coefficient)
                 .header(TIMEOUT_MS, prepared.timeout.as_millis().to_string())
                 .body(Body::from(prepared.body.clone()))

@@ -3,9 +3,11 @@
 //!
 //! - [`config`]: [`ClientConfig`], every option a flag and a config-file key;
 //! - [`link`]: links to the configured proxies, kept up and proven, the most preferred one used;
-//! - [`http`]: the API (`/v1/chat/completions`, `/v1/completions`, `/v1/models`,
-//!   `/v1/attestation`), request checks, API keys, and the node surfaces (`/healthz`, `/stats`,
-//!   `/jsonstats`, `/metrics`);
+//! - [`http`]: the API (`/v1/chat/completions`, `/v1/completions`, `/v1/attestation`), API keys,
+//!   and the node surfaces (`/healthz`, `/stats`, `/jsonstats`, `/metrics`); [`models`]:
+//!   `/v1/models` and `/v1/models/{id}`; [`edge`]: `x-request-id` and CORS on every answer;
+//! - [`request`], [`request_fields`], [`request_messages`]: every OpenAI field checked once,
+//!   and the engine parameters a request uses;
 //! - [`stream`]: streaming answers passed through lazily, so an app that goes away cancels the
 //!   work upstream;
 //! - [`settlement`]: the contract with the proxy: deposit, automatic top-ups, applied charges;
@@ -18,10 +20,14 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod link;
+pub mod models;
 pub mod readiness;
 pub mod request;
+pub mod request_fields;
+pub mod request_messages;
 pub mod settlement;
 pub mod stream;
 
@@ -197,7 +203,8 @@ pub async fn start(
         },
         receipt_header: !config.no_receipt_header,
     });
-    let app = http::router(api, stats_routes);
+    let cors = edge::cors(&config.cors_origin)?;
+    let app = http::router(api, stats_routes, cors);
     let graceful = shutdown.clone().cancelled_owned();
     let limits = config.http.clone();
     let server = tokio::spawn(cocoon_node::serve::serve_http(

@@ -1,5 +1,5 @@
-//! Checking an app's completion request before it costs anything upstream: JSON shape, the fields
-//! OpenAI clients get wrong most, and the one completion-token limit ([`completion_limit`]) that
+//! Checking an app's completion request before it costs anything upstream: JSON shape, every
+//! OpenAI field ([`crate::request_fields`]), and the one completion-token limit ([`completion_limit`]) that
 //! the proxy reserves and the worker enforces. The cocoon-only fields `max_coefficient` and
 //! `timeout` become link headers and are stripped from the body, which otherwise travels to the
 //! engine unchanged.
@@ -13,6 +13,7 @@ use cocoon_proto::{completion_limit, ErrorKind, TokenField};
 use serde_json::{Map, Value};
 
 use crate::http::Failure;
+use crate::request_fields::check_fields;
 
 /// Longest timeout an app may ask for; keeps deadline arithmetic far from overflow.
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -52,6 +53,10 @@ pub struct Prepared {
     pub body: Bytes,
     /// The requested model.
     pub model: String,
+    /// The engine parameters the request uses ([`cocoon_proto::capabilities`]).
+    pub engine_params: Vec<String>,
+    /// Choices asked for (`n`).
+    pub choices: u32,
     /// The request's completion-token limit, if it sets one (see [`completion_limit`]).
     pub max_tokens: Option<u64>,
     /// Whether the app asked for a stream.
@@ -88,43 +93,7 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], defaults: Defaults) -> Result<Pr
         }
         None => return Err(Failure::invalid("model", "`model` is required")),
     };
-    match endpoint {
-        Endpoint::Chat => match present(&object, "messages") {
-            Some(Value::Array(messages)) if !messages.is_empty() => {
-                if !messages.iter().all(Value::is_object) {
-                    return Err(Failure::invalid(
-                        "messages",
-                        "each of `messages` must be an object",
-                    ));
-                }
-            }
-            Some(_) => {
-                return Err(Failure::invalid(
-                    "messages",
-                    "`messages` must be a non-empty array",
-                ))
-            }
-            None => return Err(Failure::invalid("messages", "`messages` is required")),
-        },
-        Endpoint::Completions => match present(&object, "prompt") {
-            Some(Value::String(_) | Value::Array(_)) => {}
-            Some(_) => {
-                return Err(Failure::invalid(
-                    "prompt",
-                    "`prompt` must be a string or an array",
-                ))
-            }
-            None => return Err(Failure::invalid("prompt", "`prompt` is required")),
-        },
-    }
-    if let Some(n) = present(&object, "n") {
-        if n.as_u64().is_none_or(|n| n == 0) {
-            return Err(Failure::invalid(
-                "n",
-                "`n` must be an integer of at least 1",
-            ));
-        }
-    }
+    let fields = check_fields(endpoint, &object)?;
     let token_field = |name: &str| TokenField::read(object.get(name));
     let max_tokens = completion_limit(
         token_field(MAX_TOKENS_FIELD),
@@ -143,6 +112,12 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], defaults: Defaults) -> Result<Pr
     };
     let include_usage = match present(&object, "stream_options") {
         None => false,
+        Some(Value::Object(_)) if !stream => {
+            return Err(Failure::invalid(
+                "stream_options",
+                "`stream_options` is only allowed with `stream: true`",
+            ))
+        }
         Some(Value::Object(options)) => match options.get("include_usage") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(include)) => *include,
@@ -210,6 +185,8 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], defaults: Defaults) -> Result<Pr
     Ok(Prepared {
         body,
         model,
+        engine_params: fields.engine_params,
+        choices: fields.choices,
         max_tokens,
         stream,
         include_usage,
@@ -291,28 +268,46 @@ mod tests {
             (r#"{"model":"m"}"#, "messages"),
             (r#"{"model":"m","messages":[]}"#, "messages"),
             (r#"{"model":"m","messages":["hi"]}"#, "messages"),
-            (r#"{"model":"m","messages":[{}],"n":1.5}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"n":"2"}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"n":0}"#, "n"),
-            (r#"{"model":"m","messages":[{}],"stream":"yes"}"#, "stream"),
             (
-                r#"{"model":"m","messages":[{}],"stream_options":{"include_usage":1}}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":1.5}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":"2"}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#,
+                "n",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":1}}"#,
                 "stream_options",
             ),
             (
-                r#"{"model":"m","messages":[{}],"max_tokens":-1}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#,
                 "max_tokens",
             ),
             (
-                r#"{"model":"m","messages":[{}],"max_coefficient":-1}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_coefficient":-1}"#,
                 "max_coefficient",
             ),
             (
-                r#"{"model":"m","messages":[{}],"max_coefficient":5000000000}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_coefficient":5000000000}"#,
                 "max_coefficient",
             ),
-            (r#"{"model":"m","messages":[{}],"timeout":0}"#, "timeout"),
-            (r#"{"model":"m","messages":[{}],"timeout":"10"}"#, "timeout"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"timeout":0}"#,
+                "timeout",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"timeout":"10"}"#,
+                "timeout",
+            ),
         ];
         for (body, param) in cases {
             assert_eq!(param_of(chat(body)).as_deref(), Some(param), "{body}");
@@ -322,7 +317,7 @@ mod tests {
     #[test]
     fn nulls_count_as_absent() {
         let prepared =
-            chat(r#"{"model":"m","messages":[{}],"n":null,"stream":null,"timeout":null}"#).unwrap();
+            chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":null,"stream":null,"timeout":null}"#).unwrap();
         assert!(!prepared.stream);
         assert_eq!(prepared.timeout, DEFAULTS.timeout);
     }
@@ -346,7 +341,11 @@ mod tests {
 
     #[test]
     fn token_limits_follow_one_rule_and_leave_with_one_field() {
-        let limit = |fields: &str| chat(&format!(r#"{{"model":"m","messages":[{{}}]{fields}}}"#));
+        let limit = |fields: &str| {
+            chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}]{fields}}}"#
+            ))
+        };
         assert_eq!(limit("").unwrap().max_tokens, None);
         assert_eq!(limit(r#","max_tokens":7"#).unwrap().max_tokens, Some(7));
         let prepared = limit(r#","max_tokens":7,"max_completion_tokens":7"#).unwrap();

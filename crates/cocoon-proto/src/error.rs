@@ -13,7 +13,8 @@ pub enum ErrorKind {
     ContextLength,
     /// Missing or wrong API key (401).
     Unauthorized,
-    /// The client's balance cannot cover the request (402).
+    /// The client's balance cannot cover the request (429, as OpenAI answers a spent quota, so
+    /// SDKs raise their rate-limit error; `type` and `code` are `insufficient_quota`).
     InsufficientQuota,
     /// No such model is served (404).
     ModelNotFound,
@@ -55,10 +56,9 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::ContextLength => 400,
             ErrorKind::Unauthorized => 401,
-            ErrorKind::InsufficientQuota => 402,
             ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::RateLimited => 429,
+            ErrorKind::RateLimited | ErrorKind::InsufficientQuota => 429,
             ErrorKind::Internal => 500,
             ErrorKind::BadGateway => 502,
             ErrorKind::Unavailable => 503,
@@ -169,7 +169,8 @@ mod tests {
     #[test]
     fn statuses_match_openai_conventions() {
         assert_eq!(ErrorKind::InvalidRequest.http_status(), 400);
-        assert_eq!(ErrorKind::InsufficientQuota.http_status(), 402);
+        assert_eq!(ErrorKind::InsufficientQuota.http_status(), 429);
+        assert_eq!(ErrorKind::InsufficientQuota.code(), "insufficient_quota");
         assert_eq!(ErrorKind::ModelNotFound.http_status(), 404);
         assert_eq!(ErrorKind::PayloadTooLarge.http_status(), 413);
         assert_eq!(ErrorKind::Unavailable.http_status(), 503);

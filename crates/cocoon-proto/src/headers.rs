@@ -10,6 +10,10 @@ pub const REQUEST_ID: &str = "x-cocoon-request-id";
 pub const MAX_COEFFICIENT: &str = "x-cocoon-max-coefficient";
 /// Request header: the whole request's deadline in milliseconds, measured from its arrival.
 pub const TIMEOUT_MS: &str = "x-cocoon-timeout-ms";
+/// Request header from the client to the proxy: the engine parameters the request uses
+/// (comma-separated names, see [`crate::capabilities`]); the proxy routes it only to a worker
+/// whose engine honours them all.
+pub const ENGINE_PARAMS: &str = "x-cocoon-engine-params";
 /// Request header from the proxy to the worker: the completion tokens reserved for the request.
 /// The worker asks its engine for no more and relays no more, whatever the engine does.
 pub const MAX_TOKENS: &str = "x-cocoon-max-tokens";

@@ -6,12 +6,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capabilities;
 pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod link;
 pub mod usage;
 
+pub use capabilities::{EngineKind, Honours};
 pub use error::{ErrorBody, ErrorKind, OpenAiError};
 pub use limits::{completion_limit, TokenField, TokenLimitError};
 pub use link::{ModelEntry, ModelList, WorkerInfo};

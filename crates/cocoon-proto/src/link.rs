@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::capabilities::{EngineKind, Honours};
+
 /// OpenAI chat completions, served by every hop.
 pub const PATH_CHAT: &str = "/v1/chat/completions";
 /// OpenAI plain completions, served by every hop.
@@ -31,6 +33,18 @@ pub struct WorkerInfo {
     pub coefficient: u32,
     /// How many requests the worker serves at once; more are refused.
     pub max_active: u32,
+    /// What kind of engine serves the model (absent from older workers).
+    #[serde(default)]
+    pub engine: Option<EngineKind>,
+    /// The engine parameters it honours (see [`crate::capabilities`]); absent: none.
+    #[serde(default)]
+    pub honours: Honours,
+    /// Tokens of context per request (prompt plus completion), when the engine says.
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    /// When the worker started serving the model, in Unix seconds (0: unknown).
+    #[serde(default)]
+    pub started_at: u64,
 }
 
 /// One model the proxy can route to, as seen from a client link.
@@ -46,6 +60,14 @@ pub struct ModelEntry {
     pub max_coefficient: u32,
     /// Free request slots across them now.
     pub free_slots: u32,
+    /// When the model became available here: the earliest start (Unix seconds) among the
+    /// workers serving it now (0: unknown).
+    #[serde(default)]
+    pub created: u64,
+    /// The longest context (prompt plus completion tokens) among its workers, when every one of
+    /// them states it.
+    #[serde(default)]
+    pub context_length: Option<u32>,
 }
 
 /// The proxy's answer on [`PATH_MODELS`].

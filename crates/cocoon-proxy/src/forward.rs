@@ -2,7 +2,7 @@
 //! frame by frame, under the request's deadline, with the worker's usage counted from its trailer.
 //!
 //! Money touches the path at two points only: the worst case is reserved against the client's
-//! balance before a worker is chosen (402 when it cannot be covered), and the actual usage is
+//! balance before a worker is chosen (429 `insufficient_quota` when it cannot be covered), and the actual usage is
 //! charged durably when the worker's usage trailer arrives, before that frame is released. That
 //! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]). An answer whose
 //! client hangs up just before its end is still read to the usage trailer and charged
@@ -34,7 +34,7 @@ use tokio::time::{Instant, Sleep};
 use crate::billing::{self, Billing, Reservation};
 use crate::receipt::{Countersigned, Countersigner, Seen};
 use crate::request_check::{
-    invalid_request, refused_reservation, reserved_completion_tokens, RoutedFields,
+    invalid_request, refused_reservation, request_needs, reserved_completion_tokens, RoutedFields,
 };
 use crate::routing::{RouteError, Routing, Slot, WorkerLink};
 
@@ -134,7 +134,15 @@ pub async fn forward(
         Err(error) => return reply_failure(invalid_request(error.param(), error.to_string())),
     };
 
-    // A model nobody serves is reported as such, whether or not the client could pay.
+    let needs = match request_needs(&fields, &headers) {
+        Ok(needs) => needs,
+        Err(error) => return reply_failure(error),
+    };
+    // A model nobody serves, a parameter no engine honours, a limit no context fits: reported as
+    // such, whether or not the client could pay.
+    if let Err(error) = state.routing.check(&model, &needs) {
+        return reply_failure(error.to_openai());
+    }
     let Some(dearest) = state.routing.dearest(&model) else {
         let error = RouteError::UnknownModel(model);
         return fail(error.kind(), error.to_string());
@@ -166,12 +174,15 @@ pub async fn forward(
     .ok();
     let (slot, response) = loop {
         let exclude = failed.as_ref().map(|(worker, _)| *worker);
-        let slot = match state.routing.choose(&model, max_coefficient, exclude) {
+        let slot = match state
+            .routing
+            .choose(&model, max_coefficient, &needs, exclude)
+        {
             Ok(slot) => slot,
             Err(route) => {
                 return match failed {
                     Some((_, error)) => reply_failure(error),
-                    None => fail(route.kind(), route.to_string()),
+                    None => reply_failure(route.to_openai()),
                 }
             }
         };

@@ -1,12 +1,17 @@
-//! What the proxy checks in a client's request before anything is reserved: the model, and the
-//! completion-token limit by the rule every hop applies ([`completion_limit`]), so that an
-//! impossible limit is answered 400 naming the parameter, never 402.
+//! What the proxy checks in a client's request before anything is reserved: the model, the
+//! completion-token limit by the rule every hop applies ([`completion_limit`]), and the engine
+//! parameters the client says it uses, so that an impossible request is answered 400 naming the
+//! parameter, never as a shortage of funds.
 
 use cocoon_ledger::PricingError;
+use cocoon_proto::capabilities::parse_engine_params;
+use cocoon_proto::headers::ENGINE_PARAMS;
 use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, TokenLimitError};
+use http::HeaderMap;
 use serde::Deserialize;
 
 use crate::billing;
+use crate::routing::Needs;
 
 /// The fields of a request the proxy reads; the body is forwarded unchanged.
 #[derive(Deserialize)]
@@ -25,6 +30,30 @@ pub(crate) fn reserved_completion_tokens(
     default: u64,
 ) -> Result<u64, TokenLimitError> {
     Ok(completion_limit(fields.max_tokens, fields.max_completion_tokens)?.unwrap_or(default))
+}
+
+/// What the request needs of a worker: the engine parameters its client listed (a client that
+/// lists fewer than it uses only meets the engine's own refusal) and its own token limit.
+pub(crate) fn request_needs(
+    fields: &RoutedFields,
+    headers: &HeaderMap,
+) -> Result<Needs, OpenAiError> {
+    let params = match headers.get(ENGINE_PARAMS) {
+        None => Vec::new(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(parse_engine_params)
+            .ok_or_else(|| {
+                OpenAiError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("`{ENGINE_PARAMS}` is not a short list of parameter names"),
+                )
+            })?,
+    };
+    let max_tokens = completion_limit(fields.max_tokens, fields.max_completion_tokens)
+        .map_err(|error| invalid_request(error.param(), error.to_string()))?;
+    Ok(Needs { params, max_tokens })
 }
 
 /// A request refused before any reservation, naming the parameter at fault.
@@ -79,6 +108,22 @@ mod tests {
         ] {
             let error = reserved_completion_tokens(&fields(json), 256).unwrap_err();
             assert_eq!(error.param(), param, "{json}");
+        }
+    }
+
+    #[test]
+    fn needs_come_from_the_header_and_the_limit() {
+        let mut headers = HeaderMap::new();
+        let needs_of = |json: &str, headers: &HeaderMap| request_needs(&fields(json), headers);
+        assert_eq!(needs_of("{}", &headers).unwrap(), Needs::default());
+        headers.insert(ENGINE_PARAMS, "tools,n".parse().unwrap());
+        let read = needs_of(r#"{"max_tokens":9}"#, &headers).unwrap();
+        assert_eq!(read.params, ["tools", "n"]);
+        assert_eq!(read.max_tokens, Some(9));
+        for hostile in ["tools;drop", "a,,b", "\u{e9}"] {
+            headers.insert(ENGINE_PARAMS, hostile.parse().unwrap());
+            let error = needs_of("{}", &headers).unwrap_err();
+            assert_eq!(error.kind(), Some(ErrorKind::InvalidRequest), "{hostile}");
         }
     }
 

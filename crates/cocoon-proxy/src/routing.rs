@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use cocoon_node::link::LinkSender;
 use cocoon_proto::link::{ModelEntry, ModelList};
-use cocoon_proto::{ErrorKind, WorkerInfo};
+use cocoon_proto::{ErrorKind, OpenAiError, WorkerInfo};
 use cocoon_ratls::PeerIdentity;
 use serde_json::{json, Value};
 
@@ -102,12 +102,36 @@ impl WorkerLink {
         self.receipts.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether this worker's engine can serve a request with `needs`.
+    fn serves(&self, needs: &Needs) -> bool {
+        self.info.honours.first_missing(&needs.params).is_none()
+            && fits_context(self.info.context_length, needs.max_tokens)
+    }
+
     fn try_reserve(&self) -> bool {
         self.active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
                 (active < self.info.max_active).then_some(active + 1)
             })
             .is_ok()
+    }
+}
+
+/// What a request needs of a worker besides its model and price.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The engine parameters it uses (see [`cocoon_proto::capabilities`]).
+    pub params: Vec<String>,
+    /// The completion tokens it asks for, when it sets a limit itself.
+    pub max_tokens: Option<u64>,
+}
+
+/// Whether `max_tokens` completion tokens fit a context of `context` tokens next to a prompt
+/// of at least one token. An unknown context or limit fits (the engine judges).
+fn fits_context(context: Option<u32>, max_tokens: Option<u64>) -> bool {
+    match (context, max_tokens) {
+        (Some(context), Some(max_tokens)) => max_tokens < u64::from(context),
+        _ => true,
     }
 }
 
@@ -139,6 +163,22 @@ pub enum RouteError {
         /// The cheapest connected worker's coefficient.
         cheapest: u32,
     },
+    /// No worker for the model honours an engine parameter the request uses.
+    #[error("`{param}` is not supported by the engine of any worker serving model `{model}`")]
+    Unsupported {
+        /// The model.
+        model: String,
+        /// The first parameter no worker honours.
+        param: String,
+    },
+    /// The request's completion-token limit does not fit any worker's context.
+    #[error("this model's maximum context length is {context} tokens, but {max_tokens} completion tokens were requested (plus the prompt)")]
+    ContextTooShort {
+        /// The request's limit.
+        max_tokens: u64,
+        /// The longest context among the model's workers.
+        context: u32,
+    },
     /// Every eligible worker is at capacity.
     #[error("all {workers} workers for model `{model}` at coefficient ≤ {max} are at capacity")]
     Busy {
@@ -156,7 +196,19 @@ impl RouteError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RouteError::UnknownModel(_) => ErrorKind::ModelNotFound,
+            RouteError::Unsupported { .. } => ErrorKind::InvalidRequest,
+            RouteError::ContextTooShort { .. } => ErrorKind::ContextLength,
             RouteError::TooExpensive { .. } | RouteError::Busy { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// The error the client sees, naming the request parameter at fault when there is one.
+    pub fn to_openai(&self) -> OpenAiError {
+        let error = OpenAiError::new(self.kind(), self.to_string());
+        match self {
+            RouteError::Unsupported { param, .. } => error.with_param(param.clone()),
+            RouteError::ContextTooShort { .. } => error.with_param("max_tokens"),
+            _ => error,
         }
     }
 }
@@ -201,6 +253,41 @@ impl Routing {
             .max()
     }
 
+    /// Whether some worker for `model` can serve a request with `needs`, whatever its price and
+    /// load: checked before anything is reserved, so a request no engine can serve is the
+    /// request's fault (400), not a shortage of funds or capacity.
+    pub fn check(&self, model: &str, needs: &Needs) -> Result<(), RouteError> {
+        let workers = self.read();
+        let Some(links) = workers.get(model) else {
+            return Err(RouteError::UnknownModel(model.to_owned()));
+        };
+        let honouring: Vec<&Arc<WorkerLink>> = links
+            .iter()
+            .filter(|link| link.info.honours.first_missing(&needs.params).is_none())
+            .collect();
+        if honouring.is_empty() {
+            let param = links
+                .iter()
+                .find_map(|link| link.info.honours.first_missing(&needs.params))
+                .unwrap_or_default();
+            return Err(RouteError::Unsupported {
+                model: model.to_owned(),
+                param: param.to_owned(),
+            });
+        }
+        if honouring.iter().any(|link| link.serves(needs)) {
+            return Ok(());
+        }
+        Err(RouteError::ContextTooShort {
+            max_tokens: needs.max_tokens.unwrap_or(0),
+            context: honouring
+                .iter()
+                .filter_map(|link| link.info.context_length)
+                .max()
+                .unwrap_or(0),
+        })
+    }
+
     /// Removes a worker (its link ended). Requests in flight keep their own handle.
     pub fn remove(&self, id: u64) {
         let mut workers = self.write();
@@ -210,12 +297,13 @@ impl Routing {
         });
     }
 
-    /// Reserves a slot on the best worker for `model` within `max_coefficient`, skipping `exclude`
-    /// (a worker that just failed this request).
+    /// Reserves a slot on the best worker for `model` within `max_coefficient` that can serve
+    /// `needs`, skipping `exclude` (a worker that just failed this request).
     pub fn choose(
         &self,
         model: &str,
         max_coefficient: u32,
+        needs: &Needs,
         exclude: Option<u64>,
     ) -> Result<Slot, RouteError> {
         let workers = self.read();
@@ -224,7 +312,11 @@ impl Routing {
         };
         let mut eligible: Vec<&Arc<WorkerLink>> = links
             .iter()
-            .filter(|link| link.info.coefficient <= max_coefficient && Some(link.id) != exclude)
+            .filter(|link| {
+                link.info.coefficient <= max_coefficient
+                    && Some(link.id) != exclude
+                    && link.serves(needs)
+            })
             .collect();
         if eligible.is_empty() {
             let cheapest = links
@@ -273,6 +365,17 @@ impl Routing {
                         .iter()
                         .map(|l| l.info.max_active.saturating_sub(l.active()))
                         .fold(0u32, u32::saturating_add),
+                    created: links
+                        .iter()
+                        .map(|l| l.info.started_at)
+                        .filter(|&started| started > 0)
+                        .min()
+                        .unwrap_or(0),
+                    context_length: links
+                        .iter()
+                        .map(|l| l.info.context_length)
+                        .collect::<Option<Vec<u32>>>()
+                        .and_then(|contexts| contexts.into_iter().max()),
                 })
                 .collect(),
         }
@@ -323,176 +426,4 @@ impl Routing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cocoon_ratls::Claims;
-    use cocoon_tee::{AttestationKind, FakeAttester};
-    use std::time::{Duration, SystemTime};
-
-    async fn sender() -> LinkSender {
-        let (ours, theirs) = tokio::io::duplex(4096);
-        tokio::spawn(async move {
-            let never = tokio_util::sync::CancellationToken::new();
-            cocoon_node::link::serve(theirs, axum::Router::new(), &never, Duration::ZERO).await
-        });
-        let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
-        tokio::spawn(driver);
-        sender
-    }
-
-    fn peer() -> PeerIdentity {
-        let measurements = *FakeAttester::from_label("w").measurements();
-        PeerIdentity {
-            kind: AttestationKind::Fake,
-            image_hash: measurements.image_hash(AttestationKind::Fake),
-            measurements,
-            claims: Claims {
-                public_key: [0; 32],
-                role: "worker".into(),
-                attributes: Default::default(),
-            },
-            cert_fingerprint: [0; 32],
-            public_key: [0; 32],
-            not_after: SystemTime::now(),
-        }
-    }
-
-    async fn add(routing: &Routing, model: &str, coefficient: u32, max_active: u32) -> u64 {
-        let info = WorkerInfo {
-            protocol_version: 1,
-            model: model.into(),
-            model_hash: None,
-            coefficient,
-            max_active,
-        };
-        routing.add(info, peer(), sender().await).id
-    }
-
-    #[tokio::test]
-    async fn cheapest_first_until_full_then_the_next() {
-        let routing = Routing::default();
-        let cheap = add(&routing, "m", 1000, 1).await;
-        let dear = add(&routing, "m", 2000, 1).await;
-        let first = routing.choose("m", 5000, None).unwrap();
-        assert_eq!(first.worker.id, cheap);
-        let second = routing.choose("m", 5000, None).unwrap();
-        assert_eq!(second.worker.id, dear);
-        assert!(matches!(
-            routing.choose("m", 5000, None),
-            Err(RouteError::Busy { workers: 2, .. })
-        ));
-        drop(first);
-        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
-    }
-
-    #[tokio::test]
-    async fn a_worker_failing_in_a_row_is_set_aside_until_healthy_ones_are_full() {
-        let routing = Routing::default();
-        let cheap = add(&routing, "m", 1000, 4).await;
-        let dear = add(&routing, "m", 2000, 1).await;
-        let worker = |id: u64| routing.links().into_iter().find(|l| l.id == id).unwrap();
-        for _ in 1..FAILURES_TO_SET_ASIDE {
-            worker(cheap).record_failure();
-        }
-        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
-        worker(cheap).record_failure();
-        // Set aside: the dearer healthy worker goes first…
-        let taken = routing.choose("m", 5000, None).unwrap();
-        assert_eq!(taken.worker.id, dear);
-        // …and the one set aside only takes what nobody else can.
-        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
-        drop(taken);
-        assert_eq!(routing.snapshot()[0]["consecutive_failures"], 5);
-        assert!(routing.snapshot()[0]["set_aside_ms"].as_u64() > Some(0));
-        // One success restores it.
-        worker(cheap).record_success();
-        assert_eq!(routing.choose("m", 5000, None).unwrap().worker.id, cheap);
-    }
-
-    #[tokio::test]
-    async fn set_aside_periods_double_while_failing_and_expire() {
-        let routing = Routing::default();
-        let id = add(&routing, "m", 1000, 1).await;
-        let worker = routing.links().into_iter().find(|l| l.id == id).unwrap();
-        let start = Instant::now();
-        for _ in 0..FAILURES_TO_SET_ASIDE {
-            worker.record_failure_at(start);
-        }
-        assert!(worker.is_aside(start + FIRST_SET_ASIDE - Duration::from_millis(1)));
-        assert!(!worker.is_aside(start + FIRST_SET_ASIDE));
-        // Failing again once it is back: twice as long, then capped.
-        let back = start + FIRST_SET_ASIDE;
-        worker.record_failure_at(back);
-        assert!(worker.is_aside(back + FIRST_SET_ASIDE * 2 - Duration::from_millis(1)));
-        assert!(!worker.is_aside(back + FIRST_SET_ASIDE * 2));
-        for _ in 0..20 {
-            worker.record_failure_at(back);
-        }
-        assert!(!worker.is_aside(back + LONGEST_SET_ASIDE));
-    }
-
-    #[tokio::test]
-    async fn equal_prices_go_to_the_least_loaded() {
-        let routing = Routing::default();
-        let a = add(&routing, "m", 1000, 4).await;
-        let b = add(&routing, "m", 1000, 4).await;
-        let first = routing.choose("m", 1000, None).unwrap();
-        let second = routing.choose("m", 1000, None).unwrap();
-        assert_ne!(first.worker.id, second.worker.id);
-        assert!([a, b].contains(&first.worker.id) && [a, b].contains(&second.worker.id));
-    }
-
-    #[tokio::test]
-    async fn explains_unknown_models_and_price_limits() {
-        let routing = Routing::default();
-        let only = add(&routing, "m", 1000, 1).await;
-        assert_eq!(
-            routing.choose("other", 5000, None).err(),
-            Some(RouteError::UnknownModel("other".into()))
-        );
-        let too_cheap = routing.choose("m", 500, None).err().unwrap();
-        assert_eq!(
-            too_cheap.to_string(),
-            "no worker for model `m` at coefficient ≤ 500 (cheapest is 1000)"
-        );
-        assert_eq!(too_cheap.kind(), ErrorKind::Unavailable);
-        // The failed worker is skipped on retry.
-        assert!(matches!(
-            routing.choose("m", 5000, Some(only)),
-            Err(RouteError::Busy { workers: 0, .. })
-        ));
-        routing.remove(only);
-        assert!(matches!(
-            routing.choose("m", 5000, None),
-            Err(RouteError::UnknownModel(_))
-        ));
-        assert!(routing.models().models.is_empty());
-    }
-
-    #[tokio::test]
-    async fn lists_models_with_capacity() {
-        let routing = Routing::default();
-        add(&routing, "m", 1000, 2).await;
-        add(&routing, "m", 3000, 1).await;
-        let _slot = routing.choose("m", 5000, None).unwrap();
-        let list = routing.models();
-        assert_eq!(
-            list.models,
-            vec![ModelEntry {
-                id: "m".into(),
-                workers: 2,
-                min_coefficient: 1000,
-                max_coefficient: 3000,
-                free_slots: 2,
-            }]
-        );
-    }
-
-    #[tokio::test]
-    async fn capacities_announced_by_workers_add_up_without_overflow() {
-        let routing = Routing::default();
-        add(&routing, "m", 1000, u32::MAX).await;
-        add(&routing, "m", 1000, u32::MAX).await;
-        assert_eq!(routing.models().models[0].free_slots, u32::MAX);
-    }
-}
+mod tests;

@@ -277,6 +277,10 @@ mod tests {
                 model_hash: None,
                 coefficient: 1000,
                 max_active,
+                engine: Some(cocoon_proto::EngineKind::Synthetic),
+                honours: cocoon_proto::EngineKind::Synthetic.honours(),
+                context_length: None,
+                started_at: 0,
             }),
             engine: Engine::InProcess(synthetic::router(SyntheticParams {
                 chunk_bytes: 4,

@@ -28,7 +28,7 @@ use cocoon_node::attestation::NodeTrust;
 use cocoon_node::engine_claim::{self, ENGINE_ATTRIBUTE};
 use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
-use cocoon_proto::WorkerInfo;
+use cocoon_proto::{EngineKind, WorkerInfo};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -201,11 +201,15 @@ fn claim_key_and_payee(config: &WorkerConfig) -> anyhow::Result<(SigningKey, Acc
     Ok((wallet, account))
 }
 
+/// What the worker tells each proxy: its model, price and capacity, and what its engine honours
+/// (the table in [`cocoon_proto::capabilities`]).
 fn announce(
     model: String,
     model_hash: Option<String>,
     config: &WorkerConfig,
     max_active: u32,
+    engine: EngineKind,
+    context_length: Option<u32>,
 ) -> WorkerInfo {
     WorkerInfo {
         protocol_version: cocoon_proto::PROTOCOL_VERSION,
@@ -213,6 +217,10 @@ fn announce(
         model_hash,
         coefficient: config.coefficient,
         max_active,
+        engine: Some(engine),
+        honours: engine.honours(),
+        context_length,
+        started_at: cocoon_receipt::unix_now(),
     }
 }
 
@@ -231,7 +239,15 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
                 chunk_bytes: config.synthetic_chunk_bytes,
                 interval: Duration::from_micros(config.synthetic_interval_us),
             }));
-            Ok((engine, announce(model, None, config, config.max_active)))
+            let info = announce(
+                model,
+                None,
+                config,
+                config.max_active,
+                EngineKind::Synthetic,
+                None,
+            );
+            Ok((engine, info))
         }
         "embedded" => open_embedded(config).await,
         url => {
@@ -265,7 +281,14 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
             };
             Ok((
                 engine,
-                announce(config.model.clone(), model_hash, config, config.max_active),
+                announce(
+                    config.model.clone(),
+                    model_hash,
+                    config,
+                    config.max_active,
+                    EngineKind::Url,
+                    None,
+                ),
             ))
         }
     }
@@ -296,6 +319,8 @@ async fn open_embedded(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerI
         Some(engine.model_hash().to_owned()),
         config,
         engine.max_active() as u32,
+        EngineKind::Embedded,
+        Some(engine.context_length()),
     );
     Ok((Engine::InProcess(cocoon_infer::router(engine)), info))
 }

@@ -197,7 +197,7 @@ fn refusals_are_payment_errors_and_outages_are_not() {
         needed: 2,
     };
     assert_eq!(refused.kind(), ErrorKind::InsufficientQuota);
-    assert_eq!(refused.kind().http_status(), 402);
+    assert_eq!(refused.kind().http_status(), 429);
     assert_eq!(BillingError::NoWallet.kind(), ErrorKind::InsufficientQuota);
     let outage = BillingError::Ledger(SettlementError::Unavailable("down".into()));
     assert_eq!(outage.kind(), ErrorKind::Unavailable);

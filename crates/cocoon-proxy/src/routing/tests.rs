@@ -1,0 +1,326 @@
+//! Routing: choice, failure accrual, and what a request needs of a worker.
+
+use super::*;
+use cocoon_ratls::Claims;
+use cocoon_tee::{AttestationKind, FakeAttester};
+use std::time::{Duration, SystemTime};
+
+async fn sender() -> LinkSender {
+    let (ours, theirs) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        let never = tokio_util::sync::CancellationToken::new();
+        cocoon_node::link::serve(theirs, axum::Router::new(), &never, Duration::ZERO).await
+    });
+    let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
+    tokio::spawn(driver);
+    sender
+}
+
+fn peer() -> PeerIdentity {
+    let measurements = *FakeAttester::from_label("w").measurements();
+    PeerIdentity {
+        kind: AttestationKind::Fake,
+        image_hash: measurements.image_hash(AttestationKind::Fake),
+        measurements,
+        claims: Claims {
+            public_key: [0; 32],
+            role: "worker".into(),
+            attributes: Default::default(),
+        },
+        cert_fingerprint: [0; 32],
+        public_key: [0; 32],
+        not_after: SystemTime::now(),
+    }
+}
+
+async fn add(routing: &Routing, model: &str, coefficient: u32, max_active: u32) -> u64 {
+    let info = worker_info(
+        model,
+        coefficient,
+        max_active,
+        cocoon_proto::EngineKind::Url,
+    );
+    routing.add(info, peer(), sender().await).id
+}
+
+fn worker_info(
+    model: &str,
+    coefficient: u32,
+    max_active: u32,
+    engine: cocoon_proto::EngineKind,
+) -> WorkerInfo {
+    WorkerInfo {
+        protocol_version: 1,
+        model: model.into(),
+        model_hash: None,
+        coefficient,
+        max_active,
+        engine: Some(engine),
+        honours: engine.honours(),
+        context_length: None,
+        started_at: 0,
+    }
+}
+
+/// A one-slot worker of `engine` with `context_length`, started at `started_at`.
+async fn add_engine(
+    routing: &Routing,
+    model: &str,
+    coefficient: u32,
+    engine: cocoon_proto::EngineKind,
+    context_length: Option<u32>,
+    started_at: u64,
+) -> u64 {
+    let info = WorkerInfo {
+        context_length,
+        started_at,
+        ..worker_info(model, coefficient, 1, engine)
+    };
+    routing.add(info, peer(), sender().await).id
+}
+
+#[tokio::test]
+async fn cheapest_first_until_full_then_the_next() {
+    let routing = Routing::default();
+    let cheap = add(&routing, "m", 1000, 1).await;
+    let dear = add(&routing, "m", 2000, 1).await;
+    let first = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    assert_eq!(first.worker.id, cheap);
+    let second = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    assert_eq!(second.worker.id, dear);
+    assert!(matches!(
+        routing.choose("m", 5000, &Needs::default(), None),
+        Err(RouteError::Busy { workers: 2, .. })
+    ));
+    drop(first);
+    assert_eq!(
+        routing
+            .choose("m", 5000, &Needs::default(), None)
+            .unwrap()
+            .worker
+            .id,
+        cheap
+    );
+}
+
+#[tokio::test]
+async fn a_worker_failing_in_a_row_is_set_aside_until_healthy_ones_are_full() {
+    let routing = Routing::default();
+    let cheap = add(&routing, "m", 1000, 4).await;
+    let dear = add(&routing, "m", 2000, 1).await;
+    let worker = |id: u64| routing.links().into_iter().find(|l| l.id == id).unwrap();
+    for _ in 1..FAILURES_TO_SET_ASIDE {
+        worker(cheap).record_failure();
+    }
+    assert_eq!(
+        routing
+            .choose("m", 5000, &Needs::default(), None)
+            .unwrap()
+            .worker
+            .id,
+        cheap
+    );
+    worker(cheap).record_failure();
+    // Set aside: the dearer healthy worker goes first…
+    let taken = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    assert_eq!(taken.worker.id, dear);
+    // …and the one set aside only takes what nobody else can.
+    assert_eq!(
+        routing
+            .choose("m", 5000, &Needs::default(), None)
+            .unwrap()
+            .worker
+            .id,
+        cheap
+    );
+    drop(taken);
+    assert_eq!(routing.snapshot()[0]["consecutive_failures"], 5);
+    assert!(routing.snapshot()[0]["set_aside_ms"].as_u64() > Some(0));
+    // One success restores it.
+    worker(cheap).record_success();
+    assert_eq!(
+        routing
+            .choose("m", 5000, &Needs::default(), None)
+            .unwrap()
+            .worker
+            .id,
+        cheap
+    );
+}
+
+#[tokio::test]
+async fn set_aside_periods_double_while_failing_and_expire() {
+    let routing = Routing::default();
+    let id = add(&routing, "m", 1000, 1).await;
+    let worker = routing.links().into_iter().find(|l| l.id == id).unwrap();
+    let start = Instant::now();
+    for _ in 0..FAILURES_TO_SET_ASIDE {
+        worker.record_failure_at(start);
+    }
+    assert!(worker.is_aside(start + FIRST_SET_ASIDE - Duration::from_millis(1)));
+    assert!(!worker.is_aside(start + FIRST_SET_ASIDE));
+    // Failing again once it is back: twice as long, then capped.
+    let back = start + FIRST_SET_ASIDE;
+    worker.record_failure_at(back);
+    assert!(worker.is_aside(back + FIRST_SET_ASIDE * 2 - Duration::from_millis(1)));
+    assert!(!worker.is_aside(back + FIRST_SET_ASIDE * 2));
+    for _ in 0..20 {
+        worker.record_failure_at(back);
+    }
+    assert!(!worker.is_aside(back + LONGEST_SET_ASIDE));
+}
+
+#[tokio::test]
+async fn equal_prices_go_to_the_least_loaded() {
+    let routing = Routing::default();
+    let a = add(&routing, "m", 1000, 4).await;
+    let b = add(&routing, "m", 1000, 4).await;
+    let first = routing.choose("m", 1000, &Needs::default(), None).unwrap();
+    let second = routing.choose("m", 1000, &Needs::default(), None).unwrap();
+    assert_ne!(first.worker.id, second.worker.id);
+    assert!([a, b].contains(&first.worker.id) && [a, b].contains(&second.worker.id));
+}
+
+#[tokio::test]
+async fn explains_unknown_models_and_price_limits() {
+    let routing = Routing::default();
+    let only = add(&routing, "m", 1000, 1).await;
+    assert_eq!(
+        routing.choose("other", 5000, &Needs::default(), None).err(),
+        Some(RouteError::UnknownModel("other".into()))
+    );
+    let too_cheap = routing
+        .choose("m", 500, &Needs::default(), None)
+        .err()
+        .unwrap();
+    assert_eq!(
+        too_cheap.to_string(),
+        "no worker for model `m` at coefficient ≤ 500 (cheapest is 1000)"
+    );
+    assert_eq!(too_cheap.kind(), ErrorKind::Unavailable);
+    // The failed worker is skipped on retry.
+    assert!(matches!(
+        routing.choose("m", 5000, &Needs::default(), Some(only)),
+        Err(RouteError::Busy { workers: 0, .. })
+    ));
+    routing.remove(only);
+    assert!(matches!(
+        routing.choose("m", 5000, &Needs::default(), None),
+        Err(RouteError::UnknownModel(_))
+    ));
+    assert!(routing.models().models.is_empty());
+}
+
+#[tokio::test]
+async fn lists_models_with_capacity() {
+    let routing = Routing::default();
+    add(&routing, "m", 1000, 2).await;
+    add(&routing, "m", 3000, 1).await;
+    let _slot = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    let list = routing.models();
+    assert_eq!(
+        list.models,
+        vec![ModelEntry {
+            id: "m".into(),
+            workers: 2,
+            min_coefficient: 1000,
+            max_coefficient: 3000,
+            free_slots: 2,
+            created: 0,
+            context_length: None,
+        }]
+    );
+}
+
+#[tokio::test]
+async fn capacities_announced_by_workers_add_up_without_overflow() {
+    let routing = Routing::default();
+    add(&routing, "m", 1000, u32::MAX).await;
+    add(&routing, "m", 1000, u32::MAX).await;
+    assert_eq!(routing.models().models[0].free_slots, u32::MAX);
+}
+
+fn needs(params: &[&str], max_tokens: Option<u64>) -> Needs {
+    Needs {
+        params: params.iter().map(|&p| p.to_owned()).collect(),
+        max_tokens,
+    }
+}
+
+#[tokio::test]
+async fn a_request_goes_only_to_an_engine_that_honours_its_parameters() {
+    use cocoon_proto::EngineKind;
+    let routing = Routing::default();
+    let embedded = add_engine(&routing, "m", 1000, EngineKind::Embedded, Some(2048), 0).await;
+    // The embedded engine alone: `tools` is refused by name, before anything is reserved.
+    let refused = routing
+        .check("m", &needs(&["top_k", "tools"], None))
+        .unwrap_err();
+    assert_eq!(refused.to_openai().error.param.as_deref(), Some("tools"));
+    assert_eq!(refused.kind(), ErrorKind::InvalidRequest);
+    assert!(routing.check("m", &needs(&["top_k"], None)).is_ok());
+    // A dearer engine-URL worker honours everything: the request goes there, not to the cheaper.
+    let url = add_engine(&routing, "m", 3000, EngineKind::Url, None, 0).await;
+    assert!(routing.check("m", &needs(&["tools"], None)).is_ok());
+    let slot = routing
+        .choose("m", 5000, &needs(&["tools"], None), None)
+        .unwrap();
+    assert_eq!(slot.worker.id, url);
+    drop(slot);
+    let slot = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    assert_eq!(slot.worker.id, embedded);
+}
+
+#[tokio::test]
+async fn a_limit_beyond_every_context_is_a_context_length_error() {
+    use cocoon_proto::EngineKind;
+    let routing = Routing::default();
+    add_engine(&routing, "m", 1000, EngineKind::Embedded, Some(2048), 0).await;
+    let long = add_engine(&routing, "m", 2000, EngineKind::Embedded, Some(8192), 0).await;
+    // The boundary: a prompt needs at least one token of the context.
+    assert!(routing.check("m", &needs(&[], Some(8191))).is_ok());
+    let refused = routing.check("m", &needs(&[], Some(8192))).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ContextLength);
+    assert_eq!(
+        refused.to_openai().error.param.as_deref(),
+        Some("max_tokens")
+    );
+    assert!(refused.to_string().contains("8192 tokens"), "{refused}");
+    // A limit only the longer context fits goes to it, though it is dearer.
+    let slot = routing
+        .choose("m", 5000, &needs(&[], Some(4000)), None)
+        .unwrap();
+    assert_eq!(slot.worker.id, long);
+    // No limit: any context fits.
+    assert!(routing.check("m", &Needs::default()).is_ok());
+}
+
+#[tokio::test]
+async fn the_model_list_says_when_a_model_became_available_and_its_context() {
+    use cocoon_proto::EngineKind;
+    let routing = Routing::default();
+    add_engine(
+        &routing,
+        "m",
+        1000,
+        EngineKind::Embedded,
+        Some(2048),
+        1_700_000_500,
+    )
+    .await;
+    add_engine(
+        &routing,
+        "m",
+        1000,
+        EngineKind::Embedded,
+        Some(4096),
+        1_700_000_000,
+    )
+    .await;
+    add_engine(&routing, "u", 1000, EngineKind::Url, None, 0).await;
+    let list = routing.models();
+    assert_eq!(list.models[0].created, 1_700_000_000);
+    assert_eq!(list.models[0].context_length, Some(4096));
+    assert_eq!(list.models[1].created, 0);
+    assert_eq!(list.models[1].context_length, None);
+}
