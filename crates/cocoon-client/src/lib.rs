@@ -107,6 +107,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningClient> {
     config.validate()?;
+    let cors = edge::cors(&config.cors_origin)?;
     let registry_trust = config.registry_trust()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("cannot open this client's wallet key")?;
@@ -203,7 +204,6 @@ pub async fn start(
         },
         receipt_header: !config.no_receipt_header,
     });
-    let cors = edge::cors(&config.cors_origin)?;
     let app = http::router(api, stats_routes, cors);
     let graceful = shutdown.clone().cancelled_owned();
     let limits = config.http.clone();

@@ -245,7 +245,7 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
                 config,
                 config.max_active,
                 EngineKind::Synthetic,
-                None,
+                u32::try_from(synthetic::SYNTHETIC_CONTEXT_TOKENS).ok(),
             );
             Ok((engine, info))
         }

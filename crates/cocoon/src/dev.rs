@@ -209,6 +209,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             allow_proxy_image: Vec::new(),
             min_peer_tee: AttestationKind::Fake,
             api_key: Vec::new(),
+            cors_origin: Vec::new(),
             max_body_bytes: 4 << 20,
             max_coefficient: 4000,
             timeout_secs: 300,

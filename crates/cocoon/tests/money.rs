@@ -254,7 +254,7 @@ async fn a_worker_with_a_payout_account_keeps_no_key_and_its_earnings_reach_the_
 }
 
 #[tokio::test]
-async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
+async fn out_of_funds_is_a_429_insufficient_quota_before_any_engine_work_and_a_top_up_fixes_it() {
     // Dear tokens, so that a small stake covers few of them.
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::new(test_owner().parse().unwrap());
@@ -286,7 +286,7 @@ async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 402);
+    assert_eq!(refused.status(), 429);
     // Exactly one stake's worth (1000 tokens) from the faucet; the client opens its contract.
     let minted = wallet_cli(
         &proxy.ledger,
@@ -307,7 +307,7 @@ async fn out_of_funds_is_a_402_before_any_engine_work_and_a_top_up_fixes_it() {
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 402);
+    assert_eq!(refused.status(), 429);
     let error: Value = refused.json().await.unwrap();
     assert_eq!(error["error"]["type"], "insufficient_quota", "{error}");
     assert_eq!(error["error"]["code"], "insufficient_quota", "{error}");
