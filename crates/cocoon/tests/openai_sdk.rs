@@ -1,0 +1,71 @@
+//! End-to-end: the official OpenAI Python SDK (installed by `scripts/setup.sh` into `.venv`)
+//! against a real network: chat, stream, legacy completions, `models.retrieve`/`list`, errors
+//! naming their parameter, `_request_id`, and `RateLimitError` on a spent quota. Skipped, loudly,
+//! where the venv is missing (so `cargo test` passes without the setup; CI runs the setup).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The venv's Python, if it exists and can import `openai`.
+fn sdk_python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = root.join(".venv/bin/python");
+    let imports = Command::new(&python)
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    imports.then_some(python)
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_works_against_the_client() {
+    let Some(python) = sdk_python() else {
+        eprintln!(
+            "\n\n*** SKIPPED the_official_python_sdk_works_against_the_client: no .venv with the \
+             `openai` package; run scripts/setup.sh ***\n\n"
+        );
+        return;
+    };
+    let (_proxy_node, proxy) = proxy(&[]);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (_client, api) = client(&proxy, &[]);
+    let (_broke, broke_api) = client(&proxy, &["--faucet", "0"]);
+    wait_for_model(&api, "synthetic", 1).await;
+    wait_for_model_only(&broke_api, "synthetic", 1).await;
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_sdk_check.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .env("COCOON_API", format!("{api}/v1"))
+        .env("COCOON_BROKE_API", format!("{broke_api}/v1"))
+        .env("COCOON_MODEL", "synthetic")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the venv's python runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the SDK script did not finish within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.success() && stdout.contains("all checks passed"),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+}
