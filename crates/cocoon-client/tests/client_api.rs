@@ -133,6 +133,8 @@ async fn models() -> Json<ModelList> {
             min_coefficient: 1000,
             max_coefficient: 1500,
             free_slots: 7,
+            created: 1_700_000_000,
+            context_length: Some(8192),
         }],
     })
 }
