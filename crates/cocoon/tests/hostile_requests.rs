@@ -47,8 +47,8 @@ async fn a_poisoned_token_limit_is_refused_and_every_node_keeps_serving() {
     // A limit whose reservation would overflow is the request's fault, not a lack of funds.
     let (status, param, _) = refusal(&api, &chat(1 << 63, false)).await;
     assert_eq!((status, param), (400, json!("max_tokens")));
-    // A limit the protocol allows but the model cannot serve: the engine refuses it, and the
-    // proxy does not hand it to the other worker.
+    // A limit the protocol allows but no worker's context fits: the proxy refuses it before
+    // anything is reserved, and no worker sees it.
     let (status, _, code) = refusal(&api, &chat(100_000, false)).await;
     assert_eq!((status, code), (400, json!("context_length_exceeded")));
 
