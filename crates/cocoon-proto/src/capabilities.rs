@@ -137,9 +137,7 @@ mod tests {
             Some("tools")
         );
         assert_eq!(
-            EngineKind::Embedded
-                .honours()
-                .first_missing(&wanted[1..].to_vec()),
+            EngineKind::Embedded.honours().first_missing(&wanted[1..]),
             None
         );
         assert_eq!(
