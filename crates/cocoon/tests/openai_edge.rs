@@ -18,6 +18,10 @@ async fn ask_json(api: &str, body: &Value) -> (u16, Option<String>, Value) {
     (status, id, response.json().await.unwrap())
 }
 
+async fn get(url: String) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
 fn request_id_of(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
@@ -208,11 +212,7 @@ async fn models_request_ids_and_cors() {
     let created = list["data"][0]["created"].as_u64().unwrap();
     assert!(created >= before.saturating_sub(1), "{list}");
     assert_eq!(list["data"][0]["context_length"], 65536, "{list}");
-    let one = http()
-        .get(format!("{api}/v1/models/synthetic"))
-        .send()
-        .await
-        .unwrap();
+    let one = get(format!("{api}/v1/models/synthetic")).await;
     assert_eq!(one.status(), 200);
     assert!(request_id_of(&one).is_some_and(|id| id.starts_with("req_")));
     let one: Value = one.json().await.unwrap();
@@ -221,11 +221,7 @@ async fn models_request_ids_and_cors() {
         (json!("synthetic"), json!("model"))
     );
     assert_eq!(one["created"], created);
-    let missing = http()
-        .get(format!("{api}/v1/models/org/no-such-model"))
-        .send()
-        .await
-        .unwrap();
+    let missing = get(format!("{api}/v1/models/org/no-such-model")).await;
     assert_eq!(missing.status(), 404);
     let missing: Value = missing.json().await.unwrap();
     assert_eq!(missing["error"]["code"], "model_not_found", "{missing}");
@@ -252,11 +248,7 @@ async fn models_request_ids_and_cors() {
         .unwrap();
     let id = request_id_of(&replaced).unwrap();
     assert!(id.starts_with("req_") && id != long, "{id}");
-    let unknown = http()
-        .get(format!("{api}/v2/nothing"))
-        .send()
-        .await
-        .unwrap();
+    let unknown = get(format!("{api}/v2/nothing")).await;
     assert_eq!(unknown.status(), 404);
     assert!(request_id_of(&unknown).is_some());
 

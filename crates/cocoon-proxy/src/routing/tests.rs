@@ -62,6 +62,12 @@ fn worker_info(
     }
 }
 
+/// The worker a plain request for `model` within `max_coefficient` gets (its slot is freed).
+fn chosen(routing: &Routing, model: &str, max_coefficient: u32) -> u64 {
+    let slot = routing.choose(model, max_coefficient, &Needs::default(), None);
+    slot.unwrap().worker.id
+}
+
 /// A one-slot worker of `engine` with `context_length`, started at `started_at`.
 async fn add_engine(
     routing: &Routing,
@@ -93,14 +99,7 @@ async fn cheapest_first_until_full_then_the_next() {
         Err(RouteError::Busy { workers: 2, .. })
     ));
     drop(first);
-    assert_eq!(
-        routing
-            .choose("m", 5000, &Needs::default(), None)
-            .unwrap()
-            .worker
-            .id,
-        cheap
-    );
+    assert_eq!(chosen(&routing, "m", 5000), cheap);
 }
 
 #[tokio::test]
@@ -112,40 +111,19 @@ async fn a_worker_failing_in_a_row_is_set_aside_until_healthy_ones_are_full() {
     for _ in 1..FAILURES_TO_SET_ASIDE {
         worker(cheap).record_failure();
     }
-    assert_eq!(
-        routing
-            .choose("m", 5000, &Needs::default(), None)
-            .unwrap()
-            .worker
-            .id,
-        cheap
-    );
+    assert_eq!(chosen(&routing, "m", 5000), cheap);
     worker(cheap).record_failure();
     // Set aside: the dearer healthy worker goes first…
     let taken = routing.choose("m", 5000, &Needs::default(), None).unwrap();
     assert_eq!(taken.worker.id, dear);
     // …and the one set aside only takes what nobody else can.
-    assert_eq!(
-        routing
-            .choose("m", 5000, &Needs::default(), None)
-            .unwrap()
-            .worker
-            .id,
-        cheap
-    );
+    assert_eq!(chosen(&routing, "m", 5000), cheap);
     drop(taken);
     assert_eq!(routing.snapshot()[0]["consecutive_failures"], 5);
     assert!(routing.snapshot()[0]["set_aside_ms"].as_u64() > Some(0));
     // One success restores it.
     worker(cheap).record_success();
-    assert_eq!(
-        routing
-            .choose("m", 5000, &Needs::default(), None)
-            .unwrap()
-            .worker
-            .id,
-        cheap
-    );
+    assert_eq!(chosen(&routing, "m", 5000), cheap);
 }
 
 #[tokio::test]

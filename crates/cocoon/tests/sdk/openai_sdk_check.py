@@ -55,46 +55,51 @@ model = client.models.retrieve(MODEL)
 check("models.retrieve", model.id == MODEL and model.created > 0, model)
 listed = [m.id for m in client.models.list()]
 check("models.list", MODEL in listed, listed)
-try:
-    client.models.retrieve("no-such-model")
-    check("models.retrieve unknown", False, "no error")
-except openai.NotFoundError as error:
-    check("models.retrieve unknown", error.code == "model_not_found", error)
+def refused(name, exception, call, holds):
+    """Checks that `call` raises the SDK's `exception` and that `holds(error)`."""
+    try:
+        call()
+    except exception as error:
+        check(name, holds(error), error)
+        return
+    check(name, False, f"no {exception.__name__}")
 
-try:
-    client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5
-    )
-    check("bad temperature", False, "no error")
-except openai.BadRequestError as error:
-    check("bad temperature names its param", error.param == "temperature", error)
-    check("error _request_id", bool(error.request_id), error.request_id)
 
-try:
-    client.chat.completions.create(
-        model=MODEL,
-        messages=[{"role": "user", "content": "hi"}],
-        tools=[{"type": "function", "function": {"name": "get_weather"}}],
-    )
-    check("unsupported tools", False, "no error")
-except openai.BadRequestError as error:
-    # The synthetic engine honours no tools: refused by name, never silently dropped.
-    check("unsupported tools name their param", error.param == "tools", error)
+def ask(api=client, **fields):
+    request = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    return lambda: api.chat.completions.create(**{**request, **fields})
 
-try:
-    client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=100000
-    )
-    check("context length", False, "no error")
-except openai.BadRequestError as error:
-    check("context length", error.code == "context_length_exceeded", error)
 
-try:
-    broke.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
-    )
-    check("quota", False, "no error")
-except openai.RateLimitError as error:
-    check("quota is a RateLimitError", error.code == "insufficient_quota", error)
+refused(
+    "models.retrieve unknown",
+    openai.NotFoundError,
+    lambda: client.models.retrieve("no-such-model"),
+    lambda error: error.code == "model_not_found",
+)
+refused(
+    "bad temperature names its param, with a request id",
+    openai.BadRequestError,
+    ask(temperature=5),
+    lambda error: error.param == "temperature" and bool(error.request_id),
+)
+# The synthetic engine honours no tools: refused by name, never silently dropped.
+refused(
+    "unsupported tools name their param",
+    openai.BadRequestError,
+    ask(tools=[{"type": "function", "function": {"name": "get_weather"}}]),
+    lambda error: error.param == "tools",
+)
+refused(
+    "context length",
+    openai.BadRequestError,
+    ask(max_tokens=100000),
+    lambda error: error.code == "context_length_exceeded",
+)
+refused(
+    "quota is a RateLimitError",
+    openai.RateLimitError,
+    ask(api=broke, max_tokens=4),
+    lambda error: error.code == "insufficient_quota",
+)
 
 print("all checks passed", flush=True)
