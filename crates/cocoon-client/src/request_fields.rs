@@ -5,7 +5,7 @@
 //! honours it. Fields OpenAI does not define are engine parameters too: passed through, never
 //! dropped. Messages, tools and the answer's format are checked in [`crate::request_messages`].
 
-use cocoon_proto::capabilities::{is_param_name, MAX_ENGINE_PARAMS};
+use cocoon_proto::capabilities::{is_param_name, MAX_ENGINE_PARAMS, MAX_PARAM_NAME};
 use serde_json::{Map, Value};
 
 use crate::http::Failure;
@@ -205,8 +205,10 @@ pub fn check_fields(endpoint: Endpoint, object: &Map<String, Value>) -> Result<F
             continue;
         }
         if !is_param_name(name) {
+            // Named, but not echoed at any length: the name is the app's (or an attacker's).
+            let shown: String = name.chars().take(MAX_PARAM_NAME).collect();
             return Err(Failure::invalid(
-                name,
+                &shown,
                 "unknown parameter names must be 1 to 64 ASCII letters, digits or `_`",
             ));
         }

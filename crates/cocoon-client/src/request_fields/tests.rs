@@ -300,6 +300,8 @@ fn engine_parameters_are_listed_never_dropped() {
     }
     // An unknown parameter's name must be a plain one (it travels in a header).
     assert_eq!(refused_param(chat(json!({"top k": 1}))), "top k");
+    let huge = "y".repeat(10_000);
+    assert_eq!(refused_param(chat(json!({ huge: 1 }))), "y".repeat(64));
     let many: serde_json::Map<String, Value> =
         (0..40).map(|i| (format!("x{i}"), json!(1))).collect();
     assert!(refused_param(chat(Value::Object(many))).starts_with('x'));

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, StreamBody};
 use crate::{Format, Target};
 
 const CHAT: &str = r#"{"model":"smol","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_tokens":64,"temperature":0.7,"top_p":0.9,"stop":["\n\n"],"stream":true,"stream_options":{"include_usage":true},"seed":42,"max_coefficient":2000,"timeout":30}"#;
+/// An agent framework's turn: tools, a tool call and its result, structured output, sampling knobs.
+const AGENT: &str = r#"{"model":"smol","messages":[{"role":"developer","content":"Use tools."},{"role":"user","content":[{"type":"text","text":"Weather?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}}],"tool_choice":{"type":"function","function":{"name":"get_weather"}},"parallel_tool_calls":false,"response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object"},"strict":true}},"n":2,"logprobs":true,"top_logprobs":3,"frequency_penalty":0.5,"presence_penalty":-0.5,"logit_bias":{"50256":-100},"metadata":{"k":"v"},"top_k":40}"#;
 const COMPLETION: &str = r#"{"model":"smol","prompt":"Once upon a time","max_completion_tokens":16,"n":1,"stream":false}"#;
 
 /// An engine's answer stream: content chunks, a usage chunk, `[DONE]`.
@@ -30,7 +32,13 @@ const SSE: &str = concat!(
 /// The OpenAI request body as an app sends it to the client.
 pub const OPENAI_REQUEST: Target = Target {
     name: "openai-request",
-    seeds: || vec![CHAT.as_bytes().to_vec(), COMPLETION.as_bytes().to_vec()],
+    seeds: || {
+        vec![
+            CHAT.as_bytes().to_vec(),
+            AGENT.as_bytes().to_vec(),
+            COMPLETION.as_bytes().to_vec(),
+        ]
+    },
     run: |bytes| {
         let defaults = Defaults {
             max_coefficient: 4000,
