@@ -295,3 +295,78 @@ async fn models_request_ids_and_cors() {
         .to_owned();
     assert!(exposed.contains("x-request-id"), "{exposed}");
 }
+
+/// The embedded engine's row of the table, with the real model (skipped without it, as the
+/// embedded-model tests are).
+#[cfg(feature = "embedded")]
+#[tokio::test]
+async fn the_embedded_engine_gets_what_it_honours_and_is_spared_the_rest() {
+    let model = cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir());
+    if !model.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "no model at {model:?}");
+        eprintln!("skipped: model not present at {}", model.display());
+        return;
+    }
+    let model = model.display().to_string();
+    let (_proxy_node, proxy) = proxy(&[]);
+    let embedded = [
+        "--engine",
+        "embedded",
+        "--model-path",
+        &model,
+        "--context-length",
+        "1024",
+    ];
+    let (_worker, stats) = worker(&proxy, &embedded);
+    let (_client, api) = client(&proxy, &[]);
+    let name = "SmolLM2-135M-Instruct";
+    wait_for_model(&api, name, 1).await;
+    let listed: Value = get(format!("{api}/v1/models/{name}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["context_length"], 1024, "{listed}");
+    assert!(listed["created"].as_u64() > Some(0), "{listed}");
+
+    let ask = |extra: Value| {
+        let mut body = json!({"model": name, "max_tokens": 3, "temperature": 0,
+            "messages": [{"role": "user", "content": "Say hi"}]});
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    for (extra, param, code) in [
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+            "invalid_request",
+        ),
+        (json!({"n": 2}), "n", "invalid_request"),
+        (
+            json!({"logit_bias": {"1": 5}}),
+            "logit_bias",
+            "invalid_request",
+        ),
+        (
+            json!({"max_tokens": 1024}),
+            "max_tokens",
+            "context_length_exceeded",
+        ),
+    ] {
+        let (status, _, error) = ask_json(&api, &ask(extra.clone())).await;
+        assert_eq!(status, 400, "{extra}: {error}");
+        assert_eq!(error["error"]["param"], param, "{extra}: {error}");
+        assert_eq!(error["error"]["code"], code, "{extra}: {error}");
+    }
+    let worker = get_json(&format!("http://{stats}/jsonstats")).await;
+    assert_eq!(worker["requests"], 0, "refused before the worker: {worker}");
+    // `top_k` is in its table: served.
+    let (status, _, answer) = ask_json(&api, &ask(json!({"top_k": 5}))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+}

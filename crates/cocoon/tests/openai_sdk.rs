@@ -1,7 +1,8 @@
 //! End-to-end: the official OpenAI Python SDK (installed by `scripts/setup.sh` into `.venv`)
 //! against a real network: chat, stream, legacy completions, `models.retrieve`/`list`, errors
 //! naming their parameter, `_request_id`, and `RateLimitError` on a spent quota. Skipped, loudly,
-//! where the venv is missing (so `cargo test` passes without the setup; CI runs the setup).
+//! where the venv is missing (so `cargo test` passes without the setup), except on CI (`CI` set),
+//! which runs the setup.
 
 mod common;
 
@@ -27,6 +28,11 @@ fn sdk_python() -> Option<PathBuf> {
 #[tokio::test]
 async fn the_official_python_sdk_works_against_the_client() {
     let Some(python) = sdk_python() else {
+        // CI runs scripts/setup.sh: there a missing venv is a failure, not a skip.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no .venv with the `openai` package (scripts/setup.sh installs it)"
+        );
         eprintln!(
             "\n\n*** SKIPPED the_official_python_sdk_works_against_the_client: no .venv with the \
              `openai` package; run scripts/setup.sh ***\n\n"
