@@ -321,6 +321,7 @@ impl Routing {
         if eligible.is_empty() {
             let cheapest = links
                 .iter()
+                .filter(|link| link.serves(needs))
                 .map(|link| link.info.coefficient)
                 .min()
                 .unwrap_or(0);

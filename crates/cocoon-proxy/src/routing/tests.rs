@@ -247,6 +247,16 @@ async fn a_request_goes_only_to_an_engine_that_honours_its_parameters() {
     drop(slot);
     let slot = routing.choose("m", 5000, &Needs::default(), None).unwrap();
     assert_eq!(slot.worker.id, embedded);
+    // Only the dearer worker can serve it, and it is above the client's limit: said so.
+    let refused = routing.choose("m", 2000, &needs(&["tools"], None), None);
+    assert!(
+        matches!(
+            refused,
+            Err(RouteError::TooExpensive { cheapest: 3000, .. })
+        ),
+        "{:?}",
+        refused.err()
+    );
 }
 
 #[tokio::test]
