@@ -19,7 +19,9 @@ use crate::error::InferError;
 use cocoon_tee::weights::{private_copy, weights_sha256};
 
 use crate::model_file::check_gguf;
-use crate::openai::{ApiError, Sampling};
+use crate::openai::ApiError;
+use crate::params::Sampling;
+use crate::sampler::{grammar_sampler, TokenLogprob};
 use crate::scheduler;
 
 /// llama.cpp's process-wide backend: initialised once, never freed.
@@ -45,6 +47,8 @@ pub(crate) enum FinishReason {
     Length,
 }
 
+// `tool_calls` is decided by the HTTP layer, which reads the output as a call.
+
 impl FinishReason {
     /// The OpenAI spelling.
     pub(crate) fn as_str(self) -> &'static str {
@@ -55,12 +59,14 @@ impl FinishReason {
     }
 }
 
-/// What the engine thread reports for one request, in order: text pieces, then one `Done` or
-/// `Failed`.
+/// What the engine thread reports for one request, in order: text pieces (each token's
+/// log-probability first, when asked for), then one `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Event {
     /// More output text (never empty).
     Text(String),
+    /// The log-probability of one more generated token.
+    Token(Box<TokenLogprob>),
     /// Generation ended normally.
     Done {
         finish: FinishReason,
@@ -295,8 +301,12 @@ impl Engine {
         self.model.vocab().tokenize(text.as_bytes(), true, true)
     }
 
-    /// Checks client-supplied token ids against the vocabulary.
-    pub(crate) fn tokens_from_ids(&self, ids: &[i32]) -> Result<Vec<LlamaToken>, ApiError> {
+    /// Checks client-supplied token ids (named by `param`) against the vocabulary.
+    pub(crate) fn tokens_from_ids(
+        &self,
+        ids: &[i32],
+        param: &str,
+    ) -> Result<Vec<LlamaToken>, ApiError> {
         let n_vocab = self.model.n_vocab();
         ids.iter()
             .map(|&id| {
@@ -304,12 +314,29 @@ impl Engine {
                     Ok(LlamaToken::new(id))
                 } else {
                     Err(ApiError::invalid(
-                        "prompt",
+                        param,
                         format!("token id {id} is outside the vocabulary"),
                     ))
                 }
             })
             .collect()
+    }
+
+    /// The text of `tokens` (for `echo`), special tokens spelled out.
+    pub(crate) fn detokenize(&self, tokens: &[LlamaToken]) -> String {
+        let vocab = self.model.vocab();
+        let bytes: Vec<u8> = tokens
+            .iter()
+            .flat_map(|&token| vocab.token_to_piece(token, true, None))
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Checks that llama.cpp accepts `grammar` (blaming `param` if not).
+    pub(crate) fn check_grammar(&self, grammar: &str, param: &str) -> Result<(), ApiError> {
+        grammar_sampler(&self.model, grammar)
+            .map(drop)
+            .map_err(|e| ApiError::invalid(param, e))
     }
 
     /// Queues a generation and returns its event stream. Fails at once when the prompt does not

@@ -19,11 +19,17 @@ mod config;
 mod engine;
 mod error;
 mod fetch;
+mod answer;
 mod http;
+mod json_grammar;
+mod logprobs;
 mod model_file;
 mod openai;
 mod output_text;
+mod params;
+mod sampler;
 mod scheduler;
+mod tools;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineStats};

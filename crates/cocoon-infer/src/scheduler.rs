@@ -17,13 +17,12 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::engine::{Counters, Event, FinishReason, Job};
 use crate::error::InferError;
-use crate::openai::Sampling;
 use crate::output_text::OutputText;
+use crate::sampler::{SlotSampler, TokenLogprob};
 
 /// Tokens per decode call (llama.cpp's `n_batch`): long prompts are read in chunks of this size,
 /// interleaved with other sequences' generation so they keep streaming meanwhile.
@@ -66,7 +65,7 @@ pub(crate) fn spawn(
 struct Slot {
     seq: i32,
     job: Job,
-    sampler: LlamaSampler,
+    sampler: SlotSampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// The sampled token waiting to be decoded (after the prompt has been read).
@@ -150,12 +149,20 @@ impl<'m> Scheduler<'m> {
             let Some(seq) = self.free_seqs.pop() else {
                 break;
             };
+            let sampler = match SlotSampler::new(self.model, &job.sampling, self.per_sequence) {
+                Ok(sampler) => sampler,
+                Err(message) => {
+                    let _ = job.events.send(Event::Failed(message));
+                    self.free_seqs.push(seq);
+                    continue;
+                }
+            };
             self.counters
                 .prompt_tokens
                 .fetch_add(job.tokens.len() as u64, Ordering::Relaxed);
             self.slots.push(Slot {
                 seq,
-                sampler: sampler_for(job.sampling),
+                sampler,
                 text: OutputText::new(job.stop.clone()),
                 job,
                 prefilled: 0,
@@ -264,17 +271,26 @@ impl<'m> Scheduler<'m> {
         }
 
         let mut finished = Vec::new();
+        let mut failed = Vec::new();
         for &(i, at) in &sample_at {
-            let token = self.slots[i].sampler.sample(&self.ctx, at);
-            if self.accept(i, token) {
-                finished.push(i);
+            match self.slots[i].sampler.sample(self.model, &self.ctx, at) {
+                Ok((token, logprob)) => {
+                    if self.accept(i, token, logprob) {
+                        finished.push(i);
+                    }
+                }
+                Err(message) => {
+                    let _ = self.slots[i].job.events.send(Event::Failed(message));
+                    failed.push(i);
+                }
             }
         }
+        finished.extend(failed);
         self.remove(finished);
     }
 
     /// Handles one sampled token; returns true when the request is finished (or abandoned).
-    fn accept(&mut self, i: usize, token: LlamaToken) -> bool {
+    fn accept(&mut self, i: usize, token: LlamaToken, logprob: Option<TokenLogprob>) -> bool {
         let model = self.model;
         let vocab = model.vocab();
         let per_sequence = self.per_sequence;
@@ -284,7 +300,13 @@ impl<'m> Scheduler<'m> {
             .completion_tokens
             .fetch_add(1, Ordering::Relaxed);
 
-        let (text, finish) = if vocab.is_eog(token) {
+        let end_of_turn = vocab.is_eog(token);
+        if let Some(logprob) = logprob.filter(|_| !end_of_turn) {
+            if slot.job.events.send(Event::Token(Box::new(logprob))).is_err() {
+                return true; // Client gone.
+            }
+        }
+        let (text, finish) = if end_of_turn {
             (slot.text.finish(), Some(FinishReason::Stop))
         } else {
             let piece = vocab.token_to_piece(token, false, None);
@@ -361,22 +383,4 @@ impl<'m> Scheduler<'m> {
 
 fn batch_index(used: usize) -> i32 {
     i32::try_from(used).unwrap_or(i32::MAX)
-}
-
-/// The llama.cpp sampler chain for a request: greedy at temperature 0, otherwise
-/// top-k → top-p → temperature → seeded draw (llama.cpp server's order).
-fn sampler_for(s: Sampling) -> LlamaSampler {
-    if s.temperature <= 0.0 {
-        return LlamaSampler::greedy();
-    }
-    let mut chain = Vec::with_capacity(4);
-    if s.top_k > 0 {
-        chain.push(LlamaSampler::top_k(s.top_k));
-    }
-    if s.top_p < 1.0 {
-        chain.push(LlamaSampler::top_p(s.top_p, 1));
-    }
-    chain.push(LlamaSampler::temp(s.temperature));
-    chain.push(LlamaSampler::dist(s.seed));
-    LlamaSampler::chain_simple(chain)
 }
