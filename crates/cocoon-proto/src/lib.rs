@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capabilities;
+pub mod choices;
 pub mod error;
 pub mod headers;
 pub mod limits;
@@ -14,6 +15,7 @@ pub mod link;
 pub mod usage;
 
 pub use capabilities::{EngineKind, Honours};
+pub use choices::{ChoiceFields, ChoicesError, MAX_ANSWER_CHOICES};
 pub use error::{ErrorBody, ErrorKind, OpenAiError};
 pub use limits::{completion_limit, TokenField, TokenLimitError};
 pub use link::{ModelEntry, ModelList, WorkerInfo};

@@ -131,7 +131,7 @@ pub async fn forward(
     // a shortage of funds.
     let max_tokens = match reserved_completion_tokens(&fields, state.billing.default_max_tokens()) {
         Ok(max_tokens) => max_tokens,
-        Err(error) => return reply_failure(invalid_request(error.param(), error.to_string())),
+        Err(error) => return reply_failure(error),
     };
 
     let needs = match request_needs(&fields, &headers) {

@@ -5,8 +5,9 @@
 
 use cocoon_ledger::PricingError;
 use cocoon_proto::capabilities::parse_engine_params;
+use cocoon_proto::choices::PromptCount;
 use cocoon_proto::headers::ENGINE_PARAMS;
-use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, TokenLimitError};
+use cocoon_proto::{completion_limit, ChoiceFields, ErrorKind, OpenAiError, TokenField};
 use http::HeaderMap;
 use serde::Deserialize;
 
@@ -21,15 +22,28 @@ pub(crate) struct RoutedFields {
     max_tokens: TokenField,
     #[serde(default)]
     max_completion_tokens: TokenField,
+    #[serde(default)]
+    n: TokenField,
+    #[serde(default)]
+    prompt: PromptCount,
 }
 
 /// The completion tokens to reserve for a request: its own limit (by the one rule every hop
-/// applies), or `default` when it sets none.
+/// applies), or `default` when it sets none, for each of its choices (`n` × prompts).
 pub(crate) fn reserved_completion_tokens(
     fields: &RoutedFields,
     default: u64,
-) -> Result<u64, TokenLimitError> {
-    Ok(completion_limit(fields.max_tokens, fields.max_completion_tokens)?.unwrap_or(default))
+) -> Result<u64, OpenAiError> {
+    let per_choice = completion_limit(fields.max_tokens, fields.max_completion_tokens)
+        .map_err(|error| invalid_request(error.param(), error.to_string()))?
+        .unwrap_or(default);
+    let choices = ChoiceFields {
+        n: fields.n,
+        prompt: fields.prompt,
+    }
+    .choices()
+        .map_err(|error| invalid_request(error.param(), error.to_string()))?;
+    Ok(per_choice.saturating_mul(choices))
 }
 
 /// What the request needs of a worker: the engine parameters its client listed (a client that
@@ -95,10 +109,23 @@ mod tests {
         assert_eq!(
             reserved_completion_tokens(&poisoned, 256)
                 .unwrap_err()
-                .param(),
-            "max_completion_tokens"
+                .error
+                .param
+                .as_deref(),
+            Some("max_completion_tokens")
+        );
+        // Every choice may use the whole limit: n × prompts of them are reserved.
+        assert_eq!(
+            reserved_completion_tokens(&fields(r#"{"max_tokens":9,"n":3}"#), 256),
+            Ok(27)
+        );
+        assert_eq!(
+            reserved_completion_tokens(&fields(r#"{"prompt":["a","b"],"n":2}"#), 256),
+            Ok(1024)
         );
         for (json, param) in [
+            (r#"{"n":0}"#, "n"),
+            (r#"{"n":1000}"#, "n"),
             (r#"{"max_tokens":9223372036854775808}"#, "max_tokens"),
             (r#"{"max_tokens":-3}"#, "max_tokens"),
             (
@@ -107,7 +134,7 @@ mod tests {
             ),
         ] {
             let error = reserved_completion_tokens(&fields(json), 256).unwrap_err();
-            assert_eq!(error.param(), param, "{json}");
+            assert_eq!(error.error.param.as_deref(), Some(param), "{json}");
         }
     }
 

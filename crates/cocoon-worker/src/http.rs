@@ -15,7 +15,10 @@ use cocoon_node::Body;
 use cocoon_proto::headers::{self, MAX_TOKENS, TIMEOUT_MS};
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_COMPLETION_TOKENS_FIELD, MAX_TOKENS_FIELD};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
-use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, TokenField, WorkerInfo};
+use cocoon_proto::{
+    completion_limit, ChoiceFields, ErrorKind, OpenAiError, TokenField, WorkerInfo,
+};
+use serde::Deserialize;
 use http::{header, HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -128,18 +131,19 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
             ),
         );
     }
-    let limit = match completion_tokens_limit(&headers, &request) {
-        Ok(limit) => limit,
+    let limits = match completion_tokens_limit(&headers, &request) {
+        Ok(limits) => limits,
         Err(error) => {
             serving.stats.record_error(ErrorKind::InvalidRequest);
             return openai_error_response(&error);
         }
     };
-    if let (Some(limit), Value::Object(fields)) = (limit, &mut request) {
+    if let (Some(each), Value::Object(fields)) = (limits.per_choice, &mut request) {
         // The engine is asked for exactly what was reserved, in the field every engine reads.
         fields.remove(MAX_COMPLETION_TOKENS_FIELD);
-        fields.insert(MAX_TOKENS_FIELD.into(), limit.into());
+        fields.insert(MAX_TOKENS_FIELD.into(), each.into());
     }
+    let limit = limits.total;
     let receipt = ReceiptDraft::new(
         serving.trust.clone(),
         serving.info.clone(),
@@ -232,13 +236,22 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The most completion tokens this answer may carry: what the proxy reserved
-/// (`x-cocoon-max-tokens`), and no more than the request itself asks for (by the one rule of
+/// An answer's completion-token limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TokenLimits {
+    /// For each choice: what the engine is asked for.
+    per_choice: Option<u64>,
+    /// For the whole answer (`n` × prompts choices): what is relayed and billed at most.
+    total: Option<u64>,
+}
+
+/// The most completion tokens this answer may carry: what the proxy reserved for all its choices
+/// (`x-cocoon-max-tokens`), and no more than the request itself asks for each (by the one rule of
 /// [`completion_limit`]). `None` when neither says.
 fn completion_tokens_limit(
     headers: &HeaderMap,
     request: &Value,
-) -> Result<Option<u64>, OpenAiError> {
+) -> Result<TokenLimits, OpenAiError> {
     let reserved = match headers.get(MAX_TOKENS) {
         None => None,
         Some(_) => Some(header_number(headers, MAX_TOKENS).ok_or_else(|| {
@@ -253,9 +266,27 @@ fn completion_tokens_limit(
         .map_err(|error| {
         OpenAiError::new(ErrorKind::InvalidRequest, error.to_string()).with_param(error.param())
     })?;
-    Ok(match (reserved, requested) {
+    let invalid = |param: &str, message: String| {
+        OpenAiError::new(ErrorKind::InvalidRequest, message).with_param(param)
+    };
+    let choices = ChoiceFields::deserialize(request)
+        .unwrap_or_default()
+        .choices()
+        .map_err(|error| invalid(error.param(), error.to_string()))?;
+    let reserved_each = reserved.map(|reserved| reserved / choices);
+    if reserved_each == Some(0) {
+        return Err(invalid(
+            "n",
+            format!("the {choices} choices asked for exceed the completion tokens reserved"),
+        ));
+    }
+    let per_choice = match (reserved_each, requested) {
         (Some(reserved), Some(requested)) => Some(reserved.min(requested)),
         (reserved, requested) => reserved.or(requested),
+    };
+    Ok(TokenLimits {
+        per_choice,
+        total: per_choice.map(|each| each.saturating_mul(choices)),
     })
 }
 
@@ -415,6 +446,45 @@ mod tests {
             .insert(MAX_TOKENS, http::HeaderValue::from_static("-1"));
         let response = link_router(state).oneshot(garbled).await.unwrap();
         assert_eq!(response.status(), 400);
+    }
+
+    #[test]
+    fn each_choice_gets_the_limit_and_the_answer_all_of_them() {
+        let limits = |reserved: Option<&'static str>, body: serde_json::Value| {
+            let mut headers = HeaderMap::new();
+            if let Some(reserved) = reserved {
+                headers.insert(MAX_TOKENS, http::HeaderValue::from_static(reserved));
+            }
+            completion_tokens_limit(&headers, &body)
+        };
+        // The proxy reserved 10 for each of 3 choices.
+        assert_eq!(
+            limits(Some("30"), json!({"n": 3, "max_tokens": 10})),
+            Ok(TokenLimits {
+                per_choice: Some(10),
+                total: Some(30)
+            })
+        );
+        // Two prompts, two choices each, no limit in the body: the reservation is shared out.
+        assert_eq!(
+            limits(Some("400"), json!({"n": 2, "prompt": ["a", "b"]})),
+            Ok(TokenLimits {
+                per_choice: Some(100),
+                total: Some(400)
+            })
+        );
+        // A body asking for more choices than were reserved for gets no more in total.
+        assert_eq!(
+            limits(Some("10"), json!({"n": 4, "max_tokens": 10})),
+            Ok(TokenLimits {
+                per_choice: Some(2),
+                total: Some(8)
+            })
+        );
+        let refused = limits(Some("2"), json!({"n": 3})).unwrap_err();
+        assert_eq!(refused.error.param.as_deref(), Some("n"));
+        let refused = limits(None, json!({"n": 0})).unwrap_err();
+        assert_eq!(refused.error.param.as_deref(), Some("n"));
     }
 
     #[tokio::test]
