@@ -32,6 +32,8 @@ pub(crate) struct ResponseMeta {
     pub model: String,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// vLLM's `return_tokens_as_token_ids`: tokens in log-probabilities named `token_id:<id>`.
+    pub token_ids: bool,
 }
 
 /// One choice on its way: its events, and how to read them.
@@ -217,7 +219,7 @@ impl ResponseMeta {
                     }]);
                 }
                 let logprobs = if self.logprobs {
-                    chat_logprobs(&c.logprobs)
+                    chat_logprobs(&c.logprobs, self.token_ids)
                 } else {
                     Value::Null
                 };
@@ -226,7 +228,7 @@ impl ResponseMeta {
             Api::Completion => {
                 let echo = c.echo.as_deref().unwrap_or("");
                 let logprobs = if self.logprobs {
-                    completion_logprobs(&c.logprobs, echo.chars().count()).0
+                    completion_logprobs(&c.logprobs, echo.chars().count(), self.token_ids).0
                 } else {
                     Value::Null
                 };
@@ -240,9 +242,9 @@ impl ResponseMeta {
         let logprobs = if self.logprobs && !c.logprobs.is_empty() {
             let pending = std::mem::take(&mut c.logprobs);
             match self.api {
-                Api::Chat => chat_logprobs(&pending),
+                Api::Chat => chat_logprobs(&pending, self.token_ids),
                 Api::Completion => {
-                    let (value, next) = completion_logprobs(&pending, c.offset);
+                    let (value, next) = completion_logprobs(&pending, c.offset, self.token_ids);
                     c.offset = next;
                     value
                 }

@@ -11,6 +11,7 @@ fn meta(api: Api, include_usage: bool) -> ResponseMeta {
         model: "m".into(),
         include_usage,
         logprobs: false,
+        token_ids: false,
     }
 }
 
@@ -208,6 +209,7 @@ async fn logprobs_ride_with_the_text_they_made() {
     let logprob = |t: &str, lp: f32| {
         Event::Token(Box::new(TokenLogprob {
             token: TokenBytes {
+                id: 1,
                 text: t.into(),
                 bytes: t.as_bytes().to_vec(),
             },

@@ -294,6 +294,7 @@ async fn run(
         model: engine.model_name().to_owned(),
         include_usage: generation.include_usage,
         logprobs: generation.sampling.logprobs.is_some(),
+        token_ids: generation.token_ids,
     };
     if generation.stream {
         Ok(Sse::new(sse_stream(meta, choices)).into_response())

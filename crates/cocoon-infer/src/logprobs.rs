@@ -6,18 +6,18 @@ use serde_json::{json, Map, Value};
 
 use crate::sampler::TokenLogprob;
 
-/// The chat shape of `tokens`.
-pub(crate) fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
+/// The chat shape of `tokens` (named by id with `as_ids`).
+pub(crate) fn chat_logprobs(tokens: &[TokenLogprob], as_ids: bool) -> Value {
     let content: Vec<Value> = tokens
         .iter()
         .map(|t| {
             let top: Vec<Value> = t
                 .top
                 .iter()
-                .map(|(alt, lp)| json!({"token": alt.text, "logprob": lp, "bytes": alt.bytes}))
+                .map(|(alt, lp)| json!({"token": alt.name(as_ids), "logprob": lp, "bytes": alt.bytes}))
                 .collect();
             json!({
-                "token": t.token.text,
+                "token": t.token.name(as_ids),
                 "logprob": t.logprob,
                 "bytes": t.token.bytes,
                 "top_logprobs": top,
@@ -29,18 +29,22 @@ pub(crate) fn chat_logprobs(tokens: &[TokenLogprob]) -> Value {
 
 /// The completions shape of `tokens`, whose text starts at character `offset` of the choice's
 /// text (after any echoed prompt and earlier chunks). Returns the offset after them.
-pub(crate) fn completion_logprobs(tokens: &[TokenLogprob], mut offset: usize) -> (Value, usize) {
+pub(crate) fn completion_logprobs(
+    tokens: &[TokenLogprob],
+    mut offset: usize,
+    as_ids: bool,
+) -> (Value, usize) {
     let mut texts = Vec::with_capacity(tokens.len());
     let mut logprobs = Vec::with_capacity(tokens.len());
     let mut tops = Vec::with_capacity(tokens.len());
     let mut offsets = Vec::with_capacity(tokens.len());
     for t in tokens {
-        texts.push(Value::from(t.token.text.clone()));
+        texts.push(Value::from(t.token.name(as_ids)));
         logprobs.push(json!(t.logprob));
         let top: Map<String, Value> = t
             .top
             .iter()
-            .map(|(alt, lp)| (alt.text.clone(), json!(lp)))
+            .map(|(alt, lp)| (alt.name(as_ids), json!(lp)))
             .collect();
         tops.push(Value::Object(top));
         offsets.push(json!(offset));
@@ -64,6 +68,7 @@ mod tests {
 
     fn token(text: &str, logprob: f32, top: &[(&str, f32)]) -> TokenLogprob {
         let bytes = |s: &str| TokenBytes {
+            id: s.len() as i32,
             text: s.into(),
             bytes: s.as_bytes().to_vec(),
         };
@@ -76,7 +81,7 @@ mod tests {
 
     #[test]
     fn chat_shape() {
-        let v = chat_logprobs(&[token("Hé", -0.5, &[("Hé", -0.5), ("A", -2.0)])]);
+        let v = chat_logprobs(&[token("Hé", -0.5, &[("Hé", -0.5), ("A", -2.0)])], false);
         assert_eq!(
             v,
             json!({"content": [{"token": "Hé", "logprob": -0.5, "bytes": [72, 195, 169],
@@ -91,6 +96,7 @@ mod tests {
         let (v, next) = completion_logprobs(
             &[token("é", -1.0, &[("é", -1.0)]), token("b", -0.25, &[])],
             3,
+            false,
         );
         assert_eq!(
             v,
@@ -98,5 +104,14 @@ mod tests {
                 "top_logprobs": [{"é": -1.0}, {}], "text_offset": [3, 4]})
         );
         assert_eq!(next, 5);
+    }
+
+    #[test]
+    fn tokens_can_be_named_by_id() {
+        let v = chat_logprobs(&[token("ab", -0.5, &[("ab", -0.5)])], true);
+        assert_eq!(v["content"][0]["token"], "token_id:2");
+        assert_eq!(v["content"][0]["top_logprobs"][0]["token"], "token_id:2");
+        let (v, _) = completion_logprobs(&[token("abc", -0.5, &[])], 0, true);
+        assert_eq!(v["tokens"], json!(["token_id:3"]));
     }
 }

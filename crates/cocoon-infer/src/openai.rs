@@ -91,6 +91,9 @@ pub(crate) struct CommonParams {
     /// vLLM's and llama.cpp's multiplicative penalty (1 = off).
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// vLLM's extension: name tokens `token_id:<id>` in log-probabilities.
+    #[serde(default)]
+    pub return_tokens_as_token_ids: Option<bool>,
     /// Token id (as a string) → bias from −100 to 100.
     #[serde(default)]
     pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,

@@ -67,6 +67,8 @@ pub(crate) struct Generation {
     pub include_usage: bool,
     /// Choices per prompt.
     pub n: usize,
+    /// Name tokens `token_id:<id>` in log-probabilities (vLLM's `return_tokens_as_token_ids`).
+    pub token_ids: bool,
 }
 
 fn number_in(
@@ -183,6 +185,7 @@ impl CommonParams {
             stream,
             include_usage,
             n,
+            token_ids: self.return_tokens_as_token_ids.unwrap_or(false),
         })
     }
 

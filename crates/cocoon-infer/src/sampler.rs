@@ -32,14 +32,26 @@ pub(crate) struct TokenLogprob {
 /// A token's bytes, and the text they make (lossy when a token holds part of a character).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TokenBytes {
+    pub id: i32,
     pub text: String,
     pub bytes: Vec<u8>,
 }
 
 impl TokenBytes {
+    /// How the token is named in a response: its text, or with vLLM's
+    /// `return_tokens_as_token_ids`, `token_id:<id>`.
+    pub(crate) fn name(&self, as_id: bool) -> String {
+        if as_id {
+            format!("token_id:{}", self.id)
+        } else {
+            self.text.clone()
+        }
+    }
+
     fn of(model: &LlamaModel, token: LlamaToken) -> Self {
         let bytes = model.vocab().token_to_piece(token, false, None);
         TokenBytes {
+            id: token.0,
             text: String::from_utf8_lossy(&bytes).into_owned(),
             bytes,
         }
