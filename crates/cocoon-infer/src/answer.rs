@@ -127,10 +127,7 @@ fn usage_json(choices: &[Choice]) -> Value {
         .filter(|c| c.counts_prompt)
         .map(|c| u64::from(c.prompt_tokens))
         .sum();
-    let completion: u64 = choices
-        .iter()
-        .map(|c| u64::from(c.completion_tokens))
-        .sum();
+    let completion: u64 = choices.iter().map(|c| u64::from(c.completion_tokens)).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -196,7 +193,10 @@ enum Delta<'a> {
     /// Chat's opening chunk.
     Role,
     Text(&'a str),
-    CallStart { id: &'a str, name: &'a str },
+    CallStart {
+        id: &'a str,
+        name: &'a str,
+    },
     Arguments(&'a str),
     /// The last chunk, with only `finish_reason`.
     End,
@@ -303,13 +303,7 @@ impl ResponseMeta {
         let call_id = c.call_id.clone();
         match piece {
             Piece::Text(text) => self.chunk(c, Delta::Text(text)),
-            Piece::CallStart(name) => self.chunk(
-                c,
-                Delta::CallStart {
-                    id: &call_id,
-                    name,
-                },
-            ),
+            Piece::CallStart(name) => self.chunk(c, Delta::CallStart { id: &call_id, name }),
             Piece::Arguments(more) => self.chunk(c, Delta::Arguments(more)),
         }
     }

@@ -42,10 +42,14 @@ fn done(finish: FinishReason, prompt_tokens: u32, completion_tokens: u32) -> Eve
 }
 
 async fn frames(meta: ResponseMeta, specs: Vec<ChoiceSpec>) -> Vec<String> {
-    sse_stream::SseStream::new(Sse::new(sse_stream(meta, specs)).into_response().into_body())
-        .map(|event| event.unwrap().data.unwrap_or_default())
-        .collect()
-        .await
+    sse_stream::SseStream::new(
+        Sse::new(sse_stream(meta, specs))
+            .into_response()
+            .into_body(),
+    )
+    .map(|event| event.unwrap().data.unwrap_or_default())
+    .collect()
+    .await
 }
 
 fn parse(frames: &[String]) -> Vec<Value> {
@@ -142,9 +146,24 @@ async fn several_choices_are_indexed_and_usage_counts_each_prompt_once() {
     let body = collect(
         meta(Api::Completion, false),
         vec![
-            spec(vec![Event::Text("a".into()), done(FinishReason::Stop, 4, 1)], CallMode::Never, Some("P:"), true),
-            spec(vec![Event::Text("bb".into()), done(FinishReason::Length, 4, 2)], CallMode::Never, Some("P:"), false),
-            spec(vec![done(FinishReason::Stop, 6, 0)], CallMode::Never, Some("Q"), true),
+            spec(
+                vec![Event::Text("a".into()), done(FinishReason::Stop, 4, 1)],
+                CallMode::Never,
+                Some("P:"),
+                true,
+            ),
+            spec(
+                vec![Event::Text("bb".into()), done(FinishReason::Length, 4, 2)],
+                CallMode::Never,
+                Some("P:"),
+                false,
+            ),
+            spec(
+                vec![done(FinishReason::Stop, 6, 0)],
+                CallMode::Never,
+                Some("Q"),
+                true,
+            ),
         ],
     )
     .await
@@ -172,9 +191,12 @@ fn call_events() -> Vec<Event> {
 
 #[tokio::test]
 async fn a_tool_call_answers_in_openai_shape() {
-    let body = collect(meta(Api::Chat, false), vec![spec(call_events(), CallMode::Always, None, true)])
-        .await
-        .unwrap();
+    let body = collect(
+        meta(Api::Chat, false),
+        vec![spec(call_events(), CallMode::Always, None, true)],
+    )
+    .await
+    .unwrap();
     let choice = &body["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
     assert_eq!(choice["message"]["content"], Value::Null);
@@ -186,7 +208,11 @@ async fn a_tool_call_answers_in_openai_shape() {
 
 #[tokio::test]
 async fn a_streamed_tool_call_is_deltas() {
-    let out = frames(meta(Api::Chat, false), vec![spec(call_events(), CallMode::Always, None, true)]).await;
+    let out = frames(
+        meta(Api::Chat, false),
+        vec![spec(call_events(), CallMode::Always, None, true)],
+    )
+    .await;
     let parsed = parse(&out);
     let deltas: Vec<&Value> = parsed.iter().map(|c| &c["choices"][0]["delta"]).collect();
     assert_eq!(

@@ -91,10 +91,7 @@ async fn chat_completions(
         })
         .await?;
         generation.sampling.grammar = grammar.map(Arc::from);
-        let prompts = vec![PromptJob {
-            tokens,
-            echo: None,
-        }];
+        let prompts = vec![PromptJob { tokens, echo: None }];
         run(&engine, Api::Chat, prompts, generation, tools.mode).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
@@ -166,7 +163,14 @@ async fn completions(
                 .collect::<Result<Vec<_>, ApiError>>()
         })
         .await?;
-        run(&engine, Api::Completion, prompts, generation, CallMode::Never).await
+        run(
+            &engine,
+            Api::Completion,
+            prompts,
+            generation,
+            CallMode::Never,
+        )
+        .await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -352,12 +356,16 @@ mod tests {
             format_grammar(Some(&format(json!({"type": "text"})))).unwrap(),
             None
         );
-        assert!(format_grammar(Some(&format(json!({"type": "json_object"}))))
-            .unwrap()
-            .unwrap()
-            .starts_with("root ::= object"));
-        let schema = format(json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
-            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}));
+        assert!(
+            format_grammar(Some(&format(json!({"type": "json_object"}))))
+                .unwrap()
+                .unwrap()
+                .starts_with("root ::= object")
+        );
+        let schema = format(
+            json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+            "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}),
+        );
         assert!(format_grammar(Some(&schema))
             .unwrap()
             .unwrap()
@@ -368,11 +376,7 @@ mod tests {
             json!({"type": "json_schema", "json_schema": {"schema": {"type": "string", "format": "email"}}}),
         ] {
             let e = format_grammar(Some(&format(bad.clone()))).unwrap_err();
-            assert_eq!(
-                e.0.error.param.as_deref(),
-                Some("response_format"),
-                "{bad}"
-            );
+            assert_eq!(e.0.error.param.as_deref(), Some("response_format"), "{bad}");
         }
     }
 }

@@ -212,7 +212,10 @@ impl GrammarBuilder {
                 .or_else(|()| refuse("`required` must be a list of property names"))?,
             Some(_) => return refuse("`required` must be a list of property names"),
         };
-        if let Some(missing) = required.iter().find(|name| !properties.contains_key(**name)) {
+        if let Some(missing) = required
+            .iter()
+            .find(|name| !properties.contains_key(**name))
+        {
             return refuse(format!(
                 "`required` names `{missing}`, which is not among `properties`"
             ));

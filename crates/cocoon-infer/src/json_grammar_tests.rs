@@ -35,7 +35,10 @@ fn objects_emit_required_properties_in_order_and_optional_ones_as_options() {
     );
     // Only optional properties: any subset, still in order, commas only between them.
     let g = grammar(json!({"properties": {"a": {"type": "null"}, "b": {"type": "null"}}}));
-    assert!(g.contains(r#"r0 ::= ("," ws "\"b\"" ws ":" ws null ws)? """#), "{g}");
+    assert!(
+        g.contains(r#"r0 ::= ("," ws "\"b\"" ws ":" ws null ws)? """#),
+        "{g}"
+    );
     assert!(
         g.contains(r#"("\"a\"" ws ":" ws null ws r0 | "\"b\"" ws ":" ws null ws "")?"#),
         "{g}"
@@ -48,7 +51,10 @@ fn objects_emit_required_properties_in_order_and_optional_ones_as_options() {
 fn arrays_honour_items_and_bounds() {
     let g = grammar(json!({"type": "array", "items": {"type": "boolean"}}));
     assert!(g.contains("r0 ::= boolean\n"), "{g}");
-    assert!(g.contains(r#"r1 ::= "[" ws (r0 (ws "," ws r0)*)? ws "]""#), "{g}");
+    assert!(
+        g.contains(r#"r1 ::= "[" ws (r0 (ws "," ws r0)*)? ws "]""#),
+        "{g}"
+    );
     let g = grammar(json!({"type": "array", "minItems": 2, "maxItems": 3}));
     assert!(g.contains(r#"r0 (ws "," ws r0){1,2} ws "]""#), "{g}");
     let g = grammar(json!({"type": "array", "minItems": 1}));
@@ -96,7 +102,9 @@ fn annotations_are_ignored() {
 
 #[test]
 fn unenforceable_keywords_are_refused_by_name() {
-    for keyword in ["pattern", "format", "minimum", "maximum", "oneOf", "allOf", "not"] {
+    for keyword in [
+        "pattern", "format", "minimum", "maximum", "oneOf", "allOf", "not",
+    ] {
         let message = refusal(json!({"type": "string", keyword: 1}));
         assert!(message.contains(&format!("`{keyword}`")), "{message}");
     }

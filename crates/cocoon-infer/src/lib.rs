@@ -15,11 +15,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod answer;
 mod config;
 mod engine;
 mod error;
 mod fetch;
-mod answer;
 mod http;
 mod json_grammar;
 mod logprobs;

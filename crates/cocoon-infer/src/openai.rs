@@ -335,12 +335,19 @@ mod tests {
             [PromptInput::Tokens(vec![1, 2])]
         );
         assert_eq!(
-            req(json!({"prompt": [[1], [2, 3]]})).prompt_inputs().unwrap(),
-            [PromptInput::Tokens(vec![1]), PromptInput::Tokens(vec![2, 3])]
+            req(json!({"prompt": [[1], [2, 3]]}))
+                .prompt_inputs()
+                .unwrap(),
+            [
+                PromptInput::Tokens(vec![1]),
+                PromptInput::Tokens(vec![2, 3])
+            ]
         );
         let e = req(json!({"prompt": []})).prompt_inputs().unwrap_err();
         assert_eq!(e.0.error.param.as_deref(), Some("prompt"));
-        let e = req(json!({"prompt": "a", "suffix": "b"})).prompt_inputs().unwrap_err();
+        let e = req(json!({"prompt": "a", "suffix": "b"}))
+            .prompt_inputs()
+            .unwrap_err();
         assert_eq!(e.0.error.param.as_deref(), Some("suffix"));
     }
 }

@@ -84,7 +84,10 @@ fn ranges_are_checked() {
         (json!({"presence_penalty": -2.5}), "presence_penalty"),
         (json!({"repetition_penalty": 0}), "repetition_penalty"),
         (json!({"logprobs": 3}), "logprobs"),
-        (json!({"logprobs": true, "top_logprobs": 21}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
         (json!({"top_logprobs": 2}), "top_logprobs"),
         (json!({"logit_bias": {"abc": 1}}), "logit_bias"),
         (json!({"logit_bias": {"-1": 1}}), "logit_bias"),
@@ -144,14 +147,23 @@ fn logprobs_differ_between_chat_and_completions() {
             .logprobs,
         Some(5)
     );
-    assert_eq!(chat(json!({"logprobs": false})).unwrap().sampling.logprobs, None);
+    assert_eq!(
+        chat(json!({"logprobs": false})).unwrap().sampling.logprobs,
+        None
+    );
     let completion = |v| common(v).validate(0, Endpoint::Completion);
     assert_eq!(
-        completion(json!({"logprobs": 3})).unwrap().sampling.logprobs,
+        completion(json!({"logprobs": 3}))
+            .unwrap()
+            .sampling
+            .logprobs,
         Some(3)
     );
     assert_eq!(
-        completion(json!({"logprobs": 0})).unwrap().sampling.logprobs,
+        completion(json!({"logprobs": 0}))
+            .unwrap()
+            .sampling
+            .logprobs,
         Some(0)
     );
     for body in [

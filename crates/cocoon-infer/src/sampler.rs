@@ -80,8 +80,7 @@ impl SlotSampler {
                 .collect();
             shaping.push(LlamaSampler::logit_bias(n_vocab, &biases));
         }
-        if s.repetition_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0
-        {
+        if s.repetition_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
             shaping.push(LlamaSampler::penalties(
                 n_vocab,
                 i32::try_from(window).unwrap_or(i32::MAX),
@@ -174,10 +173,7 @@ impl LogSoftmax {
             .iter()
             .map(|&(_, l)| l)
             .fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits
-            .iter()
-            .map(|&(_, l)| f64::from(l - max).exp())
-            .sum();
+        let sum: f64 = logits.iter().map(|&(_, l)| f64::from(l - max).exp()).sum();
         let normaliser = max + sum.ln() as f32;
         let mut ranked = logits.clone();
         let top = top.min(ranked.len());
@@ -242,10 +238,7 @@ mod tests {
         let d = LogSoftmax::of(&array(&[0.0, 2.0, 1.0, f32::NEG_INFINITY]), 2);
         let total: f32 = d.logits.iter().map(|&(_, l)| d.logprob(l).exp()).sum();
         assert!((total - 1.0).abs() < 1e-5, "{total}");
-        assert_eq!(
-            d.top.iter().map(|&(t, _)| t.0).collect::<Vec<_>>(),
-            [1, 2]
-        );
+        assert_eq!(d.top.iter().map(|&(t, _)| t.0).collect::<Vec<_>>(), [1, 2]);
         // A token the grammar forbids (−∞) is impossible, not NaN.
         assert_eq!(d.logprob(f32::NEG_INFINITY), IMPOSSIBLE);
         assert!(d.logprob(2.0) <= 0.0);

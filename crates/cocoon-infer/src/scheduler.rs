@@ -302,7 +302,12 @@ impl<'m> Scheduler<'m> {
 
         let end_of_turn = vocab.is_eog(token);
         if let Some(logprob) = logprob.filter(|_| !end_of_turn) {
-            if slot.job.events.send(Event::Token(Box::new(logprob))).is_err() {
+            if slot
+                .job
+                .events
+                .send(Event::Token(Box::new(logprob)))
+                .is_err()
+            {
                 return true; // Client gone.
             }
         }

@@ -79,9 +79,7 @@ pub(crate) fn plan(tools: &[Tool], choice: Option<&ToolChoice>) -> Result<ToolPl
         if !valid_name(&tool.function.name) {
             return Err(ApiError::invalid(
                 "tools",
-                format!(
-                    "tools[{i}]: a function name must be 1 to 64 letters, digits, '_' or '-'"
-                ),
+                format!("tools[{i}]: a function name must be 1 to 64 letters, digits, '_' or '-'"),
             ));
         }
         if tools[..i]
@@ -90,7 +88,10 @@ pub(crate) fn plan(tools: &[Tool], choice: Option<&ToolChoice>) -> Result<ToolPl
         {
             return Err(ApiError::invalid(
                 "tools",
-                format!("tools[{i}]: the name `{}` is used twice", tool.function.name),
+                format!(
+                    "tools[{i}]: the name `{}` is used twice",
+                    tool.function.name
+                ),
             ));
         }
     }
@@ -121,7 +122,10 @@ pub(crate) fn plan(tools: &[Tool], choice: Option<&ToolChoice>) -> Result<ToolPl
                 .ok_or_else(|| {
                     ApiError::invalid(
                         "tool_choice",
-                        format!("tool_choice names `{}`, which is not in tools", function.name),
+                        format!(
+                            "tool_choice names `{}`, which is not in tools",
+                            function.name
+                        ),
                     )
                 })?;
             (CallMode::Always, vec![tool])
@@ -261,15 +265,9 @@ impl CallReader {
         }
         if self.arguments_at.is_some() {
             // The last character may be the call's closing brace: hold it back.
-            let end = self
-                .buffer
-                .char_indices()
-                .next_back()
-                .map_or(0, |(i, _)| i);
+            let end = self.buffer.char_indices().next_back().map_or(0, |(i, _)| i);
             if end > self.released {
-                pieces.push(Piece::Arguments(
-                    self.buffer[self.released..end].to_owned(),
-                ));
+                pieces.push(Piece::Arguments(self.buffer[self.released..end].to_owned()));
                 self.released = end;
             }
         }

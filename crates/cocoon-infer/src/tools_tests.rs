@@ -46,7 +46,9 @@ fn each_choice_builds_its_grammar() {
 
     let named = plan(
         &weather(),
-        Some(&choice(json!({"type": "function", "function": {"name": "get_time"}}))),
+        Some(&choice(
+            json!({"type": "function", "function": {"name": "get_time"}}),
+        )),
     )
     .unwrap();
     assert_eq!(named.mode, CallMode::Always);
@@ -58,14 +60,19 @@ fn each_choice_builds_its_grammar() {
 #[test]
 fn bad_tools_and_choices_are_refused_by_name() {
     let param = |tools: &[Tool], c: Option<Value>| {
-        plan(tools, c.map(choice).as_ref()).unwrap_err().0.error.param
+        plan(tools, c.map(choice).as_ref())
+            .unwrap_err()
+            .0
+            .error
+            .param
     };
-    let named = |name: &str| {
-        tools(json!([{"type": "function", "function": {"name": name}}]))
-    };
+    let named = |name: &str| tools(json!([{"type": "function", "function": {"name": name}}]));
     assert_eq!(param(&named("has space"), None).as_deref(), Some("tools"));
     assert_eq!(param(&named(""), None).as_deref(), Some("tools"));
-    assert_eq!(param(&named(&"x".repeat(65)), None).as_deref(), Some("tools"));
+    assert_eq!(
+        param(&named(&"x".repeat(65)), None).as_deref(),
+        Some("tools")
+    );
     let twice = tools(json!([
         {"type": "function", "function": {"name": "a"}},
         {"type": "function", "function": {"name": "a"}}
@@ -81,10 +88,17 @@ fn bad_tools_and_choices_are_refused_by_name() {
         Some("tool_choice")
     );
     assert_eq!(
-        param(&weather(), Some(json!({"type": "function", "function": {"name": "nope"}}))).as_deref(),
+        param(
+            &weather(),
+            Some(json!({"type": "function", "function": {"name": "nope"}}))
+        )
+        .as_deref(),
         Some("tool_choice")
     );
-    assert_eq!(param(&[], Some(json!("required"))).as_deref(), Some("tool_choice"));
+    assert_eq!(
+        param(&[], Some(json!("required"))).as_deref(),
+        Some("tool_choice")
+    );
 }
 
 fn read(mode: CallMode, pieces: &[&str]) -> (Vec<Piece>, bool) {
@@ -98,7 +112,13 @@ fn read(mode: CallMode, pieces: &[&str]) -> (Vec<Piece>, bool) {
 fn a_call_streams_its_name_then_its_arguments() {
     let (out, called) = read(
         CallMode::Always,
-        &["{\"name\": \"get_", "weather\", \"arguments\": {\"ci", "ty\": \"Par", "is\"}", "}"],
+        &[
+            "{\"name\": \"get_",
+            "weather\", \"arguments\": {\"ci",
+            "ty\": \"Par",
+            "is\"}",
+            "}",
+        ],
     );
     assert!(called);
     assert_eq!(out[0], Piece::CallStart("get_weather".into()));
@@ -110,14 +130,20 @@ fn a_call_streams_its_name_then_its_arguments() {
         })
         .collect();
     assert_eq!(arguments, r#"{"city": "Paris"}"#);
-    assert_eq!(call_text("get_weather", &arguments), r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#);
+    assert_eq!(
+        call_text("get_weather", &arguments),
+        r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#
+    );
 }
 
 #[test]
 fn auto_mode_reads_text_or_a_call_by_the_first_character() {
     let (out, called) = read(CallMode::Maybe, &["", "Hello", " {x}"]);
     assert!(!called);
-    assert_eq!(out, [Piece::Text("Hello".into()), Piece::Text(" {x}".into())]);
+    assert_eq!(
+        out,
+        [Piece::Text("Hello".into()), Piece::Text(" {x}".into())]
+    );
     let (out, called) = read(CallMode::Maybe, &["{\"name\": \"f\", \"arguments\": {}}"]);
     assert!(called);
     assert_eq!(out[0], Piece::CallStart("f".into()));
@@ -129,7 +155,10 @@ fn a_call_cut_short_is_text_or_an_incomplete_call() {
     assert!(!called);
     assert_eq!(out, [Piece::Text("{\"name\": \"ge".into())]);
     // Multi-byte characters are never split when the last one is held back.
-    let (out, _) = read(CallMode::Always, &["{\"name\": \"f\", \"arguments\": {\"a\": \"é"]);
+    let (out, _) = read(
+        CallMode::Always,
+        &["{\"name\": \"f\", \"arguments\": {\"a\": \"é"],
+    );
     assert_eq!(out[1], Piece::Arguments("{\"a\": \"".into()));
     assert_eq!(out[2], Piece::Arguments("é".into()));
 }

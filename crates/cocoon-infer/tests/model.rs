@@ -437,7 +437,7 @@ async fn refuses_what_it_cannot_do_with_openai_errors() {
         return;
     };
     let app = router(engine);
-    let (status, body) = post(&app, "/v1/chat/completions", chat("hi", json!({"n": 2}))).await;
+    let (status, body) = post(&app, "/v1/chat/completions", chat("hi", json!({"n": 17}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["param"], "n");
 

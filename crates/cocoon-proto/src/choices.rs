@@ -183,7 +183,9 @@ mod tests {
     use super::*;
 
     fn choices(json: &str) -> Result<u64, ChoicesError> {
-        serde_json::from_str::<ChoiceFields>(json).unwrap().choices()
+        serde_json::from_str::<ChoiceFields>(json)
+            .unwrap()
+            .choices()
     }
 
     #[test]

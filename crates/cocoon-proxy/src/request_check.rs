@@ -42,7 +42,7 @@ pub(crate) fn reserved_completion_tokens(
         prompt: fields.prompt,
     }
     .choices()
-        .map_err(|error| invalid_request(error.param(), error.to_string()))?;
+    .map_err(|error| invalid_request(error.param(), error.to_string()))?;
     Ok(per_choice.saturating_mul(choices))
 }
 

@@ -232,7 +232,10 @@ mod tests {
         let other_arguments = br#"{"choices":[{"index":0,"message":{"content":null,
             "tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":2}"}}]}}]}"#;
         assert_ne!(digest(call), digest(other_arguments));
-        assert_ne!(digest(call), digest(br#"{"choices":[{"index":0,"message":{"content":""}}]}"#));
+        assert_ne!(
+            digest(call),
+            digest(br#"{"choices":[{"index":0,"message":{"content":""}}]}"#)
+        );
     }
 
     #[test]

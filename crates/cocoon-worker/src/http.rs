@@ -18,8 +18,8 @@ use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
 use cocoon_proto::{
     completion_limit, ChoiceFields, ErrorKind, OpenAiError, TokenField, WorkerInfo,
 };
-use serde::Deserialize;
 use http::{header, HeaderMap, HeaderValue};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Duration, Instant};

@@ -208,7 +208,9 @@ async fn tool_calls_are_decoded_under_the_schema_and_answered_in_openai_shape() 
     // Streamed: the call arrives as `delta.tool_calls`, name first, then the arguments.
     let response = http()
         .post(format!("{api}/v1/chat/completions"))
-        .json(&ask_weather(json!({"tool_choice": "required", "stream": true})))
+        .json(&ask_weather(
+            json!({"tool_choice": "required", "stream": true}),
+        ))
         .send()
         .await
         .unwrap();
@@ -263,10 +265,14 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
     let person: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
-    let keys: Vec<&String> = person.as_object().unwrap().keys().collect();
+    let mut keys: Vec<&String> = person.as_object().unwrap().keys().collect();
+    keys.sort();
     assert_eq!(keys, ["age", "colours", "name"], "{content}");
     assert!(person["name"].as_str().unwrap().chars().count() <= 20);
-    assert!(person["age"].is_i64() || person["age"].is_u64(), "{content}");
+    assert!(
+        person["age"].is_i64() || person["age"].is_u64(),
+        "{content}"
+    );
     let colours = person["colours"].as_array().unwrap();
     assert!(colours.len() <= 3);
     assert!(colours
@@ -287,7 +293,8 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
     .await;
     if answer["choices"][0]["finish_reason"] == "stop" {
         let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
-        let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
+        let value: Value =
+            serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content}"));
         assert!(value.is_object(), "{content}");
     }
     // A schema keyword the grammar cannot enforce is refused by name.
@@ -317,7 +324,9 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
         }),
     )
     .await;
-    let content = answer["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let content = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
     assert_eq!(
         content.len() as u64,
         answer["usage"]["completion_tokens"].as_u64().unwrap()
@@ -332,7 +341,10 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
         let values: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
         assert!(values.windows(2).all(|w| w[0] >= w[1]), "{entry}");
         assert!(values.iter().map(|v| v.exp()).sum::<f64>() <= 1.0 + 1e-4);
-        assert_eq!(top[0]["token"], entry["token"], "greedy picks the likeliest: {entry}");
+        assert_eq!(
+            top[0]["token"], entry["token"],
+            "greedy picks the likeliest: {entry}"
+        );
         assert_eq!(top[0]["logprob"], entry["logprob"]);
     }
     let text: String = content
@@ -347,8 +359,10 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
     // Completions: `logprobs: k`, streamed, with text offsets.
     let response = http()
         .post(format!("{api}/v1/completions"))
-        .json(&json!({"model": MODEL, "prompt": "The sky is", "logprobs": 2, "max_tokens": 4,
-            "temperature": 0, "stream": true}))
+        .json(
+            &json!({"model": MODEL, "prompt": "The sky is", "logprobs": 2, "max_tokens": 4,
+            "temperature": 0, "stream": true}),
+        )
         .send()
         .await
         .unwrap();
@@ -450,7 +464,10 @@ async fn n_choices_prompt_lists_echo_penalties_and_bias() {
     assert_eq!(status, 200, "{answer}");
     let choices = answer["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 2);
-    assert!(choices[0]["text"].as_str().unwrap().starts_with("The sky is"));
+    assert!(choices[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("The sky is"));
     assert!(choices[1]["text"].as_str().unwrap().starts_with("Grass is"));
     assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() >= 4);
 
@@ -458,7 +475,9 @@ async fn n_choices_prompt_lists_echo_penalties_and_bias() {
     let greedy = json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 12,
         "temperature": 0, "logprobs": 0, "return_tokens_as_token_ids": true});
     let (_, plain, _) = post(&api, "/v1/completions", greedy.clone()).await;
-    let first = plain["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap();
+    let first = plain["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap();
     let first_id = first.strip_prefix("token_id:").unwrap();
     let mut biased = greedy.clone();
     biased["logit_bias"] = json!({ first_id: -100 });
