@@ -12,8 +12,8 @@ use crate::openai::{ApiError, CommonParams, Stop};
 pub(crate) const MAX_CHOICES: usize = 16;
 /// Most alternatives reported per token (`top_logprobs`, or `logprobs` on completions).
 pub(crate) const MAX_TOP_LOGPROBS: i64 = 20;
-/// Most entries in `logit_bias` (OpenAI's own limit).
-const MAX_LOGIT_BIAS: usize = 300;
+/// Most entries in `logit_bias` (the client edge's limit too).
+const MAX_LOGIT_BIAS: usize = 1024;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
