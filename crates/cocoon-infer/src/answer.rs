@@ -54,6 +54,9 @@ struct Choice {
     reader: CallReader,
     call_id: String,
     echo: Option<String>,
+    /// In a stream: the echoed prompt not yet sent. It rides with the choice's first text, so
+    /// that no chunk carries only the prompt (the worker counts each text chunk as a token).
+    echo_unsent: Option<String>,
     counts_prompt: bool,
     started: bool,
     text: String,
@@ -76,6 +79,7 @@ impl Choice {
             call_id: spec.call_id.clone(),
             offset: spec.echo.as_ref().map_or(0, |e| e.chars().count()),
             echo: spec.echo.clone(),
+            echo_unsent: spec.echo.clone(),
             counts_prompt: spec.counts_prompt,
             started: false,
             text: String::new(),
@@ -280,6 +284,10 @@ impl ResponseMeta {
                     Delta::Text(text) => text,
                     _ => "",
                 };
+                let text = match c.echo_unsent.take() {
+                    Some(echo) => format!("{echo}{text}"),
+                    None => text.to_owned(),
+                };
                 (
                     "text_completion",
                     json!({"index": c.index, "text": text, "logprobs": logprobs, "finish_reason": finish}),
@@ -369,16 +377,10 @@ pub(crate) fn sse_stream(
             Some((index, event)) => {
                 let meta = &state.meta;
                 let choice = &mut state.choices[index];
-                if !choice.started {
-                    choice.started = true;
-                    match (meta.api, choice.echo.clone()) {
-                        (Api::Chat, _) => out.push(meta.chunk(choice, Delta::Role)),
-                        (Api::Completion, Some(echo)) => {
-                            out.push(meta.chunk(choice, Delta::Text(&echo)));
-                        }
-                        (Api::Completion, None) => {}
-                    }
+                if !choice.started && meta.api == Api::Chat {
+                    out.push(meta.chunk(choice, Delta::Role));
                 }
+                choice.started = true;
                 match event {
                     Event::Token(logprob) => choice.logprobs.push(*logprob),
                     Event::Text(text) => {

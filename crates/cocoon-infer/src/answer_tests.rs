@@ -190,6 +190,47 @@ fn call_events() -> Vec<Event> {
 }
 
 #[tokio::test]
+async fn a_streamed_echo_rides_with_the_first_text() {
+    let out = parse(
+        &frames(
+            meta(Api::Completion, false),
+            vec![spec(
+                vec![
+                    Event::Text("a".into()),
+                    Event::Text("b".into()),
+                    done(FinishReason::Length, 2, 2),
+                ],
+                CallMode::Never,
+                Some("P:"),
+                true,
+            )],
+        )
+        .await,
+    );
+    let texts: Vec<&str> = out
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    // As many text chunks as tokens: the prompt is not a chunk of its own.
+    assert_eq!(texts, ["P:a", "b", ""]);
+    // Nothing generated: the prompt comes with the last chunk.
+    let out = parse(
+        &frames(
+            meta(Api::Completion, false),
+            vec![spec(
+                vec![done(FinishReason::Stop, 2, 1)],
+                CallMode::Never,
+                Some("P:"),
+                true,
+            )],
+        )
+        .await,
+    );
+    assert_eq!(out[0]["choices"][0]["text"], "P:");
+    assert_eq!(out[0]["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
 async fn a_tool_call_answers_in_openai_shape() {
     let body = collect(
         meta(Api::Chat, false),
