@@ -100,6 +100,12 @@ impl Choice {
         }
     }
 
+    fn end(&mut self, finish: FinishReason, prompt_tokens: u32, completion_tokens: u32) {
+        self.finish = Some(finish);
+        self.prompt_tokens = prompt_tokens;
+        self.completion_tokens = completion_tokens;
+    }
+
     fn finish_reason(&self) -> Option<&'static str> {
         self.finish.map(|finish| {
             if finish == FinishReason::Stop && self.reader.called() {
@@ -174,9 +180,7 @@ pub(crate) async fn collect(
                 for piece in choice.reader.finish() {
                     choice.apply(&piece);
                 }
-                choice.finish = Some(finish);
-                choice.prompt_tokens = prompt_tokens;
-                choice.completion_tokens = completion_tokens;
+                choice.end(finish, prompt_tokens, completion_tokens);
                 remaining -= 1;
             }
         }
@@ -400,9 +404,7 @@ pub(crate) fn sse_stream(
                         for piece in choice.reader.finish() {
                             out.push(meta.piece_chunk(choice, &piece));
                         }
-                        choice.finish = Some(finish);
-                        choice.prompt_tokens = prompt_tokens;
-                        choice.completion_tokens = completion_tokens;
+                        choice.end(finish, prompt_tokens, completion_tokens);
                         out.push(meta.chunk(choice, Delta::End));
                         state.remaining -= 1;
                         if state.remaining == 0 {

@@ -9,28 +9,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use serde_json::{json, Value};
 
 const MODEL: &str = "SmolLM2-135M-Instruct";
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("COCOON_MODEL_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir()));
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the model is missing at {} (run `cocoon model fetch`)",
-        path.display()
-    );
-    eprintln!("skipped: model not present at {}", path.display());
-    None
-}
 
 /// A network serving the real model with room for three sequences at once; the nodes (and the
 /// ledger the addresses own) live as long as the returned value.
@@ -66,6 +48,29 @@ async fn post(api: &str, path: &str, body: Value) -> (u16, Value, reqwest::heade
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     (status, response.json().await.unwrap(), headers)
+}
+
+/// The JSON chunks of a streamed answer.
+fn chunks(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect()
+}
+
+/// `cocoon receipt verify` of a receipt header (and, when given, against `answer`).
+fn verify_receipt(header: &[u8], answer: Option<&Value>, extra: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let receipt = dir.path().join("receipt").display().to_string();
+    let body = dir.path().join("answer.json").display().to_string();
+    std::fs::write(&receipt, header).unwrap();
+    let mut args = vec!["receipt", "verify", &receipt, "--min-tee", "fake"];
+    if let Some(answer) = answer {
+        std::fs::write(&body, answer.to_string()).unwrap();
+        args.extend(["--response", &body]);
+    }
+    args.extend(extra);
+    cocoon(&args)
 }
 
 async fn chat(api: &str, body: Value) -> Value {
@@ -150,36 +155,14 @@ async fn tool_calls_are_decoded_under_the_schema_and_answered_in_openai_shape() 
         assert_eq!(call["function"]["name"], "get_weather");
         assert_weather_arguments(call["function"]["arguments"].as_str().unwrap());
 
-        // The receipt covers the call: it verifies against this very answer.
-        let dir = tempfile::tempdir().unwrap();
-        let receipt = dir.path().join("receipt");
-        let body = dir.path().join("answer.json");
-        std::fs::write(&receipt, headers["x-cocoon-receipt"].as_bytes()).unwrap();
-        std::fs::write(&body, answer.to_string()).unwrap();
-        let (ok, _, stderr) = cocoon(&[
-            "receipt",
-            "verify",
-            &receipt.display().to_string(),
-            "--min-tee",
-            "fake",
-            "--response",
-            &body.display().to_string(),
-        ]);
+        // The receipt covers the call: it verifies against this very answer, not another call.
+        let header = headers["x-cocoon-receipt"].as_bytes();
+        let (ok, _, stderr) = verify_receipt(header, Some(&answer), &[]);
         assert!(ok, "{stderr}");
-        // A different call does not.
         let mut forged = answer.clone();
         forged["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] =
             json!("{\"city\": \"Rome\", \"unit\": \"celsius\"}");
-        std::fs::write(&body, forged.to_string()).unwrap();
-        let (ok, _, _) = cocoon(&[
-            "receipt",
-            "verify",
-            &receipt.display().to_string(),
-            "--min-tee",
-            "fake",
-            "--response",
-            &body.display().to_string(),
-        ]);
+        let (ok, _, _) = verify_receipt(header, Some(&forged), &[]);
         assert!(!ok, "a receipt must not verify another tool call");
     }
 
@@ -217,10 +200,7 @@ async fn tool_calls_are_decoded_under_the_schema_and_answered_in_openai_shape() 
     assert_eq!(response.status(), 200);
     let (events, receipt) = stream_answer(response).await;
     assert!(receipt.is_some(), "a streamed call has its receipt");
-    let chunks: Vec<Value> = events
-        .iter()
-        .filter_map(|e| serde_json::from_str(e).ok())
-        .collect();
+    let chunks = chunks(&events);
     let deltas: Vec<&Value> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
@@ -367,10 +347,7 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
         .await
         .unwrap();
     let (events, _) = stream_answer(response).await;
-    let chunks: Vec<Value> = events
-        .iter()
-        .filter_map(|e| serde_json::from_str(e).ok())
-        .collect();
+    let chunks = chunks(&events);
     let offsets: Vec<u64> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["logprobs"]["text_offset"].as_array())
@@ -411,17 +388,8 @@ async fn n_choices_prompt_lists_echo_penalties_and_bias() {
         "every choice is counted: {answer}"
     );
     assert!(answer["usage"]["total_cost"].as_u64().unwrap() > 0);
-    let dir = tempfile::tempdir().unwrap();
-    let receipt = dir.path().join("receipt");
-    std::fs::write(&receipt, headers["x-cocoon-receipt"].as_bytes()).unwrap();
-    let (ok, stdout, stderr) = cocoon(&[
-        "receipt",
-        "verify",
-        &receipt.display().to_string(),
-        "--min-tee",
-        "fake",
-        "--json",
-    ]);
+    let (ok, stdout, stderr) =
+        verify_receipt(headers["x-cocoon-receipt"].as_bytes(), None, &["--json"]);
     assert!(ok, "{stderr}");
     let verified: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -438,10 +406,7 @@ async fn n_choices_prompt_lists_echo_penalties_and_bias() {
         .await
         .unwrap();
     let (events, _) = stream_answer(response).await;
-    let chunks: Vec<Value> = events
-        .iter()
-        .filter_map(|e| serde_json::from_str(e).ok())
-        .collect();
+    let chunks = chunks(&events);
     let finished: Vec<u64> = chunks
         .iter()
         .filter(|c| c["choices"][0]["finish_reason"].is_string())

@@ -8,26 +8,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 use serde_json::{json, Value};
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("COCOON_MODEL_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir()));
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the model is missing at {} (run `cocoon model fetch`)",
-        path.display()
-    );
-    eprintln!("skipped: model not present at {}", path.display());
-    None
-}
 
 #[tokio::test]
 async fn the_network_answers_with_the_real_model() {

@@ -15,10 +15,15 @@ use std::time::{Duration, Instant};
 use cocoon_tee::FakeAttester;
 
 mod answers;
+#[cfg(feature = "embedded")]
+mod model;
 mod scenarios;
 // Not every test binary asks for answers or sets up a scenario.
 #[allow(unused_imports)]
 pub use answers::*;
+#[cfg(feature = "embedded")]
+#[allow(unused_imports)]
+pub use model::*;
 #[allow(unused_imports)]
 pub use scenarios::*;
 
