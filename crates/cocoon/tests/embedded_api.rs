@@ -12,31 +12,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-const MODEL: &str = "SmolLM2-135M-Instruct";
-
-/// A network serving the real model with room for three sequences at once; the nodes (and the
-/// ledger the addresses own) live as long as the returned value.
-async fn network() -> Option<((Vec<Node>, ProxyAddrs), String)> {
-    let model = model_path()?.display().to_string();
-    let allowed = format!("{MODEL}={}", cocoon_infer::DEFAULT_MODEL_SHA256);
-    let (proxy_node, proxy) = proxy(&["--allow-model", &allowed]);
-    let (worker_node, _) = worker(
-        &proxy,
-        &[
-            "--engine",
-            "embedded",
-            "--model-path",
-            &model,
-            "--max-active",
-            "3",
-            "--context-length",
-            "1024",
-        ],
-    );
-    let (client_node, api) = client(&proxy, &[]);
-    wait_for_model(&api, MODEL, 1).await;
-    Some(((vec![proxy_node, worker_node, client_node], proxy), api))
-}
+const MODEL: &str = MODEL_NAME;
 
 async fn post(api: &str, path: &str, body: Value) -> (u16, Value, reqwest::header::HeaderMap) {
     let response = http()
@@ -131,7 +107,7 @@ fn assert_weather_arguments(arguments: &str) {
 
 #[tokio::test]
 async fn tool_calls_are_decoded_under_the_schema_and_answered_in_openai_shape() {
-    let Some((_nodes, api)) = network().await else {
+    let Some((_network, api)) = embedded_network(3).await else {
         return;
     };
     // Forced by name, and `required`: one valid call to the function.
@@ -218,7 +194,7 @@ async fn tool_calls_are_decoded_under_the_schema_and_answered_in_openai_shape() 
 
 #[tokio::test]
 async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
-    let Some((_nodes, api)) = network().await else {
+    let Some((_network, api)) = embedded_network(3).await else {
         return;
     };
     let schema = json!({
@@ -361,7 +337,7 @@ async fn structured_output_matches_its_schema_and_logprobs_are_sensible() {
 
 #[tokio::test]
 async fn n_choices_prompt_lists_echo_penalties_and_bias() {
-    let Some((_nodes, api)) = network().await else {
+    let Some((_network, api)) = embedded_network(3).await else {
         return;
     };
     // n = 3: three choices, each up to max_tokens, billed as three.

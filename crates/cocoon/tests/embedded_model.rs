@@ -13,29 +13,10 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn the_network_answers_with_the_real_model() {
-    let Some(model) = model_path() else { return };
-    let model = model.display().to_string();
     // The proxy admits exactly these weights for this name.
-    let allowed = format!(
-        "SmolLM2-135M-Instruct={}",
-        cocoon_infer::DEFAULT_MODEL_SHA256
-    );
-    let (_proxy, proxy) = proxy(&["--allow-model", &allowed]);
-    let (_worker, _) = worker(
-        &proxy,
-        &[
-            "--engine",
-            "embedded",
-            "--model-path",
-            &model,
-            "--max-active",
-            "2",
-            "--context-length",
-            "1024",
-        ],
-    );
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "SmolLM2-135M-Instruct", 1).await;
+    let Some((_network, api)) = embedded_network(2).await else {
+        return;
+    };
     let http = http();
 
     let response = http
