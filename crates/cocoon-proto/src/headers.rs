@@ -14,8 +14,9 @@ pub const TIMEOUT_MS: &str = "x-cocoon-timeout-ms";
 /// (comma-separated names, see [`crate::capabilities`]); the proxy routes it only to a worker
 /// whose engine honours them all.
 pub const ENGINE_PARAMS: &str = "x-cocoon-engine-params";
-/// Request header from the proxy to the worker: the completion tokens reserved for the request.
-/// The worker asks its engine for no more and relays no more, whatever the engine does.
+/// Request header from the proxy to the worker: the completion tokens reserved for the request,
+/// all its choices together ([`crate::choices`]). The worker asks its engine for no more and
+/// relays no more, whatever the engine does.
 pub const MAX_TOKENS: &str = "x-cocoon-max-tokens";
 /// Response header, on a worker's 5xx answer: the request reached no engine, so another worker may
 /// be given it. A 5xx without it means the engine had the request (which may be what broke it):
