@@ -38,7 +38,8 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
         .map_err(|e| InferError::Startup(format!("llama.cpp backend: {e}")))
 }
 
-/// Why generation ended, as OpenAI's `finish_reason`.
+/// Why generation ended, as OpenAI's `finish_reason` (`tool_calls` is the HTTP layer's reading
+/// of a `Stop` whose output is a complete call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FinishReason {
     /// End of turn, or a stop string.
@@ -46,8 +47,6 @@ pub(crate) enum FinishReason {
     /// `max_tokens` or the context window was reached.
     Length,
 }
-
-// `tool_calls` is decided by the HTTP layer, which reads the output as a call.
 
 impl FinishReason {
     /// The OpenAI spelling.

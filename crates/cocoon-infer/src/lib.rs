@@ -7,7 +7,9 @@
 //!   starts a dedicated engine thread that decodes up to [`Engine::max_active`] requests together
 //!   in one llama.cpp context (continuous batching), fed by a bounded queue.
 //! - [`router`] serves `POST /v1/chat/completions` (with the model's own chat template),
-//!   `POST /v1/completions` and `GET /v1/models`, streaming as OpenAI-style SSE.
+//!   `POST /v1/completions` and `GET /v1/models`, streaming as OpenAI-style SSE; penalties,
+//!   `logit_bias`, log-probabilities, `n` choices, `response_format` and tool calls (both decoded
+//!   under a grammar built from their JSON schemas) are honoured.
 //! - [`fetch_default_model`] downloads and verifies the default model, SmolLM2-135M-Instruct.
 //!
 //! The crate is self-contained so that builds without an embedded engine skip llama.cpp.

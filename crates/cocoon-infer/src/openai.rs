@@ -1,8 +1,7 @@
-//! The OpenAI request shapes this engine accepts, their validation, and the error type answered
-//! to clients.
+//! The OpenAI request shapes this engine accepts and the error type answered to clients.
 //!
-//! Unknown fields are ignored (clients send many optional ones); what the engine honours is
-//! validated in [`crate::params`], and what it cannot honour is refused by name there.
+//! Unknown fields are ignored (clients send many optional ones); the generation parameters are validated in [`crate::params`],
+//! tools in [`crate::tools`], `response_format` in [`crate::json_grammar`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
