@@ -29,6 +29,11 @@ const MAX_ITEMS: usize = 256;
 const MAX_REPEAT: u64 = 256;
 /// Largest grammar text produced.
 const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
+/// Most schema nodes a grammar may stand for with every `$ref` inlined. References are emitted as
+/// shared rules, but llama.cpp's matcher walks them as if inlined: a few definitions that each
+/// refer twice to the previous one make an exponential number of parallel parse states, which
+/// would stall the engine thread (or exhaust memory) for every request.
+const MAX_EXPANDED_NODES: u64 = 16 * 1024;
 
 /// Keywords that only describe and never constrain.
 const ANNOTATIONS: &[&str] = &[
@@ -68,8 +73,11 @@ array ::= "[" ws ( value ( ws "," ws value )* ws )? "]"
 #[derive(Debug, Default)]
 pub(crate) struct GrammarBuilder {
     rules: Vec<(String, String)>,
-    /// `(schema number, definition name)` → its rule, so recursive definitions refer to themselves.
-    defs: HashMap<(usize, String), String>,
+    /// `(schema number, definition name)` → its rule, so recursive definitions refer to themselves,
+    /// and its size inlined (see [`MAX_EXPANDED_NODES`]; 1 while it is being expanded).
+    defs: HashMap<(usize, String), (String, u64)>,
+    /// Schema nodes converted so far, every `$ref` counted as its definition's size.
+    expanded: u64,
     /// Which schema's `$defs` the current `$ref`s point into.
     schema: usize,
     roots: Vec<Value>,
@@ -113,10 +121,23 @@ impl GrammarBuilder {
         Ok(text)
     }
 
+    /// Counts `nodes` more schema nodes against [`MAX_EXPANDED_NODES`].
+    fn count(&mut self, nodes: u64) -> Result<(), SchemaError> {
+        self.expanded = self.expanded.saturating_add(nodes);
+        if self.expanded > MAX_EXPANDED_NODES {
+            return refuse(format!(
+                "the schema is too large with its references expanded (more than \
+                 {MAX_EXPANDED_NODES} nodes)"
+            ));
+        }
+        Ok(())
+    }
+
     fn expr(&mut self, schema: &Value, depth: usize) -> Result<String, SchemaError> {
         if depth > MAX_DEPTH {
             return refuse(format!("the schema nests deeper than {MAX_DEPTH} levels"));
         }
+        self.count(1)?;
         let object = match schema {
             Value::Bool(true) => return Ok("value".into()),
             Value::Object(object) => object,
@@ -299,8 +320,9 @@ impl GrammarBuilder {
             ));
         };
         let key = (self.schema, name.to_owned());
-        if let Some(rule) = self.defs.get(&key) {
-            return Ok(rule.clone());
+        if let Some((rule, size)) = self.defs.get(&key).cloned() {
+            self.count(size)?;
+            return Ok(rule);
         }
         let root = &self.roots[self.schema];
         let target = root
@@ -313,8 +335,11 @@ impl GrammarBuilder {
         };
         // Reserve the rule's name first so that a recursive definition refers to itself.
         let rule = self.rule(String::new())?;
-        self.defs.insert(key, rule.clone());
+        self.defs.insert(key.clone(), (rule.clone(), 1));
+        let before = self.expanded;
         let expr = self.expr(&target, depth + 1)?;
+        let size = self.expanded - before;
+        self.defs.insert(key, (rule.clone(), size));
         if let Some(slot) = self.rules.iter_mut().find(|(n, _)| *n == rule) {
             slot.1 = expr;
         }

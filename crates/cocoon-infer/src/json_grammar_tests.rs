@@ -142,6 +142,25 @@ fn malformed_and_hostile_schemas_are_refused() {
 }
 
 #[test]
+fn references_that_multiply_are_refused() {
+    // d0 is a string; each d(i) is any of eight d(i-1): small as written, but 8^6 strings
+    // inlined, which llama.cpp would track as that many parallel parse states.
+    let mut defs = Map::new();
+    defs.insert("d0".into(), json!({"type": "string"}));
+    for i in 1..=6 {
+        let previous = json!({"$ref": format!("#/$defs/d{}", i - 1)});
+        defs.insert(format!("d{i}"), json!({ "anyOf": vec![previous; 8] }));
+    }
+    let message = refusal(json!({"$defs": defs, "$ref": "#/$defs/d6"}));
+    assert!(message.contains("references expanded"), "{message}");
+    // A definition used a few times is fine.
+    grammar(
+        json!({"$defs": {"p": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+        "type": "array", "items": {"anyOf": [{"$ref": "#/$defs/p"}, {"$ref": "#/$defs/p"}]}}),
+    );
+}
+
+#[test]
 fn literals_escape_gbnf_specials() {
     assert_eq!(literal("a\"\\\n\t\u{1}é"), r#""a\"\\\n\t\x01é""#);
 }
