@@ -35,9 +35,27 @@ pub const OPENAI_ENGINE_PARAMS: [&str; 15] = [
 ];
 
 /// The embedded engine (`cocoon-infer`): what it honours beyond the base. **When the embedded
-/// engine learns a parameter, add its name here — nothing else changes.** `top_k` is not OpenAI's
-/// but llama.cpp's (and vLLM's) sampling parameter.
-pub const EMBEDDED_HONOURS: &[&str] = &["top_k"];
+/// engine learns a parameter, add its name here — nothing else changes.** `top_k`,
+/// `repetition_penalty` and `return_tokens_as_token_ids` are not OpenAI's but llama.cpp's and
+/// vLLM's. It does not honour `suffix`, `best_of` or `modalities`; `parallel_tool_calls` is honoured
+/// as "at most one call".
+pub const EMBEDDED_HONOURS: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "echo",
+    "prompt",
+    "top_k",
+    "repetition_penalty",
+    "return_tokens_as_token_ids",
+];
 
 /// The synthetic engine (benchmarks and tests): it streams filler text and honours nothing
 /// beyond the base.
@@ -130,10 +148,16 @@ mod tests {
 
     #[test]
     fn each_engine_kind_has_its_table() {
-        let wanted = ["tools".to_owned(), "top_k".to_owned()];
+        let wanted = ["suffix".to_owned(), "top_k".to_owned()];
         assert_eq!(EngineKind::Url.honours().first_missing(&wanted), None);
         assert_eq!(
             EngineKind::Embedded.honours().first_missing(&wanted),
+            Some("suffix")
+        );
+        assert_eq!(
+            EngineKind::Synthetic
+                .honours()
+                .first_missing(&["tools".to_owned()]),
             Some("tools")
         );
         assert_eq!(

@@ -230,25 +230,25 @@ async fn a_request_goes_only_to_an_engine_that_honours_its_parameters() {
     use cocoon_proto::EngineKind;
     let routing = Routing::default();
     let embedded = add_engine(&routing, "m", 1000, EngineKind::Embedded, Some(2048), 0).await;
-    // The embedded engine alone: `tools` is refused by name, before anything is reserved.
+    // The embedded engine alone: `suffix` is refused by name, before anything is reserved.
     let refused = routing
-        .check("m", &needs(&["top_k", "tools"], None))
+        .check("m", &needs(&["top_k", "suffix"], None))
         .unwrap_err();
-    assert_eq!(refused.to_openai().error.param.as_deref(), Some("tools"));
+    assert_eq!(refused.to_openai().error.param.as_deref(), Some("suffix"));
     assert_eq!(refused.kind(), ErrorKind::InvalidRequest);
     assert!(routing.check("m", &needs(&["top_k"], None)).is_ok());
     // A dearer engine-URL worker honours everything: the request goes there, not to the cheaper.
     let url = add_engine(&routing, "m", 3000, EngineKind::Url, None, 0).await;
-    assert!(routing.check("m", &needs(&["tools"], None)).is_ok());
+    assert!(routing.check("m", &needs(&["suffix"], None)).is_ok());
     let slot = routing
-        .choose("m", 5000, &needs(&["tools"], None), None)
+        .choose("m", 5000, &needs(&["suffix"], None), None)
         .unwrap();
     assert_eq!(slot.worker.id, url);
     drop(slot);
     let slot = routing.choose("m", 5000, &Needs::default(), None).unwrap();
     assert_eq!(slot.worker.id, embedded);
     // Only the dearer worker can serve it, and it is above the client's limit: said so.
-    let refused = routing.choose("m", 2000, &needs(&["tools"], None), None);
+    let refused = routing.choose("m", 2000, &needs(&["suffix"], None), None);
     assert!(
         matches!(
             refused,
