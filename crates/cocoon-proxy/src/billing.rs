@@ -1,7 +1,12 @@
 //! Money on the request path: reserve a request's worst-case cost against the client's balance
 //! before any worker sees it, charge the actual usage durably when the answer ends, and settle
-//! with the ledger in the background (commit the database position, apply client charges, send
-//! workers their claimable earnings, withdraw the commission).
+//! with the ledger in the background (apply client charges, send workers their claimable
+//! earnings, withdraw the commission).
+//!
+//! The proxy contract belongs to the operator's account; this process signs vouchers with a key
+//! it made at start ([`Operator`] says whether it may also act for the operator). Vouchers state
+//! totals from the database, so a restarted proxy goes on where the last one stopped with its
+//! new key, and the ledger honours both keys' vouchers.
 //!
 //! A client's *available* balance is its contract balance on the ledger, minus what this proxy
 //! charged but the ledger has not collected yet, minus the reservations of its requests in
@@ -53,13 +58,36 @@ const CONTRACT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const LEDGER_RETRY: Duration = Duration::from_secs(1);
 /// How long a push of earnings to a worker may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between looks at the ledger while waiting for the operator to authorize this start's key.
+const AUTHORIZATION_POLL: Duration = Duration::from_secs(1);
+/// How often the wait for authorization repeats the command the operator has to run.
+const AUTHORIZATION_REMINDER: Duration = Duration::from_secs(30);
+
+/// Who owns the proxy contract, and whether this process holds their key.
+pub enum Operator {
+    /// Development and tests: the operator's key itself. The proxy opens its contract, stakes,
+    /// authorizes its own voucher keys and withdraws the commission.
+    Key(SigningKey),
+    /// Production: the operator's account only; the operator authorizes each start's key.
+    Account(AccountId),
+}
+
+impl Operator {
+    /// The operator's account: the proxy contract's id.
+    pub fn account(&self) -> AccountId {
+        match self {
+            Operator::Key(key) => AccountId::from(key),
+            Operator::Account(account) => *account,
+        }
+    }
+}
 
 /// Billing settings (part of [`crate::ProxyConfig`]).
 #[derive(Debug, Clone)]
 pub struct BillingConfig {
     /// Base URL of the ledger service.
     pub ledger: String,
-    /// Directory of the wallet key and the money database.
+    /// Directory of the money database.
     pub data_dir: PathBuf,
     /// Stake to open the proxy contract with (0: the registry's minimum).
     pub stake: Amount,
@@ -120,8 +148,8 @@ pub enum BillingError {
     /// The wallet key could not be opened.
     #[error(transparent)]
     Wallet(#[from] cocoon_node::wallet::WalletError),
-    /// The proxy's wallet cannot pay the stake its contract needs.
-    #[error("the proxy wallet {account} holds {balance}, but its contract needs a stake of {stake}: fund it (`cocoon wallet`) or set --faucet on a development ledger")]
+    /// The operator's account cannot pay the stake its contract needs.
+    #[error("the operator's account {account} holds {balance}, but its proxy contract needs a stake of {stake}: fund it (`cocoon wallet`) or set --faucet on a development ledger")]
     CannotStake {
         /// The proxy's wallet.
         account: AccountId,
@@ -130,9 +158,6 @@ pub enum BillingError {
         /// The stake needed.
         stake: Amount,
     },
-    /// The ledger's proxy contract signs vouchers with another key than this proxy's.
-    #[error("the ledger's contract of {0} expects vouchers from another key")]
-    ForeignVoucherKey(AccountId),
 }
 
 impl BillingError {
@@ -177,15 +202,19 @@ struct LedgerView {
     pool: Amount,
     paid_to_workers: Amount,
     withdrawn: Amount,
-    committed_seqno: u64,
     last_error: Option<String>,
 }
 
-/// The proxy's billing: its wallet, its database and its view of the ledger.
+/// The proxy's billing: its voucher key, its database and its view of the ledger.
 pub struct Billing {
+    /// The operator's account: the proxy contract.
     account: AccountId,
     signer: VoucherSigner,
+    /// Signs with the operator's key when this process holds it, else with the voucher key (which
+    /// may still submit vouchers: anyone may).
     ledger: LedgerClient,
+    /// Whether `ledger` signs as the operator (then the proxy withdraws its own commission).
+    acts_for_operator: bool,
     /// The database as read by requests and settlement; the writer has a connection of its own.
     store: Mutex<BillingStore>,
     writer: ChargeWriter,
@@ -235,15 +264,22 @@ pub struct AnswerCost {
 }
 
 impl Billing {
-    /// Opens the proxy's billing: wallet key, database, ledger contract. Refuses to start when the
-    /// database is older than (or diverged from) the last position committed to the ledger.
+    /// Opens the proxy's billing: database, ledger contract, this start's `voucher_key`. With
+    /// the operator's key, opens the contract if needed and authorizes `voucher_key`; without
+    /// it, waits until the operator has.
     pub async fn open(
         config: BillingConfig,
-        key: SigningKey,
+        operator: Operator,
+        voucher_key: SigningKey,
         registry: &RegistryWatch,
     ) -> Result<Arc<Self>, BillingError> {
-        let account = AccountId::from(&key);
-        let ledger = LedgerClient::new(&config.ledger, key.clone())
+        let account = operator.account();
+        let acts_for_operator = matches!(operator, Operator::Key(_));
+        let ledger_key = match operator {
+            Operator::Key(key) => key,
+            Operator::Account(_) => voucher_key.clone(),
+        };
+        let ledger = LedgerClient::new(&config.ledger, ledger_key)
             .map_err(|e| BillingError::Ledger(e.into()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             cocoon_node::wallet::WalletError::DataDir {
@@ -253,39 +289,17 @@ impl Billing {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let store = BillingStore::open(&path)?;
-        let (seqno, hash) = store.position()?;
-        let min_proxy_stake = registry.current().min_proxy_stake;
-        ledger.check_proxy_state(account, seqno, hash).await?;
-        let contract = ledger.proxy_contract(account).await?;
-        let open = contract
-            .as_ref()
-            .is_some_and(|c| c.status == ContractStatus::Open);
-        if !open {
-            let stake = config.stake.max(min_proxy_stake);
-            let mut balance = ledger.account(account).await?.balance;
-            if balance < stake && config.faucet > 0 {
-                ledger.faucet(config.faucet.max(stake - balance)).await?;
-                balance = ledger.account(account).await?.balance;
-            }
-            if balance < stake {
-                return Err(BillingError::CannotStake {
-                    account,
-                    balance,
-                    stake,
-                });
-            }
-            ledger.open_proxy(stake, account).await?;
-            tracing::info!(%account, stake, "proxy contract opened");
-        } else if contract.as_ref().is_some_and(|c| c.voucher_key != account) {
-            return Err(BillingError::ForeignVoucherKey(account));
+        let key = AccountId::from(&voucher_key);
+        if acts_for_operator {
+            open_and_authorize(&ledger, &config, registry, account, key).await?;
+        } else {
+            wait_for_authorization(&ledger, &config, account, key).await;
         }
-        let committed_seqno = contract
-            .and_then(|c| c.commit)
-            .map_or(0, |commit| commit.seqno);
         Ok(Arc::new(Billing {
             account,
-            signer: VoucherSigner::new(key, account),
+            signer: VoucherSigner::new(voucher_key, account),
             ledger,
+            acts_for_operator,
             writer: ChargeWriter::spawn(&path)?,
             store: Mutex::new(store),
             prices: registry.derive(|document| document.prices.clone()),
@@ -294,10 +308,7 @@ impl Billing {
             reserved: Mutex::new(HashMap::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
-            view: Mutex::new(LedgerView {
-                committed_seqno,
-                ..LedgerView::default()
-            }),
+            view: Mutex::new(LedgerView::default()),
             config,
         }))
     }
@@ -532,7 +543,8 @@ impl Billing {
             "withdrawn": view.withdrawn,
             "reserved": reserved,
             "seqno": seqno,
-            "committed_seqno": view.committed_seqno,
+            "voucher_key": self.signer.voucher_key().to_string(),
+            "acts_for_operator": self.acts_for_operator,
             "last_error": view.last_error,
             "ledger_unreachable_for_ms": lock(&self.ledger_unreachable)
                 .map(|since| since.elapsed().as_millis() as u64),
@@ -544,6 +556,82 @@ impl Billing {
     pub fn unhealthy(&self) -> Option<String> {
         let failure = self.writer.failure()?;
         Some(BillingError::ChargesNotWritable(failure.to_string()).to_string())
+    }
+}
+
+/// With the operator's key: opens the proxy contract with `key` as its voucher key, or
+/// authorizes `key` on the open one.
+async fn open_and_authorize(
+    ledger: &LedgerClient,
+    config: &BillingConfig,
+    registry: &RegistryWatch,
+    account: AccountId,
+    key: AccountId,
+) -> Result<(), BillingError> {
+    let contract = ledger.proxy_contract(account).await?;
+    if contract
+        .as_ref()
+        .is_some_and(|c| c.status == ContractStatus::Open)
+    {
+        ledger.authorize_proxy_key(key).await?;
+        tracing::info!(%account, voucher_key = %key, "this start's voucher key authorized");
+        return Ok(());
+    }
+    let stake = config.stake.max(registry.current().min_proxy_stake);
+    let mut balance = ledger.account(account).await?.balance;
+    if balance < stake && config.faucet > 0 {
+        ledger.faucet(config.faucet.max(stake - balance)).await?;
+        balance = ledger.account(account).await?.balance;
+    }
+    if balance < stake {
+        return Err(BillingError::CannotStake {
+            account,
+            balance,
+            stake,
+        });
+    }
+    ledger.open_proxy(stake, key).await?;
+    tracing::info!(%account, stake, voucher_key = %key, "proxy contract opened");
+    Ok(())
+}
+
+/// Without the operator's key: waits until the operator's open proxy contract authorizes `key`,
+/// saying what to run meanwhile. Vouchers signed before would be worthless, so nothing is served.
+async fn wait_for_authorization(
+    ledger: &LedgerClient,
+    config: &BillingConfig,
+    account: AccountId,
+    key: AccountId,
+) {
+    let mut reminded: Option<Instant> = None;
+    loop {
+        match ledger.proxy_contract(account).await {
+            Ok(Some(contract))
+                if contract.status == ContractStatus::Open && contract.authorizes(&key) =>
+            {
+                tracing::info!(%account, voucher_key = %key, "the operator authorized this start's voucher key");
+                return;
+            }
+            Ok(_) | Err(_) if reminded.is_some_and(|at| at.elapsed() < AUTHORIZATION_REMINDER) => {}
+            Ok(contract) => {
+                reminded = Some(Instant::now());
+                let open = contract.is_some_and(|c| c.status == ContractStatus::Open);
+                tracing::warn!(
+                    operator = %account,
+                    voucher_key = %key,
+                    contract_open = open,
+                    "waiting for the operator to authorize this proxy's voucher key; on the \
+                     operator's machine run: cocoon wallet --data-dir OPERATOR_WALLET --ledger {} authorize-proxy-key --key {key}{}",
+                    config.ledger,
+                    if open { "" } else { " --stake AMOUNT (opens the contract)" },
+                );
+            }
+            Err(error) => {
+                reminded = Some(Instant::now());
+                tracing::warn!(%error, "waiting for the operator's authorization: cannot read the ledger");
+            }
+        }
+        tokio::time::sleep(AUTHORIZATION_POLL).await;
     }
 }
 

@@ -145,6 +145,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ledger: ledger_url.clone(),
             registry_owner: owner.to_string(),
             data_dir: data_dir.join("proxy"),
+            // Development: the proxy holds its operator's key (it says so loudly at start).
+            operator_account: String::new(),
+            operator_key_file: Some(data_dir.join("proxy-operator.key")),
             stake: 0,
             faucet: DEV_FAUCET,
             settle_interval_ms: 2_000,

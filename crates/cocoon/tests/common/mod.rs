@@ -367,6 +367,7 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
 
 /// The command line of the proxy at `addrs` (used again to restart it).
 pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
+    let operator_key = addrs.data_dir.join(OPERATOR_KEY_FILE).display().to_string();
     let args = strings(&[
         "proxy",
         "--worker-listen",
@@ -390,10 +391,15 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
             ("--min-client-tee", "fake"),
             ("--faucet", TEST_FAUCET),
             ("--settle-interval-ms", "200"),
+            // Development only: the proxy opens its contract and authorizes its keys itself.
+            ("--operator-key-file", &operator_key),
         ],
         extra,
     )
 }
+
+/// The test proxy operator's key file, in the proxy's data directory (created by the proxy).
+pub const OPERATOR_KEY_FILE: &str = "operator.key";
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
