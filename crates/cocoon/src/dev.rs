@@ -188,6 +188,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 drain_secs: 30,
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
+                max_unvouched: 10_000_000_000,
                 http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
             },
