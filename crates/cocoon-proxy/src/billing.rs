@@ -39,7 +39,7 @@ use cocoon_ledger::{
 use cocoon_node::registry::RegistryWatch;
 use cocoon_proto::{ErrorKind, TokenUsage};
 use ed25519_dalek::SigningKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -48,6 +48,9 @@ use crate::store::{BillingStore, ChargeRecord, StoreError};
 
 /// File of the proxy's money database inside its data directory.
 pub const DATABASE_FILE: &str = "proxy-billing.sqlite3";
+/// File of the proxy's RA-TLS certificate (DER) inside its data directory, written at start: its
+/// attested claims name this start's voucher key, which the operator checks before authorizing.
+pub const CERTIFICATE_FILE: &str = "proxy-certificate.der";
 /// A cached client contract older than this is fetched again before it is relied on.
 const CONTRACT_FRESHNESS: Duration = Duration::from_secs(2);
 /// Longest a request waits for the ledger to read its client's contract; beyond it the ledger
@@ -99,6 +102,18 @@ pub struct BillingConfig {
     pub withdraw_threshold: Amount,
     /// Completion tokens reserved for a request that does not set `max_tokens`.
     pub reserve_max_tokens: u64,
+    /// Tests only: send workers vouchers they must refuse.
+    pub bad_worker_vouchers: Option<BadWorkerVouchers>,
+}
+
+/// Tests only: how a proxy makes the worker vouchers workers must refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadWorkerVouchers {
+    /// Signed by a key this proxy did not attest.
+    Forged,
+    /// Signed by this proxy's key, naming another proxy contract.
+    ForeignProxy,
 }
 
 /// Why billing refused or failed.
@@ -210,6 +225,8 @@ pub struct Billing {
     /// The operator's account: the proxy contract.
     account: AccountId,
     signer: VoucherSigner,
+    /// Tests only ([`BadWorkerVouchers`]): signs workers' vouchers instead of `signer`.
+    bad_worker_signer: Option<VoucherSigner>,
     /// Signs with the operator's key when this process holds it, else with the voucher key (which
     /// may still submit vouchers: anyone may).
     ledger: LedgerClient,
@@ -295,8 +312,22 @@ impl Billing {
         } else {
             wait_for_authorization(&ledger, &config, account, key).await;
         }
+        let bad_worker_signer = config.bad_worker_vouchers.map(|how| {
+            tracing::error!(
+                ?how,
+                "TESTS ONLY: this proxy sends workers bad vouchers; never run it for real"
+            );
+            let stray = || SigningKey::generate(&mut rand::rngs::OsRng);
+            match how {
+                BadWorkerVouchers::Forged => VoucherSigner::new(stray(), account),
+                BadWorkerVouchers::ForeignProxy => {
+                    VoucherSigner::new(voucher_key.clone(), AccountId::from(&stray()))
+                }
+            }
+        });
         Ok(Arc::new(Billing {
             account,
+            bad_worker_signer,
             signer: VoucherSigner::new(voucher_key, account),
             ledger,
             acts_for_operator,
@@ -497,13 +528,17 @@ impl Billing {
 
     fn worker_statements(&self) -> Result<Vec<WorkerStatement>, BillingError> {
         let (workers, seqno) = lock(&self.store).workers_at_position()?;
+        let signer = self.bad_worker_signer.as_ref().unwrap_or(&self.signer);
         Ok(workers
             .into_iter()
-            .map(|(worker, totals)| WorkerStatement {
-                proxy: self.account,
-                worker,
-                earned: totals.amount,
-                voucher: self.signer.worker_pay(worker, totals.amount, seqno),
+            .map(|(worker, totals)| {
+                let voucher = signer.worker_pay(worker, totals.amount, seqno);
+                WorkerStatement {
+                    proxy: voucher.voucher.proxy,
+                    worker,
+                    earned: totals.amount,
+                    voucher,
+                }
             })
             .collect())
     }
@@ -620,8 +655,11 @@ async fn wait_for_authorization(
                     operator = %account,
                     voucher_key = %key,
                     contract_open = open,
-                    "waiting for the operator to authorize this proxy's voucher key; on the \
-                     operator's machine run: cocoon wallet --data-dir OPERATOR_WALLET --ledger {} authorize-proxy-key --key {key}{}",
+                    "waiting for the operator to authorize this proxy's voucher key; check that \
+                     the attested certificate {} names it (cocoon attest verify FILE \
+                     --allow-image HASH), then on the operator's machine run: cocoon wallet \
+                     --data-dir OPERATOR_WALLET --ledger {} authorize-proxy-key --key {key}{}",
+                    config.data_dir.join(CERTIFICATE_FILE).display(),
                     config.ledger,
                     if open { "" } else { " --stake AMOUNT (opens the contract)" },
                 );

@@ -116,6 +116,12 @@ pub struct ProxyConfig {
     /// half-open connections cannot keep real peers out; otherwise the new one is refused.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_handshakes: usize,
+    /// TESTS ONLY (hidden): send workers vouchers they must refuse — `forged` (signed by a key
+    /// this proxy did not attest) or `foreign-proxy` (naming another proxy contract) — to show
+    /// that workers check what they are paid with. Never set it on a real proxy.
+    #[arg(long, hide = true, value_name = "HOW")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_only_bad_worker_vouchers: Option<crate::billing::BadWorkerVouchers>,
     /// Connection cap and timeouts of this node's HTTP surface (stats).
     #[command(flatten)]
     #[serde(flatten)]
@@ -159,9 +165,9 @@ impl ProxyConfig {
                 })?;
                 Ok(crate::billing::Operator::Account(account))
             }
-            (Some(_), false) => anyhow::bail!(
-                "give either --operator-account or --operator-key-file, not both"
-            ),
+            (Some(_), false) => {
+                anyhow::bail!("give either --operator-account or --operator-key-file, not both")
+            }
             (None, true) => anyhow::bail!(
                 "a proxy needs --operator-account ACCOUNT (the account that owns its contract; it \
                  authorizes the key the proxy makes at each start) or, in development, \
@@ -180,6 +186,7 @@ impl ProxyConfig {
             settle_interval: std::time::Duration::from_millis(self.settle_interval_ms.max(10)),
             withdraw_threshold: self.withdraw_threshold,
             reserve_max_tokens: self.reserve_max_tokens,
+            bad_worker_vouchers: self.test_only_bad_worker_vouchers,
         }
     }
 }

@@ -84,13 +84,19 @@ pub async fn start(
     let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
-    let billing = billing::Billing::open(config.billing(), operator, voucher_key, &registry)
-        .await
-        .context("opening the proxy's billing")?;
     let trust = NodeTrust::new(&config.attestation, "proxy", attributes)
         .await
         .context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
+    // The operator checks this before authorizing the key: it proves the key is this attested
+    // image's, not one the host made up.
+    let certificate = config.data_dir.join(billing::CERTIFICATE_FILE);
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| std::fs::write(&certificate, trust.identity().certificate_der()))
+        .with_context(|| format!("writing {}", certificate.display()))?;
+    let billing = billing::Billing::open(config.billing(), operator, voucher_key, &registry)
+        .await
+        .context("opening the proxy's billing")?;
     // Each port has its own minimum and list: accepting weaker clients never admits weaker workers.
     let worker_policy = trust.peer_policy(
         &config.allow_worker_image,

@@ -178,18 +178,17 @@ async fn forward(
         &headers,
         &bytes,
     );
-    let receipt = match (receipt, link) {
-        (Some(draft), Some(link)) => Some(draft.paid_on(link)),
-        (None, Some(_)) => {
-            return fail(
+    let receipt =
+        match (receipt, link) {
+            (Some(draft), Some(link)) => Some(draft.paid_on(link)),
+            (None, Some(_)) => return fail(
                 ErrorKind::InvalidRequest,
                 "the proxy stated no prices (x-cocoon-prices): this worker cannot count what it \
                  is owed"
                     .into(),
-            )
-        }
-        (draft, None) => draft,
-    };
+            ),
+            (draft, None) => draft,
+        };
     let stream = request["stream"].as_bool().unwrap_or(false);
     if stream {
         // Usage is what the worker is paid by: always ask for it; the client hides it again from

@@ -11,8 +11,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
 use axum::Extension;
+use axum::{Json, Router};
 use cocoon_ledger::{AccountId, Amount, LedgerClient, Settlement, WorkerStatement};
 use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::serve::LogThrottle;
@@ -338,10 +338,16 @@ mod tests {
     fn keeps_the_newest_statement_for_itself_only() {
         let settlement = settlement();
         let me = settlement.account();
-        settlement.accept(statement(me, 50, 2), &proxy_link()).unwrap();
-        settlement.accept(statement(me, 30, 1), &proxy_link()).unwrap();
+        settlement
+            .accept(statement(me, 50, 2), &proxy_link())
+            .unwrap();
+        settlement
+            .accept(statement(me, 30, 1), &proxy_link())
+            .unwrap();
         assert_eq!(settlement.snapshot()["earned"], 50);
-        settlement.accept(statement(me, 70, 3), &proxy_link()).unwrap();
+        settlement
+            .accept(statement(me, 70, 3), &proxy_link())
+            .unwrap();
         assert_eq!(settlement.snapshot()["claimable"], 70);
         assert!(settlement
             .accept(statement(AccountId([8; 32]), 10, 4), &proxy_link())
@@ -366,7 +372,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settlement.account(), payee);
-        settlement.accept(statement(payee, 40, 1), &proxy_link()).unwrap();
+        settlement
+            .accept(statement(payee, 40, 1), &proxy_link())
+            .unwrap();
         assert!(settlement
             .accept(statement(AccountId::from(&key), 10, 2), &proxy_link())
             .is_err());
@@ -400,8 +408,15 @@ mod pay_checks {
     fn settlement(max_unvouched: Amount) -> Arc<WorkerSettlement> {
         let key = SigningKey::from_bytes(&[3; 32]);
         let payee = AccountId::from(&key);
-        WorkerSettlement::new("http://127.0.0.1:9", key, payee, 100, Duration::from_secs(1), max_unvouched)
-            .unwrap()
+        WorkerSettlement::new(
+            "http://127.0.0.1:9",
+            key,
+            payee,
+            100,
+            Duration::from_secs(1),
+            max_unvouched,
+        )
+        .unwrap()
     }
 
     fn signer(seed: u8) -> VoucherSigner {
@@ -427,7 +442,9 @@ mod pay_checks {
     #[test]
     fn a_forged_voucher_is_refused_counted_and_changes_nothing() {
         let settlement = settlement(1_000);
-        settlement.accept(pay(&settlement, 9, 40, 1), &link(9)).unwrap();
+        settlement
+            .accept(pay(&settlement, 9, 40, 1), &link(9))
+            .unwrap();
         // Another key than the one this link's proxy attested: a forger, or another proxy.
         let forged = pay(&settlement, 8, 4_000, 2);
         assert_eq!(
@@ -442,14 +459,22 @@ mod pay_checks {
     #[test]
     fn a_restarted_proxys_new_key_continues_and_a_decreasing_voucher_is_refused() {
         let settlement = settlement(1_000);
-        settlement.accept(pay(&settlement, 9, 40, 5), &link(9)).unwrap();
+        settlement
+            .accept(pay(&settlement, 9, 40, 5), &link(9))
+            .unwrap();
         // After a restart the proxy attests a new key and goes on from its database.
-        settlement.accept(pay(&settlement, 10, 60, 7), &link(10)).unwrap();
+        settlement
+            .accept(pay(&settlement, 10, 60, 7), &link(10))
+            .unwrap();
         assert_eq!(settlement.snapshot()["claimable"], 60);
         // A rolled-back database vouches less under a newer statement number: refused.
         assert!(matches!(
             settlement.accept(pay(&settlement, 10, 50, 9), &link(10)),
-            Err(VoucherRefusal::Decreases { held: 60, got: 50, seqno: 9 })
+            Err(VoucherRefusal::Decreases {
+                held: 60,
+                got: 50,
+                seqno: 9
+            })
         ));
         assert_eq!(settlement.snapshot()["claimable"], 60);
     }
@@ -463,11 +488,19 @@ mod pay_checks {
         settlement.earn(&proxy, 1);
         let refusal = settlement.refusal(&proxy).expect("beyond the bound");
         assert!(refusal.contains("--max-unvouched 100"), "{refusal}");
-        settlement.accept(pay(&settlement, 9, 101, 1), &proxy).unwrap();
+        settlement
+            .accept(pay(&settlement, 9, 101, 1), &proxy)
+            .unwrap();
         assert_eq!(settlement.refusal(&proxy), None);
         settlement.earn(&proxy, 150);
         assert!(settlement.refusal(&proxy).is_some());
-        settlement.accept(pay(&settlement, 9, 200, 2), &proxy).unwrap();
-        assert_eq!(settlement.refusal(&proxy), None, "50 unvouched is within the bound");
+        settlement
+            .accept(pay(&settlement, 9, 200, 2), &proxy)
+            .unwrap();
+        assert_eq!(
+            settlement.refusal(&proxy),
+            None,
+            "50 unvouched is within the bound"
+        );
     }
 }

@@ -149,7 +149,12 @@ mod tests {
         AccountId::from(&SigningKey::from_bytes(&[3; 32]))
     }
 
-    fn statement(key: [u8; 32], proxy: AccountId, worker: AccountId, earned: Amount) -> WorkerStatement {
+    fn statement(
+        key: [u8; 32],
+        proxy: AccountId,
+        worker: AccountId,
+        earned: Amount,
+    ) -> WorkerStatement {
         let signer = VoucherSigner::new(SigningKey::from_bytes(&key), proxy);
         WorkerStatement {
             proxy,
@@ -169,7 +174,10 @@ mod tests {
     fn forged_foreign_and_mismatched_vouchers_are_refused() {
         // Signed by another key (a forger, or another proxy's key) for this link's contract.
         let forged = statement([8; 32], link().contract, payee(), 50);
-        assert_eq!(check(&forged, payee(), &link()), Err(VoucherRefusal::BadSignature));
+        assert_eq!(
+            check(&forged, payee(), &link()),
+            Err(VoucherRefusal::BadSignature)
+        );
         // Signed by this link's key, but naming another proxy's contract.
         let foreign = statement(PROXY_KEY, AccountId([2; 32]), payee(), 50);
         assert!(matches!(
@@ -185,12 +193,18 @@ mod tests {
         // A statement claiming more than its voucher says.
         let mut inflated = statement(PROXY_KEY, link().contract, payee(), 50);
         inflated.earned = 5_000;
-        assert_eq!(check(&inflated, payee(), &link()), Err(VoucherRefusal::Mismatch));
+        assert_eq!(
+            check(&inflated, payee(), &link()),
+            Err(VoucherRefusal::Mismatch)
+        );
         // A tampered amount breaks the signature.
         let mut tampered = statement(PROXY_KEY, link().contract, payee(), 50);
         tampered.voucher.voucher.cumulative = 5_000;
         tampered.earned = 5_000;
-        assert_eq!(check(&tampered, payee(), &link()), Err(VoucherRefusal::BadSignature));
+        assert_eq!(
+            check(&tampered, payee(), &link()),
+            Err(VoucherRefusal::BadSignature)
+        );
     }
 
     #[test]

@@ -148,6 +148,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             // Development: the proxy holds its operator's key (it says so loudly at start).
             operator_account: String::new(),
             operator_key_file: Some(data_dir.join("proxy-operator.key")),
+            test_only_bad_worker_vouchers: None,
             stake: 0,
             faucet: DEV_FAUCET,
             settle_interval_ms: 2_000,

@@ -11,40 +11,6 @@ use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 
-/// `cocoon wallet --json ARGS…` for the node with `data_dir` and `label`.
-fn wallet_cli(ledger: &str, data_dir: &str, label: &str, args: &[&str]) -> Value {
-    let output = wallet_command(ledger, data_dir, label, args);
-    assert!(
-        output.status.success(),
-        "wallet {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn wallet_command(
-    ledger: &str,
-    data_dir: &str,
-    label: &str,
-    args: &[&str],
-) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
-        .args([
-            "wallet",
-            "--json",
-            "--ledger",
-            ledger,
-            "--data-dir",
-            data_dir,
-            "--image-label",
-            label,
-        ])
-        .args(args)
-        .env("COCOON_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference() {
     let (_proxy, proxy) = proxy(&["--withdraw-threshold", "0"]);

@@ -68,21 +68,30 @@ fn voucher_key_seed() -> impl Strategy<Value = u8> {
 }
 
 fn voucher_spec() -> impl Strategy<Value = VoucherSpec> {
-    (who(), who(), who(), voucher_key_seed(), 0u64..600, 0u64..12, any::<bool>()).prop_map(
-        |(proxy, counterparty, signed_by, node_key, cumulative, seqno, is_final)| VoucherSpec {
-            proxy,
-            counterparty,
-            // Mostly the proxy's own key, sometimes a stranger's or a node key (authorized or not).
-            signed_by: match signed_by {
-                1 => counterparty,
-                2 => node_key,
-                _ => proxy,
-            },
-            cumulative,
-            seqno,
-            is_final,
-        },
+    (
+        who(),
+        who(),
+        who(),
+        voucher_key_seed(),
+        0u64..600,
+        0u64..12,
+        any::<bool>(),
     )
+        .prop_map(
+            |(proxy, counterparty, signed_by, node_key, cumulative, seqno, is_final)| VoucherSpec {
+                proxy,
+                counterparty,
+                // Mostly the proxy's own key, sometimes a stranger's or a node key (authorized or not).
+                signed_by: match signed_by {
+                    1 => counterparty,
+                    2 => node_key,
+                    _ => proxy,
+                },
+                cumulative,
+                seqno,
+                is_final,
+            },
+        )
 }
 
 fn body_spec() -> impl Strategy<Value = BodySpec> {
@@ -264,7 +273,11 @@ fn check_voucher_keys(
 ) -> Result<(), TestCaseError> {
     for proxy in state.proxies.values() {
         let keys: std::collections::BTreeSet<_> = proxy.voucher_keys().collect();
-        prop_assert_eq!(keys.len(), proxy.earlier_voucher_keys.len() + 1, "duplicate keys");
+        prop_assert_eq!(
+            keys.len(),
+            proxy.earlier_voucher_keys.len() + 1,
+            "duplicate keys"
+        );
         prop_assert!(keys.len() <= MAX_PROXY_VOUCHER_KEYS);
     }
     let voucher = match spec {

@@ -88,6 +88,7 @@ fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
         settle_interval: Duration::from_millis(100),
         withdraw_threshold: 0,
         reserve_max_tokens: 16,
+        bad_worker_vouchers: None,
     }
 }
 
@@ -193,7 +194,10 @@ async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_p
         cocoon_ledger::Outcome::Claimed { paid } => paid,
         other => panic!("{other:?}"),
     };
-    assert_eq!(paid(worker_wallet.claim(before.voucher).await.unwrap()), before.earned);
+    assert_eq!(
+        paid(worker_wallet.claim(before.voucher).await.unwrap()),
+        before.earned
+    );
     assert_eq!(
         paid(worker_wallet.claim(after.voucher).await.unwrap()),
         after.earned - before.earned
@@ -205,7 +209,10 @@ async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_p
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(contract.charged, billing.client_statement(client).unwrap().charged);
+    assert_eq!(
+        contract.charged,
+        billing.client_statement(client).unwrap().charged
+    );
     ledger.shutdown().await.unwrap();
 }
 

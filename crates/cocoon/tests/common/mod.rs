@@ -16,11 +16,14 @@ use cocoon_tee::FakeAttester;
 
 mod answers;
 mod scenarios;
+mod wallets;
 // Not every test binary asks for answers or sets up a scenario.
 #[allow(unused_imports)]
 pub use answers::*;
 #[allow(unused_imports)]
 pub use scenarios::*;
+#[allow(unused_imports)]
+pub use wallets::*;
 
 /// What the faucet gives a test node that needs money (nano-units).
 pub const TEST_FAUCET: &str = "1000000000000";
@@ -391,8 +394,13 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
             ("--min-client-tee", "fake"),
             ("--faucet", TEST_FAUCET),
             ("--settle-interval-ms", "200"),
-            // Development only: the proxy opens its contract and authorizes its keys itself.
-            ("--operator-key-file", &operator_key),
+            // Development only: the proxy opens its contract and authorizes its keys itself,
+            // unless the test gives it an operator account (then it waits for authorization).
+            if extra.contains(&"--operator-account") {
+                ("--operator-account", "")
+            } else {
+                ("--operator-key-file", operator_key.as_str())
+            },
         ],
         extra,
     )

@@ -50,7 +50,10 @@ impl Ledger {
         };
         let result = self.state.apply(&tx, &ctx);
         if result.is_err() {
-            assert_eq!(self.state, before, "a refused transaction changed the state");
+            assert_eq!(
+                self.state, before,
+                "a refused transaction changed the state"
+            );
         }
         result
     }
@@ -158,17 +161,26 @@ fn the_oldest_key_is_evicted_beyond_the_bound() {
     for node in FIRST_NODE + 1..FIRST_NODE + count {
         ledger.authorize(OPERATOR, node).unwrap();
     }
-    assert_eq!(ledger.contract().voucher_keys().count(), MAX_PROXY_VOUCHER_KEYS);
+    assert_eq!(
+        ledger.contract().voucher_keys().count(),
+        MAX_PROXY_VOUCHER_KEYS
+    );
     assert!(ledger.contract().authorizes(&id(FIRST_NODE)));
     ledger.authorize(OPERATOR, FIRST_NODE + count).unwrap();
-    assert_eq!(ledger.contract().voucher_keys().count(), MAX_PROXY_VOUCHER_KEYS);
+    assert_eq!(
+        ledger.contract().voucher_keys().count(),
+        MAX_PROXY_VOUCHER_KEYS
+    );
     assert!(!ledger.contract().authorizes(&id(FIRST_NODE)));
     assert_eq!(
         ledger.claim(FIRST_NODE, 100, 1),
         Err(RuleError::BadVoucherSignature)
     );
     // Every key after it still signs.
-    assert_eq!(ledger.claim(FIRST_NODE + 1, 100, 1), Ok(Outcome::Claimed { paid: 100 }));
+    assert_eq!(
+        ledger.claim(FIRST_NODE + 1, 100, 1),
+        Ok(Outcome::Claimed { paid: 100 })
+    );
     assert_eq!(
         ledger.claim(FIRST_NODE + count, 150, 2),
         Ok(Outcome::Claimed { paid: 50 })
@@ -189,7 +201,10 @@ fn authorizing_an_earlier_key_again_makes_it_current_without_a_duplicate() {
 fn refusals_change_nothing() {
     let mut ledger = Ledger::new();
     assert_eq!(
-        ledger.run(OPERATOR, TransactionBody::AuthorizeProxyKey { key: WEAK_KEY }),
+        ledger.run(
+            OPERATOR,
+            TransactionBody::AuthorizeProxyKey { key: WEAK_KEY }
+        ),
         Err(RuleError::InvalidKey)
     );
     assert_eq!(
@@ -231,13 +246,18 @@ fn a_revoked_key_signs_nothing_more_and_the_current_one_cannot_be_revoked() {
         ledger.claim(FIRST_NODE, 100, 1),
         Err(RuleError::BadVoucherSignature)
     );
-    assert_eq!(ledger.claim(FIRST_NODE + 1, 100, 1), Ok(Outcome::Claimed { paid: 100 }));
+    assert_eq!(
+        ledger.claim(FIRST_NODE + 1, 100, 1),
+        Ok(Outcome::Claimed { paid: 100 })
+    );
 }
 
 #[test]
 fn a_reopened_contract_keeps_honouring_the_keys_of_before() {
     let mut ledger = Ledger::new();
-    ledger.run(OPERATOR, TransactionBody::StartProxyClose).unwrap();
+    ledger
+        .run(OPERATOR, TransactionBody::StartProxyClose)
+        .unwrap();
     let ctx = Context {
         now: 10_000,
         faucet_enabled: false,
@@ -259,5 +279,8 @@ fn a_reopened_contract_keeps_honouring_the_keys_of_before() {
         )
         .unwrap();
     assert!(ledger.contract().authorizes(&id(FIRST_NODE)));
-    assert_eq!(ledger.claim(FIRST_NODE, 100, 1), Ok(Outcome::Claimed { paid: 100 }));
+    assert_eq!(
+        ledger.claim(FIRST_NODE, 100, 1),
+        Ok(Outcome::Claimed { paid: 100 })
+    );
 }
