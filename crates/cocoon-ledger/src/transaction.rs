@@ -44,7 +44,8 @@ pub enum TransactionBody {
         /// Amount to add.
         amount: Amount,
     },
-    /// Record the proxy's database position so a rolled-back database can be detected.
+    /// Record the proxy's database position so a rolled-back database can be detected. No node
+    /// sends it any more (see docs/money.md); kept so that ledgers holding commits stay readable.
     CommitProxyState {
         /// The proxy's own state sequence number; must exceed the last committed one.
         seqno: u64,

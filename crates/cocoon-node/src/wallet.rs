@@ -1,5 +1,7 @@
 //! A node's long-lived wallet key: the Ed25519 key of its ledger account, kept sealed in its data
-//! directory so that only the same image can use it after a restart.
+//! directory so that only the same image can use it after a restart (clients, and workers without
+//! a payout account; a proxy keeps none: it names its operator's account and a voucher key made at
+//! each start).
 //!
 //! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]), so
 //! a proxy bills the account the attested client named, and nobody can name another's account
