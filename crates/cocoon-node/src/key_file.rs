@@ -32,10 +32,37 @@ pub fn write_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Reads the key at `path`, first writing a fresh one there if there is none.
+/// Reads the key at `path`, first writing a fresh one there (and its directory) if there is none.
 pub fn read_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
     if !path.exists() {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         write_key(path, &SigningKey::generate(&mut rand::rngs::OsRng))?;
     }
     read_key(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_key_is_made_once_and_read_back_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-yet").join("operator.key");
+        let made = read_or_create_key(&path).unwrap();
+        assert_eq!(
+            read_or_create_key(&path).unwrap().to_bytes(),
+            made.to_bytes()
+        );
+        assert!(
+            write_key(&path, &made).is_err(),
+            "an existing key is never replaced"
+        );
+        std::fs::write(&path, "not hex").unwrap();
+        let error = read_key(&path).unwrap_err();
+        assert!(format!("{error:#}").contains("64 hex digits"), "{error:#}");
+    }
 }
