@@ -290,6 +290,11 @@ mod tests {
     use cocoon_ledger::VoucherSigner;
 
     fn settlement() -> Arc<WorkerSettlement> {
+        settlement_with(1_000)
+    }
+
+    /// A settlement of its own wallet that lets a proxy owe it `max_unvouched`.
+    pub(super) fn settlement_with(max_unvouched: Amount) -> Arc<WorkerSettlement> {
         let key = SigningKey::from_bytes(&[3; 32]);
         let payee = AccountId::from(&key);
         WorkerSettlement::new(
@@ -298,7 +303,7 @@ mod tests {
             payee,
             100,
             Duration::from_secs(1),
-            1_000,
+            max_unvouched,
         )
         .unwrap()
     }
@@ -403,21 +408,9 @@ mod pay_checks {
     use super::*;
     use cocoon_ledger::VoucherSigner;
 
-    const PROXY: AccountId = AccountId([1; 32]);
+    use super::tests::settlement_with as settlement;
 
-    fn settlement(max_unvouched: Amount) -> Arc<WorkerSettlement> {
-        let key = SigningKey::from_bytes(&[3; 32]);
-        let payee = AccountId::from(&key);
-        WorkerSettlement::new(
-            "http://127.0.0.1:9",
-            key,
-            payee,
-            100,
-            Duration::from_secs(1),
-            max_unvouched,
-        )
-        .unwrap()
-    }
+    const PROXY: AccountId = AccountId([1; 32]);
 
     fn signer(seed: u8) -> VoucherSigner {
         VoucherSigner::new(SigningKey::from_bytes(&[seed; 32]), PROXY)

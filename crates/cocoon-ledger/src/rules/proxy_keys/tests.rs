@@ -64,15 +64,7 @@ impl Ledger {
 
     /// The worker claims a voucher for `cumulative` (statement `seqno`) signed by node key `node`.
     fn claim(&mut self, node: u8, cumulative: Amount, seqno: u64) -> Result<Outcome, RuleError> {
-        let voucher = Voucher {
-            kind: VoucherKind::WorkerPay,
-            proxy: id(OPERATOR),
-            counterparty: id(WORKER),
-            cumulative,
-            seqno,
-            is_final: false,
-        }
-        .sign(&key(node));
+        let voucher = worker_voucher(node, cumulative, seqno);
         self.run(WORKER, TransactionBody::Claim { voucher })
     }
 
@@ -81,20 +73,25 @@ impl Ledger {
     }
 }
 
+/// The operator's proxy's voucher for `cumulative` to the worker, signed by node key `node`.
+fn worker_voucher(node: u8, cumulative: Amount, seqno: u64) -> SignedVoucher {
+    Voucher {
+        kind: VoucherKind::WorkerPay,
+        proxy: id(OPERATOR),
+        counterparty: id(WORKER),
+        cumulative,
+        seqno,
+        is_final: false,
+    }
+    .sign(&key(node))
+}
+
 #[test]
 fn vouchers_of_the_key_before_a_restart_stay_claimable_after_it() {
     let mut ledger = Ledger::new();
     // The first node vouches 100 (statement 5) and is killed; its successor goes on from the
     // same database with a new key: 250 at statement 9.
-    let old = Voucher {
-        kind: VoucherKind::WorkerPay,
-        proxy: id(OPERATOR),
-        counterparty: id(WORKER),
-        cumulative: 100,
-        seqno: 5,
-        is_final: false,
-    }
-    .sign(&key(FIRST_NODE));
+    let old = worker_voucher(FIRST_NODE, 100, 5);
     ledger.authorize(OPERATOR, FIRST_NODE + 1).unwrap();
     assert_eq!(ledger.contract().voucher_key, id(FIRST_NODE + 1));
     assert_eq!(
