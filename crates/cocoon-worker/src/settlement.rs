@@ -40,6 +40,11 @@ pub struct PaidLink {
 struct Earnings {
     statement: WorkerStatement,
     paid: Amount,
+    /// The key that signed the voucher (the link's attested voucher key).
+    signed_by: AccountId,
+    /// Whether the ledger's proxy contract honours that key (`None`: not checked yet). An
+    /// operator can evict or revoke a running proxy's key, which makes its vouchers worthless.
+    key_authorized: Option<bool>,
 }
 
 /// The worker's account and the earnings proxies reported.
@@ -106,8 +111,21 @@ impl WorkerSettlement {
             .earn(amount);
     }
 
-    /// Why `proxy` is not served now, if it is not: its vouchers are too far behind.
+    /// Why `proxy` is not served now, if it is not: the ledger does not honour the key of its
+    /// best voucher, or its vouchers are too far behind.
     pub fn refusal(&self, proxy: &LinkedProxy) -> Option<String> {
+        let unauthorized = lock(&self.earnings)
+            .get(&proxy.contract)
+            .filter(|held| held.key_authorized == Some(false))
+            .map(|held| held.signed_by);
+        if let Some(key) = unauthorized {
+            return Some(format!(
+                "proxy {}'s contract no longer honours the key {key} its vouchers to this worker \
+                 are signed with; it serves the proxy again once a voucher under an authorized key \
+                 comes",
+                proxy.contract
+            ));
+        }
         let unvouched = lock(&self.tallies)
             .get(&proxy.contract)
             .map_or(0, Tally::unvouched);
@@ -159,8 +177,20 @@ impl WorkerSettlement {
                 });
             }
         }
-        let paid = earnings.get(&statement.proxy).map_or(0, |held| held.paid);
-        earnings.insert(statement.proxy, Earnings { statement, paid });
+        let held = earnings.get(&statement.proxy);
+        let paid = held.map_or(0, |held| held.paid);
+        let key_authorized = held
+            .filter(|held| held.signed_by == link.voucher_key)
+            .and_then(|held| held.key_authorized);
+        earnings.insert(
+            statement.proxy,
+            Earnings {
+                statement,
+                paid,
+                signed_by: link.voucher_key,
+                key_authorized,
+            },
+        );
         lock(&self.tallies)
             .entry(voucher.proxy)
             .or_default()
@@ -180,6 +210,13 @@ impl WorkerSettlement {
         let held: Vec<Earnings> = lock(&self.earnings).values().cloned().collect();
         for earnings in held {
             let proxy = earnings.statement.proxy;
+            match self.ledger.proxy_contract(proxy).await {
+                Ok(contract) => {
+                    let honoured = contract.is_some_and(|c| c.authorizes(&earnings.signed_by));
+                    self.note_key(proxy, earnings.signed_by, honoured);
+                }
+                Err(error) => tracing::warn!(%proxy, %error, "reading the proxy contract failed"),
+            }
             let paid = match self.ledger.worker_contract(proxy, self.account).await {
                 Ok(contract) => contract.map_or(0, |c| c.paid),
                 Err(error) => {
@@ -206,6 +243,21 @@ impl WorkerSettlement {
         if let Ok(account) = self.ledger.account(self.account).await {
             *lock(&self.balance) = Some(account.balance);
         }
+    }
+
+    /// Records whether `proxy`'s contract honours `key` (if the best voucher held is still `key`'s).
+    fn note_key(&self, proxy: AccountId, key: AccountId, honoured: bool) {
+        let mut earnings = lock(&self.earnings);
+        let Some(held) = earnings
+            .get_mut(&proxy)
+            .filter(|held| held.signed_by == key)
+        else {
+            return;
+        };
+        if !honoured && held.key_authorized != Some(false) {
+            tracing::warn!(%proxy, %key, "the proxy's contract does not honour the key of its vouchers to this worker; not serving it");
+        }
+        held.key_authorized = Some(honoured);
     }
 
     /// Settles every interval until `shutdown`.
@@ -470,6 +522,28 @@ mod pay_checks {
             })
         ));
         assert_eq!(settlement.snapshot()["claimable"], 60);
+    }
+
+    #[test]
+    fn a_proxy_whose_key_the_ledger_stopped_honouring_is_refused_until_a_new_keys_voucher() {
+        let settlement = settlement(1_000);
+        settlement
+            .accept(pay(&settlement, 9, 40, 1), &link(9))
+            .unwrap();
+        settlement.note_key(PROXY, link(9).voucher_key, true);
+        assert_eq!(settlement.refusal(&link(9)), None);
+        // The operator evicted or revoked the key: its vouchers can no longer be claimed.
+        settlement.note_key(PROXY, link(9).voucher_key, false);
+        let refusal = settlement.refusal(&link(9)).expect("refused");
+        assert!(refusal.contains("no longer honours"), "{refusal}");
+        // The restarted proxy's voucher under its new key replaces it.
+        settlement
+            .accept(pay(&settlement, 10, 60, 2), &link(10))
+            .unwrap();
+        assert_eq!(settlement.refusal(&link(10)), None);
+        // A late answer about the old key changes nothing.
+        settlement.note_key(PROXY, link(9).voucher_key, false);
+        assert_eq!(settlement.refusal(&link(10)), None);
     }
 
     #[test]
