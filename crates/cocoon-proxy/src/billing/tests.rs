@@ -235,7 +235,7 @@ async fn without_the_operators_key_a_proxy_waits_until_its_key_is_authorized() {
     );
     tokio::pin!(opening);
     // Not authorized: still waiting after a few looks at the ledger.
-    let waited = tokio::time::timeout(3 * AUTHORIZATION_POLL, &mut opening).await;
+    let waited = tokio::time::timeout(3 * operator::AUTHORIZATION_POLL, &mut opening).await;
     assert!(waited.is_err(), "started without an authorized key");
 
     let wallet = LedgerClient::new(&ledger.url(), operator).unwrap();
