@@ -111,8 +111,12 @@ impl StateCommit {
 pub struct ProxyContract {
     /// The proxy's account (also the contract's id).
     pub owner: AccountId,
-    /// The key whose signature vouchers of this proxy must carry.
+    /// The key whose signature vouchers of this proxy must carry (the last one authorized).
     pub voucher_key: AccountId,
+    /// Keys authorized before `voucher_key` whose vouchers are still honoured, oldest first
+    /// (see [`proxy_keys`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_voucher_keys: Vec<AccountId>,
     /// Locked stake; backs worker claims when the pool runs short.
     pub stake: Amount,
     /// Collected client funds not yet paid to workers or withdrawn as commission.
@@ -383,6 +387,13 @@ pub enum RuleError {
         /// What is wrong.
         reason: String,
     },
+    /// The key is already the proxy contract's current voucher key.
+    #[error("the key is already this proxy's current voucher key")]
+    VoucherKeyAlreadyCurrent,
+    /// The key to revoke is not an earlier voucher key of the proxy contract (the current one
+    /// cannot be revoked: authorize its successor first).
+    #[error("the key is not an earlier voucher key of this proxy")]
+    NotAnEarlierVoucherKey,
 }
 
 /// Money may only go to a key that can sign for it: a valid, non-weak Ed25519 key. (A weak key's
@@ -602,6 +613,8 @@ impl LedgerState {
             } => self.close_client(signer, *proxy, final_voucher.as_ref(), ctx.now),
             B::FinishClientClose { proxy } => self.finish_client_close(signer, *proxy, ctx.now),
             B::UpdateRegistry { registry } => self.update_registry(signer, registry),
+            B::AuthorizeProxyKey { key } => self.authorize_proxy_key(signer, *key),
+            B::RevokeProxyKey { key } => self.revoke_proxy_key(signer, *key),
         }
     }
 
@@ -618,6 +631,7 @@ impl LedgerState {
         self.proxies.entry(id).or_insert_with(|| ProxyContract {
             owner: id,
             voucher_key: id,
+            earlier_voucher_keys: Vec::new(),
             stake: 0,
             pool: 0,
             collected: 0,
@@ -708,10 +722,8 @@ impl LedgerState {
         if voucher.voucher.kind != expected {
             return Err(RuleError::WrongVoucherKind { expected });
         }
-        let proxy = self.existing_proxy(&voucher.voucher.proxy)?;
-        voucher
-            .verify(&proxy.voucher_key)
-            .map_err(|_| RuleError::BadVoucherSignature)
+        self.existing_proxy(&voucher.voucher.proxy)?
+            .check_voucher_signature(voucher)
     }
 
     /// Checks that a voucher is newer than what was applied; returns the amount it adds.
@@ -798,9 +810,14 @@ impl LedgerState {
         }
         Self::require_funds(self.balance_of(&signer), stake)?;
         self.account_mut(signer).balance -= stake;
-        // A reopened contract keeps its pool, statistics and commit history.
+        let reopened = self.proxies.contains_key(&signer);
+        // A reopened contract keeps its pool, statistics, commit history and earlier keys.
         let contract = self.proxy_mut(signer);
-        contract.voucher_key = voucher_key;
+        if reopened {
+            contract.authorize(voucher_key);
+        } else {
+            contract.voucher_key = voucher_key;
+        }
         contract.stake += stake;
         contract.status = ContractStatus::Open;
         Ok(Outcome::Done)
@@ -1134,6 +1151,9 @@ impl LedgerState {
         Ok(Outcome::Done)
     }
 }
+
+mod proxy_keys;
+pub use proxy_keys::MAX_PROXY_VOUCHER_KEYS;
 
 #[cfg(test)]
 pub(crate) mod properties;

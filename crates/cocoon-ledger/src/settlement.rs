@@ -107,6 +107,19 @@ pub trait Settlement: Send + Sync {
             .await
     }
 
+    /// Proxy operator: lets `key` (a proxy node's key of this start) sign the contract's
+    /// vouchers; the keys authorized before stay valid, up to
+    /// [`crate::rules::MAX_PROXY_VOUCHER_KEYS`].
+    async fn authorize_proxy_key(&self, key: AccountId) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::AuthorizeProxyKey { key })
+            .await
+    }
+
+    /// Proxy operator: stops honouring vouchers of `key`, an earlier voucher key (one that leaked).
+    async fn revoke_proxy_key(&self, key: AccountId) -> Result<Receipt, SettlementError> {
+        self.execute(TransactionBody::RevokeProxyKey { key }).await
+    }
+
     /// Proxy: adds to its stake.
     async fn add_proxy_stake(&self, amount: Amount) -> Result<Receipt, SettlementError> {
         self.execute(TransactionBody::AddProxyStake { amount })

@@ -44,7 +44,8 @@ pub enum TransactionBody {
         /// Amount to add.
         amount: Amount,
     },
-    /// Record the proxy's database position so a rolled-back database can be detected.
+    /// Record the proxy's database position so a rolled-back database can be detected. No node
+    /// sends it any more (see docs/money.md); kept so that ledgers holding commits stay readable.
     CommitProxyState {
         /// The proxy's own state sequence number; must exceed the last committed one.
         seqno: u64,
@@ -111,6 +112,20 @@ pub enum TransactionBody {
     UpdateRegistry {
         /// The new document.
         registry: Registry,
+    },
+    /// Let `key` sign the vouchers of the signer's (open) proxy contract from now on; the keys
+    /// authorized before stay valid, up to [`crate::rules::MAX_PROXY_VOUCHER_KEYS`] in all (the
+    /// oldest beyond it is evicted). A proxy node makes its key at each start and the contract's
+    /// owner authorizes it with this.
+    AuthorizeProxyKey {
+        /// The proxy node's voucher key.
+        key: AccountId,
+    },
+    /// Stop honouring vouchers signed by `key`, an earlier (not the current) voucher key of the
+    /// signer's proxy contract: for a key that leaked. Its unclaimed vouchers become worthless.
+    RevokeProxyKey {
+        /// The key to revoke.
+        key: AccountId,
     },
 }
 

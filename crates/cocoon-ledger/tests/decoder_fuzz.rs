@@ -79,6 +79,8 @@ fn body() -> impl Strategy<Value = TransactionBody> {
         }),
         Just(B::StartProxyClose),
         Just(B::FinishProxyClose),
+        account().prop_map(|key| B::AuthorizeProxyKey { key }),
+        account().prop_map(|key| B::RevokeProxyKey { key }),
         (account(), any::<u64>(), any::<u64>()).prop_map(|(proxy, amount, stake)| {
             B::OpenClient {
                 proxy,

@@ -1,5 +1,7 @@
 //! A node's long-lived wallet key: the Ed25519 key of its ledger account, kept sealed in its data
-//! directory so that only the same image can use it after a restart.
+//! directory so that only the same image can use it after a restart (clients, and workers without
+//! a payout account; a proxy keeps none: it names its operator's account and a voucher key made at
+//! each start).
 //!
 //! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]), so
 //! a proxy bills the account the attested client named, and nobody can name another's account
@@ -22,6 +24,9 @@ use crate::attestation::{own_image_hash, AttestationArgs, TrustError};
 
 /// Claims attribute carrying the node's wallet address (64 hex digits).
 pub const WALLET_ATTRIBUTE: &str = "wallet";
+/// Claims attribute carrying the key a proxy signs this start's vouchers with (64 hex digits):
+/// a worker takes a voucher on a proxy's link only if this attested key signed it.
+pub const VOUCHER_KEY_ATTRIBUTE: &str = "voucher_key";
 /// File of the sealed wallet key inside a node's data directory.
 pub const WALLET_FILE: &str = "wallet.sealed";
 /// File of the host secret the `none`/`fake` TEE seals with, inside the data directory.
@@ -82,6 +87,15 @@ pub fn peer_wallet(peer: &PeerIdentity) -> Option<&str> {
         .attributes
         .get(WALLET_ATTRIBUTE)
         .map(String::as_str)
+}
+
+/// The voucher key an attested proxy named in its claims, if it named a valid one.
+pub fn peer_voucher_key(peer: &PeerIdentity) -> Option<AccountId> {
+    peer.claims
+        .attributes
+        .get(VOUCHER_KEY_ATTRIBUTE)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! Money on the request path: reserve a request's worst-case cost against the client's balance
 //! before any worker sees it, charge the actual usage durably when the answer ends, and settle
-//! with the ledger in the background (commit the database position, apply client charges, send
-//! workers their claimable earnings, withdraw the commission).
+//! with the ledger in the background (apply client charges, send workers their claimable
+//! earnings, withdraw the commission).
+//!
+//! The proxy contract belongs to the operator's account; this process signs vouchers with a key
+//! it made at start ([`Operator`] says whether it may also act for the operator). Vouchers state
+//! totals from the database, so a restarted proxy goes on where the last one stopped with its
+//! new key, and the ledger honours both keys' vouchers.
 //!
 //! A client's *available* balance is its contract balance on the ledger, minus what this proxy
 //! charged but the ledger has not collected yet, minus the reservations of its requests in
@@ -14,8 +19,12 @@
 //! ([`settlement_round`]); while charges cannot be written, no request is taken
 //! ([`crate::charge_writer`]).
 
+mod operator;
 mod reservation;
 mod settlement_round;
+
+use operator::{open_and_authorize, wait_for_authorization};
+pub use operator::{BadWorkerVouchers, Operator};
 
 pub use reservation::Reservation;
 use reservation::{available_balance, outage_available};
@@ -43,6 +52,9 @@ use crate::store::{BillingStore, ChargeRecord, StoreError};
 
 /// File of the proxy's money database inside its data directory.
 pub const DATABASE_FILE: &str = "proxy-billing.sqlite3";
+/// File of the proxy's RA-TLS certificate (DER) inside its data directory, written at start: its
+/// attested claims name this start's voucher key, which the operator checks before authorizing.
+pub const CERTIFICATE_FILE: &str = "proxy-certificate.der";
 /// A cached client contract older than this is fetched again before it is relied on.
 const CONTRACT_FRESHNESS: Duration = Duration::from_secs(2);
 /// Longest a request waits for the ledger to read its client's contract; beyond it the ledger
@@ -53,13 +65,12 @@ const CONTRACT_READ_TIMEOUT: Duration = Duration::from_secs(2);
 const LEDGER_RETRY: Duration = Duration::from_secs(1);
 /// How long a push of earnings to a worker may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Billing settings (part of [`crate::ProxyConfig`]).
 #[derive(Debug, Clone)]
 pub struct BillingConfig {
     /// Base URL of the ledger service.
     pub ledger: String,
-    /// Directory of the wallet key and the money database.
+    /// Directory of the money database.
     pub data_dir: PathBuf,
     /// Stake to open the proxy contract with (0: the registry's minimum).
     pub stake: Amount,
@@ -71,6 +82,8 @@ pub struct BillingConfig {
     pub withdraw_threshold: Amount,
     /// Completion tokens reserved for a request that does not set `max_tokens`.
     pub reserve_max_tokens: u64,
+    /// Tests only: send workers vouchers they must refuse.
+    pub bad_worker_vouchers: Option<BadWorkerVouchers>,
 }
 
 /// Why billing refused or failed.
@@ -120,8 +133,8 @@ pub enum BillingError {
     /// The wallet key could not be opened.
     #[error(transparent)]
     Wallet(#[from] cocoon_node::wallet::WalletError),
-    /// The proxy's wallet cannot pay the stake its contract needs.
-    #[error("the proxy wallet {account} holds {balance}, but its contract needs a stake of {stake}: fund it (`cocoon wallet`) or set --faucet on a development ledger")]
+    /// The operator's account cannot pay the stake its contract needs.
+    #[error("the operator's account {account} holds {balance}, but its proxy contract needs a stake of {stake}: fund it (`cocoon wallet`) or set --faucet on a development ledger")]
     CannotStake {
         /// The proxy's wallet.
         account: AccountId,
@@ -130,9 +143,6 @@ pub enum BillingError {
         /// The stake needed.
         stake: Amount,
     },
-    /// The ledger's proxy contract signs vouchers with another key than this proxy's.
-    #[error("the ledger's contract of {0} expects vouchers from another key")]
-    ForeignVoucherKey(AccountId),
 }
 
 impl BillingError {
@@ -177,15 +187,21 @@ struct LedgerView {
     pool: Amount,
     paid_to_workers: Amount,
     withdrawn: Amount,
-    committed_seqno: u64,
     last_error: Option<String>,
 }
 
-/// The proxy's billing: its wallet, its database and its view of the ledger.
+/// The proxy's billing: its voucher key, its database and its view of the ledger.
 pub struct Billing {
+    /// The operator's account: the proxy contract.
     account: AccountId,
     signer: VoucherSigner,
+    /// Tests only ([`BadWorkerVouchers`]): signs workers' vouchers instead of `signer`.
+    bad_worker_signer: Option<VoucherSigner>,
+    /// Signs with the operator's key when this process holds it, else with the voucher key (which
+    /// may still submit vouchers: anyone may).
     ledger: LedgerClient,
+    /// Whether `ledger` signs as the operator (then the proxy withdraws its own commission).
+    acts_for_operator: bool,
     /// The database as read by requests and settlement; the writer has a connection of its own.
     store: Mutex<BillingStore>,
     writer: ChargeWriter,
@@ -235,15 +251,22 @@ pub struct AnswerCost {
 }
 
 impl Billing {
-    /// Opens the proxy's billing: wallet key, database, ledger contract. Refuses to start when the
-    /// database is older than (or diverged from) the last position committed to the ledger.
+    /// Opens the proxy's billing: database, ledger contract, this start's `voucher_key`. With
+    /// the operator's key, opens the contract if needed and authorizes `voucher_key`; without
+    /// it, waits until the operator has.
     pub async fn open(
         config: BillingConfig,
-        key: SigningKey,
+        operator: Operator,
+        voucher_key: SigningKey,
         registry: &RegistryWatch,
     ) -> Result<Arc<Self>, BillingError> {
-        let account = AccountId::from(&key);
-        let ledger = LedgerClient::new(&config.ledger, key.clone())
+        let account = operator.account();
+        let acts_for_operator = matches!(operator, Operator::Key(_));
+        let ledger_key = match operator {
+            Operator::Key(key) => key,
+            Operator::Account(_) => voucher_key.clone(),
+        };
+        let ledger = LedgerClient::new(&config.ledger, ledger_key)
             .map_err(|e| BillingError::Ledger(e.into()))?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             cocoon_node::wallet::WalletError::DataDir {
@@ -253,39 +276,31 @@ impl Billing {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let store = BillingStore::open(&path)?;
-        let (seqno, hash) = store.position()?;
-        let min_proxy_stake = registry.current().min_proxy_stake;
-        ledger.check_proxy_state(account, seqno, hash).await?;
-        let contract = ledger.proxy_contract(account).await?;
-        let open = contract
-            .as_ref()
-            .is_some_and(|c| c.status == ContractStatus::Open);
-        if !open {
-            let stake = config.stake.max(min_proxy_stake);
-            let mut balance = ledger.account(account).await?.balance;
-            if balance < stake && config.faucet > 0 {
-                ledger.faucet(config.faucet.max(stake - balance)).await?;
-                balance = ledger.account(account).await?.balance;
-            }
-            if balance < stake {
-                return Err(BillingError::CannotStake {
-                    account,
-                    balance,
-                    stake,
-                });
-            }
-            ledger.open_proxy(stake, account).await?;
-            tracing::info!(%account, stake, "proxy contract opened");
-        } else if contract.as_ref().is_some_and(|c| c.voucher_key != account) {
-            return Err(BillingError::ForeignVoucherKey(account));
+        let key = AccountId::from(&voucher_key);
+        if acts_for_operator {
+            open_and_authorize(&ledger, &config, registry, account, key).await?;
+        } else {
+            wait_for_authorization(&ledger, &config, account, key).await;
         }
-        let committed_seqno = contract
-            .and_then(|c| c.commit)
-            .map_or(0, |commit| commit.seqno);
+        let bad_worker_signer = config.bad_worker_vouchers.map(|how| {
+            tracing::error!(
+                ?how,
+                "TESTS ONLY: this proxy sends workers bad vouchers; never run it for real"
+            );
+            let stray = || SigningKey::generate(&mut rand::rngs::OsRng);
+            match how {
+                BadWorkerVouchers::Forged => VoucherSigner::new(stray(), account),
+                BadWorkerVouchers::ForeignProxy => {
+                    VoucherSigner::new(voucher_key.clone(), AccountId::from(&stray()))
+                }
+            }
+        });
         Ok(Arc::new(Billing {
             account,
-            signer: VoucherSigner::new(key, account),
+            bad_worker_signer,
+            signer: VoucherSigner::new(voucher_key, account),
             ledger,
+            acts_for_operator,
             writer: ChargeWriter::spawn(&path)?,
             store: Mutex::new(store),
             prices: registry.derive(|document| document.prices.clone()),
@@ -294,10 +309,7 @@ impl Billing {
             reserved: Mutex::new(HashMap::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
-            view: Mutex::new(LedgerView {
-                committed_seqno,
-                ..LedgerView::default()
-            }),
+            view: Mutex::new(LedgerView::default()),
             config,
         }))
     }
@@ -486,13 +498,17 @@ impl Billing {
 
     fn worker_statements(&self) -> Result<Vec<WorkerStatement>, BillingError> {
         let (workers, seqno) = lock(&self.store).workers_at_position()?;
+        let signer = self.bad_worker_signer.as_ref().unwrap_or(&self.signer);
         Ok(workers
             .into_iter()
-            .map(|(worker, totals)| WorkerStatement {
-                proxy: self.account,
-                worker,
-                earned: totals.amount,
-                voucher: self.signer.worker_pay(worker, totals.amount, seqno),
+            .map(|(worker, totals)| {
+                let voucher = signer.worker_pay(worker, totals.amount, seqno);
+                WorkerStatement {
+                    proxy: voucher.voucher.proxy,
+                    worker,
+                    earned: totals.amount,
+                    voucher,
+                }
             })
             .collect())
     }
@@ -532,7 +548,8 @@ impl Billing {
             "withdrawn": view.withdrawn,
             "reserved": reserved,
             "seqno": seqno,
-            "committed_seqno": view.committed_seqno,
+            "voucher_key": self.signer.voucher_key().to_string(),
+            "acts_for_operator": self.acts_for_operator,
             "last_error": view.last_error,
             "ledger_unreachable_for_ms": lock(&self.ledger_unreachable)
                 .map(|since| since.elapsed().as_millis() as u64),

@@ -70,23 +70,38 @@ pub struct ProxyConfig {
     #[arg(long, value_name = "ACCOUNT", default_value = "")]
     #[serde(default)]
     pub registry_owner: String,
-    /// Directory of the proxy's sealed wallet key and its money database (`proxy-billing.sqlite3`).
+    /// Directory of the proxy's money database (`proxy-billing.sqlite3`). It holds no key.
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/proxy")]
     pub data_dir: PathBuf,
-    /// Stake the proxy contract is opened with when it is not open yet, in nano-units (0: the
-    /// registry's `min_proxy_stake`). It comes from the proxy's wallet.
+    /// The operator's account, which owns the proxy contract (stake, commission, close): 64 hex
+    /// digits. Its key stays off this host: the proxy makes a voucher key at each start, never
+    /// stores it, and waits until the operator authorizes it (`cocoon wallet
+    /// authorize-proxy-key`, printed at start). Required unless `--operator-key-file` is given.
+    #[arg(long, value_name = "ACCOUNT", default_value = "")]
+    #[serde(default)]
+    pub operator_account: String,
+    /// DEVELOPMENT AND TESTS ONLY: a file holding the operator's secret key (64 hex digits;
+    /// created if missing). The proxy then opens its contract, authorizes its own voucher keys
+    /// and withdraws the commission itself — so whoever reads this host's disk holds the
+    /// operator's money. Production proxies take `--operator-account`.
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub operator_key_file: Option<PathBuf>,
+    /// With `--operator-key-file`: stake the proxy contract is opened with when it is not open
+    /// yet, in nano-units (0: the registry's `min_proxy_stake`), from the operator's account.
     #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
     pub stake: u64,
-    /// Development only: when the wallet cannot pay the stake, mint at least this much from the
-    /// ledger's faucet (0: never).
+    /// Development only, with `--operator-key-file`: when the operator's account cannot pay the
+    /// stake, mint at least this much from the ledger's faucet (0: never).
     #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
     pub faucet: u64,
-    /// Milliseconds between settlement rounds: commit the database position to the ledger, apply
-    /// client charges, send workers their earnings, withdraw the commission.
+    /// Milliseconds between settlement rounds: apply client charges, send workers their
+    /// earnings, withdraw the commission.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub settle_interval_ms: u64,
-    /// Withdraw the commission to the proxy's wallet once at least this much (nano-units) is
-    /// withdrawable (0: never).
+    /// With `--operator-key-file`: withdraw the commission to the operator's account once at
+    /// least this much (nano-units) is withdrawable (0: never). Without it the operator withdraws
+    /// (`cocoon wallet withdraw --commission`).
     #[arg(long, value_name = "AMOUNT", default_value_t = 10_000_000_000)]
     pub withdraw_threshold: u64,
     /// Completion tokens reserved against the client's balance for a request without
@@ -101,6 +116,12 @@ pub struct ProxyConfig {
     /// half-open connections cannot keep real peers out; otherwise the new one is refused.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_handshakes: usize,
+    /// TESTS ONLY (hidden): send workers vouchers they must refuse — `forged` (signed by a key
+    /// this proxy did not attest) or `foreign-proxy` (naming another proxy contract) — to show
+    /// that workers check what they are paid with. Never set it on a real proxy.
+    #[arg(long, hide = true, value_name = "HOW")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_only_bad_worker_vouchers: Option<crate::billing::BadWorkerVouchers>,
     /// Connection cap and timeouts of this node's HTTP surface (stats).
     #[command(flatten)]
     #[serde(flatten)]
@@ -124,6 +145,37 @@ impl ProxyConfig {
         )
     }
 
+    /// Who owns the proxy contract, and whether this proxy may sign for them.
+    pub fn operator(&self) -> anyhow::Result<crate::billing::Operator> {
+        use anyhow::Context;
+        match (&self.operator_key_file, self.operator_account.is_empty()) {
+            (Some(path), true) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "DEVELOPMENT ONLY: this proxy holds its operator's key in a plain file; \
+                     production proxies take --operator-account and never see the key"
+                );
+                let key = cocoon_node::key_file::read_or_create_key(path)
+                    .context("--operator-key-file")?;
+                Ok(crate::billing::Operator::Key(key))
+            }
+            (None, false) => {
+                let account = self.operator_account.parse().map_err(|error| {
+                    anyhow::anyhow!("--operator-account {}: {error}", self.operator_account)
+                })?;
+                Ok(crate::billing::Operator::Account(account))
+            }
+            (Some(_), false) => {
+                anyhow::bail!("give either --operator-account or --operator-key-file, not both")
+            }
+            (None, true) => anyhow::bail!(
+                "a proxy needs --operator-account ACCOUNT (the account that owns its contract; it \
+                 authorizes the key the proxy makes at each start) or, in development, \
+                 --operator-key-file PATH"
+            ),
+        }
+    }
+
     /// The billing part of the configuration.
     pub fn billing(&self) -> crate::billing::BillingConfig {
         crate::billing::BillingConfig {
@@ -134,6 +186,7 @@ impl ProxyConfig {
             settle_interval: std::time::Duration::from_millis(self.settle_interval_ms.max(10)),
             withdraw_threshold: self.withdraw_threshold,
             reserve_max_tokens: self.reserve_max_tokens,
+            bad_worker_vouchers: self.test_only_bad_worker_vouchers,
         }
     }
 }

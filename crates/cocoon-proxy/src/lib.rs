@@ -30,6 +30,7 @@ use cocoon_ledger::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
+use ed25519_dalek::SigningKey;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -71,19 +72,31 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningProxy> {
     let registry_trust = config.registry_trust()?;
-    let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
-        .context("opening the proxy's wallet key")?;
-    let attributes = cocoon_node::wallet::with_wallet(Default::default(), AccountId::from(&wallet));
+    let operator = config.operator()?;
+    // This start's voucher key: made now, kept in memory only, named in the attested claims so
+    // workers can check what they are paid with; the operator authorizes it on the ledger.
+    let voucher_key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut attributes = cocoon_node::wallet::with_wallet(Default::default(), operator.account());
+    attributes.insert(
+        cocoon_node::wallet::VOUCHER_KEY_ATTRIBUTE.to_owned(),
+        AccountId::from(&voucher_key).to_string(),
+    );
     let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
-    let billing = billing::Billing::open(config.billing(), wallet, &registry)
-        .await
-        .context("opening the proxy's billing")?;
     let trust = NodeTrust::new(&config.attestation, "proxy", attributes)
         .await
         .context("attesting the proxy")?;
     trust.spawn_renewal(shutdown.clone());
+    // The operator checks this before authorizing the key: it proves the key is this attested
+    // image's, not one the host made up.
+    let certificate = config.data_dir.join(billing::CERTIFICATE_FILE);
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| std::fs::write(&certificate, trust.identity().certificate_der()))
+        .with_context(|| format!("writing {}", certificate.display()))?;
+    let billing = billing::Billing::open(config.billing(), operator, voucher_key, &registry)
+        .await
+        .context("opening the proxy's billing")?;
     // Each port has its own minimum and list: accepting weaker clients never admits weaker workers.
     let worker_policy = trust.peer_policy(
         &config.allow_worker_image,

@@ -108,6 +108,13 @@ pub struct WorkerConfig {
     /// Milliseconds between checks of what is claimable.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub claim_interval_ms: u64,
+    /// Most this worker lets a proxy owe it without a voucher (nano-units): what it earned on
+    /// the proxy's links in this run beyond the proxy's vouchers. Beyond it the worker refuses
+    /// that proxy's requests until vouchers catch up. Proxies voucher once per settlement round
+    /// (5 s by default), so keep it above several rounds of earnings. 10 units by default.
+    #[arg(long, value_name = "AMOUNT", default_value_t = 10_000_000_000)]
+    #[serde(default = "default_max_unvouched")]
+    pub max_unvouched: u64,
     /// Connection cap and timeouts of this node's HTTP surface (stats).
     #[command(flatten)]
     #[serde(flatten)]
@@ -116,6 +123,10 @@ pub struct WorkerConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub attestation: AttestationArgs,
+}
+
+fn default_max_unvouched() -> u64 {
+    10_000_000_000
 }
 
 impl WorkerConfig {

@@ -7,7 +7,7 @@ use axum::body::to_bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::reply::{error_response, hold_until_end, openai_error_response, parse_peer_error};
 use cocoon_node::stats::NodeStats;
@@ -27,6 +27,7 @@ use tokio::time::{timeout_at, Duration, Instant};
 use crate::engine::Engine;
 use crate::metering::{metered_answer, metered_stream};
 use crate::receipt::ReceiptDraft;
+use crate::settlement::PaidLink;
 
 /// The longest a proxy may take to send a request's body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,20 +67,51 @@ async fn info(State(serving): State<Serving>) -> Json<WorkerInfo> {
     Json(WorkerInfo::clone(&serving.info))
 }
 
-async fn chat(State(serving): State<Serving>, headers: HeaderMap, body: Body) -> Response {
-    forward(serving, PATH_CHAT, headers, body).await
+/// The link a request came on (every proxy link sets it; absent only when the router is
+/// called directly, as in tests, where nothing is paid).
+type Link = Option<Extension<PaidLink>>;
+
+async fn chat(
+    State(serving): State<Serving>,
+    link: Link,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    forward(serving, link.map(|l| l.0), PATH_CHAT, headers, body).await
 }
 
-async fn completions(State(serving): State<Serving>, headers: HeaderMap, body: Body) -> Response {
-    forward(serving, PATH_COMPLETIONS, headers, body).await
+async fn completions(
+    State(serving): State<Serving>,
+    link: Link,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    forward(serving, link.map(|l| l.0), PATH_COMPLETIONS, headers, body).await
 }
 
-async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body: Body) -> Response {
+async fn forward(
+    serving: Serving,
+    link: Option<PaidLink>,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let active = serving.stats.request_started();
     let fail = |kind: ErrorKind, message: String| {
         serving.stats.record_error(kind);
         error_response(kind, message)
     };
+    if let Some(refusal) = link
+        .as_ref()
+        .and_then(|link| link.settlement.refusal(&link.proxy))
+    {
+        let mut response = fail(ErrorKind::Unavailable, refusal);
+        // Nothing reached the engine: the proxy may send the request to another worker.
+        response
+            .headers_mut()
+            .insert(headers::NOT_PROCESSED, HeaderValue::from_static("1"));
+        return response;
+    }
     let Ok(permit) = serving.slots.clone().try_acquire_owned() else {
         return fail(
             ErrorKind::RateLimited,
@@ -150,6 +182,17 @@ async fn forward(serving: Serving, path: &'static str, headers: HeaderMap, body:
         &headers,
         &bytes,
     );
+    let receipt =
+        match (receipt, link) {
+            (Some(draft), Some(link)) => Some(draft.paid_on(link)),
+            (None, Some(_)) => return fail(
+                ErrorKind::InvalidRequest,
+                "the proxy stated no prices (x-cocoon-prices): this worker cannot count what it \
+                 is owed"
+                    .into(),
+            ),
+            (draft, None) => draft,
+        };
     let stream = request["stream"].as_bool().unwrap_or(false);
     if stream {
         // Usage is what the worker is paid by: always ask for it; the client hides it again from

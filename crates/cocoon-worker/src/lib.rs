@@ -16,6 +16,7 @@ pub mod metering;
 pub mod receipt;
 pub mod settlement;
 pub mod synthetic;
+pub mod voucher_check;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -83,6 +84,7 @@ pub async fn start(
         payee,
         config.claim_threshold,
         claim_interval,
+        config.max_unvouched,
     )
     .context("connecting to the ledger")?;
     let trust = NodeTrust::new(&config.attestation, "worker", claims)
@@ -121,6 +123,7 @@ pub async fn start(
         connector,
         policy: proxy_policy,
         router,
+        settlement: settlement.clone(),
         stats: stats.clone(),
         drain: Duration::from_secs(config.drain_secs),
     };

@@ -13,6 +13,9 @@ use cocoon_node::stats::NodeStats;
 use cocoon_ratls::Connector;
 use tokio_util::sync::CancellationToken;
 
+use crate::settlement::{PaidLink, WorkerSettlement};
+use crate::voucher_check::LinkedProxy;
+
 /// A link that stayed up this long resets the backoff.
 const STABLE_LINK: Duration = Duration::from_secs(10);
 
@@ -25,6 +28,8 @@ pub struct Linking {
     pub policy: LivePolicy,
     /// What the worker serves on each link.
     pub router: Router,
+    /// Where each link's pay is checked and counted.
+    pub settlement: Arc<WorkerSettlement>,
     /// Counts linked peers.
     pub stats: Arc<NodeStats>,
     /// How long a link's requests in flight may finish after `stop`.
@@ -42,14 +47,24 @@ pub async fn keep_linked(proxy: String, linking: Linking, stop: CancellationToke
                 connected = linking.connector.connect(&proxy) => connected?,
             };
             let watch = linking.connector.watch(&stream)?;
+            // A proxy that names no contract or voucher key in its attested claims cannot pay.
+            let linked = LinkedProxy::of(&peer).ok_or_else(|| {
+                anyhow::anyhow!("the proxy's attested claims name no valid wallet and voucher_key")
+            })?;
             tracing::info!(
                 %proxy,
                 image = %peer.image_hash,
+                contract = %linked.contract,
+                voucher_key = %linked.voucher_key,
                 "linked to proxy; serving it"
             );
             let _linked = linking.stats.peer_connected();
             let since = Instant::now();
-            let serving = link::serve(stream, linking.router.clone(), &stop, linking.drain);
+            let router = linking.router.clone().layer(axum::Extension(PaidLink {
+                proxy: linked,
+                settlement: linking.settlement.clone(),
+            }));
+            let serving = link::serve(stream, router, &stop, linking.drain);
             let result = tokio::select! {
                 result = serving => result.map_err(anyhow::Error::from),
                 reason = linking.policy.until_refused(&peer) => {

@@ -12,6 +12,8 @@ use cocoon_receipt::{AnswerRecord, AnswerText, WorkerReceipt};
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
+use crate::settlement::PaidLink;
+
 /// A receipt waiting for its answer to end.
 pub struct ReceiptDraft {
     trust: Arc<NodeTrust>,
@@ -19,6 +21,8 @@ pub struct ReceiptDraft {
     request_id: String,
     request_sha256: Hash32,
     prices: Prices,
+    /// The link whose proxy owes this answer's pay, counted when it ends.
+    pay: Option<PaidLink>,
 }
 
 impl ReceiptDraft {
@@ -46,7 +50,14 @@ impl ReceiptDraft {
             request_id,
             request_sha256: Hash32(Sha256::digest(body).into()),
             prices,
+            pay: None,
         })
+    }
+
+    /// Counts this answer's pay as owed by `link`'s proxy when it ends.
+    pub fn paid_on(mut self, link: PaidLink) -> Self {
+        self.pay = Some(link);
+        self
     }
 
     /// Signs the receipt of an answer that used `usage` and said `answer`; adds it to `trailers`.
@@ -58,10 +69,13 @@ impl ReceiptDraft {
     }
 
     fn sign(self, usage: &TokenUsage, answer: &AnswerText) -> Option<(HeaderValue, HeaderValue)> {
-        let charge = price(usage, self.info.coefficient, &self.prices)
+        let cost = price(usage, self.info.coefficient, &self.prices)
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
-            .ok()?
-            .client_price;
+            .ok()?;
+        if let Some(link) = &self.pay {
+            link.settlement.earn(&link.proxy, cost.worker_pay);
+        }
+        let charge = cost.client_price;
         let record = AnswerRecord {
             request_id: self.request_id,
             issued_at: cocoon_receipt::unix_now(),

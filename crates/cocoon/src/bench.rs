@@ -259,6 +259,9 @@ async fn start_network(
             "fake",
             "--faucet",
             BENCH_FUNDS,
+            // Development: the proxy holds its operator's key (the benchmark's own network).
+            "--operator-key-file",
+            &format!("{}/operator.key", dir("proxy")),
         ]),
         threads,
     )?);

@@ -145,6 +145,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ledger: ledger_url.clone(),
             registry_owner: owner.to_string(),
             data_dir: data_dir.join("proxy"),
+            // Development: the proxy holds its operator's key (it says so loudly at start).
+            operator_account: String::new(),
+            operator_key_file: Some(data_dir.join("proxy-operator.key")),
+            test_only_bad_worker_vouchers: None,
             stake: 0,
             faucet: DEV_FAUCET,
             settle_interval_ms: 2_000,
@@ -185,6 +189,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 drain_secs: 30,
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
+                max_unvouched: 10_000_000_000,
                 http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
             },

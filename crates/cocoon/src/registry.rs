@@ -189,31 +189,7 @@ pub async fn publish_when_up(url: &str, owner_key: &SigningKey) -> anyhow::Resul
     apply(&ledger, &current, &[]).await
 }
 
-/// Reads an owner key file: 64 hex digits (the Ed25519 seed).
-pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the owner key {}", path.display()))?;
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed)
-        .with_context(|| format!("{} does not hold 64 hex digits", path.display()))?;
-    Ok(SigningKey::from_bytes(&seed))
-}
-
-/// Writes `key` to `path` (mode 0600 on Unix), refusing to replace an existing file.
-pub fn write_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(
-        &mut file,
-        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
-    )
-    .with_context(|| format!("writing {}", path.display()))
-}
+pub use cocoon_node::key_file::{read_key, write_key};
 
 fn keygen(path: &Path) -> anyhow::Result<AccountId> {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);

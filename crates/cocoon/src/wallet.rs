@@ -100,6 +100,24 @@ pub enum WalletCommand {
         #[arg(long, value_name = "JSON")]
         voucher: String,
     },
+    /// Proxy operator: let a proxy node's voucher key (printed by the proxy at start, and named
+    /// in its attested claims as `voucher_key`) sign this account's proxy contract's vouchers.
+    /// With `--stake`, opens the contract with that key if it is not open.
+    AuthorizeProxyKey {
+        /// The proxy node's voucher key.
+        #[arg(long, value_name = "KEY")]
+        key: AccountId,
+        /// Open the proxy contract with this stake (nano-units) if it is not open yet.
+        #[arg(long, value_name = "AMOUNT")]
+        stake: Option<Amount>,
+    },
+    /// Proxy operator: stop honouring an earlier voucher key of this account's proxy contract
+    /// (one that leaked); its unclaimed vouchers become worthless.
+    RevokeProxyKey {
+        /// The key to revoke.
+        #[arg(long, value_name = "KEY")]
+        key: AccountId,
+    },
 }
 
 /// The registry's `min_client_stake`, from a version its pinned owner signed (and not older than
@@ -207,6 +225,21 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
                 serde_json::from_str(&voucher).context("--voucher is not a signed voucher")?;
             let receipt = ledger.claim(voucher).await?;
             json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, None).await? })
+        }
+        WalletCommand::AuthorizeProxyKey { key, stake } => {
+            let open = ledger
+                .proxy_contract(account)
+                .await?
+                .is_some_and(|c| c.status == cocoon_ledger::ContractStatus::Open);
+            match stake {
+                Some(stake) if !open => ledger.open_proxy(stake, key).await?,
+                _ => ledger.authorize_proxy_key(key).await?,
+            };
+            balance(&ledger, account, None).await?
+        }
+        WalletCommand::RevokeProxyKey { key } => {
+            ledger.revoke_proxy_key(key).await?;
+            balance(&ledger, account, None).await?
         }
     };
     if args.json {

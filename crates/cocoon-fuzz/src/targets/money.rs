@@ -177,7 +177,7 @@ pub const TRANSACTION: Target = Target {
     format: Format::Json,
 };
 
-/// A whole life of contracts: stake, deposit, charge, claim, withdraw, close.
+/// A whole life of contracts: stake, deposit, charge, claim, a new proxy key, withdraw, close.
 fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
     let signer = voucher_signer();
     vec![
@@ -220,7 +220,13 @@ fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
                 voucher: signer.worker_pay(id(WORKER), 200, 1),
             },
         ),
-        (PROXY, 2, TransactionBody::WithdrawCommission { amount: 50 }),
+        // A restarted proxy node's key; the first one's vouchers stay valid.
+        (
+            PROXY,
+            2,
+            TransactionBody::AuthorizeProxyKey { key: id(OWNER) },
+        ),
+        (PROXY, 3, TransactionBody::WithdrawCommission { amount: 50 }),
         (
             CLIENT,
             3,
@@ -237,8 +243,8 @@ fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
                 final_voucher: Some(signer.client_charge(id(CLIENT), 320, 2, true)),
             },
         ),
-        (PROXY, 3, TransactionBody::StartProxyClose),
-        (PROXY, 4, TransactionBody::FinishProxyClose),
+        (PROXY, 4, TransactionBody::StartProxyClose),
+        (PROXY, 5, TransactionBody::FinishProxyClose),
         (
             OWNER,
             1,

@@ -40,6 +40,9 @@ pub(crate) enum BodySpec {
     Claim(VoucherSpec),
     CloseClient(u8, Option<VoucherSpec>),
     FinishClientClose(u8),
+    /// Authorize the key of this seed (1..=12: more keys than a contract holds, so some evict).
+    AuthorizeKey(u8),
+    RevokeKey(u8),
 }
 
 #[derive(Debug, Clone)]
@@ -60,18 +63,35 @@ fn amount() -> impl Strategy<Value = Amount> {
     prop_oneof![8 => 1u64..150, 1 => Just(0), 1 => Just(u64::MAX)]
 }
 
+fn voucher_key_seed() -> impl Strategy<Value = u8> {
+    1u8..=12
+}
+
 fn voucher_spec() -> impl Strategy<Value = VoucherSpec> {
-    (who(), who(), who(), 0u64..600, 0u64..12, any::<bool>()).prop_map(
-        |(proxy, counterparty, signed_by, cumulative, seqno, is_final)| VoucherSpec {
-            proxy,
-            counterparty,
-            // Mostly the proxy's own key, sometimes a stranger's.
-            signed_by: if signed_by == 1 { counterparty } else { proxy },
-            cumulative,
-            seqno,
-            is_final,
-        },
+    (
+        who(),
+        who(),
+        who(),
+        voucher_key_seed(),
+        0u64..600,
+        0u64..12,
+        any::<bool>(),
     )
+        .prop_map(
+            |(proxy, counterparty, signed_by, node_key, cumulative, seqno, is_final)| VoucherSpec {
+                proxy,
+                counterparty,
+                // Mostly the proxy's own key, sometimes a stranger's or a node key (authorized or not).
+                signed_by: match signed_by {
+                    1 => counterparty,
+                    2 => node_key,
+                    _ => proxy,
+                },
+                cumulative,
+                seqno,
+                is_final,
+            },
+        )
 }
 
 fn body_spec() -> impl Strategy<Value = BodySpec> {
@@ -93,6 +113,8 @@ fn body_spec() -> impl Strategy<Value = BodySpec> {
         (who(), proptest::option::of(voucher_spec()))
             .prop_map(|(p, v)| BodySpec::CloseClient(p, v)),
         who().prop_map(BodySpec::FinishClientClose),
+        voucher_key_seed().prop_map(BodySpec::AuthorizeKey),
+        voucher_key_seed().prop_map(BodySpec::RevokeKey),
     ]
 }
 
@@ -173,6 +195,8 @@ pub(crate) fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
             }),
         },
         BodySpec::FinishClientClose(p) => B::FinishClientClose { proxy: id(*p) },
+        BodySpec::AuthorizeKey(k) => B::AuthorizeProxyKey { key: id(*k) },
+        BodySpec::RevokeKey(k) => B::RevokeProxyKey { key: id(*k) },
     }
 }
 
@@ -234,8 +258,40 @@ fn run_ops(ops: &[Op]) -> Result<BTreeMap<&'static str, usize>, TestCaseError> {
             let prev = before.workers.get(key).map_or(0, |w| w.paid);
             prop_assert!(after.paid >= prev);
         }
+        check_voucher_keys(&before, &state, spec, result.is_ok())?;
     }
     Ok(applied)
+}
+
+/// A proxy honours at most [`MAX_PROXY_VOUCHER_KEYS`] distinct keys, and a voucher moves money
+/// only when a key its contract authorized (before the transaction) signed it.
+fn check_voucher_keys(
+    before: &LedgerState,
+    state: &LedgerState,
+    spec: &BodySpec,
+    applied: bool,
+) -> Result<(), TestCaseError> {
+    for proxy in state.proxies.values() {
+        let keys: std::collections::BTreeSet<_> = proxy.voucher_keys().collect();
+        prop_assert_eq!(
+            keys.len(),
+            proxy.earlier_voucher_keys.len() + 1,
+            "duplicate keys"
+        );
+        prop_assert!(keys.len() <= MAX_PROXY_VOUCHER_KEYS);
+    }
+    let voucher = match spec {
+        BodySpec::Charge(v) | BodySpec::Claim(v) => v,
+        _ => return Ok(()),
+    };
+    if applied {
+        let signer = id(voucher.signed_by);
+        prop_assert!(
+            before.proxies[&id(voucher.proxy)].authorizes(&signer),
+            "a voucher by an unauthorized key moved money"
+        );
+    }
+    Ok(())
 }
 
 impl BodySpec {
@@ -257,6 +313,8 @@ impl BodySpec {
             BodySpec::CloseClient(_, None) => "close_client_forced",
             BodySpec::CloseClient(_, Some(_)) => "close_client_final",
             BodySpec::FinishClientClose(_) => "finish_client_close",
+            BodySpec::AuthorizeKey(_) => "authorize_proxy_key",
+            BodySpec::RevokeKey(_) => "revoke_proxy_key",
         }
     }
 }
@@ -275,7 +333,7 @@ fn random_sequences_exercise_every_rule() {
         }
     }
     eprintln!("{total:?}");
-    assert_eq!(total.len(), 16, "some rule never succeeded: {total:?}");
+    assert_eq!(total.len(), 18, "some rule never succeeded: {total:?}");
 }
 
 proptest! {

@@ -1,6 +1,6 @@
-//! The settlement round the proxy runs every `--settle-interval-ms`: commit the database position,
-//! apply client charges with vouchers, tell linked workers what they can claim, withdraw the
-//! commission. Every step reads the proxy's own database, so a round that fails (the ledger is
+//! The settlement round the proxy runs every `--settle-interval-ms`: apply client charges with
+//! vouchers, tell linked workers what they can claim, withdraw the commission (when this process
+//! holds the operator's key). Every step reads the proxy's own database, so a round that fails (the ledger is
 //! down) changes nothing, and the next one that succeeds settles everything that accrued.
 
 use std::sync::Arc;
@@ -25,17 +25,12 @@ impl Billing {
     }
 
     async fn try_settle(&self, routing: &Routing) -> Result<(), BillingError> {
-        // 1. Commit the database position, so a rollback is detectable.
-        let (seqno, hash) = lock(&self.store).position()?;
-        if seqno > lock(&self.view).committed_seqno {
-            self.ledger.commit_proxy_state(seqno, hash).await?;
-            lock(&self.view).committed_seqno = seqno;
-        }
+        // (No commit of the database position: nobody's safety rests on it; see docs/money.md.)
         // Workers' earnings are read before the clients' charges are applied: a charge written
         // in between is then applied to its client before its worker can claim it, so claims
         // never run ahead of what clients paid into the pool (the stake would cover the gap).
         let statements = self.worker_statements()?;
-        // 2. Apply what clients owe (clients may also apply the same vouchers: harmless).
+        // 1. Apply what clients owe (clients may also apply the same vouchers: harmless).
         let clients = lock(&self.store).clients()?;
         for (client, totals) in clients {
             let known = self.fetch_contract(client).await?;
@@ -55,7 +50,7 @@ impl Billing {
                 }
             }
         }
-        // 3. Tell linked workers what they can claim, as of before step 2.
+        // 2. Tell linked workers what they can claim, as of before step 2.
         let links = routing.links();
         lock(&self.pushed).retain(|id, _| links.iter().any(|link| link.id == *id));
         for link in links {
@@ -77,7 +72,7 @@ impl Billing {
                 }
             }
         }
-        // 4. Withdraw the commission: what the pool holds beyond the workers' unclaimed earnings.
+        // 3. Withdraw the commission: what the pool holds beyond the workers' unclaimed earnings.
         let contract =
             self.ledger
                 .proxy_contract(self.account)
@@ -93,7 +88,7 @@ impl Billing {
         let withdrawable = withdrawable_commission(contract.pool, earned, contract.paid_to_workers);
         let threshold = self.config.withdraw_threshold;
         let (mut pool, mut withdrawn) = (contract.pool, contract.withdrawn);
-        if threshold > 0 && withdrawable >= threshold {
+        if self.acts_for_operator && threshold > 0 && withdrawable >= threshold {
             self.ledger.withdraw_commission(withdrawable).await?;
             pool -= withdrawable;
             withdrawn = withdrawn.saturating_add(withdrawable);

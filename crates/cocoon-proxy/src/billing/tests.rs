@@ -36,7 +36,8 @@ fn answer_cost_splits_the_charged_price_exactly() {
     assert!(json.get("completion_total_cost").is_some());
 }
 
-/// A ledger (faucet on) in this process, and the billing of a proxy on it.
+/// A ledger (faucet on) in this process, and the billing of a proxy on it that holds its
+/// operator's key (`proxy_key`) and makes a voucher key of its own.
 async fn ledger_and_billing(
     dir: &std::path::Path,
     proxy_key: SigningKey,
@@ -51,15 +52,24 @@ async fn ledger_and_billing(
     let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
         .await
         .unwrap();
-    let registry = registry_of(&ledger).await;
-    let billing = Billing::open(
+    let billing = reopen(&ledger, dir, Operator::Key(proxy_key)).await;
+    (ledger, billing)
+}
+
+/// The billing of a proxy (re)started on the database in `dir` with a fresh voucher key.
+async fn reopen(
+    ledger: &cocoon_ledger::LedgerHandle,
+    dir: &std::path::Path,
+    operator: Operator,
+) -> Arc<Billing> {
+    Billing::open(
         billing_config(&ledger.url(), &dir.join("proxy")),
-        proxy_key,
-        &registry,
+        operator,
+        SigningKey::generate(&mut rand::rngs::OsRng),
+        &registry_of(ledger).await,
     )
     .await
-    .unwrap();
-    (ledger, billing)
+    .unwrap()
 }
 
 async fn registry_of(ledger: &cocoon_ledger::LedgerHandle) -> RegistryWatch {
@@ -78,6 +88,7 @@ fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
         settle_interval: Duration::from_millis(100),
         withdraw_threshold: 0,
         reserve_max_tokens: 16,
+        bad_worker_vouchers: None,
     }
 }
 
@@ -132,7 +143,7 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
     assert_eq!(statement.charged, 400_100_000);
     assert_eq!(statement.reserved, 0);
 
-    // A settlement round applies the charge and commits the database position.
+    // A settlement round applies the charge.
     billing.settle(&Routing::default()).await;
     let contract = wallet
         .client_contract(billing.account(), client)
@@ -142,51 +153,99 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
     assert_eq!(contract.charged, 400_100_000);
     assert_eq!(contract.balance, 1_000_000_000 - 400_100_000);
     let snapshot = billing.snapshot();
-    assert_eq!(snapshot["committed_seqno"], 1, "{snapshot}");
     assert_eq!(snapshot["earned"], 400_100 * 800, "{snapshot}");
     ledger.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_empty_or_older_database_is_refused_after_a_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let (ledger, billing) = ledger_and_billing(dir.path(), key.clone()).await;
-    let (client, _) = open_client(&ledger, &billing, 8, 2_000_000_000, 1_000_000_000).await;
+/// Charges `client` one small answer served by `worker`.
+async fn charge_one_answer(billing: &Arc<Billing>, client: AccountId, worker: AccountId) {
     let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
     let usage = TokenUsage {
         prompt_tokens: 1,
         completion_tokens: 1,
         ..TokenUsage::default()
     };
-    billing
-        .charge(held, AccountId([9; 32]), &usage, 1_000)
-        .await
-        .unwrap();
-    billing.settle(&Routing::default()).await;
+    billing.charge(held, worker, &usage, 1_000).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_pay() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = SigningKey::from_bytes(&[7; 32]);
+    let (ledger, billing) = ledger_and_billing(dir.path(), operator.clone()).await;
+    let (client, _) = open_client(&ledger, &billing, 8, 2_000_000_000, 1_000_000_000).await;
+    let worker_key = SigningKey::from_bytes(&[9; 32]);
+    let worker = AccountId::from(&worker_key);
+    charge_one_answer(&billing, client, worker).await;
+    let before = billing.worker_statements().unwrap().remove(0);
+    let first_key = billing.signer.voucher_key();
     drop(billing);
 
-    // The same wallet on a fresh database (seqno 0) is behind the ledger's commit (1).
-    let error = Billing::open(
-        billing_config(&ledger.url(), &dir.path().join("elsewhere")),
-        key.clone(),
-        &registry_of(&ledger).await,
-    )
-    .await
-    .err()
-    .unwrap();
-    assert!(
-        matches!(error, BillingError::Ledger(SettlementError::RolledBack(_))),
-        "{error}"
+    // The restart makes a new key, which the operator's key authorizes; the old one stays valid.
+    let billing = reopen(&ledger, dir.path(), Operator::Key(operator)).await;
+    assert_ne!(billing.signer.voucher_key(), first_key);
+    charge_one_answer(&billing, client, worker).await;
+    let after = billing.worker_statements().unwrap().remove(0);
+    assert!(after.voucher.voucher.seqno > before.voucher.voucher.seqno);
+    assert_eq!(after.earned, 2 * before.earned);
+
+    let worker_wallet = LedgerClient::new(&ledger.url(), worker_key).unwrap();
+    let paid = |receipt: cocoon_ledger::Receipt| match receipt.outcome {
+        cocoon_ledger::Outcome::Claimed { paid } => paid,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        paid(worker_wallet.claim(before.voucher).await.unwrap()),
+        before.earned
     );
-    // Its own database is accepted again.
-    Billing::open(
-        billing_config(&ledger.url(), &dir.path().join("proxy")),
-        key,
-        &registry_of(&ledger).await,
-    )
-    .await
-    .unwrap();
+    assert_eq!(
+        paid(worker_wallet.claim(after.voucher).await.unwrap()),
+        after.earned - before.earned
+    );
+    // The client is charged both answers, once each.
+    billing.settle(&Routing::default()).await;
+    let contract = worker_wallet
+        .client_contract(billing.account(), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        contract.charged,
+        billing.client_statement(client).unwrap().charged
+    );
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_the_operators_key_a_proxy_waits_until_its_key_is_authorized() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = SigningKey::from_bytes(&[7; 32]);
+    let (ledger, billing) = ledger_and_billing(dir.path(), operator.clone()).await;
+    let account = billing.account();
+    drop(billing);
+
+    let voucher_key = SigningKey::from_bytes(&[12; 32]);
+    let config = billing_config(&ledger.url(), &dir.path().join("proxy"));
+    let registry = registry_of(&ledger).await;
+    let opening = Billing::open(
+        config,
+        Operator::Account(account),
+        voucher_key.clone(),
+        &registry,
+    );
+    tokio::pin!(opening);
+    // Not authorized: still waiting after a few looks at the ledger.
+    let waited = tokio::time::timeout(3 * operator::AUTHORIZATION_POLL, &mut opening).await;
+    assert!(waited.is_err(), "started without an authorized key");
+
+    let wallet = LedgerClient::new(&ledger.url(), operator).unwrap();
+    wallet
+        .authorize_proxy_key(AccountId::from(&voucher_key))
+        .await
+        .unwrap();
+    let billing = opening.await.unwrap();
+    assert_eq!(billing.account(), account);
+    assert_eq!(billing.snapshot()["acts_for_operator"], false);
     ledger.shutdown().await.unwrap();
 }
 

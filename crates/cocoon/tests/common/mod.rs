@@ -18,6 +18,7 @@ mod answers;
 #[cfg(feature = "embedded")]
 mod model;
 mod scenarios;
+mod wallets;
 // Not every test binary asks for answers or sets up a scenario.
 #[allow(unused_imports)]
 pub use answers::*;
@@ -26,6 +27,8 @@ pub use answers::*;
 pub use model::*;
 #[allow(unused_imports)]
 pub use scenarios::*;
+#[allow(unused_imports)]
+pub use wallets::*;
 
 /// What the faucet gives a test node that needs money (nano-units).
 pub const TEST_FAUCET: &str = "1000000000000";
@@ -372,6 +375,7 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
 
 /// The command line of the proxy at `addrs` (used again to restart it).
 pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
+    let operator_key = addrs.data_dir.join(OPERATOR_KEY_FILE).display().to_string();
     let args = strings(&[
         "proxy",
         "--worker-listen",
@@ -395,10 +399,20 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
             ("--min-client-tee", "fake"),
             ("--faucet", TEST_FAUCET),
             ("--settle-interval-ms", "200"),
+            // Development only: the proxy opens its contract and authorizes its keys itself,
+            // unless the test gives it an operator account (then it waits for authorization).
+            if extra.contains(&"--operator-account") {
+                ("--operator-account", "")
+            } else {
+                ("--operator-key-file", operator_key.as_str())
+            },
         ],
         extra,
     )
 }
+
+/// The test proxy operator's key file, in the proxy's data directory (created by the proxy).
+pub const OPERATOR_KEY_FILE: &str = "operator.key";
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
