@@ -12,6 +12,8 @@ command -v cmake >/dev/null || need_packages+=(cmake)
 command -v clang >/dev/null || need_packages+=(clang)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_packages+=(python3-venv)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need_packages+=(libclang-dev)
+# `python3 -m venv` needs ensurepip, which Debian ships apart.
+python3 -c "import ensurepip" >/dev/null 2>&1 || need_packages+=(python3-venv)
 if [ ${#need_packages[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
