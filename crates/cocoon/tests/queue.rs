@@ -75,7 +75,10 @@ async fn sixty_four_concurrent_requests_on_four_slots_are_all_answered() {
         assert_eq!(usage.completion_tokens, 5);
     }
     let queue = queue(&proxy).await;
-    assert!(queue["served"].as_u64() > Some(0), "nothing queued: {queue}");
+    assert!(
+        queue["served"].as_u64() > Some(0),
+        "nothing queued: {queue}"
+    );
     assert_eq!(queue["waiting"], 0, "{queue}");
     assert_eq!(queue["refused"]["queue_full"], 0, "{queue}");
     assert_eq!(queue["refused"]["timed_out"], 0, "{queue}");
@@ -127,7 +130,12 @@ async fn beyond_the_queue_or_its_wait_the_app_is_refused_with_retry_after() {
     for queued in [queued_a, queued_b] {
         let timed_out = queued.await.unwrap();
         assert_eq!(timed_out.status(), 503);
-        assert_eq!(retry_after(&timed_out), Some(4), "{:?}", timed_out.headers());
+        assert_eq!(
+            retry_after(&timed_out),
+            Some(4),
+            "{:?}",
+            timed_out.headers()
+        );
         let error: Value = timed_out.json().await.unwrap();
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains("became free"), "{message}");
