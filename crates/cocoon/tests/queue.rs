@@ -11,6 +11,45 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
+/// A proxy, one synthetic worker and some clients, all linked and funded.
+struct Network {
+    proxy: ProxyAddrs,
+    /// Each client's API.
+    apis: Vec<String>,
+    worker_stats: String,
+    _nodes: Vec<Node>,
+}
+
+/// A proxy started with `proxy_flags`, a worker with `slots` slots streaming a token every
+/// `interval_us`, and `clients` clients.
+async fn network(proxy_flags: &[&str], slots: u32, interval_us: u32, clients: usize) -> Network {
+    let (proxy_node, proxy) = proxy(proxy_flags);
+    let (slots, interval_us) = (slots.to_string(), interval_us.to_string());
+    let (worker_node, worker_stats) = worker(
+        &proxy,
+        &[
+            "--max-active",
+            &slots,
+            "--synthetic-interval-us",
+            &interval_us,
+        ],
+    );
+    let mut nodes = vec![proxy_node, worker_node];
+    let mut apis = Vec::new();
+    for _ in 0..clients {
+        let (node, api) = client(&proxy, &[]);
+        wait_for_model(&api, "synthetic", 1).await;
+        nodes.push(node);
+        apis.push(api);
+    }
+    Network {
+        proxy,
+        apis,
+        worker_stats,
+        _nodes: nodes,
+    }
+}
+
 /// The proxy's queue for the synthetic model, from `/jsonstats`.
 async fn queue(proxy: &ProxyAddrs) -> Value {
     let stats = get_json(&format!("http://{}/jsonstats", proxy.stats)).await;
@@ -44,6 +83,12 @@ async fn hold_a_slot(api: &str, tokens: u64) -> reqwest::Response {
     response
 }
 
+/// A one-token request to `api`, sent on a task of its own.
+fn ask_in_background(api: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let api = api.to_owned();
+    tokio::spawn(async move { post_chat(&api, &chat(1, false)).await.unwrap() })
+}
+
 fn retry_after(response: &reqwest::Response) -> Option<u64> {
     response
         .headers()
@@ -57,13 +102,8 @@ fn retry_after(response: &reqwest::Response) -> Option<u64> {
 #[tokio::test]
 async fn sixty_four_concurrent_requests_on_four_slots_are_all_answered() {
     // A generous wait: the machine running the tests may be slow; the point is the queue.
-    let (_proxy, proxy) = proxy(&["--queue-wait-ms", "120000"]);
-    let (_worker, _) = worker(
-        &proxy,
-        &["--max-active", "4", "--synthetic-interval-us", "5000"],
-    );
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 1).await;
+    let net = network(&["--queue-wait-ms", "120000"], 4, 5000, 1).await;
+    let (proxy, api) = (&net.proxy, &net.apis[0]);
     let requests: Vec<_> = (0..64)
         .map(|i| {
             let api = api.clone();
@@ -74,7 +114,7 @@ async fn sixty_four_concurrent_requests_on_four_slots_are_all_answered() {
         let usage = request.await.unwrap().expect("every request is answered");
         assert_eq!(usage.completion_tokens, 5);
     }
-    let queue = queue(&proxy).await;
+    let queue = queue(proxy).await;
     assert!(
         queue["served"].as_u64() > Some(0),
         "nothing queued: {queue}"
@@ -86,43 +126,31 @@ async fn sixty_four_concurrent_requests_on_four_slots_are_all_answered() {
 
 #[tokio::test]
 async fn beyond_the_queue_or_its_wait_the_app_is_refused_with_retry_after() {
-    let (_proxy, proxy) = proxy(&[
+    let flags = [
         "--queue-depth",
         "2",
         "--queue-per-client",
         "1",
         "--queue-wait-ms",
         "4000",
-    ]);
-    let (_worker, _) = worker(
-        &proxy,
-        &["--max-active", "1", "--synthetic-interval-us", "20000"],
-    );
-    let (_a, api_a) = client(&proxy, &[]);
-    let (_b, api_b) = client(&proxy, &[]);
-    wait_for_model(&api_a, "synthetic", 1).await;
-    wait_for_model(&api_b, "synthetic", 1).await;
-    let _held = hold_a_slot(&api_a, 500).await;
+    ];
+    let net = network(&flags, 1, 20000, 2).await;
+    let (proxy, api_a, api_b) = (&net.proxy, &net.apis[0], &net.apis[1]);
+    let _held = hold_a_slot(api_a, 500).await;
 
-    let queued_a = tokio::spawn({
-        let api = api_a.clone();
-        async move { post_chat(&api, &chat(1, false)).await.unwrap() }
-    });
-    until_queue(&proxy, waiting(1)).await;
+    let queued_a = ask_in_background(api_a);
+    until_queue(proxy, waiting(1)).await;
     // Client A's share (one) is taken: 429.
-    let share = post_chat(&api_a, &chat(1, false)).await.unwrap();
+    let share = post_chat(api_a, &chat(1, false)).await.unwrap();
     assert_eq!(share.status(), 429);
     assert_eq!(retry_after(&share), Some(4), "{:?}", share.headers());
     let error: Value = share.json().await.unwrap();
     assert_eq!(error["error"]["code"], "rate_limited", "{error}");
 
-    let queued_b = tokio::spawn({
-        let api = api_b.clone();
-        async move { post_chat(&api, &chat(1, false)).await.unwrap() }
-    });
-    until_queue(&proxy, waiting(2)).await;
+    let queued_b = ask_in_background(api_b);
+    until_queue(proxy, waiting(2)).await;
     // The queue (two) is full: 503, whoever asks.
-    let full = post_chat(&api_b, &chat(1, false)).await.unwrap();
+    let full = post_chat(api_b, &chat(1, false)).await.unwrap();
     assert_eq!(full.status(), 503);
     assert_eq!(retry_after(&full), Some(4), "{:?}", full.headers());
 
@@ -140,18 +168,11 @@ async fn beyond_the_queue_or_its_wait_the_app_is_refused_with_retry_after() {
         let message = error["error"]["message"].as_str().unwrap();
         assert!(message.contains("became free"), "{message}");
     }
-    let queue = queue(&proxy).await;
+    let queue = queue(proxy).await;
     assert_eq!(queue["refused"]["client_share"], 1, "{queue}");
     assert_eq!(queue["refused"]["queue_full"], 1, "{queue}");
     assert_eq!(queue["refused"]["timed_out"], 2, "{queue}");
-    let metrics = http()
-        .get(format!("http://{}/metrics", proxy.stats))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{}/metrics", proxy.stats)).await;
     assert!(
         metrics.contains(r#"cocoon_queue_refused_total{model="synthetic",reason="timed_out"} 2"#),
         "{metrics}"
@@ -165,15 +186,8 @@ async fn beyond_the_queue_or_its_wait_the_app_is_refused_with_retry_after() {
 #[tokio::test]
 async fn one_clients_burst_does_not_keep_another_clients_request_waiting() {
     const BURST: usize = 20;
-    let (_proxy, proxy) = proxy(&["--queue-wait-ms", "120000"]);
-    let (_worker, _) = worker(
-        &proxy,
-        &["--max-active", "2", "--synthetic-interval-us", "20000"],
-    );
-    let (_a, api_a) = client(&proxy, &[]);
-    let (_b, api_b) = client(&proxy, &[]);
-    wait_for_model(&api_a, "synthetic", 1).await;
-    wait_for_model(&api_b, "synthetic", 1).await;
+    let net = network(&["--queue-wait-ms", "120000"], 2, 20000, 2).await;
+    let (proxy, api_a, api_b) = (&net.proxy, &net.apis[0], &net.apis[1]);
 
     // Client A's burst: two requests take the slots, the rest wait.
     let a_served = Arc::new(AtomicUsize::new(0));
@@ -188,9 +202,9 @@ async fn one_clients_burst_does_not_keep_another_clients_request_waiting() {
             })
         })
         .collect();
-    until_queue(&proxy, waiting(BURST as u64 - 2)).await;
+    until_queue(proxy, waiting(BURST as u64 - 2)).await;
     // Client B's one request arrives behind all of them…
-    let answer = post_chat(&api_b, &chat(10, true)).await.unwrap();
+    let answer = post_chat(api_b, &chat(10, true)).await.unwrap();
     assert_eq!(answer.status(), 200);
     // …and is served in B's turn, long before A's burst drains: at most the two first, the one
     // in A's turn before B's, and those served while B's answer travelled here.
@@ -209,22 +223,20 @@ async fn one_clients_burst_does_not_keep_another_clients_request_waiting() {
 
 #[tokio::test]
 async fn an_app_hanging_up_while_queued_frees_its_place_and_is_never_charged() {
-    let (_proxy, proxy) = proxy(&["--queue-depth", "1", "--queue-wait-ms", "120000"]);
-    let (_worker, worker_stats) = worker(
-        &proxy,
-        &["--max-active", "1", "--synthetic-interval-us", "20000"],
-    );
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 1).await;
-    let held = hold_a_slot(&api, 40).await;
+    let net = network(
+        &["--queue-depth", "1", "--queue-wait-ms", "120000"],
+        1,
+        20000,
+        1,
+    )
+    .await;
+    let (proxy, api, worker_stats) = (&net.proxy, &net.apis[0], &net.worker_stats);
+    let held = hold_a_slot(api, 40).await;
 
-    let gone = tokio::spawn({
-        let api = api.clone();
-        async move { post_chat(&api, &chat(1, false)).await }
-    });
-    until_queue(&proxy, waiting(1)).await;
+    let gone = ask_in_background(api);
+    until_queue(proxy, waiting(1)).await;
     gone.abort();
-    let queue = until_queue(&proxy, waiting(0)).await;
+    let queue = until_queue(proxy, waiting(0)).await;
     assert_eq!(queue["abandoned"], 1, "{queue}");
 
     // Its place is free again: the next request waits (the queue holds one) and is answered.
@@ -232,7 +244,7 @@ async fn an_app_hanging_up_while_queued_frees_its_place_and_is_never_charged() {
         let api = api.clone();
         async move { ask(&api, &chat(2, false)).await }
     });
-    until_queue(&proxy, waiting(1)).await;
+    until_queue(proxy, waiting(1)).await;
     let (events, _) = stream_answer(held).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let usage = next.await.unwrap().expect("the next request is answered");
@@ -241,6 +253,6 @@ async fn an_app_hanging_up_while_queued_frees_its_place_and_is_never_charged() {
     // The request that left never reached the worker, and holds no slot.
     let worker = get_json(&format!("http://{worker_stats}/jsonstats")).await;
     assert_eq!(worker["requests"], 2, "{worker}");
-    let workers = proxy_workers(&proxy).await;
+    let workers = proxy_workers(proxy).await;
     assert_eq!(workers[0]["active"], 0, "{workers:?}");
 }
