@@ -15,6 +15,7 @@ use clap::Args;
 mod embedded;
 mod load;
 mod network;
+mod scale;
 
 /// Options of `cocoon bench`.
 #[derive(Debug, Args)]
@@ -35,6 +36,12 @@ pub enum BenchTarget {
     /// network (the same engine process serves both).
     #[cfg(feature = "embedded")]
     Engine(EngineBenchArgs),
+    /// One proxy under many worker links (from one process) and many concurrent paced streams:
+    /// its memory per link and per stream, CPU per token, added time to first token, failures.
+    Scale(scale::ScaleBenchArgs),
+    /// The workers of `cocoon bench scale`, all in this process.
+    #[command(hide = true)]
+    ScaleWorkers(scale::ScaleWorkersArgs),
 }
 
 /// Options of `cocoon bench engine`.
@@ -187,6 +194,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             None => network::network(args.network).await,
             #[cfg(feature = "embedded")]
             Some(BenchTarget::Engine(engine)) => embedded::embedded_engine(engine).await,
+            Some(BenchTarget::Scale(scale)) => scale::scale(scale).await,
+            Some(BenchTarget::ScaleWorkers(workers)) => scale::scale_workers(workers).await,
         }
     };
     tokio::select! {

@@ -112,7 +112,7 @@ async fn request(address: &str, body: Bytes) -> anyhow::Result<Bytes> {
 }
 
 /// Completion tokens reported in an answer's usage (streamed or not); 0 when it has none.
-async fn completion_tokens(answer: &Bytes) -> u64 {
+pub(super) async fn completion_tokens(answer: &Bytes) -> u64 {
     use futures::StreamExt;
     let usage_of = |json: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(json)

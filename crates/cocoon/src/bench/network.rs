@@ -9,18 +9,144 @@ use anyhow::Context;
 use super::load::{measure, wait_ready};
 use super::{ensure_ports_free, spawn, strings, CpuMeter, EngineMode, NetworkBenchArgs, Process};
 
-/// The nodes of a benchmark network, stopped when dropped.
-pub(super) struct Network {
-    /// Ledger, proxy, worker and client, in that order.
+/// A benchmark's ledger and proxy, with their state in a temporary directory removed when dropped
+/// (after the nodes are stopped).
+pub(super) struct Core {
+    /// The ledger and proxy first, then whatever the benchmark adds.
     pub(super) nodes: Vec<Process>,
-    pub(super) api: String,
-    data: PathBuf,
+    /// The ledger's base URL.
+    pub(super) ledger: String,
+    /// The registry owner every node pins.
+    pub(super) owner: String,
+    pub(super) data: PathBuf,
+    base_port: u16,
 }
 
-impl Drop for Network {
+impl Drop for Core {
     fn drop(&mut self) {
+        self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.data);
     }
+}
+
+impl Core {
+    /// `127.0.0.1:` the port `offset` from the benchmark's base port.
+    pub(super) fn port(&self, offset: u16) -> String {
+        format!("127.0.0.1:{}", self.base_port + offset)
+    }
+
+    /// The data directory of a node named `role`.
+    pub(super) fn dir(&self, role: &str) -> String {
+        self.data.join(role).display().to_string()
+    }
+
+    /// Where workers dial the proxy.
+    pub(super) fn proxy_workers(&self) -> String {
+        self.port(2)
+    }
+
+    /// The proxy's stats surface.
+    pub(super) fn proxy_stats(&self) -> String {
+        self.port(4)
+    }
+
+    /// Starts a client named `role` listening on `listen`, funded and linked to the proxy.
+    pub(super) fn spawn_client(
+        &mut self,
+        role: &str,
+        listen: &str,
+        threads: usize,
+    ) -> anyhow::Result<()> {
+        let args = strings(&[
+            "client",
+            "--listen",
+            listen,
+            "--proxy",
+            &self.port(3),
+            "--max-coefficient",
+            "1000",
+            "--ledger",
+            &self.ledger,
+            "--data-dir",
+            &self.dir(role),
+            "--registry-owner",
+            &self.owner,
+            "--min-peer-tee",
+            "fake",
+            "--faucet",
+            BENCH_FUNDS,
+            "--deposit",
+            BENCH_DEPOSIT,
+        ]);
+        self.nodes.push(spawn(&args, threads)?);
+        Ok(())
+    }
+}
+
+/// Starts a ledger (port 6 from `base_port`, registry published) and a proxy (ports 2, 3, 4)
+/// with `proxy_flags`.
+pub(super) async fn start_core(
+    base_port: u16,
+    threads: usize,
+    proxy_flags: &[String],
+) -> anyhow::Result<Core> {
+    let data =
+        std::env::temp_dir().join(format!("cocoon-bench-{}-{base_port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).context("creating the benchmark's data directory")?;
+    let owner_key = crate::dev::owner_key();
+    let mut core = Core {
+        nodes: Vec::new(),
+        ledger: format!("http://127.0.0.1:{}", base_port + 6),
+        owner: cocoon_ledger::AccountId::from(&owner_key).to_string(),
+        data,
+        base_port,
+    };
+    core.nodes.push(spawn(
+        &strings(&[
+            "ledger",
+            "--listen",
+            &core.port(6),
+            "--database",
+            &core.data.join("ledger.sqlite3").display().to_string(),
+            "--faucet",
+            "--owner",
+            &core.owner,
+        ]),
+        threads,
+    )?);
+    crate::registry::publish_when_up(&core.ledger, &owner_key).await?;
+    let mut proxy = strings(&[
+        "proxy",
+        "--worker-listen",
+        &core.port(2),
+        "--client-listen",
+        &core.port(3),
+        "--stats-listen",
+        &core.port(4),
+        "--ledger",
+        &core.ledger,
+        "--data-dir",
+        &core.dir("proxy"),
+        "--registry-owner",
+        &core.owner,
+        "--min-worker-tee",
+        "fake",
+        "--min-client-tee",
+        "fake",
+        "--faucet",
+        BENCH_FUNDS,
+    ]);
+    proxy.extend_from_slice(proxy_flags);
+    core.nodes.push(spawn(&proxy, threads)?);
+    Ok(core)
+}
+
+/// The nodes of a benchmark network (ledger, proxy, worker and client), stopped when dropped.
+pub(super) struct Network {
+    pub(super) core: Core,
+    /// The client's API.
+    pub(super) api: String,
 }
 
 /// What the faucet gives the benchmark's proxy and client (nano-units), enough for any run.
@@ -37,108 +163,39 @@ pub(super) async fn start_network(
     base_port: u16,
     threads: usize,
 ) -> anyhow::Result<Network> {
-    let port = |offset: u16| format!("127.0.0.1:{}", base_port + offset);
-    let api = port(1);
-    let ledger = format!("http://{}", port(6));
-    let data =
-        std::env::temp_dir().join(format!("cocoon-bench-{}-{base_port}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    std::fs::create_dir_all(&data).context("creating the benchmark's data directory")?;
-    let dir = |role: &str| data.join(role).display().to_string();
-    let owner_key = crate::dev::owner_key();
-    let owner = cocoon_ledger::AccountId::from(&owner_key).to_string();
-    let mut nodes = vec![spawn(
-        &strings(&[
-            "ledger",
-            "--listen",
-            &port(6),
-            "--database",
-            &data.join("ledger.sqlite3").display().to_string(),
-            "--faucet",
-            "--owner",
-            &owner,
-        ]),
-        threads,
-    )?];
-    crate::registry::publish_when_up(&ledger, &owner_key).await?;
-    nodes.push(spawn(
-        &strings(&[
-            "proxy",
-            "--worker-listen",
-            &port(2),
-            "--client-listen",
-            &port(3),
-            "--stats-listen",
-            &port(4),
-            "--ledger",
-            &ledger,
-            "--data-dir",
-            &dir("proxy"),
-            "--registry-owner",
-            &owner,
-            "--min-worker-tee",
-            "fake",
-            "--min-client-tee",
-            "fake",
-            "--faucet",
-            BENCH_FUNDS,
-        ]),
-        threads,
-    )?);
-    nodes.push(spawn(
-        &strings(&[
-            "worker",
-            "--proxy",
-            &port(2),
-            "--engine",
-            engine_url,
-            "--model",
-            model,
-            "--max-active",
-            &max_active.to_string(),
-            "--stats-listen",
-            &port(5),
-            "--ledger",
-            &ledger,
-            "--data-dir",
-            &dir("worker"),
-            "--registry-owner",
-            &owner,
-            "--min-peer-tee",
-            "fake",
-        ]),
-        threads,
-    )?);
-    nodes.push(spawn(
-        &strings(&[
-            "client",
-            "--listen",
-            &api,
-            "--proxy",
-            &port(3),
-            "--max-coefficient",
-            "1000",
-            "--ledger",
-            &ledger,
-            "--data-dir",
-            &dir("client"),
-            "--registry-owner",
-            &owner,
-            "--min-peer-tee",
-            "fake",
-            "--faucet",
-            BENCH_FUNDS,
-            "--deposit",
-            BENCH_DEPOSIT,
-        ]),
-        threads,
-    )?);
-    let network = Network { nodes, api, data };
-    let probe = format!(
-        r#"{{"model":"{model}","max_tokens":1,"messages":[{{"role":"user","content":"hi"}}]}}"#
-    );
-    wait_ready(&network.api, &probe).await?;
+    let mut core = start_core(base_port, threads, &[]).await?;
+    let worker = strings(&[
+        "worker",
+        "--proxy",
+        &core.proxy_workers(),
+        "--engine",
+        engine_url,
+        "--model",
+        model,
+        "--max-active",
+        &max_active.to_string(),
+        "--stats-listen",
+        &core.port(5),
+        "--ledger",
+        &core.ledger,
+        "--data-dir",
+        &core.dir("worker"),
+        "--registry-owner",
+        &core.owner,
+        "--min-peer-tee",
+        "fake",
+    ]);
+    core.nodes.push(spawn(&worker, threads)?);
+    let api = core.port(1);
+    core.spawn_client("client", &api, threads)?;
+    let network = Network { core, api };
+    wait_ready(&network.api, &probe(model)).await?;
     Ok(network)
+}
+
+/// A one-token request for `model`, to tell when a network answers.
+pub(super) fn probe(model: &str) -> String {
+    format!(r#"{{"model":"{model}","max_tokens":1,"messages":[{{"role":"user","content":"hi"}}]}}"#)
 }
 
 /// Ports each engine mode's engine and network take, from `--base-port` on.
@@ -255,7 +312,7 @@ async fn measure_mode(
             let mut processes = vec![("engine", engine_process.0.id())];
             for (name, node) in ["ledger", "proxy", "worker", "client"]
                 .into_iter()
-                .zip(&nodes.nodes)
+                .zip(&nodes.core.nodes)
             {
                 processes.push((name, node.0.id()));
             }
