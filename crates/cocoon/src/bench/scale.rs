@@ -92,6 +92,8 @@ pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
                 allow_proxy_image: Vec::new(),
                 min_peer_tee: AttestationKind::Fake,
                 engine: "synthetic".into(),
+                allow_remote_engine: false,
+                weights_copy_dir: String::new(),
                 model: String::new(),
                 model_path: String::new(),
                 context_length: 4096,
