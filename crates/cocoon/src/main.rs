@@ -6,7 +6,6 @@ mod attest;
 mod bench;
 mod config;
 mod dev;
-#[cfg(feature = "embedded")]
 mod engine;
 mod ledger;
 mod receipt;
