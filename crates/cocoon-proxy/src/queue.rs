@@ -12,6 +12,7 @@
 //! waiter that the slot arrives on.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cocoon_ledger::AccountId;
@@ -24,7 +25,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::routing::{Needs, Slot};
+use crate::routing::{Needs, RouteError, Routing, Slot};
 
 /// How requests wait for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,5 +409,105 @@ impl WaitQueues {
             "wait_ms": u64::try_from(self.config.wait.as_millis()).unwrap_or(u64::MAX),
             "models": models,
         })
+    }
+}
+
+impl Routing {
+    /// A slot for a request of `client`: at once if a worker is free and nobody waits, else after
+    /// waiting in the model's queue for the queue's wait or until the request's `deadline`,
+    /// whichever comes first (see [`crate::queue`]).
+    pub async fn acquire(
+        self: &Arc<Self>,
+        model: &str,
+        max_coefficient: u32,
+        needs: &Needs,
+        client: AccountId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Slot, RouteError> {
+        let config;
+        let (id, mut receiver) = {
+            let mut queues = self.queues();
+            config = queues.config();
+            if queues.has_waiters(model) {
+                // No overtaking the queue; but a request no worker could ever take is told now.
+                self.within_price(model, max_coefficient, needs)?;
+            } else {
+                match self.choose(model, max_coefficient, needs, None) {
+                    Err(RouteError::Busy { .. }) => {}
+                    chosen => return chosen,
+                }
+            }
+            let retry_after = config.retry_after_secs();
+            queues
+                .enqueue(model, client, max_coefficient, needs)
+                .map_err(|refusal| match refusal {
+                    Refusal::QueueFull => RouteError::QueueFull {
+                        model: model.to_owned(),
+                        depth: config.depth,
+                        retry_after,
+                    },
+                    Refusal::ClientShare => RouteError::ClientShareFull {
+                        model: model.to_owned(),
+                        share: config.per_client,
+                        retry_after,
+                    },
+                })?
+        };
+        let since = Instant::now();
+        let wait_until = deadline.min(tokio::time::Instant::now() + config.wait);
+        // Leaves the queue if this future is dropped while waiting (the app hung up).
+        let queued = Queued {
+            routing: self,
+            model,
+            id,
+        };
+        match tokio::time::timeout_at(wait_until, &mut receiver).await {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(_)) => Err(RouteError::UnknownModel(model.to_owned())),
+            Err(_) if queued.leave(Left::TimedOut) => Err(RouteError::QueueTimeout {
+                model: model.to_owned(),
+                waited_ms: since.elapsed().as_millis(),
+                retry_after: config.retry_after_secs(),
+            }),
+            // Served just as the wait ran out: the slot is in the channel.
+            Err(_) => receiver
+                .try_recv()
+                .map_err(|_| RouteError::UnknownModel(model.to_owned())),
+        }
+    }
+
+    /// Hands free slots of `model`'s workers to the requests waiting for them, in turn.
+    pub(crate) fn dispatch(self: &Arc<Self>, model: &str) {
+        let undelivered = {
+            let mut queues = self.queues();
+            if !queues.has_waiters(model) {
+                return;
+            }
+            queues.dispatch(model, |max_coefficient, needs| {
+                self.choose(model, max_coefficient, needs, None).ok()
+            })
+        };
+        // Their requests were dropped after being served: the slots go back (and on, in turn).
+        drop(undelivered);
+    }
+}
+
+/// A request waiting in a queue; dropping it takes it out (if no slot was handed to it yet).
+struct Queued<'a> {
+    routing: &'a Routing,
+    model: &'a str,
+    id: u64,
+}
+
+impl Queued<'_> {
+    /// Takes the request out of the queue; whether it was still there.
+    fn leave(&self, how: Left) -> bool {
+        self.routing.queues().leave(self.model, self.id, how)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.leave(Left::Abandoned);
     }
 }

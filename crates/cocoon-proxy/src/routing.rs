@@ -16,15 +16,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::AccountId;
-
 use cocoon_node::link::LinkSender;
 use cocoon_proto::link::{ModelEntry, ModelList};
 use cocoon_proto::{ErrorKind, OpenAiError, WorkerInfo};
 use cocoon_ratls::PeerIdentity;
 use serde_json::{json, Value};
 
-use crate::queue::{Left, QueueConfig, Refusal, WaitQueues};
+use crate::queue::{QueueConfig, WaitQueues};
 
 /// A connected, attested worker.
 pub struct WorkerLink {
@@ -379,87 +377,9 @@ impl Routing {
         }
     }
 
-    /// A slot for a request of `client`: at once if a worker is free and nobody waits, else after
-    /// waiting in the model's queue for the queue's wait or until the request's `deadline`,
-    /// whichever comes first (see [`crate::queue`]).
-    pub async fn acquire(
-        self: &Arc<Self>,
-        model: &str,
-        max_coefficient: u32,
-        needs: &Needs,
-        client: AccountId,
-        deadline: tokio::time::Instant,
-    ) -> Result<Slot, RouteError> {
-        let config;
-        let (id, mut receiver) = {
-            let mut queues = self.queues();
-            config = queues.config();
-            if queues.has_waiters(model) {
-                // No overtaking the queue; but a request no worker could ever take is told now.
-                self.within_price(model, max_coefficient, needs)?;
-            } else {
-                match self.choose(model, max_coefficient, needs, None) {
-                    Err(RouteError::Busy { .. }) => {}
-                    chosen => return chosen,
-                }
-            }
-            let retry_after = config.retry_after_secs();
-            queues
-                .enqueue(model, client, max_coefficient, needs)
-                .map_err(|refusal| match refusal {
-                    Refusal::QueueFull => RouteError::QueueFull {
-                        model: model.to_owned(),
-                        depth: config.depth,
-                        retry_after,
-                    },
-                    Refusal::ClientShare => RouteError::ClientShareFull {
-                        model: model.to_owned(),
-                        share: config.per_client,
-                        retry_after,
-                    },
-                })?
-        };
-        let since = Instant::now();
-        let wait_until = deadline.min(tokio::time::Instant::now() + config.wait);
-        // Leaves the queue if this future is dropped while waiting (the app hung up).
-        let queued = Queued {
-            routing: self,
-            model,
-            id,
-        };
-        match tokio::time::timeout_at(wait_until, &mut receiver).await {
-            Ok(Ok(slot)) => Ok(slot),
-            Ok(Err(_)) => Err(RouteError::UnknownModel(model.to_owned())),
-            Err(_) if queued.leave(Left::TimedOut) => Err(RouteError::QueueTimeout {
-                model: model.to_owned(),
-                waited_ms: since.elapsed().as_millis(),
-                retry_after: config.retry_after_secs(),
-            }),
-            // Served just as the wait ran out: the slot is in the channel.
-            Err(_) => receiver
-                .try_recv()
-                .map_err(|_| RouteError::UnknownModel(model.to_owned())),
-        }
-    }
-
-    /// Hands free slots of `model`'s workers to the requests waiting for them, in turn.
-    fn dispatch(self: &Arc<Self>, model: &str) {
-        let undelivered = {
-            let mut queues = self.queues();
-            if !queues.has_waiters(model) {
-                return;
-            }
-            queues.dispatch(model, |max_coefficient, needs| {
-                self.choose(model, max_coefficient, needs, None).ok()
-            })
-        };
-        // Their requests were dropped after being served: the slots go back (and on, in turn).
-        drop(undelivered);
-    }
-
     /// An error when every worker of `model` that could serve `needs` costs more than
     /// `max_coefficient` (or none serves the model).
-    fn within_price(
+    pub(crate) fn within_price(
         &self,
         model: &str,
         max_coefficient: u32,
@@ -477,7 +397,7 @@ impl Routing {
         self.queues().snapshot()
     }
 
-    fn queues(&self) -> MutexGuard<'_, WaitQueues> {
+    pub(crate) fn queues(&self) -> MutexGuard<'_, WaitQueues> {
         // Every update of the queues is one call that leaves them consistent.
         self.queues
             .lock()
@@ -626,26 +546,6 @@ fn too_expensive(
         });
     }
     Ok(())
-}
-
-/// A request waiting in a queue; dropping it takes it out (if no slot was handed to it yet).
-struct Queued<'a> {
-    routing: &'a Routing,
-    model: &'a str,
-    id: u64,
-}
-
-impl Queued<'_> {
-    /// Takes the request out of the queue; whether it was still there.
-    fn leave(&self, how: Left) -> bool {
-        self.routing.queues().leave(self.model, self.id, how)
-    }
-}
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.leave(Left::Abandoned);
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::queue::QueueConfig;
+use cocoon_ledger::AccountId;
 use cocoon_ratls::Claims;
 use cocoon_tee::{AttestationKind, FakeAttester};
 use std::time::{Duration, SystemTime};
@@ -412,27 +413,35 @@ async fn a_full_queue_and_a_full_share_refuse_with_retry_after() {
     wait_in_line(&routing, CLIENT_A, "a1", &served);
     wait_in_line(&routing, CLIENT_A, "a2", &served);
     until_waiting(&routing, 2).await;
-    let share = routing
-        .acquire("m", 5000, &Needs::default(), CLIENT_A, far())
-        .await
-        .err()
-        .unwrap();
+    let refused = |client| {
+        let routing = routing.clone();
+        async move {
+            let needs = Needs::default();
+            routing
+                .acquire("m", 5000, &needs, client, far())
+                .await
+                .err()
+        }
+    };
+    let share = refused(CLIENT_A).await;
     assert!(matches!(
         share,
-        RouteError::ClientShareFull { share: 2, .. }
+        Some(RouteError::ClientShareFull { share: 2, .. })
     ));
-    assert_eq!(share.kind(), ErrorKind::RateLimited);
-    assert_eq!(share.retry_after(), Some(2));
+    assert_eq!(
+        share.as_ref().map(RouteError::kind),
+        Some(ErrorKind::RateLimited)
+    );
+    assert_eq!(share.and_then(|error| error.retry_after()), Some(2));
     wait_in_line(&routing, CLIENT_B, "b1", &served);
     until_waiting(&routing, 3).await;
-    let full = routing
-        .acquire("m", 5000, &Needs::default(), CLIENT_B, far())
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(full, RouteError::QueueFull { depth: 3, .. }));
-    assert_eq!(full.kind(), ErrorKind::Unavailable);
-    assert_eq!(full.retry_after(), Some(2));
+    let full = refused(CLIENT_B).await;
+    assert!(matches!(full, Some(RouteError::QueueFull { depth: 3, .. })));
+    assert_eq!(
+        full.as_ref().map(RouteError::kind),
+        Some(ErrorKind::Unavailable)
+    );
+    assert_eq!(full.and_then(|error| error.retry_after()), Some(2));
     let refused = &routing.queue_snapshot()["models"]["m"]["refused"];
     assert_eq!(refused["queue_full"], 1, "{refused}");
     assert_eq!(refused["client_share"], 1, "{refused}");
