@@ -95,6 +95,12 @@ pub(super) async fn measure(
 
 /// One request on a new connection, read to its end.
 async fn request(address: &str, body: Bytes) -> anyhow::Result<Bytes> {
+    Ok(post_chat(address, body).await?.collect().await?.to_bytes())
+}
+
+/// POSTs a chat completion request on a new connection; the answer's body, once its status says
+/// success.
+pub(super) async fn post_chat(address: &str, body: Bytes) -> anyhow::Result<hyper::body::Incoming> {
     let stream = TcpStream::connect(address).await?;
     stream.set_nodelay(true)?;
     let (mut sender, connection) =
@@ -108,7 +114,7 @@ async fn request(address: &str, body: Bytes) -> anyhow::Result<Bytes> {
     if !response.status().is_success() {
         bail!("status {}", response.status());
     }
-    Ok(response.into_body().collect().await?.to_bytes())
+    Ok(response.into_body())
 }
 
 /// Completion tokens reported in an answer's usage (streamed or not); 0 when it has none.

@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::load::{completion_tokens, wait_ready};
+use super::load::{completion_tokens, post_chat, wait_ready};
 use super::network::{probe, start_core};
 use super::{cpu_time, ensure_ports_free, spawn, strings};
 
@@ -161,20 +161,7 @@ struct Streamed {
 /// One paced stream on a new connection: the time to its first body bytes, and its tokens.
 async fn stream_once(address: &str, body: Bytes) -> anyhow::Result<Streamed> {
     let begun = Instant::now();
-    let stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = http::Request::post("/v1/chat/completions")
-        .header("host", address)
-        .header("content-type", "application/json")
-        .body(Full::new(body))?;
-    let response = sender.send_request(request).await?;
-    if !response.status().is_success() {
-        bail!("status {}", response.status());
-    }
-    let mut body = response.into_body();
+    let mut body = post_chat(address, body).await?;
     let mut answer = Vec::new();
     let mut first_token = None;
     while let Some(frame) = body.frame().await {
