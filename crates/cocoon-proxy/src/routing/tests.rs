@@ -340,14 +340,46 @@ fn wait_in_line(
     label: &'static str,
     served: &tokio::sync::mpsc::UnboundedSender<(&'static str, Slot)>,
 ) -> tokio::task::JoinHandle<()> {
+    wait_in_line_within(routing, client, 5000, label, served)
+}
+
+/// [`wait_in_line`] for a request whose price limit is `max_coefficient`.
+fn wait_in_line_within(
+    routing: &Arc<Routing>,
+    client: AccountId,
+    max_coefficient: u32,
+    label: &'static str,
+    served: &tokio::sync::mpsc::UnboundedSender<(&'static str, Slot)>,
+) -> tokio::task::JoinHandle<()> {
     let (routing, served) = (routing.clone(), served.clone());
     tokio::spawn(async move {
         let slot = routing
-            .acquire("m", 5000, &Needs::default(), client, far())
+            .acquire("m", max_coefficient, &Needs::default(), client, far())
             .await
             .unwrap();
         served.send((label, slot)).ok().unwrap();
     })
+}
+
+#[tokio::test]
+async fn a_waiter_no_free_worker_suits_keeps_its_turn_while_the_next_client_is_served() {
+    let routing = queued_routing(QueueConfig::default());
+    add(&routing, "m", 1000, 1).await;
+    add(&routing, "m", 3000, 1).await;
+    let cheap = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    let dear = routing.choose("m", 5000, &Needs::default(), None).unwrap();
+    let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+    // A waits first but pays at most 1000; B takes any price.
+    wait_in_line_within(&routing, CLIENT_A, 1000, "a", &served);
+    until_waiting(&routing, 1).await;
+    wait_in_line(&routing, CLIENT_B, "b", &served);
+    until_waiting(&routing, 2).await;
+    drop(dear);
+    let (label, slot) = order.recv().await.unwrap();
+    assert_eq!((label, slot.worker.info.coefficient), ("b", 3000));
+    drop(cheap);
+    let (label, slot) = order.recv().await.unwrap();
+    assert_eq!((label, slot.worker.info.coefficient), ("a", 1000));
 }
 
 #[tokio::test]
