@@ -266,6 +266,12 @@ impl Api {
 
         let status = response.status();
         if !status.is_success() {
+            // A refusal's `Retry-After` (whole seconds; anything else is dropped) goes on too.
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .filter(|value| value.to_str().is_ok_and(|text| text.parse::<u64>().is_ok()))
+                .cloned();
             // The proxy's error is already OpenAI-shaped: pass it on with its status.
             let bytes = tokio::time::timeout_at(
                 deadline,
@@ -276,10 +282,19 @@ impl Api {
             .and_then(Result::ok)
             .map(|collected| collected.to_bytes())
             .unwrap_or_default();
-            return Err(Failure {
+            let failure = Failure {
                 status,
                 error: parse_peer_error(status, &bytes),
-            });
+            };
+            let Some(retry_after) = retry_after else {
+                return Err(failure);
+            };
+            self.stats.record_error(failure.kind());
+            let mut answer = failure.into_response();
+            answer
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+            return Ok(answer);
         }
 
         let mut answer = Response::builder().status(StatusCode::OK);

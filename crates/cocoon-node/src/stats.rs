@@ -50,7 +50,13 @@ pub struct NodeStats {
 impl NodeStats {
     /// Fresh counters for a node of `role` ("proxy", "worker", "client").
     pub fn new(role: &'static str) -> Arc<Self> {
+        Self::with_metrics(role, |_| {})
+    }
+
+    /// Fresh counters, with the role's own metrics that `register` adds to `/metrics`.
+    pub fn with_metrics(role: &'static str, register: impl FnOnce(&mut Registry)) -> Arc<Self> {
         let mut registry = Registry::with_prefix("cocoon");
+        register(&mut registry);
         let requests = Counter::default();
         let errors = Family::<KindLabel, Counter>::default();
         let active = Gauge::default();

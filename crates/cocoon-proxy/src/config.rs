@@ -108,6 +108,21 @@ pub struct ProxyConfig {
     /// `max_tokens` (the charge is always the actual usage).
     #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
     pub reserve_max_tokens: u64,
+    /// Requests per model that may wait for a worker slot when every worker is busy; beyond, a
+    /// request is refused at once (503 with `Retry-After`). 0: no queue.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Requests one client may have waiting per model (429 with `Retry-After` beyond), so that one
+    /// client's burst leaves room for the others; the queue serves clients in turn.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[serde(default = "default_queue_per_client")]
+    pub queue_per_client: usize,
+    /// Longest a request waits in the queue, in milliseconds (never beyond the request's own
+    /// timeout); then 503 with `Retry-After`.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    #[serde(default = "default_queue_wait_ms")]
+    pub queue_wait_ms: u64,
     /// Seconds a worker or client has to finish the RA-TLS handshake on the proxy's ports.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub handshake_timeout_secs: u64,
@@ -176,6 +191,15 @@ impl ProxyConfig {
         }
     }
 
+    /// How requests wait for a busy model.
+    pub fn queue(&self) -> crate::queue::QueueConfig {
+        crate::queue::QueueConfig {
+            depth: self.queue_depth,
+            per_client: self.queue_per_client,
+            wait: std::time::Duration::from_millis(self.queue_wait_ms),
+        }
+    }
+
     /// The billing part of the configuration.
     pub fn billing(&self) -> crate::billing::BillingConfig {
         crate::billing::BillingConfig {
@@ -189,4 +213,16 @@ impl ProxyConfig {
             bad_worker_vouchers: self.test_only_bad_worker_vouchers,
         }
     }
+}
+
+fn default_queue_depth() -> usize {
+    crate::queue::QueueConfig::default().depth
+}
+
+fn default_queue_per_client() -> usize {
+    crate::queue::QueueConfig::default().per_client
+}
+
+fn default_queue_wait_ms() -> u64 {
+    crate::queue::QueueConfig::default().wait.as_millis() as u64
 }

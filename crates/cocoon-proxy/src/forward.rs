@@ -144,8 +144,7 @@ pub async fn forward(
         return reply_failure(error.to_openai());
     }
     let Some(dearest) = state.routing.dearest(&model) else {
-        let error = RouteError::UnknownModel(model);
-        return fail(error.kind(), error.to_string());
+        return refuse_route(&state.stats, &RouteError::UnknownModel(model));
     };
     // Reserve before any worker sees the request: a client that cannot pay costs no engine work.
     let Some(client) = client else {
@@ -173,16 +172,26 @@ pub async fn forward(
     )
     .ok();
     let (slot, response) = loop {
-        let exclude = failed.as_ref().map(|(worker, _)| *worker);
-        let slot = match state
-            .routing
-            .choose(&model, max_coefficient, &needs, exclude)
-        {
+        let chosen = match &failed {
+            // The first try waits its turn if every worker is busy; a retry takes what is free.
+            None => {
+                state
+                    .routing
+                    .acquire(&model, max_coefficient, &needs, client, deadline)
+                    .await
+            }
+            Some((worker, _)) => {
+                state
+                    .routing
+                    .choose(&model, max_coefficient, &needs, Some(*worker))
+            }
+        };
+        let slot = match chosen {
             Ok(slot) => slot,
             Err(route) => {
                 return match failed {
                     Some((_, error)) => reply_failure(error),
-                    None => reply_failure(route.to_openai()),
+                    None => refuse_route(&state.stats, &route),
                 }
             }
         };
@@ -312,6 +321,19 @@ pub async fn forward(
         answer_headers.insert(headers::MODEL_HASH, hash);
     }
     answer.into_response()
+}
+
+/// The answer to a request no worker was found for; a refusal a later try may pass says when, in
+/// `Retry-After`.
+fn refuse_route(stats: &NodeStats, route: &RouteError) -> Response {
+    stats.record_error(route.kind());
+    let mut response = openai_error_response(&route.to_openai());
+    if let Some(seconds) = route.retry_after() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// How one try at a worker ended.

@@ -2,7 +2,7 @@
 //! the answer and meters it.
 //!
 //! The request path reads in three files: [`link`] (the two listening ports and each link's life),
-//! [`routing`] (which worker serves a request) and [`forward`] (one request, end to end). Money is
+//! [`routing`] (which worker serves a request, [`queue`] while all are busy) and [`forward`] (one request, end to end). Money is
 //! [`billing`] (reservations, charges, settlement with the ledger) over [`store`] (the proxy's own
 //! durable database) and [`charge_writer`] (the thread that writes charges, and refuses requests
 //! while it cannot).
@@ -16,6 +16,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod link;
+pub mod queue;
 pub mod receipt;
 mod request_check;
 pub mod routing;
@@ -123,8 +124,8 @@ pub async fn start(
             admission::AllowedModels::parse(&config.allow_model).context("--allow-model")?;
         cocoon_node::registry::fixed(fixed)
     };
-    let stats = NodeStats::new("proxy");
-    let routing = Arc::new(Routing::default());
+    let routing = Arc::new(Routing::new(config.queue()));
+    let stats = NodeStats::with_metrics("proxy", |registry| routing.register_metrics(registry));
     let forwarding = Forwarding {
         routing: routing.clone(),
         stats: stats.clone(),
@@ -196,6 +197,7 @@ pub async fn start(
             "registry_version": registry.current().version,
             "registry": registry.status(),
             "workers": routing.snapshot(),
+            "queues": routing.queue_snapshot(),
             "wallet": billing.snapshot(),
         })
     });

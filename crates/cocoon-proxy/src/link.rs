@@ -170,7 +170,7 @@ async fn serve_worker(
     peer: PeerIdentity,
     watch: PeerWatch,
     admission: &WorkerAdmission,
-    routing: &Routing,
+    routing: &Arc<Routing>,
     stats: &Arc<NodeStats>,
 ) -> anyhow::Result<()> {
     let (sender, driver) = link::client_handshake(stream).await?;

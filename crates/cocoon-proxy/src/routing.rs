@@ -7,10 +7,13 @@
 //! request — for [`FIRST_SET_ASIDE`], doubling up to [`LONGEST_SET_ASIDE`] while it keeps failing;
 //! one success restores it. A cheap worker whose engine is broken would otherwise draw every
 //! request first.
+//!
+//! When every eligible worker is busy, the request waits in its model's queue ([`crate::queue`]):
+//! a slot that frees, or a worker that links, goes to the next waiter in turn.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use cocoon_node::link::LinkSender;
@@ -18,6 +21,8 @@ use cocoon_proto::link::{ModelEntry, ModelList};
 use cocoon_proto::{ErrorKind, OpenAiError, WorkerInfo};
 use cocoon_ratls::PeerIdentity;
 use serde_json::{json, Value};
+
+use crate::queue::{QueueConfig, WaitQueues};
 
 /// A connected, attested worker.
 pub struct WorkerLink {
@@ -135,15 +140,17 @@ fn fits_context(context: Option<u32>, max_tokens: Option<u64>) -> bool {
     }
 }
 
-/// A reserved slot on a worker; dropping it frees the slot.
+/// A reserved slot on a worker; dropping it frees the slot, for the next request waiting.
 pub struct Slot {
     /// The chosen worker.
     pub worker: Arc<WorkerLink>,
+    routing: Arc<Routing>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.worker.active.fetch_sub(1, Ordering::AcqRel);
+        self.routing.dispatch(&self.worker.info.model);
     }
 }
 
@@ -189,6 +196,36 @@ pub enum RouteError {
         /// How many eligible workers there are.
         workers: usize,
     },
+    /// Every worker is busy and the model's queue is full.
+    #[error("every worker for model `{model}` is busy and its queue of {depth} is full; retry after {retry_after} s")]
+    QueueFull {
+        /// The model.
+        model: String,
+        /// The queue's depth.
+        depth: usize,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
+    /// Every worker is busy and this client already has its share of the model's queue waiting.
+    #[error("every worker for model `{model}` is busy and {share} of your requests already wait; retry after {retry_after} s")]
+    ClientShareFull {
+        /// The model.
+        model: String,
+        /// Requests one client may have waiting.
+        share: usize,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
+    /// The request waited in the queue as long as it may.
+    #[error("no worker for model `{model}` became free within {waited_ms} ms; retry after {retry_after} s")]
+    QueueTimeout {
+        /// The model.
+        model: String,
+        /// How long it waited.
+        waited_ms: u128,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
 }
 
 impl RouteError {
@@ -198,7 +235,21 @@ impl RouteError {
             RouteError::UnknownModel(_) => ErrorKind::ModelNotFound,
             RouteError::Unsupported { .. } => ErrorKind::InvalidRequest,
             RouteError::ContextTooShort { .. } => ErrorKind::ContextLength,
-            RouteError::TooExpensive { .. } | RouteError::Busy { .. } => ErrorKind::Unavailable,
+            RouteError::ClientShareFull { .. } => ErrorKind::RateLimited,
+            RouteError::TooExpensive { .. }
+            | RouteError::Busy { .. }
+            | RouteError::QueueFull { .. }
+            | RouteError::QueueTimeout { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// The `Retry-After` (seconds) the client is told, for refusals that a later try may pass.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RouteError::QueueFull { retry_after, .. }
+            | RouteError::ClientShareFull { retry_after, .. }
+            | RouteError::QueueTimeout { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -213,16 +264,36 @@ impl RouteError {
     }
 }
 
-/// Workers by model.
+/// Workers by model, and the requests waiting for them.
 #[derive(Default)]
 pub struct Routing {
     workers: RwLock<BTreeMap<String, Vec<Arc<WorkerLink>>>>,
     next_id: AtomicU64,
+    /// Taken before `workers` wherever both are held.
+    queues: Mutex<WaitQueues>,
 }
 
 impl Routing {
-    /// Adds a worker whose link is up and proven.
-    pub fn add(&self, info: WorkerInfo, peer: PeerIdentity, sender: LinkSender) -> Arc<WorkerLink> {
+    /// No workers yet; busy requests wait as `queue` says.
+    pub fn new(queue: QueueConfig) -> Self {
+        Routing {
+            queues: Mutex::new(WaitQueues::new(queue)),
+            ..Routing::default()
+        }
+    }
+
+    /// Adds the queues' metrics to a node's Prometheus registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.queues().register(registry);
+    }
+
+    /// Adds a worker whose link is up and proven; its slots go to requests waiting first.
+    pub fn add(
+        self: &Arc<Self>,
+        info: WorkerInfo,
+        peer: PeerIdentity,
+        sender: LinkSender,
+    ) -> Arc<WorkerLink> {
         let link = Arc::new(WorkerLink {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             info,
@@ -236,6 +307,7 @@ impl Routing {
             .entry(link.info.model.clone())
             .or_default()
             .push(link.clone());
+        self.dispatch(&link.info.model);
         link
     }
 
@@ -288,19 +360,54 @@ impl Routing {
         })
     }
 
-    /// Removes a worker (its link ended). Requests in flight keep their own handle.
+    /// Removes a worker (its link ended). Requests in flight keep their own handle; requests
+    /// waiting for a model nobody serves any more are sent away.
     pub fn remove(&self, id: u64) {
-        let mut workers = self.write();
-        workers.retain(|_, links| {
+        let mut gone = Vec::new();
+        self.write().retain(|model, links| {
             links.retain(|link| link.id != id);
+            if links.is_empty() {
+                gone.push(model.clone());
+            }
             !links.is_empty()
         });
+        let mut queues = self.queues();
+        for model in gone {
+            queues.close(&model);
+        }
+    }
+
+    /// An error when every worker of `model` that could serve `needs` costs more than
+    /// `max_coefficient` (or none serves the model).
+    pub(crate) fn within_price(
+        &self,
+        model: &str,
+        max_coefficient: u32,
+        needs: &Needs,
+    ) -> Result<(), RouteError> {
+        let workers = self.read();
+        let Some(links) = workers.get(model) else {
+            return Err(RouteError::UnknownModel(model.to_owned()));
+        };
+        too_expensive(model, links, max_coefficient, needs)
+    }
+
+    /// Every model's queue, for `/jsonstats`.
+    pub fn queue_snapshot(&self) -> Value {
+        self.queues().snapshot()
+    }
+
+    pub(crate) fn queues(&self) -> MutexGuard<'_, WaitQueues> {
+        // Every update of the queues is one call that leaves them consistent.
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Reserves a slot on the best worker for `model` within `max_coefficient` that can serve
     /// `needs`, skipping `exclude` (a worker that just failed this request).
     pub fn choose(
-        &self,
+        self: &Arc<Self>,
         model: &str,
         max_coefficient: u32,
         needs: &Needs,
@@ -319,19 +426,7 @@ impl Routing {
             })
             .collect();
         if eligible.is_empty() {
-            let cheapest = links
-                .iter()
-                .filter(|link| link.serves(needs))
-                .map(|link| link.info.coefficient)
-                .min()
-                .unwrap_or(0);
-            if cheapest > max_coefficient {
-                return Err(RouteError::TooExpensive {
-                    model: model.to_owned(),
-                    max: max_coefficient,
-                    cheapest,
-                });
-            }
+            too_expensive(model, links, max_coefficient, needs)?;
         }
         let now = Instant::now();
         // Keys read once per worker: `is_aside` takes a lock, and this runs on every request.
@@ -342,6 +437,7 @@ impl Routing {
             .find(|link| link.try_reserve())
             .map(|link| Slot {
                 worker: Arc::clone(link),
+                routing: Arc::clone(self),
             })
             .ok_or_else(|| RouteError::Busy {
                 model: model.to_owned(),
@@ -427,6 +523,29 @@ impl Routing {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// An error when the cheapest of `links` that serves `needs` costs more than `max_coefficient`.
+fn too_expensive(
+    model: &str,
+    links: &[Arc<WorkerLink>],
+    max_coefficient: u32,
+    needs: &Needs,
+) -> Result<(), RouteError> {
+    let cheapest = links
+        .iter()
+        .filter(|link| link.serves(needs))
+        .map(|link| link.info.coefficient)
+        .min()
+        .unwrap_or(0);
+    if cheapest > max_coefficient {
+        return Err(RouteError::TooExpensive {
+            model: model.to_owned(),
+            max: max_coefficient,
+            cheapest,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -359,6 +359,7 @@ mod tests {
             engine: Engine::InProcess(synthetic::router(SyntheticParams {
                 chunk_bytes: 4,
                 interval: Duration::ZERO,
+                flush_each_chunk: false,
             })),
             slots: Arc::new(Semaphore::new(max_active as usize)),
             stats: NodeStats::new("worker"),

@@ -241,6 +241,7 @@ async fn open_engine(config: &WorkerConfig) -> anyhow::Result<(Engine, WorkerInf
             let engine = Engine::InProcess(synthetic::router(SyntheticParams {
                 chunk_bytes: config.synthetic_chunk_bytes,
                 interval: Duration::from_micros(config.synthetic_interval_us),
+                flush_each_chunk: false,
             }));
             let info = announce(
                 model,

@@ -34,6 +34,9 @@ pub struct SyntheticParams {
     pub chunk_bytes: usize,
     /// Pause between chunks.
     pub interval: Duration,
+    /// Without a pause, hand each chunk to the connection on its own (it is written and flushed
+    /// alone), as vLLM and llama.cpp do token by token; otherwise ready chunks go out together.
+    pub flush_each_chunk: bool,
 }
 
 /// An OpenAI-compatible router (`/v1/chat/completions`, `/v1/completions`, `/v1/models`).
@@ -144,12 +147,15 @@ async fn answer(params: SyntheticParams, body: Bytes, chat: bool) -> Response {
         )));
     }
     tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    let interval = params.interval;
+    let (interval, flush_each_chunk) = (params.interval, params.flush_each_chunk);
     let chunks = stream::iter(0..tokens).then(move |_| {
         let chunk = chunk.clone();
         async move {
             if !interval.is_zero() {
                 tokio::time::sleep(interval).await;
+            } else if flush_each_chunk {
+                // One pending poll: the connection writes out what it holds before the next chunk.
+                tokio::task::yield_now().await;
             }
             chunk
         }
@@ -174,6 +180,7 @@ mod tests {
         SyntheticParams {
             chunk_bytes: 8,
             interval: Duration::ZERO,
+            flush_each_chunk: false,
         }
     }
 

@@ -3,12 +3,15 @@
 //! baseline, or as a plain local inference server). [`serve_until_signal`] serves any engine's
 //! router, the synthetic one's too.
 
+#[cfg(feature = "embedded")]
 use std::path::PathBuf;
 
 use anyhow::Context;
+#[cfg(feature = "embedded")]
 use clap::Args;
 
 /// Options of `cocoon embedded-engine`.
+#[cfg(feature = "embedded")]
 #[derive(Debug, Args)]
 pub struct EmbeddedEngineArgs {
     /// Address to serve on.
@@ -39,6 +42,7 @@ pub struct EmbeddedEngineArgs {
 }
 
 /// Loads the model and serves it until Ctrl-C or SIGTERM.
+#[cfg(feature = "embedded")]
 pub async fn run(args: EmbeddedEngineArgs) -> anyhow::Result<()> {
     let model_path = match args.model_path {
         Some(path) => path,

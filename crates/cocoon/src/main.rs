@@ -6,7 +6,6 @@ mod attest;
 mod bench;
 mod config;
 mod dev;
-#[cfg(feature = "embedded")]
 mod engine;
 mod ledger;
 mod receipt;
@@ -105,6 +104,10 @@ struct SyntheticEngineArgs {
     /// Microseconds between chunks (0: as fast as possible).
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
     interval_us: u64,
+    /// Without an interval, write and flush each chunk on its own (as vLLM and llama.cpp do),
+    /// instead of sending ready chunks together.
+    #[arg(long)]
+    flush_each_chunk: bool,
     /// Connection cap and timeouts of the engine's HTTP surface.
     #[command(flatten)]
     http: cocoon_node::serve::HttpLimits,
@@ -213,6 +216,7 @@ async fn serve_synthetic(args: SyntheticEngineArgs) -> anyhow::Result<()> {
     let router = router(SyntheticParams {
         chunk_bytes: args.chunk_bytes,
         interval: std::time::Duration::from_micros(args.interval_us),
+        flush_each_chunk: args.flush_each_chunk,
     });
     engine::serve_until_signal(&args.listen, router, args.http).await
 }

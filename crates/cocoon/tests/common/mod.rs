@@ -555,6 +555,11 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// GETs `url` and reads its answer as text.
+pub async fn get_text(url: &str) -> String {
+    http().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// The workers a proxy has linked, as its `/jsonstats` lists them (id, model, coefficient, load,
 /// failures…).
 pub async fn proxy_workers(proxy: &ProxyAddrs) -> Vec<serde_json::Value> {
