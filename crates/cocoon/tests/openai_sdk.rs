@@ -1,6 +1,8 @@
 //! End-to-end: the official OpenAI Python SDK (installed by `scripts/setup.sh` into `.venv`)
 //! against a real network: chat, stream, legacy completions, `models.retrieve`/`list`, errors
-//! naming their parameter, `_request_id`, and `RateLimitError` on a spent quota. Skipped, loudly,
+//! naming their parameter, `_request_id`, and `RateLimitError` on a spent quota; and, with the real
+//! embedded model, tool calls (forced, `none`, streamed), `parse()` with a pydantic model, logprobs
+//! and `n` billed per choice. Skipped, loudly,
 //! where the venv is missing (so `cargo test` passes without the setup), except on CI (`CI` set),
 //! which runs the setup.
 
@@ -46,12 +48,71 @@ async fn the_official_python_sdk_works_against_the_client() {
     wait_for_model(&api, "synthetic", 1).await;
     wait_for_model_only(&broke_api, "synthetic", 1).await;
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_sdk_check.py");
+    run_script(
+        &python,
+        "openai_sdk_check.py",
+        &[
+            ("COCOON_API", format!("{api}/v1")),
+            ("COCOON_BROKE_API", format!("{broke_api}/v1")),
+            ("COCOON_MODEL", "synthetic".to_owned()),
+        ],
+    )
+    .await;
+}
+
+/// The SDK with the real embedded model: forced, `none` and streamed tool calls, `parse()` with a
+/// pydantic model (strict `json_schema`), logprobs, `n` billed per choice, a refusal by name.
+#[cfg(feature = "embedded")]
+#[tokio::test]
+async fn the_official_python_sdk_gets_tools_structured_output_logprobs_and_n() {
+    let Some(python) = sdk_python() else {
+        assert!(std::env::var_os("CI").is_none(), "no .venv with `openai`");
+        eprintln!(
+            "\n\n*** SKIPPED: no .venv with the `openai` package; run scripts/setup.sh ***\n\n"
+        );
+        return;
+    };
+    let model = cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir());
+    if !model.is_file() {
+        assert!(std::env::var_os("CI").is_none(), "no model at {model:?}");
+        eprintln!("skipped: model not present at {}", model.display());
+        return;
+    }
+    let model = model.display().to_string();
+    let (_proxy_node, proxy) = proxy(&[]);
+    let embedded = [
+        "--engine",
+        "embedded",
+        "--model-path",
+        &model,
+        "--max-active",
+        "4",
+        "--context-length",
+        "1024",
+    ];
+    let (_worker, _) = worker(&proxy, &embedded);
+    let (_client, api) = client(&proxy, &[]);
+    let name = "SmolLM2-135M-Instruct";
+    wait_for_model(&api, name, 1).await;
+    run_script(
+        &python,
+        "openai_sdk_embedded.py",
+        &[
+            ("COCOON_API", format!("{api}/v1")),
+            ("COCOON_MODEL", name.to_owned()),
+        ],
+    )
+    .await;
+}
+
+/// Runs `tests/sdk/<script>` with `env`; it must end with "all checks passed" within 240 s.
+async fn run_script(python: &std::path::Path, script: &str, env: &[(&str, String)]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
     let mut child = Command::new(python)
-        .arg(script)
-        .env("COCOON_API", format!("{api}/v1"))
-        .env("COCOON_BROKE_API", format!("{broke_api}/v1"))
-        .env("COCOON_MODEL", "synthetic")
+        .arg(&script)
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -61,9 +122,9 @@ async fn the_official_python_sdk_works_against_the_client() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > Duration::from_secs(240) {
             child.kill().unwrap();
-            panic!("the SDK script did not finish within 120 s");
+            panic!("{} did not finish within 240 s", script.display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -72,6 +133,7 @@ async fn the_official_python_sdk_works_against_the_client() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         status.success() && stdout.contains("all checks passed"),
-        "the SDK script failed:\n{stdout}\n{stderr}"
+        "{} failed:\n{stdout}\n{stderr}",
+        script.display()
     );
 }
