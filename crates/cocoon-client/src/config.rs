@@ -85,6 +85,16 @@ pub struct ClientConfig {
     #[arg(long)]
     #[serde(default)]
     pub no_receipt_header: bool,
+    /// TESTS ONLY — never pays: answers are neither checked nor signed for, so proxies refuse
+    /// this client once its unpaid charges pass their bound. Exists to test that bound.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub test_only_withhold_payments: bool,
+    /// TESTS ONLY — names ACCOUNT as this client's wallet in its certificate although it does
+    /// not hold its key (an impostor): proxies must refuse it. Exists to test that they do.
+    #[arg(long, hide = true, value_name = "ACCOUNT")]
+    #[serde(default)]
+    pub test_only_claim_wallet: Option<String>,
     /// Connection cap and timeouts of this node's HTTP surface (the API and its stats).
     #[command(flatten)]
     #[serde(flatten)]

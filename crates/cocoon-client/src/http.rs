@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
+use cocoon_ledger::AccountId;
 use cocoon_node::link::per_request;
 use cocoon_node::reply::{json_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};
@@ -132,6 +133,8 @@ pub struct Api {
     pub defaults: Defaults,
     /// Whether non-streamed answers carry their receipt in `x-cocoon-receipt`.
     pub receipt_header: bool,
+    /// Checks each answer's charge and pays for it.
+    pub payer: Arc<crate::payment::Payer>,
 }
 
 /// The whole HTTP surface: the OpenAI API (behind the API keys) and `stats_routes` (open, so
@@ -258,7 +261,7 @@ impl Api {
         let deadline = Instant::now() + prepared.timeout + DEADLINE_GRACE;
         tracing::debug!(?request_id, model = %prepared.model, stream = prepared.stream, "forwarding");
 
-        let response =
+        let (response, proxy) =
             tokio::time::timeout_at(deadline, self.send(endpoint, &prepared, &request_id))
                 .await
                 .map_err(|_| timed_out())??;
@@ -316,6 +319,8 @@ impl Api {
             answer = answer
                 .header(header::CONTENT_TYPE, "text/event-stream")
                 .header(header::CACHE_CONTROL, "no-cache");
+            let payer = self.payer.clone();
+            let max_coefficient = prepared.max_coefficient;
             Body::from_stream(rewrite_sse(
                 response.into_body(),
                 SseOptions {
@@ -324,6 +329,9 @@ impl Api {
                     stats: self.stats.clone(),
                     active,
                     max_event_bytes: MAX_SSE_EVENT_BYTES,
+                    on_success: Some(Box::new(move |trailers| {
+                        payer.settle_answer(proxy, trailers, max_coefficient)
+                    })),
                 },
             ))
         } else {
@@ -344,6 +352,8 @@ impl Api {
                 if let Some(usage) = read_usage(trailers) {
                     self.stats.record_tokens(&usage);
                 }
+                self.payer
+                    .settle_answer(proxy, Some(trailers), prepared.max_coefficient);
                 if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
                     bytes = priced;
                 }
@@ -367,14 +377,15 @@ impl Api {
         })
     }
 
-    /// Sends the request on the most preferred live link. A link found closed before sending is
-    /// skipped for the next one: nothing reached that proxy, so the request cannot run twice.
+    /// Sends the request on the most preferred live link of a proxy this client still pays. A
+    /// link found closed before sending is skipped for the next one: nothing reached that proxy,
+    /// so the request cannot run twice. Returns the answer and the proxy that gives it.
     async fn send(
         &self,
         endpoint: Endpoint,
         prepared: &Prepared,
         request_id: &HeaderValue,
-    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+    ) -> Result<(http::Response<hyper::body::Incoming>, AccountId), Failure> {
         // Checked names only ([`cocoon_proto::capabilities::is_param_name`]): a plain header value.
         let engine_params =
             HeaderValue::from_str(&prepared.engine_params.join(",")).map_err(|_| {
@@ -383,12 +394,26 @@ impl Api {
                     "engine parameters are not a header value",
                 )
             })?;
+        let mut stopped = None;
         for link in self.links.live_links() {
+            let Some(proxy) = crate::payment::proxy_account(&link) else {
+                continue;
+            };
+            if let Some(why) = self.payer.stopped(&proxy) {
+                stopped = Some(why);
+                continue;
+            }
             let mut sender = link.sender.clone();
             if sender.ready().await.is_err() {
                 continue;
             }
-            let request = http::Request::builder()
+            let payment = self.payer.request_headers(&link).await.map_err(|error| {
+                Failure::new(
+                    error.kind(),
+                    format!("cannot pay proxy {}: {error}", link.proxy),
+                )
+            })?;
+            let mut request = http::Request::builder()
                 .method(Method::POST)
                 .uri(endpoint.path())
                 .header(header::CONTENT_TYPE, "application/json")
@@ -403,14 +428,26 @@ impl Api {
                         format!("cannot build the link request: {error}"),
                     )
                 })?;
-            return sender.send_request(request).await.map_err(|error| {
+            request.headers_mut().extend(
+                payment
+                    .into_iter()
+                    .map(|(name, value)| (http::HeaderName::from_static(name), value)),
+            );
+            let response = sender.send_request(request).await.map_err(|error| {
                 Failure::new(
                     ErrorKind::BadGateway,
                     format!("the link to proxy {} failed: {error}", link.proxy),
                 )
-            });
+            })?;
+            return Ok((response, proxy));
         }
-        Err(no_proxy())
+        Err(match stopped {
+            Some(why) => Failure::new(
+                ErrorKind::Unavailable,
+                format!("this client stopped paying the only proxies it reaches: {why}"),
+            ),
+            None => no_proxy(),
+        })
     }
 }
 

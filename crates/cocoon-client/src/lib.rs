@@ -24,6 +24,7 @@ pub mod edge;
 pub mod http;
 pub mod link;
 pub mod models;
+pub mod payment;
 pub mod readiness;
 pub mod request;
 pub mod request_fields;
@@ -111,7 +112,15 @@ pub async fn start(
     let registry_trust = config.registry_trust()?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("cannot open this client's wallet key")?;
-    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), AccountId::from(&wallet));
+    let named_wallet = match &config.test_only_claim_wallet {
+        Some(account) => {
+            tracing::warn!(%account, "TESTS ONLY: --test-only-claim-wallet names a wallet this client cannot sign for");
+            account.parse().context("bad --test-only-claim-wallet")?
+        }
+        None => AccountId::from(&wallet),
+    };
+    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), named_wallet);
+    let payment_wallet = wallet.clone();
     let settlement = settlement::ClientSettlement::new(
         &config.ledger,
         wallet,
@@ -154,6 +163,24 @@ pub async fn start(
             .context("cannot build the RA-TLS connector")?,
     );
     let proxies = registry.proxy_endpoints(&config.proxy, ProxyPort::Clients);
+    if config.test_only_withhold_payments {
+        tracing::warn!("TESTS ONLY: --test-only-withhold-payments is set; this client never pays");
+    }
+    let payer = payment::Payer::new(
+        payment_wallet.clone(),
+        trust.clone(),
+        config.min_peer_tee,
+        registry.derive(|document| document.prices.clone()),
+        cocoon_ledger::LedgerClient::new(&config.ledger, payment_wallet).context("bad --ledger")?,
+        config.test_only_withhold_payments,
+    );
+    let prover: link::Prover = {
+        let (trust, payer) = (trust.clone(), payer.clone());
+        Arc::new(move || {
+            let key = trust.identity().claims().public_key;
+            (key, payer.proof(&key))
+        })
+    };
 
     let stats = NodeStats::new("client");
     let links_shutdown = shutdown.child_token();
@@ -166,6 +193,7 @@ pub async fn start(
         proxies,
         preference,
         connector,
+        prover,
         policy,
         stats.clone(),
         links_shutdown.clone(),
@@ -174,6 +202,7 @@ pub async fn start(
         links_task,
         settlement.spawn(
             links.clone(),
+            payer.clone(),
             registry.derive(|registry| registry.min_client_stake),
             links_shutdown.clone(),
         ),
@@ -181,12 +210,14 @@ pub async fn start(
     let details_links = links.clone();
     let readiness = readiness::readiness(links.clone(), settlement.clone());
     let details_trust = trust.clone();
+    let details_payer = payer.clone();
     let stats_routes = stats::router_with_readiness(
         stats.clone(),
         Arc::new(move || {
             let mut details = details_links.snapshot();
             details["attestation"] = details_trust.stats();
             details["wallet"] = settlement.snapshot();
+            details["payments"] = details_payer.snapshot();
             details["registry_version"] = registry.current().version.into();
             details["registry"] = registry.status();
             details
@@ -203,6 +234,7 @@ pub async fn start(
             timeout: config.default_timeout(),
         },
         receipt_header: !config.no_receipt_header,
+        payer,
     });
     let app = http::router(api, stats_routes, cors);
     let graceful = shutdown.clone().cancelled_owned();

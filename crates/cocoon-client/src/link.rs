@@ -21,6 +21,7 @@ use cocoon_node::registry::{keep_each_endpoint, LivePolicy};
 use cocoon_node::stats::{ConnectedPeer, NodeStats};
 use cocoon_proto::link::{ModelList, PATH_MODELS};
 use cocoon_ratls::{Connector, PeerIdentity, PeerWatch, RatlsError};
+use http::HeaderValue;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -45,6 +46,9 @@ pub enum DialError {
     /// HTTP/2 or the first exchange failed (e.g. the proxy refused our attestation).
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// This client's certificate was renewed while dialing.
+    #[error("this client's certificate was renewed while dialing")]
+    CertificateRenewed,
     /// Dialing took too long.
     #[error("no link within {0:?}")]
     Timeout(Duration),
@@ -60,6 +64,8 @@ pub struct LiveLink {
     pub peer: PeerIdentity,
     /// When the link came up.
     pub connected_at: SystemTime,
+    /// This client's wallet proof for the certificate it presented on this link.
+    pub wallet_proof: HeaderValue,
     /// Counts the link in `connected_peers` while it lives.
     _counted: ConnectedPeer,
 }
@@ -109,9 +115,13 @@ pub struct ProxyLinks {
     slots: RwLock<Vec<Arc<ProxySlot>>>,
 }
 
+/// This client's current certificate key and its wallet's proof for it.
+pub type Prover = Arc<dyn Fn() -> ([u8; 32], String) + Send + Sync>;
+
 /// What every proxy link shares.
 struct Linking {
     connector: Arc<Connector>,
+    prover: Prover,
     policy: LivePolicy,
     stats: Arc<NodeStats>,
 }
@@ -124,6 +134,7 @@ impl ProxyLinks {
         proxies: watch::Receiver<Arc<Vec<String>>>,
         preference: Preference,
         connector: Arc<Connector>,
+        prover: Prover,
         policy: LivePolicy,
         stats: Arc<NodeStats>,
         shutdown: CancellationToken,
@@ -133,6 +144,7 @@ impl ProxyLinks {
         });
         let linking = Arc::new(Linking {
             connector,
+            prover,
             policy,
             stats,
         });
@@ -226,10 +238,10 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return,
-            attempt = dial(&slot.address, &linking.connector) => attempt,
+            attempt = dial(&slot.address, &linking.connector, &linking.prover) => attempt,
         };
         match attempt {
-            Ok((sender, mut driver, peer, watch)) => {
+            Ok((sender, mut driver, peer, watch, wallet_proof)) => {
                 backoff.reset();
                 tracing::info!(
                     proxy = %slot.address,
@@ -243,6 +255,7 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
                     sender,
                     peer,
                     connected_at: SystemTime::now(),
+                    wallet_proof,
                     _counted: linking.stats.peer_connected(),
                 });
                 slot.live.store(Some(live.clone()));
@@ -280,14 +293,28 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
     }
 }
 
+/// A dialed link: its sender, the task driving it, the proxy's identity, the watch on its
+/// verdict, and this client's wallet proof for the certificate it presented.
+type Dialed = (
+    LinkSender,
+    JoinHandle<()>,
+    PeerIdentity,
+    PeerWatch,
+    HeaderValue,
+);
+
 /// Dials `address`, checks that the peer is a proxy, starts HTTP/2 and proves the link with a first
 /// exchange (our certificate may still be refused by the proxy after the TLS handshake returns).
-async fn dial(
-    address: &str,
-    connector: &Connector,
-) -> Result<(LinkSender, JoinHandle<()>, PeerIdentity, PeerWatch), DialError> {
+async fn dial(address: &str, connector: &Connector, prover: &Prover) -> Result<Dialed, DialError> {
     let establish = async {
+        let (key, proof) = prover();
         let (tls, peer) = connector.connect(address).await?;
+        // The proof names the certificate presented; one renewed during the handshake means
+        // another certificate may have been sent: dial again.
+        if prover().0 != key {
+            return Err(DialError::CertificateRenewed);
+        }
+        let proof = HeaderValue::from_str(&proof).map_err(|_| DialError::CertificateRenewed)?;
         if peer.claims.role != PROXY_ROLE {
             return Err(DialError::NotAProxy(peer.claims.role.clone()));
         }
@@ -295,7 +322,7 @@ async fn dial(
         let (sender, driver) = client_handshake(tls).await?;
         let driver = tokio::spawn(driver);
         match get_json::<ModelList>(&sender, PATH_MODELS).await {
-            Ok(_) => Ok((sender, driver, peer, watch)),
+            Ok(_) => Ok((sender, driver, peer, watch, proof)),
             Err(error) => {
                 driver.abort();
                 Err(error.into())

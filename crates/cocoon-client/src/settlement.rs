@@ -1,7 +1,8 @@
 //! The client's side of the money: it opens its contract with the proxy it uses (deposit, part of
-//! it locked as stake), tops it up when the available balance falls below half the stake, and
-//! applies the proxy's charge voucher on the ledger when what is charged but not yet applied
-//! exceeds half the stake (so a proxy cannot run up an unbounded debt, nor the client hide one).
+//! it locked as stake), tops it up when the available balance falls below half the stake, sends
+//! the proxy the payments no request carried ([`Payer::flush`]), and applies its own newest
+//! payment voucher on the ledger when what it signed but the ledger has not applied exceeds half
+//! the stake.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -10,8 +11,6 @@ use cocoon_ledger::{
     AccountId, Amount, ClientContract, ClientStatement, ContractStatus, LedgerClient, Settlement,
     SettlementError,
 };
-use cocoon_node::link::get_json;
-use cocoon_proto::link::PATH_BILLING;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -19,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::link::ProxyLinks;
+use crate::payment::{proxy_account, Payer};
 
 /// How much the client deposits and keeps available.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Funding {
 pub enum Action {
     /// Open the contract, depositing this much.
     Open(Amount),
-    /// Apply the proxy's voucher (too much is charged but not applied).
+    /// Apply this client's newest payment voucher (too much is signed but not applied).
     SubmitCharges,
     /// Add this much to the contract.
     TopUp(Amount),
@@ -44,10 +44,12 @@ pub enum Action {
     Nothing,
 }
 
-/// Decides the next step. `charged` is the proxy's total for this client.
+/// Decides the next step. `charged` is the proxy's total for this client, `signed` what this
+/// client signed for in total.
 pub fn next_action(
     contract: Option<&ClientContract>,
     charged: Amount,
+    signed: Amount,
     funding: &Funding,
 ) -> Action {
     let Some(contract) = contract.filter(|c| c.status != ContractStatus::Closed) else {
@@ -57,7 +59,7 @@ pub fn next_action(
         return Action::Nothing;
     }
     let half_stake = contract.stake / 2;
-    if charged.saturating_sub(contract.charged) > half_stake {
+    if signed.saturating_sub(contract.charged) > half_stake {
         return Action::SubmitCharges;
     }
     if available(contract, charged) < half_stake {
@@ -140,20 +142,28 @@ impl ClientSettlement {
     ///
     /// `min_stake` is the registry's `min_client_stake`, as the node's verified registry says (the
     /// ledger's own unauthenticated answer is not asked).
-    pub async fn settle(&self, links: &ProxyLinks, min_stake: Amount) {
-        if let Err(error) = self.try_settle(links, min_stake).await {
+    pub async fn settle(&self, links: &ProxyLinks, payer: &Payer, min_stake: Amount) {
+        payer.flush(links).await;
+        if let Err(error) = self.try_settle(links, payer, min_stake).await {
             tracing::warn!(%error, "client settlement round failed");
             lock(&self.view).last_error = Some(error.to_string());
         }
     }
 
-    async fn try_settle(&self, links: &ProxyLinks, min_stake: Amount) -> anyhow::Result<()> {
-        let Some(link) = links.current() else {
+    async fn try_settle(
+        &self,
+        links: &ProxyLinks,
+        payer: &Payer,
+        min_stake: Amount,
+    ) -> anyhow::Result<()> {
+        let Some(link) = links
+            .live_links()
+            .into_iter()
+            .find(|link| payer.usable(link))
+        else {
             return Ok(());
         };
-        let Some(proxy) = cocoon_node::wallet::peer_wallet(&link.peer)
-            .and_then(|wallet| wallet.parse::<AccountId>().ok())
-        else {
+        let Some(proxy) = proxy_account(&link) else {
             anyhow::bail!("proxy {} names no wallet in its attestation", link.proxy);
         };
         let funding = Funding {
@@ -163,13 +173,17 @@ impl ClientSettlement {
         // A few steps per round: open, then apply charges or top up as the state asks.
         for _ in 0..3 {
             let contract = self.ledger.client_contract(proxy, self.account).await?;
-            let statement = match contract {
-                Some(_) => Some(get_json::<ClientStatement>(&link.sender, PATH_BILLING).await?),
+            // What the proxy says it charged counts against the balance (it reserves by it);
+            // what this client signed is what it applies.
+            let statement: Option<ClientStatement> = match contract {
+                Some(_) => Some(payer.statement(&link).await?),
                 None => None,
             };
             let charged = statement.as_ref().map_or(0, |s| s.charged);
+            let signed = payer.latest(&proxy);
             self.record(proxy, contract.as_ref(), charged).await;
-            match next_action(contract.as_ref(), charged, &funding) {
+            let signed_total = signed.map_or(0, |v| v.voucher.cumulative);
+            match next_action(contract.as_ref(), charged, signed_total, &funding) {
                 Action::Open(amount) => {
                     self.ensure_funds(amount).await?;
                     self.ledger
@@ -178,8 +192,7 @@ impl ClientSettlement {
                     tracing::info!(%proxy, amount, stake = funding.stake, "client contract opened");
                 }
                 Action::SubmitCharges => {
-                    let voucher = statement.and_then(|s| s.voucher);
-                    if let Some(voucher) = voucher {
+                    if let Some(voucher) = signed {
                         match self.ledger.submit_charge(voucher).await {
                             Ok(_) => {}
                             Err(error) if error.is_stale_voucher() => return Ok(()),
@@ -248,6 +261,7 @@ impl ClientSettlement {
     pub fn spawn(
         self: &Arc<Self>,
         links: Arc<ProxyLinks>,
+        payer: Arc<Payer>,
         min_stake: watch::Receiver<Arc<Amount>>,
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
@@ -255,7 +269,7 @@ impl ClientSettlement {
         tokio::spawn(async move {
             loop {
                 let stake = **min_stake.borrow();
-                settlement.settle(&links, stake).await;
+                settlement.settle(&links, &payer, stake).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(settlement.interval) => {}
@@ -306,19 +320,19 @@ mod tests {
 
     #[test]
     fn opens_then_tops_up_and_submits_at_half_the_stake() {
-        assert_eq!(next_action(None, 0, &FUNDING), Action::Open(1_000));
+        assert_eq!(next_action(None, 0, 0, &FUNDING), Action::Open(1_000));
         assert_eq!(
-            next_action(Some(&contract(1_000, 0)), 200, &FUNDING),
+            next_action(Some(&contract(1_000, 0)), 200, 200, &FUNDING),
             Action::Nothing
         );
-        // 201 charged but unapplied: above half the stake.
+        // 201 signed but unapplied: above half the stake.
         assert_eq!(
-            next_action(Some(&contract(1_000, 0)), 201, &FUNDING),
+            next_action(Some(&contract(1_000, 0)), 201, 201, &FUNDING),
             Action::SubmitCharges
         );
         // Applied; 199 left of the balance: below half the stake.
         assert_eq!(
-            next_action(Some(&contract(199, 201)), 201, &FUNDING),
+            next_action(Some(&contract(199, 201)), 201, 201, &FUNDING),
             Action::TopUp(1_000)
         );
         assert_eq!(available(&contract(500, 100), 250), 350);
@@ -328,10 +342,10 @@ mod tests {
     fn a_closing_contract_is_left_alone_and_a_closed_one_reopened() {
         let mut closing = contract(100, 0);
         closing.status = ContractStatus::Closing { release_at: 9 };
-        assert_eq!(next_action(Some(&closing), 0, &FUNDING), Action::Nothing);
+        assert_eq!(next_action(Some(&closing), 0, 0, &FUNDING), Action::Nothing);
         closing.status = ContractStatus::Closed;
         assert_eq!(
-            next_action(Some(&closing), 0, &FUNDING),
+            next_action(Some(&closing), 0, 0, &FUNDING),
             Action::Open(1_000)
         );
     }

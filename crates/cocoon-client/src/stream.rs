@@ -49,7 +49,12 @@ pub struct SseOptions {
     pub active: ActiveRequest,
     /// The largest event accepted from the proxy; a larger one ends the stream with an error.
     pub max_event_bytes: usize,
+    /// Called once with the trailers of an answer that ended well (to pay for it).
+    pub on_success: Option<OnSuccess>,
 }
+
+/// What to do with the trailers of an answer that ended well.
+pub type OnSuccess = Box<dyn FnOnce(Option<&HeaderMap>) + Send>;
 
 /// Turns a proxy's SSE response body into the app's SSE body (see the module docs).
 pub fn rewrite_sse<B>(
@@ -96,6 +101,7 @@ where
         usage_chunk: None,
         finished: false,
         stats: options.stats,
+        on_success: options.on_success,
         _active: options.active,
     };
     // Events already here go to the app in one write: a burst costs one syscall, not one per token.
@@ -121,6 +127,7 @@ struct Rewrite {
     usage_chunk: Option<String>,
     finished: bool,
     stats: Arc<NodeStats>,
+    on_success: Option<OnSuccess>,
     _active: ActiveRequest,
 }
 
@@ -198,6 +205,9 @@ impl Rewrite {
         }
         if let Some(usage) = trailers.as_ref().and_then(read_usage) {
             self.stats.record_tokens(&usage);
+        }
+        if let Some(on_success) = self.on_success.take() {
+            on_success(trailers.as_ref());
         }
         self.finished = true;
         let mut out = BytesMut::new();
@@ -345,6 +355,7 @@ mod tests {
             stats: stats.clone(),
             active: stats.request_started(),
             max_event_bytes: cocoon_proto::limits::MAX_SSE_EVENT_BYTES,
+            on_success: None,
         }
     }
 

@@ -79,7 +79,11 @@ struct ProxyHandle {
 
 /// Starts a fake proxy whose answers carry `coefficient`, so tests can tell proxies apart.
 async fn fake_proxy(coefficient: u32) -> ProxyHandle {
-    let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", BTreeMap::new())
+    // A proxy names the wallet its clients pay.
+    let wallet =
+        cocoon_ledger::AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&[0x22; 32]));
+    let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), wallet);
+    let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", attributes)
         .await
         .unwrap();
     let acceptor = Arc::new(
@@ -275,6 +279,9 @@ impl Client {
             data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
             min_peer_tee: AttestationKind::Fake,
+            // The fake proxy sends no receipts, which a paying client would refuse to pay for
+            // (payments are tested end to end in `cocoon`'s `client_payments`).
+            test_only_withhold_payments: true,
             ..ClientConfig::default()
         };
         config.api_key.clear();

@@ -340,6 +340,17 @@ pub enum RuleError {
     /// Immediate close needs a voucher the proxy marked final.
     #[error("voucher is not marked final")]
     VoucherNotFinal,
+    /// A client payment is not signed by the client account it names.
+    #[error("payment voucher is not signed by the client's own key")]
+    BadClientSignature,
+    /// The proxy's release states more than the client's applied payments: apply them first.
+    #[error("release states {released} paid, but the client's applied payments total {paid}")]
+    ReleaseAheadOfPayment {
+        /// What the client's applied vouchers total.
+        paid: Amount,
+        /// What the release states.
+        released: Amount,
+    },
     /// The proxy's pool and stake cannot cover the claim.
     #[error("proxy funds insufficient: {available} available, {needed} needed")]
     InsufficientProxyFunds {
@@ -605,7 +616,7 @@ impl LedgerState {
             } => self.open_client(signer, *proxy, *amount, *stake),
             B::TopUp { proxy, amount } => self.top_up(signer, *proxy, *amount),
             B::WithdrawClient { proxy, amount } => self.withdraw_client(signer, *proxy, *amount),
-            B::Charge { voucher } => self.charge(voucher),
+            B::Charge { voucher } => self.client_pay(voucher),
             B::Claim { voucher } => self.claim(voucher),
             B::CloseClient {
                 proxy,
@@ -985,18 +996,6 @@ impl LedgerState {
         (collected, delta - collected)
     }
 
-    fn charge(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
-        self.verified_voucher(voucher, VoucherKind::ClientCharge)?;
-        let v = &voucher.voucher;
-        let contract = self.existing_client(&v.proxy, &v.counterparty)?;
-        let delta = Self::voucher_delta(contract.voucher_seqno, contract.charged, voucher)?;
-        let (collected, shortfall) = self.collect_charge(voucher, delta);
-        Ok(Outcome::Charged {
-            collected,
-            shortfall,
-        })
-    }
-
     fn claim(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
         self.verified_voucher(voucher, VoucherKind::WorkerPay)?;
         let v = voucher.voucher;
@@ -1039,40 +1038,10 @@ impl LedgerState {
             return Err(RuleError::ContractNotOpen);
         }
         let (balance, stake, status) = (contract.balance, contract.stake, contract.status);
-        let (applied_seqno, charged) = (contract.voucher_seqno, contract.charged);
         let proxy_status = self.existing_proxy(&proxy)?.status;
 
-        if let Some(voucher) = final_voucher {
-            let v = &voucher.voucher;
-            if v.kind != VoucherKind::ClientCharge {
-                return Err(RuleError::WrongVoucherKind {
-                    expected: VoucherKind::ClientCharge,
-                });
-            }
-            if v.proxy != proxy || v.counterparty != signer {
-                return Err(RuleError::VoucherMismatch);
-            }
-            if !v.is_final {
-                return Err(RuleError::VoucherNotFinal);
-            }
-            self.verified_voucher(voucher, VoucherKind::ClientCharge)?;
-            // The final voucher may already have been applied as a charge; that is fine.
-            let already_applied = v.seqno == applied_seqno && v.cumulative == charged;
-            let collected = if already_applied {
-                0
-            } else {
-                let delta = Self::voucher_delta(applied_seqno, charged, voucher)?;
-                self.collect_charge(voucher, delta).0
-            };
-            let contract = self.client_mut(proxy, signer);
-            let returned = contract.balance;
-            contract.balance = 0;
-            contract.status = ContractStatus::Closed;
-            self.account_mut(signer).balance += returned;
-            return Ok(Outcome::ClientClosed {
-                collected,
-                returned,
-            });
+        if let Some(release) = final_voucher {
+            return self.close_released(signer, proxy, release);
         }
 
         if matches!(status, ContractStatus::Closing { .. }) {
@@ -1116,15 +1085,7 @@ impl LedgerState {
         if now < release_at {
             return Err(RuleError::TooEarly { release_at, now });
         }
-        let contract = self.client_mut(proxy, signer);
-        let returned = contract.balance;
-        contract.balance = 0;
-        contract.status = ContractStatus::Closed;
-        self.account_mut(signer).balance += returned;
-        Ok(Outcome::ClientClosed {
-            collected: 0,
-            returned,
-        })
+        Ok(self.close_returning_balance(proxy, signer))
     }
 
     fn update_registry(
@@ -1152,6 +1113,7 @@ impl LedgerState {
     }
 }
 
+mod client_channel;
 mod proxy_keys;
 pub use proxy_keys::MAX_PROXY_VOUCHER_KEYS;
 

@@ -421,7 +421,7 @@ mod tests {
             )
             .unwrap();
             let charge = Voucher {
-                kind: VoucherKind::ClientCharge,
+                kind: VoucherKind::ClientPay,
                 proxy,
                 counterparty: client,
                 cumulative: 90,
@@ -432,7 +432,7 @@ mod tests {
                 &mut store,
                 2,
                 TransactionBody::Charge {
-                    voucher: charge.sign(&key(2)),
+                    voucher: charge.sign(&key(3)),
                 },
             )
             .unwrap();

@@ -1,9 +1,14 @@
-//! Payment vouchers: cumulative, monotonic statements a proxy signs with its voucher key.
+//! Payment vouchers: cumulative, monotonic statements signed by the party whose money moves.
 //!
-//! A voucher says "under proxy contract P, counterparty X has been charged (or earned) a total of
+//! A voucher says "under proxy contract P, counterparty X has paid (or earned) a total of
 //! `cumulative` so far; this is statement number `seqno`". Settlement applies only a voucher with a
 //! higher seqno than the last applied one (and a cumulative amount not below it), moving just the
 //! difference, so replays and reordering are harmless.
+//!
+//! Who signs: a client pays with [`VoucherKind::ClientPay`] vouchers signed by its own wallet key
+//! (the client account id is that key), a proxy pays workers with [`VoucherKind::WorkerPay`]
+//! vouchers signed by its voucher key. A proxy's [`VoucherKind::ClientCharge`] statement moves no
+//! money: marked final, it only releases a closing client at once (see `rules::client_channel`).
 
 use ed25519_dalek::{Signer, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -18,10 +23,14 @@ const VOUCHER_DOMAIN: &[u8] = b"cocoon-voucher-v1\0";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VoucherKind {
-    /// What a client owes the proxy (applied to the client contract).
+    /// The proxy's statement of what a client has paid; marked final, it releases a closing
+    /// client at once. It never moves the client's money.
     ClientCharge,
     /// What the proxy owes a worker (applied to the worker contract).
     WorkerPay,
+    /// What a client has authorized the proxy to collect, signed by the client's own wallet key
+    /// (applied to the client contract).
+    ClientPay,
 }
 
 /// The statement a proxy signs.
@@ -72,6 +81,7 @@ impl Voucher {
         out.push(match self.kind {
             VoucherKind::ClientCharge => 1,
             VoucherKind::WorkerPay => 2,
+            VoucherKind::ClientPay => 3,
         });
         out.extend_from_slice(self.proxy.as_bytes());
         out.extend_from_slice(self.counterparty.as_bytes());
@@ -81,7 +91,26 @@ impl Voucher {
         out
     }
 
-    /// Signs the voucher with the proxy's voucher key.
+    /// A client's payment: under `proxy`, the client of `key` authorizes `cumulative` in total
+    /// (statement `seqno`), signed with that key.
+    pub fn client_pay(
+        key: &SigningKey,
+        proxy: AccountId,
+        cumulative: Amount,
+        seqno: u64,
+    ) -> SignedVoucher {
+        Voucher {
+            kind: VoucherKind::ClientPay,
+            proxy,
+            counterparty: AccountId::from(key),
+            cumulative,
+            seqno,
+            is_final: false,
+        }
+        .sign(key)
+    }
+
+    /// Signs the voucher (with the key of whoever's money it moves).
     pub fn sign(self, key: &SigningKey) -> SignedVoucher {
         let signature = key.sign(&self.signing_bytes()).into();
         SignedVoucher {
@@ -130,8 +159,8 @@ impl VoucherSigner {
         AccountId::from(&self.key)
     }
 
-    /// A client-charge voucher: `client` owes `cumulative` in total (statement `seqno`).
-    /// `is_final` marks the last one, which lets the client close its contract at once.
+    /// A client-charge statement: `client` has paid `cumulative` in total (statement `seqno`).
+    /// It moves no money; `is_final` marks the release that lets the client close at once.
     pub fn client_charge(
         &self,
         client: AccountId,
@@ -196,7 +225,8 @@ mod tests {
         let key = SigningKey::from_bytes(&[5; 32]);
         let id = AccountId::from(&key);
         let signed = voucher().sign(&key);
-        let tamper: [fn(&mut Voucher); 5] = [
+        let tamper: [fn(&mut Voucher); 6] = [
+            |v| v.kind = VoucherKind::ClientPay,
             |v| v.cumulative += 1,
             |v| v.seqno += 1,
             |v| v.kind = VoucherKind::WorkerPay,

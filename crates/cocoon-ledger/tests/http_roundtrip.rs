@@ -54,7 +54,7 @@ async fn full_money_flow_over_http() {
     client.top_up(id(PROXY), min_client).await.unwrap();
 
     // Charges: applied once; replays and older vouchers are harmless.
-    let charge = voucher(VoucherKind::ClientCharge, CLIENT, 700, 2).sign(&key(PROXY));
+    let charge = voucher(VoucherKind::ClientPay, CLIENT, 700, 2).sign(&key(CLIENT));
     let receipt = proxy.submit_charge(charge).await.unwrap();
     assert_eq!(
         receipt.outcome,
@@ -68,7 +68,7 @@ async fn full_money_flow_over_http() {
         .await
         .unwrap_err()
         .is_stale_voucher());
-    let older = voucher(VoucherKind::ClientCharge, CLIENT, 300, 1).sign(&key(PROXY));
+    let older = voucher(VoucherKind::ClientPay, CLIENT, 300, 1).sign(&key(CLIENT));
     assert!(proxy
         .submit_charge(older)
         .await

@@ -3,10 +3,13 @@
 //! a payout account; a proxy keeps none: it names its operator's account and a voucher key made at
 //! each start).
 //!
-//! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]), so
-//! a proxy bills the account the attested client named, and nobody can name another's account
-//! without that node's attested key. A worker may name an account it does not hold the key of (its
-//! owner's payout account): naming it only sends that account money.
+//! Peers learn a node's wallet from its attested RA-TLS claims (attribute [`WALLET_ATTRIBUTE`]).
+//! Claims are self-asserted by clients (they run outside TEEs), so a client also proves it holds
+//! the named wallet's key: [`wallet_proof`], a signature by the wallet key over its current
+//! certificate's key, which the proxy checks ([`check_wallet_proof`]) before serving anyone on
+//! that wallet; and a client's money moves only with payment vouchers its wallet key signs. A
+//! worker may name an account it does not hold the key of (its owner's payout account): naming
+//! it only sends that account money.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +101,35 @@ pub fn peer_voucher_key(peer: &PeerIdentity) -> Option<AccountId> {
         .ok()
 }
 
+/// Domain tag of [`wallet_proof`]: such a signature is never a transaction's or a voucher's.
+const WALLET_PROOF_DOMAIN: &[u8] = b"cocoon-wallet-proof-v1\0";
+
+/// Proof that the holder of `wallet` speaks through the RA-TLS key `certificate_key`: the
+/// wallet's signature (hex) over a domain tag and that key. It names one certificate key, so it
+/// is worthless to anyone who does not also hold that certificate's key (the TLS handshake proves
+/// that).
+pub fn wallet_proof(wallet: &SigningKey, certificate_key: &[u8; 32]) -> String {
+    use ed25519_dalek::Signer;
+    let message = [WALLET_PROOF_DOMAIN, certificate_key].concat();
+    hex::encode(wallet.sign(&message).to_bytes())
+}
+
+/// Whether `proof` (hex, from [`wallet_proof`]) is `wallet`'s strict signature over
+/// `certificate_key`.
+pub fn check_wallet_proof(wallet: &AccountId, certificate_key: &[u8; 32], proof: &str) -> bool {
+    let mut signature = [0u8; 64];
+    if hex::decode_to_slice(proof, &mut signature).is_err() {
+        return false;
+    }
+    let message = [WALLET_PROOF_DOMAIN, certificate_key].concat();
+    wallet
+        .verify_strict(
+            &message,
+            &ed25519_dalek::Signature::from_bytes(&signature).into(),
+        )
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +141,34 @@ mod tests {
             cert_lifetime_secs: 3_600,
             pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
         }
+    }
+
+    #[test]
+    fn a_wallet_proof_names_one_certificate_key_and_one_wallet() {
+        let wallet = SigningKey::from_bytes(&[7; 32]);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let proof = wallet_proof(&wallet, &[1; 32]);
+        assert!(check_wallet_proof(
+            &AccountId::from(&wallet),
+            &[1; 32],
+            &proof
+        ));
+        assert!(!check_wallet_proof(
+            &AccountId::from(&wallet),
+            &[2; 32],
+            &proof
+        ));
+        assert!(!check_wallet_proof(
+            &AccountId::from(&other),
+            &[1; 32],
+            &proof
+        ));
+        assert!(!check_wallet_proof(
+            &AccountId::from(&wallet),
+            &[1; 32],
+            "zz"
+        ));
+        assert!(!check_wallet_proof(&AccountId::from(&wallet), &[1; 32], ""));
     }
 
     #[test]

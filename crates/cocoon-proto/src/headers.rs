@@ -49,3 +49,10 @@ pub const RECEIPT_PROXY_CERTIFICATE: &str = "x-cocoon-receipt-proxy-certificate"
 /// Trailer added by the proxy: what the answer cost the client, as JSON
 /// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.
 pub const COST: &str = "x-cocoon-cost";
+/// Request header from the client to the proxy: hex Ed25519 signature, by the wallet key its
+/// certificate names, over a domain tag and the certificate's public key (see
+/// `cocoon_node::wallet::wallet_proof`). Without it the proxy serves nobody on that wallet.
+pub const WALLET_PROOF: &str = "x-cocoon-wallet-proof";
+/// Request header from the client to the proxy: the client's latest payment voucher (JSON of a
+/// `ClientPay` `SignedVoucher`), the cumulative total it signed after checking each receipt.
+pub const PAYMENT: &str = "x-cocoon-payment";

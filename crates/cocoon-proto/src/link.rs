@@ -12,9 +12,12 @@ pub const PATH_COMPLETIONS: &str = "/v1/completions";
 pub const PATH_WORKER_INFO: &str = "/cocoon/v1/worker";
 /// Client link: the client asks the proxy which models it can route to ([`ModelList`]).
 pub const PATH_MODELS: &str = "/cocoon/v1/models";
-/// Client link: the client asks the proxy for its billing statement (what it was charged, with
-/// the proxy's signed voucher for it).
+/// Client link: the client asks the proxy for its billing statement (what it was charged, and
+/// the latest payment voucher of the client's that the proxy holds).
 pub const PATH_BILLING: &str = "/cocoon/v1/billing";
+/// Client link: the client sends a payment voucher while it has no request to carry it (body:
+/// the `SignedVoucher` JSON; `x-cocoon-wallet-proof` as on requests).
+pub const PATH_PAYMENT: &str = "/cocoon/v1/payment";
 /// Worker link: the proxy sends the worker its earnings statement (with a signed voucher the
 /// worker can claim on the ledger).
 pub const PATH_EARNINGS: &str = "/cocoon/v1/earnings";

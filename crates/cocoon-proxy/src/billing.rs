@@ -19,6 +19,7 @@
 //! ([`settlement_round`]); while charges cannot be written, no request is taken
 //! ([`crate::charge_writer`]).
 
+mod client_channel;
 mod operator;
 mod reservation;
 mod settlement_round;
@@ -84,6 +85,10 @@ pub struct BillingConfig {
     pub reserve_max_tokens: u64,
     /// Tests only: send workers vouchers they must refuse.
     pub bad_worker_vouchers: Option<BadWorkerVouchers>,
+    /// The most a client may owe unpaid before it is refused (0: its contract's stake).
+    pub max_unpaid: Amount,
+    /// Tests only: charge and report twice the price (a dishonest proxy).
+    pub test_only_overcharge: bool,
 }
 
 /// Why billing refused or failed.
@@ -143,6 +148,20 @@ pub enum BillingError {
         /// The stake needed.
         stake: Amount,
     },
+    /// The request does not prove that the client holds the key of the wallet it names.
+    #[error("the request does not prove that this client holds the key of the wallet its certificate names (x-cocoon-wallet-proof); nobody is served on another's wallet")]
+    WalletNotProven,
+    /// A payment voucher the client sent is not acceptable.
+    #[error("payment refused: {0}")]
+    BadPayment(String),
+    /// The client has not signed for what it was served, beyond the bound.
+    #[error("payment overdue: {unpaid} was served but not paid with the client's signed voucher, more than the {bound} this proxy extends; the client must send its payment")]
+    PaymentOverdue {
+        /// Charged but not covered by the client's newest voucher.
+        unpaid: Amount,
+        /// The most this proxy lets a client owe.
+        bound: Amount,
+    },
 }
 
 impl BillingError {
@@ -152,7 +171,9 @@ impl BillingError {
             BillingError::Insufficient { .. }
             | BillingError::NoContract { .. }
             | BillingError::NoWallet
+            | BillingError::PaymentOverdue { .. }
             | BillingError::Pricing(_) => ErrorKind::InsufficientQuota,
+            BillingError::WalletNotProven | BillingError::BadPayment(_) => ErrorKind::Unauthorized,
             BillingError::Ledger(SettlementError::Unavailable(_))
             | BillingError::OutageBound { .. }
             | BillingError::ChargesNotWritable(_) => ErrorKind::Unavailable,
@@ -213,6 +234,10 @@ pub struct Billing {
     /// When a contract read last found the ledger unreachable (`None`: the last one succeeded).
     ledger_unreachable: Mutex<Option<Instant>>,
     reserved: Mutex<HashMap<AccountId, Amount>>,
+    /// Each client's newest payment voucher (signed by its wallet key).
+    payments: Mutex<HashMap<AccountId, cocoon_ledger::SignedVoucher>>,
+    /// (certificate key, wallet) pairs whose wallet proof checked out.
+    proven: Mutex<client_channel::Proven>,
     contracts: Mutex<HashMap<AccountId, KnownContract>>,
     /// Earnings last sent on each worker link (by link id): a relinked worker hears them again.
     pushed: Mutex<HashMap<u64, Amount>>,
@@ -307,6 +332,8 @@ impl Billing {
             client_close_delay: registry.derive(|document| document.client_delay_before_close),
             ledger_unreachable: Mutex::new(None),
             reserved: Mutex::new(HashMap::new()),
+            payments: Mutex::new(HashMap::new()),
+            proven: Mutex::new(client_channel::Proven::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
             view: Mutex::new(LedgerView::default()),
@@ -426,6 +453,9 @@ impl Billing {
             }));
         };
         let charged = lock(&self.store).client(&client)?.amount;
+        if let Err(overdue) = self.check_unpaid(&client, contract, charged) {
+            return Ok(Err(overdue));
+        }
         let mut reserved = lock(&self.reserved);
         let held = reserved.get(&client).copied().unwrap_or(0);
         if reading == Reading::LastBeforeOutage {
@@ -456,15 +486,23 @@ impl Billing {
     }
 
     /// Prices `usage` at `coefficient` and records the charge durably (client pays, worker
-    /// earns), then releases the reservation. Returns the cost split for the app's `usage`.
+    /// earns), then releases the reservation. The charge never exceeds the reservation: a worker
+    /// reporting more usage is paid in proportion to the capped charge. Returns the cost split
+    /// for the app's `usage`, and the uncapped price when the cap applied.
     pub async fn charge(
         &self,
         reservation: Reservation,
         worker: AccountId,
         usage: &TokenUsage,
         coefficient: u32,
-    ) -> Result<AnswerCost, BillingError> {
-        let (cost, answer) = answer_cost(usage, coefficient, reservation.prices())?;
+    ) -> Result<(AnswerCost, Option<Amount>), BillingError> {
+        let (mut cost, mut answer) = answer_cost(usage, coefficient, reservation.prices())?;
+        let uncapped = cap_at_reservation(&mut cost, &mut answer, reservation.amount());
+        if self.config.test_only_overcharge {
+            cost.client_price = cost.client_price.saturating_mul(2);
+            answer.completion_total_cost = cost.client_price - answer.prompt_total_cost;
+            answer.total_cost = cost.client_price;
+        }
         self.writer
             .record(ChargeRecord {
                 client: reservation.client(),
@@ -475,24 +513,19 @@ impl Billing {
             })
             .await?;
         drop(reservation);
-        Ok(answer)
+        Ok((answer, uncapped))
     }
 
-    /// `client`'s bill: its total charge with a voucher for it.
+    /// `client`'s bill: its total charge, and the newest payment it signed that this proxy holds.
     pub fn client_statement(&self, client: AccountId) -> Result<ClientStatement, BillingError> {
-        let (totals, seqno) = lock(&self.store).client_at_position(&client)?;
-        let charged = totals.amount;
+        let charged = lock(&self.store).client(&client)?.amount;
         let reserved = lock(&self.reserved).get(&client).copied().unwrap_or(0);
-        // The database's seqno grows with every charge, so vouchers signed later never carry a
-        // smaller seqno than earlier ones, and the same seqno always states the same total.
-        let voucher =
-            (charged > 0).then(|| self.signer.client_charge(client, charged, seqno, false));
         Ok(ClientStatement {
             proxy: self.account,
             client,
             charged,
             reserved,
-            voucher,
+            voucher: self.payment_of(&client),
         })
     }
 
@@ -589,6 +622,28 @@ pub fn answer_cost(
             total_cost: cost.client_price,
         },
     ))
+}
+
+/// Caps an answer's price at what its request `reserved`; the worker's pay shrinks in the same
+/// proportion (rounded down), so the commission stays non-negative. Returns the uncapped price
+/// when the cap applied.
+pub fn cap_at_reservation(
+    cost: &mut Cost,
+    answer: &mut AnswerCost,
+    reserved: Amount,
+) -> Option<Amount> {
+    let full = cost.client_price;
+    if full <= reserved {
+        return None;
+    }
+    // full > reserved ≥ 0, so full > 0; the quotient is at most worker_pay.
+    let scaled = u128::from(cost.worker_pay) * u128::from(reserved) / u128::from(full);
+    cost.worker_pay = Amount::try_from(scaled).unwrap_or(cost.worker_pay);
+    cost.client_price = reserved;
+    answer.prompt_total_cost = answer.prompt_total_cost.min(reserved);
+    answer.completion_total_cost = reserved - answer.prompt_total_cost;
+    answer.total_cost = reserved;
+    Some(full)
 }
 
 /// The coefficient a reservation assumes: the request's limit, capped by the dearest worker that

@@ -123,6 +123,16 @@ pub struct ProxyConfig {
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     #[serde(default = "default_queue_wait_ms")]
     pub queue_wait_ms: u64,
+    /// The most a client may owe unpaid (charged, but not covered by a payment voucher it signed)
+    /// before its requests are refused (429 `insufficient_quota`), in nano-units (0: the client contract's stake).
+    #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
+    #[serde(default)]
+    pub max_unpaid: u64,
+    /// TESTS ONLY — makes this proxy dishonest: it records and reports twice each answer's
+    /// price (the receipt still proves the real one). Exists to test that clients stop paying it.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub test_only_overcharge: bool,
     /// Seconds a worker or client has to finish the RA-TLS handshake on the proxy's ports.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub handshake_timeout_secs: u64,
@@ -211,6 +221,8 @@ impl ProxyConfig {
             withdraw_threshold: self.withdraw_threshold,
             reserve_max_tokens: self.reserve_max_tokens,
             bad_worker_vouchers: self.test_only_bad_worker_vouchers,
+            max_unpaid: self.max_unpaid,
+            test_only_overcharge: self.test_only_overcharge,
         }
     }
 }

@@ -71,11 +71,11 @@ pub struct Forwarding {
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Forwards one client request on `path` to a worker, billing `client` (the wallet its attestation
-/// names, if any).
+/// names, proven by the request).
 pub async fn forward(
     state: Forwarding,
     path: &'static str,
-    client: Option<cocoon_ledger::AccountId>,
+    client: cocoon_ledger::AccountId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -147,10 +147,6 @@ pub async fn forward(
         return refuse_route(&state.stats, &RouteError::UnknownModel(model));
     };
     // Reserve before any worker sees the request: a client that cannot pay costs no engine work.
-    let Some(client) = client else {
-        let error = billing::BillingError::NoWallet;
-        return fail(error.kind(), error.to_string());
-    };
     let coefficient = billing::reservation_coefficient(max_coefficient, Some(dearest));
     let prompt_tokens = billing::prompt_tokens_bound(bytes.len());
     let reservation = match state
@@ -458,7 +454,8 @@ impl Meter {
                 ));
             };
             let prices = reservation.prices().clone();
-            let cost = billing
+            let reserved = reservation.amount();
+            let (cost, uncapped) = billing
                 .charge(reservation, wallet, &usage, worker.info.coefficient)
                 .await
                 .map_err(|error| {
@@ -468,10 +465,14 @@ impl Meter {
                         format!("the proxy could not record the charge: {error}"),
                     )
                 })?;
+            if let Some(reported) = uncapped {
+                worker.set_aside_for_overcharge(reported, reserved);
+            }
+            // The receipt proves the usage's full price; the client pays the capped cost.
             let seen = Seen {
                 worker: &worker,
                 usage: &usage,
-                charge: cost.total_cost,
+                charge: uncapped.unwrap_or(cost.total_cost),
                 prices: &prices,
             };
             let receipt = worker_receipt.and_then(|(record, certificate)| {

@@ -4,17 +4,21 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use cocoon_ledger::{AccountId, SignedVoucher};
 use cocoon_node::reply::{error_response, json_response};
+use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
-use cocoon_proto::link::{ModelList, PATH_BILLING, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS};
+use cocoon_proto::link::{
+    ModelList, PATH_BILLING, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS, PATH_PAYMENT,
+};
 use cocoon_proto::ErrorKind;
 use cocoon_ratls::PeerIdentity;
 use http::HeaderMap;
 
-use crate::billing::{wallet_of, BillingError};
+use crate::billing::BillingError;
 use crate::forward::{forward, Forwarding};
 
 /// The router served to clients on every link.
@@ -24,6 +28,7 @@ pub fn client_router(state: Forwarding) -> Router {
         .route(PATH_CHAT, post(chat))
         .route(PATH_COMPLETIONS, post(completions))
         .route(PATH_BILLING, get(billing))
+        .route(PATH_PAYMENT, post(payment))
         .fallback(|| async {
             error_response(ErrorKind::NotFound, "no such endpoint on a client link")
         })
@@ -37,9 +42,20 @@ async fn models(State(state): State<Forwarding>) -> Json<ModelList> {
 /// The client's attested peer identity, attached to every request by the link layer.
 type Peer = Option<Extension<Arc<PeerIdentity>>>;
 
-/// The wallet the client's attestation names.
-fn client_wallet(peer: Peer) -> Option<cocoon_ledger::AccountId> {
-    peer.and_then(|Extension(peer)| wallet_of(&peer))
+/// The wallet a request is billed to, proven by the request (see
+/// [`crate::billing::Billing::paying_client`]).
+fn paying_client(
+    state: &Forwarding,
+    peer: &Peer,
+    headers: &HeaderMap,
+) -> Result<AccountId, BillingError> {
+    let peer = peer.as_ref().map(|Extension(peer)| peer.as_ref());
+    state.billing.paying_client(peer, headers)
+}
+
+fn refuse(stats: &NodeStats, error: &BillingError) -> Response {
+    stats.record_error(error.kind());
+    error_response(error.kind(), error.to_string())
 }
 
 async fn chat(
@@ -48,7 +64,10 @@ async fn chat(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    forward(state, PATH_CHAT, client_wallet(peer), headers, body).await
+    match paying_client(&state, &peer, &headers) {
+        Ok(client) => forward(state, PATH_CHAT, client, headers, body).await,
+        Err(error) => refuse(&state.stats, &error),
+    }
 }
 
 async fn completions(
@@ -57,16 +76,47 @@ async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    forward(state, PATH_COMPLETIONS, client_wallet(peer), headers, body).await
+    match paying_client(&state, &peer, &headers) {
+        Ok(client) => forward(state, PATH_COMPLETIONS, client, headers, body).await,
+        Err(error) => refuse(&state.stats, &error),
+    }
 }
 
-/// The client's bill with the proxy's voucher for it.
-async fn billing(State(state): State<Forwarding>, peer: Peer) -> Response {
-    let statement = client_wallet(peer)
-        .ok_or(BillingError::NoWallet)
+/// The client's bill, with the newest payment of its own the proxy holds.
+async fn billing(State(state): State<Forwarding>, peer: Peer, headers: HeaderMap) -> Response {
+    let statement = paying_client(&state, &peer, &headers)
         .and_then(|client| state.billing.client_statement(client));
     match statement {
         Ok(statement) => json_response(http::StatusCode::OK, &statement),
-        Err(error) => error_response(error.kind(), error.to_string()),
+        Err(error) => refuse(&state.stats, &error),
+    }
+}
+
+/// Largest payment body: a voucher's JSON is under 400 bytes.
+const MAX_PAYMENT_BYTES: usize = 4096;
+
+/// A payment the client sends while no request carries it.
+async fn payment(
+    State(state): State<Forwarding>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let client = match paying_client(&state, &peer, &headers) {
+        Ok(client) => client,
+        Err(error) => return refuse(&state.stats, &error),
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_PAYMENT_BYTES).await else {
+        return error_response(
+            ErrorKind::PayloadTooLarge,
+            "a payment is one voucher".to_owned(),
+        );
+    };
+    let accepted = serde_json::from_slice::<SignedVoucher>(&bytes)
+        .map_err(|e| BillingError::BadPayment(format!("unreadable voucher: {e}")))
+        .and_then(|voucher| state.billing.accept_payment(client, voucher));
+    match accepted {
+        Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+        Err(error) => refuse(&state.stats, &error),
     }
 }

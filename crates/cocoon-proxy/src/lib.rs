@@ -85,6 +85,11 @@ pub async fn start(
     let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
+    if config.test_only_overcharge {
+        tracing::warn!(
+            "TESTS ONLY: --test-only-overcharge is set; this proxy overcharges every client"
+        );
+    }
     let trust = NodeTrust::new(&config.attestation, "proxy", attributes)
         .await
         .context("attesting the proxy")?;

@@ -72,11 +72,7 @@ impl WorkerLink {
         let mut health = self.health();
         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
         if health.consecutive_failures >= FAILURES_TO_SET_ASIDE {
-            let period = FIRST_SET_ASIDE
-                .saturating_mul(1 << health.set_asides.min(16))
-                .min(LONGEST_SET_ASIDE);
-            health.set_asides = health.set_asides.saturating_add(1);
-            health.aside_until = Some(now + period);
+            let period = Self::set_aside(&mut health, now);
             tracing::warn!(
                 worker = self.id,
                 failures = health.consecutive_failures,
@@ -84,6 +80,31 @@ impl WorkerLink {
                 "worker keeps failing; set aside"
             );
         }
+    }
+
+    /// Sets the worker aside at once: it reported more usage than its request reserved, which
+    /// an honest worker never does (it caps its engine at the reservation).
+    pub fn set_aside_for_overcharge(&self, reported: u64, reserved: u64) {
+        let mut health = self.health();
+        health.consecutive_failures = health.consecutive_failures.max(FAILURES_TO_SET_ASIDE);
+        let period = Self::set_aside(&mut health, Instant::now());
+        tracing::warn!(
+            worker = self.id,
+            reported,
+            reserved,
+            ?period,
+            "worker reported usage costing more than the request reserved; charge capped at the reservation, worker set aside"
+        );
+    }
+
+    /// Starts a set-aside period (doubling with each one since the last success); returns it.
+    fn set_aside(health: &mut Health, now: Instant) -> Duration {
+        let period = FIRST_SET_ASIDE
+            .saturating_mul(1 << health.set_asides.min(16))
+            .min(LONGEST_SET_ASIDE);
+        health.set_asides = health.set_asides.saturating_add(1);
+        health.aside_until = Some(now + period);
+        period
     }
 
     /// Whether the worker is set aside at `now`.

@@ -354,6 +354,11 @@ impl Receipt {
         })
     }
 
+    /// A receipt certificate's DER from its base64 text.
+    pub fn decode_certificate(text: &str) -> Result<Vec<u8>, ReceiptError> {
+        decode_certificate(text, "receipt")
+    }
+
     /// Reads a receipt given as JSON or as a header value.
     pub fn parse(text: &str) -> Result<Self, ReceiptError> {
         let text = text.trim();
@@ -390,34 +395,7 @@ impl Receipt {
         };
         let worker = certificate(&self.worker_certificate, "worker", "worker")?;
         let proxy = certificate(&self.proxy_certificate, "proxy", "proxy")?;
-        let record = record_bytes(&self.answer);
-        check_signature(
-            &worker.public_key,
-            &self.worker_signature,
-            WORKER_DOMAIN,
-            &[&record],
-            "worker",
-        )?;
-        check_signature(
-            &proxy.public_key,
-            &self.proxy_signature,
-            PROXY_DOMAIN,
-            &[&record, self.worker_signature.as_bytes()],
-            "proxy",
-        )?;
-        self.check_against_certificate(&worker)?;
-        let computed = price(
-            &self.answer.usage,
-            self.answer.coefficient,
-            &self.answer.prices,
-        )?
-        .client_price;
-        if computed != self.answer.charge {
-            return Err(ReceiptError::WrongCharge {
-                receipt: self.answer.charge,
-                computed,
-            });
-        }
+        self.verify_with(&worker, &proxy)?;
         let digests = [
             (
                 "response",
@@ -441,6 +419,47 @@ impl Receipt {
             check_registry(registry, &self.answer, &worker, &proxy)?;
         }
         Ok(VerifiedReceipt { worker, proxy })
+    }
+
+    /// The checks of [`Receipt::verify`] that follow from the two certificates once they are
+    /// verified (`worker` and `proxy`, e.g. from a cache of verified certificates): the two
+    /// signatures, the record against the worker's certificate, and the charge against the usage
+    /// and the stated prices.
+    pub fn verify_with(
+        &self,
+        worker: &PeerIdentity,
+        proxy: &PeerIdentity,
+    ) -> Result<(), ReceiptError> {
+        check_version(self.version)?;
+        let record = record_bytes(&self.answer);
+        check_signature(
+            &worker.public_key,
+            &self.worker_signature,
+            WORKER_DOMAIN,
+            &[&record],
+            "worker",
+        )?;
+        check_signature(
+            &proxy.public_key,
+            &self.proxy_signature,
+            PROXY_DOMAIN,
+            &[&record, self.worker_signature.as_bytes()],
+            "proxy",
+        )?;
+        self.check_against_certificate(worker)?;
+        let computed = price(
+            &self.answer.usage,
+            self.answer.coefficient,
+            &self.answer.prices,
+        )?
+        .client_price;
+        if computed != self.answer.charge {
+            return Err(ReceiptError::WrongCharge {
+                receipt: self.answer.charge,
+                computed,
+            });
+        }
+        Ok(())
     }
 
     fn check_against_certificate(&self, worker: &PeerIdentity) -> Result<(), ReceiptError> {

@@ -62,7 +62,10 @@ async fn inference_continues_through_a_ledger_outage_and_its_charges_settle_afte
         |c| c["paid"] == earned
     );
     let proxy_contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
-    assert_eq!(proxy_contract["pool"], paid - earned, "{proxy_contract}");
+    assert_eq!(
+        proxy_commission(&proxy.ledger, proxy_id).await,
+        paid - earned
+    );
     assert_eq!(
         proxy_contract["paid_to_workers"], earned,
         "{proxy_contract}"

@@ -50,9 +50,12 @@ async fn a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference() {
     assert_eq!(worker_contract["paid"], earned);
     let worker_account = get_json(&format!("{}/v1/accounts/{worker_id}", proxy.ledger)).await;
     assert_eq!(worker_account["balance"], earned);
-    // The proxy keeps price − fee in its pool (nothing withdrawn with a zero threshold).
+    // The proxy keeps price − fee (nothing withdrawn with a zero threshold).
     let proxy_contract = get_json(&format!("{}/v1/proxies/{proxy_id}", proxy.ledger)).await;
-    assert_eq!(proxy_contract["pool"], paid - earned, "{proxy_contract}");
+    assert_eq!(
+        proxy_commission(&proxy.ledger, proxy_id).await,
+        paid - earned
+    );
     assert_eq!(proxy_contract["collected"], paid);
     assert_eq!(proxy_contract["paid_to_workers"], earned);
     let stats = get_json(&format!("{}/v1/stats", proxy.ledger)).await;

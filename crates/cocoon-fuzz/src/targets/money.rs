@@ -210,7 +210,7 @@ fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
             WORKER,
             1,
             TransactionBody::Charge {
-                voucher: signer.client_charge(id(CLIENT), 300, 1, false),
+                voucher: Voucher::client_pay(&key(CLIENT), id(PROXY), 320, 1),
             },
         ),
         (
@@ -256,13 +256,14 @@ fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
     ]
 }
 
-/// Re-signs every voucher in a transaction body with the proxy's key, so that mutated amounts
-/// and sequence numbers reach the rules instead of stopping at the signature.
+/// Re-signs every voucher in a transaction body with the key the rules check (the client's for
+/// a payment, the proxy's otherwise), so that mutated amounts and sequence numbers reach the
+/// rules instead of stopping at the signature.
 fn resign_vouchers(body: TransactionBody) -> TransactionBody {
     let sign = |v: Voucher| v.sign(&key(PROXY));
     match body {
         TransactionBody::Charge { voucher } => TransactionBody::Charge {
-            voucher: sign(voucher.voucher),
+            voucher: voucher.voucher.sign(&key(CLIENT)),
         },
         TransactionBody::Claim { voucher } => TransactionBody::Claim {
             voucher: sign(voucher.voucher),

@@ -105,9 +105,10 @@ fn voucher(kind: VoucherKind, to: u8, cumulative: Amount, seqno: u64) -> Voucher
     }
 }
 
-fn charge(cumulative: Amount, seqno: u64) -> TransactionBody {
+/// The client's own payment voucher (signed by the client's key).
+pub(crate) fn charge(cumulative: Amount, seqno: u64) -> TransactionBody {
     TransactionBody::Charge {
-        voucher: voucher(VoucherKind::ClientCharge, CLIENT, cumulative, seqno).sign(&key(PROXY)),
+        voucher: Voucher::client_pay(&key(CLIENT), id(PROXY), cumulative, seqno),
     }
 }
 
@@ -166,6 +167,8 @@ fn full_lifecycle_moves_money_where_design_says() {
         })
     );
 
+    // The client pays its last 30, then the proxy releases it at once.
+    h.run(CLIENT, charge(150, 2)).unwrap();
     let mut last = voucher(VoucherKind::ClientCharge, CLIENT, 150, 2);
     last.is_final = true;
     assert_eq!(
@@ -177,7 +180,7 @@ fn full_lifecycle_moves_money_where_design_says() {
             },
         ),
         Ok(Outcome::ClientClosed {
-            collected: 30,
+            collected: 0,
             returned: 90
         })
     );
@@ -218,10 +221,10 @@ fn replayed_and_out_of_order_vouchers_change_nothing() {
 #[test]
 fn voucher_signed_by_another_key_is_rejected() {
     let mut h = Harness::with_contracts();
-    let forged = voucher(VoucherKind::ClientCharge, CLIENT, 200, 1).sign(&key(CLIENT));
+    let forged = voucher(VoucherKind::ClientPay, CLIENT, 200, 1).sign(&key(PROXY));
     assert_eq!(
-        h.run(CLIENT, TransactionBody::Charge { voucher: forged }),
-        Err(RuleError::BadVoucherSignature)
+        h.run(PROXY, TransactionBody::Charge { voucher: forged }),
+        Err(RuleError::BadClientSignature)
     );
     let forged = voucher(VoucherKind::WorkerPay, WORKER, 200, 1).sign(&key(WORKER));
     assert_eq!(
@@ -284,7 +287,7 @@ fn forced_close_returns_stake_only_after_the_delay() {
 }
 
 #[test]
-fn final_voucher_must_be_final_and_not_older_than_applied() {
+fn a_release_must_be_final_and_not_ahead_of_what_the_client_paid() {
     let mut h = Harness::with_contracts();
     h.run(PROXY, charge(40, 3)).unwrap();
     let close = |v: Voucher| TransactionBody::CloseClient {
@@ -296,33 +299,34 @@ fn final_voucher_must_be_final_and_not_older_than_applied() {
         h.run(CLIENT, close(not_final)),
         Err(RuleError::VoucherNotFinal)
     );
-    let mut stale = voucher(VoucherKind::ClientCharge, CLIENT, 30, 2);
-    stale.is_final = true;
-    assert!(matches!(
-        h.run(CLIENT, close(stale)),
-        Err(RuleError::VoucherNotNewer { .. })
-    ));
-    // The same voucher as already applied, marked final, closes without charging twice.
-    let mut same = voucher(VoucherKind::ClientCharge, CLIENT, 40, 3);
-    same.is_final = true;
-    h.run(
-        PROXY,
-        TransactionBody::Charge {
-            voucher: same.sign(&key(PROXY)),
-        },
-    )
-    .unwrap_err();
-    let mut applied = voucher(VoucherKind::ClientCharge, CLIENT, 40, 4);
-    applied.is_final = true;
-    h.run(
-        PROXY,
-        TransactionBody::Charge {
-            voucher: applied.sign(&key(PROXY)),
-        },
-    )
-    .unwrap();
+    // The proxy cannot collect by releasing: a release above the applied payments is refused.
+    let mut ahead = voucher(VoucherKind::ClientCharge, CLIENT, 41, 9);
+    ahead.is_final = true;
     assert_eq!(
-        h.run(CLIENT, close(applied)),
+        h.run(CLIENT, close(ahead)),
+        Err(RuleError::ReleaseAheadOfPayment {
+            paid: 40,
+            released: 41
+        })
+    );
+    // A proxy statement is never a payment.
+    let mut statement = voucher(VoucherKind::ClientCharge, CLIENT, 90, 9);
+    statement.is_final = true;
+    assert_eq!(
+        h.run(
+            PROXY,
+            TransactionBody::Charge {
+                voucher: statement.sign(&key(PROXY)),
+            },
+        ),
+        Err(RuleError::WrongVoucherKind {
+            expected: VoucherKind::ClientPay
+        })
+    );
+    let mut release = voucher(VoucherKind::ClientCharge, CLIENT, 40, 3);
+    release.is_final = true;
+    assert_eq!(
+        h.run(CLIENT, close(release)),
         Ok(Outcome::ClientClosed {
             collected: 0,
             returned: 260

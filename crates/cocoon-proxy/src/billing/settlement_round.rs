@@ -1,4 +1,4 @@
-//! The settlement round the proxy runs every `--settle-interval-ms`: apply client charges with
+//! The settlement round the proxy runs every `--settle-interval-ms`: apply the clients' own payment
 //! vouchers, tell linked workers what they can claim, withdraw the commission (when this process
 //! holds the operator's key). Every step reads the proxy's own database, so a round that fails (the ledger is
 //! down) changes nothing, and the next one that succeeds settles everything that accrued.
@@ -30,24 +30,24 @@ impl Billing {
         // in between is then applied to its client before its worker can claim it, so claims
         // never run ahead of what clients paid into the pool (the stake would cover the gap).
         let statements = self.worker_statements()?;
-        // 1. Apply what clients owe (clients may also apply the same vouchers: harmless).
+        // 1. Apply what clients paid: each one's newest voucher, signed by its own wallet key
+        // (clients may also apply the same vouchers: harmless).
         let clients = lock(&self.store).clients()?;
-        for (client, totals) in clients {
+        for (client, _) in clients {
+            let Some(voucher) = self.payment_of(&client) else {
+                continue;
+            };
             let known = self.fetch_contract(client).await?;
-            let on_ledger = known.contract.as_ref().map_or(0, |c| c.charged);
-            if totals.amount > on_ledger {
-                let statement = self.client_statement(client)?;
-                if let Some(voucher) = statement.voucher {
-                    match self.ledger.submit_charge(voucher).await {
-                        Ok(_) => {
-                            self.fetch_contract(client).await?;
-                        }
-                        Err(e) if e.is_stale_voucher() => {}
-                        Err(e) => {
-                            tracing::warn!(%client, error = %e, "applying a client charge failed")
-                        }
-                    }
+            let on_ledger = known.contract.as_ref().map_or(0, |c| c.voucher_seqno);
+            if voucher.voucher.seqno <= on_ledger {
+                continue;
+            }
+            match self.ledger.submit_charge(voucher).await {
+                Ok(_) => {
+                    self.fetch_contract(client).await?;
                 }
+                Err(e) if e.is_stale_voucher() => {}
+                Err(e) => tracing::warn!(%client, error = %e, "applying a client payment failed"),
             }
         }
         // 2. Tell linked workers what they can claim, as of before step 2.

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::routing::Routing;
+use cocoon_ledger::Voucher;
 use tokio_util::sync::CancellationToken;
 
 #[test]
@@ -87,6 +88,8 @@ fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
         faucet: 100_000_000_000,
         settle_interval: Duration::from_millis(100),
         withdraw_threshold: 0,
+        max_unpaid: 0,
+        test_only_overcharge: false,
         reserve_max_tokens: 16,
         bad_worker_vouchers: None,
     }
@@ -134,7 +137,8 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
         ..TokenUsage::default()
     };
     let worker = AccountId([9; 32]);
-    let cost = billing.charge(held, worker, &usage, 1_000).await.unwrap();
+    let (cost, uncapped) = billing.charge(held, worker, &usage, 1_000).await.unwrap();
+    assert_eq!(uncapped, None);
     assert_eq!(cost.total_cost, 400_100_000);
     assert_eq!(cost.prompt_total_cost, 100_000);
     // Charged but not collected yet: still owed out of the balance.
@@ -143,7 +147,25 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
     assert_eq!(statement.charged, 400_100_000);
     assert_eq!(statement.reserved, 0);
 
-    // A settlement round applies the charge.
+    // Without the client's payment a settlement round collects nothing: the proxy holds no
+    // claim on the client's money of its own.
+    billing.settle(&Routing::default()).await;
+    let unpaid = wallet
+        .client_contract(billing.account(), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((unpaid.charged, unpaid.balance), (0, 1_000_000_000));
+    // A payment signed by anyone else is refused; the client's own is kept and applied.
+    let forged = Voucher::client_pay(&SigningKey::from_bytes(&[9; 32]), billing.account(), 1, 1);
+    let mut foreign = forged;
+    foreign.voucher.counterparty = client;
+    assert!(matches!(
+        billing.accept_payment(client, foreign),
+        Err(BillingError::BadPayment(_))
+    ));
+    let paid = Voucher::client_pay(&client_key, billing.account(), 400_100_000, 1);
+    billing.accept_payment(client, paid).unwrap();
     billing.settle(&Routing::default()).await;
     let contract = wallet
         .client_contract(billing.account(), client)
@@ -202,7 +224,15 @@ async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_p
         paid(worker_wallet.claim(after.voucher).await.unwrap()),
         after.earned - before.earned
     );
-    // The client is charged both answers, once each.
+    // The client pays both answers (its own signed voucher), collected once each.
+    let charged = billing.client_statement(client).unwrap().charged;
+    let payment = Voucher::client_pay(
+        &SigningKey::from_bytes(&[8; 32]),
+        billing.account(),
+        charged,
+        1,
+    );
+    billing.accept_payment(client, payment).unwrap();
     billing.settle(&Routing::default()).await;
     let contract = worker_wallet
         .client_contract(billing.account(), client)
@@ -332,4 +362,87 @@ async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others
         "{unknown}"
     );
     assert!(billing.snapshot()["ledger_unreachable_for_ms"].is_u64());
+}
+
+#[tokio::test]
+async fn a_client_owing_more_than_the_bound_unpaid_is_refused_until_it_pays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let client_key = SigningKey::from_bytes(&[8; 32]);
+    let (client, _) = open_client(&ledger, &billing, 8, 2_000_000_000, 1_000_000_000).await;
+    let usage = TokenUsage {
+        prompt_tokens: 1,
+        completion_tokens: 1,
+        ..TokenUsage::default()
+    };
+    // The default bound is the contract's stake (1.0 unit): one cheap answer is within it.
+    let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
+    billing
+        .charge(held, AccountId([9; 32]), &usage, 1_000)
+        .await
+        .unwrap();
+    let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
+    // An answer above the stake, unpaid: the next request is refused before any worker.
+    let big = TokenUsage {
+        completion_tokens: 1_000_001,
+        ..usage
+    };
+    drop(held);
+    let held = billing.reserve(client, 0, 1_000_001, 1_000).await.unwrap();
+    billing
+        .charge(held, AccountId([9; 32]), &big, 1_000)
+        .await
+        .unwrap();
+    let refused = billing.reserve(client, 0, 10, 1_000).await.err().unwrap();
+    assert!(
+        matches!(refused, BillingError::PaymentOverdue { .. }),
+        "{refused}"
+    );
+    assert_eq!(refused.kind(), cocoon_proto::ErrorKind::InsufficientQuota);
+    // The client's payment for everything clears it.
+    let charged = billing.client_statement(client).unwrap().charged;
+    let paid = Voucher::client_pay(&client_key, billing.account(), charged, 2);
+    billing.accept_payment(client, paid).unwrap();
+    billing.reserve(client, 0, 10, 1_000).await.unwrap();
+    // An older payment changes nothing; a newer one that pays less in total is refused.
+    billing
+        .accept_payment(
+            client,
+            Voucher::client_pay(&client_key, billing.account(), 1, 1),
+        )
+        .unwrap();
+    assert!(billing
+        .accept_payment(
+            client,
+            Voucher::client_pay(&client_key, billing.account(), 1, 3)
+        )
+        .is_err());
+    assert_eq!(
+        billing.client_statement(client).unwrap().voucher,
+        Some(paid)
+    );
+    ledger.shutdown().await.unwrap();
+}
+
+#[test]
+fn a_charge_above_the_reservation_is_capped_and_the_worker_paid_in_proportion() {
+    let usage = TokenUsage {
+        prompt_tokens: 100,
+        completion_tokens: 900,
+        ..TokenUsage::default()
+    };
+    let (mut cost, mut answer) = answer_cost(&usage, 1_000, &Prices::default()).unwrap();
+    assert_eq!(cap_at_reservation(&mut cost, &mut answer, 2_000_000), None);
+    let full = cost.client_price;
+    assert_eq!(
+        cap_at_reservation(&mut cost, &mut answer, full / 4),
+        Some(full)
+    );
+    assert_eq!((cost.client_price, answer.total_cost), (full / 4, full / 4));
+    assert_eq!(
+        answer.prompt_total_cost + answer.completion_total_cost,
+        full / 4
+    );
+    assert_eq!(cost.worker_pay, 800 * 1_000 / 4);
+    assert!(cost.worker_pay <= cost.client_price);
 }

@@ -375,24 +375,44 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
 
 /// The command line of the proxy at `addrs` (used again to restart it).
 pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
-    let operator_key = addrs.data_dir.join(OPERATOR_KEY_FILE).display().to_string();
+    proxy_args_for(
+        addrs,
+        &addrs.workers,
+        &addrs.clients,
+        &addrs.stats,
+        &addrs.data_dir,
+        extra,
+    )
+}
+
+/// The command line of a proxy in the network of `network` (its ledger and registry owner) with
+/// these addresses and data directory.
+fn proxy_args_for(
+    network: &ProxyAddrs,
+    workers: &str,
+    clients: &str,
+    stats: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let operator_key = data_dir.join(OPERATOR_KEY_FILE).display().to_string();
     let args = strings(&[
         "proxy",
         "--worker-listen",
-        &addrs.workers,
+        workers,
         "--client-listen",
-        &addrs.clients,
+        clients,
         "--stats-listen",
-        &addrs.stats,
+        stats,
         "--ledger",
-        &addrs.ledger,
+        &network.ledger,
         "--data-dir",
-        &addrs.data_dir.display().to_string(),
+        &data_dir.display().to_string(),
     ]);
     with_defaults(
         args,
         &[
-            ("--registry-owner", &addrs.registry_owner),
+            ("--registry-owner", &network.registry_owner),
             ("--image-label", "test-proxy"),
             ("--tee", "fake"),
             ("--min-worker-tee", "fake"),
@@ -413,6 +433,34 @@ pub fn proxy_args(addrs: &ProxyAddrs, extra: &[&str]) -> Vec<String> {
 
 /// The test proxy operator's key file, in the proxy's data directory (created by the proxy).
 pub const OPERATOR_KEY_FILE: &str = "operator.key";
+
+/// Another proxy in an existing network (same ledger and registry owner, a wallet of its own).
+pub struct OtherProxy {
+    pub workers: String,
+    pub clients: String,
+    pub stats: String,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Starts another proxy with `extra` flags in the network of `network`.
+pub fn proxy_beside(network: &ProxyAddrs, extra: &[&str]) -> (Node, OtherProxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let other = OtherProxy {
+        workers: free_addr(),
+        clients: free_addr(),
+        stats: free_addr(),
+        _data_dir: dir,
+    };
+    let args = proxy_args_for(
+        network,
+        &other.workers,
+        &other.clients,
+        &other.stats,
+        other._data_dir.path(),
+        extra,
+    );
+    (Node::start(&args), other)
+}
 
 /// Starts a synthetic-engine worker for `proxy` with `extra` flags; returns it and its stats address.
 pub fn worker(proxy: &ProxyAddrs, extra: &[&str]) -> (Node, String) {
@@ -694,4 +742,15 @@ pub async fn contract(
     party: cocoon_ledger::AccountId,
 ) -> serde_json::Value {
     get_json(&format!("{ledger}/v1/proxies/{proxy}/{kind}/{party}")).await
+}
+
+/// What proxy `proxy` holds on `ledger` beyond the stake it opened with: its pool plus what is
+/// left of the stake, less the registry's `min_proxy_stake` (its commission, once every client
+/// payment and worker claim is applied). A worker may claim before the client's signed payment
+/// reaches the ledger; the stake covers that claim until the payment fills the pool.
+pub async fn proxy_commission(ledger: &str, proxy: cocoon_ledger::AccountId) -> u64 {
+    let contract = get_json(&format!("{ledger}/v1/proxies/{proxy}")).await;
+    let registry = get_json(&format!("{ledger}/v1/registry")).await;
+    let holdings = contract["pool"].as_u64().unwrap() + contract["stake"].as_u64().unwrap();
+    holdings - registry["min_proxy_stake"].as_u64().unwrap()
 }

@@ -1,0 +1,461 @@
+//! Paying the proxy: the client signs for what it can check, and only for that.
+//!
+//! For every answer the client checks the receipt the proxy relays: both certificates verify
+//! (cached per certificate), the proxy's names the wallet of the proxy being paid, both signatures
+//! and the record check out, the prices are the registry's, the coefficient is within the
+//! request's limit, the charge is the price of the usage, and the cost the proxy reports is at
+//! most that charge (less when the proxy capped it at the request's reservation). It pays that
+//! cost: it signs a `ClientPay` voucher for the previous total plus that charge with its
+//! wallet key, and sends it with its next request on that link (`x-cocoon-payment`), or within
+//! a settlement interval with `POST /cocoon/v1/payment` when no request goes.
+//!
+//! An answer whose charge it cannot check is not paid: the client stops paying that proxy and
+//! sends it nothing more (it fails over to the next proxy), logs why, and shows it under
+//! `/jsonstats` `details.payments.stopped`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cocoon_ledger::Settlement;
+use cocoon_ledger::{
+    AccountId, Amount, ClientStatement, LedgerClient, Prices, SignedVoucher, Voucher, VoucherKind,
+};
+use cocoon_node::attestation::NodeTrust;
+use cocoon_node::Body;
+use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
+use cocoon_proto::link::{PATH_BILLING, PATH_PAYMENT};
+use cocoon_ratls::{verify_certificate, PeerIdentity};
+use cocoon_receipt::Receipt;
+use cocoon_tee::{AttestationKind, Policy};
+use ed25519_dalek::SigningKey;
+use http::{header, HeaderMap, HeaderValue, Method, Request};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::link::{LiveLink, ProxyLinks};
+
+/// Verified certificates kept; the cache is emptied at this size (a proxy with more workers
+/// than this costs one certificate check per answer, never unbounded memory).
+const MAX_CERTIFICATES: usize = 256;
+/// Longest a control exchange (statement, payment) may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest statement read.
+const MAX_STATEMENT_BYTES: usize = 64 << 10;
+
+/// The client's payment channel with one proxy.
+#[derive(Debug, Clone, Copy)]
+struct Channel {
+    /// What the client has signed for in total.
+    cumulative: Amount,
+    /// The statement number of that voucher.
+    seqno: u64,
+    /// The newest voucher, if the client signed one (or the proxy held one of its).
+    latest: Option<SignedVoucher>,
+    /// Whether `latest` has not been sent to the proxy yet.
+    unsent: bool,
+}
+
+/// Why a charge could not be paid.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    /// The answer's charge does not check out.
+    #[error("{0}")]
+    Unverifiable(String),
+    /// The statement exchange with the proxy failed.
+    #[error("reading the billing statement: {0}")]
+    Statement(String),
+    /// The ledger could not be read.
+    #[error("ledger: {0}")]
+    Ledger(String),
+}
+
+impl PaymentError {
+    /// What the app is told: the ledger being away is an outage (503), the rest the proxy's fault.
+    pub fn kind(&self) -> cocoon_proto::ErrorKind {
+        match self {
+            PaymentError::Ledger(_) => cocoon_proto::ErrorKind::Unavailable,
+            _ => cocoon_proto::ErrorKind::BadGateway,
+        }
+    }
+}
+
+/// The client's paying side.
+pub struct Payer {
+    wallet: SigningKey,
+    account: AccountId,
+    trust: Arc<NodeTrust>,
+    policy: Policy,
+    prices: watch::Receiver<Arc<Prices>>,
+    /// The prices before the last registry change: an answer reserved just before it uses them.
+    previous_prices: Mutex<Option<Arc<Prices>>>,
+    ledger: LedgerClient,
+    channels: Mutex<HashMap<AccountId, Channel>>,
+    /// Serializes opening channels, so two first requests do not start from two bases.
+    opening: tokio::sync::Mutex<()>,
+    stopped: Mutex<BTreeMap<AccountId, String>>,
+    certificates: Mutex<HashMap<[u8; 32], PeerIdentity>>,
+    withhold: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The proxy account a link's proxy names in its attestation.
+pub fn proxy_account(link: &LiveLink) -> Option<AccountId> {
+    cocoon_node::wallet::peer_wallet(&link.peer)?.parse().ok()
+}
+
+impl Payer {
+    /// The payer for `wallet`, checking certificates with `trust`'s verifier at least as strong
+    /// as `min_kind`, at the registry's `prices`. `withhold` (tests only) never pays.
+    pub fn new(
+        wallet: SigningKey,
+        trust: Arc<NodeTrust>,
+        min_kind: AttestationKind,
+        prices: watch::Receiver<Arc<Prices>>,
+        ledger: LedgerClient,
+        withhold: bool,
+    ) -> Arc<Self> {
+        Arc::new(Payer {
+            account: AccountId::from(&wallet),
+            wallet,
+            trust,
+            policy: Policy::any_image(min_kind),
+            prices,
+            previous_prices: Mutex::new(None),
+            ledger,
+            channels: Mutex::new(HashMap::new()),
+            opening: tokio::sync::Mutex::new(()),
+            stopped: Mutex::new(BTreeMap::new()),
+            certificates: Mutex::new(HashMap::new()),
+            withhold,
+        })
+    }
+
+    /// The wallet proof for a link made with the certificate key `certificate_key`.
+    pub fn proof(&self, certificate_key: &[u8; 32]) -> String {
+        cocoon_node::wallet::wallet_proof(&self.wallet, certificate_key)
+    }
+
+    /// Why the client stopped paying `proxy`, if it did.
+    pub fn stopped(&self, proxy: &AccountId) -> Option<String> {
+        lock(&self.stopped).get(proxy).cloned()
+    }
+
+    /// Whether requests may go to `link`: its proxy names a wallet and is still paid.
+    pub fn usable(&self, link: &LiveLink) -> bool {
+        proxy_account(link).is_some_and(|proxy| self.stopped(&proxy).is_none())
+    }
+
+    /// The newest voucher signed for `proxy`.
+    pub fn latest(&self, proxy: &AccountId) -> Option<SignedVoucher> {
+        lock(&self.channels).get(proxy).and_then(|c| c.latest)
+    }
+
+    /// The headers that authenticate and pay on a request to `link`: the wallet proof, and the
+    /// newest payment. Opens the channel with the link's proxy first if needed.
+    pub async fn request_headers(
+        &self,
+        link: &LiveLink,
+    ) -> Result<Vec<(&'static str, HeaderValue)>, PaymentError> {
+        let proxy = proxy_account(link)
+            .ok_or_else(|| PaymentError::Unverifiable("the proxy names no wallet".into()))?;
+        let mut headers = vec![(WALLET_PROOF, link.wallet_proof.clone())];
+        if self.withhold {
+            return Ok(headers);
+        }
+        self.open_channel(link, proxy).await?;
+        let payment = {
+            let mut channels = lock(&self.channels);
+            channels.get_mut(&proxy).and_then(|channel| {
+                channel.unsent = false;
+                channel.latest
+            })
+        };
+        if let Some(value) = payment
+            .and_then(|voucher| serde_json::to_string(&voucher).ok())
+            .and_then(|json| HeaderValue::from_str(&json).ok())
+        {
+            headers.push((PAYMENT, value));
+        }
+        Ok(headers)
+    }
+
+    /// Starts the channel with `proxy` where the client's payments left off: the newest of what
+    /// the ledger applied and what the proxy holds signed by this wallet.
+    async fn open_channel(&self, link: &LiveLink, proxy: AccountId) -> Result<(), PaymentError> {
+        if lock(&self.channels).contains_key(&proxy) {
+            return Ok(());
+        }
+        let _opening = self.opening.lock().await;
+        if lock(&self.channels).contains_key(&proxy) {
+            return Ok(());
+        }
+        let statement = self.statement(link).await?;
+        let contract = self
+            .ledger
+            .client_contract(proxy, self.account)
+            .await
+            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+        let mut channel = Channel {
+            cumulative: contract.as_ref().map_or(0, |c| c.charged),
+            seqno: contract.as_ref().map_or(0, |c| c.voucher_seqno),
+            latest: None,
+            unsent: false,
+        };
+        let own = statement.voucher.filter(|v| {
+            v.voucher.kind == VoucherKind::ClientPay
+                && v.voucher.proxy == proxy
+                && v.voucher.counterparty == self.account
+                && v.verify(&self.account).is_ok()
+        });
+        if let Some(voucher) = own.filter(|v| v.voucher.seqno > channel.seqno) {
+            channel.cumulative = voucher.voucher.cumulative;
+            channel.seqno = voucher.voucher.seqno;
+            channel.latest = Some(voucher);
+        }
+        tracing::info!(%proxy, paid = channel.cumulative, seqno = channel.seqno, "payment channel opened");
+        lock(&self.channels).insert(proxy, channel);
+        Ok(())
+    }
+
+    /// The proxy's statement for this client (wallet proof attached).
+    pub async fn statement(&self, link: &LiveLink) -> Result<ClientStatement, PaymentError> {
+        let bytes = self
+            .exchange(link, Method::GET, PATH_BILLING, Bytes::new())
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| PaymentError::Statement(e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        link: &LiveLink,
+        method: Method,
+        path: &'static str,
+        body: Bytes,
+    ) -> Result<Bytes, PaymentError> {
+        let fail = |e: String| PaymentError::Statement(e);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(WALLET_PROOF, link.wallet_proof.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .map_err(|e| fail(e.to_string()))?;
+        let mut sender = link.sender.clone();
+        let exchange = async move {
+            sender.ready().await.map_err(|e| fail(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let status = response.status();
+            let bytes = http_body_util::Limited::new(response.into_body(), MAX_STATEMENT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(fail(format!(
+                    "{path} answered {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+                )));
+            }
+            Ok(bytes)
+        };
+        tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| fail(format!("no answer within {CONTROL_TIMEOUT:?}")))?
+    }
+
+    /// Pays for one answer from `proxy` that ended with `trailers`, if its charge checks out;
+    /// otherwise stops paying that proxy. `max_coefficient` is the request's limit.
+    pub fn settle_answer(
+        &self,
+        proxy: AccountId,
+        trailers: Option<&HeaderMap>,
+        max_coefficient: u32,
+    ) {
+        if self.withhold || self.stopped(&proxy).is_some() {
+            return;
+        }
+        let checked = trailers
+            .ok_or_else(|| PaymentError::Unverifiable("the answer has no trailers".into()))
+            .and_then(|trailers| self.check(proxy, trailers, max_coefficient));
+        let charge = match checked {
+            Ok(charge) => charge,
+            Err(error) => return self.stop(proxy, error.to_string()),
+        };
+        let mut channels = lock(&self.channels);
+        let Some(channel) = channels.get_mut(&proxy) else {
+            drop(channels);
+            return self.stop(proxy, "an answer came before the channel was opened".into());
+        };
+        let (Some(cumulative), Some(seqno)) = (
+            channel.cumulative.checked_add(charge),
+            channel.seqno.checked_add(1),
+        ) else {
+            drop(channels);
+            return self.stop(proxy, "the total paid would overflow".into());
+        };
+        let voucher = Voucher::client_pay(&self.wallet, proxy, cumulative, seqno);
+        *channel = Channel {
+            cumulative,
+            seqno,
+            latest: Some(voucher),
+            unsent: true,
+        };
+    }
+
+    fn stop(&self, proxy: AccountId, why: String) {
+        tracing::error!(%proxy, reason = %why, "stopped paying this proxy: a charge could not be verified; its links are no longer used");
+        lock(&self.stopped).entry(proxy).or_insert(why);
+    }
+
+    /// The charge of an answer, once everything that proves it checks out.
+    fn check(
+        &self,
+        proxy: AccountId,
+        trailers: &HeaderMap,
+        max_coefficient: u32,
+    ) -> Result<Amount, PaymentError> {
+        let bad = |why: String| PaymentError::Unverifiable(why);
+        let receipt = crate::stream::receipt_of(trailers)
+            .ok_or_else(|| bad("the answer carries no readable receipt".into()))?;
+        let answer = &receipt.answer;
+        let worker = self.certificate(&receipt.worker_certificate, "worker", answer.issued_at)?;
+        let proxy_peer = self.certificate(&receipt.proxy_certificate, "proxy", answer.issued_at)?;
+        let named =
+            cocoon_node::wallet::peer_wallet(&proxy_peer).and_then(|w| w.parse::<AccountId>().ok());
+        if named != Some(proxy) {
+            return Err(bad(format!(
+                "the receipt is countersigned by another proxy than {proxy}"
+            )));
+        }
+        receipt
+            .verify_with(&worker, &proxy_peer)
+            .map_err(|e| bad(format!("receipt: {e}")))?;
+        if !self.known_prices(&answer.prices) {
+            return Err(bad(
+                "the receipt states other prices than the registry's".into()
+            ));
+        }
+        if answer.coefficient > max_coefficient {
+            return Err(bad(format!(
+                "the receipt's coefficient {} is above the request's limit {max_coefficient}",
+                answer.coefficient
+            )));
+        }
+        let reported = trailers
+            .get(COST)
+            .and_then(|cost| serde_json::from_slice::<Value>(cost.as_bytes()).ok())
+            .and_then(|cost| cost["total_cost"].as_u64());
+        // Less than the receipt proves is the proxy's cap at the request's reservation.
+        match reported {
+            Some(cost) if cost <= answer.charge => Ok(cost),
+            _ => Err(bad(format!(
+                "the proxy reports a cost of {reported:?} but the receipt proves {}",
+                answer.charge
+            ))),
+        }
+    }
+
+    /// Whether `prices` are the registry's now, or just before its last change.
+    fn known_prices(&self, prices: &Prices) -> bool {
+        let current = self.prices.borrow().clone();
+        if *current == *prices {
+            return true;
+        }
+        let mut previous = lock(&self.previous_prices);
+        if previous.as_deref() == Some(prices) {
+            return true;
+        }
+        // Remember the prices in force now, to recognise an answer reserved before the next change.
+        *previous = Some(current);
+        false
+    }
+
+    /// A receipt's certificate, verified (once per certificate) and of `role`, valid at `at`.
+    fn certificate(&self, base64: &str, role: &str, at: u64) -> Result<PeerIdentity, PaymentError> {
+        let bad = |why: String| PaymentError::Unverifiable(format!("{role} certificate: {why}"));
+        let digest: [u8; 32] = Sha256::digest(base64.as_bytes()).into();
+        let at = UNIX_EPOCH + Duration::from_secs(at.min(u64::from(u32::MAX)));
+        let cached = lock(&self.certificates).get(&digest).cloned();
+        let peer = match cached {
+            Some(peer) => peer,
+            None => {
+                let der = Receipt::decode_certificate(base64).map_err(|e| bad(e.to_string()))?;
+                let peer = verify_certificate(&der, self.trust.verifier(), &self.policy, at)
+                    .map_err(|e| bad(e.to_string()))?;
+                let mut cache = lock(&self.certificates);
+                if cache.len() >= MAX_CERTIFICATES {
+                    cache.clear();
+                }
+                cache.insert(digest, peer.clone());
+                peer
+            }
+        };
+        if peer.claims.role != role {
+            return Err(bad(format!("it attests a `{}`", peer.claims.role)));
+        }
+        if at > peer.not_after {
+            return Err(bad("expired before the answer".into()));
+        }
+        Ok(peer)
+    }
+
+    /// Sends each link's proxy the newest payment no request carried yet.
+    pub async fn flush(&self, links: &ProxyLinks) {
+        for link in links.live_links() {
+            let Some(proxy) = proxy_account(&link) else {
+                continue;
+            };
+            let unsent = {
+                let mut channels = lock(&self.channels);
+                channels
+                    .get_mut(&proxy)
+                    .filter(|c| c.unsent)
+                    .and_then(|channel| {
+                        channel.unsent = false;
+                        channel.latest
+                    })
+            };
+            let Some(voucher) = unsent else { continue };
+            let body = Bytes::from(serde_json::to_vec(&voucher).unwrap_or_default());
+            if let Err(error) = self.exchange(&link, Method::POST, PATH_PAYMENT, body).await {
+                tracing::warn!(%proxy, %error, "sending a payment failed; it goes with the next request");
+                if let Some(channel) = lock(&self.channels).get_mut(&proxy) {
+                    channel.unsent = channel.latest == Some(voucher) || channel.unsent;
+                }
+            }
+        }
+    }
+
+    /// Payment figures for `/jsonstats`.
+    pub fn snapshot(&self) -> Value {
+        let paid: BTreeMap<String, Value> = lock(&self.channels)
+            .iter()
+            .map(|(proxy, c)| {
+                (
+                    proxy.to_string(),
+                    json!({ "signed": c.cumulative, "seqno": c.seqno, "unsent": c.unsent }),
+                )
+            })
+            .collect();
+        let stopped: BTreeMap<String, String> = lock(&self.stopped)
+            .iter()
+            .map(|(proxy, why)| (proxy.to_string(), why.clone()))
+            .collect();
+        json!({ "channels": paid, "stopped": stopped })
+    }
+}
+
+#[cfg(test)]
+mod tests;
