@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cocoon_ledger::Settlement;
@@ -46,6 +46,12 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest statement read.
 const MAX_STATEMENT_BYTES: usize = 64 << 10;
 
+/// The longest a checked answer waits to be covered by a signed payment while requests keep
+/// going to its proxy: one signature (and one check at the proxy) covers every answer in that
+/// window, instead of one each. The proxy's unpaid bound absorbs the window; a settlement flush
+/// and [`Payer::latest`] sign at once.
+const SIGN_EVERY: Duration = Duration::from_millis(25);
+
 /// The client's payment channel with one proxy.
 #[derive(Debug, Clone, Copy)]
 struct Channel {
@@ -57,6 +63,54 @@ struct Channel {
     latest: Option<SignedVoucher>,
     /// Whether `latest` has not been sent to the proxy yet.
     unsent: bool,
+    /// Whether `cumulative` covers answers `latest` does not (checked, not yet signed for).
+    pending: bool,
+    /// When `latest` was signed here.
+    signed_at: Option<Instant>,
+}
+
+impl Channel {
+    /// A channel whose payments start from `cumulative` at statement `seqno`.
+    fn from(cumulative: Amount, seqno: u64, latest: Option<SignedVoucher>) -> Self {
+        Channel {
+            cumulative,
+            seqno,
+            latest,
+            unsent: false,
+            pending: false,
+            signed_at: None,
+        }
+    }
+
+    /// Signs for everything checked so far if anything is pending and `due` says so.
+    fn sign_pending(
+        &mut self,
+        wallet: &SigningKey,
+        proxy: AccountId,
+        due: impl Fn(Option<Instant>) -> bool,
+    ) {
+        if self.pending && due(self.signed_at) {
+            self.latest = Some(Voucher::client_pay(
+                wallet,
+                proxy,
+                self.cumulative,
+                self.seqno,
+            ));
+            self.pending = false;
+            self.unsent = true;
+            self.signed_at = Some(Instant::now());
+        }
+    }
+}
+
+/// Sign now, whenever the last signature was.
+fn now(_: Option<Instant>) -> bool {
+    true
+}
+
+/// Sign if no signature was made in the last [`SIGN_EVERY`].
+fn when_due(signed_at: Option<Instant>) -> bool {
+    signed_at.is_none_or(|at| at.elapsed() >= SIGN_EVERY)
 }
 
 /// Why a charge could not be paid.
@@ -154,9 +208,12 @@ impl Payer {
         proxy_account(link).is_some_and(|proxy| self.stopped(&proxy).is_none())
     }
 
-    /// The newest voucher signed for `proxy`.
+    /// The newest voucher for `proxy`, signing first for every answer checked so far.
     pub fn latest(&self, proxy: &AccountId) -> Option<SignedVoucher> {
-        lock(&self.channels).get(proxy).and_then(|c| c.latest)
+        let mut channels = lock(&self.channels);
+        let channel = channels.get_mut(proxy)?;
+        channel.sign_pending(&self.wallet, *proxy, now);
+        channel.latest
     }
 
     /// The headers that authenticate and pay on a request to `link`: the wallet proof, and the
@@ -175,6 +232,7 @@ impl Payer {
         let payment = {
             let mut channels = lock(&self.channels);
             channels.get_mut(&proxy).and_then(|channel| {
+                channel.sign_pending(&self.wallet, proxy, when_due);
                 channel.unsent = false;
                 channel.latest
             })
@@ -204,12 +262,11 @@ impl Payer {
             .client_contract(proxy, self.account)
             .await
             .map_err(|e| PaymentError::Ledger(e.to_string()))?;
-        let mut channel = Channel {
-            cumulative: contract.as_ref().map_or(0, |c| c.charged),
-            seqno: contract.as_ref().map_or(0, |c| c.voucher_seqno),
-            latest: None,
-            unsent: false,
-        };
+        let mut channel = Channel::from(
+            contract.as_ref().map_or(0, |c| c.charged),
+            contract.as_ref().map_or(0, |c| c.voucher_seqno),
+            None,
+        );
         let own = statement.voucher.filter(|v| {
             v.voucher.kind == VoucherKind::ClientPay
                 && v.voucher.proxy == proxy
@@ -305,13 +362,10 @@ impl Payer {
             drop(channels);
             return self.stop(proxy, "the total paid would overflow".into());
         };
-        let voucher = Voucher::client_pay(&self.wallet, proxy, cumulative, seqno);
-        *channel = Channel {
-            cumulative,
-            seqno,
-            latest: Some(voucher),
-            unsent: true,
-        };
+        // Signed with the next request or flush (see `SIGN_EVERY`).
+        channel.cumulative = cumulative;
+        channel.seqno = seqno;
+        channel.pending = true;
     }
 
     fn stop(&self, proxy: AccountId, why: String) {
@@ -421,11 +475,14 @@ impl Payer {
                 let mut channels = lock(&self.channels);
                 channels
                     .get_mut(&proxy)
-                    .filter(|c| c.unsent)
                     .and_then(|channel| {
-                        channel.unsent = false;
-                        channel.latest
+                        channel.sign_pending(&self.wallet, proxy, now);
+                        channel.unsent.then(|| {
+                            channel.unsent = false;
+                            channel.latest
+                        })
                     })
+                    .flatten()
             };
             let Some(voucher) = unsent else { continue };
             let body = Bytes::from(serde_json::to_vec(&voucher).unwrap_or_default());

@@ -197,15 +197,7 @@ async fn an_unverifiable_charge_stops_all_payment_to_that_proxy() {
     let proxy = AccountId::from(&proxy_key());
     let honest = receipt(Prices::default(), proxy);
     let charge = honest.answer.charge;
-    lock(&payer.channels).insert(
-        proxy,
-        Channel {
-            cumulative: 100,
-            seqno: 4,
-            latest: None,
-            unsent: false,
-        },
-    );
+    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
     payer.settle_answer(proxy, Some(&trailers(&honest, charge)), COEFFICIENT);
     let paid = payer.latest(&proxy).unwrap();
     assert_eq!(
