@@ -1,6 +1,7 @@
 //! How many choices an answer holds: `n` for each prompt (a legacy completion may send a list of
-//! prompts). The completion-token limit applies to each choice, so the proxy reserves, and the
-//! worker relays and bills, up to that many times the limit.
+//! prompts), or `best_of` where that is larger (an engine generates `best_of` sequences and
+//! returns the best `n`, and bills them all). The completion-token limit applies to each, so the
+//! proxy reserves, and the worker relays and bills, up to that many times the limit.
 
 use std::fmt;
 
@@ -18,6 +19,9 @@ pub struct ChoiceFields {
     /// `n`.
     #[serde(default)]
     pub n: TokenField,
+    /// `best_of` (legacy completions): sequences generated, of which `n` are returned.
+    #[serde(default)]
+    pub best_of: TokenField,
     /// `prompt`, counted.
     #[serde(default)]
     pub prompt: PromptCount,
@@ -42,7 +46,7 @@ impl ChoicesError {
 impl fmt::Display for ChoicesError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChoicesError::Invalid => write!(f, "`n` must be an integer of at least 1"),
+            ChoicesError::Invalid => write!(f, "`n` and `best_of` must be integers of at least 1"),
             ChoicesError::TooMany(n) => write!(
                 f,
                 "a request may ask for at most {MAX_ANSWER_CHOICES} choices (n × prompts), not {n}"
@@ -54,13 +58,15 @@ impl fmt::Display for ChoicesError {
 impl std::error::Error for ChoicesError {}
 
 impl ChoiceFields {
-    /// The number of choices: `n` (1 when absent) times the number of prompts.
+    /// The number of sequences generated: the larger of `n` and `best_of` (1 when absent), times
+    /// the number of prompts.
     pub fn choices(&self) -> Result<u64, ChoicesError> {
-        let n = match self.n {
-            TokenField::Absent => 1,
-            TokenField::Count(n) if n >= 1 => n,
-            _ => return Err(ChoicesError::Invalid),
+        let count = |field: TokenField| match field {
+            TokenField::Absent => Ok(1),
+            TokenField::Count(n) if n >= 1 => Ok(n),
+            _ => Err(ChoicesError::Invalid),
         };
+        let n = count(self.n)?.max(count(self.best_of)?);
         let total = n.saturating_mul(self.prompt.0);
         if total > MAX_ANSWER_CHOICES {
             return Err(ChoicesError::TooMany(total));
@@ -199,6 +205,20 @@ mod tests {
         // A list of token ids is one prompt.
         assert_eq!(choices(r#"{"prompt":[1,2,3],"n":2}"#), Ok(2));
         assert_eq!(choices(r#"{"prompt":[]}"#), Ok(1));
+    }
+
+    #[test]
+    fn best_of_counts_every_sequence_generated() {
+        // An engine generates `best_of` sequences and bills them all, returning `n`.
+        assert_eq!(choices(r#"{"best_of":5}"#), Ok(5));
+        assert_eq!(choices(r#"{"n":2,"best_of":5}"#), Ok(5));
+        assert_eq!(choices(r#"{"n":3,"best_of":1}"#), Ok(3));
+        assert_eq!(choices(r#"{"best_of":4,"prompt":["a","b"]}"#), Ok(8));
+        assert_eq!(choices(r#"{"best_of":0}"#), Err(ChoicesError::Invalid));
+        assert_eq!(
+            choices(r#"{"best_of":129}"#),
+            Err(ChoicesError::TooMany(129))
+        );
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub(crate) struct RoutedFields {
     #[serde(default)]
     n: TokenField,
     #[serde(default)]
+    best_of: TokenField,
+    #[serde(default)]
     prompt: PromptCount,
 }
 
 /// The completion tokens to reserve for a request: its own limit (by the one rule every hop
-/// applies), or `default` when it sets none, for each of its choices (`n` × prompts).
+/// applies), or `default` when it sets none, for each sequence generated (`n` or `best_of` × prompts).
 pub(crate) fn reserved_completion_tokens(
     fields: &RoutedFields,
     default: u64,
@@ -39,6 +41,7 @@ pub(crate) fn reserved_completion_tokens(
         .unwrap_or(default);
     let choices = ChoiceFields {
         n: fields.n,
+        best_of: fields.best_of,
         prompt: fields.prompt,
     }
     .choices()
@@ -122,6 +125,11 @@ mod tests {
         assert_eq!(
             reserved_completion_tokens(&fields(r#"{"prompt":["a","b"],"n":2}"#), 256),
             Ok(1024)
+        );
+        // `best_of` sequences are generated (and billed) to return `n`: all are reserved.
+        assert_eq!(
+            reserved_completion_tokens(&fields(r#"{"max_tokens":9,"n":1,"best_of":4}"#), 256),
+            Ok(36)
         );
         for (json, param) in [
             (r#"{"n":0}"#, "n"),
