@@ -28,6 +28,10 @@ pub const VALIDITY: Duration = Duration::from_secs(60);
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts (each with a fresh seqno and validity) before `send` gives up.
 pub const MAX_ATTEMPTS: u32 = 4;
+/// The longest (wall clock) one attempt watches for its message: chain time that does not reach
+/// the message's validity in this long means the API is stuck (or lying), and a fresh attempt could
+/// then apply twice, so `send` stops instead.
+pub const MAX_WATCH: Duration = Duration::from_secs(5 * 60);
 
 /// Why a message was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,10 @@ pub enum SendError {
         /// Whether it was aborted.
         aborted: bool,
     },
+    /// Chain time, as the API reports it, did not pass an attempt's validity within
+    /// [`MAX_WATCH`]: the message may still be applied, so nothing is signed afresh.
+    #[error("the TON API's chain time stopped short of the message's validity for {0:?}; not re-sending")]
+    Stalled(Duration),
     /// No attempt was seen applied.
     #[error("no attempt applied after {MAX_ATTEMPTS} tries (last: {last})")]
     GaveUp {
@@ -66,6 +74,7 @@ pub struct WalletSender {
     wallet: TonWallet,
     one_at_a_time: Arc<Mutex<()>>,
     poll_interval: Duration,
+    max_watch: Duration,
 }
 
 impl WalletSender {
@@ -80,12 +89,19 @@ impl WalletSender {
             wallet: TonWallet::new(WalletVersion::V5R1, key_pair)?,
             one_at_a_time: Arc::new(Mutex::new(())),
             poll_interval: POLL_INTERVAL,
+            max_watch: MAX_WATCH,
         })
     }
 
     /// The same sender, reading transactions every `interval` (default [`POLL_INTERVAL`]).
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// The same sender, watching one attempt for at most `max_watch` (default [`MAX_WATCH`]).
+    pub fn with_max_watch(mut self, max_watch: Duration) -> Self {
+        self.max_watch = max_watch;
         self
     }
 
@@ -109,6 +125,7 @@ impl WalletSender {
                 }
                 Ok(Some(tx)) => return Ok(tx),
                 Ok(None) => last = "not applied before it expired".to_owned(),
+                Err(error @ SendError::Stalled(_)) => return Err(error),
                 Err(error) => last = error.to_string(),
             }
             tracing::warn!(attempt, wallet = %self.wallet.address, reason = %last, "wallet message not applied; signing afresh");
@@ -150,6 +167,7 @@ impl WalletSender {
                 tracing::debug!(%error, "sendBoc failed; watching for the message anyway");
             }
         }
+        let watching = std::time::Instant::now();
         loop {
             let recent = self
                 .api
@@ -163,6 +181,9 @@ impl WalletSender {
             }
             if self.api.account(&self.wallet.address).await?.sync_time > valid_until {
                 return Ok(None);
+            }
+            if watching.elapsed() > self.max_watch {
+                return Err(SendError::Stalled(self.max_watch));
             }
             tokio::time::sleep(self.poll_interval).await;
         }
@@ -218,5 +239,47 @@ mod tests {
         assert!(matches!(error, SendError::GaveUp { .. }), "{error}");
         // Each attempt waited for chain time to pass its validity before signing the next.
         assert_eq!(SENT.load(Ordering::SeqCst), MAX_ATTEMPTS);
+    }
+
+    #[tokio::test]
+    async fn an_api_whose_chain_time_stands_still_stops_the_sender_without_re_signing() {
+        static SENT_STALLED: AtomicU32 = AtomicU32::new(0);
+        let app = Router::new()
+            .route(
+                "/getAddressInformation",
+                get(|| async {
+                    r#"{"ok":true,"result":{"balance":"5","state":"active","sync_utime":1000}}"#
+                }),
+            )
+            .route(
+                "/runGetMethod",
+                post(|| async {
+                    r#"{"ok":true,"result":{"exit_code":0,"stack":[["num","0x3"]]}}"#
+                }),
+            )
+            .route(
+                "/sendBoc",
+                post(|| async {
+                    SENT_STALLED.fetch_add(1, Ordering::SeqCst);
+                    r#"{"ok":true,"result":{}}"#
+                }),
+            )
+            .route(
+                "/getTransactions",
+                get(|| async { r#"{"ok":true,"result":[]}"# }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let key = SigningKey::from_bytes(&[2; 32]);
+        let sender = WalletSender::new(TonApi::new(&url, None).unwrap(), &key)
+            .unwrap()
+            .with_poll_interval(Duration::from_millis(1))
+            .with_max_watch(Duration::from_millis(200));
+        let error = sender.send(&[]).await.unwrap_err();
+        assert!(matches!(error, SendError::Stalled(_)), "{error}");
+        // The message may still apply: it was sent once and never signed afresh.
+        assert_eq!(SENT_STALLED.load(Ordering::SeqCst), 1);
     }
 }
