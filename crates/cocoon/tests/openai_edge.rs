@@ -301,12 +301,7 @@ async fn models_request_ids_and_cors() {
 #[cfg(feature = "embedded")]
 #[tokio::test]
 async fn the_embedded_engine_gets_what_it_honours_and_is_spared_the_rest() {
-    let model = cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir());
-    if !model.is_file() {
-        assert!(std::env::var_os("CI").is_none(), "no model at {model:?}");
-        eprintln!("skipped: model not present at {}", model.display());
-        return;
-    }
+    let Some(model) = model_path() else { return };
     let model = model.display().to_string();
     let (_proxy_node, proxy) = proxy(&[]);
     let embedded = [

@@ -72,34 +72,15 @@ async fn the_official_python_sdk_gets_tools_structured_output_logprobs_and_n() {
         );
         return;
     };
-    let model = cocoon_infer::default_model_path(&cocoon_infer::default_cache_dir());
-    if !model.is_file() {
-        assert!(std::env::var_os("CI").is_none(), "no model at {model:?}");
-        eprintln!("skipped: model not present at {}", model.display());
+    let Some((_network, api)) = embedded_network(4).await else {
         return;
-    }
-    let model = model.display().to_string();
-    let (_proxy_node, proxy) = proxy(&[]);
-    let embedded = [
-        "--engine",
-        "embedded",
-        "--model-path",
-        &model,
-        "--max-active",
-        "4",
-        "--context-length",
-        "1024",
-    ];
-    let (_worker, _) = worker(&proxy, &embedded);
-    let (_client, api) = client(&proxy, &[]);
-    let name = "SmolLM2-135M-Instruct";
-    wait_for_model(&api, name, 1).await;
+    };
     run_script(
         &python,
         "openai_sdk_embedded.py",
         &[
             ("COCOON_API", format!("{api}/v1")),
-            ("COCOON_MODEL", name.to_owned()),
+            ("COCOON_MODEL", MODEL_NAME.to_owned()),
         ],
     )
     .await;
