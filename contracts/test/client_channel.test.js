@@ -1,0 +1,244 @@
+// The client × proxy channel on the TVM: every rule and refusal of cocoon-ledger's client contract
+// (rules.rs, rules/client_channel.rs) that applies on chain, bounced payments, and close delays.
+
+import assert from 'node:assert/strict';
+import { beforeEach, describe, test } from 'node:test';
+
+import { Blockchain } from '@ton/sandbox';
+
+import {
+    accountId, body, channel, channelState, ERR, exitOn, FEE, keyInt, keys, KIND, proxy, proxyState,
+    paidTo, send, signVoucher, STATUS, toNano,
+} from './contracts.js';
+
+const DELAY = 600;
+const MIN_STAKE = toNano('1');
+
+let chain, owner, operator, stranger, px, ch, client, proxyKey;
+
+// A client-signed payment: under this proxy, `cumulative` in total (statement `seqno`).
+const pay = (cumulative, seqno, { signer = client, isFinal = false } = {}) => signVoucher(signer.secretKey, {
+    kind: KIND.clientPay, proxy: accountId(px.address), counterparty: keyInt(client), cumulative, seqno, isFinal,
+});
+const release = (cumulative, seqno, { signer = proxyKey, isFinal = true } = {}) => signVoucher(signer.secretKey, {
+    kind: KIND.clientCharge, proxy: accountId(px.address), counterparty: keyInt(client), cumulative, seqno, isFinal,
+});
+
+const state = () => channelState(chain, ch);
+
+beforeEach(async () => {
+    chain = await Blockchain.create();
+    chain.now = 1_800_000_000;
+    owner = await chain.treasury('client-wallet');
+    operator = await chain.treasury('operator');
+    stranger = await chain.treasury('stranger');
+    client = keys(1);
+    proxyKey = keys(2);
+    px = proxy({ owner: operator.address, root: stranger.address, minStake: 0n });
+    assert.equal(exitOn(await send(operator, px, toNano('10') + FEE, body.openProxy(toNano('10'), keyInt(proxyKey))), px.address), 0);
+    ch = channel({ proxy: px.address, owner: owner.address, clientKey: keyInt(client), minStake: MIN_STAKE, closeDelay: DELAY });
+});
+
+async function open(amount = toNano('5'), stake = MIN_STAKE) {
+    return send(owner, ch, amount + FEE, body.openChannel(amount, stake));
+}
+
+describe('opening and funding', () => {
+    test('opens with a deposit and a stake of at least the minimum', async () => {
+        assert.equal(exitOn(await open(), ch.address), 0);
+        const s = await state();
+        assert.equal(s.status, STATUS.open);
+        assert.equal(s.balance, toNano('5'));
+        assert.equal(s.stake, MIN_STAKE);
+    });
+
+    test('refusals: stake below the minimum, deposit below the stake, no fee, twice, a stranger', async () => {
+        assert.equal(exitOn(await open(toNano('5'), MIN_STAKE - 1n), ch.address), ERR.stakeTooLow);
+        assert.equal(exitOn(await open(MIN_STAKE - 1n, MIN_STAKE), ch.address), ERR.stakeTooLow);
+        assert.equal(exitOn(await send(owner, ch, toNano('5'), body.openChannel(toNano('5'), MIN_STAKE)), ch.address), ERR.feeNotCovered);
+        assert.equal(exitOn(await send(stranger, ch, toNano('6'), body.openChannel(toNano('5'), MIN_STAKE)), ch.address), ERR.notOwner);
+        assert.equal(exitOn(await open(), ch.address), 0);
+        assert.equal(exitOn(await open(), ch.address), ERR.contractExists);
+    });
+
+    test('a zero deposit is refused', async () => {
+        const free = channel({ proxy: px.address, owner: owner.address, clientKey: keyInt(client), minStake: 0n, closeDelay: DELAY });
+        assert.equal(exitOn(await send(owner, free, FEE, body.openChannel(0n, 0n)), free.address), ERR.zeroAmount);
+    });
+
+    test('top-up and withdraw above the stake; never into the stake', async () => {
+        await open();
+        assert.equal(exitOn(await send(owner, ch, toNano('2') + FEE, body.topUp(toNano('2'))), ch.address), 0);
+        assert.equal((await state()).balance, toNano('7'));
+        assert.equal(exitOn(await send(owner, ch, toNano('2'), body.topUp(toNano('2'))), ch.address), ERR.feeNotCovered);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.topUp(0n)), ch.address), ERR.zeroAmount);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.withdraw(1n)), ch.address), ERR.notOwner);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.withdraw(toNano('6') + 1n)), ch.address), ERR.withdrawBelowStake);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.withdraw(0n)), ch.address), ERR.zeroAmount);
+        const r = await send(owner, ch, FEE, body.withdraw(toNano('6')));
+        assert.equal(exitOn(r, ch.address), 0);
+        assert.equal((await state()).balance, MIN_STAKE);
+        // The wallet got the amount itself: fees came from the message, not from the deposit.
+        assert.equal(paidTo(r, ch.address, owner.address), toNano('6'));
+    });
+
+    test('a closed channel takes no top-up or withdrawal', async () => {
+        assert.equal(exitOn(await send(owner, ch, toNano('2') + FEE, body.topUp(toNano('2'))), ch.address), ERR.notOpen);
+        await open();
+        await send(owner, ch, FEE, body.close());
+        assert.equal(exitOn(await send(owner, ch, FEE, body.withdraw(1n)), ch.address), ERR.notOpen);
+    });
+
+    test('unknown messages are refused; plain transfers are accepted', async () => {
+        await open();
+        const r = await stranger.send({ to: ch.address, value: FEE, body: body.addStake(1n) });
+        assert.equal(exitOn(r, ch.address), ERR.unknownOp);
+        const plain = await stranger.send({ to: ch.address, value: FEE });
+        assert.equal(exitOn(plain, ch.address), 0);
+    });
+});
+
+describe('client-signed payments', () => {
+    test('anyone submits the client\'s voucher; the difference moves to the proxy\'s pool', async () => {
+        await open();
+        const r = await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1)));
+        assert.equal(exitOn(r, ch.address), 0);
+        assert.equal(exitOn(r, px.address), 0);
+        assert.equal((await proxyState(chain, px)).pool, toNano('1'));
+        await send(stranger, ch, FEE, body.pay(pay(toNano('1.5'), 2)));
+        const s = await state();
+        assert.equal(s.charged, toNano('1.5'));
+        assert.equal(s.collected, toNano('1.5'));
+        assert.equal(s.balance, toNano('3.5'));
+        assert.equal(s.voucherSeqno, 2n);
+        assert.equal((await proxyState(chain, px)).pool, toNano('1.5'));
+    });
+
+    test('replayed, reordered and decreasing vouchers change nothing', async () => {
+        await open();
+        const v1 = pay(toNano('1'), 1);
+        const v2 = pay(toNano('2'), 2);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(v2)), ch.address), 0);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(v2)), ch.address), ERR.voucherNotNewer);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(v1)), ch.address), ERR.voucherNotNewer);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 3))), ch.address), ERR.voucherDecreases);
+        const s = await state();
+        assert.equal(s.charged, toNano('2'));
+        assert.equal(s.balance, toNano('3'));
+        assert.equal((await proxyState(chain, px)).pool, toNano('2'));
+    });
+
+    test('only the client key signs: the proxy\'s key, a tampered amount, another proxy are refused', async () => {
+        await open();
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1, { signer: proxyKey }))), ch.address), ERR.badSignature);
+        const tampered = { ...pay(toNano('1'), 1), cumulative: toNano('4') };
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(tampered)), ch.address), ERR.badSignature);
+        const otherProxy = signVoucher(client.secretKey, {
+            kind: KIND.clientPay, proxy: accountId(stranger.address), counterparty: keyInt(client), cumulative: toNano('1'), seqno: 1,
+        });
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(otherProxy)), ch.address), ERR.badSignature);
+        const otherKind = signVoucher(client.secretKey, {
+            kind: KIND.workerPay, proxy: accountId(px.address), counterparty: keyInt(client), cumulative: toNano('1'), seqno: 1,
+        });
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(otherKind)), ch.address), ERR.badSignature);
+        assert.equal(exitOn(await send(stranger, ch, toNano('0.01'), body.pay(pay(toNano('1'), 1))), ch.address), ERR.feeNotCovered);
+        assert.equal((await state()).charged, 0n);
+    });
+
+    test('a payment beyond the balance collects what is there (the proxy\'s shortfall)', async () => {
+        await open(toNano('2'), MIN_STAKE);
+        await send(stranger, ch, FEE, body.pay(pay(toNano('3'), 1)));
+        const s = await state();
+        assert.equal(s.balance, 0n);
+        assert.equal(s.charged, toNano('3'));
+        assert.equal(s.collected, toNano('2'));
+        assert.equal((await proxyState(chain, px)).pool, toNano('2'));
+    });
+
+    test('a payment the proxy refuses bounces back onto the balance', async () => {
+        await open();
+        // Close the proxy completely: it then refuses payments.
+        await send(operator, px, FEE, body.startProxyClose());
+        chain.now += 3600;
+        await send(operator, px, FEE, body.finishProxyClose());
+        const r = await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1)));
+        assert.equal(exitOn(r, px.address), ERR.notOpen);
+        const s = await state();
+        assert.equal(s.balance, toNano('5'));
+        assert.equal(s.collected, 0n);
+        assert.equal(s.charged, toNano('1'));
+    });
+
+    test('a forged ReleaseVerified from anyone but the proxy is refused', async () => {
+        await open();
+        const r = await send(stranger, ch, FEE, body.releaseVerified(keyInt(client), 0n));
+        assert.equal(exitOn(r, ch.address), ERR.notOwner);
+        assert.equal((await state()).status, STATUS.open);
+    });
+});
+
+describe('closing', () => {
+    test('without the proxy: the part above the stake now, the stake after the delay', async () => {
+        await open();
+        const r = await send(owner, ch, FEE, body.close());
+        assert.equal(exitOn(r, ch.address), 0);
+        let s = await state();
+        assert.equal(s.status, STATUS.closing);
+        assert.equal(s.balance, MIN_STAKE);
+        assert.equal(s.releaseAt, chain.now + DELAY);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.close()), ch.address), ERR.alreadyClosing);
+        // The proxy still collects the client's newest payment during the delay.
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('0.4'), 1))), ch.address), 0);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.finishClose()), ch.address), ERR.tooEarly);
+        chain.now += DELAY - 1;
+        assert.equal(exitOn(await send(owner, ch, FEE, body.finishClose()), ch.address), ERR.tooEarly);
+        chain.now += 1;
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.finishClose()), ch.address), ERR.notOwner);
+        const finish = await send(owner, ch, FEE, body.finishClose());
+        assert.equal(exitOn(finish, ch.address), 0);
+        s = await state();
+        assert.equal(s.status, STATUS.closed);
+        assert.equal(s.balance, 0n);
+        // The stake left, plus the fee reserve above the storage reserve.
+        assert.ok(paidTo(finish, ch.address, owner.address) >= MIN_STAKE - toNano('0.4'));
+        // The channel stays (with its storage reserve) so that old vouchers stay spent.
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('0.4'), 1))), ch.address), ERR.voucherNotNewer);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.finishClose()), ch.address), ERR.notClosing);
+    });
+
+    test('with the proxy\'s release: at once, once the client\'s payments cover it', async () => {
+        await open();
+        await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1)));
+        assert.equal(exitOn(await send(owner, ch, FEE, body.closeWithRelease(release(toNano('2'), 5))), ch.address), ERR.releaseAhead);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.closeWithRelease(release(toNano('1'), 5, { isFinal: false }))), ch.address), ERR.voucherNotFinal);
+        const forged = await send(owner, ch, FEE, body.closeWithRelease(release(toNano('1'), 5, { signer: client })));
+        assert.equal(exitOn(forged, px.address), ERR.badSignature);
+        assert.equal((await state()).status, STATUS.open);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.closeWithRelease(release(toNano('1'), 5))), ch.address), ERR.notOwner);
+        const r = await send(owner, ch, FEE, body.closeWithRelease(release(toNano('1'), 5)));
+        assert.equal(exitOn(r, px.address), 0);
+        const s = await state();
+        assert.equal(s.status, STATUS.closed);
+        assert.equal(s.balance, 0n);
+        assert.ok(paidTo(r, ch.address, owner.address) >= toNano('4'));
+    });
+
+    test('a release works during the delay too; a closed channel takes none', async () => {
+        await open();
+        await send(owner, ch, FEE, body.close());
+        assert.equal(exitOn(await send(owner, ch, FEE, body.closeWithRelease(release(0n, 1))), px.address), 0);
+        assert.equal((await state()).status, STATUS.closed);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.closeWithRelease(release(0n, 1))), ch.address), ERR.notOpen);
+        assert.equal(exitOn(await send(owner, ch, FEE, body.close()), ch.address), ERR.notOpen);
+    });
+
+    test('a reopened channel keeps its voucher history', async () => {
+        await open();
+        await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1)));
+        await send(owner, ch, FEE, body.closeWithRelease(release(toNano('1'), 1)));
+        assert.equal(exitOn(await open(), ch.address), 0);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1))), ch.address), ERR.voucherNotNewer);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1.5'), 2))), ch.address), 0);
+        assert.equal((await state()).balance, toNano('4.5'));
+    });
+});
