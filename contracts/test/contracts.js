@@ -74,6 +74,7 @@ export const body = {
     finishProxyClose: () => beginCell().storeUint(OP.finishProxyClose, 32).endCell(),
     claim: (worker, v) => beginCell().storeUint(OP.claim, 32).storeUint(worker, 256).store(storeSigned(v)).endCell(),
     channelPayment: (amount, clientKey) => beginCell().storeUint(OP.channelPayment, 32).storeUint(amount, 64).storeUint(clientKey, 256).endCell(),
+    verifyRelease: (clientKey, v) => beginCell().storeUint(OP.verifyRelease, 32).storeUint(clientKey, 256).store(storeSigned(v)).endCell(),
     releaseVerified: (clientKey, cumulative) => beginCell().storeUint(OP.releaseVerified, 32).storeUint(clientKey, 256).storeUint(cumulative, 64).endCell(),
 };
 
