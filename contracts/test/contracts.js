@@ -151,3 +151,40 @@ export function paidTo(result, from, to) {
         .filter((t) => t.from?.equals(from) && t.to?.equals(to))
         .reduce((sum, t) => sum + (t.value ?? 0n), 0n);
 }
+
+export const ROOT_OP = { updateRegistry: 0x43520001 };
+
+/** Registry params in the layout of root.tolk's RegistryParams. */
+export function registryParams(p) {
+    return beginCell().storeUint(p.pricePerToken, 64).storeUint(p.workerFeePerToken, 64)
+        .storeUint(p.promptMultiplier, 32).storeUint(p.cachedMultiplier, 32)
+        .storeUint(p.completionMultiplier, 32).storeUint(p.reasoningMultiplier, 32)
+        .storeUint(p.clientDelayBeforeClose, 32).storeUint(p.proxyDelayBeforeClose, 32)
+        .storeUint(p.minClientStake, 64).storeUint(p.minProxyStake, 64).endCell();
+}
+
+const bytesCell = (text) => beginCell().storeBuffer(Buffer.from(text)).endCell();
+
+/** The allow-lists: image hashes (bigint), models {hash: name}, proxies [{seqno, address, worker, client}]. */
+export function registryLists({ proxyImages = [], workerImages = [], models = {}, proxies = [] }) {
+    const set = (hashes) => {
+        const d = Dictionary.empty(Dictionary.Keys.BigUint(256), Dictionary.Values.Bool());
+        for (const h of hashes) d.set(h, true);
+        return d;
+    };
+    const m = Dictionary.empty(Dictionary.Keys.BigUint(256), Dictionary.Values.Cell());
+    for (const [hash, name] of Object.entries(models)) m.set(BigInt(hash), bytesCell(name));
+    const px = Dictionary.empty(Dictionary.Keys.BigUint(64), Dictionary.Values.Cell());
+    for (const p of proxies) {
+        px.set(BigInt(p.seqno), beginCell().storeAddress(p.address).storeRef(bytesCell(p.worker)).storeRef(bytesCell(p.client)).endCell());
+    }
+    return beginCell().storeDict(set(proxyImages)).storeDict(set(workerImages)).storeDict(m).storeDict(px).endCell();
+}
+
+export function root({ owner, params, lists = registryLists({}) }) {
+    const data = beginCell().storeAddress(owner).storeUint(0, 64).storeRef(params).storeRef(lists).endCell();
+    return new Deployed('root', data);
+}
+
+export const updateRegistry = (version, owner, params, lists) => beginCell().storeUint(ROOT_OP.updateRegistry, 32)
+    .storeUint(version, 64).storeAddress(owner).storeRef(params).storeRef(lists).endCell();
