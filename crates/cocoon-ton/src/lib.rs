@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod code;
 pub mod sender;
 
 pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, TxId};
