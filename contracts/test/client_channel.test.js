@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
 
-import { Blockchain } from '@ton/sandbox';
+import { Blockchain, internal } from '@ton/sandbox';
+import { flattenTransaction } from '@ton/test-utils';
 
 import {
     accountId, body, channel, channelState, ERR, exitOn, FEE, keyInt, keys, KIND, proxy, proxyState,
@@ -240,5 +241,30 @@ describe('closing', () => {
         assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1'), 1))), ch.address), ERR.voucherNotNewer);
         assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(pay(toNano('1.5'), 2))), ch.address), 0);
         assert.equal((await state()).balance, toNano('4.5'));
+    });
+});
+
+describe('bounced payments', () => {
+    test('a payment bouncing after the channel closed goes back to the client\'s wallet', async () => {
+        await open();
+        // Close the proxy: it will refuse the payment.
+        await send(operator, px, FEE, body.startProxyClose());
+        chain.now += 3600;
+        await send(operator, px, FEE, body.finishProxyClose());
+        await send(owner, ch, FEE, body.close());
+        // The payment leaves the channel; before the proxy's refusal comes back, the channel closes.
+        const steps = await chain.sendMessageIter(internal({ from: stranger.address, to: ch.address, value: FEE, body: body.pay(pay(toNano('0.5'), 1)) }), { allowParallel: true });
+        const first = await steps.next();
+        assert.equal(flattenTransaction(first.value).exitCode, 0);
+        chain.now += DELAY;
+        assert.equal(exitOn(await send(owner, ch, FEE, body.finishClose()), ch.address), 0);
+        assert.equal((await state()).status, STATUS.closed);
+        const rest = [];
+        for (let step = await steps.next(); !step.done; step = await steps.next()) rest.push(flattenTransaction(step.value));
+        assert.equal(rest[0].exitCode, ERR.notOpen);
+        const back = rest.find((t) => t.from?.equals(ch.address) && t.to?.equals(owner.address));
+        assert.equal(back?.value, toNano('0.5'));
+        const s = await state();
+        assert.deepEqual([s.balance, s.collected, s.charged], [0n, 0n, toNano('0.5')]);
     });
 });
