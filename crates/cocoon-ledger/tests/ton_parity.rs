@@ -24,7 +24,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 
 const SEED: u64 = 0x00c0_c00e;
-const STEPS: usize = 160;
+const STEPS: usize = 240;
 const CLIENTS: u8 = 3;
 const WORKERS: u8 = 2;
 const VOUCHER_KEYS: u8 = 10;
@@ -188,7 +188,8 @@ impl Generator {
                     );
                 }
                 3 if exists => {
-                    let amount = self.amount(3);
+                    let max = if self.rng.chance(60) { 2 } else { 6 };
+                    let amount = self.amount(max);
                     return self.op(
                         json!({"op": "withdraw_client", "client": i, "amount": amount}),
                         client,
@@ -246,7 +247,7 @@ impl Generator {
                 }
                 9 if exists => {
                     let charged = channel.map_or(0, |c| c.charged);
-                    let k = self.rng.below(4) as u8;
+                    let k = self.signing_key(state);
                     let authorized = state
                         .proxy(&operator)
                         .is_some_and(|p| p.authorizes(&id(voucher_key_seed(k))));
@@ -294,7 +295,7 @@ impl Generator {
                         1 => (last.saturating_sub(1), seqno + 1),
                         _ => (last + self.rng.below(3 * NANO), seqno + 1),
                     };
-                    let k = self.rng.below(5) as u8;
+                    let k = self.signing_key(state);
                     self.earned[usize::from(j)] = (
                         cumulative.max(last),
                         seqno.max(self.earned[usize::from(j)].1),
@@ -347,7 +348,7 @@ impl Generator {
                         TransactionBody::AddProxyStake { amount },
                     );
                 }
-                17 if self.rng.chance(15) => {
+                17 if step > STEPS / 2 && self.rng.chance(25) => {
                     return match proxy_status {
                         Some(ContractStatus::Open) => self.op(
                             json!({"op": "start_proxy_close"}),
@@ -383,6 +384,17 @@ impl Generator {
                 }
                 _ => continue,
             }
+        }
+    }
+
+    /// Mostly the proxy's current voucher key, sometimes any of the first five.
+    fn signing_key(&mut self, state: &LedgerState) -> u8 {
+        let current = state
+            .proxy(&id(OPERATOR_SEED))
+            .and_then(|p| (0..VOUCHER_KEYS).find(|&k| id(voucher_key_seed(k)) == p.voucher_key));
+        match current {
+            Some(k) if self.rng.chance(70) => k,
+            _ => self.rng.below(5) as u8,
         }
     }
 
@@ -541,5 +553,24 @@ fn the_sequence_exercises_every_operation_and_refusal_it_compares() {
             "no applied {op}"
         );
     }
-    assert!(count(&|s| s["result"] != "ok") > 10, "too few refusals");
+    for refusal in [
+        "zero_amount",
+        "insufficient_funds",
+        "stake_too_low",
+        "client_contract_exists",
+        "contract_not_open",
+        "withdraw_below_stake",
+        "bad_client_signature",
+        "bad_voucher_signature",
+        "voucher_not_newer",
+        "voucher_decreases",
+        "voucher_not_final",
+        "not_closing",
+        "not_an_earlier_voucher_key",
+    ] {
+        assert!(
+            count(&|s| s["result"] == refusal) > 0,
+            "no {refusal} refusal"
+        );
+    }
 }
