@@ -188,3 +188,14 @@ export function root({ owner, params, lists = registryLists({}) }) {
 
 export const updateRegistry = (version, owner, params, lists) => beginCell().storeUint(ROOT_OP.updateRegistry, 32)
     .storeUint(version, 64).storeAddress(owner).storeRef(params).storeRef(lists).endCell();
+
+/**
+ * Checks that `from` paid `to` exactly `amount` plus at most the fee the request brought (payouts
+ * carry what is left of the request's value back to the payee).
+ */
+export function assertPaid(result, from, to, amount) {
+    const got = paidTo(result, from, to);
+    if (got < amount || got > amount + FEE) {
+        throw new Error(`paid ${got}, expected ${amount} plus at most the fee ${FEE}`);
+    }
+}
