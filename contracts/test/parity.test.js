@@ -14,7 +14,7 @@ import { flattenTransaction } from '@ton/test-utils';
 
 import {
     accountId, body, channel, channelState, ERR, FEE, keyInt, keys, KIND, proxy, proxyState,
-    signVoucher, voucherBytes, voucherKeys, workerPaid,
+    signVoucher, toNano, voucherBytes, voucherKeys, workerPaid,
 } from './contracts.js';
 import { Ledger } from './ledger.js';
 
@@ -43,6 +43,29 @@ test('the Rust rules\' voucher bytes and signatures are reproduced byte for byte
         assert.equal(voucherBytes(voucher).toString('hex'), v.bytes);
         assert.equal(signVoucher(keys(v.signer_seed).secretKey, voucher).signature.toString('hex'), v.signature);
     }
+});
+
+test('a client payment signed by the Rust code is accepted on chain as is', async () => {
+    const v = fixture.vouchers.find((x) => x.kind === KIND.clientPay);
+    const chain = await Blockchain.create();
+    const wallet = await chain.treasury('client');
+    // A channel of the vector's proxy (no contract there: the payment bounces back, and the
+    // money stays the client's) and the vector's signer.
+    const ch = channel({
+        proxy: Address.parseRaw(`0:${v.proxy}`), owner: wallet.address,
+        clientKey: BigInt(`0x${v.counterparty}`), minStake: 0n, closeDelay: 600,
+    });
+    await wallet.send({ to: ch.address, value: toNano('2') + FEE, body: body.openChannel(toNano('2'), 0n), init: ch.init });
+    const voucher = {
+        cumulative: BigInt(v.cumulative), seqno: BigInt(v.seqno), isFinal: v.final, signature: Buffer.from(v.signature, 'hex'),
+    };
+    const tampered = { ...voucher, seqno: voucher.seqno + 1n };
+    const refused = await wallet.send({ to: ch.address, value: FEE, body: body.pay(tampered) });
+    assert.equal(refused.transactions.map(flattenTransaction).find((t) => t.to?.equals(ch.address)).exitCode, ERR.badSignature);
+    const accepted = await wallet.send({ to: ch.address, value: FEE, body: body.pay(voucher) });
+    assert.equal(accepted.transactions.map(flattenTransaction).find((t) => t.to?.equals(ch.address)).exitCode, 0);
+    const s = await channelState(chain, ch);
+    assert.deepEqual([s.charged, s.voucherSeqno, s.balance, s.collected], [voucher.cumulative, voucher.seqno, toNano('2'), 0n]);
 });
 
 test('the contracts apply and refuse what the Rust rules do, with the same amounts', async () => {
