@@ -146,6 +146,33 @@ describe('client-signed payments', () => {
         assert.equal((await state()).charged, 0n);
     });
 
+    test('another client\'s payment cannot be collected from this channel', async () => {
+        await open();
+        const other = keys(3);
+        const theirs = signVoucher(other.secretKey, {
+            kind: KIND.clientPay, proxy: accountId(px.address), counterparty: keyInt(other), cumulative: toNano('1'), seqno: 1,
+        });
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(theirs)), ch.address), ERR.badSignature);
+        // Nor one this client signed for another client's channel.
+        const misdirected = signVoucher(client.secretKey, {
+            kind: KIND.clientPay, proxy: accountId(px.address), counterparty: keyInt(other), cumulative: toNano('1'), seqno: 1,
+        });
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(misdirected)), ch.address), ERR.badSignature);
+        assert.equal((await state()).balance, toNano('5'));
+    });
+
+    test('the delay and the stake are part of the address: a channel with weaker terms is another contract', () => {
+        const terms = { proxy: px.address, owner: owner.address, clientKey: keyInt(client), minStake: MIN_STAKE, closeDelay: DELAY };
+        const addresses = [
+            channel(terms), channel({ ...terms, closeDelay: 0 }), channel({ ...terms, minStake: 0n }),
+            channel({ ...terms, owner: stranger.address }), channel({ ...terms, proxy: stranger.address }),
+        ].map((c) => c.address.toRawString());
+        assert.equal(new Set(addresses).size, addresses.length);
+        const p = { owner: operator.address, root: stranger.address, minStake: MIN_STAKE, closeDelay: 3600 };
+        assert.notEqual(proxy(p).address.toRawString(), proxy({ ...p, closeDelay: 0 }).address.toRawString());
+        assert.notEqual(proxy(p).address.toRawString(), proxy({ ...p, minStake: 0n }).address.toRawString());
+    });
+
     test('a payment beyond the balance collects what is there (the proxy\'s shortfall)', async () => {
         await open(toNano('2'), MIN_STAKE);
         await send(stranger, ch, FEE, body.pay(pay(toNano('3'), 1)));
