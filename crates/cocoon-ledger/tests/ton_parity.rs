@@ -17,10 +17,9 @@
 
 use std::path::PathBuf;
 
-use cocoon_ledger::transaction::TransactionBody;
-use cocoon_ledger::voucher::{Voucher, VoucherKind};
 use cocoon_ledger::{
-    AccountId, Amount, Context, ContractStatus, LedgerState, Registry, Transaction,
+    AccountId, Amount, Context, ContractStatus, LedgerState, Registry, RuleError, Transaction,
+    TransactionBody, Voucher, VoucherKind,
 };
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
@@ -421,7 +420,7 @@ impl Replay {
     }
 }
 
-fn refusal_code(error: &cocoon_ledger::RuleError) -> String {
+fn refusal_code(error: &RuleError) -> String {
     serde_json::to_value(error).expect("rule errors serialize")["code"]
         .as_str()
         .expect("tagged with a code")
