@@ -19,10 +19,10 @@ let chain, owner, operator, stranger, px, ch, client, proxyKey;
 
 // A client-signed payment: under this proxy, `cumulative` in total (statement `seqno`).
 const pay = (cumulative, seqno, { signer = client, isFinal = false } = {}) => signVoucher(signer.secretKey, {
-    kind: KIND.clientPay, proxy: accountId(px.address), counterparty: keyInt(client), cumulative, seqno, isFinal,
+    kind: KIND.clientPay, proxy: accountId(px.address), counterparty: accountId(ch.address), cumulative, seqno, isFinal,
 });
 const release = (cumulative, seqno, { signer = proxyKey, isFinal = true } = {}) => signVoucher(signer.secretKey, {
-    kind: KIND.clientCharge, proxy: accountId(px.address), counterparty: keyInt(client), cumulative, seqno, isFinal,
+    kind: KIND.clientCharge, proxy: accountId(px.address), counterparty: accountId(ch.address), cumulative, seqno, isFinal,
 });
 
 const state = () => channelState(chain, ch);
@@ -130,7 +130,7 @@ describe('client-signed payments', () => {
     });
 
     // A voucher of 1 coin, statement 1, signed by `signer` with the given fields changed.
-    const variant = (signer, { kind = KIND.clientPay, proxyId = accountId(px.address), counterparty = keyInt(client) }) =>
+    const variant = (signer, { kind = KIND.clientPay, proxyId = accountId(px.address), counterparty = accountId(ch.address) }) =>
         signVoucher(signer.secretKey, { kind, proxy: proxyId, counterparty, cumulative: toNano('1'), seqno: 1 });
     const refused = async (v) => exitOn(await send(stranger, ch, FEE, body.pay(v)), ch.address);
 
@@ -151,6 +151,24 @@ describe('client-signed payments', () => {
         // Nor one this client signed for another client's channel.
         assert.equal(await refused(variant(client, { counterparty: keyInt(other) })), ERR.badSignature);
         assert.equal((await state()).balance, toNano('5'));
+    });
+
+    test('a payment or release signed for one of the key\'s channels is refused by its other channels', async () => {
+        // The same client key, a second channel under the same proxy (made under an older
+        // registry stake): the proxy must not collect one signed payment from both.
+        await open();
+        const second = channel({ proxy: px.address, owner: owner.address, clientKey: keyInt(client), minStake: 0n, closeDelay: DELAY });
+        assert.equal(exitOn(await send(owner, second, toNano('5') + FEE, body.openChannel(toNano('5'), 0n)), second.address), 0);
+        const v = pay(toNano('1'), 1);
+        assert.equal(exitOn(await send(stranger, ch, FEE, body.pay(v)), ch.address), 0);
+        assert.equal(exitOn(await send(stranger, second, FEE, body.pay(v)), second.address), ERR.badSignature);
+        // The pre-channel form (the client key as counterparty) is refused too.
+        assert.equal(await refused(variant(client, { counterparty: keyInt(client) })), ERR.badSignature);
+        const r = await send(owner, second, FEE, body.closeWithRelease(release(0n, 1)));
+        assert.equal(exitOn(r, px.address), ERR.badSignature);
+        const s = await channelState(chain, second);
+        assert.deepEqual([s.status, s.balance, s.charged], [STATUS.open, toNano('5'), 0n]);
+        assert.equal((await proxyState(chain, px)).pool, toNano('1'));
     });
 
     test('the delay and the stake are part of the address: a channel with weaker terms is another contract', () => {

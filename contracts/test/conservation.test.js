@@ -61,7 +61,7 @@ for (const seed of [1, 2]) {
             case 3: await run(wallets[i], ch, fee(), body.withdraw(coins(2))); break;
             case 4: case 5: {
                 paid[i] = [paid[i][0] + coins(1), paid[i][1] + 1n];
-                const v = signVoucher(clientKeys[i].secretKey, { kind: KIND.clientPay, proxy: accountId(px.address), counterparty: keyInt(clientKeys[i]), cumulative: paid[i][0], seqno: paid[i][1] });
+                const v = signVoucher(clientKeys[i].secretKey, { kind: KIND.clientPay, proxy: accountId(px.address), counterparty: accountId(channels[i].address), cumulative: paid[i][0], seqno: paid[i][1] });
                 await run(anyone, ch, fee(), body.pay(v));
                 break;
             }

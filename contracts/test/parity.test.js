@@ -45,25 +45,32 @@ test('the Rust rules\' voucher bytes and signatures are reproduced byte for byte
     }
 });
 
-test('a client payment signed by the Rust code is accepted on chain as is', async () => {
+test('a client payment in the Rust rules\' layout is accepted on chain when it names the channel', async () => {
+    // The layout is the Rust one (checked byte for byte above); on TON the counterparty is the
+    // channel's id, so the ledger-form voucher (client key as counterparty) is refused as is.
     const v = fixture.vouchers.find((x) => x.kind === KIND.clientPay);
+    const signer = keys(v.signer_seed);
     const chain = await Blockchain.create();
     const wallet = await chain.treasury('client');
     // A channel of the vector's proxy (no contract there: the payment bounces back, and the
     // money stays the client's) and the vector's signer.
     const ch = channel({
         proxy: Address.parseRaw(`0:${v.proxy}`), owner: wallet.address,
-        clientKey: BigInt(`0x${v.counterparty}`), minStake: 0n, closeDelay: 600,
+        clientKey: keyInt(signer), minStake: 0n, closeDelay: 600,
     });
     await wallet.send({ to: ch.address, value: toNano('2') + FEE, body: body.openChannel(toNano('2'), 0n), init: ch.init });
-    const voucher = {
+    const exitOf = (r) => r.transactions.map(flattenTransaction).find((t) => t.to?.equals(ch.address)).exitCode;
+    const ledgerForm = {
         cumulative: BigInt(v.cumulative), seqno: BigInt(v.seqno), isFinal: v.final, signature: Buffer.from(v.signature, 'hex'),
     };
+    assert.equal(exitOf(await wallet.send({ to: ch.address, value: FEE, body: body.pay(ledgerForm) })), ERR.badSignature);
+    const voucher = signVoucher(signer.secretKey, {
+        kind: v.kind, proxy: BigInt(`0x${v.proxy}`), counterparty: accountId(ch.address),
+        cumulative: ledgerForm.cumulative, seqno: ledgerForm.seqno, isFinal: ledgerForm.isFinal,
+    });
     const tampered = { ...voucher, seqno: voucher.seqno + 1n };
-    const refused = await wallet.send({ to: ch.address, value: FEE, body: body.pay(tampered) });
-    assert.equal(refused.transactions.map(flattenTransaction).find((t) => t.to?.equals(ch.address)).exitCode, ERR.badSignature);
-    const accepted = await wallet.send({ to: ch.address, value: FEE, body: body.pay(voucher) });
-    assert.equal(accepted.transactions.map(flattenTransaction).find((t) => t.to?.equals(ch.address)).exitCode, 0);
+    assert.equal(exitOf(await wallet.send({ to: ch.address, value: FEE, body: body.pay(tampered) })), ERR.badSignature);
+    assert.equal(exitOf(await wallet.send({ to: ch.address, value: FEE, body: body.pay(voucher) })), 0);
     const s = await channelState(chain, ch);
     assert.deepEqual([s.charged, s.voucherSeqno, s.balance, s.collected], [voucher.cumulative, voucher.seqno, toNano('2'), 0n]);
 });
@@ -114,9 +121,9 @@ test('the contracts apply and refuse what the Rust rules do, with the same amoun
         case 'open_client': return run(wallet, ch, n(op.amount) + FEE, body.openChannel(n(op.amount), n(op.stake)));
         case 'top_up': return run(wallet, ch, n(op.amount) + FEE, body.topUp(n(op.amount)));
         case 'withdraw_client': return run(wallet, ch, FEE, body.withdraw(n(op.amount)));
-        case 'pay': return run(submitter, ch, FEE, body.pay(signed(keys(op.signer).secretKey, KIND.clientPay, keyInt(clientKeys[op.client]), op)));
+        case 'pay': return run(submitter, ch, FEE, body.pay(signed(keys(op.signer).secretKey, KIND.clientPay, accountId(ch.address), op)));
         case 'close_client': return run(wallet, ch, FEE, body.close());
-        case 'close_released': return run(wallet, ch, FEE, body.closeWithRelease(signed(voucherKey[op.key].secretKey, KIND.clientCharge, keyInt(clientKeys[op.client]), op)));
+        case 'close_released': return run(wallet, ch, FEE, body.closeWithRelease(signed(voucherKey[op.key].secretKey, KIND.clientCharge, accountId(ch.address), op)));
         case 'finish_client_close': return run(wallet, ch, FEE, body.finishClose());
         case 'claim': return run(submitter, px, FEE, body.claim(workerIds[op.worker], signed(voucherKey[op.key].secretKey, KIND.workerPay, workerIds[op.worker], op)));
         default: throw new Error(`unknown op ${op.op}`);

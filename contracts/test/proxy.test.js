@@ -229,7 +229,7 @@ describe('commission and close', () => {
 
     test('a release must be final and signed by an honoured key', async () => {
         await openProxy();
-        const release = (signer, isFinal) => signVoucher(signer.secretKey, { kind: KIND.clientCharge, proxy: accountId(px.address), counterparty: 7n, cumulative: 0n, seqno: 1, isFinal });
+        const release = (signer, isFinal) => signVoucher(signer.secretKey, { kind: KIND.clientCharge, proxy: accountId(px.address), counterparty: accountId(stranger.address), cumulative: 0n, seqno: 1, isFinal });
         const ask = (v) => stranger.send({ to: px.address, value: FEE, body: body.verifyRelease(7n, v) });
         assert.equal(exitOn(await ask(release(key1, false)), px.address), ERR.voucherNotFinal);
         assert.equal(exitOn(await ask(release(keys(99), true)), px.address), ERR.badSignature);
