@@ -5,6 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
+# The money rules stay pure: cocoon-money links no SQLite, HTTP server or client, nor sockets.
+money_tree=$(cargo tree -p cocoon-money -e normal,features --prefix none)
+if grep -E '^(rusqlite|axum|hyper|reqwest|mio|socket2) |^tokio feature "net"' <<<"$money_tree"; then
+    echo "cocoon-money links the I/O crates above; keep them in cocoon-ledger" >&2
+    exit 1
+fi
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 (cd contracts && npm test)

@@ -135,7 +135,7 @@ impl ClientConfig {
     /// Checks values that parse but cannot work, so `start` fails clearly instead of every request.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for proxy in &self.proxy {
-            if !cocoon_ledger::registry::is_endpoint(proxy) {
+            if !cocoon_money::registry::is_endpoint(proxy) {
                 return Err(ConfigError::BadProxy(proxy.clone()));
             }
         }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_node::link::per_request;
 use cocoon_node::reply::{json_response, parse_peer_error};
 use cocoon_node::stats::{ActiveRequest, NodeStats};

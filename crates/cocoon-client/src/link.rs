@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_node::backoff::Backoff;
 use cocoon_node::link::{client_handshake, get_json, LinkError, LinkSender};
 use cocoon_node::registry::{keep_each_endpoint, LivePolicy};

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cocoon_ledger::Settlement;
-use cocoon_ledger::{
-    AccountId, Amount, ClientStatement, LedgerClient, Prices, SignedVoucher, Voucher, VoucherKind,
+use cocoon_ledger::LedgerClient;
+use cocoon_money::Settlement;
+use cocoon_money::{
+    AccountId, Amount, ClientStatement, Prices, SignedVoucher, Voucher, VoucherKind,
 };
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::Body;

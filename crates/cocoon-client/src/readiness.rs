@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_node::link::get_json;
 use cocoon_node::stats::Readiness;
 use cocoon_proto::link::{ModelList, PATH_MODELS};

@@ -7,9 +7,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cocoon_ledger::{
-    AccountId, Amount, ClientContract, ClientStatement, ContractStatus, LedgerClient, Settlement,
-    SettlementError,
+use cocoon_ledger::LedgerClient;
+use cocoon_money::{
+    AccountId, Amount, ClientContract, ClientStatement, ContractStatus, Settlement, SettlementError,
 };
 use ed25519_dalek::SigningKey;
 use serde::Serialize;

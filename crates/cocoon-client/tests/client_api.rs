@@ -80,8 +80,7 @@ struct ProxyHandle {
 /// Starts a fake proxy whose answers carry `coefficient`, so tests can tell proxies apart.
 async fn fake_proxy(coefficient: u32) -> ProxyHandle {
     // A proxy names the wallet its clients pay.
-    let wallet =
-        cocoon_ledger::AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&[0x22; 32]));
+    let wallet = cocoon_money::AccountId::from(&ed25519_dalek::SigningKey::from_bytes(&[0x22; 32]));
     let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), wallet);
     let trust = NodeTrust::new(&attestation("fake-proxy"), "proxy", attributes)
         .await
@@ -245,7 +244,7 @@ async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
     let config = cocoon_ledger::LedgerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: dir.join("ledger.sqlite3"),
-        owner: Some(cocoon_ledger::AccountId::from(&owner_key())),
+        owner: Some(cocoon_money::AccountId::from(&owner_key())),
         ..cocoon_ledger::LedgerConfig::default()
     };
     let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
@@ -256,7 +255,7 @@ async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
     let mut registry = owner.registry_newer_than(0, Duration::ZERO).await.unwrap();
     registry.version += 1;
     owner
-        .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry })
+        .submit(cocoon_money::TransactionBody::UpdateRegistry { registry })
         .await
         .unwrap();
     ledger
@@ -275,7 +274,7 @@ impl Client {
             listen: "127.0.0.1:0".to_owned(),
             ledger: ledger.url(),
             proxy: proxies,
-            registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
+            registry_owner: cocoon_money::AccountId::from(&owner_key()).to_string(),
             data_dir: data_dir.path().to_owned(),
             attestation: attestation("test-client"),
             min_peer_tee: AttestationKind::Fake,
@@ -691,7 +690,7 @@ async fn a_taken_port_fails_start_clearly() {
     let data_dir = tempfile::tempdir().unwrap();
     let config = ClientConfig {
         listen: taken.local_addr().unwrap().to_string(),
-        registry_owner: cocoon_ledger::AccountId::from(&owner_key()).to_string(),
+        registry_owner: cocoon_money::AccountId::from(&owner_key()).to_string(),
         data_dir: data_dir.path().to_owned(),
         attestation: attestation("test-client"),
         min_peer_tee: AttestationKind::Fake,

@@ -2,32 +2,32 @@
 //!
 //! Routes (all JSON):
 //! - `GET  /healthz` → `"ok"` (text)
-//! - `GET  /v1/registry` → [`crate::RegistryAnswer`]: the document, and the owner's signed update
+//! - `GET  /v1/registry` → [`cocoon_money::RegistryAnswer`]: the document, and the owner's signed update
 //!   that set it (which nodes verify); with `?newer_than=V[&wait_secs=S]` the answer waits
 //!   (at most [`MAX_REGISTRY_WAIT_SECS`]) until the version is above `V` — how nodes watch it
 //! - `GET  /v1/stats` (also `/jsonstats`) → [`LedgerStats`]; `/stats` (text), `/metrics` (Prometheus)
-//! - `GET  /v1/accounts/{account}` → [`crate::Account`] (zero balance and nonce if never seen)
-//! - `GET  /v1/proxies/{proxy}` → [`crate::ProxyContract`]
-//! - `GET  /v1/proxies/{proxy}/clients/{client}` → [`crate::ClientContract`]
-//! - `GET  /v1/proxies/{proxy}/workers/{worker}` → [`crate::WorkerContract`]
+//! - `GET  /v1/accounts/{account}` → [`cocoon_money::Account`] (zero balance and nonce if never seen)
+//! - `GET  /v1/proxies/{proxy}` → [`cocoon_money::ProxyContract`]
+//! - `GET  /v1/proxies/{proxy}/clients/{client}` → [`cocoon_money::ClientContract`]
+//! - `GET  /v1/proxies/{proxy}/workers/{worker}` → [`cocoon_money::WorkerContract`]
 //! - `GET  /v1/log?after=SEQ&limit=N` → `[`[`crate::store::LogEntry`]`]` (at most
 //!   [`MAX_LOG_PAGE`] entries and, past the first, [`MAX_LOG_PAGE_BYTES`] of them)
-//! - `POST /v1/transactions` with a [`crate::SignedTransaction`] (`application/json`, at most
-//!   [`MAX_TRANSACTION_BYTES`]) → [`crate::store::Receipt`]
+//! - `POST /v1/transactions` with a [`cocoon_money::SignedTransaction`] (`application/json`, at most
+//!   [`MAX_TRANSACTION_BYTES`]) → [`cocoon_money::Receipt`]
 //!
 //! Errors — including malformed queries, unknown routes, wrong methods, bodies that are too large
 //! or not JSON — are an [`ApiError`] body with a matching status.
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Amount;
-use crate::rules::RuleError;
+use cocoon_money::registry::Amount;
+use cocoon_money::rules::RuleError;
 
 /// The longest a registry watch request is held open.
 pub const MAX_REGISTRY_WAIT_SECS: u64 = 30;
 
 /// Largest request body of `POST /v1/transactions`. Every transaction but a registry update is
-/// well under 1 KiB; the limit fits a registry at every `MAX_*` limit of [`crate::registry`].
+/// well under 1 KiB; the limit fits a registry at every `MAX_*` limit of [`cocoon_money::registry`].
 pub const MAX_TRANSACTION_BYTES: usize = 64 * 1024;
 
 /// Query of `GET /v1/registry`.

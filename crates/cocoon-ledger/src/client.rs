@@ -7,13 +7,14 @@ use ed25519_dalek::SigningKey;
 use serde::de::DeserializeOwned;
 
 use crate::api::{ApiError, LedgerStats, LogQuery, MAX_RESPONSE_BYTES, TRANSACTIONS_PATH};
-use crate::ids::AccountId;
-use crate::registry::Registry;
-use crate::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
-use crate::settlement::{Settlement, SettlementError};
-use crate::signed_registry::RegistryAnswer;
-use crate::store::{LogEntry, Receipt};
-use crate::transaction::{SignedTransaction, TransactionBody, TransactionError};
+use crate::store::LogEntry;
+use cocoon_money::ids::AccountId;
+use cocoon_money::registry::Registry;
+use cocoon_money::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
+use cocoon_money::settlement::{Settlement, SettlementError};
+use cocoon_money::signed_registry::RegistryAnswer;
+use cocoon_money::transaction::{SignedTransaction, TransactionBody, TransactionError};
+use cocoon_money::Receipt;
 
 /// How long an idle pooled connection to the ledger is kept (below the server's 10 s).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);

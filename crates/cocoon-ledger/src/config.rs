@@ -7,9 +7,9 @@ use std::str::FromStr;
 use cocoon_serve::HttpLimits;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::AccountId;
-use crate::registry::{Amount, Registry};
-use crate::rules::LedgerState;
+use cocoon_money::ids::AccountId;
+use cocoon_money::registry::{Amount, Registry};
+use cocoon_money::rules::LedgerState;
 
 /// Default address of the ledger's HTTP/JSON API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:13000";
@@ -100,7 +100,7 @@ pub enum ConfigError {
     },
     /// The genesis state breaks a rule (invalid registry, supply overflow).
     #[error("invalid genesis: {0}")]
-    Genesis(#[from] crate::rules::RuleError),
+    Genesis(#[from] cocoon_money::rules::RuleError),
 }
 
 impl FromStr for GenesisAllocation {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::de::DeserializeOwned;
 
-use crate::registry::{Amount, Registry};
-use crate::rules::{Account, ClientContract, EntityKey, ProxyContract};
 use crate::store::{entity_location, LogEntry, StoreError};
+use cocoon_money::registry::{Amount, Registry};
+use cocoon_money::rules::{Account, ClientContract, EntityKey, ProxyContract};
 
 /// Idle read connections kept open for reuse.
 const IDLE_CONNECTIONS: usize = 8;

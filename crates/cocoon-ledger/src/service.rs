@@ -25,12 +25,12 @@ use crate::api::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LedgerConfig};
-use crate::ids::AccountId;
 use crate::reader::{self, LedgerReader};
-use crate::rules::{Account, Context, EntityKey};
-use crate::signed_registry::RegistryAnswer;
 use crate::store::{LedgerStore, StoreError, SubmitError};
-use crate::transaction::SignedTransaction;
+use cocoon_money::ids::AccountId;
+use cocoon_money::rules::{Account, Context, EntityKey};
+use cocoon_money::signed_registry::RegistryAnswer;
+use cocoon_money::transaction::SignedTransaction;
 
 /// Reads running at once; more wait their turn, so a flood of reads cannot occupy every
 /// blocking thread.
@@ -130,7 +130,7 @@ impl Ledger {
     }
 
     /// Applies a signed transaction at the clock's current time.
-    pub fn submit(&self, tx: &SignedTransaction) -> Result<crate::store::Receipt, SubmitError> {
+    pub fn submit(&self, tx: &SignedTransaction) -> Result<cocoon_money::Receipt, SubmitError> {
         let ctx = Context {
             now: self.clock.now(),
             faucet_enabled: self.faucet_enabled,
@@ -397,7 +397,7 @@ async fn account(
 async fn proxy(
     State(ledger): State<Arc<Ledger>>,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<crate::ProxyContract> {
+) -> ApiResult<cocoon_money::ProxyContract> {
     let id = account_param(&id)?;
     let found = ledger.entity(EntityKey::Proxy(id)).await?;
     found
@@ -408,7 +408,7 @@ async fn proxy(
 async fn client_contract(
     State(ledger): State<Arc<Ledger>>,
     ApiPath((proxy, client)): ApiPath<(String, String)>,
-) -> ApiResult<crate::ClientContract> {
+) -> ApiResult<cocoon_money::ClientContract> {
     let (proxy, client) = (account_param(&proxy)?, account_param(&client)?);
     let found = ledger.entity(EntityKey::Client(proxy, client)).await?;
     found
@@ -419,7 +419,7 @@ async fn client_contract(
 async fn worker_contract(
     State(ledger): State<Arc<Ledger>>,
     ApiPath((proxy, worker)): ApiPath<(String, String)>,
-) -> ApiResult<crate::WorkerContract> {
+) -> ApiResult<cocoon_money::WorkerContract> {
     let (proxy, worker) = (account_param(&proxy)?, account_param(&worker)?);
     let found = ledger.entity(EntityKey::Worker(proxy, worker)).await?;
     found
@@ -442,7 +442,7 @@ async fn log(
 async fn submit(
     State(ledger): State<Arc<Ledger>>,
     ApiJson(tx): ApiJson<SignedTransaction>,
-) -> ApiResult<crate::store::Receipt> {
+) -> ApiResult<cocoon_money::Receipt> {
     // SQLite's fsync blocks; keep it off the async workers.
     let receipt = tokio::task::spawn_blocking(move || ledger.submit(&tx))
         .await

@@ -10,9 +10,10 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::AccountId;
-use crate::rules::{Context, EntityKey, LedgerState, Outcome, RuleError};
-use crate::transaction::{SignedTransaction, TransactionError};
+use cocoon_money::ids::AccountId;
+use cocoon_money::rules::{Context, EntityKey, LedgerState, Outcome, RuleError};
+use cocoon_money::transaction::{SignedTransaction, TransactionError};
+use cocoon_money::Receipt;
 
 mod registry_update;
 
@@ -29,17 +30,6 @@ CREATE TABLE IF NOT EXISTS transactions (
     tx TEXT NOT NULL, outcome TEXT NOT NULL
 );
 ";
-
-/// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
-/// beside `flatten`; the ledger only writes it.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Receipt {
-    /// Position of the transaction in the ledger's log (1-based).
-    pub seq: u64,
-    /// What it did.
-    #[serde(flatten)]
-    pub outcome: Outcome,
-}
 
 /// One accepted transaction as kept in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +153,7 @@ impl LedgerStore {
                     [SCHEMA_VERSION],
                 )?;
                 let mut all: Vec<EntityKey> = vec![EntityKey::Supply, EntityKey::Registry];
-                all.extend(state.accounts.keys().map(|a| EntityKey::Account(*a)));
+                all.extend(state.account_ids().map(|a| EntityKey::Account(*a)));
                 write_entities(&tx, &state, all.iter())?;
                 tx.commit()?;
                 state.take_touched();
@@ -264,26 +254,16 @@ fn write_entities<'a>(
     let mut delete = db.prepare_cached("DELETE FROM entities WHERE kind = ?1 AND key = ?2")?;
     for key in keys {
         let value = match key {
-            EntityKey::Supply => Some(serde_json::to_string(&state.supply)?),
-            EntityKey::Registry => Some(serde_json::to_string(&state.registry)?),
-            EntityKey::Account(a) => state
-                .accounts
-                .get(a)
-                .map(serde_json::to_string)
-                .transpose()?,
-            EntityKey::Proxy(p) => state
-                .proxies
-                .get(p)
-                .map(serde_json::to_string)
-                .transpose()?,
+            EntityKey::Supply => Some(serde_json::to_string(&state.supply())?),
+            EntityKey::Registry => Some(serde_json::to_string(state.registry())?),
+            EntityKey::Account(a) => state.account(a).map(serde_json::to_string).transpose()?,
+            EntityKey::Proxy(p) => state.proxy(p).map(serde_json::to_string).transpose()?,
             EntityKey::Client(p, c) => state
-                .clients
-                .get(&(*p, *c))
+                .client_contract(p, c)
                 .map(serde_json::to_string)
                 .transpose()?,
             EntityKey::Worker(p, w) => state
-                .workers
-                .get(&(*p, *w))
+                .worker_contract(p, w)
                 .map(serde_json::to_string)
                 .transpose()?,
         };
@@ -357,9 +337,9 @@ fn load_state(conn: &Connection) -> Result<LedgerState, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Registry;
-    use crate::transaction::TransactionBody;
-    use crate::voucher::{Voucher, VoucherKind};
+    use cocoon_money::registry::Registry;
+    use cocoon_money::transaction::TransactionBody;
+    use cocoon_money::voucher::{Voucher, VoucherKind};
     use ed25519_dalek::SigningKey;
 
     fn key(n: u8) -> SigningKey {
@@ -550,10 +530,10 @@ mod tests {
         /// Whatever sequence was applied, a reopened store holds exactly the same state.
         #[test]
         fn reopen_restores_the_state_after_random_sequences(
-            ops in proptest::collection::vec(crate::rules::properties::op(), 1..60)
+            ops in proptest::collection::vec(cocoon_money::rules::properties::op(), 1..60)
         ) {
-            use crate::rules::properties::{build_body, Op, KEYS};
-            use crate::rules::tests::{id, key, test_registry};
+            use cocoon_money::rules::properties::{build_body, Op, KEYS};
+            use cocoon_money::rules::properties::{id, key, test_registry};
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("ledger.sqlite3");
             let genesis = || {

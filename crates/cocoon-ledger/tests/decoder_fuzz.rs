@@ -6,7 +6,7 @@
 //! `COCOON_FUZZ_CASES=1000000 cargo test -p cocoon-ledger --test decoder_fuzz` (dependencies are
 //! optimised even in test builds).
 
-use cocoon_ledger::{
+use cocoon_money::{
     AccountId, Hash32, Registry, SignedTransaction, SignedVoucher, TransactionBody, Voucher,
     VoucherKind,
 };
@@ -112,7 +112,7 @@ fn signed_transaction() -> impl Strategy<Value = (SigningKey, SignedTransaction)
 }
 
 /// What the ledger does with a request body: decode the envelope, then verify it.
-fn ledger_accepts(bytes: &[u8]) -> Option<cocoon_ledger::Transaction> {
+fn ledger_accepts(bytes: &[u8]) -> Option<cocoon_money::Transaction> {
     serde_json::from_slice::<SignedTransaction>(bytes)
         .ok()?
         .verify()

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_ledger::api::{LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES};
-use cocoon_ledger::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
-use cocoon_ledger::{
-    spawn, AccountId, ApiError, ClientError, Hash32, LedgerClient, LedgerHandle, ManualClock,
-    RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
+use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient, LedgerHandle, ManualClock};
+use cocoon_money::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
+use cocoon_money::{
+    AccountId, Hash32, RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
 };
 use futures::StreamExt;
 
@@ -93,7 +93,7 @@ async fn padded_or_oversized_transactions_are_refused_and_nothing_is_stored() {
     let padded = serde_json::json!({
         "signer": id(CLIENT),
         "payload": payload,
-        "signature": cocoon_ledger::SignatureBytes::from(
+        "signature": cocoon_money::SignatureBytes::from(
             ed25519_dalek::Signer::sign(&key(CLIENT), &message)
         ),
     });

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use cocoon_ledger::api::LogQuery;
-use cocoon_ledger::{
-    spawn, ApiError, ClientError, ContractStatus, Hash32, LedgerClient, ManualClock, Outcome,
-    RollbackError, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
+use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient, ManualClock};
+use cocoon_money::{
+    ContractStatus, Hash32, Outcome, RollbackError, RuleError, Settlement, SettlementError,
+    Voucher, VoucherKind,
 };
 
 mod common;
@@ -345,7 +346,7 @@ async fn the_registry_comes_with_the_owners_signed_update_also_after_a_restart()
     assert!(genesis.signed_update.is_none());
     assert!(matches!(
         genesis.verify(id(OWNER), None),
-        Err(cocoon_ledger::RegistryRefusal::Unsigned { version: 1 })
+        Err(cocoon_money::RegistryRefusal::Unsigned { version: 1 })
     ));
 
     let mut next = genesis.registry.clone();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_ledger::ImageRole;
+use cocoon_money::ImageRole;
 use cocoon_ratls::{Acceptor, Connector, Identity, RatlsError, SharedIdentity, MAX_VALIDITY};
 use cocoon_tee::tdx::{CollateralSource, PccsConfig, TdxQuoteVerifier, INTEL_PCS_URL};
 use cocoon_tee::{

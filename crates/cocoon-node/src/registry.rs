@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_ledger::{ImageRole, RegisteredProxy, Registry};
+use cocoon_money::{ImageRole, RegisteredProxy, Registry};
 use cocoon_ratls::{PeerIdentity, SharedPolicy};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
 use tokio::sync::watch;
@@ -345,7 +345,8 @@ pub async fn until_refused<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::{AccountId, Hash32, LedgerClient, LedgerConfig, RegistryEdit};
+    use cocoon_ledger::{LedgerClient, LedgerConfig};
+    use cocoon_money::{AccountId, Hash32, RegistryEdit};
     use cocoon_tee::{Attester, FakeAttester, Verifier};
 
     fn image(label: &str) -> ImageHash {
@@ -373,7 +374,7 @@ mod tests {
         let current = client.registry_newer_than(0, Duration::ZERO).await.unwrap();
         let registry = current.edited(&edit).unwrap();
         client
-            .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry })
+            .submit(cocoon_money::TransactionBody::UpdateRegistry { registry })
             .await
             .unwrap();
     }

@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::signed_registry::verify_update;
-use cocoon_ledger::{
-    AccountId, ClientError, LedgerClient, Registry, RegistryRefusal, SeenVersion, SignedTransaction,
-};
+use cocoon_ledger::{ClientError, LedgerClient};
+use cocoon_money::signed_registry::verify_update;
+use cocoon_money::{AccountId, Registry, RegistryRefusal, SeenVersion, SignedTransaction};
 use serde::{Deserialize, Serialize};
 
 /// The file in a node's data directory that keeps the last registry update it accepted.
@@ -331,7 +330,7 @@ mod tests {
         let owner = AccountId::from(&key);
         let mut registry = Registry::new(owner);
         registry.version = 7;
-        let body = cocoon_ledger::TransactionBody::UpdateRegistry {
+        let body = cocoon_money::TransactionBody::UpdateRegistry {
             registry: registry.clone(),
         };
         let update = SignedTransaction::sign(&key, 1, body).unwrap();

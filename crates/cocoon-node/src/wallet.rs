@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_ratls::PeerIdentity;
 use cocoon_tee::sealed::TdxHostSealingKeySource;
 use cocoon_tee::{

@@ -52,7 +52,7 @@ impl AllowedModels {
     }
 
     /// The registry's list: one hash per model name.
-    pub fn from_registry(models: &BTreeMap<String, cocoon_ledger::Hash32>) -> Self {
+    pub fn from_registry(models: &BTreeMap<String, cocoon_money::Hash32>) -> Self {
         AllowedModels(
             models
                 .iter()
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn the_registry_list_names_one_hash_per_model() {
-        let hash: cocoon_ledger::Hash32 = GOOD.parse().unwrap();
+        let hash: cocoon_money::Hash32 = GOOD.parse().unwrap();
         let allowed = AllowedModels::from_registry(&BTreeMap::from([("smol".to_owned(), hash)]));
         assert_eq!(allowed.check("smol", Some(GOOD)), Ok(()));
         assert!(allowed.check("smol", Some(&"1".repeat(64))).is_err());

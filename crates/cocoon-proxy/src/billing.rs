@@ -35,11 +35,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::pricing::COEFFICIENT_ONE;
-use cocoon_ledger::{
+use cocoon_ledger::LedgerClient;
+use cocoon_money::pricing::COEFFICIENT_ONE;
+use cocoon_money::{
     price, worst_case_cost, AccountId, Amount, ClientContract, ClientStatement, ContractStatus,
-    Cost, LedgerClient, Prices, PricingError, Settlement, SettlementError, VoucherSigner,
-    WorkerStatement,
+    Cost, Prices, PricingError, Settlement, SettlementError, VoucherSigner, WorkerStatement,
 };
 use cocoon_node::registry::RegistryWatch;
 use cocoon_proto::{ErrorKind, TokenUsage};
@@ -235,7 +235,7 @@ pub struct Billing {
     ledger_unreachable: Mutex<Option<Instant>>,
     reserved: Mutex<HashMap<AccountId, Amount>>,
     /// Each client's newest payment voucher (signed by its wallet key).
-    payments: Mutex<HashMap<AccountId, cocoon_ledger::SignedVoucher>>,
+    payments: Mutex<HashMap<AccountId, cocoon_money::SignedVoucher>>,
     /// (certificate key, wallet) pairs whose wallet proof checked out.
     proven: Mutex<client_channel::Proven>,
     contracts: Mutex<HashMap<AccountId, KnownContract>>,

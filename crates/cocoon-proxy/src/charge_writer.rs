@@ -132,7 +132,7 @@ fn report_outcome(report: &watch::Sender<WriteFailure>, outcome: Result<(), Stor
 mod tests {
     use super::*;
     use crate::store::tests::charge;
-    use cocoon_ledger::{AccountId, Amount};
+    use cocoon_money::{AccountId, Amount};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_charges_share_commits_and_each_is_recorded_once() {

@@ -75,7 +75,7 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn forward(
     state: Forwarding,
     path: &'static str,
-    client: cocoon_ledger::AccountId,
+    client: cocoon_money::AccountId,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -400,7 +400,7 @@ struct Relay {
 struct Meter {
     billing: Arc<Billing>,
     reservation: Option<Reservation>,
-    worker_wallet: cocoon_ledger::AccountId,
+    worker_wallet: cocoon_money::AccountId,
     worker: Arc<WorkerLink>,
     receipts: Arc<Countersigner>,
 }

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use cocoon_ledger::{AccountId, SignedVoucher};
+use cocoon_money::{AccountId, SignedVoucher};
 use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cocoon_ledger::{AccountId, ImageRole};
+use cocoon_money::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cocoon_ledger::{Amount, Prices};
+use cocoon_money::{Amount, Prices};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::link::per_request;
 use cocoon_node::registry::LivePolicy;

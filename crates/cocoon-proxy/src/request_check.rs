@@ -3,7 +3,7 @@
 //! parameters the client says it uses, so that an impossible request is answered 400 naming the
 //! parameter, never as a shortage of funds.
 
-use cocoon_ledger::PricingError;
+use cocoon_money::PricingError;
 use cocoon_proto::capabilities::parse_engine_params;
 use cocoon_proto::choices::PromptCount;
 use cocoon_proto::headers::ENGINE_PARAMS;
@@ -93,7 +93,7 @@ pub(crate) fn refused_reservation(error: &billing::BillingError, max_tokens: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::Prices;
+    use cocoon_money::Prices;
     use cocoon_proto::ErrorKind;
 
     fn fields(json: &str) -> RoutedFields {
@@ -168,7 +168,7 @@ mod tests {
             price_per_token: u64::MAX / 2,
             ..Prices::default()
         };
-        let overflow = cocoon_ledger::worst_case_cost(10, 1 << 24, u32::MAX, &prices).unwrap_err();
+        let overflow = cocoon_money::worst_case_cost(10, 1 << 24, u32::MAX, &prices).unwrap_err();
         let error = refused_reservation(&billing::BillingError::Pricing(overflow), 1 << 24);
         assert_eq!(error.kind(), Some(ErrorKind::InvalidRequest));
         assert_eq!(error.error.param.as_deref(), Some("max_tokens"));

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use cocoon_ledger::{AccountId, Amount, Hash32};
+use cocoon_money::{AccountId, Amount, Hash32};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 

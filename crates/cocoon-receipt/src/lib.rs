@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use cocoon_ledger::{price, Amount, Hash32, Prices, PricingError, Registry};
+use cocoon_money::{price, Amount, Hash32, Prices, PricingError, Registry};
 use cocoon_proto::TokenUsage;
 use cocoon_ratls::{inspect_certificate, verify_certificate, Identity, PeerIdentity, RatlsError};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, Verifier};

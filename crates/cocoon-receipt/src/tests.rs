@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_tee::FakeAttester;
 use sha2::{Digest, Sha256};
 

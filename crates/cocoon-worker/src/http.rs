@@ -405,7 +405,7 @@ mod tests {
         use cocoon_proto::headers;
         use cocoon_receipt::{AnswerText, WorkerReceipt};
         let state = serving(2).await;
-        let prices = cocoon_ledger::Prices::default();
+        let prices = cocoon_money::Prices::default();
         for stream in [false, true] {
             let body = format!(r#"{{"model":"synthetic","stream":{stream},"max_tokens":3}}"#);
             let mut request = post(PATH_CHAT, &body);
@@ -440,7 +440,7 @@ mod tests {
                 <[u8; 32]>::from(sha2::Sha256::digest(body.as_bytes()))
             );
             assert_eq!(record.usage, read_usage(&trailers).unwrap());
-            let cost = cocoon_ledger::price(&record.usage, 1000, &prices).unwrap();
+            let cost = cocoon_money::price(&record.usage, 1000, &prices).unwrap();
             assert_eq!(record.charge, cost.client_price);
             assert_eq!(record.worker_image_hash, state.trust.image_hash());
         }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cocoon_ledger::{AccountId, ImageRole};
+use cocoon_money::{AccountId, ImageRole};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::engine_claim::{self, ENGINE_ATTRIBUTE};
 use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cocoon_ledger::{price, Hash32, Prices};
+use cocoon_money::{price, Hash32, Prices};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::link::per_request;
 use cocoon_proto::{headers, TokenUsage, WorkerInfo};

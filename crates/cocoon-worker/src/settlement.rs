@@ -13,7 +13,8 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use cocoon_ledger::{AccountId, Amount, LedgerClient, Settlement, WorkerStatement};
+use cocoon_ledger::LedgerClient;
+use cocoon_money::{AccountId, Amount, Settlement, WorkerStatement};
 use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::serve::LogThrottle;
 use cocoon_proto::link::PATH_EARNINGS;
@@ -339,7 +340,7 @@ async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::VoucherSigner;
+    use cocoon_money::VoucherSigner;
 
     fn settlement() -> Arc<WorkerSettlement> {
         settlement_with(1_000)
@@ -458,7 +459,7 @@ mod tests {
 #[cfg(test)]
 mod pay_checks {
     use super::*;
-    use cocoon_ledger::VoucherSigner;
+    use cocoon_money::VoucherSigner;
 
     use super::tests::settlement_with as settlement;
 

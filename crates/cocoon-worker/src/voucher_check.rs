@@ -8,7 +8,7 @@
 //! proxy's links in this run, and stops serving a proxy whose vouchers fall more than a bound
 //! behind.
 
-use cocoon_ledger::{AccountId, Amount, VoucherKind, WorkerStatement};
+use cocoon_money::{AccountId, Amount, VoucherKind, WorkerStatement};
 use cocoon_ratls::PeerIdentity;
 
 /// The proxy at the other end of a link, as its attested claims name it.
@@ -133,7 +133,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::VoucherSigner;
+    use cocoon_money::VoucherSigner;
     use ed25519_dalek::SigningKey;
 
     const PROXY_KEY: [u8; 32] = [9; 32];

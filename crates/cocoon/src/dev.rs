@@ -12,9 +12,8 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use cocoon_client::ClientConfig;
-use cocoon_ledger::{
-    AccountId, Hash32, ImageRole, LedgerClient, LedgerConfig, RegistryEdit, SystemClock,
-};
+use cocoon_ledger::{LedgerClient, LedgerConfig, SystemClock};
+use cocoon_money::{AccountId, Hash32, ImageRole, RegistryEdit};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::serve::HttpLimits;
 use cocoon_proxy::ProxyConfig;
@@ -330,7 +329,7 @@ async fn allow_dev_model(
         next.models = wanted;
         next.version = current.version + 1;
         ledger
-            .submit(cocoon_ledger::TransactionBody::UpdateRegistry { registry: next })
+            .submit(cocoon_money::TransactionBody::UpdateRegistry { registry: next })
             .await
             .context("updating the dev registry's models")?;
     }
@@ -341,7 +340,7 @@ async fn allow_dev_model(
 async fn update_dev_registry(
     ledger_url: &str,
     owner_key: &ed25519_dalek::SigningKey,
-    wanted: impl FnOnce(&cocoon_ledger::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
+    wanted: impl FnOnce(&cocoon_money::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
 ) -> anyhow::Result<()> {
     let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
     let answer = ledger

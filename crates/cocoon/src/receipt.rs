@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cocoon_ledger::{LedgerClient, Registry};
+use cocoon_ledger::LedgerClient;
+use cocoon_money::Registry;
 use cocoon_receipt::{AnswerText, Expectations, Receipt};
 use cocoon_tee::{AttestationKind, Quote, Verifier};
 use serde_json::json;

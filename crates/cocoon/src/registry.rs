@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use cocoon_ledger::{
-    AccountId, Amount, ImageRole, LedgerClient, Registry, RegistryAnswer, RegistryEdit,
-    TransactionBody,
+use cocoon_ledger::LedgerClient;
+use cocoon_money::{
+    AccountId, Amount, ImageRole, Registry, RegistryAnswer, RegistryEdit, TransactionBody,
 };
 use ed25519_dalek::SigningKey;
 
@@ -133,8 +133,8 @@ pub async fn read(ledger: &LedgerClient, url: &str) -> anyhow::Result<Registry> 
         .with_context(|| format!("reading the registry from {url}"))
 }
 
-fn new_prices(current: &cocoon_ledger::Prices, args: &PriceArgs) -> cocoon_ledger::Prices {
-    cocoon_ledger::Prices {
+fn new_prices(current: &cocoon_money::Prices, args: &PriceArgs) -> cocoon_money::Prices {
+    cocoon_money::Prices {
         price_per_token: args.price_per_token.unwrap_or(current.price_per_token),
         worker_fee_per_token: args
             .worker_fee_per_token
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn set_price_keeps_what_is_not_given() {
-        let current = cocoon_ledger::Prices::default();
+        let current = cocoon_money::Prices::default();
         let args = PriceArgs {
             price_per_token: Some(5_000),
             worker_fee_per_token: None,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cocoon_ledger::{AccountId, Amount, LedgerClient, Settlement, SignedVoucher};
+use cocoon_ledger::LedgerClient;
+use cocoon_money::{AccountId, Amount, Settlement, SignedVoucher};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::registry_trust::RegistryTrust;
@@ -177,7 +178,7 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             let open = ledger
                 .client_contract(proxy, account)
                 .await?
-                .is_some_and(|c| c.status == cocoon_ledger::ContractStatus::Open);
+                .is_some_and(|c| c.status == cocoon_money::ContractStatus::Open);
             if open {
                 ledger.top_up(proxy, amount).await?;
             } else {
@@ -212,7 +213,7 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             let closing = ledger
                 .client_contract(proxy, account)
                 .await?
-                .is_some_and(|c| matches!(c.status, cocoon_ledger::ContractStatus::Closing { .. }));
+                .is_some_and(|c| matches!(c.status, cocoon_money::ContractStatus::Closing { .. }));
             let receipt = if closing {
                 ledger.finish_client_close(proxy).await?
             } else {
@@ -230,7 +231,7 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             let open = ledger
                 .proxy_contract(account)
                 .await?
-                .is_some_and(|c| c.status == cocoon_ledger::ContractStatus::Open);
+                .is_some_and(|c| c.status == cocoon_money::ContractStatus::Open);
             match stake {
                 Some(stake) if !open => ledger.open_proxy(stake, key).await?,
                 _ => ledger.authorize_proxy_key(key).await?,

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::{price, Amount, Prices};
+use cocoon_money::{price, Amount, Prices};
 use cocoon_proto::TokenUsage;
 use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-fn cost(usage: &TokenUsage) -> cocoon_ledger::Cost {
+fn cost(usage: &TokenUsage) -> cocoon_money::Cost {
     price(usage, 1_000, &Prices::default()).unwrap()
 }
 

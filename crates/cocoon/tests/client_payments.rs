@@ -5,7 +5,7 @@
 
 mod common;
 
-use cocoon_ledger::{price, Prices};
+use cocoon_money::{price, Prices};
 use cocoon_proto::TokenUsage;
 use common::*;
 use serde_json::Value;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::{price, AccountId, Amount, Prices, Registry};
+use cocoon_money::{price, AccountId, Amount, Prices, Registry};
 use cocoon_proto::TokenUsage;
 use common::*;
 use futures::future::join_all;

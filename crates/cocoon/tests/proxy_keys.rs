@@ -4,7 +4,7 @@
 
 mod common;
 
-use cocoon_ledger::{price, AccountId, Amount, Prices};
+use cocoon_money::{price, AccountId, Amount, Prices};
 use common::*;
 use futures::future::join_all;
 use serde_json::Value;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use cocoon_ledger::{AccountId, Registry, RegistryAnswer};
+use cocoon_money::{AccountId, Registry, RegistryAnswer};
 use common::*;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;

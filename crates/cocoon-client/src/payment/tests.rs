@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cocoon_ledger::{price, AccountId, Hash32, Prices};
+use cocoon_money::{price, AccountId, Hash32, Prices};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_proto::headers::{
     COST, RECEIPT_PROXY_CERTIFICATE, RECEIPT_RECORD, RECEIPT_WORKER_CERTIFICATE,

@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cocoon_ledger::{
+use cocoon_money::{
     AccountId, Context, Hash32, LedgerState, Prices, Registry, SignedTransaction, SignedVoucher,
     Transaction, TransactionBody, Voucher, VoucherSigner,
 };
@@ -63,7 +63,7 @@ fn record() -> AnswerRecord {
             .image_hash,
         request_sha256: Hash32([1; 32]),
         response_sha256: Hash32([2; 32]),
-        charge: cocoon_ledger::price(&usage, 1500, &prices)
+        charge: cocoon_money::price(&usage, 1500, &prices)
             .expect("a price")
             .client_price,
         usage,

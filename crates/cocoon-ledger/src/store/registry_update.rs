@@ -2,7 +2,7 @@
 //! can serve it (nodes check the document by it, not by the ledger's word).
 
 use super::{corrupt, LedgerStore, StoreError};
-use crate::transaction::{SignedTransaction, TransactionBody};
+use cocoon_money::transaction::{SignedTransaction, TransactionBody};
 
 impl LedgerStore {
     /// The owner's accepted `UpdateRegistry` transaction that set the current registry, so nodes

@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use cocoon_ledger::{AccountId, LedgerConfig};
+use cocoon_ledger::LedgerConfig;
+use cocoon_money::AccountId;
 use ed25519_dalek::SigningKey;
 
 pub const OWNER: u8 = 1;

@@ -17,7 +17,7 @@
 
 use std::collections::HashSet;
 
-use cocoon_ledger::{AccountId, Amount, ClientContract, SignedVoucher, VoucherKind};
+use cocoon_money::{AccountId, Amount, ClientContract, SignedVoucher, VoucherKind};
 use cocoon_node::wallet::check_wallet_proof;
 use cocoon_proto::headers::{PAYMENT, WALLET_PROOF};
 use cocoon_ratls::PeerIdentity;

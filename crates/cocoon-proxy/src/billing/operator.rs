@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::{AccountId, ContractStatus, LedgerClient, Settlement};
+use cocoon_ledger::LedgerClient;
+use cocoon_money::{AccountId, ContractStatus, Settlement};
 use cocoon_node::registry::RegistryWatch;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};

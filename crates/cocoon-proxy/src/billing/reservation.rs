@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cocoon_ledger::{AccountId, Amount, ClientContract, Prices};
+use cocoon_money::{AccountId, Amount, ClientContract, Prices};
 
 use super::Billing;
 
@@ -98,7 +98,7 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::ContractStatus;
+    use cocoon_money::ContractStatus;
 
     fn contract(balance: Amount, charged: Amount, collected: Amount) -> ClientContract {
         ClientContract {

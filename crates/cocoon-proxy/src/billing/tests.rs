@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::routing::Routing;
-use cocoon_ledger::Voucher;
+use cocoon_money::Voucher;
 use tokio_util::sync::CancellationToken;
 
 #[test]
@@ -212,8 +212,8 @@ async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_p
     assert_eq!(after.earned, 2 * before.earned);
 
     let worker_wallet = LedgerClient::new(&ledger.url(), worker_key).unwrap();
-    let paid = |receipt: cocoon_ledger::Receipt| match receipt.outcome {
-        cocoon_ledger::Outcome::Claimed { paid } => paid,
+    let paid = |receipt: cocoon_money::Receipt| match receipt.outcome {
+        cocoon_money::Outcome::Claimed { paid } => paid,
         other => panic!("{other:?}"),
     };
     assert_eq!(

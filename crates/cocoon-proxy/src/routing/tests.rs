@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::queue::QueueConfig;
-use cocoon_ledger::AccountId;
+use cocoon_money::AccountId;
 use cocoon_ratls::Claims;
 use cocoon_tee::{AttestationKind, FakeAttester};
 use std::time::{Duration, SystemTime};

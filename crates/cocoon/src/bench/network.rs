@@ -98,7 +98,7 @@ pub(super) async fn start_core(
     let mut core = Core {
         nodes: Vec::new(),
         ledger: format!("http://127.0.0.1:{}", base_port + 6),
-        owner: cocoon_ledger::AccountId::from(&owner_key).to_string(),
+        owner: cocoon_money::AccountId::from(&owner_key).to_string(),
         data,
         base_port,
     };

@@ -43,7 +43,7 @@ pub fn test_owner_key() -> ed25519_dalek::SigningKey {
 
 /// The test registry owner's account (hex), for `--owner` and `--registry-owner`.
 pub fn test_owner() -> String {
-    cocoon_ledger::AccountId::from(&test_owner_key()).to_string()
+    cocoon_money::AccountId::from(&test_owner_key()).to_string()
 }
 
 /// A running `cocoon` process, killed when dropped (with its data directory, if it owns one).
@@ -704,7 +704,7 @@ pub async fn wallet(stats: &str) -> serde_json::Value {
 }
 
 /// The wallet account of the node whose stats are at `stats`.
-pub async fn account_of(stats: &str) -> cocoon_ledger::AccountId {
+pub async fn account_of(stats: &str) -> cocoon_money::AccountId {
     wallet(stats).await["account"]
         .as_str()
         .unwrap()
@@ -737,9 +737,9 @@ pub(crate) use eventually;
 /// A contract of `proxy` on `ledger`: `kind` is `clients` or `workers`.
 pub async fn contract(
     ledger: &str,
-    proxy: cocoon_ledger::AccountId,
+    proxy: cocoon_money::AccountId,
     kind: &str,
-    party: cocoon_ledger::AccountId,
+    party: cocoon_money::AccountId,
 ) -> serde_json::Value {
     get_json(&format!("{ledger}/v1/proxies/{proxy}/{kind}/{party}")).await
 }
@@ -748,7 +748,7 @@ pub async fn contract(
 /// left of the stake, less the registry's `min_proxy_stake` (its commission, once every client
 /// payment and worker claim is applied). A worker may claim before the client's signed payment
 /// reaches the ledger; the stake covers that claim until the payment fills the pool.
-pub async fn proxy_commission(ledger: &str, proxy: cocoon_ledger::AccountId) -> u64 {
+pub async fn proxy_commission(ledger: &str, proxy: cocoon_money::AccountId) -> u64 {
     let contract = get_json(&format!("{ledger}/v1/proxies/{proxy}")).await;
     let registry = get_json(&format!("{ledger}/v1/registry")).await;
     let holdings = contract["pool"].as_u64().unwrap() + contract["stake"].as_u64().unwrap();

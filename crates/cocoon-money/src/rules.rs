@@ -8,7 +8,7 @@
 //!
 //! Each rule checks everything first and mutates only after, so a rejected transaction leaves the
 //! state exactly as it was. Mutations go through accessors that record the touched entity, which is
-//! what [`crate::store`] writes to disk.
+//! what the local ledger's store (`cocoon_ledger::store`) writes to disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -492,7 +492,7 @@ impl LedgerState {
     }
 
     /// Reassembles a state loaded from storage.
-    pub(crate) fn from_parts(
+    pub fn from_parts(
         supply: Amount,
         registry: Registry,
         accounts: BTreeMap<AccountId, Account>,
@@ -519,6 +519,11 @@ impl LedgerState {
     /// The current registry document.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Every account that ever received money or sent a transaction.
+    pub fn account_ids(&self) -> impl Iterator<Item = &AccountId> {
+        self.accounts.keys()
     }
 
     /// An account, if it ever received money or sent a transaction.
@@ -1117,7 +1122,7 @@ mod client_channel;
 mod proxy_keys;
 pub use proxy_keys::MAX_PROXY_VOUCHER_KEYS;
 
-#[cfg(test)]
-pub(crate) mod properties;
+#[cfg(any(test, feature = "test-support"))]
+pub mod properties;
 #[cfg(test)]
 pub(crate) mod tests;

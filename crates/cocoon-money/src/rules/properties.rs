@@ -1,19 +1,44 @@
 //! Property tests of the contract rules: random operation sequences keep money conserved and
-//! leave a refused transaction without effect.
+//! leave a refused transaction without effect. The generators are public under the
+//! `test-support` feature, so other crates' tests replay the same sequences (the ledger's store).
+// Test generators, not API: documented where it helps; the property checks are used by tests only.
+#![allow(missing_docs)]
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::tests::{id, key, test_registry};
+use ed25519_dalek::SigningKey;
+
 use super::*;
 use crate::voucher::Voucher;
 
-pub(crate) const KEYS: u8 = 3;
+pub const KEYS: u8 = 3;
+
+/// The test key of seed `n`.
+pub fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+/// The account of [`key`]`(n)`.
+pub fn id(n: u8) -> AccountId {
+    AccountId::from(&key(n))
+}
+
+/// A registry owned by `id(1)`, with small stakes and close delays.
+pub fn test_registry() -> Registry {
+    let mut registry = Registry::new(id(1));
+    registry.min_client_stake = 10;
+    registry.min_proxy_stake = 100;
+    registry.client_delay_before_close = 50;
+    registry.proxy_delay_before_close = 80;
+    registry
+}
 
 /// A random operation; indices pick among `KEYS` accounts (1-based keys).
 #[derive(Debug, Clone)]
-pub(crate) enum Op {
+pub enum Op {
     Advance(u64),
     Tx {
         signer: u8,
@@ -23,7 +48,7 @@ pub(crate) enum Op {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum BodySpec {
+pub enum BodySpec {
     Mint(Amount),
     Transfer(u8, Amount),
     /// Stake and voucher key (`None`: the signer's own key).
@@ -46,7 +71,7 @@ pub(crate) enum BodySpec {
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct VoucherSpec {
+pub struct VoucherSpec {
     proxy: u8,
     counterparty: u8,
     signed_by: u8,
@@ -118,7 +143,7 @@ fn body_spec() -> impl Strategy<Value = BodySpec> {
     ]
 }
 
-pub(crate) fn op() -> impl Strategy<Value = Op> {
+pub fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0u64..100).prop_map(Op::Advance),
         9 => (who(), proptest::bool::weighted(0.05), body_spec())
@@ -138,7 +163,7 @@ fn build_voucher(spec: &VoucherSpec, kind: VoucherKind) -> SignedVoucher {
     .sign(&key(spec.signed_by))
 }
 
-pub(crate) fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
+pub fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
     use TransactionBody as B;
     match spec {
         BodySpec::Mint(a) => B::Mint { amount: *a },
@@ -204,7 +229,7 @@ pub(crate) fn build_body(signer: u8, spec: &BodySpec) -> TransactionBody {
 
 /// Applies `ops` to a fresh faucet-enabled ledger, checking the invariants after every step.
 /// Returns how many transactions of each kind succeeded.
-pub(crate) fn run_ops(ops: &[Op]) -> Result<BTreeMap<&'static str, usize>, TestCaseError> {
+pub fn run_ops(ops: &[Op]) -> Result<BTreeMap<&'static str, usize>, TestCaseError> {
     let mut applied = BTreeMap::new();
     let allocations: Vec<_> = (1..=KEYS).map(|n| (id(n), 2_000)).collect();
     let mut state = LedgerState::genesis(test_registry(), &allocations).unwrap();

@@ -1,19 +1,30 @@
 //! The [`Settlement`] trait: everything a proxy, client or worker needs from a settlement backend.
 //!
-//! The local ledger ([`crate::LedgerClient`]) implements it; a TON backend implements the same
+//! The local ledger (`cocoon_ledger::LedgerClient`) implements it; a TON backend implements the same
 //! trait with the same rules ([`crate::rules`]). A backend implements the few required methods;
 //! the named operations are provided on top of [`Settlement::execute`].
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{AccountId, Hash32};
 use crate::registry::{Amount, Registry};
 use crate::rules::{
-    Account, ClientContract, ProxyContract, RollbackError, RuleError, WorkerContract,
+    Account, ClientContract, Outcome, ProxyContract, RollbackError, RuleError, WorkerContract,
 };
-use crate::store::Receipt;
 use crate::transaction::TransactionBody;
 use crate::voucher::SignedVoucher;
+
+/// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
+/// beside `flatten`; a backend only writes it.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Position of the transaction in the backend's log (1-based).
+    pub seq: u64,
+    /// What it did.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
 
 /// Why a settlement operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,6 @@
 //! Tests of the contract rules: scenarios from DESIGN §6 (property tests of conservation are in
 //! `properties.rs`).
 
-use ed25519_dalek::SigningKey;
-
 use super::*;
 use crate::ids::WEAK_KEY;
 use crate::voucher::Voucher;
@@ -12,22 +10,7 @@ const PROXY: u8 = 2;
 const CLIENT: u8 = 3;
 const WORKER: u8 = 4;
 
-pub(crate) fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-pub(crate) fn id(n: u8) -> AccountId {
-    AccountId::from(&key(n))
-}
-
-pub(crate) fn test_registry() -> Registry {
-    let mut registry = Registry::new(id(OWNER));
-    registry.min_client_stake = 10;
-    registry.min_proxy_stake = 100;
-    registry.client_delay_before_close = 50;
-    registry.proxy_delay_before_close = 80;
-    registry
-}
+pub(crate) use super::properties::{id, key, test_registry};
 
 /// A state with funded accounts 1..=4, a fresh nonce counter, and the clock at 1000.
 struct Harness {
