@@ -247,7 +247,7 @@ async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
         owner: Some(cocoon_money::AccountId::from(&owner_key())),
         ..cocoon_ledger::LedgerConfig::default()
     };
-    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_proto::clock::SystemClock))
         .await
         .unwrap();
     // Clients read only versions the owner signed; the genesis one is not.

@@ -14,7 +14,6 @@
 
 pub mod api;
 pub mod client;
-pub mod clock;
 pub mod config;
 pub mod reader;
 pub mod service;
@@ -23,7 +22,6 @@ pub mod store;
 
 pub use api::{ApiError, LedgerStats};
 pub use client::{ClientError, LedgerClient};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{ConfigError, GenesisAllocation, LedgerConfig};
 pub use service::{serve, spawn, Ledger, LedgerHandle, ServiceError};
 pub use store::{LedgerStore, LogEntry, StoreError, SubmitError};

@@ -23,7 +23,6 @@ use crate::api::{
     ApiError, LedgerStats, LogQuery, RegistryQuery, MAX_LOG_PAGE, MAX_LOG_PAGE_BYTES,
     MAX_REGISTRY_WAIT_SECS, MAX_TRANSACTION_BYTES, TRANSACTIONS_PATH,
 };
-use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, LedgerConfig};
 use crate::reader::{self, LedgerReader};
 use crate::store::{LedgerStore, StoreError, SubmitError};
@@ -31,6 +30,7 @@ use cocoon_money::ids::AccountId;
 use cocoon_money::rules::{Account, Context, EntityKey};
 use cocoon_money::signed_registry::RegistryAnswer;
 use cocoon_money::transaction::SignedTransaction;
+use cocoon_proto::clock::{Clock, SystemClock};
 
 /// Reads running at once; more wait their turn, so a flood of reads cannot occupy every
 /// blocking thread.
@@ -520,7 +520,7 @@ pub async fn serve(config: LedgerConfig) -> Result<(), ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use cocoon_proto::clock::ManualClock;
 
     #[tokio::test]
     async fn reads_do_not_wait_for_the_writer() {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cocoon_ledger::api::{LogQuery, MAX_LOG_PAGE_BYTES, MAX_RESPONSE_BYTES, MAX_TRANSACTION_BYTES};
-use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient, LedgerHandle, ManualClock};
+use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient, LedgerHandle};
 use cocoon_money::registry::{MAX_IMAGE_HASHES, MAX_MODELS, MAX_NAME_LEN, MAX_REGISTERED_PROXIES};
 use cocoon_money::{
     AccountId, Hash32, RegisteredProxy, Registry, Settlement, SignedTransaction, TransactionBody,
 };
+use cocoon_proto::clock::ManualClock;
 use futures::StreamExt;
 
 mod common;

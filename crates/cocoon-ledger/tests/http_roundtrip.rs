@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use cocoon_ledger::api::LogQuery;
-use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient, ManualClock};
+use cocoon_ledger::{spawn, ApiError, ClientError, LedgerClient};
 use cocoon_money::{
     ContractStatus, Hash32, Outcome, RollbackError, RuleError, Settlement, SettlementError,
     Voucher, VoucherKind,
 };
+use cocoon_proto::clock::ManualClock;
 
 mod common;
 

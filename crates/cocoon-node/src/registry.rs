@@ -364,7 +364,7 @@ mod tests {
             owner: Some(AccountId::from(owner)),
             ..LedgerConfig::default()
         };
-        cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+        cocoon_ledger::spawn(&config, Arc::new(cocoon_proto::clock::SystemClock))
             .await
             .unwrap()
     }

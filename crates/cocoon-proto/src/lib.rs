@@ -1,5 +1,6 @@
 //! The wire vocabulary shared by every Cocoon role: message types carried on links, the `x-cocoon-*`
-//! headers, the OpenAI-compatible error shape, token usage, and the protocol version.
+//! headers, the OpenAI-compatible error shape, token usage, the protocol version, and the one
+//! [`clock::Clock`] every crate reads the time from.
 //!
 //! This crate depends on `serde` only, so that every role (and third-party tooling) can speak the
 //! protocol without pulling in a runtime.
@@ -8,6 +9,7 @@
 
 pub mod capabilities;
 pub mod choices;
+pub mod clock;
 pub mod error;
 pub mod headers;
 pub mod limits;

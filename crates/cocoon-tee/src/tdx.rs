@@ -14,6 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use cocoon_proto::clock::{Clock, SystemClock};
 use dcap_qvl::configs::RingConfig;
 use dcap_qvl::quote::{Quote as DcapQuote, Report, TDReport10};
 use dcap_qvl::verify::QuoteVerifier as DcapVerifier;
@@ -51,7 +52,7 @@ const TEE_TYPE_TDX: u32 = 0x81;
 mod collateral;
 
 use collateral::next_update;
-pub use collateral::{Clock, CollateralKey, CollateralSource, FixedClock, PccsConfig, SystemClock};
+pub use collateral::{CollateralKey, CollateralSource, PccsConfig};
 
 /// Which TCB statuses and TD attributes a [`TdxQuoteVerifier`] accepts.
 #[derive(Debug, Clone)]
@@ -166,7 +167,7 @@ impl TdxQuoteVerifier {
         let key = CollateralKey::from_parsed(&quote)?;
         let collateral = self.collateral.cached(&key)?;
         let valid_until = next_update(&collateral)?;
-        let now = self.clock.now_unix();
+        let now = self.clock.now();
         let mut policy = QuotePolicy::strict(now)
             .allow_smt(self.policy.allow_smt)
             .allow_dynamic_platform(self.policy.allow_multi_package_flags)

@@ -9,9 +9,8 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use cocoon_tee::tdx::{
-    Clock, CollateralKey, CollateralSource, FixedClock, PccsConfig, TdxQuoteVerifier,
-};
+use cocoon_proto::clock::{Clock, ManualClock};
+use cocoon_tee::tdx::{CollateralKey, CollateralSource, PccsConfig, TdxQuoteVerifier};
 use cocoon_tee::{QuoteVerifier, TeeError};
 use dcap_qvl::QuoteCollateralV3;
 
@@ -114,7 +113,7 @@ async fn start_pccs() -> (String, Arc<Pccs>) {
 }
 
 fn verifier(source: Arc<CollateralSource>) -> TdxQuoteVerifier {
-    TdxQuoteVerifier::new(source).with_clock(Arc::new(FixedClock(PINNED)))
+    TdxQuoteVerifier::new(source).with_clock(Arc::new(ManualClock::new(PINNED)))
 }
 
 #[tokio::test]
@@ -123,7 +122,7 @@ async fn missing_collateral_is_reported_then_fetched_by_refresh_and_cached_on_di
     let cache = tempfile::tempdir().unwrap();
     let mut config = PccsConfig::new(url);
     config.cache_dir = Some(cache.path().to_path_buf());
-    let clock: Arc<dyn Clock> = Arc::new(FixedClock(PINNED));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(PINNED));
     let source =
         Arc::new(CollateralSource::pccs_with_clock(config.clone(), clock.clone()).unwrap());
     let v = verifier(source.clone());
@@ -156,14 +155,8 @@ async fn prefetch_fetches_once_and_again_after_max_age() {
     let (url, pccs) = start_pccs().await;
     let mut config = PccsConfig::new(url);
     config.max_age = Duration::from_secs(3600);
-    let now = Arc::new(std::sync::atomic::AtomicU64::new(PINNED));
-    struct Shared(Arc<std::sync::atomic::AtomicU64>);
-    impl Clock for Shared {
-        fn now_unix(&self) -> u64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-    let source = CollateralSource::pccs_with_clock(config, Arc::new(Shared(now.clone()))).unwrap();
+    let now = Arc::new(ManualClock::new(PINNED));
+    let source = CollateralSource::pccs_with_clock(config, now.clone()).unwrap();
     let key = CollateralKey::from_quote(&quote()).unwrap();
     assert_eq!(key.fmspc.len(), 12);
 
@@ -172,7 +165,7 @@ async fn prefetch_fetches_once_and_again_after_max_age() {
     assert_eq!(pccs.requests.load(Ordering::SeqCst), 4);
     assert_eq!(source.cached(&key).unwrap(), collateral_without_pck_chain());
 
-    now.fetch_add(3600, Ordering::SeqCst);
+    now.advance(3600);
     assert_eq!(source.refresh().await.unwrap(), 1);
     assert_eq!(pccs.requests.load(Ordering::SeqCst), 8);
 }

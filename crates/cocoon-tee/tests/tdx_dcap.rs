@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use cocoon_tee::tdx::{
-    CollateralSource, FixedClock, SystemClock, TdxQuoteVerifier, INTEL_ROOT_KEY_IDS,
-};
+use cocoon_proto::clock::{ManualClock, SystemClock};
+use cocoon_tee::tdx::{CollateralSource, TdxQuoteVerifier, INTEL_ROOT_KEY_IDS};
 use cocoon_tee::{AttestationKind, Quote, QuoteVerifier, TeeError, Verifier};
 use dcap_qvl::{QuoteCollateralV3, TcbStatus};
 use sha2::Digest;
@@ -26,7 +25,7 @@ fn collateral() -> QuoteCollateralV3 {
 
 fn verifier_at(now: u64) -> TdxQuoteVerifier {
     TdxQuoteVerifier::new(Arc::new(CollateralSource::fixed(collateral())))
-        .with_clock(Arc::new(FixedClock(now)))
+        .with_clock(Arc::new(ManualClock::new(now)))
 }
 
 fn reason(err: TeeError) -> String {

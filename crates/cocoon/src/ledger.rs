@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use cocoon_ledger::{LedgerConfig, SystemClock};
+use cocoon_ledger::LedgerConfig;
+use cocoon_proto::clock::SystemClock;
 
 /// Serves the ledger described by `config` until a shutdown signal.
 pub async fn run(config: LedgerConfig) -> anyhow::Result<()> {

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use cocoon_proto::clock::ManualClock;
 use cocoon_ratls::{inspect_certificate, verify_certificate, Claims, Identity};
-use cocoon_tee::tdx::{CollateralKey, CollateralSource, FixedClock, TdxQuoteVerifier};
+use cocoon_tee::tdx::{CollateralKey, CollateralSource, TdxQuoteVerifier};
 use cocoon_tee::{AttestationKind, FakeAttester, NoneAttester, Policy, Quote, Verifier};
 
 use crate::{Format, Target};
@@ -50,7 +51,7 @@ fn tdx_verifier() -> &'static Verifier {
     VERIFIER.get_or_init(|| {
         let collateral = serde_json::from_str(TDX_COLLATERAL).expect("the fixture's collateral");
         let tdx = TdxQuoteVerifier::new(Arc::new(CollateralSource::fixed(collateral)))
-            .with_clock(Arc::new(FixedClock(TDX_PINNED_TIME)));
+            .with_clock(Arc::new(ManualClock::new(TDX_PINNED_TIME)));
         Verifier::new().with_tdx(Arc::new(tdx))
     })
 }

@@ -50,7 +50,7 @@ async fn ledger_and_billing(
         owner: Some(AccountId([0x11; 32])),
         ..cocoon_ledger::LedgerConfig::default()
     };
-    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_ledger::SystemClock))
+    let ledger = cocoon_ledger::spawn(&config, Arc::new(cocoon_proto::clock::SystemClock))
         .await
         .unwrap();
     let billing = reopen(&ledger, dir, Operator::Key(proxy_key)).await;

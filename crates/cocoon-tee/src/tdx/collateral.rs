@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use dcap_qvl::configs::RingConfig;
 use dcap_qvl::quote::Quote as DcapQuote;
@@ -16,41 +16,14 @@ use dcap_qvl::QuoteCollateralV3;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use cocoon_proto::clock::{Clock, SystemClock};
+
 use crate::TeeError;
 
 use super::{rejected, INTEL_ROOT_CA_CRL_URL};
 
 /// Most platforms whose missing collateral is remembered for the next refresh.
 const MAX_WANTED: usize = 64;
-
-/// A source of the current time, injectable so tests can pin verification time.
-pub trait Clock: Send + Sync {
-    /// Seconds since the Unix epoch.
-    fn now_unix(&self) -> u64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_unix(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
-/// A clock stopped at a given Unix time.
-#[derive(Debug, Clone, Copy)]
-pub struct FixedClock(pub u64);
-
-impl Clock for FixedClock {
-    fn now_unix(&self) -> u64 {
-        self.0
-    }
-}
 
 /// Identifies the collateral a quote needs: its platform family (FMSPC) and the PCK CA
 /// (`processor` or `platform`) that issued its PCK certificate.
@@ -255,7 +228,7 @@ impl CollateralSource {
         let Mode::Pccs(p) = &self.mode else {
             return Ok(0);
         };
-        let now = self.clock.now_unix();
+        let now = self.clock.now();
         // Missed keys are tried once; a later miss asks for them again.
         let mut keys: Vec<CollateralKey> = lock(&p.wanted).drain().collect();
         keys.extend(
@@ -286,7 +259,7 @@ impl CollateralSource {
         let Mode::Pccs(p) = &self.mode else {
             return false;
         };
-        let now = self.clock.now_unix();
+        let now = self.clock.now();
         read_lock(&p.entries)
             .get(key)
             .is_none_or(|e| e.refresh_due(now, p.config.max_age))
@@ -300,7 +273,7 @@ impl CollateralSource {
         let next_update = next_update(&collateral)?;
         let entry = CachedCollateral {
             key: key.clone(),
-            fetched_at: self.clock.now_unix(),
+            fetched_at: self.clock.now(),
             next_update,
             collateral,
         };

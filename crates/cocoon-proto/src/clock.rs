@@ -1,4 +1,5 @@
-//! The ledger's clock, injectable so close delays can be tested without waiting.
+//! The one clock of every Cocoon crate (the ledger's close delays, attestation collateral's
+//! validity), injectable so tests move time instead of waiting.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
