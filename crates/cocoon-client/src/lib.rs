@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cocoon_money::{AccountId, ImageRole};
+use cocoon_money::{AccountId, ImageRole, SettlementBackend};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::{ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
@@ -102,9 +102,11 @@ impl RunningClient {
 }
 
 /// Starts the client: attests this node, binds the API (failing clearly if the address is taken),
-/// and spawns the proxy links and the HTTP server. Everything stops when `shutdown` is cancelled.
+/// and spawns the proxy links and the HTTP server; its registry and contracts are on the
+/// settlement `backend`. Everything stops when `shutdown` is cancelled.
 pub async fn start(
     config: ClientConfig,
+    backend: &dyn SettlementBackend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningClient> {
     config.validate()?;
@@ -120,18 +122,20 @@ pub async fn start(
         None => AccountId::from(&wallet),
     };
     let attributes = cocoon_node::wallet::with_wallet(BTreeMap::new(), named_wallet);
-    let payment_wallet = wallet.clone();
+    // One handle for the wallet: funding and payments sign with consecutive nonces.
+    let ledger = backend
+        .connect(Some(wallet.clone()))
+        .context("bad --ledger")?;
     let settlement = settlement::ClientSettlement::new(
-        &config.ledger,
-        wallet,
+        ledger.clone(),
+        AccountId::from(&wallet),
         settlement::Funding {
             deposit: config.deposit,
             stake: config.stake,
             faucet: config.faucet,
         },
         Duration::from_millis(config.settle_interval_ms.max(10)),
-    )
-    .context("bad --ledger")?;
+    );
     let trust = NodeTrust::new(&config.attestation, "client", attributes)
         .await
         .context("cannot set up this client's attestation")?;
@@ -146,7 +150,7 @@ pub async fn start(
         .local_addr()
         .context("cannot read the listening address")?;
 
-    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
+    let registry = RegistryWatch::start(backend, registry_trust, shutdown.clone())
         .await
         .context("cannot read the registry")?;
     let policy = trust
@@ -167,11 +171,11 @@ pub async fn start(
         tracing::warn!("TESTS ONLY: --test-only-withhold-payments is set; this client never pays");
     }
     let payer = payment::Payer::new(
-        payment_wallet.clone(),
+        wallet,
         trust.clone(),
         config.min_peer_tee,
         registry.derive(|document| document.prices.clone()),
-        cocoon_ledger::LedgerClient::new(&config.ledger, payment_wallet).context("bad --ledger")?,
+        ledger,
         config.test_only_withhold_payments,
     );
     let prover: link::Prover = {
@@ -253,6 +257,10 @@ pub async fn start(
 }
 
 /// Runs the client until `shutdown` is cancelled: [`start`], then [`RunningClient::wait`].
-pub async fn run(config: ClientConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+pub async fn run(
+    config: ClientConfig,
+    backend: &dyn SettlementBackend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, backend, shutdown).await?.wait().await
 }

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cocoon_ledger::LedgerClient;
 use cocoon_money::Settlement;
 use cocoon_money::{
     AccountId, Amount, ClientStatement, Prices, SignedVoucher, Voucher, VoucherKind,
@@ -147,7 +146,7 @@ pub struct Payer {
     prices: watch::Receiver<Arc<Prices>>,
     /// The prices before the last registry change: an answer reserved just before it uses them.
     previous_prices: Mutex<Option<Arc<Prices>>>,
-    ledger: LedgerClient,
+    ledger: Arc<dyn Settlement>,
     channels: Mutex<HashMap<AccountId, Channel>>,
     /// Serializes opening channels, so two first requests do not start from two bases.
     opening: tokio::sync::Mutex<()>,
@@ -175,7 +174,7 @@ impl Payer {
         trust: Arc<NodeTrust>,
         min_kind: AttestationKind,
         prices: watch::Receiver<Arc<Prices>>,
-        ledger: LedgerClient,
+        ledger: Arc<dyn Settlement>,
         withhold: bool,
     ) -> Arc<Self> {
         Arc::new(Payer {

@@ -7,11 +7,9 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use cocoon_ledger::LedgerClient;
 use cocoon_money::{
     AccountId, Amount, ClientContract, ClientStatement, ContractStatus, Settlement, SettlementError,
 };
-use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -93,7 +91,7 @@ struct View {
 /// The client's wallet and its contract with the current proxy.
 pub struct ClientSettlement {
     account: AccountId,
-    ledger: LedgerClient,
+    ledger: Arc<dyn Settlement>,
     funding: Funding,
     interval: Duration,
     view: Mutex<View>,
@@ -106,20 +104,21 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ClientSettlement {
-    /// Settlement for the wallet `key` against the ledger at `ledger_url`, checked every `interval`.
+    /// Settlement for the wallet `account` on `ledger` (which signs as `account`), checked
+    /// every `interval`.
     pub fn new(
-        ledger_url: &str,
-        key: SigningKey,
+        ledger: Arc<dyn Settlement>,
+        account: AccountId,
         funding: Funding,
         interval: Duration,
-    ) -> Result<Arc<Self>, cocoon_ledger::ClientError> {
-        Ok(Arc::new(Self {
-            account: AccountId::from(&key),
-            ledger: LedgerClient::new(ledger_url, key)?,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            account,
+            ledger,
             funding,
             interval,
             view: Mutex::new(View::default()),
-        }))
+        })
     }
 
     /// This client's wallet.

@@ -12,6 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use cocoon_client::{start, ClientConfig, RunningClient};
+use cocoon_ledger::LocalLedger;
+use cocoon_money::Settlement;
 use cocoon_node::attestation::{AttestationArgs, NodeTrust};
 use cocoon_node::link::serve;
 use cocoon_node::reply::error_response;
@@ -252,7 +254,7 @@ async fn ledger(dir: &std::path::Path) -> cocoon_ledger::LedgerHandle {
         .unwrap();
     // Clients read only versions the owner signed; the genesis one is not.
     let owner = cocoon_ledger::LedgerClient::new(&ledger.url(), owner_key()).unwrap();
-    let mut registry = owner.registry_newer_than(0, Duration::ZERO).await.unwrap();
+    let mut registry = owner.registry().await.unwrap();
     registry.version += 1;
     owner
         .submit(cocoon_money::TransactionBody::UpdateRegistry { registry })
@@ -286,7 +288,8 @@ impl Client {
         config.api_key.clear();
         tweak(&mut config);
         let shutdown = CancellationToken::new();
-        let running = start(config, shutdown.clone()).await.unwrap();
+        let backend = LocalLedger::new(&config.ledger);
+        let running = start(config, &backend, shutdown.clone()).await.unwrap();
         Client {
             base: format!("http://{}", running.local_addr),
             http: reqwest::Client::new(),
@@ -696,7 +699,8 @@ async fn a_taken_port_fails_start_clearly() {
         min_peer_tee: AttestationKind::Fake,
         ..ClientConfig::default()
     };
-    let error = match start(config, CancellationToken::new()).await {
+    let backend = LocalLedger::new(&config.ledger);
+    let error = match start(config, &backend, CancellationToken::new()).await {
         Ok(_) => panic!("started on a taken port"),
         Err(error) => error,
     };

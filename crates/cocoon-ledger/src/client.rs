@@ -1,5 +1,6 @@
 //! [`LedgerClient`]: the HTTP client of the local ledger service, and its [`Settlement`] backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use crate::store::LogEntry;
 use cocoon_money::ids::AccountId;
 use cocoon_money::registry::Registry;
 use cocoon_money::rules::{Account, ClientContract, ProxyContract, RuleError, WorkerContract};
-use cocoon_money::settlement::{Settlement, SettlementError};
+use cocoon_money::settlement::{Settlement, SettlementBackend, SettlementError};
 use cocoon_money::signed_registry::RegistryAnswer;
 use cocoon_money::transaction::{SignedTransaction, TransactionBody, TransactionError};
 use cocoon_money::Receipt;
@@ -72,6 +73,31 @@ impl From<ClientError> for SettlementError {
             ClientError::NoSigningKey => SettlementError::NoSigningKey,
             other => SettlementError::Backend(other.to_string()),
         }
+    }
+}
+
+/// The local ledger as a [`SettlementBackend`]: opens a [`LedgerClient`] on `url` per account.
+#[derive(Debug, Clone)]
+pub struct LocalLedger {
+    url: String,
+}
+
+impl LocalLedger {
+    /// The ledger service at `url` (e.g. `http://127.0.0.1:13000`).
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+        }
+    }
+}
+
+impl SettlementBackend for LocalLedger {
+    fn connect(&self, key: Option<SigningKey>) -> Result<Arc<dyn Settlement>, SettlementError> {
+        Ok(Arc::new(LedgerClient::build(&self.url, key)?))
+    }
+
+    fn location(&self) -> &str {
+        &self.url
     }
 }
 
@@ -190,40 +216,6 @@ impl LedgerClient {
         self.get(&path).await
     }
 
-    /// The registry once its version is above `version`, or the current one after `wait` (the
-    /// ledger holds the request open; see [`crate::api::RegistryQuery`]), as the ledger states it.
-    pub async fn registry_newer_than(
-        &self,
-        version: u64,
-        wait: Duration,
-    ) -> Result<Registry, ClientError> {
-        Ok(self
-            .registry_answer_newer_than(version, wait)
-            .await?
-            .registry)
-    }
-
-    /// As [`LedgerClient::registry_newer_than`], with the owner's signed update that set the
-    /// version, for a reader that checks it (see [`RegistryAnswer::verify`]).
-    pub async fn registry_answer_newer_than(
-        &self,
-        version: u64,
-        wait: Duration,
-    ) -> Result<RegistryAnswer, ClientError> {
-        let path = format!(
-            "/v1/registry?newer_than={version}&wait_secs={}",
-            wait.as_secs()
-        );
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            // The ledger answers after `wait` at the latest; allow for the trip.
-            .timeout(wait + self.timeout)
-            .send()
-            .await?;
-        Self::decode(response).await
-    }
-
     /// Sends an already signed transaction (e.g. signed offline).
     pub async fn submit_signed(&self, tx: &SignedTransaction) -> Result<Receipt, ClientError> {
         let response = self
@@ -290,8 +282,34 @@ impl Settlement for LedgerClient {
     }
 
     async fn registry(&self) -> Result<Registry, SettlementError> {
+        Ok(self.registry_answer().await?.registry)
+    }
+
+    async fn registry_answer(&self) -> Result<RegistryAnswer, SettlementError> {
         // The answer carries the owner's signed update beside the document.
-        Ok(self.get::<RegistryAnswer>("/v1/registry").await?.registry)
+        Ok(self.get("/v1/registry").await?)
+    }
+
+    /// The ledger holds the request open until a newer version or `wait` (see
+    /// [`crate::api::RegistryQuery`]): a new version arrives within a round trip, unpolled.
+    async fn registry_answer_newer_than(
+        &self,
+        version: u64,
+        wait: Duration,
+    ) -> Result<RegistryAnswer, SettlementError> {
+        let path = format!(
+            "/v1/registry?newer_than={version}&wait_secs={}",
+            wait.as_secs()
+        );
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            // The ledger answers after `wait` at the latest; allow for the trip.
+            .timeout(wait.saturating_add(self.timeout))
+            .send()
+            .await
+            .map_err(ClientError::from)?;
+        Ok(Self::decode(response).await?)
     }
 
     async fn account(&self, id: AccountId) -> Result<Account, SettlementError> {

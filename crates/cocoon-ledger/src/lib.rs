@@ -21,7 +21,7 @@ pub mod stats;
 pub mod store;
 
 pub use api::{ApiError, LedgerStats};
-pub use client::{ClientError, LedgerClient};
+pub use client::{ClientError, LedgerClient, LocalLedger};
 pub use config::{ConfigError, GenesisAllocation, LedgerConfig};
 pub use service::{serve, spawn, Ledger, LedgerHandle, ServiceError};
 pub use store::{LedgerStore, LogEntry, StoreError, SubmitError};

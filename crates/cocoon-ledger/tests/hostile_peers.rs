@@ -191,7 +191,7 @@ async fn shutdown_ends_registry_long_polls_at_once() {
     let version = watcher.registry().await.unwrap().version;
     let poll = tokio::spawn(async move {
         watcher
-            .registry_newer_than(version, Duration::from_secs(3_600))
+            .registry_answer_newer_than(version, Duration::from_secs(3_600))
             .await
     });
     let reader = LedgerClient::read_only(&url).unwrap();
@@ -204,7 +204,7 @@ async fn shutdown_ends_registry_long_polls_at_once() {
         .expect("shutdown waited for a registry long poll")
         .unwrap();
     let answered = poll.await.unwrap().unwrap();
-    assert_eq!(answered.version, version);
+    assert_eq!(answered.registry.version, version);
 }
 
 /// A ledger impostor that answers every request with `body`.

@@ -52,7 +52,7 @@ pub use rules::{
     Account, ClientContract, Context, ContractStatus, LedgerState, Outcome, ProxyContract,
     RollbackError, RuleError, StateCommit, WorkerContract,
 };
-pub use settlement::{Receipt, Settlement, SettlementError};
+pub use settlement::{Receipt, Settlement, SettlementBackend, SettlementError};
 pub use signed_registry::{RegistryAnswer, RegistryRefusal, SeenVersion};
 pub use statement::{ClientStatement, WorkerStatement};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};

@@ -4,7 +4,11 @@
 //! trait with the same rules ([`crate::rules`]). A backend implements the few required methods;
 //! the named operations are provided on top of [`Settlement::execute`].
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
+use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AccountId, Hash32};
@@ -12,6 +16,7 @@ use crate::registry::{Amount, Registry};
 use crate::rules::{
     Account, ClientContract, Outcome, ProxyContract, RollbackError, RuleError, WorkerContract,
 };
+use crate::signed_registry::RegistryAnswer;
 use crate::transaction::TransactionBody;
 use crate::voucher::SignedVoucher;
 
@@ -62,6 +67,26 @@ impl SettlementError {
     }
 }
 
+/// How often the default registry watch ([`Settlement::registry_answer_newer_than`]) asks a
+/// backend that cannot hold a request open (a chain: a new block every few seconds).
+pub const REGISTRY_POLL_INTERVAL: Duration = Duration::from_secs(3);
+
+/// The shortest pause between two polls of the default registry watch, whatever a backend's
+/// [`Settlement::registry_poll_interval`] says: the watch never spins.
+pub const MIN_REGISTRY_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Opens [`Settlement`] handles on one backend. The binary picks the backend from its
+/// configuration (the local ledger today; TON later) and hands it to the roles, which open the
+/// accounts they act for on it and depend on no backend's crate.
+pub trait SettlementBackend: Send + Sync {
+    /// A handle acting for `key`'s account, or one that only reads (`None`).
+    fn connect(&self, key: Option<SigningKey>) -> Result<Arc<dyn Settlement>, SettlementError>;
+
+    /// Where the backend is, for logs and for the commands a node tells its operator to run
+    /// (the local ledger's URL, a `--ledger` flag's value).
+    fn location(&self) -> &str;
+}
+
 /// A settlement backend, acting for one account (its signing key) where an operation needs one.
 #[async_trait]
 pub trait Settlement: Send + Sync {
@@ -73,6 +98,45 @@ pub trait Settlement: Send + Sync {
 
     /// The current registry document.
     async fn registry(&self) -> Result<Registry, SettlementError>;
+
+    /// The current registry with the owner's signed update that set it, for a node that checks
+    /// it ([`RegistryAnswer::verify`]). Default: the document without a signed update (which a
+    /// node that pinned the owner refuses); a backend that keeps the update overrides it.
+    async fn registry_answer(&self) -> Result<RegistryAnswer, SettlementError> {
+        Ok(RegistryAnswer {
+            registry: self.registry().await?,
+            signed_update: None,
+        })
+    }
+
+    /// How long the default [`Self::registry_answer_newer_than`] waits between two polls
+    /// (never less than [`MIN_REGISTRY_POLL_INTERVAL`]).
+    fn registry_poll_interval(&self) -> Duration {
+        REGISTRY_POLL_INTERVAL
+    }
+
+    /// The registry watch: the registry once its version is above `version`, or the current one
+    /// after `wait`. Default: polls [`Self::registry_answer`] every
+    /// [`Self::registry_poll_interval`] until then (at most `wait / interval + 2` polls); a
+    /// backend that can hold a request open (the local ledger's long poll) overrides it.
+    async fn registry_answer_newer_than(
+        &self,
+        version: u64,
+        wait: Duration,
+    ) -> Result<RegistryAnswer, SettlementError> {
+        let interval = self
+            .registry_poll_interval()
+            .max(MIN_REGISTRY_POLL_INTERVAL);
+        let start = tokio::time::Instant::now();
+        loop {
+            let answer = self.registry_answer().await?;
+            let waited = start.elapsed();
+            if answer.registry.version > version || waited >= wait {
+                return Ok(answer);
+            }
+            tokio::time::sleep(interval.min(wait - waited)).await;
+        }
+    }
 
     /// An account (zero balance and nonce if never seen).
     async fn account(&self, id: AccountId) -> Result<Account, SettlementError>;
@@ -244,3 +308,6 @@ pub trait Settlement: Send + Sync {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use cocoon_money::{ImageRole, RegisteredProxy, Registry};
+use cocoon_money::{ImageRole, RegisteredProxy, Registry, SettlementBackend, SettlementError};
 use cocoon_ratls::{PeerIdentity, SharedPolicy};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, TeeError};
 use tokio::sync::watch;
@@ -29,9 +29,9 @@ const WATCH_WAIT: Duration = Duration::from_secs(25);
 /// Why the registry could not be read at start.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The ledger URL is unusable.
-    #[error("ledger client: {0}")]
-    Client(#[from] cocoon_ledger::ClientError),
+    /// The settlement backend could not be opened (an unusable ledger URL).
+    #[error("settlement backend: {0}")]
+    Client(#[from] SettlementError),
     /// The node was stopped before the ledger answered.
     #[error("stopped before the registry could be read")]
     Stopped,
@@ -45,16 +45,17 @@ pub struct RegistryWatch {
 }
 
 impl RegistryWatch {
-    /// Reads the registry from the ledger at `ledger_url` (retrying while the ledger is not up, as
-    /// after a host restart, or serves nothing `trust` accepts) and keeps it current until
-    /// `shutdown`. When the ledger's version is refused but the data directory keeps a good one,
-    /// the node starts on that.
+    /// Reads the registry from the settlement `backend` (retrying while it is not up, as after a
+    /// host restart, or serves nothing `trust` accepts) and keeps it current until `shutdown`
+    /// (with the backend's watch: the local ledger's long poll, or polling). When the backend's
+    /// version is refused but the data directory keeps a good one, the node starts on that.
     pub async fn start(
-        ledger_url: &str,
+        backend: &dyn SettlementBackend,
         trust: RegistryTrust,
         shutdown: CancellationToken,
     ) -> Result<Self, RegistryError> {
-        let mut reader = RegistryReader::new(ledger_url, trust)?;
+        let ledger_url = backend.location();
+        let mut reader = RegistryReader::new(backend, trust)?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = loop {
             let read = tokio::select! {
@@ -345,8 +346,8 @@ pub async fn until_refused<T, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_ledger::{LedgerClient, LedgerConfig};
-    use cocoon_money::{AccountId, Hash32, RegistryEdit};
+    use cocoon_ledger::{LedgerClient, LedgerConfig, LocalLedger};
+    use cocoon_money::{AccountId, Hash32, RegistryEdit, Settlement};
     use cocoon_tee::{Attester, FakeAttester, Verifier};
 
     fn image(label: &str) -> ImageHash {
@@ -371,7 +372,7 @@ mod tests {
 
     async fn edit(url: &str, owner: &ed25519_dalek::SigningKey, edit: RegistryEdit) {
         let client = LedgerClient::new(url, owner.clone()).unwrap();
-        let current = client.registry_newer_than(0, Duration::ZERO).await.unwrap();
+        let current = client.registry().await.unwrap();
         let registry = current.edited(&edit).unwrap();
         client
             .submit(cocoon_money::TransactionBody::UpdateRegistry { registry })
@@ -397,7 +398,7 @@ mod tests {
             owner: AccountId::from(&owner),
             data_dir: None,
         };
-        let watch = RegistryWatch::start(&ledger.url(), trust, shutdown.clone())
+        let watch = RegistryWatch::start(&LocalLedger::new(&ledger.url()), trust, shutdown.clone())
             .await
             .unwrap();
         assert_eq!(watch.current().version, 3);

@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::{ClientError, LedgerClient};
 use cocoon_money::signed_registry::verify_update;
-use cocoon_money::{AccountId, Registry, RegistryRefusal, SeenVersion, SignedTransaction};
+use cocoon_money::{
+    AccountId, Registry, RegistryRefusal, SeenVersion, Settlement, SettlementBackend,
+    SettlementError, SignedTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 /// The file in a node's data directory that keeps the last registry update it accepted.
@@ -106,9 +108,9 @@ impl RegistryTrust {
 /// Why a registry read gave no version to use.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The ledger did not answer.
+    /// The settlement backend did not answer.
     #[error(transparent)]
-    Ledger(#[from] ClientError),
+    Ledger(#[from] SettlementError),
     /// The ledger answered with a version this node refuses.
     #[error(transparent)]
     Refused(#[from] RegistryRefusal),
@@ -157,9 +159,9 @@ struct SeenFile {
     update: SignedTransaction,
 }
 
-/// Reads the registry from one ledger and judges every version by the node's trust.
+/// Reads the registry from one settlement backend and judges every version by the node's trust.
 pub(crate) struct RegistryReader {
-    ledger: LedgerClient,
+    ledger: Arc<dyn Settlement>,
     url: String,
     trust: RegistryTrust,
     seen: Option<SeenVersion>,
@@ -169,11 +171,14 @@ pub(crate) struct RegistryReader {
 }
 
 impl RegistryReader {
-    /// A reader of the ledger at `url`, starting from the version kept in the data directory.
-    pub(crate) fn new(url: &str, trust: RegistryTrust) -> Result<Self, ClientError> {
+    /// A reader of `backend`, starting from the version kept in the data directory.
+    pub(crate) fn new(
+        backend: &dyn SettlementBackend,
+        trust: RegistryTrust,
+    ) -> Result<Self, SettlementError> {
         let mut reader = Self {
-            ledger: LedgerClient::read_only(url)?,
-            url: url.to_owned(),
+            ledger: backend.connect(None)?,
+            url: backend.location().to_owned(),
             trust,
             seen: None,
             stored: None,

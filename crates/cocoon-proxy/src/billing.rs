@@ -35,11 +35,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::LedgerClient;
 use cocoon_money::pricing::COEFFICIENT_ONE;
 use cocoon_money::{
     price, worst_case_cost, AccountId, Amount, ClientContract, ClientStatement, ContractStatus,
-    Cost, Prices, PricingError, Settlement, SettlementError, VoucherSigner, WorkerStatement,
+    Cost, Prices, PricingError, Settlement, SettlementBackend, SettlementError, VoucherSigner,
+    WorkerStatement,
 };
 use cocoon_node::registry::RegistryWatch;
 use cocoon_proto::{ErrorKind, TokenUsage};
@@ -220,7 +220,7 @@ pub struct Billing {
     bad_worker_signer: Option<VoucherSigner>,
     /// Signs with the operator's key when this process holds it, else with the voucher key (which
     /// may still submit vouchers: anyone may).
-    ledger: LedgerClient,
+    ledger: Arc<dyn Settlement>,
     /// Whether `ledger` signs as the operator (then the proxy withdraws its own commission).
     acts_for_operator: bool,
     /// The database as read by requests and settlement; the writer has a connection of its own.
@@ -276,14 +276,15 @@ pub struct AnswerCost {
 }
 
 impl Billing {
-    /// Opens the proxy's billing: database, ledger contract, this start's `voucher_key`. With
-    /// the operator's key, opens the contract if needed and authorizes `voucher_key`; without
-    /// it, waits until the operator has.
+    /// Opens the proxy's billing: database, contract on the settlement `backend`, this start's
+    /// `voucher_key`. With the operator's key, opens the contract if needed and authorizes
+    /// `voucher_key`; without it, waits until the operator has.
     pub async fn open(
         config: BillingConfig,
         operator: Operator,
         voucher_key: SigningKey,
         registry: &RegistryWatch,
+        backend: &dyn SettlementBackend,
     ) -> Result<Arc<Self>, BillingError> {
         let account = operator.account();
         let acts_for_operator = matches!(operator, Operator::Key(_));
@@ -291,8 +292,7 @@ impl Billing {
             Operator::Key(key) => key,
             Operator::Account(_) => voucher_key.clone(),
         };
-        let ledger = LedgerClient::new(&config.ledger, ledger_key)
-            .map_err(|e| BillingError::Ledger(e.into()))?;
+        let ledger = backend.connect(Some(ledger_key))?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| {
             cocoon_node::wallet::WalletError::DataDir {
                 path: config.data_dir.clone(),
@@ -303,9 +303,9 @@ impl Billing {
         let store = BillingStore::open(&path)?;
         let key = AccountId::from(&voucher_key);
         if acts_for_operator {
-            open_and_authorize(&ledger, &config, registry, account, key).await?;
+            open_and_authorize(&*ledger, &config, registry, account, key).await?;
         } else {
-            wait_for_authorization(&ledger, &config, account, key).await;
+            wait_for_authorization(&*ledger, &config, account, key).await;
         }
         let bad_worker_signer = config.bad_worker_vouchers.map(|how| {
             tracing::error!(

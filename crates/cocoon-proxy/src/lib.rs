@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cocoon_money::{AccountId, ImageRole};
+use cocoon_money::{AccountId, ImageRole, SettlementBackend};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
@@ -67,9 +67,11 @@ impl RunningProxy {
     }
 }
 
-/// Starts a proxy: attests, binds its three ports, accepts workers and clients.
+/// Starts a proxy: attests, binds its three ports, accepts workers and clients; its registry
+/// and contract are on the settlement `backend`.
 pub async fn start(
     config: ProxyConfig,
+    backend: &dyn SettlementBackend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningProxy> {
     let registry_trust = config.registry_trust()?;
@@ -82,7 +84,7 @@ pub async fn start(
         cocoon_node::wallet::VOUCHER_KEY_ATTRIBUTE.to_owned(),
         AccountId::from(&voucher_key).to_string(),
     );
-    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
+    let registry = RegistryWatch::start(backend, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
     if config.test_only_overcharge {
@@ -100,9 +102,10 @@ pub async fn start(
     std::fs::create_dir_all(&config.data_dir)
         .and_then(|()| std::fs::write(&certificate, trust.identity().certificate_der()))
         .with_context(|| format!("writing {}", certificate.display()))?;
-    let billing = billing::Billing::open(config.billing(), operator, voucher_key, &registry)
-        .await
-        .context("opening the proxy's billing")?;
+    let billing =
+        billing::Billing::open(config.billing(), operator, voucher_key, &registry, backend)
+            .await
+            .context("opening the proxy's billing")?;
     // Each port has its own minimum and list: accepting weaker clients never admits weaker workers.
     let worker_policy = trust.peer_policy(
         &config.allow_worker_image,
@@ -228,7 +231,11 @@ pub async fn start(
     })
 }
 
-/// Runs a proxy until `shutdown`.
-pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+/// Runs a proxy on the settlement `backend` until `shutdown`.
+pub async fn run(
+    config: ProxyConfig,
+    backend: &dyn SettlementBackend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, backend, shutdown).await?.wait().await
 }

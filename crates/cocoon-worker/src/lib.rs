@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use cocoon_money::{AccountId, ImageRole};
+use cocoon_money::{AccountId, ImageRole, SettlementBackend};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::engine_claim::{self, ENGINE_ATTRIBUTE};
 use cocoon_node::registry::{keep_each_endpoint, ProxyPort, RegistryWatch};
@@ -61,9 +61,11 @@ impl RunningWorker {
     }
 }
 
-/// Starts a worker: loads the engine, attests, links to the proxies, serves stats.
+/// Starts a worker: loads the engine, attests, links to the proxies, serves stats; its registry
+/// and earnings are on the settlement `backend`.
 pub async fn start(
     config: WorkerConfig,
+    backend: &dyn SettlementBackend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
     let registry_trust = config.registry_trust()?;
@@ -78,15 +80,16 @@ pub async fn start(
     let (claim_key, payee) = claim_key_and_payee(&config)?;
     let claims = cocoon_node::wallet::with_wallet(claims, payee);
     let claim_interval = Duration::from_millis(config.claim_interval_ms.max(10));
+    let ledger = backend
+        .connect(Some(claim_key))
+        .context("connecting to the ledger")?;
     let settlement = settlement::WorkerSettlement::new(
-        &config.ledger,
-        claim_key,
+        ledger,
         payee,
         config.claim_threshold,
         claim_interval,
         config.max_unvouched,
-    )
-    .context("connecting to the ledger")?;
+    );
     let trust = NodeTrust::new(&config.attestation, "worker", claims)
         .await
         .context("attesting the worker")?;
@@ -101,7 +104,7 @@ pub async fn start(
         trust: trust.clone(),
     };
     let router = http::link_router(serving.clone()).merge(settlement.router());
-    let registry = RegistryWatch::start(&config.ledger, registry_trust, shutdown.clone())
+    let registry = RegistryWatch::start(backend, registry_trust, shutdown.clone())
         .await
         .context("reading the registry")?;
     let proxy_policy = trust.peer_policy(
@@ -176,9 +179,13 @@ pub async fn start(
     })
 }
 
-/// Runs a worker until `shutdown`.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    start(config, shutdown).await?.wait().await
+/// Runs a worker on the settlement `backend` until `shutdown`.
+pub async fn run(
+    config: WorkerConfig,
+    backend: &dyn SettlementBackend,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, backend, shutdown).await?.wait().await
 }
 
 /// The key that signs this worker's claims, and the account its earnings are paid to: a fresh

@@ -13,13 +13,11 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use cocoon_ledger::LedgerClient;
 use cocoon_money::{AccountId, Amount, Settlement, WorkerStatement};
 use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::serve::LogThrottle;
 use cocoon_proto::link::PATH_EARNINGS;
 use cocoon_proto::ErrorKind;
-use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -52,7 +50,7 @@ struct Earnings {
 pub struct WorkerSettlement {
     /// The account earnings are paid to (named in the proxies' vouchers).
     account: AccountId,
-    ledger: LedgerClient,
+    ledger: Arc<dyn Settlement>,
     threshold: Amount,
     interval: Duration,
     earnings: Mutex<BTreeMap<AccountId, Earnings>>,
@@ -78,21 +76,20 @@ fn claimable(earnings: &Earnings) -> Amount {
 }
 
 impl WorkerSettlement {
-    /// Settlement of the earnings paid to `payee` against the ledger at `ledger_url`, claiming
-    /// (transactions signed with `key`, which need not be `payee`'s) once at least `threshold` is
-    /// claimable from one proxy (checked every `interval`), and serving no proxy whose vouchers
-    /// fall more than `max_unvouched` behind.
+    /// Settlement of the earnings paid to `payee` on `ledger`, claiming (with `ledger`'s key,
+    /// which need not be `payee`'s) once at least `threshold` is claimable from one proxy
+    /// (checked every `interval`), and serving no proxy whose vouchers fall more than
+    /// `max_unvouched` behind.
     pub fn new(
-        ledger_url: &str,
-        key: SigningKey,
+        ledger: Arc<dyn Settlement>,
         payee: AccountId,
         threshold: Amount,
         interval: Duration,
         max_unvouched: Amount,
-    ) -> Result<Arc<Self>, cocoon_ledger::ClientError> {
-        Ok(Arc::new(Self {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             account: payee,
-            ledger: LedgerClient::new(ledger_url, key)?,
+            ledger,
             threshold,
             interval,
             earnings: Mutex::new(BTreeMap::new()),
@@ -101,7 +98,7 @@ impl WorkerSettlement {
             max_unvouched,
             refused: Mutex::new((0, None)),
             refusal_log: LogThrottle::per_second(),
-        }))
+        })
     }
 
     /// An answer served on `proxy`'s link earned `amount`.
@@ -341,6 +338,7 @@ async fn receive(
 mod tests {
     use super::*;
     use cocoon_money::VoucherSigner;
+    use ed25519_dalek::SigningKey;
 
     fn settlement() -> Arc<WorkerSettlement> {
         settlement_with(1_000)
@@ -351,14 +349,17 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         let payee = AccountId::from(&key);
         WorkerSettlement::new(
-            "http://127.0.0.1:9",
-            key,
+            unreachable_ledger(key),
             payee,
             100,
             Duration::from_secs(1),
             max_unvouched,
         )
-        .unwrap()
+    }
+
+    /// A ledger handle signing with `key`, on a port nothing listens on.
+    fn unreachable_ledger(key: SigningKey) -> Arc<dyn Settlement> {
+        Arc::new(cocoon_ledger::LedgerClient::new("http://127.0.0.1:9", key).unwrap())
     }
 
     /// The link of the proxy with contract `proxy` whose key signs [`statement_from`]'s vouchers.
@@ -421,14 +422,12 @@ mod tests {
         let key = SigningKey::from_bytes(&[3; 32]);
         let payee = AccountId([5; 32]);
         let settlement = WorkerSettlement::new(
-            "http://127.0.0.1:9",
-            key.clone(),
+            unreachable_ledger(key.clone()),
             payee,
             1,
             Duration::from_secs(1),
             1_000,
-        )
-        .unwrap();
+        );
         assert_eq!(settlement.account(), payee);
         settlement
             .accept(statement(payee, 40, 1), &proxy_link())
@@ -460,6 +459,7 @@ mod tests {
 mod pay_checks {
     use super::*;
     use cocoon_money::VoucherSigner;
+    use ed25519_dalek::SigningKey;
 
     use super::tests::settlement_with as settlement;
 

@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use cocoon_client::ClientConfig;
-use cocoon_ledger::{LedgerClient, LedgerConfig};
-use cocoon_money::{AccountId, Hash32, ImageRole, RegistryEdit};
+use cocoon_ledger::LedgerConfig;
+use cocoon_money::{AccountId, Hash32, ImageRole, RegistryEdit, Settlement};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::serve::HttpLimits;
 use cocoon_proto::clock::SystemClock;
@@ -120,13 +120,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting the dev ledger")?;
     let ledger_url = ledger.url();
+    let backend = crate::settlement::backend(&ledger_url);
+    // The registry owner's handle, for the dev registry's edits below.
+    let owner_ledger = backend.connect(Some(owner_key.clone()))?;
     let owner_key_file = data_dir.join("registry-owner.key");
     if !owner_key_file.exists() {
         crate::registry::write_key(&owner_key_file, &owner_key)?;
     }
     // The dev registry lists this network's proxy and images, as a production registry would; the
     // nodes below find each other and judge each other from it.
-    register_dev_network(&ledger_url, &owner_key, &port(11001), &port(11002)).await?;
+    register_dev_network(&*owner_ledger, &port(11001), &port(11002)).await?;
 
     let proxy = cocoon_proxy::start(
         ProxyConfig {
@@ -164,6 +167,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http: HttpLimits::default(),
             attestation: attestation(PROXY_IMAGE),
         },
+        &*backend,
         shutdown.clone(),
     )
     .await?;
@@ -198,6 +202,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
             },
+            &*backend,
             shutdown.clone(),
         )
         .await?;
@@ -205,8 +210,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     let model = workers[0].info.model.clone();
     allow_dev_model(
-        &ledger_url,
-        &owner_key,
+        &*owner_ledger,
         &model,
         workers[0].info.model_hash.as_deref(),
     )
@@ -236,6 +240,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             http: HttpLimits::default(),
             attestation: attestation(CLIENT_IMAGE),
         },
+        &*backend,
         shutdown.clone(),
     )
     .await?;
@@ -279,12 +284,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 /// Lists the dev proxy's endpoints and the dev images in the registry, unless a previous run did,
 /// and makes sure its version is signed by the owner.
 async fn register_dev_network(
-    ledger_url: &str,
-    owner_key: &ed25519_dalek::SigningKey,
+    ledger: &dyn Settlement,
     worker_endpoint: &str,
     client_endpoint: &str,
 ) -> anyhow::Result<()> {
-    update_dev_registry(ledger_url, owner_key, |current| {
+    update_dev_registry(ledger, |current| {
         let mut edits = Vec::new();
         for (role, label) in [
             (ImageRole::Proxy, PROXY_IMAGE),
@@ -314,8 +318,7 @@ async fn register_dev_network(
 /// run's workers out. An engine that reports no weights hash (synthetic, an engine URL) can only be
 /// admitted by a registry that lists no models.
 async fn allow_dev_model(
-    ledger_url: &str,
-    owner_key: &ed25519_dalek::SigningKey,
+    ledger: &dyn Settlement,
     model: &str,
     hash: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -323,14 +326,13 @@ async fn allow_dev_model(
         Some(hash) => BTreeMap::from([(model.to_owned(), hash.parse::<Hash32>()?)]),
         None => BTreeMap::new(),
     };
-    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
-    let current = crate::registry::read(&ledger, ledger_url).await?;
+    let current = crate::registry::read(ledger, "the dev ledger").await?;
     if current.models != wanted {
         let mut next = current.clone();
         next.models = wanted;
         next.version = current.version + 1;
         ledger
-            .submit(cocoon_money::TransactionBody::UpdateRegistry { registry: next })
+            .update_registry(next)
             .await
             .context("updating the dev registry's models")?;
     }
@@ -339,19 +341,17 @@ async fn allow_dev_model(
 
 /// Applies the edits `wanted` finds missing from the current dev registry, as its owner.
 async fn update_dev_registry(
-    ledger_url: &str,
-    owner_key: &ed25519_dalek::SigningKey,
+    ledger: &dyn Settlement,
     wanted: impl FnOnce(&cocoon_money::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
 ) -> anyhow::Result<()> {
-    let ledger = LedgerClient::new(ledger_url, owner_key.clone())?;
     let answer = ledger
-        .registry_answer_newer_than(0, Duration::ZERO)
+        .registry_answer()
         .await
-        .with_context(|| format!("reading the registry from {ledger_url}"))?;
+        .context("reading the dev registry")?;
     let edits = wanted(&answer.registry)?;
     // The nodes read only versions the owner signed: a new ledger's first one is not.
     if !edits.is_empty() || answer.signed_update.is_none() {
-        crate::registry::apply(&ledger, &answer.registry, &edits).await?;
+        crate::registry::apply(ledger, &answer.registry, &edits).await?;
     }
     Ok(())
 }

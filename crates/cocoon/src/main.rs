@@ -10,6 +10,7 @@ mod engine;
 mod ledger;
 mod receipt;
 mod registry;
+mod settlement;
 mod wallet;
 
 use std::path::PathBuf;
@@ -171,24 +172,27 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = effective(name, sub, &args)? else {
                 return Ok(());
             };
+            let backend = settlement::backend(&config.ledger);
             runtime.block_on(async {
-                cocoon_proxy::run(config, cocoon_node::shutdown::on_signal()).await
+                cocoon_proxy::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }
         Role::Worker(args) => {
             let Some(config) = effective(name, sub, &args)? else {
                 return Ok(());
             };
+            let backend = settlement::backend(&config.ledger);
             runtime.block_on(async {
-                cocoon_worker::run(config, cocoon_node::shutdown::on_signal()).await
+                cocoon_worker::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }
         Role::Client(args) => {
             let Some(config) = effective(name, sub, &args)? else {
                 return Ok(());
             };
+            let backend = settlement::backend(&config.ledger);
             runtime.block_on(async {
-                cocoon_client::run(config, cocoon_node::shutdown::on_signal()).await
+                cocoon_client::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }
     }

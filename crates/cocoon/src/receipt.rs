@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cocoon_ledger::LedgerClient;
 use cocoon_money::Registry;
 use cocoon_receipt::{AnswerText, Expectations, Receipt};
 use cocoon_tee::{AttestationKind, Quote, Verifier};
@@ -71,7 +70,8 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a registry document", path.display()))?,
         ),
         (None, Some(url)) => {
-            Some(crate::registry::read(&LedgerClient::read_only(url)?, url).await?)
+            let ledger = crate::settlement::backend(url).connect(None)?;
+            Some(crate::registry::read(&*ledger, url).await?)
         }
         (None, None) => None,
     };

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use cocoon_ledger::LedgerClient;
 use cocoon_money::{
-    AccountId, Amount, ImageRole, Registry, RegistryAnswer, RegistryEdit, TransactionBody,
+    AccountId, Amount, ImageRole, Registry, RegistryAnswer, RegistryEdit, Settlement,
 };
 use ed25519_dalek::SigningKey;
 
@@ -86,9 +85,9 @@ pub struct PriceArgs {
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let change = match args.command {
         RegistryCommand::Show => {
-            let ledger = LedgerClient::read_only(&args.ledger)?;
+            let ledger = crate::settlement::backend(&args.ledger).connect(None)?;
             let answer = ledger
-                .registry_answer_newer_than(0, std::time::Duration::ZERO)
+                .registry_answer()
                 .await
                 .with_context(|| format!("reading the registry from {}", args.ledger))?;
             return print(&answer, args.json);
@@ -107,8 +106,8 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let Some(key_file) = &args.owner_key else {
         bail!("changing the registry needs its owner's key: pass --owner-key FILE");
     };
-    let ledger = LedgerClient::new(&args.ledger, read_key(key_file)?)?;
-    let current = read(&ledger, &args.ledger).await?;
+    let ledger = crate::settlement::backend(&args.ledger).connect(Some(read_key(key_file)?))?;
+    let current = read(&*ledger, &args.ledger).await?;
     let edits = match change {
         ChangeCommand::Edit(edit) => vec![edit],
         ChangeCommand::SetPrice(prices) => vec![RegistryEdit::SetPrices {
@@ -116,7 +115,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
         }],
         ChangeCommand::Publish => Vec::new(),
     };
-    let updated = apply(&ledger, &current, &edits).await?;
+    let updated = apply(&*ledger, &current, &edits).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&updated)?);
     } else {
@@ -126,9 +125,9 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
 }
 
 /// The current registry.
-pub async fn read(ledger: &LedgerClient, url: &str) -> anyhow::Result<Registry> {
+pub async fn read(ledger: &dyn Settlement, url: &str) -> anyhow::Result<Registry> {
     ledger
-        .registry_newer_than(0, std::time::Duration::ZERO)
+        .registry()
         .await
         .with_context(|| format!("reading the registry from {url}"))
 }
@@ -153,7 +152,7 @@ fn new_prices(current: &cocoon_money::Prices, args: &PriceArgs) -> cocoon_money:
 /// Applies `edits` to `current` and submits the result as one owner-signed update (version + 1).
 /// A concurrent update makes the ledger refuse this one (its version is no longer newer).
 pub async fn apply(
-    ledger: &LedgerClient,
+    ledger: &dyn Settlement,
     current: &Registry,
     edits: &[RegistryEdit],
 ) -> anyhow::Result<Registry> {
@@ -163,9 +162,7 @@ pub async fn apply(
     }
     next.version = current.version + 1;
     ledger
-        .submit(TransactionBody::UpdateRegistry {
-            registry: next.clone(),
-        })
+        .update_registry(next.clone())
         .await
         .context("the ledger refused the registry update")?;
     Ok(next)
@@ -175,10 +172,10 @@ pub async fn apply(
 /// ledger answers (within 30 s): for a network that starts its own ledger, so that its nodes,
 /// which pin the owner, have a signed version to read.
 pub async fn publish_when_up(url: &str, owner_key: &SigningKey) -> anyhow::Result<Registry> {
-    let ledger = LedgerClient::new(url, owner_key.clone())?;
+    let ledger = crate::settlement::backend(url).connect(Some(owner_key.clone()))?;
     let started = std::time::Instant::now();
     let current = loop {
-        match read(&ledger, url).await {
+        match read(&*ledger, url).await {
             Ok(current) => break current,
             Err(_) if started.elapsed() < std::time::Duration::from_secs(30) => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -186,7 +183,7 @@ pub async fn publish_when_up(url: &str, owner_key: &SigningKey) -> anyhow::Resul
             Err(error) => return Err(error.context("the ledger did not come up within 30 s")),
         }
     };
-    apply(&ledger, &current, &[]).await
+    apply(&*ledger, &current, &[]).await
 }
 
 pub use cocoon_node::key_file::{read_key, write_key};

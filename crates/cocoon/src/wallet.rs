@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use cocoon_ledger::LedgerClient;
-use cocoon_money::{AccountId, Amount, Settlement, SignedVoucher};
+
+use cocoon_money::{AccountId, Amount, Settlement, SettlementBackend, SignedVoucher};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::registry_trust::RegistryTrust;
@@ -124,7 +124,7 @@ pub enum WalletCommand {
 /// The registry's `min_client_stake`, from a version its pinned owner signed (and not older than
 /// the last one this data directory saw).
 async fn verified_min_client_stake(
-    ledger: &str,
+    backend: &dyn SettlementBackend,
     owner: &str,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Amount> {
@@ -138,7 +138,7 @@ async fn verified_min_client_stake(
     let stop = CancellationToken::new();
     let registry = tokio::time::timeout(
         REGISTRY_WAIT,
-        RegistryWatch::start(ledger, trust, stop.clone()),
+        RegistryWatch::start(backend, trust, stop.clone()),
     )
     .await
     .with_context(|| {
@@ -158,13 +158,14 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
     let key = cocoon_node::wallet::open_wallet(&args.data_dir, &args.attestation)
         .context("opening the wallet key")?;
     let account = AccountId::from(&key);
-    let ledger = LedgerClient::new(&args.ledger, key).context("bad --ledger")?;
+    let backend = crate::settlement::backend(&args.ledger);
+    let ledger = backend.connect(Some(key)).context("bad --ledger")?;
     let out = match args.command {
         WalletCommand::New | WalletCommand::Address => json!({ "address": account.to_string() }),
-        WalletCommand::Balance { proxy } => balance(&ledger, account, proxy).await?,
+        WalletCommand::Balance { proxy } => balance(&*ledger, account, proxy).await?,
         WalletCommand::Transfer { to, amount } => {
             let receipt = ledger.transfer(to, amount).await?;
-            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, None).await? })
+            json!({ "outcome": receipt.outcome, "balance": balance(&*ledger, account, None).await? })
         }
         WalletCommand::Faucet { amount } => {
             let receipt = ledger.faucet(amount).await?;
@@ -185,17 +186,13 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
                 let stake = match stake {
                     Some(stake) => stake,
                     None => {
-                        verified_min_client_stake(
-                            &args.ledger,
-                            &args.registry_owner,
-                            &args.data_dir,
-                        )
-                        .await?
+                        verified_min_client_stake(&*backend, &args.registry_owner, &args.data_dir)
+                            .await?
                     }
                 };
                 ledger.open_client(proxy, amount, stake).await?;
             }
-            balance(&ledger, account, Some(proxy)).await?
+            balance(&*ledger, account, Some(proxy)).await?
         }
         WalletCommand::Withdraw {
             proxy,
@@ -207,7 +204,7 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
                 (false, Some(proxy)) => ledger.withdraw_client(proxy, amount).await?,
                 (false, None) => anyhow::bail!("--proxy or --commission is required"),
             };
-            balance(&ledger, account, proxy).await?
+            balance(&*ledger, account, proxy).await?
         }
         WalletCommand::Close { proxy } => {
             let closing = ledger
@@ -219,13 +216,13 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             } else {
                 ledger.close_client(proxy, None).await?
             };
-            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, Some(proxy)).await? })
+            json!({ "outcome": receipt.outcome, "balance": balance(&*ledger, account, Some(proxy)).await? })
         }
         WalletCommand::Claim { voucher } => {
             let voucher: SignedVoucher =
                 serde_json::from_str(&voucher).context("--voucher is not a signed voucher")?;
             let receipt = ledger.claim(voucher).await?;
-            json!({ "outcome": receipt.outcome, "balance": balance(&ledger, account, None).await? })
+            json!({ "outcome": receipt.outcome, "balance": balance(&*ledger, account, None).await? })
         }
         WalletCommand::AuthorizeProxyKey { key, stake } => {
             let open = ledger
@@ -236,11 +233,11 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
                 Some(stake) if !open => ledger.open_proxy(stake, key).await?,
                 _ => ledger.authorize_proxy_key(key).await?,
             };
-            balance(&ledger, account, None).await?
+            balance(&*ledger, account, None).await?
         }
         WalletCommand::RevokeProxyKey { key } => {
             ledger.revoke_proxy_key(key).await?;
-            balance(&ledger, account, None).await?
+            balance(&*ledger, account, None).await?
         }
     };
     if args.json {
@@ -252,7 +249,7 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
 }
 
 async fn balance(
-    ledger: &LedgerClient,
+    ledger: &dyn Settlement,
     account: AccountId,
     proxy: Option<AccountId>,
 ) -> anyhow::Result<Value> {

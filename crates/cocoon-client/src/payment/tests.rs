@@ -94,7 +94,8 @@ async fn payer() -> Arc<Payer> {
         .unwrap();
     let wallet = SigningKey::from_bytes(&[9; 32]);
     let (_, prices) = watch::channel(Arc::new(Prices::default()));
-    let ledger = LedgerClient::new("http://127.0.0.1:9", wallet.clone()).unwrap();
+    let ledger =
+        Arc::new(cocoon_ledger::LedgerClient::new("http://127.0.0.1:9", wallet.clone()).unwrap());
     Payer::new(wallet, trust, AttestationKind::Fake, prices, ledger, false)
 }
 

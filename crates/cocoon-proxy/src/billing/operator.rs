@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_ledger::LedgerClient;
 use cocoon_money::{AccountId, ContractStatus, Settlement};
 use cocoon_node::registry::RegistryWatch;
 use ed25519_dalek::SigningKey;
@@ -49,7 +48,7 @@ pub enum BadWorkerVouchers {
 /// With the operator's key: opens the proxy contract with `key` as its voucher key, or
 /// authorizes `key` on the open one.
 pub(super) async fn open_and_authorize(
-    ledger: &LedgerClient,
+    ledger: &dyn Settlement,
     config: &BillingConfig,
     registry: &RegistryWatch,
     account: AccountId,
@@ -85,7 +84,7 @@ pub(super) async fn open_and_authorize(
 /// Without the operator's key: waits until the operator's open proxy contract authorizes `key`,
 /// saying what to run meanwhile. Vouchers signed before would be worthless, so nothing is served.
 pub(super) async fn wait_for_authorization(
-    ledger: &LedgerClient,
+    ledger: &dyn Settlement,
     config: &BillingConfig,
     account: AccountId,
     key: AccountId,

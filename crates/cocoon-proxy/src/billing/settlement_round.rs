@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cocoon_money::{Amount, Settlement, SettlementError, WorkerStatement};
+use cocoon_money::{Amount, SettlementError, WorkerStatement};
 use cocoon_node::Body;
 use cocoon_proto::link::PATH_EARNINGS;
 use http::{header, Request};

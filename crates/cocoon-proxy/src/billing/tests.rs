@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::routing::Routing;
+use cocoon_ledger::{LedgerClient, LocalLedger};
 use cocoon_money::Voucher;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,7 @@ async fn reopen(
         operator,
         SigningKey::generate(&mut rand::rngs::OsRng),
         &registry_of(ledger).await,
+        &LocalLedger::new(&ledger.url()),
     )
     .await
     .unwrap()
@@ -75,9 +77,13 @@ async fn reopen(
 
 async fn registry_of(ledger: &cocoon_ledger::LedgerHandle) -> RegistryWatch {
     let trust = cocoon_node::registry_trust::RegistryTrust::Unverified;
-    RegistryWatch::start(&ledger.url(), trust, CancellationToken::new())
-        .await
-        .unwrap()
+    RegistryWatch::start(
+        &LocalLedger::new(&ledger.url()),
+        trust,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap()
 }
 
 fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
@@ -257,11 +263,13 @@ async fn without_the_operators_key_a_proxy_waits_until_its_key_is_authorized() {
     let voucher_key = SigningKey::from_bytes(&[12; 32]);
     let config = billing_config(&ledger.url(), &dir.path().join("proxy"));
     let registry = registry_of(&ledger).await;
+    let backend = LocalLedger::new(&ledger.url());
     let opening = Billing::open(
         config,
         Operator::Account(account),
         voucher_key.clone(),
         &registry,
+        &backend,
     );
     tokio::pin!(opening);
     // Not authorized: still waiting after a few looks at the ledger.

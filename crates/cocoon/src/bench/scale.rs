@@ -85,6 +85,7 @@ const STARTING_AT_ONCE: usize = 32;
 /// Runs `count` workers in this process until Ctrl-C or SIGTERM.
 pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
     let shutdown = cocoon_node::shutdown::on_signal();
+    let backend = crate::settlement::backend(&args.ledger);
     let started = futures::stream::iter(0..args.count)
         .map(|index| {
             let config = WorkerConfig {
@@ -120,7 +121,7 @@ pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
                     pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
                 },
             };
-            cocoon_worker::start(config, shutdown.clone())
+            cocoon_worker::start(config, &*backend, shutdown.clone())
         })
         .buffer_unordered(STARTING_AT_ONCE)
         .collect::<Vec<_>>()
