@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 
-use cocoon_ledger::{
+use cocoon_money::{
     AccountId, Amount, Context, ContractStatus, LedgerState, Registry, RuleError, Transaction,
     TransactionBody, Voucher, VoucherKind,
 };
