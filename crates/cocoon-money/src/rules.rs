@@ -114,7 +114,7 @@ pub struct ProxyContract {
     /// The key whose signature vouchers of this proxy must carry (the last one authorized).
     pub voucher_key: AccountId,
     /// Keys authorized before `voucher_key` whose vouchers are still honoured, oldest first
-    /// (see [`proxy_keys`]).
+    /// (see `rules/proxy_keys.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_voucher_keys: Vec<AccountId>,
     /// Locked stake; backs worker claims when the pool runs short.
