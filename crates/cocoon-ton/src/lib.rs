@@ -1,17 +1,27 @@
-//! TON access for Cocoon's settlement: a client of the TON HTTP API v2 ([`api`]) and one sender
-//! per wallet ([`sender`]) that signs v5r1 external messages with a short validity and watches
-//! the chain until each is applied or can no longer be.
+//! TON access for Cocoon's settlement: a client of the TON HTTP API v2 ([`api`]), one sender per
+//! wallet ([`sender`]) that signs v5r1 external messages with a short validity and watches the
+//! chain until each is applied or can no longer be, and the Cocoon contracts seen from Rust: their
+//! committed code ([`code`]), initial data and addresses ([`contracts`]), message bodies
+//! ([`messages`], [`registry_cells`]) and get-methods ([`getters`], over [`stack`]).
 //!
-//! The contracts and the `Settlement` backend over them build on this (issue #12); the devnet in
-//! `contracts/devnet/` serves the same API for tests.
+//! The devnet in `contracts/devnet/` serves the same API for tests.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod code;
+pub mod contracts;
+pub mod getters;
+pub mod messages;
+pub mod registry_cells;
 pub mod sender;
+pub mod stack;
 
 pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, TxId};
+pub use contracts::{ChannelTerms, Deployment, ProxyTerms, RootTerms};
+pub use getters::GetterError;
+pub use messages::{ChannelMessage, ProxyMessage, SignedAmount, UpdateRegistry};
+pub use registry_cells::{ListedProxy, RegistryLists, RegistryParams};
 pub use sender::{SendError, WalletSender};
 pub use tonlib_core::TonAddress;
