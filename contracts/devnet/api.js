@@ -5,7 +5,9 @@
 // Chain time follows the wall clock, plus whatever `/devnet/advance` added: a test of a close delay
 // jumps over it instead of waiting.
 
-import { Address, Cell, beginCell, loadMessage, toNano } from '@ton/core';
+import { readFileSync } from 'node:fs';
+
+import { Address, Cell, beginCell, contractAddress, loadMessage, toNano } from '@ton/core';
 import { Blockchain, internal } from '@ton/sandbox';
 
 /** An error answered as `{ok: false, error, code}`. */
@@ -51,6 +53,35 @@ function parseLimit(text, fallback, max) {
         throw new ApiError(416, `limit: expected an integer from 1 to ${max}`);
     }
     return value;
+}
+
+/** The committed root code (`npm run build`), as the Rust side embeds it. */
+const ROOT_CODE = Cell.fromBoc(readFileSync(new URL('../build/root.boc', import.meta.url)))[0];
+
+/** What a deployed root starts with: its storage and fee reserve. */
+const ROOT_DEPLOY_VALUE = toNano('1');
+
+/** root.tolk's `RegistryParams`, in order, with their widths. */
+const REGISTRY_PARAMS = [
+    ['price_per_token', 64], ['worker_fee_per_token', 64], ['prompt_multiplier', 32],
+    ['cached_multiplier', 32], ['completion_multiplier', 32], ['reasoning_multiplier', 32],
+    ['client_delay_before_close', 32], ['proxy_delay_before_close', 32], ['min_client_stake', 64],
+    ['min_proxy_stake', 64],
+];
+
+function parseRegistryParams(params) {
+    if (params !== undefined && (typeof params !== 'object' || params === null || Array.isArray(params))) {
+        throw new ApiError(416, 'params: expected an object of the registry parameters');
+    }
+    const builder = beginCell();
+    for (const [name, bits] of REGISTRY_PARAMS) {
+        const text = String(params?.[name] ?? 0);
+        if (!/^[0-9]{1,20}$/.test(text) || BigInt(text) >= 1n << BigInt(bits)) {
+            throw new ApiError(416, `params.${name}: expected an unsigned ${bits}-bit integer`);
+        }
+        builder.storeUint(BigInt(text), bits);
+    }
+    return builder.endCell();
 }
 
 /** Where faucet credits come from (a fixed address no key controls). */
@@ -295,6 +326,27 @@ export class Devnet {
         const result = await this.blockchain.sendMessage(internal({ from: FAUCET, to: address, value: BigInt(amount), bounce: false }));
         this.record(result);
         return { sent: amount, transactions: result.transactions.length };
+    }
+
+    /**
+     * Devnet only: deploys the committed root code with `owner`, version 0, the given `params`
+     * (zero where left out) and empty lists, funded by the faucet; answers its address. The same
+     * owner and params give the same address, so a second call only tops it up.
+     */
+    async deployRoot(body) {
+        const owner = parseAddress(body?.owner);
+        const params = parseRegistryParams(body?.params);
+        const emptyLists = beginCell().storeBit(false).storeBit(false).storeBit(false).storeBit(false).endCell();
+        const data = beginCell().storeAddress(owner).storeUint(0, 64).storeRef(params).storeRef(emptyLists).endCell();
+        const init = { code: ROOT_CODE, data };
+        const address = contractAddress(0, init);
+        const result = await this.blockchain.sendMessage(internal({ from: FAUCET, to: address, value: ROOT_DEPLOY_VALUE, bounce: false, stateInit: init }));
+        this.record(result);
+        const contract = await this.blockchain.getContract(address);
+        if (contract.accountState?.type !== 'active') {
+            throw new ApiError(500, 'the root did not deploy');
+        }
+        return { address: address.toRawString(), code_hash: ROOT_CODE.hash().toString('hex') };
     }
 
     /** Devnet only: moves chain time forward by `seconds` (it keeps following the clock after). */

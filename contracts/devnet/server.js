@@ -1,11 +1,12 @@
 // A local TON devnet for tests and `cocoon dev`: @ton/sandbox behind the TON HTTP API v2.
 //
-//   node devnet/server.js [--listen 127.0.0.1:13100]
+//   node devnet/server.js [--listen 127.0.0.1:13100] [--root-owner ADDRESS]
 //
-// Prints `devnet listening on http://ADDR` once it answers. Methods: GET getMasterchainInfo,
+// Prints `devnet listening on http://ADDR` once it answers; with --root-owner, first deploys the
+// committed root code (build/root.boc) with that owner and prints `devnet root ADDRESS` before. Methods: GET getMasterchainInfo,
 // getAddressInformation, getTransactions; POST sendBoc, runGetMethod (also under /api/v2/, as
 // toncenter serves them). Devnet only: POST /devnet/faucet {address, amount}, POST /devnet/advance
-// {seconds}. Calls run one at a time (the sandbox is a single state machine); chain time follows the
+// {seconds}, POST /devnet/deploy-root {owner, params?}. Calls run one at a time (the sandbox is a single state machine); chain time follows the
 // clock plus what /devnet/advance added.
 
 import http from 'node:http';
@@ -23,6 +24,7 @@ const routes = {
     'POST runGetMethod': (devnet, _query, body) => devnet.runGetMethod(body),
     'POST devnet/faucet': (devnet, _query, body) => devnet.faucetSend(body),
     'POST devnet/advance': (devnet, _query, body) => devnet.advance(body),
+    'POST devnet/deploy-root': (devnet, _query, body) => devnet.deployRoot(body),
 };
 
 function readBody(request) {
@@ -89,6 +91,11 @@ export async function start({ host = '127.0.0.1', port = 0 } = {}) {
 if (import.meta.url === `file://${process.argv[1]}`) {
     const at = process.argv.indexOf('--listen');
     const [host, port] = (at > 0 ? process.argv[at + 1] : '127.0.0.1:13100').split(':');
-    const { url } = await start({ host, port: Number(port) });
+    const ownerAt = process.argv.indexOf('--root-owner');
+    const { url, devnet } = await start({ host, port: Number(port) });
+    if (ownerAt > 0) {
+        const { address } = await devnet.deployRoot({ owner: process.argv[ownerAt + 1] });
+        console.log(`devnet root ${address}`);
+    }
     console.log(`devnet listening on ${url}`);
 }

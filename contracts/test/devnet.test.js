@@ -1,9 +1,10 @@
 // The devnet answers the TON HTTP API v2 as toncenter does, over a real TVM (@ton/sandbox).
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 
-import { external, internal, SendMode, storeMessage, beginCell, toNano, Address } from '@ton/core';
+import { external, internal, SendMode, storeMessage, beginCell, toNano, Address, Cell } from '@ton/core';
 import { keyPairFromSeed } from '@ton/crypto';
 import { WalletContractV5R1 } from '@ton/ton';
 
@@ -121,4 +122,33 @@ test('hostile input gets a clear error, never a crash', async () => {
     assert.equal(unknown.status, 404);
     // Still serving.
     assert.equal((await call('getMasterchainInfo')).json.ok, true);
+});
+
+test('the committed root deploys with a given owner and reads back', async () => {
+    const owner = wallet(20).contract.address;
+    const deploy = (params) => fetch(`${devnet.url}/devnet/deploy-root`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ owner: owner.toString(), params }),
+    }).then(async (response) => ({ status: response.status, json: await response.json() }));
+
+    const { json } = await deploy({ client_delay_before_close: 600, min_proxy_stake: '10000000000' });
+    assert.equal(json.ok, true, JSON.stringify(json));
+    assert.equal(json.result.code_hash, readFileSync(new URL('../build/root.hash', import.meta.url), 'utf8').trim());
+    const address = json.result.address;
+    const get = async (method) => (await call('runGetMethod', { body: { address, method, stack: [] } })).json.result;
+    assert.deepEqual((await get('registry_version')).stack, [['num', '0x0']]);
+    const ownerSlice = (await get('registry_owner')).stack[0][1].bytes;
+    assert.ok(Cell.fromBoc(Buffer.from(ownerSlice, 'base64'))[0].beginParse().loadAddress().equals(owner));
+    const params = (await get('registry_params')).stack.map(([, value]) => BigInt(value));
+    assert.equal(params[6], 600n);
+    assert.equal(params[9], 10_000_000_000n);
+
+    // The same owner and params: the same contract, topped up.
+    assert.equal((await deploy({ client_delay_before_close: 600, min_proxy_stake: '10000000000' })).json.result.address, address);
+    // Hostile params are refused by name.
+    const refused = await deploy({ prompt_multiplier: 2 ** 32 });
+    assert.equal(refused.status, 416);
+    assert.match(refused.json.error, /prompt_multiplier/);
+    assert.equal((await deploy([1, 2])).status, 416);
 });
