@@ -2,8 +2,35 @@
 //! built with `tonlib-core` cells. Unit tests compare each with the body the JS wrappers of the
 //! sandbox tests build (`contracts/vectors.js`), cell hash for cell hash.
 
-use tonlib_core::cell::{Cell, CellBuilder, TonCellError};
+use num_bigint::BigUint;
+use tonlib_core::cell::{ArcCell, Cell, CellBuilder, TonCellError};
+use tonlib_core::message::{CommonMsgInfo, TonMessage, TransferMessage};
 use tonlib_core::TonAddress;
+
+use crate::contracts::Deployment;
+
+/// An internal message a wallet sends: `value` nano-TON and `body` to `to`, deploying `deploy`
+/// there with it when given. Bounceable when `bounce`: a refusal returns the value (less gas).
+pub fn internal_message(
+    to: &TonAddress,
+    value: u64,
+    bounce: bool,
+    body: Cell,
+    deploy: Option<&Deployment>,
+) -> Result<ArcCell, TonCellError> {
+    let mut info = CommonMsgInfo::new_default_internal(to, &BigUint::from(value));
+    if let CommonMsgInfo::InternalMessage(message) = &mut info {
+        message.bounce = bounce;
+    }
+    let mut message = TransferMessage::new(info, body.to_arc());
+    if let Some(deploy) = deploy {
+        message.with_state_init_ref(&deploy.state_init_cell()?);
+    }
+    let cell = message
+        .build()
+        .map_err(|e| TonCellError::CellBuilderError(e.to_string()))?;
+    Ok(cell.to_arc())
+}
 
 /// A signed cumulative statement as messages carry it: kind, proxy and counterparty are filled
 /// in by the contract that checks the signature, so they are not sent.
