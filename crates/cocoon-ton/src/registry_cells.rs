@@ -144,7 +144,7 @@ fn read_images(root: Option<&Cell>) -> Result<Vec<[u8; 32]>, TonCellError> {
     let dict = root
         .parser()
         .load_dict_data(256, key_bytes_reader, read_flag)?;
-    let mut out: Vec<_> = dict.into_iter().map(|(key, _)| key).collect();
+    let mut out: Vec<_> = dict.into_keys().collect();
     out.sort();
     Ok(out)
 }
