@@ -6,6 +6,7 @@
 //! transactions. Run your own (see docs/operators) or compare several. Its answers are still
 //! hostile input here: size-capped before they are read, every field checked as it is decoded.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -135,7 +136,26 @@ pub struct Transaction {
     pub exit_code: Option<i32>,
     /// Whether the transaction was aborted.
     pub aborted: bool,
+    /// The inbound message's sender and logical time (`None` for an external message).
+    pub in_from: Option<MessageRef>,
+    /// The internal messages it sent (at most [`MAX_OUT_MESSAGES`] are read).
+    pub out_messages: Vec<MessageRef>,
 }
+
+/// An internal message as a trace follows it: one end's address and its creation logical time
+/// (unique per sender, so `(sender, created_lt)` names the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef {
+    /// The sender (of an inbound message) or the destination (of an outbound one).
+    pub address: TonAddress,
+    /// Logical time the message was created at.
+    pub created_lt: u64,
+    /// Whether it is a bounced message coming back.
+    pub bounced: bool,
+}
+
+/// The most outbound messages of one transaction read (TON allows 255; ours send at most 1).
+pub const MAX_OUT_MESSAGES: usize = 16;
 
 #[derive(Deserialize)]
 struct RawAccount {
@@ -148,6 +168,37 @@ struct RawAccount {
 #[derive(Deserialize)]
 struct RawMessage {
     body_hash: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    destination: Option<String>,
+    #[serde(default)]
+    created_lt: Option<String>,
+    #[serde(default)]
+    bounced: Option<bool>,
+}
+
+impl RawMessage {
+    /// The message's `end` (source or destination) and creation time; `None` when `end` is
+    /// empty (an external message). A malformed one is an error.
+    fn reference(&self, end: &Option<String>) -> Result<Option<MessageRef>, TonApiError> {
+        const METHOD: &str = "getTransactions";
+        let Some(text) = end.as_deref().filter(|text| !text.is_empty()) else {
+            return Ok(None);
+        };
+        let address = TonAddress::from_str(text)
+            .map_err(|_| TonApiError::decode(METHOD, "message address is not an address"))?;
+        let created_lt = self
+            .created_lt
+            .as_deref()
+            .and_then(|lt| lt.parse().ok())
+            .ok_or_else(|| TonApiError::decode(METHOD, "message created_lt is not a u64"))?;
+        Ok(Some(MessageRef {
+            address,
+            created_lt,
+            bounced: self.bounced.unwrap_or(false),
+        }))
+    }
 }
 
 #[derive(Deserialize)]
@@ -155,6 +206,8 @@ struct RawTransaction {
     utime: u64,
     transaction_id: RawTxId,
     in_msg: Option<RawMessage>,
+    #[serde(default)]
+    out_msgs: Vec<RawMessage>,
     compute_exit_code: Option<i32>,
     aborted: Option<bool>,
 }
@@ -312,12 +365,24 @@ impl TonApi {
         let raw: Vec<RawTransaction> = self.call(METHOD, self.get(METHOD).query(&query)).await?;
         raw.into_iter()
             .map(|tx| {
+                let in_from = match &tx.in_msg {
+                    Some(message) => message.reference(&message.source)?,
+                    None => None,
+                };
+                let out_messages = tx
+                    .out_msgs
+                    .iter()
+                    .take(MAX_OUT_MESSAGES)
+                    .filter_map(|m| m.reference(&m.destination).transpose())
+                    .collect::<Result<_, _>>()?;
                 Ok(Transaction {
                     id: tx.transaction_id.parse(METHOD)?,
                     utime: tx.utime,
                     in_body_hash: tx.in_msg.and_then(|m| m.body_hash),
                     exit_code: tx.compute_exit_code,
                     aborted: tx.aborted.unwrap_or(false),
+                    in_from,
+                    out_messages,
                 })
             })
             .collect()

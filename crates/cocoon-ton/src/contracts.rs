@@ -10,11 +10,35 @@ use tonlib_core::tlb_types::block::state_init::StateInit;
 use tonlib_core::tlb_types::tlb::TLB;
 use tonlib_core::TonAddress;
 
+use tonlib_core::wallet::mnemonic::KeyPair;
+use tonlib_core::wallet::ton_wallet::TonWallet;
+use tonlib_core::wallet::wallet_version::WalletVersion;
+
 use crate::code::{ContractCode, CLIENT_CHANNEL, PROXY, ROOT};
 use crate::registry_cells::{RegistryLists, RegistryParams};
 
 /// The workchain every Cocoon contract lives in.
 pub const WORKCHAIN: i32 = 0;
+
+/// The address of the v5r1 wallet (workchain 0, default wallet id) of Ed25519 public key `key`:
+/// the wallet an account id stands for on TON.
+pub fn wallet_address(key: &[u8; 32]) -> Result<TonAddress, TonCellError> {
+    let key_pair = KeyPair {
+        public_key: key.to_vec(),
+        secret_key: Vec::new(),
+    };
+    Ok(TonWallet::new(WalletVersion::V5R1, key_pair)?.address)
+}
+
+/// The 256-bit account id of `address` (its hash part; Cocoon contracts are all in workchain 0).
+pub fn account_id(address: &TonAddress) -> [u8; 32] {
+    address.hash_part.clone().into()
+}
+
+/// The workchain-0 address of account id `id`.
+pub fn address_of(id: &[u8; 32]) -> TonAddress {
+    TonAddress::new(WORKCHAIN, (*id).into())
+}
 
 /// A contract's code and initial data: what deploys it, and what its address is the hash of.
 #[derive(Debug, Clone)]

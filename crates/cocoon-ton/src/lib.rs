@@ -2,7 +2,9 @@
 //! wallet ([`sender`]) that signs v5r1 external messages with a short validity and watches the
 //! chain until each is applied or can no longer be, and the Cocoon contracts seen from Rust: their
 //! committed code ([`code`]), initial data and addresses ([`contracts`]), message bodies
-//! ([`messages`], [`registry_cells`]) and get-methods ([`getters`], over [`stack`]).
+//! ([`messages`], [`registry_cells`]) and get-methods ([`getters`], over [`stack`]); and over all
+//! of these, [`TonSettlement`]: the `Settlement` backend on TON ([`settlement`], [`operations`],
+//! [`trace`], [`refusals`]).
 //!
 //! The devnet in `contracts/devnet/` serves the same API for tests.
 
@@ -14,9 +16,14 @@ pub mod code;
 pub mod contracts;
 pub mod getters;
 pub mod messages;
+pub mod operations;
+pub mod refusals;
 pub mod registry_cells;
 pub mod sender;
+pub mod settlement;
+pub mod settlement_types;
 pub mod stack;
+pub mod trace;
 
 pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, TxId};
 pub use contracts::{ChannelTerms, Deployment, ProxyTerms, RootTerms};
@@ -24,4 +31,5 @@ pub use getters::GetterError;
 pub use messages::{ChannelMessage, ProxyMessage, SignedAmount, UpdateRegistry};
 pub use registry_cells::{ListedProxy, RegistryLists, RegistryParams};
 pub use sender::{SendError, WalletSender};
+pub use settlement::TonSettlement;
 pub use tonlib_core::TonAddress;

@@ -1,0 +1,8 @@
+//! The rules' types the TON backend implements `Settlement` for, imported in this one place so
+//! that moving them to another crate changes one word here.
+
+pub use cocoon_ledger::{
+    Account, AccountId, Amount, ClientContract, ContractStatus, Hash32, Outcome, Prices,
+    ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementError,
+    SignedVoucher, TransactionBody, Voucher, VoucherKind, WorkerContract,
+};
