@@ -124,9 +124,11 @@ pub fn refusal(refuser: Refuser, exit_code: i32, facts: &Facts) -> SettlementErr
             ))
         }
         // 118: the backend sent too little value for the amount plus MIN_FEE: a bug here.
-        (118, _) => return SettlementError::Backend(format!(
+        (118, _) => {
+            return SettlementError::Backend(format!(
             "the {refuser:?} contract found the message's value short of amount + fee (exit 118)"
-        )),
+        ))
+        }
         (code, Root | Channel | Proxy) => {
             return SettlementError::Backend(format!(
                 "the {refuser:?} contract failed with exit code {code}"

@@ -1,10 +1,8 @@
-//! The API client and the wallet sender against the local TON devnet (`contracts/devnet/`, a real
-//! TVM behind the TON HTTP API v2), started as a Node process. Without `contracts/node_modules`
-//! (`scripts/setup.sh` installs it) these tests say so and pass, except on CI (`CI` set).
+//! The API client, the wallet sender and the contracts' cells against the local TON devnet
+//! (`support`).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::Duration;
 
 use cocoon_ton::messages::internal_message;
@@ -12,66 +10,11 @@ use cocoon_ton::{
     getters, ChannelMessage, ChannelTerms, GetterError, ListedProxy, ProxyMessage, ProxyTerms,
     RegistryLists, RegistryParams, RootTerms, TonAddress, TonApi, UpdateRegistry, WalletSender,
 };
-use ed25519_dalek::SigningKey;
 use num_bigint::BigUint;
 use tonlib_core::cell::{ArcCell, Cell};
 use tonlib_core::message::{CommonMsgInfo, TonMessage, TransferMessage};
 
-/// A running devnet, stopped when dropped.
-struct Devnet {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn devnet() -> Option<Devnet> {
-    let contracts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contracts");
-    if !contracts.join("node_modules/@ton/sandbox").is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "contracts/node_modules is missing (run scripts/setup.sh)"
-        );
-        eprintln!("skipped: contracts/node_modules is missing (run scripts/setup.sh)");
-        return None;
-    }
-    let mut child = Command::new("node")
-        .args(["devnet/server.js", "--listen", "127.0.0.1:0"])
-        .current_dir(&contracts)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node is installed");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("devnet listening on ")
-        .unwrap_or_else(|| panic!("unexpected devnet output {line:?}"))
-        .to_owned();
-    Some(Devnet { child, url })
-}
-
-async fn faucet(devnet: &Devnet, address: &TonAddress, amount: u64) {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/devnet/faucet", devnet.url))
-        .json(
-            &serde_json::json!({"address": address.to_base64_url(), "amount": amount.to_string()}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["ok"], true, "{answer}");
-}
+use support::{deploy_root, devnet, faucet, key};
 
 fn transfer(to: &TonAddress, amount: u64) -> ArcCell {
     let mut info = CommonMsgInfo::new_default_internal(to, &BigUint::from(amount));
@@ -82,10 +25,6 @@ fn transfer(to: &TonAddress, amount: u64) -> ArcCell {
         .build()
         .unwrap()
         .to_arc()
-}
-
-fn key(byte: u8) -> SigningKey {
-    SigningKey::from_bytes(&[byte; 32])
 }
 
 #[tokio::test]
@@ -160,29 +99,6 @@ async fn the_devnets_errors_arrive_typed() {
         "an undeployed account has no get-methods"
     );
     assert!(TonApi::new("ftp://example", None).is_err());
-}
-
-/// The devnet's root for `owner`, deployed with `params` (POST /devnet/deploy-root).
-async fn deploy_root(devnet: &Devnet, owner: &TonAddress, params: &RegistryParams) -> TonAddress {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/devnet/deploy-root", devnet.url))
-        .json(&serde_json::json!({
-            "owner": owner.to_hex(),
-            "params": {
-                "client_delay_before_close": params.client_delay_before_close,
-                "proxy_delay_before_close": params.proxy_delay_before_close,
-                "min_client_stake": params.min_client_stake.to_string(),
-                "min_proxy_stake": params.min_proxy_stake.to_string(),
-            },
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["ok"], true, "{answer}");
-    TonAddress::from_hex_str(answer["result"]["address"].as_str().unwrap()).unwrap()
 }
 
 const TON: u64 = 1_000_000_000;

@@ -1,0 +1,221 @@
+//! `TonSettlement` against the local TON devnet (`support`): the money flow of one proxy, one
+//! client and one worker, settled on the contracts, and refusals mapped back to the rules' errors.
+
+mod support;
+
+use std::time::Duration;
+
+use cocoon_ton::settlement_types::{
+    AccountId, Outcome, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
+};
+use cocoon_ton::{RegistryParams, TonApi, TonSettlement};
+use ed25519_dalek::SigningKey;
+
+use support::{deploy_root, devnet, key, Devnet};
+
+const TON: u64 = 1_000_000_000;
+
+async fn backend(
+    devnet: &Devnet,
+    root: &cocoon_ton::TonAddress,
+    key: &SigningKey,
+) -> TonSettlement {
+    let api = TonApi::new(&format!("{}/api/v2", devnet.url), None).unwrap();
+    TonSettlement::connect_polling(api, key, root.clone(), Duration::from_millis(50))
+        .await
+        .unwrap()
+        .with_devnet_faucet(&devnet.url)
+}
+
+fn voucher(
+    backend: &TonSettlement,
+    kind: VoucherKind,
+    operator: &AccountId,
+    counterparty: &AccountId,
+    cumulative: u64,
+    seqno: u64,
+) -> Voucher {
+    let (proxy, counterparty) = backend.voucher_ids(kind, operator, counterparty).unwrap();
+    Voucher {
+        kind,
+        proxy,
+        counterparty,
+        cumulative,
+        seqno,
+        is_final: false,
+    }
+}
+
+#[tokio::test]
+async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_voucher_not_newer() {
+    let Some(devnet) = devnet() else { return };
+    let (registry_owner, operator_key, node_key, client_key, worker_key) =
+        (key(40), key(41), key(42), key(43), key(44));
+    let params = RegistryParams {
+        client_delay_before_close: 600,
+        proxy_delay_before_close: 3600,
+        min_client_stake: TON,
+        min_proxy_stake: 2 * TON,
+        ..RegistryParams::default()
+    };
+    let owner_wallet =
+        cocoon_ton::contracts::wallet_address(&registry_owner.verifying_key().to_bytes()).unwrap();
+    let root = deploy_root(&devnet, &owner_wallet, &params).await;
+
+    let operator = backend(&devnet, &root, &operator_key).await;
+    let client = backend(&devnet, &root, &client_key).await;
+    let worker = backend(&devnet, &root, &worker_key).await;
+    let operator_id = operator.account_id().unwrap();
+    let client_id = client.account_id().unwrap();
+    let worker_id = worker.account_id().unwrap();
+    let node_id = AccountId::from(&node_key);
+    for (who, amount) in [(&operator, 10 * TON), (&client, 10 * TON), (&worker, TON)] {
+        who.faucet(amount).await.unwrap();
+        assert_eq!(
+            who.account(who.account_id().unwrap())
+                .await
+                .unwrap()
+                .balance,
+            amount
+        );
+    }
+
+    // The operator opens its proxy contract and authorizes its node's key.
+    operator.open_proxy(2 * TON, operator_id).await.unwrap();
+    operator.authorize_proxy_key(node_id).await.unwrap();
+    let proxy = operator.proxy_contract(operator_id).await.unwrap().unwrap();
+    assert_eq!(
+        (proxy.stake, proxy.pool, proxy.voucher_key),
+        (2 * TON, 0, node_id)
+    );
+    assert_eq!(proxy.earlier_voucher_keys, vec![operator_id]);
+
+    // The client opens its channel with the proxy and pays 1 TON with a voucher it signs.
+    client.open_client(operator_id, 5 * TON, TON).await.unwrap();
+    let pay = voucher(
+        &client,
+        VoucherKind::ClientPay,
+        &operator_id,
+        &client_id,
+        TON,
+        1,
+    )
+    .sign(&client_key);
+    let receipt = operator.submit_charge(pay).await.unwrap();
+    assert_eq!(
+        receipt.outcome,
+        Outcome::Charged {
+            collected: TON,
+            shortfall: 0
+        }
+    );
+
+    // The worker claims 0.8 TON with a voucher the node's key signed.
+    let earned = 800_000_000;
+    let pay_worker = voucher(
+        &worker,
+        VoucherKind::WorkerPay,
+        &operator_id,
+        &worker_id,
+        earned,
+        1,
+    )
+    .sign(&node_key);
+    let worker_before = worker.account(worker_id).await.unwrap().balance;
+    let receipt = worker.claim(pay_worker).await.unwrap();
+    assert_eq!(receipt.outcome, Outcome::Claimed { paid: earned });
+    let worker_after = worker.account(worker_id).await.unwrap().balance;
+    // What reached the wallet is the claim less the fees the worker's own message spent.
+    assert!(
+        worker_after > worker_before + earned - TON / 20,
+        "{worker_before} → {worker_after}"
+    );
+
+    // The operator withdraws its commission: the whole pool.
+    let commission = TON - earned;
+    operator.withdraw_commission(commission).await.unwrap();
+
+    // Client paid = worker earned + commission, to the nano-TON; the stake is untouched.
+    let channel = client
+        .client_contract(operator_id, client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let paid_worker = worker
+        .worker_contract(operator_id, worker_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let proxy = operator.proxy_contract(operator_id).await.unwrap().unwrap();
+    assert_eq!(channel.collected, TON);
+    assert_eq!(channel.balance, 4 * TON);
+    assert_eq!(paid_worker.paid, earned);
+    assert_eq!(proxy.pool, 0);
+    assert_eq!(proxy.stake, 2 * TON);
+    assert_eq!(channel.collected, paid_worker.paid + commission);
+
+    // Replays are refused by the contracts, as the rules refuse them.
+    let replay = operator.submit_charge(pay).await.unwrap_err();
+    assert!(
+        matches!(
+            replay.rule(),
+            Some(RuleError::VoucherNotNewer { applied: 1, got: 1 })
+        ),
+        "{replay}"
+    );
+    assert!(replay.is_stale_voucher());
+    let replay = worker.claim(pay_worker).await.unwrap_err();
+    assert!(
+        matches!(replay.rule(), Some(RuleError::VoucherNotNewer { .. })),
+        "{replay}"
+    );
+    // Nothing moved.
+    let again = client
+        .client_contract(operator_id, client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, channel);
+
+    // More than the pool is refused with the numbers; a forged voucher is a bad signature.
+    let error = operator.withdraw_commission(1).await.unwrap_err();
+    assert!(
+        matches!(
+            error.rule(),
+            Some(RuleError::InsufficientFunds {
+                available: 0,
+                needed: 1
+            })
+        ),
+        "{error}"
+    );
+    let forged = voucher(
+        &client,
+        VoucherKind::ClientPay,
+        &operator_id,
+        &client_id,
+        2 * TON,
+        2,
+    )
+    .sign(&worker_key);
+    let error = operator.submit_charge(forged).await.unwrap_err();
+    assert_eq!(error.rule(), Some(&RuleError::BadClientSignature));
+
+    // What has no counterpart on TON is refused as such; the faucet exists only on the devnet.
+    let error = operator
+        .commit_proxy_state(1, cocoon_ton::settlement_types::Hash32([1; 32]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, SettlementError::Backend(m) if m.starts_with("not on TON")),
+        "{error}"
+    );
+    let api = TonApi::new(&format!("{}/api/v2", devnet.url), None).unwrap();
+    let no_faucet = TonSettlement::connect(api, &key(45), root.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        no_faucet.faucet(TON).await.unwrap_err().rule(),
+        Some(&RuleError::FaucetDisabled)
+    );
+}
