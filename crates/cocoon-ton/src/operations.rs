@@ -509,12 +509,20 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
             ..
         }
     );
+    // A transfer is non-bounceable and accepted by any account, deployed or not.
+    let checked = !matches!(body, B::Transfer { .. });
     if let Some((step, code)) = steps
         .iter()
         .skip(1)
-        .filter(|step| whole_trace || step.on == plan.to)
+        .filter(|step| checked && (whole_trace || step.on == plan.to))
         .find_map(|step| step.refused().map(|code| (step, code)))
     {
+        if step.tx.exit_code.is_none() {
+            return Err(SettlementError::Backend(format!(
+                "no contract at {}: the message was not processed (it bounces)",
+                step.on
+            )));
+        }
         let refuser = if step.on == plan.to {
             plan.refuser
         } else {

@@ -11,7 +11,7 @@ use cocoon_ton::settlement_types::{
 use cocoon_ton::{RegistryParams, TonApi, TonSettlement};
 use ed25519_dalek::SigningKey;
 
-use support::{deploy_root, devnet, key, Devnet};
+use support::{advance, deploy_root, devnet, key, Devnet};
 
 const TON: u64 = 1_000_000_000;
 
@@ -217,5 +217,244 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
     assert_eq!(
         no_faucet.faucet(TON).await.unwrap_err().rule(),
         Some(&RuleError::FaucetDisabled)
+    );
+}
+
+#[tokio::test]
+async fn every_operation_settles_on_the_contracts_with_the_rules_refusals() {
+    let Some(devnet) = devnet() else { return };
+    let (owner_key, operator_key, node_key, client_key, other_client_key) =
+        (key(50), key(51), key(52), key(53), key(54));
+    let params = RegistryParams {
+        client_delay_before_close: 600,
+        proxy_delay_before_close: 3600,
+        min_client_stake: TON,
+        min_proxy_stake: 2 * TON,
+        ..RegistryParams::default()
+    };
+    let owner_wallet =
+        cocoon_ton::contracts::wallet_address(&owner_key.verifying_key().to_bytes()).unwrap();
+    let root = deploy_root(&devnet, &owner_wallet, &params).await;
+    let owner = backend(&devnet, &root, &owner_key).await;
+    let operator = backend(&devnet, &root, &operator_key).await;
+    let client = backend(&devnet, &root, &client_key).await;
+    let other = backend(&devnet, &root, &other_client_key).await;
+    let operator_id = operator.account_id().unwrap();
+    let client_id = client.account_id().unwrap();
+    let other_id = other.account_id().unwrap();
+    let node_id = AccountId::from(&node_key);
+    for who in [&owner, &operator, &client, &other] {
+        who.faucet(20 * TON).await.unwrap();
+    }
+    let rule = |error: SettlementError| error.rule().cloned();
+
+    // Registry: the owner replaces it; a stale version and a stranger are refused.
+    let mut registry = owner.registry().await.unwrap();
+    assert_eq!(registry.version, 0);
+    assert_eq!(registry.min_proxy_stake, 2 * TON);
+    registry.version = 1;
+    registry.owner = owner.account_id().unwrap();
+    registry.worker_image_hashes = vec![cocoon_ton::settlement_types::Hash32([7; 32])];
+    owner.update_registry(registry.clone()).await.unwrap();
+    let back = owner.registry().await.unwrap();
+    assert_eq!(back.version, 1);
+    assert_eq!(back.worker_image_hashes, registry.worker_image_hashes);
+    assert_eq!(
+        rule(owner.update_registry(registry.clone()).await.unwrap_err()),
+        Some(RuleError::RegistryVersionNotNewer { current: 1, got: 1 })
+    );
+    registry.version = 2;
+    assert_eq!(
+        rule(client.update_registry(registry).await.unwrap_err()),
+        Some(RuleError::NotRegistryOwner)
+    );
+
+    // Proxy: stake below the minimum, open, add stake, keys.
+    assert_eq!(
+        rule(operator.open_proxy(TON, node_id).await.unwrap_err()),
+        Some(RuleError::StakeTooLow {
+            min: 2 * TON,
+            got: TON
+        })
+    );
+    operator.open_proxy(2 * TON, operator_id).await.unwrap();
+    assert_eq!(
+        rule(operator.open_proxy(2 * TON, operator_id).await.unwrap_err()),
+        Some(RuleError::ProxyExists)
+    );
+    operator.add_proxy_stake(TON).await.unwrap();
+    operator.authorize_proxy_key(node_id).await.unwrap();
+    assert_eq!(
+        rule(operator.authorize_proxy_key(node_id).await.unwrap_err()),
+        Some(RuleError::VoucherKeyAlreadyCurrent)
+    );
+    operator.revoke_proxy_key(operator_id).await.unwrap();
+    assert_eq!(
+        rule(operator.revoke_proxy_key(operator_id).await.unwrap_err()),
+        Some(RuleError::NotAnEarlierVoucherKey)
+    );
+    let proxy = operator.proxy_contract(operator_id).await.unwrap().unwrap();
+    assert_eq!((proxy.stake, proxy.voucher_key), (3 * TON, node_id));
+    assert!(proxy.earlier_voucher_keys.is_empty());
+
+    // Channel: open, top up, withdraw above the stake only.
+    client.open_client(operator_id, 5 * TON, TON).await.unwrap();
+    assert_eq!(
+        rule(
+            client
+                .open_client(operator_id, 5 * TON, TON)
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::ClientContractExists)
+    );
+    client.top_up(operator_id, TON).await.unwrap();
+    assert_eq!(
+        rule(
+            client
+                .withdraw_client(operator_id, 10 * TON)
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::WithdrawBelowStake {
+            withdrawable: 5 * TON,
+            requested: 10 * TON
+        })
+    );
+    client.withdraw_client(operator_id, TON).await.unwrap();
+
+    // A payment, then a close with the proxy's final release: everything else returns at once.
+    let pay = voucher(
+        &client,
+        VoucherKind::ClientPay,
+        &operator_id,
+        &client_id,
+        2 * TON,
+        1,
+    )
+    .sign(&client_key);
+    client.submit_charge(pay).await.unwrap();
+    let mut ahead = voucher(
+        &client,
+        VoucherKind::ClientCharge,
+        &operator_id,
+        &client_id,
+        3 * TON,
+        2,
+    );
+    ahead.is_final = true;
+    assert_eq!(
+        rule(
+            client
+                .close_client(operator_id, Some(ahead.sign(&node_key)))
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::ReleaseAheadOfPayment {
+            paid: 2 * TON,
+            released: 3 * TON
+        })
+    );
+    let mut release = voucher(
+        &client,
+        VoucherKind::ClientCharge,
+        &operator_id,
+        &client_id,
+        2 * TON,
+        2,
+    );
+    release.is_final = true;
+    assert_eq!(
+        rule(
+            client
+                .close_client(operator_id, Some(release.sign(&client_key)))
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::BadVoucherSignature),
+        "a release the proxy's keys did not sign is refused at the proxy"
+    );
+    let receipt = client
+        .close_client(operator_id, Some(release.sign(&node_key)))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.outcome,
+        Outcome::ClientClosed {
+            collected: 0,
+            returned: 3 * TON
+        }
+    );
+
+    // Another client closes without a release: the stake waits for the delay.
+    other.open_client(operator_id, 3 * TON, TON).await.unwrap();
+    let receipt = other.close_client(operator_id, None).await.unwrap();
+    let Outcome::ClientCloseStarted {
+        returned,
+        release_at,
+    } = receipt.outcome
+    else {
+        panic!("{receipt:?}")
+    };
+    assert_eq!(returned, 2 * TON);
+    assert!(matches!(
+        rule(other.finish_client_close(operator_id).await.unwrap_err()),
+        Some(RuleError::TooEarly { release_at: r, .. }) if r == release_at
+    ));
+    advance(&devnet, 601).await;
+    let receipt = other.finish_client_close(operator_id).await.unwrap();
+    assert_eq!(
+        receipt.outcome,
+        Outcome::ClientClosed {
+            collected: 0,
+            returned: TON
+        }
+    );
+    let closed = other
+        .client_contract(operator_id, other_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        closed.status,
+        cocoon_ton::settlement_types::ContractStatus::Closed
+    );
+
+    // A plain transfer arrives whole.
+    let payee = AccountId::from(&key(55));
+    client.transfer(payee, TON).await.unwrap();
+    assert_eq!(client.account(payee).await.unwrap().balance, TON);
+
+    // A payment for a channel nobody opened reaches no contract: an error, not a success.
+    let stranger = AccountId::from(&key(56));
+    let nowhere = voucher(
+        &client,
+        VoucherKind::ClientPay,
+        &operator_id,
+        &stranger,
+        TON,
+        1,
+    )
+    .sign(&key(56));
+    let error = client.submit_charge(nowhere).await.unwrap_err();
+    assert!(
+        matches!(&error, SettlementError::Backend(m) if m.starts_with("no contract")),
+        "{error}"
+    );
+
+    // The proxy closes after its delay, returning stake and pool.
+    let receipt = operator.start_proxy_close().await.unwrap();
+    assert!(matches!(receipt.outcome, Outcome::ProxyCloseStarted { .. }));
+    assert!(matches!(
+        rule(operator.finish_proxy_close().await.unwrap_err()),
+        Some(RuleError::TooEarly { .. })
+    ));
+    advance(&devnet, 3601).await;
+    let receipt = operator.finish_proxy_close().await.unwrap();
+    assert_eq!(
+        receipt.outcome,
+        Outcome::ProxyClosed {
+            returned: 3 * TON + 2 * TON
+        }
     );
 }

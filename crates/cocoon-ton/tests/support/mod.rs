@@ -97,3 +97,17 @@ pub async fn deploy_root(
     assert_eq!(answer["ok"], true, "{answer}");
     TonAddress::from_hex_str(answer["result"]["address"].as_str().unwrap()).unwrap()
 }
+
+/// Moves the devnet's chain time `seconds` forward.
+pub async fn advance(devnet: &Devnet, seconds: u64) {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/devnet/advance", devnet.url))
+        .json(&serde_json::json!({ "seconds": seconds }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["ok"], true, "{answer}");
+}
