@@ -467,7 +467,7 @@ mod tests {
         let api = stub(|method| match method {
             // Recorded from toncenter's documented shapes (fields we do not read included).
             "getAddressInformation" => r#"{"ok":true,"result":{"@type":"raw.fullAccountState","balance":"1234","code":"","data":"","last_transaction_id":{"@type":"internal.transactionId","lt":"47000001","hash":"q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="},"frozen_hash":"","sync_utime":1764600000,"state":"active"},"@extra":"1:2"}"#.into(),
-            "getTransactions" => r#"{"ok":true,"result":[{"@type":"raw.transaction","utime":1764600000,"data":"","transaction_id":{"lt":"47000001","hash":"q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="},"fee":"100","in_msg":{"body_hash":"Ym9keQ=="},"out_msgs":[]}]}"#.into(),
+            "getTransactions" => r#"{"ok":true,"result":[{"@type":"raw.transaction","utime":1764600000,"data":"","transaction_id":{"lt":"47000001","hash":"q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="},"fee":"100","in_msg":{"@type":"raw.message","source":"EQCrq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq8Uk","destination":"","value":"5","created_lt":"46999999","body_hash":"Ym9keQ=="},"out_msgs":[{"@type":"raw.message","source":"","destination":"0:abababababababababababababababababababababababababababababababab","value":"1","created_lt":"47000002","bounced":false,"body_hash":"Ym9keQ=="}]}]}"#.into(),
             _ => r#"{"ok":true,"result":{"gas_used":10,"stack":[["num","-0x10"],["num","0xff"]],"exit_code":0}}"#.into(),
         })
         .await;
@@ -479,6 +479,13 @@ mod tests {
         let history = api.transactions(&address(), 5, None).await.unwrap();
         assert_eq!(history[0].in_body_hash.as_deref(), Some("Ym9keQ=="));
         assert_eq!(history[0].exit_code, None, "toncenter leaves it in the BOC");
+        let from = history[0].in_from.as_ref().unwrap();
+        assert_eq!(
+            (from.address.clone(), from.created_lt),
+            (address(), 46_999_999)
+        );
+        assert_eq!(history[0].out_messages[0].address, address());
+        assert_eq!(history[0].out_messages[0].created_lt, 47_000_002);
         let result = api.run_get_method(&address(), "seqno", &[]).await.unwrap();
         assert_eq!(result.int(0).unwrap(), -16);
         assert_eq!(result.int(1).unwrap(), 255);
@@ -525,6 +532,17 @@ mod tests {
         assert!(error.contains("32 bytes"), "{error}");
         let result = lying.run_get_method(&address(), "x", &[]).await.unwrap();
         assert!(result.int(0).is_err(), "a number past 128 bits is refused");
+
+        // Messages naming no address or no creation time cannot be followed: refused.
+        const BAD_SOURCE: &str = r#"{"ok":true,"result":[{"utime":1,"transaction_id":{"lt":"1","hash":"q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="},"in_msg":{"source":"0:zz","created_lt":"1"}}]}"#;
+        const BAD_LT: &str = r#"{"ok":true,"result":[{"utime":1,"transaction_id":{"lt":"1","hash":"q83vASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4k="},"out_msgs":[{"destination":"0:abababababababababababababababababababababababababababababababab","created_lt":"-1"}]}]}"#;
+        for api in [
+            stub(|_| BAD_SOURCE.into()).await,
+            stub(|_| BAD_LT.into()).await,
+        ] {
+            let error = api.transactions(&address(), 1, None).await.unwrap_err();
+            assert!(matches!(error, TonApiError::Decode { .. }), "{error}");
+        }
 
         let garbage = stub(|_| "<html>".into()).await;
         assert!(matches!(
