@@ -14,7 +14,7 @@ use num_bigint::BigUint;
 use tonlib_core::cell::{ArcCell, Cell};
 use tonlib_core::message::{CommonMsgInfo, TonMessage, TransferMessage};
 
-use support::{deploy_root, devnet, faucet, key};
+use support::{deploy_root, devnet, faucet, key, test_params, TON};
 
 fn transfer(to: &TonAddress, amount: u64) -> ArcCell {
     let mut info = CommonMsgInfo::new_default_internal(to, &BigUint::from(amount));
@@ -101,7 +101,6 @@ async fn the_devnets_errors_arrive_typed() {
     assert!(TonApi::new("ftp://example", None).is_err());
 }
 
-const TON: u64 = 1_000_000_000;
 const FEE: u64 = TON / 20;
 
 #[tokio::test]
@@ -115,13 +114,7 @@ async fn each_contract_deploys_at_the_address_rust_computes_and_reads_back() {
     let wallet = owner.address().clone();
 
     // Root: deployed by the devnet from the committed code, at the address Rust computes.
-    let params = RegistryParams {
-        client_delay_before_close: 600,
-        proxy_delay_before_close: 3600,
-        min_client_stake: TON,
-        min_proxy_stake: 2 * TON,
-        ..RegistryParams::default()
-    };
+    let params = test_params();
     let root = deploy_root(&devnet, &wallet, &params).await;
     let terms = RootTerms {
         owner: wallet.clone(),

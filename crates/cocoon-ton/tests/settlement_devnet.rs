@@ -8,12 +8,10 @@ use std::time::Duration;
 use cocoon_ton::settlement_types::{
     AccountId, Outcome, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
 };
-use cocoon_ton::{RegistryParams, TonApi, TonSettlement};
+use cocoon_ton::{TonApi, TonSettlement};
 use ed25519_dalek::SigningKey;
 
-use support::{advance, deploy_root, devnet, key, Devnet};
-
-const TON: u64 = 1_000_000_000;
+use support::{advance, devnet, key, test_root, Devnet, TON};
 
 async fn backend(
     devnet: &Devnet,
@@ -51,16 +49,7 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
     let Some(devnet) = devnet() else { return };
     let (registry_owner, operator_key, node_key, client_key, worker_key) =
         (key(40), key(41), key(42), key(43), key(44));
-    let params = RegistryParams {
-        client_delay_before_close: 600,
-        proxy_delay_before_close: 3600,
-        min_client_stake: TON,
-        min_proxy_stake: 2 * TON,
-        ..RegistryParams::default()
-    };
-    let owner_wallet =
-        cocoon_ton::contracts::wallet_address(&registry_owner.verifying_key().to_bytes()).unwrap();
-    let root = deploy_root(&devnet, &owner_wallet, &params).await;
+    let root = test_root(&devnet, &registry_owner).await;
 
     let operator = backend(&devnet, &root, &operator_key).await;
     let client = backend(&devnet, &root, &client_key).await;
@@ -225,16 +214,7 @@ async fn every_operation_settles_on_the_contracts_with_the_rules_refusals() {
     let Some(devnet) = devnet() else { return };
     let (owner_key, operator_key, node_key, client_key, other_client_key) =
         (key(50), key(51), key(52), key(53), key(54));
-    let params = RegistryParams {
-        client_delay_before_close: 600,
-        proxy_delay_before_close: 3600,
-        min_client_stake: TON,
-        min_proxy_stake: 2 * TON,
-        ..RegistryParams::default()
-    };
-    let owner_wallet =
-        cocoon_ton::contracts::wallet_address(&owner_key.verifying_key().to_bytes()).unwrap();
-    let root = deploy_root(&devnet, &owner_wallet, &params).await;
+    let root = test_root(&devnet, &owner_key).await;
     let owner = backend(&devnet, &root, &owner_key).await;
     let operator = backend(&devnet, &root, &operator_key).await;
     let client = backend(&devnet, &root, &client_key).await;

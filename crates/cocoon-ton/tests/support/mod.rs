@@ -52,12 +52,26 @@ pub fn devnet() -> Option<Devnet> {
     Some(Devnet { child, url })
 }
 
-pub async fn faucet(devnet: &Devnet, address: &TonAddress, amount: u64) {
+/// One nano-TON's billion.
+pub const TON: u64 = 1_000_000_000;
+
+/// The registry terms of the tests: delays 600 s (client) and 3600 s (proxy), minimum stakes 1 and
+/// 2 TON.
+pub fn test_params() -> RegistryParams {
+    RegistryParams {
+        client_delay_before_close: 600,
+        proxy_delay_before_close: 3600,
+        min_client_stake: TON,
+        min_proxy_stake: 2 * TON,
+        ..RegistryParams::default()
+    }
+}
+
+/// POSTs `body` to the devnet's `path` and returns the result of its `{ok: true}` answer.
+async fn post(devnet: &Devnet, path: &str, body: serde_json::Value) -> serde_json::Value {
     let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/devnet/faucet", devnet.url))
-        .json(
-            &serde_json::json!({"address": address.to_base64_url(), "amount": amount.to_string()}),
-        )
+        .post(format!("{}/{path}", devnet.url))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -65,6 +79,14 @@ pub async fn faucet(devnet: &Devnet, address: &TonAddress, amount: u64) {
         .await
         .unwrap();
     assert_eq!(answer["ok"], true, "{answer}");
+    answer["result"].clone()
+}
+
+/// Credits `amount` nano-TON to `address` from the devnet's faucet.
+pub async fn faucet(devnet: &Devnet, address: &TonAddress, amount: u64) {
+    let body =
+        serde_json::json!({"address": address.to_base64_url(), "amount": amount.to_string()});
+    post(devnet, "devnet/faucet", body).await;
 }
 
 pub fn key(byte: u8) -> SigningKey {
@@ -77,37 +99,31 @@ pub async fn deploy_root(
     owner: &TonAddress,
     params: &RegistryParams,
 ) -> TonAddress {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/devnet/deploy-root", devnet.url))
-        .json(&serde_json::json!({
-            "owner": owner.to_hex(),
-            "params": {
-                "client_delay_before_close": params.client_delay_before_close,
-                "proxy_delay_before_close": params.proxy_delay_before_close,
-                "min_client_stake": params.min_client_stake.to_string(),
-                "min_proxy_stake": params.min_proxy_stake.to_string(),
-            },
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["ok"], true, "{answer}");
-    TonAddress::from_hex_str(answer["result"]["address"].as_str().unwrap()).unwrap()
+    let body = serde_json::json!({
+        "owner": owner.to_hex(),
+        "params": {
+            "client_delay_before_close": params.client_delay_before_close,
+            "proxy_delay_before_close": params.proxy_delay_before_close,
+            "min_client_stake": params.min_client_stake.to_string(),
+            "min_proxy_stake": params.min_proxy_stake.to_string(),
+        },
+    });
+    let result = post(devnet, "devnet/deploy-root", body).await;
+    TonAddress::from_hex_str(result["address"].as_str().unwrap()).unwrap()
+}
+
+/// The devnet's root with [`test_params`], owned by the v5r1 wallet of `owner`.
+pub async fn test_root(devnet: &Devnet, owner: &SigningKey) -> TonAddress {
+    let wallet = cocoon_ton::contracts::wallet_address(&owner.verifying_key().to_bytes()).unwrap();
+    deploy_root(devnet, &wallet, &test_params()).await
 }
 
 /// Moves the devnet's chain time `seconds` forward.
 pub async fn advance(devnet: &Devnet, seconds: u64) {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/devnet/advance", devnet.url))
-        .json(&serde_json::json!({ "seconds": seconds }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(answer["ok"], true, "{answer}");
+    post(
+        devnet,
+        "devnet/advance",
+        serde_json::json!({ "seconds": seconds }),
+    )
+    .await;
 }
