@@ -177,21 +177,12 @@ impl TonSettlement {
         amount: Amount,
         value: u64,
     ) -> Result<Plan, SettlementError> {
-        let terms = self.terms();
-        let owner = wallet_address(self.me.as_bytes()).map_err(cell_error)?;
-        let deployment = crate::contracts::ProxyTerms {
-            owner,
-            root: self.root.clone(),
-            min_stake: terms.min_proxy_stake,
-            close_delay: terms.proxy_delay,
-        }
-        .deployment()
-        .map_err(cell_error)?;
+        let deployment = self.proxy_deployment(&self.me)?;
         let to = deployment.address().map_err(cell_error)?;
         let state = self.proxy_state(&to).await?;
         let facts = Facts {
             amount,
-            min_stake: terms.min_proxy_stake,
+            min_stake: self.terms().min_proxy_stake,
             available: state.map_or(0, |s| s.pool),
             release_at: state.map_or(0, |s| s.release_at.into()),
             now: self.chain_time(&to).await?,
@@ -368,15 +359,9 @@ impl TonSettlement {
                 }
             }
             B::UpdateRegistry { registry } => {
-                let current = getters::call(
-                    &self.api,
-                    &self.root,
-                    "registry_version",
-                    &[],
-                    getters::registry_version,
-                )
-                .await
-                .map_err(crate::settlement::getter_error)?;
+                let current = self
+                    .root_get("registry_version", getters::registry_version)
+                    .await?;
                 Plan {
                     body: registry_update(registry)?.body().map_err(cell_error)?,
                     to: self.root.clone(),

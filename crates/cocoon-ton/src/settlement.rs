@@ -160,8 +160,11 @@ impl TonSettlement {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The proxy contract of the operator `operator`.
-    pub fn proxy_address(&self, operator: &AccountId) -> Result<TonAddress, SettlementError> {
+    /// Code and initial data of the proxy contract of the operator `operator`.
+    pub fn proxy_deployment(
+        &self,
+        operator: &AccountId,
+    ) -> Result<crate::contracts::Deployment, SettlementError> {
         let terms = self.terms();
         ProxyTerms {
             owner: wallet_address(operator.as_bytes()).map_err(cell_error)?,
@@ -170,8 +173,14 @@ impl TonSettlement {
             close_delay: terms.proxy_delay,
         }
         .deployment()
-        .and_then(|d| d.address())
         .map_err(cell_error)
+    }
+
+    /// The proxy contract of the operator `operator`.
+    pub fn proxy_address(&self, operator: &AccountId) -> Result<TonAddress, SettlementError> {
+        self.proxy_deployment(operator)?
+            .address()
+            .map_err(cell_error)
     }
 
     /// The terms of the channel of client `client` with the proxy of operator `operator`.
@@ -238,6 +247,17 @@ impl TonSettlement {
             Err(GetterError::NotDeployed) => Ok(None),
             Err(error) => Err(getter_error(error)),
         }
+    }
+
+    /// Get-method `method` of the root (which exists: the backend connected to it).
+    pub(crate) async fn root_get<T>(
+        &self,
+        method: &'static str,
+        decode: impl FnOnce(&mut crate::stack::StackReader) -> Result<T, crate::stack::StackError>,
+    ) -> Result<T, SettlementError> {
+        getters::call(&self.api, &self.root, method, &[], decode)
+            .await
+            .map_err(getter_error)
     }
 
     pub(crate) async fn channel_state(
@@ -331,38 +351,18 @@ impl Settlement for TonSettlement {
     }
 
     async fn registry(&self) -> Result<Registry, SettlementError> {
-        let root = &self.root;
-        let call = |method, decode| getters::call(&self.api, root, method, &[], decode);
-        let version = call("registry_version", getters::registry_version)
-            .await
-            .map_err(getter_error)?;
-        let owner = getters::call(
-            &self.api,
-            root,
-            "registry_owner",
-            &[],
-            getters::registry_owner,
-        )
-        .await
-        .map_err(getter_error)?;
-        let params = getters::call(
-            &self.api,
-            root,
-            "registry_params",
-            &[],
-            getters::registry_params,
-        )
-        .await
-        .map_err(getter_error)?;
-        let lists = getters::call(
-            &self.api,
-            root,
-            "registry_lists",
-            &[],
-            getters::registry_lists,
-        )
-        .await
-        .map_err(getter_error)?;
+        let version = self
+            .root_get("registry_version", getters::registry_version)
+            .await?;
+        let owner = self
+            .root_get("registry_owner", getters::registry_owner)
+            .await?;
+        let params = self
+            .root_get("registry_params", getters::registry_params)
+            .await?;
+        let lists = self
+            .root_get("registry_lists", getters::registry_lists)
+            .await?;
         *self
             .terms
             .write()
