@@ -72,6 +72,10 @@ fn signed_amount(voucher: &SignedVoucher) -> SignedAmount {
     }
 }
 
+fn rejected(rule: RuleError) -> SettlementError {
+    SettlementError::Rejected(rule)
+}
+
 fn expect_kind(voucher: &SignedVoucher, expected: VoucherKind) -> Result<(), SettlementError> {
     if voucher.voucher.kind == expected {
         Ok(())
@@ -265,6 +269,15 @@ impl TonSettlement {
                 amount,
                 stake,
             } => {
+                // The channel cannot see its proxy's state; the rules refuse a channel with a
+                // proxy that is not open, so this backend checks first.
+                match self.proxy_state(&self.proxy_address(proxy)?).await? {
+                    None => return Err(rejected(RuleError::NoSuchProxy { proxy: *proxy })),
+                    Some(p) if p.status != getters::Status::Open => {
+                        return Err(rejected(RuleError::ProxyNotOpen { proxy: *proxy }))
+                    }
+                    Some(_) => {}
+                }
                 let message = ChannelMessage::Open {
                     amount: *amount,
                     stake: *stake,
@@ -310,7 +323,13 @@ impl TonSettlement {
                 expect_kind(voucher, VoucherKind::ClientPay)?;
                 // On TON the voucher names the channel itself (voucher_ids).
                 let to = address_of(voucher.voucher.counterparty.as_bytes());
-                let before = self.channel_state(&to).await?;
+                let Some(before) = self.channel_state(&to).await? else {
+                    return Err(rejected(RuleError::NoSuchClientContract {
+                        proxy: voucher.voucher.proxy,
+                        client: voucher.voucher.counterparty,
+                    }));
+                };
+                let before = Some(before);
                 Plan {
                     body: ChannelMessage::Pay(signed_amount(voucher))
                         .body()
@@ -334,8 +353,13 @@ impl TonSettlement {
                 expect_kind(voucher, VoucherKind::WorkerPay)?;
                 let to = address_of(voucher.voucher.proxy.as_bytes());
                 let worker = *voucher.voucher.counterparty.as_bytes();
+                let Some(proxy) = self.proxy_state(&to).await? else {
+                    return Err(rejected(RuleError::NoSuchProxy {
+                        proxy: voucher.voucher.proxy,
+                    }));
+                };
+                let proxy = Some(proxy);
                 let paid = self.worker_paid(&to, &worker).await?.unwrap_or_default();
-                let proxy = self.proxy_state(&to).await?;
                 let message = ProxyMessage::Claim {
                     worker,
                     voucher: signed_amount(voucher),

@@ -405,26 +405,54 @@ async fn every_operation_settles_on_the_contracts_with_the_rules_refusals() {
     client.transfer(payee, TON).await.unwrap();
     assert_eq!(client.account(payee).await.unwrap().balance, TON);
 
-    // A payment for a channel nobody opened reaches no contract: an error, not a success.
+    // A payment for a channel nobody opened, a claim on a proxy nobody opened, a channel with a
+    // proxy nobody opened: refused before anything is sent, as the rules refuse them.
     let stranger = AccountId::from(&key(56));
-    let nowhere = voucher(
+    let pay = voucher(
         &client,
         VoucherKind::ClientPay,
         &operator_id,
         &stranger,
         TON,
         1,
-    )
-    .sign(&key(56));
-    let error = client.submit_charge(nowhere).await.unwrap_err();
-    assert!(
-        matches!(&error, SettlementError::Backend(m) if m.starts_with("no contract")),
-        "{error}"
+    );
+    let error = client.submit_charge(pay.sign(&key(56))).await.unwrap_err();
+    assert!(matches!(
+        rule(error),
+        Some(RuleError::NoSuchClientContract { .. })
+    ));
+    let claim = voucher(
+        &client,
+        VoucherKind::WorkerPay,
+        &stranger,
+        &client_id,
+        TON,
+        1,
+    );
+    let error = client.claim(claim.sign(&key(56))).await.unwrap_err();
+    assert!(matches!(rule(error), Some(RuleError::NoSuchProxy { .. })));
+    assert_eq!(
+        rule(
+            client
+                .open_client(stranger, 2 * TON, TON)
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::NoSuchProxy { proxy: stranger })
     );
 
     // The proxy closes after its delay, returning stake and pool.
     let receipt = operator.start_proxy_close().await.unwrap();
     assert!(matches!(receipt.outcome, Outcome::ProxyCloseStarted { .. }));
+    let late = backend(&devnet, &root, &key(57)).await;
+    assert_eq!(
+        rule(
+            late.open_client(operator_id, 2 * TON, TON)
+                .await
+                .unwrap_err()
+        ),
+        Some(RuleError::ProxyNotOpen { proxy: operator_id })
+    );
     assert!(matches!(
         rule(operator.finish_proxy_close().await.unwrap_err()),
         Some(RuleError::TooEarly { .. })
