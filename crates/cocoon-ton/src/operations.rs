@@ -1,22 +1,9 @@
 //! Each `TransactionBody` as the one wallet message that performs it on TON, the state read before
 //! (to fill a refusal's numbers and compute the outcome), and the outcome read after.
 //!
-//! | operation | message (to) | value |
-//! |---|---|---|
-//! | `Transfer` | empty body (the payee's v5r1 wallet, non-bounceable) | amount |
-//! | `OpenProxy` | `open_proxy` (own proxy contract; deploys it the first time) | stake + fee |
-//! | `AddProxyStake` | `add_stake` (own proxy) | amount + fee |
-//! | `AuthorizeProxyKey`, `RevokeProxyKey` | `authorize_key`, `revoke_key` (own proxy) | fee |
-//! | `WithdrawCommission`, `StartProxyClose`, `FinishProxyClose` | `withdraw_commission`, `start_close`, `finish_close` (own proxy) | fee |
-//! | `OpenClient` | `open_channel` (own channel with the proxy; deploys it the first time) | amount + fee |
-//! | `TopUp`, `WithdrawClient` | `top_up`, `withdraw` (own channel) | amount + fee, fee |
-//! | `CloseClient` | `close`, or `close_with_release` with the proxy's final voucher (own channel) | fee |
-//! | `FinishClientClose` | `finish_close` (own channel) | fee |
-//! | `Charge` | `pay` with the client's `client_pay` voucher (the channel the voucher names) | fee |
-//! | `Claim` | `claim` with the `worker_pay` voucher (the proxy contract the voucher names) | fee |
-//! | `UpdateRegistry` | `update_registry` (the root) | fee |
-//! | `Mint` | the devnet's faucet (devnet only; `FaucetDisabled` elsewhere) | — |
-//! | `CommitProxyState` | none: not on TON | — |
+//! docs/contracts.md ("What each operation sends") has the table: which message goes to which
+//! contract with what value; `Mint` only through the devnet's faucet; `CommitProxyState` is not
+//! on TON.
 
 use crate::contracts::{address_of, wallet_address, Deployment};
 use crate::getters;
@@ -329,7 +316,6 @@ impl TonSettlement {
                         client: voucher.voucher.counterparty,
                     }));
                 };
-                let before = Some(before);
                 Plan {
                     body: ChannelMessage::Pay(signed_amount(voucher))
                         .body()
@@ -340,13 +326,13 @@ impl TonSettlement {
                     deploy: None,
                     refuser: Refuser::Channel,
                     facts: Facts {
-                        applied_seqno: before.map_or(0, |s| s.voucher_seqno),
-                        applied_cumulative: before.map_or(0, |s| s.charged),
+                        applied_seqno: before.voucher_seqno,
+                        applied_cumulative: before.charged,
                         voucher_seqno: voucher.voucher.seqno,
                         voucher_cumulative: voucher.voucher.cumulative,
                         ..Facts::default()
                     },
-                    before: before.map_or(Before::Nothing, Before::Channel),
+                    before: Before::Channel(before),
                 }
             }
             B::Claim { voucher } => {
@@ -358,7 +344,6 @@ impl TonSettlement {
                         proxy: voucher.voucher.proxy,
                     }));
                 };
-                let proxy = Some(proxy);
                 let paid = self.worker_paid(&to, &worker).await?.unwrap_or_default();
                 let message = ProxyMessage::Claim {
                     worker,
@@ -372,7 +357,7 @@ impl TonSettlement {
                     deploy: None,
                     refuser: Refuser::Proxy,
                     facts: Facts {
-                        available: proxy.map_or(0, |p| p.pool.saturating_add(p.stake)),
+                        available: proxy.pool.saturating_add(proxy.stake),
                         applied_seqno: paid.voucher_seqno,
                         applied_cumulative: paid.paid,
                         voucher_seqno: voucher.voucher.seqno,
