@@ -93,8 +93,8 @@ impl ChannelTerms {
     /// Code and initial data.
     pub fn deployment(&self) -> Result<Deployment, TonCellError> {
         let params = CellBuilder::new()
-            .store_address(&self.proxy)?
-            .store_address(&self.owner)?
+            .store_raw_address(&self.proxy)?
+            .store_raw_address(&self.owner)?
             .store_slice(&self.client_key)?
             .store_u64(64, self.min_stake)?
             .store_u32(32, self.close_delay)?
@@ -132,8 +132,8 @@ impl ProxyTerms {
     /// Code and initial data.
     pub fn deployment(&self) -> Result<Deployment, TonCellError> {
         let params = CellBuilder::new()
-            .store_address(&self.owner)?
-            .store_address(&self.root)?
+            .store_raw_address(&self.owner)?
+            .store_raw_address(&self.root)?
             .store_u64(64, self.min_stake)?
             .store_u32(32, self.close_delay)?
             .build()?;
@@ -167,7 +167,7 @@ impl RootTerms {
     /// Code and initial data.
     pub fn deployment(&self) -> Result<Deployment, TonCellError> {
         let data = CellBuilder::new()
-            .store_address(&self.owner)?
+            .store_raw_address(&self.owner)?
             .store_u64(64, 0)?
             .store_child(self.params.cell()?)?
             .store_child(self.lists.cell()?)?

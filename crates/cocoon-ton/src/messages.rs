@@ -309,7 +309,7 @@ impl UpdateRegistry {
         CellBuilder::new()
             .store_u32(32, op::UPDATE_REGISTRY)?
             .store_u64(64, self.version)?
-            .store_address(&self.owner)?
+            .store_raw_address(&self.owner)?
             .store_child(self.params.clone())?
             .store_child(self.lists.clone())?
             .build()

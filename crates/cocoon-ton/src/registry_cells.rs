@@ -170,7 +170,7 @@ impl RegistryLists {
             .iter()
             .map(|p| {
                 let entry = CellBuilder::new()
-                    .store_address(&p.address)?
+                    .store_raw_address(&p.address)?
                     .store_reference(&bytes_cell(&p.worker_endpoint)?)?
                     .store_reference(&bytes_cell(&p.client_endpoint)?)?
                     .build()?;
@@ -297,6 +297,35 @@ pub(crate) mod tests {
             RegistryLists::from_roots([None; 4]).unwrap(),
             RegistryLists::default()
         );
+    }
+
+    #[test]
+    fn the_zero_address_is_stored_whole_as_the_js_wrappers_store_it() {
+        // tonlib's store_address shortens 0:00…0 to addr_none (2 bits); the contracts and the JS
+        // wrappers always store addr_std (267 bits), so a listed proxy at the zero address (what
+        // the rules' registry, which names no proxy contract, becomes) must be stored whole.
+        let lists = RegistryLists {
+            proxies: vec![ListedProxy {
+                seqno: 1,
+                address: TonAddress::NULL,
+                worker_endpoint: "w".into(),
+                client_endpoint: "c".into(),
+            }],
+            ..RegistryLists::default()
+        };
+        let cell = lists.cell().unwrap();
+        let mut parser = cell.parser();
+        for _ in 0..3 {
+            parser.load_maybe_cell_ref().unwrap();
+        }
+        let root = parser.load_maybe_cell_ref().unwrap().unwrap();
+        let proxies = root
+            .parser()
+            .load_dict_data(64, seqno_reader, read_ref)
+            .unwrap();
+        assert_eq!(proxies[&1].bit_len(), 2 + 1 + 8 + 256);
+        let back = RegistryLists::from_roots([None, None, None, Some(&root)]).unwrap();
+        assert_eq!(back, lists);
     }
 
     #[test]
