@@ -2,9 +2,9 @@
 //! inbound message of a transaction on its destination (same sender, same creation logical time),
 //! so a wallet's transaction leads to the contract's, and that one to what the contract sent.
 //!
-//! The trace is bounded ([`MAX_DEPTH`] levels, [`MAX_FAN_OUT`] messages a level) and each wait for
-//! a destination's transaction is bounded by a wall-clock deadline: a lying or stuck API ends the
-//! walk with an error, never a hang.
+//! The trace is bounded ([`MAX_DEPTH`] levels, [`MAX_FAN_OUT`] messages per transaction), each wait
+//! for a destination's transaction by [`HOP_TIMEOUT`] and the whole walk by [`TRACE_TIMEOUT`]
+//! (wall clock): a lying or stuck API ends the walk with an error, never a hang.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ pub const MAX_FAN_OUT: usize = 4;
 pub const MAX_PAGES: usize = 8;
 /// How long one destination's transaction is waited for (blocks are ~5 s; a shard may lag).
 pub const HOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a whole trace is followed: a lying API that invents messages cannot hold a caller
+/// for every hop's timeout in turn.
+pub const TRACE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why a trace could not be followed.
 #[derive(Debug, thiserror::Error)]
@@ -69,13 +73,14 @@ pub async fn follow(
         on: on.clone(),
         tx: first,
     }];
+    let deadline = Instant::now() + TRACE_TIMEOUT;
     let mut level = 0..1;
     for _ in 0..MAX_DEPTH {
         let mut next = Vec::new();
         for index in level.clone() {
             let sender = steps[index].on.clone();
             for message in steps[index].tx.out_messages.iter().take(MAX_FAN_OUT) {
-                let tx = wait_for(api, &sender, message, poll).await?;
+                let tx = wait_for(api, &sender, message, poll, deadline).await?;
                 next.push(Step {
                     on: message.address.clone(),
                     tx,
@@ -98,17 +103,18 @@ async fn wait_for(
     sender: &tonlib_core::TonAddress,
     message: &MessageRef,
     poll: Duration,
+    deadline: Instant,
 ) -> Result<Transaction, TraceError> {
     let started = Instant::now();
     loop {
         if let Some(tx) = find(api, sender, message).await? {
             return Ok(tx);
         }
-        if started.elapsed() > HOP_TIMEOUT {
+        if started.elapsed() > HOP_TIMEOUT || Instant::now() > deadline {
             return Err(TraceError::Lost {
                 address: message.address.to_hex(),
                 created_lt: message.created_lt,
-                waited: HOP_TIMEOUT,
+                waited: started.elapsed(),
             });
         }
         tokio::time::sleep(poll).await;
