@@ -491,6 +491,19 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
         .await
         .map_err(SendErrorOrTrace::from)?;
     let seq = wallet_tx.id.lt;
+    if wallet_tx.out_messages.is_empty() {
+        // The wallet skips a message it cannot pay for (its send mode ignores action errors).
+        let balance = s
+            .api
+            .account(s.wallet())
+            .await
+            .map_err(|e| SettlementError::Unavailable(e.to_string()))?
+            .balance;
+        return Err(rejected(RuleError::InsufficientFunds {
+            available: u64::try_from(balance).unwrap_or(u64::MAX),
+            needed: plan.value,
+        }));
+    }
     let steps = trace::follow(&s.api, s.wallet(), wallet_tx, s.poll)
         .await
         .map_err(SendErrorOrTrace::from)?;
