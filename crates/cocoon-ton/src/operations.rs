@@ -540,3 +540,66 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
     let outcome = s.outcome(&body, &plan).await?;
     Ok(Receipt { seq, outcome })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contracts::account_id;
+    use crate::settlement::registry_of;
+    use crate::settlement_types::{AccountId, Hash32, Prices, RegisteredProxy};
+
+    fn registry() -> Registry {
+        Registry {
+            version: 4,
+            owner: AccountId([9; 32]),
+            prices: Prices::default(),
+            client_delay_before_close: 600,
+            proxy_delay_before_close: 3600,
+            min_client_stake: 1,
+            min_proxy_stake: 2,
+            proxy_image_hashes: vec![Hash32([1; 32])],
+            worker_image_hashes: vec![Hash32([2; 32]), Hash32([3; 32])],
+            models: [("qwen".to_owned(), Hash32([4; 32]))].into(),
+            proxies: vec![RegisteredProxy {
+                seqno: 1,
+                worker_endpoint: "w:1".into(),
+                client_endpoint: "c:2".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_registry_goes_to_the_root_and_comes_back_with_the_owner_as_its_wallet() {
+        let update = registry_update(&registry()).unwrap();
+        let params = RegistryParams::from_cell(&update.params).unwrap();
+        let lists = RegistryLists::from_cell(&update.lists).unwrap();
+        let back = registry_of(update.version, &update.owner, &params, lists);
+        let wallet = wallet_address(&[9; 32]).unwrap();
+        assert_eq!(back.owner, AccountId(account_id(&wallet)));
+        assert_eq!(
+            back,
+            Registry {
+                owner: back.owner,
+                ..registry()
+            }
+        );
+    }
+
+    #[test]
+    fn what_does_not_fit_the_root_is_an_invalid_registry() {
+        let too_long = Registry {
+            client_delay_before_close: u64::from(u32::MAX) + 1,
+            ..registry()
+        };
+        let long_name = Registry {
+            models: [("m".repeat(200), Hash32([4; 32]))].into(),
+            ..registry()
+        };
+        for registry in [too_long, long_name] {
+            assert!(matches!(
+                registry_update(&registry),
+                Err(SettlementError::Rejected(RuleError::InvalidRegistry { .. }))
+            ));
+        }
+    }
+}

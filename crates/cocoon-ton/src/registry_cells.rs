@@ -53,6 +53,23 @@ impl RegistryParams {
             .store_u64(64, self.min_proxy_stake)?
             .build()
     }
+
+    /// Reads the cell (as `update_registry` carries it).
+    pub fn from_cell(cell: &Cell) -> Result<Self, TonCellError> {
+        let mut p = cell.parser();
+        Ok(RegistryParams {
+            price_per_token: p.load_u64(64)?,
+            worker_fee_per_token: p.load_u64(64)?,
+            prompt_multiplier: p.load_u32(32)?,
+            cached_multiplier: p.load_u32(32)?,
+            completion_multiplier: p.load_u32(32)?,
+            reasoning_multiplier: p.load_u32(32)?,
+            client_delay_before_close: p.load_u32(32)?,
+            proxy_delay_before_close: p.load_u32(32)?,
+            min_client_stake: p.load_u64(64)?,
+            min_proxy_stake: p.load_u64(64)?,
+        })
+    }
 }
 
 /// A proxy the registry lists.
@@ -185,6 +202,18 @@ impl RegistryLists {
             .build()
     }
 
+    /// Reads the cell (four `HashmapE`s, as `update_registry` carries it).
+    pub fn from_cell(cell: &Cell) -> Result<Self, TonCellError> {
+        let mut parser = cell.parser();
+        let roots = [
+            parser.load_maybe_cell_ref()?,
+            parser.load_maybe_cell_ref()?,
+            parser.load_maybe_cell_ref()?,
+            parser.load_maybe_cell_ref()?,
+        ];
+        Self::from_roots(roots.each_ref().map(|root| root.as_deref()))
+    }
+
     /// The lists from the four dictionaries' roots (`None`: empty), as `registry_lists` answers.
     pub fn from_roots(roots: [Option<&Cell>; 4]) -> Result<Self, TonCellError> {
         let [proxy_images, worker_images, models, proxies] = roots;
@@ -275,23 +304,9 @@ pub(crate) mod tests {
     #[test]
     fn lists_read_back_from_their_dictionaries() {
         let lists = sample_lists();
-        let cell = lists.cell().unwrap();
-        let roots: Vec<Option<ArcCell>> = (0..4)
-            .map(|i| {
-                let mut parser = cell.parser();
-                for _ in 0..i {
-                    parser.load_maybe_cell_ref().unwrap();
-                }
-                parser.load_maybe_cell_ref().unwrap()
-            })
-            .collect();
-        let back = RegistryLists::from_roots([
-            roots[0].as_deref(),
-            roots[1].as_deref(),
-            roots[2].as_deref(),
-            roots[3].as_deref(),
-        ])
-        .unwrap();
+        let back = RegistryLists::from_cell(&lists.cell().unwrap()).unwrap();
+        let params = RegistryParams::from_cell(&sample_params().cell().unwrap()).unwrap();
+        assert_eq!(params, sample_params());
         assert_eq!(back, lists);
         assert_eq!(
             RegistryLists::from_roots([None; 4]).unwrap(),
