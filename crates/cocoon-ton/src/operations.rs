@@ -477,6 +477,15 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
         _ => {}
     }
     let plan = s.plan(&body).await?;
+    // A wallet that cannot even cover the value would have its message refused or skipped only
+    // after a block or, unfunded, after every attempt expired: refuse now.
+    let balance = s.wallet_balance().await?;
+    if balance < plan.value {
+        return Err(rejected(RuleError::InsufficientFunds {
+            available: balance,
+            needed: plan.value,
+        }));
+    }
     let message = internal_message(
         &plan.to,
         plan.value,
@@ -492,15 +501,10 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
         .map_err(SendErrorOrTrace::from)?;
     let seq = wallet_tx.id.lt;
     if wallet_tx.out_messages.is_empty() {
-        // The wallet skips a message it cannot pay for (its send mode ignores action errors).
-        let balance = s
-            .api
-            .account(s.wallet())
-            .await
-            .map_err(|e| SettlementError::Unavailable(e.to_string()))?
-            .balance;
+        // The wallet skips a message it cannot pay for with the fees (its send mode ignores
+        // action errors).
         return Err(rejected(RuleError::InsufficientFunds {
-            available: u64::try_from(balance).unwrap_or(u64::MAX),
+            available: s.wallet_balance().await?,
             needed: plan.value,
         }));
     }

@@ -80,8 +80,10 @@ pub(crate) fn getter_error(error: GetterError) -> SettlementError {
 impl From<SendErrorOrTrace> for SettlementError {
     fn from(error: SendErrorOrTrace) -> Self {
         match error {
-            SendErrorOrTrace::Send(SendError::Api(error)) => {
-                SettlementError::Unavailable(error.to_string())
+            // The wallet's transaction ran and failed, or the message could not be built:
+            // nothing was applied.
+            SendErrorOrTrace::Send(error @ (SendError::Failed { .. } | SendError::Build(_))) => {
+                SettlementError::Backend(error.to_string())
             }
             SendErrorOrTrace::Send(error) => SettlementError::Unavailable(error.to_string()),
             SendErrorOrTrace::Trace(error) => SettlementError::Unavailable(format!(
@@ -247,6 +249,16 @@ impl TonSettlement {
             Err(GetterError::NotDeployed) => Ok(None),
             Err(error) => Err(getter_error(error)),
         }
+    }
+
+    /// This wallet's balance (nano-TON; a balance past 64 bits reads as `u64::MAX`).
+    pub(crate) async fn wallet_balance(&self) -> Result<u64, SettlementError> {
+        let state = self
+            .api
+            .account(self.wallet())
+            .await
+            .map_err(|e| SettlementError::Unavailable(e.to_string()))?;
+        Ok(u64::try_from(state.balance).unwrap_or(u64::MAX))
     }
 
     /// Get-method `method` of the root (which exists: the backend connected to it).
