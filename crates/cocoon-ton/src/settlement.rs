@@ -469,3 +469,18 @@ impl Settlement for TonSettlement {
 pub(crate) fn not_on_ton(what: &str) -> SettlementError {
     SettlementError::Backend(format!("not on TON: {what}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_node_can_hold_it_as_any_settlement_backend() {
+        fn held(backend: TonSettlement) -> Arc<dyn Settlement> {
+            Arc::new(backend)
+        }
+        let _ = held;
+    }
+}
