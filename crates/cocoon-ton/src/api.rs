@@ -273,6 +273,11 @@ impl TonApi {
         })
     }
 
+    /// The base URL calls go to.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: &'static str,

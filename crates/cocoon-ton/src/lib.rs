@@ -3,7 +3,7 @@
 //! chain until each is applied or can no longer be, and the Cocoon contracts seen from Rust: their
 //! committed code ([`code`]), initial data and addresses ([`contracts`]), message bodies
 //! ([`messages`], [`registry_cells`]) and get-methods ([`getters`], over [`stack`]); and over all
-//! of these, [`TonSettlement`]: the `Settlement` backend on TON ([`settlement`], [`operations`],
+//! of these, [`TonBackend`] and its [`TonSettlement`] handles: settlement on TON ([`backend`], [`settlement`], [`operations`],
 //! [`trace`], [`refusals`]).
 //!
 //! The devnet in `contracts/devnet/` serves the same API for tests.
@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod backend;
 pub mod code;
 pub mod contracts;
 pub mod getters;
@@ -26,6 +27,7 @@ pub mod stack;
 pub mod trace;
 
 pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, TxId};
+pub use backend::TonBackend;
 pub use contracts::{ChannelTerms, Deployment, ProxyTerms, RootTerms};
 pub use getters::GetterError;
 pub use messages::{ChannelMessage, ProxyMessage, SignedAmount, UpdateRegistry};

@@ -133,7 +133,7 @@ impl TonSettlement {
         amount: Amount,
         value: u64,
     ) -> Result<Plan, SettlementError> {
-        let terms = self.channel_terms(operator, &self.me)?;
+        let terms = self.channel_terms(operator, &self.me()?)?;
         let deployment = terms.deployment().map_err(cell_error)?;
         let to = deployment.address().map_err(cell_error)?;
         let state = self.channel_state(&to).await?;
@@ -168,7 +168,7 @@ impl TonSettlement {
         amount: Amount,
         value: u64,
     ) -> Result<Plan, SettlementError> {
-        let deployment = self.proxy_deployment(&self.me)?;
+        let deployment = self.proxy_deployment(&self.me()?)?;
         let to = deployment.address().map_err(cell_error)?;
         let state = self.proxy_state(&to).await?;
         let facts = Facts {
@@ -177,7 +177,7 @@ impl TonSettlement {
             available: state.map_or(0, |s| s.pool),
             release_at: state.map_or(0, |s| s.release_at.into()),
             now: self.chain_time(&to).await?,
-            proxy: self.me,
+            proxy: self.me()?,
             ..Facts::default()
         };
         let deploy = matches!(message, ProxyMessage::Open { .. }) && state.is_none();
@@ -444,7 +444,7 @@ impl TonSettlement {
         let answer: serde_json::Value = reqwest::Client::new()
             .post(format!("{devnet}/devnet/faucet"))
             .json(&serde_json::json!({
-                "address": self.wallet().to_base64_url(),
+                "address": self.signer()?.sender.address().to_base64_url(),
                 "amount": amount.to_string(),
             }))
             .timeout(crate::api::CALL_TIMEOUT)
@@ -469,6 +469,7 @@ impl TonSettlement {
 
 /// Performs `body` as this wallet: one message, its trace followed to the contracts' answer.
 pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, SettlementError> {
+    let sender = &s.signer()?.sender;
     match &body {
         B::Mint { amount } => return s.devnet_faucet(*amount).await,
         B::CommitProxyState { .. } => return Err(not_on_ton(
@@ -494,8 +495,7 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
         plan.deploy.as_ref(),
     )
     .map_err(cell_error)?;
-    let wallet_tx = s
-        .sender
+    let wallet_tx = sender
         .send(&[message])
         .await
         .map_err(SendErrorOrTrace::from)?;
@@ -508,7 +508,7 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
             needed: plan.value,
         }));
     }
-    let steps = trace::follow(&s.api, s.wallet(), wallet_tx, s.poll)
+    let steps = trace::follow(&s.api, sender.address(), wallet_tx, s.poll)
         .await
         .map_err(SendErrorOrTrace::from)?;
     // The addressed contract's refusal decides; for a release, also the proxy's check and the

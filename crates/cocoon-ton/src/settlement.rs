@@ -12,11 +12,10 @@
 //! contract from it (with the registry's minimum stake and delay), and a client's channel from
 //! both. Vouchers, checked on chain, name the contracts instead: see [`TonSettlement::voucher_ids`].
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ed25519_dalek::SigningKey;
 use tonlib_core::TonAddress;
 
 use crate::api::TonApi;
@@ -55,13 +54,20 @@ impl From<&RegistryParams> for Terms {
     }
 }
 
-/// The Cocoon contracts on TON, acting for one wallet.
-pub struct TonSettlement {
-    pub(crate) api: TonApi,
+/// The wallet a handle acts for.
+pub(crate) struct Signer {
     pub(crate) sender: WalletSender,
     pub(crate) me: AccountId,
+}
+
+/// The Cocoon contracts on TON, acting for one wallet (or only reading). Made by
+/// [`crate::TonBackend`].
+pub struct TonSettlement {
+    pub(crate) api: TonApi,
+    pub(crate) signer: Option<Signer>,
     pub(crate) root: TonAddress,
-    pub(crate) terms: RwLock<Terms>,
+    /// Shared by every handle of one backend: a `registry()` read refreshes them all.
+    pub(crate) terms: Arc<RwLock<Terms>>,
     pub(crate) devnet: Option<String>,
     pub(crate) poll: Duration,
 }
@@ -103,56 +109,19 @@ pub(crate) enum SendErrorOrTrace {
 }
 
 impl TonSettlement {
-    /// The backend for the wallet of `key`, over the root at `root`, reading the registry's terms
-    /// now (they are part of the addresses).
-    pub async fn connect(
-        api: TonApi,
-        key: &SigningKey,
-        root: TonAddress,
-    ) -> Result<Self, SettlementError> {
-        Self::connect_polling(api, key, root, crate::sender::POLL_INTERVAL).await
+    /// This handle's signer: its wallet's sender and account id.
+    pub(crate) fn signer(&self) -> Result<&Signer, SettlementError> {
+        self.signer.as_ref().ok_or(SettlementError::NoSigningKey)
     }
 
-    /// [`Self::connect`], polling the chain every `poll` while an operation is under way.
-    pub async fn connect_polling(
-        api: TonApi,
-        key: &SigningKey,
-        root: TonAddress,
-        poll: Duration,
-    ) -> Result<Self, SettlementError> {
-        let sender = WalletSender::new(api.clone(), key)
-            .map_err(|e| SettlementError::Backend(e.to_string()))?
-            .with_poll_interval(poll);
-        let params = getters::call(
-            &api,
-            &root,
-            "registry_params",
-            &[],
-            getters::registry_params,
-        )
-        .await
-        .map_err(getter_error)?;
-        Ok(Self {
-            api,
-            sender,
-            me: AccountId::from(key),
-            root,
-            terms: RwLock::new(Terms::from(&params)),
-            devnet: None,
-            poll,
-        })
+    /// This handle's account id (its key), if it can sign.
+    pub(crate) fn me(&self) -> Result<AccountId, SettlementError> {
+        Ok(self.signer()?.me)
     }
 
-    /// The same backend on the local devnet at `url` (its base, without `/api/v2`): `Mint` then
-    /// credits the wallet from the devnet's faucet. Development only; refused on any other chain.
-    pub fn with_devnet_faucet(mut self, url: &str) -> Self {
-        self.devnet = Some(url.trim_end_matches('/').to_owned());
-        self
-    }
-
-    /// This backend's wallet.
-    pub fn wallet(&self) -> &TonAddress {
-        self.sender.address()
+    /// This handle's wallet, if it can sign.
+    pub fn wallet(&self) -> Option<&TonAddress> {
+        self.signer.as_ref().map(|s| s.sender.address())
     }
 
     pub(crate) fn terms(&self) -> Terms {
@@ -255,7 +224,7 @@ impl TonSettlement {
     pub(crate) async fn wallet_balance(&self) -> Result<u64, SettlementError> {
         let state = self
             .api
-            .account(self.wallet())
+            .account(self.signer()?.sender.address())
             .await
             .map_err(|e| SettlementError::Unavailable(e.to_string()))?;
         Ok(u64::try_from(state.balance).unwrap_or(u64::MAX))
@@ -355,7 +324,7 @@ pub(crate) fn registry_of(
 #[async_trait]
 impl Settlement for TonSettlement {
     fn account_id(&self) -> Option<AccountId> {
-        Some(self.me)
+        self.signer.as_ref().map(|s| s.me)
     }
 
     async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError> {
@@ -472,8 +441,6 @@ pub(crate) fn not_on_ton(what: &str) -> SettlementError {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     #[test]

@@ -3,6 +3,6 @@
 
 pub use cocoon_money::{
     Account, AccountId, Amount, ClientContract, ContractStatus, Hash32, Outcome, Prices,
-    ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementError,
-    SignedVoucher, TransactionBody, Voucher, VoucherKind, WorkerContract,
+    ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementBackend,
+    SettlementError, SignedVoucher, TransactionBody, Voucher, VoucherKind, WorkerContract,
 };

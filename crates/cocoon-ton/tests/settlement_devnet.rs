@@ -6,9 +6,10 @@ mod support;
 use std::time::Duration;
 
 use cocoon_ton::settlement_types::{
-    AccountId, Outcome, RuleError, Settlement, SettlementError, Voucher, VoucherKind,
+    AccountId, Outcome, RuleError, Settlement, SettlementBackend, SettlementError, Voucher,
+    VoucherKind,
 };
-use cocoon_ton::{TonApi, TonSettlement};
+use cocoon_ton::{TonApi, TonBackend, TonSettlement};
 use ed25519_dalek::SigningKey;
 
 use support::{advance, devnet, key, test_root, Devnet, TON};
@@ -18,11 +19,20 @@ async fn backend(
     root: &cocoon_ton::TonAddress,
     key: &SigningKey,
 ) -> TonSettlement {
+    chain(devnet, root)
+        .await
+        .with_devnet_faucet(&devnet.url)
+        .handle(Some(key))
+        .unwrap()
+}
+
+/// The devnet's root as a settlement backend, without its faucet.
+async fn chain(devnet: &Devnet, root: &cocoon_ton::TonAddress) -> TonBackend {
     let api = TonApi::new(&format!("{}/api/v2", devnet.url), None).unwrap();
-    TonSettlement::connect_polling(api, key, root.clone(), Duration::from_millis(50))
+    TonBackend::connect_root(api, root.clone())
         .await
         .unwrap()
-        .with_devnet_faucet(&devnet.url)
+        .with_poll_interval(Duration::from_millis(50))
 }
 
 fn voucher(
@@ -143,6 +153,21 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
     assert_eq!(proxy.stake, 2 * TON);
     assert_eq!(channel.collected, paid_worker.paid + commission);
 
+    // A handle without a key reads the same and signs nothing.
+    let reader = chain(&devnet, &root).await.connect(None).unwrap();
+    assert_eq!(reader.account_id(), None);
+    assert_eq!(
+        reader
+            .client_contract(operator_id, client_id)
+            .await
+            .unwrap(),
+        Some(channel.clone())
+    );
+    assert!(matches!(
+        reader.withdraw_commission(1).await,
+        Err(SettlementError::NoSigningKey)
+    ));
+
     // Replays are refused by the contracts, as the rules refuse them.
     let replay = operator.submit_charge(pay).await.unwrap_err();
     assert!(
@@ -199,10 +224,7 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
         matches!(&error, SettlementError::Backend(m) if m.starts_with("not on TON")),
         "{error}"
     );
-    let api = TonApi::new(&format!("{}/api/v2", devnet.url), None).unwrap();
-    let no_faucet = TonSettlement::connect(api, &key(45), root.clone())
-        .await
-        .unwrap();
+    let no_faucet = chain(&devnet, &root).await.handle(Some(&key(45))).unwrap();
     assert_eq!(
         no_faucet.faucet(TON).await.unwrap_err().rule(),
         Some(&RuleError::FaucetDisabled)
