@@ -73,6 +73,17 @@ impl Deployment {
     }
 }
 
+/// The initial data of a contract that holds nothing yet: `^params`, then fields of `widths` bits,
+/// all zero (status closed, no amounts, empty dictionaries).
+fn unused_contract(params: Cell, widths: &[usize]) -> Result<Cell, TonCellError> {
+    let mut data = CellBuilder::new();
+    data.store_child(params)?;
+    for &bits in widths {
+        data.store_u64(bits, 0)?;
+    }
+    data.build()
+}
+
 /// The terms of a client × proxy channel: `params:^(proxy owner client_key min_stake
 /// close_delay)`, then a closed channel with nothing in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,16 +111,7 @@ impl ChannelTerms {
             .store_u32(32, self.close_delay)?
             .build()?;
         // status:uint2 release_at:uint32 balance stake charged collected voucher_seqno:uint64
-        let data = CellBuilder::new()
-            .store_child(params)?
-            .store_u8(2, 0)?
-            .store_u32(32, 0)?
-            .store_u64(64, 0)?
-            .store_u64(64, 0)?
-            .store_u64(64, 0)?
-            .store_u64(64, 0)?
-            .store_u64(64, 0)?
-            .build()?;
+        let data = unused_contract(params, &[2, 32, 64, 64, 64, 64, 64])?;
         Deployment::new(&CLIENT_CHANNEL, data)
     }
 }
@@ -137,17 +139,9 @@ impl ProxyTerms {
             .store_u64(64, self.min_stake)?
             .store_u32(32, self.close_delay)?
             .build()?;
-        // status:uint2 release_at:uint32 stake pool:uint64 next_key_index:uint32 keys workers
-        let data = CellBuilder::new()
-            .store_child(params)?
-            .store_u8(2, 0)?
-            .store_u32(32, 0)?
-            .store_u64(64, 0)?
-            .store_u64(64, 0)?
-            .store_u32(32, 0)?
-            .store_bit(false)?
-            .store_bit(false)?
-            .build()?;
+        // status:uint2 release_at:uint32 stake pool:uint64 next_key_index:uint32, then the keys and
+        // workers dictionaries, empty (one 0 bit each)
+        let data = unused_contract(params, &[2, 32, 64, 64, 32, 1, 1])?;
         Deployment::new(&PROXY, data)
     }
 }
