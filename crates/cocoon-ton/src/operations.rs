@@ -209,6 +209,7 @@ impl TonSettlement {
             B::Mint { .. } | B::CommitProxyState { .. } => {
                 return Err(not_on_ton("this operation has no wallet message"))
             }
+            B::Transfer { amount: 0, .. } => return Err(rejected(RuleError::ZeroAmount)),
             B::Transfer { to, amount } => Plan {
                 to: wallet_address(to.as_bytes()).map_err(cell_error)?,
                 value: *amount,

@@ -444,6 +444,10 @@ async fn every_operation_settles_on_the_contracts_with_the_rules_refusals() {
 
     // A plain transfer arrives whole.
     let payee = AccountId::from(&key(55));
+    assert_eq!(
+        rule(client.transfer(payee, 0).await.unwrap_err()),
+        Some(RuleError::ZeroAmount)
+    );
     client.transfer(payee, TON).await.unwrap();
     assert_eq!(client.account(payee).await.unwrap().balance, TON);
 
