@@ -313,6 +313,12 @@ impl TonApi {
         }
     }
 
+    /// POSTs `body` to `url`, a method of the devnet outside the API's base (its faucet), with the
+    /// same caps and envelope as every call.
+    pub async fn post_devnet(&self, url: &str, body: &Value) -> Result<Value, TonApiError> {
+        self.call("devnet", self.http.post(url).json(body)).await
+    }
+
     fn get(&self, method: &str) -> reqwest::RequestBuilder {
         self.http.get(format!("{}/{method}", self.base))
     }

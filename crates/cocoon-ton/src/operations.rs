@@ -15,7 +15,7 @@ use crate::registry_cells::{ListedProxy, RegistryLists, RegistryParams};
 use crate::settlement::{cell_error, not_on_ton, SendErrorOrTrace, TonSettlement, MESSAGE_FEE};
 use crate::settlement_types::{
     Amount, Outcome, Receipt, Registry, RuleError, SettlementError, SignedVoucher,
-    TransactionBody as B, VoucherKind,
+    TransactionBody as B, VoucherKind, MAX_FAUCET_GRANT,
 };
 use crate::trace;
 
@@ -442,25 +442,28 @@ impl TonSettlement {
         let Some(devnet) = &self.devnet else {
             return Err(SettlementError::Rejected(RuleError::FaucetDisabled));
         };
-        let answer: serde_json::Value = reqwest::Client::new()
-            .post(format!("{devnet}/devnet/faucet"))
-            .json(&serde_json::json!({
-                "address": self.signer()?.sender.address().to_base64_url(),
-                "amount": amount.to_string(),
-            }))
-            .timeout(crate::api::CALL_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| SettlementError::Unavailable(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| SettlementError::Backend(e.to_string()))?;
-        if answer["ok"] != true {
-            return Err(SettlementError::Backend(format!(
-                "the devnet faucet refused: {:.200}",
-                answer["error"]
-            )));
+        if amount == 0 {
+            return Err(rejected(RuleError::ZeroAmount));
         }
+        if amount > MAX_FAUCET_GRANT {
+            return Err(rejected(RuleError::FaucetGrantTooLarge {
+                max: MAX_FAUCET_GRANT,
+                got: amount,
+            }));
+        }
+        let body = serde_json::json!({
+            "address": self.signer()?.sender.address().to_base64_url(),
+            "amount": amount.to_string(),
+        });
+        self.api
+            .post_devnet(&format!("{devnet}/devnet/faucet"), &body)
+            .await
+            .map_err(|e| match e {
+                crate::api::TonApiError::Transport(e) => {
+                    SettlementError::Unavailable(e.to_string())
+                }
+                other => SettlementError::Backend(format!("the devnet faucet refused: {other}")),
+            })?;
         Ok(Receipt {
             seq: 0,
             outcome: Outcome::Done,

@@ -1,6 +1,7 @@
 //! The rules' types the TON backend implements `Settlement` for, imported in this one place so
 //! that moving them to another crate changes one word here.
 
+pub use cocoon_money::rules::MAX_FAUCET_GRANT;
 pub use cocoon_money::{
     Account, AccountId, Amount, ClientContract, ContractStatus, Hash32, Outcome, Prices,
     ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementBackend,

@@ -225,6 +225,10 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
         "{error}"
     );
     let no_faucet = chain(&devnet, &root).await.handle(Some(&key(45))).unwrap();
+    assert!(matches!(
+        operator.faucet(u64::MAX).await.unwrap_err().rule(),
+        Some(RuleError::FaucetGrantTooLarge { .. })
+    ));
     assert_eq!(
         no_faucet.faucet(TON).await.unwrap_err().rule(),
         Some(&RuleError::FaucetDisabled)
