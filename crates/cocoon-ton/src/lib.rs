@@ -20,6 +20,7 @@ pub mod messages;
 pub mod operations;
 pub mod refusals;
 pub mod registry_cells;
+pub mod registry_update;
 pub mod sender;
 pub mod settlement;
 pub mod settlement_types;
