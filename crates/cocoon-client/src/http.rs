@@ -329,8 +329,8 @@ impl Api {
                     stats: self.stats.clone(),
                     active,
                     max_event_bytes: MAX_SSE_EVENT_BYTES,
-                    on_success: Some(Box::new(move |trailers| {
-                        payer.settle_answer(proxy, trailers, max_coefficient)
+                    on_success: Some(Box::new(move |trailers, receipt| {
+                        payer.settle_answer(proxy, trailers, receipt, max_coefficient)
                     })),
                 },
             ))
@@ -352,15 +352,18 @@ impl Api {
                 if let Some(usage) = read_usage(trailers) {
                     self.stats.record_tokens(&usage);
                 }
-                self.payer
-                    .settle_answer(proxy, Some(trailers), prepared.max_coefficient);
+                let receipt = crate::stream::receipt_of(trailers);
+                self.payer.settle_answer(
+                    proxy,
+                    Some(trailers),
+                    receipt.as_ref(),
+                    prepared.max_coefficient,
+                );
                 if let Some(priced) = crate::stream::with_cost(&bytes, trailers) {
                     bytes = priced;
                 }
-                if self.receipt_header {
-                    if let Some(receipt) = crate::stream::receipt_of(trailers) {
-                        answer = answer.header(RECEIPT, receipt.to_header());
-                    }
+                if let Some(receipt) = receipt.filter(|_| self.receipt_header) {
+                    answer = answer.header(RECEIPT, receipt.to_header());
                 }
             }
             answer = answer.header(

@@ -1,17 +1,21 @@
 //! Paying the proxy: the client signs for what it can check, and only for that.
 //!
 //! For every answer the client checks the receipt the proxy relays: both certificates verify
-//! (cached per certificate), the proxy's names the wallet of the proxy being paid, both signatures
-//! and the record check out, the prices are the registry's, the coefficient is within the
-//! request's limit, the charge is the price of the usage, and the cost the proxy reports is at
-//! most that charge (less when the proxy capped it at the request's reservation). It pays that
-//! cost: it signs a `ClientPay` voucher for the previous total plus that charge with its
-//! wallet key, and sends it with its next request on that link (`x-cocoon-payment`), or within
-//! a settlement interval with `POST /cocoon/v1/payment` when no request goes.
+//! (cached per certificate), the proxy's names the wallet of the proxy being paid, the record
+//! agrees with the worker's certificate, the prices are the registry's, the coefficient is within
+//! the request's limit, the charge is the price of the usage, and the cost the proxy reports is
+//! at most that charge (less when the proxy capped it at the request's reservation). The
+//! receipt's two signatures wait with that cost in the channel's queue: when the next payment is
+//! signed (at most every [`SIGN_EVERY`] per proxy), the queued receipts' signatures are checked
+//! in one batch, and the voucher — the previous total plus the cost of each answer whose
+//! signatures verified — is signed with the wallet key and sent with the next request on that
+//! link (`x-cocoon-payment`), or within a settlement interval with `POST /cocoon/v1/payment` when
+//! no request goes. No voucher covers an answer whose receipt is not verified yet.
 //!
 //! An answer whose charge it cannot check is not paid: the client stops paying that proxy and
 //! sends it nothing more (it fails over to the next proxy), logs why, and shows it under
-//! `/jsonstats` `details.payments.stopped`.
+//! `/jsonstats` `details.payments.stopped`. The other answers of its batch whose receipts verify
+//! are paid.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,9 +31,9 @@ use cocoon_node::Body;
 use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
 use cocoon_proto::link::{PATH_BILLING, PATH_PAYMENT};
 use cocoon_ratls::{verify_certificate, PeerIdentity};
-use cocoon_receipt::Receipt;
+use cocoon_receipt::{Receipt, ReceiptSignatures};
 use cocoon_tee::{AttestationKind, Policy};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -47,15 +51,24 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_STATEMENT_BYTES: usize = 64 << 10;
 
 /// The longest a checked answer waits to be covered by a signed payment while requests keep
-/// going to its proxy: one signature (and one check at the proxy) covers every answer in that
-/// window, instead of one each. The proxy's unpaid bound absorbs the window; a settlement flush
-/// and [`Payer::latest`] sign at once.
+/// going to its proxy: one batch check of the window's receipt signatures and one voucher
+/// signature (and one check at the proxy) cover every answer in that window, instead of one
+/// each. The proxy's unpaid bound absorbs the window; a settlement flush and [`Payer::latest`]
+/// sign at once.
 const SIGN_EVERY: Duration = Duration::from_millis(25);
 
+/// An answer whose receipt checked out but for its signatures, and what it costs.
+#[derive(Debug)]
+struct Unverified {
+    signatures: ReceiptSignatures,
+    cost: Amount,
+}
+
 /// The client's payment channel with one proxy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Channel {
-    /// What the client has signed for in total.
+    /// What the client has signed for, or will sign for next, in total: only answers whose
+    /// receipts are fully verified count.
     cumulative: Amount,
     /// The statement number of that voucher.
     seqno: u64,
@@ -67,6 +80,8 @@ struct Channel {
     pending: bool,
     /// When `latest` was signed here.
     signed_at: Option<Instant>,
+    /// Answers waiting for their receipts' signatures to be checked, in arrival order.
+    unverified: Vec<Unverified>,
 }
 
 impl Channel {
@@ -79,17 +94,24 @@ impl Channel {
             unsent: false,
             pending: false,
             signed_at: None,
+            unverified: Vec::new(),
         }
     }
 
-    /// Signs for everything checked so far if anything is pending and `due` says so.
+    /// If `due` says so, checks the queued receipts' signatures (in one batch), adds the cost of
+    /// each answer that verified, and signs for the new total. Returns why an answer was refused,
+    /// if one was: its cost is not added, and the caller stops paying this proxy.
     fn sign_pending(
         &mut self,
         wallet: &SigningKey,
         proxy: AccountId,
         due: impl Fn(Option<Instant>) -> bool,
-    ) {
-        if self.pending && due(self.signed_at) {
+    ) -> Option<String> {
+        if !(self.pending || !self.unverified.is_empty()) || !due(self.signed_at) {
+            return None;
+        }
+        let refused = self.verify_queued();
+        if self.pending {
             self.latest = Some(Voucher::client_pay(
                 wallet,
                 proxy,
@@ -100,6 +122,37 @@ impl Channel {
             self.unsent = true;
             self.signed_at = Some(Instant::now());
         }
+        refused
+    }
+
+    /// Moves the queued answers whose receipt signatures verify into `cumulative`; the first
+    /// reason an answer was refused, if one was.
+    fn verify_queued(&mut self) -> Option<String> {
+        let queued = std::mem::take(&mut self.unverified);
+        let signatures: Vec<&ReceiptSignatures> = queued.iter().map(|q| &q.signatures).collect();
+        let verdicts = cocoon_receipt::verify_batch(&signatures);
+        let mut refused = None;
+        for (answer, verdict) in queued.iter().zip(verdicts) {
+            let added = verdict
+                .map_err(|error| format!("receipt: {error}"))
+                .and_then(|()| {
+                    self.cumulative
+                        .checked_add(answer.cost)
+                        .zip(self.seqno.checked_add(1))
+                        .ok_or_else(|| "the total paid would overflow".to_owned())
+                });
+            match added {
+                Ok((cumulative, seqno)) => {
+                    self.cumulative = cumulative;
+                    self.seqno = seqno;
+                    self.pending = true;
+                }
+                Err(why) => {
+                    refused.get_or_insert(why);
+                }
+            }
+        }
+        refused
     }
 }
 
@@ -151,8 +204,15 @@ pub struct Payer {
     /// Serializes opening channels, so two first requests do not start from two bases.
     opening: tokio::sync::Mutex<()>,
     stopped: Mutex<BTreeMap<AccountId, String>>,
-    certificates: Mutex<HashMap<[u8; 32], PeerIdentity>>,
+    /// Receipt certificates verified, by the SHA-256 of their base64 text.
+    certificates: Mutex<HashMap<[u8; 32], Arc<KnownCertificate>>>,
     withhold: bool,
+}
+
+/// A receipt certificate the client verified, with its key ready for signature checks.
+struct KnownCertificate {
+    peer: PeerIdentity,
+    key: VerifyingKey,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -210,10 +270,28 @@ impl Payer {
 
     /// The newest voucher for `proxy`, signing first for every answer checked so far.
     pub fn latest(&self, proxy: &AccountId) -> Option<SignedVoucher> {
-        let mut channels = lock(&self.channels);
-        let channel = channels.get_mut(proxy)?;
-        channel.sign_pending(&self.wallet, *proxy, now);
-        channel.latest
+        self.sign_pending(*proxy, now, |channel| channel.latest)
+            .flatten()
+    }
+
+    /// Runs [`Channel::sign_pending`] on `proxy`'s channel, then `then` on it; stops paying the
+    /// proxy if an answer was refused. `None` when there is no channel.
+    fn sign_pending<T>(
+        &self,
+        proxy: AccountId,
+        due: impl Fn(Option<Instant>) -> bool,
+        then: impl FnOnce(&mut Channel) -> T,
+    ) -> Option<T> {
+        let (refused, result) = {
+            let mut channels = lock(&self.channels);
+            let channel = channels.get_mut(&proxy)?;
+            let refused = channel.sign_pending(&self.wallet, proxy, due);
+            (refused, then(channel))
+        };
+        if let Some(why) = refused {
+            self.stop(proxy, why);
+        }
+        Some(result)
     }
 
     /// The headers that authenticate and pay on a request to `link`: the wallet proof, and the
@@ -229,14 +307,12 @@ impl Payer {
             return Ok(headers);
         }
         self.open_channel(link, proxy).await?;
-        let payment = {
-            let mut channels = lock(&self.channels);
-            channels.get_mut(&proxy).and_then(|channel| {
-                channel.sign_pending(&self.wallet, proxy, when_due);
+        let payment = self
+            .sign_pending(proxy, when_due, |channel| {
                 channel.unsent = false;
                 channel.latest
             })
-        };
+            .flatten();
         if let Some(value) = payment
             .and_then(|voucher| serde_json::to_string(&voucher).ok())
             .and_then(|json| HeaderValue::from_str(&json).ok())
@@ -332,12 +408,15 @@ impl Payer {
             .map_err(|_| fail(format!("no answer within {CONTROL_TIMEOUT:?}")))?
     }
 
-    /// Pays for one answer from `proxy` that ended with `trailers`, if its charge checks out;
-    /// otherwise stops paying that proxy. `max_coefficient` is the request's limit.
+    /// Queues one answer from `proxy` that ended with `trailers` (carrying `receipt`, read from
+    /// them once by the caller) for payment, if its charge checks out; otherwise stops paying
+    /// that proxy. Its receipt's signatures are checked with the next payment, before it covers
+    /// the answer. `max_coefficient` is the request's limit.
     pub fn settle_answer(
         &self,
         proxy: AccountId,
         trailers: Option<&HeaderMap>,
+        receipt: Option<&Receipt>,
         max_coefficient: u32,
     ) {
         if self.withhold || self.stopped(&proxy).is_some() {
@@ -345,9 +424,9 @@ impl Payer {
         }
         let checked = trailers
             .ok_or_else(|| PaymentError::Unverifiable("the answer has no trailers".into()))
-            .and_then(|trailers| self.check(proxy, trailers, max_coefficient));
-        let charge = match checked {
-            Ok(charge) => charge,
+            .and_then(|trailers| self.check(proxy, trailers, receipt, max_coefficient));
+        let answer = match checked {
+            Ok(answer) => answer,
             Err(error) => return self.stop(proxy, error.to_string()),
         };
         let mut channels = lock(&self.channels);
@@ -355,17 +434,8 @@ impl Payer {
             drop(channels);
             return self.stop(proxy, "an answer came before the channel was opened".into());
         };
-        let (Some(cumulative), Some(seqno)) = (
-            channel.cumulative.checked_add(charge),
-            channel.seqno.checked_add(1),
-        ) else {
-            drop(channels);
-            return self.stop(proxy, "the total paid would overflow".into());
-        };
-        // Signed with the next request or flush (see `SIGN_EVERY`).
-        channel.cumulative = cumulative;
-        channel.seqno = seqno;
-        channel.pending = true;
+        // Verified and signed for with the next request or flush (see `SIGN_EVERY`).
+        channel.unverified.push(answer);
     }
 
     fn stop(&self, proxy: AccountId, why: String) {
@@ -373,29 +443,33 @@ impl Payer {
         lock(&self.stopped).entry(proxy).or_insert(why);
     }
 
-    /// The charge of an answer, once everything that proves it checks out.
+    /// The cost of an answer once everything that proves it checks out, but for its receipt's
+    /// signatures, which come with it to be checked in a batch.
     fn check(
         &self,
         proxy: AccountId,
         trailers: &HeaderMap,
+        receipt: Option<&Receipt>,
         max_coefficient: u32,
-    ) -> Result<Amount, PaymentError> {
+    ) -> Result<Unverified, PaymentError> {
         let bad = |why: String| PaymentError::Unverifiable(why);
-        let receipt = crate::stream::receipt_of(trailers)
-            .ok_or_else(|| bad("the answer carries no readable receipt".into()))?;
+        let receipt =
+            receipt.ok_or_else(|| bad("the answer carries no readable receipt".into()))?;
         let answer = &receipt.answer;
         let worker = self.certificate(&receipt.worker_certificate, "worker", answer.issued_at)?;
         let proxy_peer = self.certificate(&receipt.proxy_certificate, "proxy", answer.issued_at)?;
-        let named =
-            cocoon_node::wallet::peer_wallet(&proxy_peer).and_then(|w| w.parse::<AccountId>().ok());
+        let named = cocoon_node::wallet::peer_wallet(&proxy_peer.peer)
+            .and_then(|w| w.parse::<AccountId>().ok());
         if named != Some(proxy) {
             return Err(bad(format!(
                 "the receipt is countersigned by another proxy than {proxy}"
             )));
         }
-        receipt
-            .verify_with(&worker, &proxy_peer)
-            .map_err(|e| bad(format!("receipt: {e}")))?;
+        let receipt_error = |e: cocoon_receipt::ReceiptError| bad(format!("receipt: {e}"));
+        receipt.check_record(&worker.peer).map_err(receipt_error)?;
+        let signatures = receipt
+            .signatures(&worker.key, &proxy_peer.key)
+            .map_err(receipt_error)?;
         if !self.known_prices(&answer.prices) {
             return Err(bad(
                 "the receipt states other prices than the registry's".into()
@@ -413,7 +487,7 @@ impl Payer {
             .and_then(|cost| cost["total_cost"].as_u64());
         // Less than the receipt proves is the proxy's cap at the request's reservation.
         match reported {
-            Some(cost) if cost <= answer.charge => Ok(cost),
+            Some(cost) if cost <= answer.charge => Ok(Unverified { signatures, cost }),
             _ => Err(bad(format!(
                 "the proxy reports a cost of {reported:?} but the receipt proves {}",
                 answer.charge
@@ -436,33 +510,42 @@ impl Payer {
         false
     }
 
-    /// A receipt's certificate, verified (once per certificate) and of `role`, valid at `at`.
-    fn certificate(&self, base64: &str, role: &str, at: u64) -> Result<PeerIdentity, PaymentError> {
+    /// A receipt's certificate, verified (once per certificate: later ones are known by the
+    /// digest of their text, not decoded) and of `role`, valid at `at`.
+    fn certificate(
+        &self,
+        base64: &str,
+        role: &str,
+        at: u64,
+    ) -> Result<Arc<KnownCertificate>, PaymentError> {
         let bad = |why: String| PaymentError::Unverifiable(format!("{role} certificate: {why}"));
         let digest: [u8; 32] = Sha256::digest(base64.as_bytes()).into();
         let at = UNIX_EPOCH + Duration::from_secs(at.min(u64::from(u32::MAX)));
         let cached = lock(&self.certificates).get(&digest).cloned();
-        let peer = match cached {
-            Some(peer) => peer,
+        let known = match cached {
+            Some(known) => known,
             None => {
                 let der = Receipt::decode_certificate(base64).map_err(|e| bad(e.to_string()))?;
                 let peer = verify_certificate(&der, self.trust.verifier(), &self.policy, at)
                     .map_err(|e| bad(e.to_string()))?;
+                let key = VerifyingKey::from_bytes(&peer.public_key)
+                    .map_err(|_| bad("its key is not an Ed25519 point".into()))?;
+                let known = Arc::new(KnownCertificate { peer, key });
                 let mut cache = lock(&self.certificates);
                 if cache.len() >= MAX_CERTIFICATES {
                     cache.clear();
                 }
-                cache.insert(digest, peer.clone());
-                peer
+                cache.insert(digest, known.clone());
+                known
             }
         };
-        if peer.claims.role != role {
-            return Err(bad(format!("it attests a `{}`", peer.claims.role)));
+        if known.peer.claims.role != role {
+            return Err(bad(format!("it attests a `{}`", known.peer.claims.role)));
         }
-        if at > peer.not_after {
+        if at > known.peer.not_after {
             return Err(bad("expired before the answer".into()));
         }
-        Ok(peer)
+        Ok(known)
     }
 
     /// Sends each link's proxy the newest payment no request carried yet.
@@ -471,19 +554,15 @@ impl Payer {
             let Some(proxy) = proxy_account(&link) else {
                 continue;
             };
-            let unsent = {
-                let mut channels = lock(&self.channels);
-                channels
-                    .get_mut(&proxy)
-                    .and_then(|channel| {
-                        channel.sign_pending(&self.wallet, proxy, now);
-                        channel.unsent.then(|| {
-                            channel.unsent = false;
-                            channel.latest
-                        })
+            let unsent = self
+                .sign_pending(proxy, now, |channel| {
+                    channel.unsent.then(|| {
+                        channel.unsent = false;
+                        channel.latest
                     })
-                    .flatten()
-            };
+                })
+                .flatten()
+                .flatten();
             let Some(voucher) = unsent else { continue };
             let body = Bytes::from(serde_json::to_vec(&voucher).unwrap_or_default());
             if let Err(error) = self.exchange(&link, Method::POST, PATH_PAYMENT, body).await {
@@ -502,7 +581,12 @@ impl Payer {
             .map(|(proxy, c)| {
                 (
                     proxy.to_string(),
-                    json!({ "signed": c.cumulative, "seqno": c.seqno, "unsent": c.unsent }),
+                    json!({
+                        "signed": c.cumulative,
+                        "seqno": c.seqno,
+                        "unsent": c.unsent,
+                        "unverified": c.unverified.len(),
+                    }),
                 )
             })
             .collect();

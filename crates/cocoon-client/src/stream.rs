@@ -27,6 +27,7 @@ use cocoon_proto::headers::{
 };
 use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
+use cocoon_receipt::Receipt;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use http::HeaderMap;
 use http_body_util::BodyStream;
@@ -49,12 +50,13 @@ pub struct SseOptions {
     pub active: ActiveRequest,
     /// The largest event accepted from the proxy; a larger one ends the stream with an error.
     pub max_event_bytes: usize,
-    /// Called once with the trailers of an answer that ended well (to pay for it).
+    /// Called once with the trailers of an answer that ended well and the receipt read from them
+    /// (to pay for it).
     pub on_success: Option<OnSuccess>,
 }
 
-/// What to do with the trailers of an answer that ended well.
-pub type OnSuccess = Box<dyn FnOnce(Option<&HeaderMap>) + Send>;
+/// What to do with the trailers of an answer that ended well, and the receipt they carry.
+pub type OnSuccess = Box<dyn FnOnce(Option<&HeaderMap>, Option<&Receipt>) + Send>;
 
 /// Turns a proxy's SSE response body into the app's SSE body (see the module docs).
 pub fn rewrite_sse<B>(
@@ -206,8 +208,9 @@ impl Rewrite {
         if let Some(usage) = trailers.as_ref().and_then(read_usage) {
             self.stats.record_tokens(&usage);
         }
+        let receipt = trailers.as_ref().and_then(receipt_of);
         if let Some(on_success) = self.on_success.take() {
-            on_success(trailers.as_ref());
+            on_success(trailers.as_ref(), receipt.as_ref());
         }
         self.finished = true;
         let mut out = BytesMut::new();
@@ -221,7 +224,8 @@ impl Rewrite {
             out.extend_from_slice(b"\n\n");
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
-        if let Some(receipt) = trailers.as_ref().and_then(receipt_json) {
+        // Compact JSON is one line, as an SSE data line needs.
+        if let Some(receipt) = receipt.and_then(|receipt| serde_json::to_vec(&receipt).ok()) {
             out.extend_from_slice(RECEIPT_EVENT.as_bytes());
             out.extend_from_slice(b"\ndata: ");
             out.extend_from_slice(&receipt);
@@ -243,9 +247,9 @@ impl Rewrite {
 pub const RECEIPT_EVENT: &str = "event: cocoon.receipt";
 
 /// The receipt in the proxy's trailers, if it sent one.
-pub fn receipt_of(trailers: &HeaderMap) -> Option<cocoon_receipt::Receipt> {
+pub fn receipt_of(trailers: &HeaderMap) -> Option<Receipt> {
     let text = |name: &str| trailers.get(name)?.to_str().ok();
-    let receipt = cocoon_receipt::Receipt::from_wire(
+    let receipt = Receipt::from_wire(
         text(RECEIPT_RECORD)?,
         text(RECEIPT_WORKER_CERTIFICATE)?,
         text(RECEIPT_PROXY_CERTIFICATE)?,
@@ -255,11 +259,6 @@ pub fn receipt_of(trailers: &HeaderMap) -> Option<cocoon_receipt::Receipt> {
             |error| tracing::warn!(%error, "the proxy's receipt is unreadable; not passed on"),
         )
         .ok()
-}
-
-/// The receipt in the proxy's trailers, as compact JSON (one line, as an SSE data line needs).
-fn receipt_json(trailers: &HeaderMap) -> Option<Vec<u8>> {
-    serde_json::to_vec(&receipt_of(trailers)?).ok()
 }
 
 /// An SSE event carrying an OpenAI error, as OpenAI ends failed streams.

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod answer;
+mod signatures;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,7 @@ use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 pub use answer::AnswerText;
+pub use signatures::{verify_batch, ReceiptSignatures};
 
 /// The receipt format this crate writes and reads.
 pub const RECEIPT_VERSION: u32 = 1;
@@ -430,22 +432,37 @@ impl Receipt {
         worker: &PeerIdentity,
         proxy: &PeerIdentity,
     ) -> Result<(), ReceiptError> {
+        let key = |peer: &PeerIdentity, which| {
+            VerifyingKey::from_bytes(&peer.public_key)
+                .map_err(|_| ReceiptError::BadSignature(which))
+        };
+        self.signatures(&key(worker, "worker")?, &key(proxy, "proxy")?)?
+            .verify()?;
+        self.check_record(worker)
+    }
+
+    /// The receipt's two signatures with the bytes they cover, to be checked with `worker`'s and
+    /// `proxy`'s keys (those of its two certificates): alone ([`ReceiptSignatures::verify`]) or
+    /// with other receipts' ([`verify_batch`]).
+    pub fn signatures(
+        &self,
+        worker: &VerifyingKey,
+        proxy: &VerifyingKey,
+    ) -> Result<ReceiptSignatures, ReceiptError> {
         check_version(self.version)?;
         let record = record_bytes(&self.answer);
-        check_signature(
-            &worker.public_key,
-            &self.worker_signature,
-            WORKER_DOMAIN,
-            &[&record],
-            "worker",
-        )?;
-        check_signature(
-            &proxy.public_key,
-            &self.proxy_signature,
-            PROXY_DOMAIN,
-            &[&record, self.worker_signature.as_bytes()],
-            "proxy",
-        )?;
+        let worker_message = [WORKER_DOMAIN, &record].concat();
+        let proxy_message = [PROXY_DOMAIN, &record, self.worker_signature.as_bytes()].concat();
+        ReceiptSignatures::new(
+            (worker, worker_message, &self.worker_signature),
+            (proxy, proxy_message, &self.proxy_signature),
+        )
+    }
+
+    /// The checks of [`Receipt::verify_with`] other than the signatures: the record against the
+    /// worker's (verified) certificate, and the charge against the usage and the stated prices.
+    pub fn check_record(&self, worker: &PeerIdentity) -> Result<(), ReceiptError> {
+        check_version(self.version)?;
         self.check_against_certificate(worker)?;
         let computed = price(
             &self.answer.usage,

@@ -349,3 +349,72 @@ fn a_weak_key_signs_nothing() {
         Err(ReceiptError::BadSignature("test"))
     ));
 }
+
+/// Keys of a receipt's two certificates, as a verifier holds them.
+fn keys(worker: &Identity, proxy: &Identity) -> (VerifyingKey, VerifyingKey) {
+    let key =
+        |identity: &Identity| VerifyingKey::from_bytes(&identity.claims().public_key).unwrap();
+    (key(worker), key(proxy))
+}
+
+#[test]
+fn a_batch_refuses_exactly_its_forged_receipts() {
+    let (worker, proxy) = (worker_identity(), identity("proxy-image", "proxy", &[]));
+    let (worker_key, proxy_key) = keys(&worker, &proxy);
+    let receipts: Vec<Receipt> = (0..6)
+        .map(|index| {
+            let mut answer = record(&worker);
+            answer.request_id = format!("req-{index}");
+            Receipt::countersign(WorkerReceipt::sign(answer, &worker), &proxy)
+        })
+        .collect();
+    let signatures = |receipts: &[Receipt]| -> Vec<ReceiptSignatures> {
+        receipts
+            .iter()
+            .map(|r| r.signatures(&worker_key, &proxy_key).unwrap())
+            .collect()
+    };
+    let verdicts = |signatures: &[ReceiptSignatures]| -> Vec<bool> {
+        verify_batch(&signatures.iter().collect::<Vec<_>>())
+            .iter()
+            .map(Result::is_ok)
+            .collect()
+    };
+    assert_eq!(verdicts(&signatures(&receipts)), vec![true; 6]);
+    assert!(verdicts(&[]).is_empty());
+
+    let mut forged = receipts.clone();
+    // A record changed after signing, and a proxy signature moved to another answer.
+    forged[1].answer.charge = 0;
+    forged[4].proxy_signature = receipts[3].proxy_signature.clone();
+    let verdicts_forged = verdicts(&signatures(&forged));
+    assert_eq!(verdicts_forged, vec![true, false, true, true, false, true]);
+    // Keys swapped: nothing verifies.
+    let swapped: Vec<ReceiptSignatures> = receipts
+        .iter()
+        .map(|r| r.signatures(&proxy_key, &worker_key).unwrap())
+        .collect();
+    assert_eq!(verdicts(&swapped), vec![false; 6]);
+}
+
+#[test]
+fn a_small_order_key_that_would_pass_a_batch_is_refused() {
+    // The identity point as a key: with R = identity and s = 0 the batch equation holds for any
+    // message, so anyone could "sign" with it.
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
+    let weak = VerifyingKey::from_bytes(&identity_point).unwrap();
+    let mut anything = [0u8; 64];
+    anything[0] = 1;
+    let signature = ed25519_dalek::Signature::from_bytes(&anything);
+    let message: &[u8] = b"an answer nobody signed";
+    assert!(
+        ed25519_dalek::verify_batch(&[message; 2], &[signature; 2], &[weak; 2]).is_ok(),
+        "the attack works on a bare batch"
+    );
+    let refused = ReceiptSignatures::new(
+        (&weak, message.to_vec(), &hex::encode(anything)),
+        (&weak, message.to_vec(), &hex::encode(anything)),
+    );
+    assert!(matches!(refused, Err(ReceiptError::BadSignature("worker"))));
+}

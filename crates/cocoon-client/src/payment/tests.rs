@@ -14,6 +14,7 @@ use cocoon_receipt::{unix_now, AnswerRecord, Receipt, WorkerReceipt};
 use cocoon_tee::{FakeAttester, Verifier};
 
 use super::*;
+use crate::stream::receipt_of;
 
 const COEFFICIENT: u32 = 1_500;
 
@@ -99,14 +100,32 @@ async fn payer() -> Arc<Payer> {
     Payer::new(wallet, trust, AttestationKind::Fake, prices, ledger, false)
 }
 
+/// What the client does when an answer ends with `trailers`: read the receipt once, then settle.
+fn settle(payer: &Payer, proxy: AccountId, trailers: &HeaderMap) {
+    let receipt = receipt_of(trailers);
+    payer.settle_answer(proxy, Some(trailers), receipt.as_ref(), COEFFICIENT);
+}
+
+/// `honest` with a record changed after both nodes signed it: everything but its signatures
+/// checks out.
+fn forged(honest: &Receipt) -> Receipt {
+    let mut forged = honest.clone();
+    forged.answer.request_id = "another request".into();
+    forged
+}
+
 #[tokio::test]
 async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
     let payer = payer().await;
     let proxy = AccountId::from(&proxy_key());
     let honest = receipt(Prices::default(), proxy);
     let charge = honest.answer.charge;
-    let check =
-        |trailers: &HeaderMap, max_coefficient| payer.check(proxy, trailers, max_coefficient);
+    let check = |trailers: &HeaderMap, max_coefficient| {
+        let receipt = receipt_of(trailers);
+        payer
+            .check(proxy, trailers, receipt.as_ref(), max_coefficient)
+            .map(|answer| answer.cost)
+    };
 
     assert_eq!(
         check(&trailers(&honest, charge), COEFFICIENT).unwrap(),
@@ -199,7 +218,7 @@ async fn an_unverifiable_charge_stops_all_payment_to_that_proxy() {
     let honest = receipt(Prices::default(), proxy);
     let charge = honest.answer.charge;
     lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
-    payer.settle_answer(proxy, Some(&trailers(&honest, charge)), COEFFICIENT);
+    settle(&payer, proxy, &trailers(&honest, charge));
     let paid = payer.latest(&proxy).unwrap();
     assert_eq!(
         (paid.voucher.cumulative, paid.voucher.seqno),
@@ -208,10 +227,87 @@ async fn an_unverifiable_charge_stops_all_payment_to_that_proxy() {
     paid.verify(&payer.account).unwrap();
     assert_eq!(paid.voucher.kind, VoucherKind::ClientPay);
 
-    payer.settle_answer(proxy, Some(&trailers(&honest, charge + 1)), COEFFICIENT);
+    settle(&payer, proxy, &trailers(&honest, charge + 1));
     assert!(payer.stopped(&proxy).unwrap().contains("receipt proves"));
     // Nothing more is signed for that proxy, even for an honest answer.
-    payer.settle_answer(proxy, Some(&trailers(&honest, charge)), COEFFICIENT);
+    settle(&payer, proxy, &trailers(&honest, charge));
     assert_eq!(payer.latest(&proxy), Some(paid));
     assert!(payer.snapshot()["stopped"][proxy.to_string()].is_string());
+}
+
+#[tokio::test]
+async fn a_batch_with_one_forged_receipt_pays_exactly_the_others() {
+    let payer = payer().await;
+    let proxy = AccountId::from(&proxy_key());
+    let honest = receipt(Prices::default(), proxy);
+    let charge = honest.answer.charge;
+    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
+    // Five answers end within one payment window; the third's receipt is forged.
+    for (index, receipt) in [&honest, &honest, &forged(&honest), &honest, &honest]
+        .into_iter()
+        .enumerate()
+    {
+        // Each answer's cost differs, so the total says which were paid.
+        let cost = charge - index as Amount;
+        settle(&payer, proxy, &trailers(receipt, cost));
+    }
+    assert!(
+        payer.stopped(&proxy).is_none(),
+        "signatures are checked in the batch"
+    );
+
+    let paid = payer.latest(&proxy).unwrap();
+    let others = charge + (charge - 1) + (charge - 3) + (charge - 4);
+    assert_eq!(
+        (paid.voucher.cumulative, paid.voucher.seqno),
+        (100 + others, 4 + 4)
+    );
+    paid.verify(&payer.account).unwrap();
+    let why = payer.stopped(&proxy).unwrap();
+    assert!(why.contains("worker signature"), "{why}");
+    // Nothing more is paid to that proxy.
+    settle(&payer, proxy, &trailers(&honest, charge));
+    assert_eq!(payer.latest(&proxy), Some(paid));
+}
+
+#[tokio::test]
+async fn no_voucher_covers_an_answer_before_its_receipt_is_verified() {
+    let payer = payer().await;
+    let proxy = AccountId::from(&proxy_key());
+    let honest = receipt(Prices::default(), proxy);
+    let charge = honest.answer.charge;
+    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
+    settle(&payer, proxy, &trailers(&honest, charge));
+    // A voucher signed while the answer waits in the queue (not due yet) leaves it out.
+    let not_due = |_: Option<Instant>| false;
+    let early = payer.sign_pending(proxy, not_due, |channel| {
+        (channel.latest, channel.cumulative, channel.unverified.len())
+    });
+    assert_eq!(early, Some((None, 100, 1)));
+
+    let first = payer.latest(&proxy).unwrap();
+    assert_eq!(first.voucher.cumulative, 100 + charge);
+    // The proxy now sends answers whose receipts' signatures fail: a forged worker signature,
+    // a forged proxy signature, and a record both signatures no longer cover.
+    let flipped = |signature: &str| {
+        let mut bytes = hex::decode(signature).unwrap();
+        bytes[0] ^= 1;
+        hex::encode(bytes)
+    };
+    let mut bad_worker = honest.clone();
+    bad_worker.worker_signature = flipped(&honest.worker_signature);
+    let mut bad_proxy = honest.clone();
+    bad_proxy.proxy_signature = flipped(&honest.proxy_signature);
+    for receipt in [bad_worker, bad_proxy, forged(&honest)] {
+        settle(&payer, proxy, &trailers(&receipt, charge));
+    }
+    for _ in 0..2 {
+        let voucher = payer.latest(&proxy).unwrap();
+        assert_eq!(voucher, first, "a voucher covers an unverified answer");
+    }
+    assert!(payer.stopped(&proxy).is_some());
+    assert_eq!(
+        payer.snapshot()["channels"][proxy.to_string()]["unverified"],
+        0
+    );
 }

@@ -1,0 +1,84 @@
+//! A receipt's two signatures, checked one receipt at a time or many receipts at once.
+//!
+//! [`Receipt::signatures`](crate::Receipt::signatures) gathers what the two signatures cover and
+//! the keys that must have made them; [`ReceiptSignatures::verify`] checks them alone
+//! (`verify_strict`, as [`Receipt::verify`](crate::Receipt::verify) does), and [`verify_batch`]
+//! checks many receipts with one multi-scalar multiplication (ed25519-dalek's batch
+//! verification), falling back to one receipt at a time to find which failed.
+//!
+//! What a batch accepts beyond `verify_strict`: a signature whose `R` is of small order or
+//! carries a torsion component. Only the signing key's holder can make one (the signature
+//! equation still has to hold for that key), so it proves nothing the key's holder did not sign;
+//! keys of small order, which would let anyone sign, are refused before any check.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+
+use crate::ReceiptError;
+
+/// One signature, the bytes it covers and the key that must have made it.
+#[derive(Debug, Clone)]
+struct Signed {
+    key: VerifyingKey,
+    message: Vec<u8>,
+    signature: Signature,
+    /// `worker` or `proxy`.
+    which: &'static str,
+}
+
+/// A receipt's worker and proxy signatures, ready to be checked.
+#[derive(Debug, Clone)]
+pub struct ReceiptSignatures {
+    signed: [Signed; 2],
+}
+
+impl ReceiptSignatures {
+    /// The worker's signature over `worker_message` and the proxy's over `proxy_message`.
+    pub(crate) fn new(
+        worker: (&VerifyingKey, Vec<u8>, &str),
+        proxy: (&VerifyingKey, Vec<u8>, &str),
+    ) -> Result<Self, ReceiptError> {
+        let signed = |(key, message, signature_hex): (&VerifyingKey, Vec<u8>, &str),
+                      which: &'static str| {
+            let mut bytes = [0u8; 64];
+            hex::decode_to_slice(signature_hex, &mut bytes)
+                .map_err(|_| ReceiptError::BadSignature(which))?;
+            if key.is_weak() {
+                return Err(ReceiptError::BadSignature(which));
+            }
+            Ok(Signed {
+                key: *key,
+                message,
+                signature: Signature::from_bytes(&bytes),
+                which,
+            })
+        };
+        Ok(ReceiptSignatures {
+            signed: [signed(worker, "worker")?, signed(proxy, "proxy")?],
+        })
+    }
+
+    /// Checks both signatures, each on its own (strict Ed25519).
+    pub fn verify(&self) -> Result<(), ReceiptError> {
+        for signed in &self.signed {
+            signed
+                .key
+                .verify_strict(&signed.message, &signed.signature)
+                .map_err(|_| ReceiptError::BadSignature(signed.which))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks every receipt's signatures: all in one batch, and when the batch fails, each receipt
+/// alone, so that one bad receipt refuses only itself. The verdicts are in `receipts`' order.
+pub fn verify_batch(receipts: &[&ReceiptSignatures]) -> Vec<Result<(), ReceiptError>> {
+    let signed = || receipts.iter().flat_map(|receipt| receipt.signed.iter());
+    let messages: Vec<&[u8]> = signed().map(|s| s.message.as_slice()).collect();
+    let signatures: Vec<Signature> = signed().map(|s| s.signature).collect();
+    let keys: Vec<VerifyingKey> = signed().map(|s| s.key).collect();
+    // One receipt alone is checked strictly; so is every receipt of a failed batch.
+    if receipts.len() > 1 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        return receipts.iter().map(|_| Ok(())).collect();
+    }
+    receipts.iter().map(|receipt| receipt.verify()).collect()
+}
