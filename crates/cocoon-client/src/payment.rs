@@ -107,7 +107,8 @@ impl Channel {
         proxy: AccountId,
         due: impl Fn(Option<Instant>) -> bool,
     ) -> Option<String> {
-        if !(self.pending || !self.unverified.is_empty()) || !due(self.signed_at) {
+        let waiting = self.pending || !self.unverified.is_empty();
+        if !waiting || !due(self.signed_at) {
             return None;
         }
         let refused = self.verify_queued();
