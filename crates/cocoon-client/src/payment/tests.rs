@@ -100,6 +100,15 @@ async fn payer() -> Arc<Payer> {
     Payer::new(wallet, trust, AttestationKind::Fake, prices, ledger, false)
 }
 
+/// A payer whose channel with a proxy stands at 100 paid (statement 4), that proxy, and an
+/// honest receipt of it.
+async fn paying() -> (Arc<Payer>, AccountId, Receipt) {
+    let payer = payer().await;
+    let proxy = AccountId::from(&proxy_key());
+    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
+    (payer, proxy, receipt(Prices::default(), proxy))
+}
+
 /// What the client does when an answer ends with `trailers`: read the receipt once, then settle.
 fn settle(payer: &Payer, proxy: AccountId, trailers: &HeaderMap) {
     let receipt = receipt_of(trailers);
@@ -213,11 +222,8 @@ async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
 
 #[tokio::test]
 async fn an_unverifiable_charge_stops_all_payment_to_that_proxy() {
-    let payer = payer().await;
-    let proxy = AccountId::from(&proxy_key());
-    let honest = receipt(Prices::default(), proxy);
+    let (payer, proxy, honest) = paying().await;
     let charge = honest.answer.charge;
-    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
     settle(&payer, proxy, &trailers(&honest, charge));
     let paid = payer.latest(&proxy).unwrap();
     assert_eq!(
@@ -237,11 +243,8 @@ async fn an_unverifiable_charge_stops_all_payment_to_that_proxy() {
 
 #[tokio::test]
 async fn a_batch_with_one_forged_receipt_pays_exactly_the_others() {
-    let payer = payer().await;
-    let proxy = AccountId::from(&proxy_key());
-    let honest = receipt(Prices::default(), proxy);
+    let (payer, proxy, honest) = paying().await;
     let charge = honest.answer.charge;
-    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
     // Five answers end within one payment window; the third's receipt is forged.
     for (index, receipt) in [&honest, &honest, &forged(&honest), &honest, &honest]
         .into_iter()
@@ -272,11 +275,8 @@ async fn a_batch_with_one_forged_receipt_pays_exactly_the_others() {
 
 #[tokio::test]
 async fn no_voucher_covers_an_answer_before_its_receipt_is_verified() {
-    let payer = payer().await;
-    let proxy = AccountId::from(&proxy_key());
-    let honest = receipt(Prices::default(), proxy);
+    let (payer, proxy, honest) = paying().await;
     let charge = honest.answer.charge;
-    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
     settle(&payer, proxy, &trailers(&honest, charge));
     // A voucher signed while the answer waits in the queue (not due yet) leaves it out.
     let not_due = |_: Option<Instant>| false;
