@@ -37,6 +37,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::edge::{new_request_id, with_request_id, RequestId};
 use crate::link::{unix_seconds, ProxyLinks};
+use crate::payment::PaymentError;
 use crate::request::{prepare, Defaults, Endpoint, Prepared};
 use crate::stream::{rewrite_sse, SseOptions};
 
@@ -410,12 +411,20 @@ impl Api {
             if sender.ready().await.is_err() {
                 continue;
             }
-            let payment = self.payer.request_headers(&link).await.map_err(|error| {
-                Failure::new(
-                    error.kind(),
-                    format!("cannot pay proxy {}: {error}", link.proxy),
-                )
-            })?;
+            let payment = match self.payer.request_headers(&link).await {
+                Ok(payment) => payment,
+                // A receipt checked just now failed: this proxy is not used any more.
+                Err(PaymentError::Stopped(why)) => {
+                    stopped = Some(why);
+                    continue;
+                }
+                Err(error) => {
+                    return Err(Failure::new(
+                        error.kind(),
+                        format!("cannot pay proxy {}: {error}", link.proxy),
+                    ))
+                }
+            };
             let mut request = http::Request::builder()
                 .method(Method::POST)
                 .uri(endpoint.path())

@@ -6,8 +6,8 @@
 //! the request's limit, the charge is the price of the usage, and the cost the proxy reports is
 //! at most that charge (less when the proxy capped it at the request's reservation). The
 //! receipt's two signatures wait with that cost in the channel's queue: when the next payment is
-//! signed (at most every [`SIGN_EVERY`] per proxy), the queued receipts' signatures are checked
-//! in one batch, and the voucher — the previous total plus the cost of each answer whose
+//! signed (at most every 25 ms per proxy, `channel.rs`), the queued receipts' signatures are
+//! checked in one batch, and the voucher — the previous total plus the cost of each answer whose
 //! signatures verified — is signed with the wallet key and sent with the next request on that
 //! link (`x-cocoon-payment`), or within a settlement interval with `POST /cocoon/v1/payment` when
 //! no request goes. No voucher covers an answer whose receipt is not verified yet.
@@ -23,15 +23,13 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cocoon_money::Settlement;
-use cocoon_money::{
-    AccountId, Amount, ClientStatement, Prices, SignedVoucher, Voucher, VoucherKind,
-};
+use cocoon_money::{AccountId, ClientStatement, Prices, SignedVoucher, VoucherKind};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::Body;
 use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
 use cocoon_proto::link::{PATH_BILLING, PATH_PAYMENT};
 use cocoon_ratls::{verify_certificate, PeerIdentity};
-use cocoon_receipt::{Receipt, ReceiptSignatures};
+use cocoon_receipt::Receipt;
 use cocoon_tee::{AttestationKind, Policy};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
@@ -42,6 +40,10 @@ use tokio::sync::watch;
 
 use crate::link::{LiveLink, ProxyLinks};
 
+mod channel;
+
+use channel::{now, when_due, Channel, Unverified};
+
 /// Verified certificates kept; the cache is emptied at this size (a proxy with more workers
 /// than this costs one certificate check per answer, never unbounded memory).
 const MAX_CERTIFICATES: usize = 256;
@@ -49,123 +51,6 @@ const MAX_CERTIFICATES: usize = 256;
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest statement read.
 const MAX_STATEMENT_BYTES: usize = 64 << 10;
-
-/// The longest a checked answer waits to be covered by a signed payment while requests keep
-/// going to its proxy: one batch check of the window's receipt signatures and one voucher
-/// signature (and one check at the proxy) cover every answer in that window, instead of one
-/// each. The proxy's unpaid bound absorbs the window; a settlement flush and [`Payer::latest`]
-/// sign at once.
-const SIGN_EVERY: Duration = Duration::from_millis(25);
-
-/// An answer whose receipt checked out but for its signatures, and what it costs.
-#[derive(Debug)]
-struct Unverified {
-    signatures: ReceiptSignatures,
-    cost: Amount,
-}
-
-/// The client's payment channel with one proxy.
-#[derive(Debug)]
-struct Channel {
-    /// What the client has signed for, or will sign for next, in total: only answers whose
-    /// receipts are fully verified count.
-    cumulative: Amount,
-    /// The statement number of that voucher.
-    seqno: u64,
-    /// The newest voucher, if the client signed one (or the proxy held one of its).
-    latest: Option<SignedVoucher>,
-    /// Whether `latest` has not been sent to the proxy yet.
-    unsent: bool,
-    /// Whether `cumulative` covers answers `latest` does not (checked, not yet signed for).
-    pending: bool,
-    /// When `latest` was signed here.
-    signed_at: Option<Instant>,
-    /// Answers waiting for their receipts' signatures to be checked, in arrival order.
-    unverified: Vec<Unverified>,
-}
-
-impl Channel {
-    /// A channel whose payments start from `cumulative` at statement `seqno`.
-    fn from(cumulative: Amount, seqno: u64, latest: Option<SignedVoucher>) -> Self {
-        Channel {
-            cumulative,
-            seqno,
-            latest,
-            unsent: false,
-            pending: false,
-            signed_at: None,
-            unverified: Vec::new(),
-        }
-    }
-
-    /// If `due` says so, checks the queued receipts' signatures (in one batch), adds the cost of
-    /// each answer that verified, and signs for the new total. Returns why an answer was refused,
-    /// if one was: its cost is not added, and the caller stops paying this proxy.
-    fn sign_pending(
-        &mut self,
-        wallet: &SigningKey,
-        proxy: AccountId,
-        due: impl Fn(Option<Instant>) -> bool,
-    ) -> Option<String> {
-        let waiting = self.pending || !self.unverified.is_empty();
-        if !waiting || !due(self.signed_at) {
-            return None;
-        }
-        let refused = self.verify_queued();
-        if self.pending {
-            self.latest = Some(Voucher::client_pay(
-                wallet,
-                proxy,
-                self.cumulative,
-                self.seqno,
-            ));
-            self.pending = false;
-            self.unsent = true;
-            self.signed_at = Some(Instant::now());
-        }
-        refused
-    }
-
-    /// Moves the queued answers whose receipt signatures verify into `cumulative`; the first
-    /// reason an answer was refused, if one was.
-    fn verify_queued(&mut self) -> Option<String> {
-        let queued = std::mem::take(&mut self.unverified);
-        let signatures: Vec<&ReceiptSignatures> = queued.iter().map(|q| &q.signatures).collect();
-        let verdicts = cocoon_receipt::verify_batch(&signatures);
-        let mut refused = None;
-        for (answer, verdict) in queued.iter().zip(verdicts) {
-            let added = verdict
-                .map_err(|error| format!("receipt: {error}"))
-                .and_then(|()| {
-                    self.cumulative
-                        .checked_add(answer.cost)
-                        .zip(self.seqno.checked_add(1))
-                        .ok_or_else(|| "the total paid would overflow".to_owned())
-                });
-            match added {
-                Ok((cumulative, seqno)) => {
-                    self.cumulative = cumulative;
-                    self.seqno = seqno;
-                    self.pending = true;
-                }
-                Err(why) => {
-                    refused.get_or_insert(why);
-                }
-            }
-        }
-        refused
-    }
-}
-
-/// Sign now, whenever the last signature was.
-fn now(_: Option<Instant>) -> bool {
-    true
-}
-
-/// Sign if no signature was made in the last [`SIGN_EVERY`].
-fn when_due(signed_at: Option<Instant>) -> bool {
-    signed_at.is_none_or(|at| at.elapsed() >= SIGN_EVERY)
-}
 
 /// Why a charge could not be paid.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +64,9 @@ pub enum PaymentError {
     /// The ledger could not be read.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The client stopped paying this proxy (why): send it nothing.
+    #[error("this client stopped paying the proxy: {0}")]
+    Stopped(String),
 }
 
 impl PaymentError {
@@ -308,19 +196,29 @@ impl Payer {
             return Ok(headers);
         }
         self.open_channel(link, proxy).await?;
-        let payment = self
-            .sign_pending(proxy, when_due, |channel| {
-                channel.unsent = false;
-                channel.latest
-            })
-            .flatten();
-        if let Some(value) = payment
+        if let Some(value) = self
+            .payment_for(proxy)?
             .and_then(|voucher| serde_json::to_string(&voucher).ok())
             .and_then(|json| HeaderValue::from_str(&json).ok())
         {
             headers.push((PAYMENT, value));
         }
         Ok(headers)
+    }
+
+    /// The newest payment to send with a request to `proxy`, signed first if one is due;
+    /// [`PaymentError::Stopped`] when the proxy is not paid any more. Checking the queued
+    /// receipts may find one that fails: then the request goes to another proxy, and the payment
+    /// for the rest of the window stays unsent, for the next flush.
+    fn payment_for(&self, proxy: AccountId) -> Result<Option<SignedVoucher>, PaymentError> {
+        self.sign_pending(proxy, when_due, |_| ());
+        if let Some(why) = self.stopped(&proxy) {
+            return Err(PaymentError::Stopped(why));
+        }
+        Ok(lock(&self.channels).get_mut(&proxy).and_then(|channel| {
+            channel.unsent = false;
+            channel.latest
+        }))
     }
 
     /// Starts the channel with `proxy` where the client's payments left off: the newest of what

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cocoon_money::{price, AccountId, Hash32, Prices};
+use cocoon_money::{price, AccountId, Amount, Hash32, Prices};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_proto::headers::{
     COST, RECEIPT_PROXY_CERTIFICATE, RECEIPT_RECORD, RECEIPT_WORKER_CERTIFICATE,
@@ -310,4 +310,22 @@ async fn no_voucher_covers_an_answer_before_its_receipt_is_verified() {
         payer.snapshot()["channels"][proxy.to_string()]["unverified"],
         0
     );
+}
+
+#[tokio::test]
+async fn a_request_does_not_go_to_a_proxy_whose_queued_receipt_fails() {
+    let (payer, proxy, honest) = paying().await;
+    let charge = honest.answer.charge;
+    settle(&payer, proxy, &trailers(&honest, charge));
+    settle(&payer, proxy, &trailers(&forged(&honest), charge));
+    // The next request's payment checks the queue, finds the forgery and sends nothing there.
+    let refused = payer.payment_for(proxy).unwrap_err();
+    assert!(matches!(refused, PaymentError::Stopped(_)), "{refused}");
+    // The honest answer's payment waits for the next flush.
+    let channel = lock(&payer.channels)
+        .get(&proxy)
+        .map(|c| (c.unsent, c.latest));
+    let (unsent, latest) = channel.unwrap();
+    assert!(unsent);
+    assert_eq!(latest.unwrap().voucher.cumulative, 100 + charge);
 }
