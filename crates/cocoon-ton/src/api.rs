@@ -250,11 +250,21 @@ impl GetMethodResult {
 }
 
 /// A TON HTTP API v2 endpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TonApi {
     http: reqwest::Client,
     base: String,
     api_key: Option<String>,
+}
+
+/// Never shows the API key (a `Debug` of a handle may end up in a log).
+impl std::fmt::Debug for TonApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TonApi")
+            .field("base", &self.base)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl TonApi {
@@ -451,6 +461,14 @@ mod tests {
     use axum::Router;
 
     use super::*;
+
+    #[test]
+    fn a_debug_print_never_shows_the_api_key() {
+        let api = TonApi::new("https://toncenter.com/api/v2", Some("s3cret-key".into())).unwrap();
+        let printed = format!("{api:?}");
+        assert!(!printed.contains("s3cret-key"), "{printed}");
+        assert!(printed.contains("toncenter.com"), "{printed}");
+    }
 
     /// An API at a loopback port answering each method with `answer(method)`.
     async fn stub(answer: fn(&str) -> String) -> TonApi {

@@ -17,6 +17,7 @@ pub mod code;
 pub mod contracts;
 pub mod getters;
 pub mod messages;
+pub mod mnemonic;
 pub mod operations;
 pub mod refusals;
 pub mod registry_cells;
@@ -31,6 +32,7 @@ pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, T
 pub use backend::TonBackend;
 pub use contracts::{ChannelTerms, Deployment, ProxyTerms, RootTerms};
 pub use getters::GetterError;
+pub use mnemonic::key_from_mnemonic;
 pub use messages::{ChannelMessage, ProxyMessage, SignedAmount, UpdateRegistry};
 pub use registry_cells::{ListedProxy, RegistryLists, RegistryParams};
 pub use sender::{SendError, WalletSender};

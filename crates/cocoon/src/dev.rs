@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await
     .context("starting the dev ledger")?;
     let ledger_url = ledger.url();
-    let backend = crate::settlement::backend(&ledger_url);
+    let backend = crate::settlement::local(&ledger_url);
     // The registry owner's handle, for the dev registry's edits below.
     let owner_ledger = backend.connect(Some(owner_key.clone()))?;
     let owner_key_file = data_dir.join("registry-owner.key");

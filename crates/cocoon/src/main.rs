@@ -46,11 +46,11 @@ enum Role {
     /// attestation with every check, the OpenAI API at http://127.0.0.1:10000.
     Dev(dev::DevArgs),
     /// Run a proxy: attests workers and clients, routes requests, meters tokens.
-    Proxy(RoleArgs<cocoon_proxy::ProxyConfig>),
+    Proxy(NodeArgs<cocoon_proxy::ProxyConfig>),
     /// Run a worker: serves one model from an inference engine to proxies.
-    Worker(RoleArgs<cocoon_worker::WorkerConfig>),
+    Worker(NodeArgs<cocoon_worker::WorkerConfig>),
     /// Run a client: the OpenAI-compatible API for applications, forwarding into the network.
-    Client(RoleArgs<cocoon_client::ClientConfig>),
+    Client(NodeArgs<cocoon_client::ClientConfig>),
     /// Run the local settlement ledger (accounts, proxy/client/worker contracts, vouchers) over
     /// HTTP/JSON.
     Ledger(RoleArgs<cocoon_ledger::LedgerConfig>),
@@ -128,6 +128,16 @@ struct RoleArgs<C: Args> {
     settings: C,
 }
 
+/// A node role's options: the role's own, and where its money settles (the local ledger at the
+/// role's `--ledger`; TON is refused for now).
+#[derive(Args)]
+struct NodeArgs<C: Args> {
+    #[command(flatten)]
+    role: RoleArgs<C>,
+    #[command(flatten)]
+    settlement: settlement::SettlementArgs,
+}
+
 fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
@@ -169,29 +179,32 @@ fn main() -> anyhow::Result<()> {
         }
         Role::SyntheticEngine(args) => runtime.block_on(serve_synthetic(args)),
         Role::Proxy(args) => {
-            let Some(config) = effective(name, sub, &args)? else {
+            let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            let backend = settlement::backend(&config.ledger);
+            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
+                let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_proxy::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }
         Role::Worker(args) => {
-            let Some(config) = effective(name, sub, &args)? else {
+            let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            let backend = settlement::backend(&config.ledger);
+            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
+                let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_worker::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }
         Role::Client(args) => {
-            let Some(config) = effective(name, sub, &args)? else {
+            let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            let backend = settlement::backend(&config.ledger);
+            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
+                let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_client::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
             })
         }

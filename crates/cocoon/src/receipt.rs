@@ -70,7 +70,7 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a registry document", path.display()))?,
         ),
         (None, Some(url)) => {
-            let ledger = crate::settlement::backend(url).connect(None)?;
+            let ledger = crate::settlement::local(url).connect(None)?;
             Some(crate::registry::read(&*ledger, url).await?)
         }
         (None, None) => None,

@@ -1,6 +1,7 @@
 //! `cocoon registry`: read the network's registry, and change it as its owner. Every change is one
-//! owner-signed `UpdateRegistry` transaction carrying the next version; nodes watching the ledger
-//! apply it within seconds (a revoked image or model disconnects the peers that use it).
+//! owner-signed `UpdateRegistry` transaction carrying the next version (on TON: a message from the
+//! owner's wallet to the root); nodes watching the ledger apply it within seconds (a revoked image
+//! or model disconnects the peers that use it).
 
 use std::path::{Path, PathBuf};
 
@@ -11,16 +12,30 @@ use cocoon_money::{
 };
 use ed25519_dalek::SigningKey;
 
+use crate::settlement::{MnemonicArgs, SettlementArgs};
+
 /// Options of `cocoon registry`.
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
-    /// Base URL of the ledger holding the registry.
+    /// Base URL of the ledger holding the registry (with `--settlement local`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
     pub ledger: String,
-    /// File with the registry owner's key (64 hex digits; see `cocoon registry keygen`). Required
-    /// for changes. `cocoon dev` writes its owner key to `<data-dir>/registry-owner.key`.
-    #[arg(long, value_name = "FILE", env = "COCOON_REGISTRY_OWNER_KEY")]
+    /// Where the registry lives (on TON: the root contract).
+    #[command(flatten)]
+    pub settlement: SettlementArgs,
+    /// File with the registry owner's key (64 hex digits; see `cocoon registry keygen`). Changes
+    /// need it or `--mnemonic-file`. `cocoon dev` writes its owner key to
+    /// `<data-dir>/registry-owner.key`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "COCOON_REGISTRY_OWNER_KEY",
+        conflicts_with = "mnemonic_file"
+    )]
     pub owner_key: Option<PathBuf>,
+    /// The owner's key from a TON wallet's mnemonic instead.
+    #[command(flatten)]
+    pub mnemonic: MnemonicArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -85,12 +100,13 @@ pub struct PriceArgs {
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     let change = match args.command {
         RegistryCommand::Show => {
-            let ledger = crate::settlement::backend(&args.ledger).connect(None)?;
-            let answer = ledger
+            let backend = args.settlement.backend(&args.ledger).await?;
+            let answer = backend
+                .connect(None)?
                 .registry_answer()
                 .await
-                .with_context(|| format!("reading the registry from {}", args.ledger))?;
-            return print(&answer, args.json);
+                .with_context(|| format!("reading the registry from {}", backend.location()))?;
+            return print(&answer, args.settlement.on_ton(), args.json);
         }
         RegistryCommand::Keygen { file } => {
             let account = keygen(&file)?;
@@ -103,11 +119,25 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
         }
         RegistryCommand::Change(change) => change,
     };
-    let Some(key_file) = &args.owner_key else {
-        bail!("changing the registry needs its owner's key: pass --owner-key FILE");
+    let key = match (&args.owner_key, args.mnemonic.key()?) {
+        (_, Some(key)) => key,
+        (Some(key_file), None) => read_key(key_file)?,
+        (None, None) => bail!(
+            "changing the registry needs its owner's key: pass --owner-key FILE or \
+             --mnemonic-file FILE"
+        ),
     };
-    let ledger = crate::settlement::backend(&args.ledger).connect(Some(read_key(key_file)?))?;
-    let current = read(&*ledger, &args.ledger).await?;
+    let backend = args.settlement.backend(&args.ledger).await?;
+    let ledger = backend.connect(Some(key))?;
+    let mut current = read(&*ledger, backend.location()).await?;
+    if args.settlement.on_ton() {
+        // The root names its owner by wallet address, which does not reveal the key: the
+        // document read back carries the address's hash. The owner signing keeps ownership (the
+        // root refuses anyone else).
+        current.owner = ledger
+            .account_id()
+            .context("a handle with a key has an account")?;
+    }
     let edits = match change {
         ChangeCommand::Edit(edit) => vec![edit],
         ChangeCommand::SetPrice(prices) => vec![RegistryEdit::SetPrices {
@@ -172,7 +202,7 @@ pub async fn apply(
 /// ledger answers (within 30 s): for a network that starts its own ledger, so that its nodes,
 /// which pin the owner, have a signed version to read.
 pub async fn publish_when_up(url: &str, owner_key: &SigningKey) -> anyhow::Result<Registry> {
-    let ledger = crate::settlement::backend(url).connect(Some(owner_key.clone()))?;
+    let ledger = crate::settlement::local(url).connect(Some(owner_key.clone()))?;
     let started = std::time::Instant::now();
     let current = loop {
         match read(&*ledger, url).await {
@@ -194,7 +224,7 @@ fn keygen(path: &Path) -> anyhow::Result<AccountId> {
     Ok(AccountId::from(&key))
 }
 
-fn print(answer: &RegistryAnswer, json: bool) -> anyhow::Result<()> {
+fn print(answer: &RegistryAnswer, on_ton: bool, json: bool) -> anyhow::Result<()> {
     let registry = &answer.registry;
     if json {
         println!("{}", serde_json::to_string_pretty(registry)?);
@@ -205,6 +235,10 @@ fn print(answer: &RegistryAnswer, json: bool) -> anyhow::Result<()> {
     println!("owner:   {}", registry.owner);
     match &answer.signed_update {
         Some(update) => println!("signed:  by {}", update.signer),
+        None if on_ton => println!(
+            "signed:  on TON: the root accepts changes only from the owner's wallet (owner above: \
+             that wallet's address hash)"
+        ),
         None => println!(
             "signed:  no (a new ledger's first version; nodes wait for one the owner signed: \
              `cocoon registry publish`)"

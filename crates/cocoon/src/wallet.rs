@@ -1,6 +1,7 @@
-//! `cocoon wallet`: a node's ledger account from the command line. The wallet key is the node's
-//! own sealed key (same `--data-dir` and attestation options as the node), so the CLI acts for the
-//! very account the node's attestation names.
+//! `cocoon wallet`: a node's settlement account from the command line, on the local ledger or on
+//! TON (`--settlement ton`). The wallet key is the node's own sealed key (same `--data-dir` and
+//! attestation options as the node), so the CLI acts for the very account the node's attestation
+//! names; or an operator's TON wallet from its 24-word mnemonic (`--mnemonic-file`).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,8 @@ use clap::{Args, Subcommand};
 
 use cocoon_money::{AccountId, Amount, Settlement, SettlementBackend, SignedVoucher};
 use cocoon_node::attestation::AttestationArgs;
+
+use crate::settlement::{MnemonicArgs, SettlementArgs};
 use cocoon_node::registry::RegistryWatch;
 use cocoon_node::registry_trust::RegistryTrust;
 use serde_json::{json, Value};
@@ -20,9 +23,15 @@ pub struct WalletArgs {
     /// The node's data directory, where its sealed wallet key lives.
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/client")]
     pub data_dir: PathBuf,
-    /// Base URL of the ledger.
+    /// Base URL of the ledger (with `--settlement local`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:13000")]
     pub ledger: String,
+    /// Where money settles.
+    #[command(flatten)]
+    pub settlement: SettlementArgs,
+    /// Sign with a TON mnemonic's key instead of the node's sealed key.
+    #[command(flatten)]
+    pub mnemonic: MnemonicArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -43,7 +52,8 @@ pub struct WalletArgs {
 pub enum WalletCommand {
     /// Create the wallet key if there is none; print its address.
     New,
-    /// Print the wallet's address (hex public key).
+    /// Print the wallet's address (hex public key; on TON also its v5r1 wallet, where TON for
+    /// this account is sent).
     Address,
     /// The account's balance, and its contracts with `--proxy`.
     Balance {
@@ -59,7 +69,8 @@ pub enum WalletCommand {
         /// Nano-units.
         amount: Amount,
     },
-    /// Development ledgers only: mint `amount` into this account from the faucet.
+    /// Development only (a ledger with its faucet on, or `--settlement ton-devnet`): mint
+    /// `amount` into this account from the faucet.
     Faucet {
         /// Nano-units.
         amount: Amount,
@@ -72,7 +83,7 @@ pub enum WalletCommand {
         /// Nano-units.
         amount: Amount,
         /// Stake of a new contract (default: the registry's minimum, which needs
-        /// `--registry-owner`).
+        /// `--registry-owner` on the local ledger; on TON the root's own).
         #[arg(long, value_name = "AMOUNT")]
         stake: Option<Amount>,
     },
@@ -155,13 +166,22 @@ const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs one wallet command.
 pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
-    let key = cocoon_node::wallet::open_wallet(&args.data_dir, &args.attestation)
-        .context("opening the wallet key")?;
+    let key = match args.mnemonic.key()? {
+        Some(key) => key,
+        None => cocoon_node::wallet::open_wallet(&args.data_dir, &args.attestation)
+            .context("opening the wallet key")?,
+    };
     let account = AccountId::from(&key);
-    let backend = crate::settlement::backend(&args.ledger);
-    let ledger = backend.connect(Some(key)).context("bad --ledger")?;
+    if matches!(args.command, WalletCommand::New | WalletCommand::Address) {
+        // No backend needed: the address is the key's.
+        return print(&address(account, args.settlement.on_ton())?, args.json);
+    }
+    let backend = args.settlement.backend(&args.ledger).await?;
+    let ledger = backend
+        .connect(Some(key))
+        .with_context(|| format!("connecting to {}", backend.location()))?;
     let out = match args.command {
-        WalletCommand::New | WalletCommand::Address => json!({ "address": account.to_string() }),
+        WalletCommand::New | WalletCommand::Address => address(account, args.settlement.on_ton())?,
         WalletCommand::Balance { proxy } => balance(&*ledger, account, proxy).await?,
         WalletCommand::Transfer { to, amount } => {
             let receipt = ledger.transfer(to, amount).await?;
@@ -185,6 +205,10 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             } else {
                 let stake = match stake {
                     Some(stake) => stake,
+                    // On TON the root is the registry, and the channel's address commits to its
+                    // minimum: a channel opened with another stake would not be the one the
+                    // proxy finds.
+                    None if args.settlement.on_ton() => ledger.registry().await?.min_client_stake,
                     None => {
                         verified_min_client_stake(&*backend, &args.registry_owner, &args.data_dir)
                             .await?
@@ -240,10 +264,26 @@ pub async fn run(args: WalletArgs) -> anyhow::Result<()> {
             balance(&*ledger, account, None).await?
         }
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+    print(&out, args.json)
+}
+
+/// The account's address; on TON also the v5r1 wallet that holds its TON.
+fn address(account: AccountId, on_ton: bool) -> anyhow::Result<Value> {
+    let mut out = json!({ "address": account.to_string() });
+    if on_ton {
+        let wallet = cocoon_ton::contracts::wallet_address(account.as_bytes())
+            .context("computing the TON wallet address")?;
+        // Non-bounceable: what a first transfer to a wallet not yet deployed must use.
+        out["ton_wallet"] = json!(wallet.to_base64_url_flags(true, false));
+    }
+    Ok(out)
+}
+
+fn print(out: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(out)?);
     } else {
-        print_text(&out, "");
+        print_text(out, "");
     }
     Ok(())
 }

@@ -85,7 +85,7 @@ const STARTING_AT_ONCE: usize = 32;
 /// Runs `count` workers in this process until Ctrl-C or SIGTERM.
 pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
     let shutdown = cocoon_node::shutdown::on_signal();
-    let backend = crate::settlement::backend(&args.ledger);
+    let backend = crate::settlement::local(&args.ledger);
     let started = futures::stream::iter(0..args.count)
         .map(|index| {
             let config = WorkerConfig {
