@@ -57,7 +57,10 @@ impl std::fmt::Debug for SettlementArgs {
         f.debug_struct("SettlementArgs")
             .field("settlement", &self.settlement)
             .field("ton_api", &self.ton_api)
-            .field("ton_api_key", &self.ton_api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ton_api_key",
+                &self.ton_api_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("ton_root", &self.ton_root)
             .finish()
     }
@@ -229,6 +232,9 @@ mod tests {
             devnet_base("http://127.0.0.1:13100/api/v2/"),
             "http://127.0.0.1:13100"
         );
-        assert_eq!(devnet_base("http://127.0.0.1:13100"), "http://127.0.0.1:13100");
+        assert_eq!(
+            devnet_base("http://127.0.0.1:13100"),
+            "http://127.0.0.1:13100"
+        );
     }
 }
