@@ -18,7 +18,7 @@ use crate::rules::{
 };
 use crate::signed_registry::RegistryAnswer;
 use crate::transaction::TransactionBody;
-use crate::voucher::SignedVoucher;
+use crate::voucher::{SignedVoucher, VoucherKind};
 
 /// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
 /// beside `flatten`; a backend only writes it.)
@@ -47,6 +47,10 @@ pub enum SettlementError {
     /// The backend answered with an error of its own (bad request, storage failure, bad reply).
     #[error("settlement backend error: {0}")]
     Backend(String),
+    /// The backend has no counterpart for this operation (TON keeps no proxy state commits);
+    /// nothing was sent or changed.
+    #[error("not supported by this settlement backend: {0}")]
+    Unsupported(String),
     /// The proxy's local database is behind or diverged from its last commit.
     #[error(transparent)]
     RolledBack(#[from] RollbackError),
@@ -92,6 +96,21 @@ pub trait SettlementBackend: Send + Sync {
 pub trait Settlement: Send + Sync {
     /// The account this handle acts for, if it can sign.
     fn account_id(&self) -> Option<AccountId>;
+
+    /// The ids a voucher of `kind` names, for the proxy of operator `proxy` and `counterparty`
+    /// (the client, or the worker): what a node signs a voucher over and checks it against.
+    /// Default: the accounts themselves, as the local ledger names them; a backend whose
+    /// contracts are accounts of their own (TON: the proxy contract, the client's channel, the
+    /// worker's wallet) overrides it.
+    fn voucher_ids(
+        &self,
+        kind: VoucherKind,
+        proxy: AccountId,
+        counterparty: AccountId,
+    ) -> Result<(AccountId, AccountId), SettlementError> {
+        let _ = kind;
+        Ok((proxy, counterparty))
+    }
 
     /// Signs and applies one transaction as [`Self::account_id`].
     async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError>;

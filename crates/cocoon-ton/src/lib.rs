@@ -32,8 +32,8 @@ pub use api::{AccountState, GetMethodResult, TonApi, TonApiError, Transaction, T
 pub use backend::TonBackend;
 pub use contracts::{ChannelTerms, Deployment, ProxyTerms, RootTerms};
 pub use getters::GetterError;
-pub use mnemonic::key_from_mnemonic;
 pub use messages::{ChannelMessage, ProxyMessage, SignedAmount, UpdateRegistry};
+pub use mnemonic::key_from_mnemonic;
 pub use registry_cells::{ListedProxy, RegistryLists, RegistryParams};
 pub use sender::{SendError, WalletSender};
 pub use settlement::TonSettlement;

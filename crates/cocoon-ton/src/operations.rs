@@ -420,7 +420,6 @@ impl TonSettlement {
 
 /// Performs `body` as this wallet: one message, its trace followed to the contracts' answer.
 pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, SettlementError> {
-    let sender = &s.signer()?.sender;
     match &body {
         B::Mint { amount } => return s.devnet_faucet(*amount).await,
         B::CommitProxyState { .. } => return Err(not_on_ton(
@@ -428,6 +427,7 @@ pub(crate) async fn execute(s: &TonSettlement, body: B) -> Result<Receipt, Settl
         )),
         _ => {}
     }
+    let sender = &s.signer()?.sender;
     let plan = s.plan(&body).await?;
     // A wallet that cannot even cover the value would have its message refused or skipped only
     // after a block or, unfunded, after every attempt expired: refuse now.

@@ -327,6 +327,17 @@ impl Settlement for TonSettlement {
         self.signer.as_ref().map(|s| s.me)
     }
 
+    /// The proxy contract, and the client's channel or the worker's wallet (the inherent
+    /// [`TonSettlement::voucher_ids`]).
+    fn voucher_ids(
+        &self,
+        kind: VoucherKind,
+        proxy: AccountId,
+        counterparty: AccountId,
+    ) -> Result<(AccountId, AccountId), SettlementError> {
+        TonSettlement::voucher_ids(self, kind, &proxy, &counterparty)
+    }
+
     async fn execute(&self, body: TransactionBody) -> Result<Receipt, SettlementError> {
         crate::operations::execute(self, body).await
     }
@@ -436,12 +447,66 @@ impl Settlement for TonSettlement {
 
 /// A refusal for an operation that has no counterpart on TON.
 pub(crate) fn not_on_ton(what: &str) -> SettlementError {
-    SettlementError::Backend(format!("not on TON: {what}"))
+    SettlementError::Unsupported(format!("not on TON: {what}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read-only handle on a root at a made-up address, with the tests' terms (no chain:
+    /// addresses are computed locally).
+    fn offline() -> TonSettlement {
+        TonSettlement {
+            api: TonApi::new("http://127.0.0.1:9/api/v2", None).unwrap(),
+            signer: None,
+            root: crate::contracts::address_of(&[0x42; 32]),
+            terms: Arc::new(RwLock::new(Terms {
+                min_client_stake: 1_000_000_000,
+                min_proxy_stake: 2_000_000_000,
+                client_delay: 600,
+                proxy_delay: 3600,
+            })),
+            devnet: None,
+            poll: Duration::from_millis(10),
+        }
+    }
+
+    #[test]
+    fn through_the_trait_vouchers_name_the_contracts() {
+        let ton = offline();
+        let held: &dyn Settlement = &ton;
+        let (operator, client) = (AccountId([7; 32]), AccountId([8; 32]));
+        let proxy = AccountId(account_id(&ton.proxy_address(&operator).unwrap()));
+        let channel = AccountId(account_id(
+            &ton.channel_address(&operator, &client).unwrap(),
+        ));
+        let wallet = AccountId(account_id(&wallet_address(client.as_bytes()).unwrap()));
+        for kind in [VoucherKind::ClientPay, VoucherKind::ClientCharge] {
+            assert_eq!(
+                held.voucher_ids(kind, operator, client).unwrap(),
+                (proxy, channel)
+            );
+        }
+        assert_eq!(
+            held.voucher_ids(VoucherKind::WorkerPay, operator, client)
+                .unwrap(),
+            (proxy, wallet)
+        );
+        assert_ne!(proxy, operator, "TON does not name the accounts themselves");
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_unsupported_not_a_backend_failure() {
+        let error = offline()
+            .commit_proxy_state(1, Hash32([1; 32]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, SettlementError::Unsupported(m) if m.starts_with("not on TON")),
+            "{error}"
+        );
+    }
 
     #[test]
     fn a_node_can_hold_it_as_any_settlement_backend() {

@@ -221,7 +221,7 @@ async fn client_paid_equals_worker_earned_plus_commission_and_a_replay_is_vouche
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, SettlementError::Backend(m) if m.starts_with("not on TON")),
+        matches!(&error, SettlementError::Unsupported(m) if m.starts_with("not on TON")),
         "{error}"
     );
     let no_faucet = chain(&devnet, &root).await.handle(Some(&key(45))).unwrap();

@@ -137,3 +137,27 @@ async fn a_zero_wait_reads_once() {
         .unwrap();
     assert_eq!(backend.reads(), 1);
 }
+
+#[test]
+fn vouchers_name_the_accounts_themselves_by_default() {
+    let backend = PolledOnly::new(u64::MAX, Duration::from_millis(10));
+    let (proxy, other) = (AccountId([1; 32]), AccountId([2; 32]));
+    for kind in [
+        VoucherKind::ClientPay,
+        VoucherKind::ClientCharge,
+        VoucherKind::WorkerPay,
+    ] {
+        assert_eq!(
+            backend.voucher_ids(kind, proxy, other).unwrap(),
+            (proxy, other)
+        );
+    }
+}
+
+#[test]
+fn an_unsupported_operation_is_no_rule_refusal() {
+    let error = SettlementError::Unsupported("CommitProxyState".into());
+    assert_eq!(error.rule(), None);
+    assert!(!error.is_stale_voucher());
+    assert!(error.to_string().contains("not supported"), "{error}");
+}
