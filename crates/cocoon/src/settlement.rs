@@ -179,6 +179,10 @@ mod tests {
         }
     }
 
+    async fn backend_error_on_ton(api: &str, root: &str) -> String {
+        backend_error(&["--settlement", "ton", "--ton-api", api, "--ton-root", root]).await
+    }
+
     #[tokio::test]
     async fn the_local_ledger_is_the_default() {
         let args = parse(&[]);
@@ -195,25 +199,9 @@ mod tests {
         assert!(error.contains("needs --ton-api"), "{error}");
         let error = backend_error(&["--settlement", "ton", "--ton-api", "http://x/api/v2"]).await;
         assert!(error.contains("needs --ton-root"), "{error}");
-        let error = backend_error(&[
-            "--settlement",
-            "ton",
-            "--ton-api",
-            "ftp://x",
-            "--ton-root",
-            "0:00",
-        ])
-        .await;
+        let error = backend_error_on_ton("ftp://x", "0:00").await;
         assert!(error.contains("bad --ton-api"), "{error}");
-        let error = backend_error(&[
-            "--settlement",
-            "ton",
-            "--ton-api",
-            "http://127.0.0.1:9/api/v2",
-            "--ton-root",
-            "not an address",
-        ])
-        .await;
+        let error = backend_error_on_ton("http://127.0.0.1:9/api/v2", "not an address").await;
         assert!(error.contains("bad --ton-root"), "{error}");
         assert!(Command::try_parse_from(["cocoon", "--settlement", "chain"]).is_err());
     }
