@@ -136,8 +136,8 @@ pub fn local(ledger_url: &str) -> Arc<dyn SettlementBackend> {
 #[derive(Debug, Clone, Args)]
 pub struct MnemonicArgs {
     /// File with a TON wallet's 24-word mnemonic: sign with its key (TON's standard derivation,
-    /// as wallet apps use; no password) instead of the command's key file. The account is the
-    /// v5r1 wallet of that key.
+    /// as wallet apps use; no password) instead of the command's own key (`wallet`: the node's
+    /// sealed key; `registry`: `--owner-key`). On TON the account is the v5r1 wallet of that key.
     #[arg(long, value_name = "FILE")]
     pub mnemonic_file: Option<PathBuf>,
 }

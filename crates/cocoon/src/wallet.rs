@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// Options of `cocoon wallet`.
 #[derive(Debug, Args)]
 pub struct WalletArgs {
-    /// The node's data directory, where its sealed wallet key lives.
+    /// The node's data directory, where its sealed wallet key lives: the key this command signs
+    /// with, unless `--mnemonic-file` is given.
     #[arg(long, value_name = "DIR", default_value = "cocoon-data/client")]
     pub data_dir: PathBuf,
     /// Base URL of the ledger (with `--settlement local`).
