@@ -90,11 +90,14 @@ impl AnswerText {
     }
 
     /// Adds one JSON object: a whole answer, or one streamed chunk. Anything that is not an
-    /// answer's shape (`[DONE]`, an error object) adds nothing.
-    pub fn add_json(&mut self, json: &[u8]) {
+    /// answer's shape (`[DONE]`, an error object) adds nothing. Returns whether it added output
+    /// (some non-empty text or a tool call), so a meter that reads the chunk for its text need
+    /// not parse it again to tell a token from bookkeeping.
+    pub fn add_json(&mut self, json: &[u8]) -> bool {
         let Ok(shape) = serde_json::from_slice::<Shape>(json) else {
-            return;
+            return false;
         };
+        let mut added = false;
         for choice in shape.choices {
             let (content, calls) = match choice.delta.or(choice.message) {
                 Some(content) => (content.content, content.tool_calls),
@@ -104,6 +107,7 @@ impl AnswerText {
             if text.is_none() && calls.is_empty() {
                 continue;
             }
+            added |= !calls.is_empty() || text.as_ref().is_some_and(|text| !text.is_empty());
             let entry = self.choices.entry(choice.index).or_default();
             if let Some(text) = text {
                 entry.text.push_str(&text);
@@ -123,6 +127,7 @@ impl AnswerText {
                 }
             }
         }
+        added
     }
 
     /// The text of every choice, in index order, concatenated (tool calls not included).

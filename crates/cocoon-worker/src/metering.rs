@@ -140,9 +140,10 @@ struct Meter {
     /// The answer reached its limit: what follows from the engine is not relayed.
     cut: bool,
     finished: bool,
-    /// The receipt to sign at the end, and the answer's text gathered for it.
+    /// The receipt to sign at the end.
     receipt: Option<ReceiptDraft>,
-    answer: AnswerText,
+    /// The answer's text, gathered for the receipt (when there is one).
+    answer: Option<AnswerText>,
 }
 
 impl Meter {
@@ -158,19 +159,28 @@ impl Meter {
         if data == "[DONE]" {
             return true;
         }
-        if !carries_output(data) {
-            return true;
-        }
         // Counted even after a usage chunk: an engine that sends its usage first must not stream
         // on past the limit.
-        if self.limit.is_some_and(|limit| self.content_chunks >= limit) {
+        let at_limit = self.limit.is_some_and(|limit| self.content_chunks >= limit);
+        // A chunk is parsed once: the receipt's reading of it tells output too; only a chunk it
+        // finds no output in (bookkeeping, reasoning, a malformed one) is read again by the
+        // meter's own rule, which counts anything malformed as output.
+        let added = match &mut self.answer {
+            Some(answer) if !at_limit => answer.add_json(data.as_bytes()),
+            _ => false,
+        };
+        if !(added || carries_output(data)) {
+            if let (true, Some(answer)) = (at_limit, &mut self.answer) {
+                // Relayed, so part of the transcript the receipt is checked against.
+                answer.add_json(data.as_bytes());
+            }
+            return true;
+        }
+        if at_limit {
             self.cut = true;
             return false;
         }
         self.content_chunks = self.content_chunks.saturating_add(1);
-        if self.receipt.is_some() {
-            self.answer.add_json(data.as_bytes());
-        }
         true
     }
 
@@ -189,7 +199,8 @@ impl Meter {
         });
         let usage = capped(usage, self.limit);
         stats.record_tokens(&usage);
-        final_trailers(&usage, self.receipt.take(), &self.answer)
+        let answer = self.answer.take().unwrap_or_default();
+        final_trailers(&usage, self.receipt.take(), &answer)
     }
 }
 
@@ -226,8 +237,8 @@ pub fn metered_stream(
         failure: None,
         cut: false,
         finished: false,
+        answer: receipt.is_some().then(AnswerText::new),
         receipt,
-        answer: AnswerText::new(),
     };
     let frames = stream::unfold(
         (batches, meter, stats),
@@ -464,6 +475,93 @@ mod tests {
         .await;
         let usage = read_usage(&trailers.unwrap()).unwrap();
         assert_eq!((usage.completion_tokens, usage.reasoning_tokens), (4, 4));
+    }
+
+    /// A meter that gathers the answer's text (as it does when the answer gets a receipt).
+    fn gathering_meter(limit: Option<u64>) -> Meter {
+        Meter {
+            usage: None,
+            content_chunks: 0,
+            limit,
+            failure: None,
+            cut: false,
+            finished: false,
+            receipt: None,
+            answer: Some(AnswerText::new()),
+        }
+    }
+
+    /// The SSE transcript of `events` as relayed, and the meter after observing them.
+    fn observe_all(meter: &mut Meter, events: &[&str]) -> String {
+        let mut relayed = BytesMut::new();
+        for event in events {
+            if meter.observe(event) {
+                put_sse_event(&mut relayed, event);
+            }
+        }
+        String::from_utf8(relayed.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_text_the_receipt_hashes_is_the_relayed_transcripts() {
+        // Two choices, the second of which only ever announces its role: the transcript the app
+        // keeps (and `cocoon receipt` checks) has it, so the receipt's digest must too.
+        let events = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"lo"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+            "[DONE]",
+        ];
+        let mut meter = gathering_meter(None);
+        let transcript = observe_all(&mut meter, &events);
+        assert_eq!(meter.content_chunks, 2);
+        let gathered = meter.answer.as_ref().unwrap();
+        assert_eq!(gathered.text(), "Hello");
+        assert_eq!(
+            gathered.sha256(),
+            AnswerText::from_transcript(transcript.as_bytes()).sha256()
+        );
+    }
+
+    #[test]
+    fn hostile_chunks_count_as_output_and_cannot_pass_the_limit() {
+        let deep = format!(
+            r#"{{"choices":[{{"delta":{{"content":"x","n":{}1{}}}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let huge = format!(
+            r#"{{"choices":[{{"delta":{{"content":"{}"}}}}]}}"#,
+            "y".repeat(1 << 20)
+        );
+        let hostile = [
+            // Nested past the parser's depth limit.
+            deep.as_str(),
+            // The same key twice: the empty one must not hide the token.
+            r#"{"choices":[{"delta":{"content":"","content":"x"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"x"}},{"delta":{"content":"x"}}],"choices":[]}"#,
+            // Cut off, or not JSON at all.
+            r#"{"choices":[{"delta":{"content":"x""#,
+            "\u{0}\u{ff}garbage",
+            // Text where a list belongs.
+            r#"{"choices":[{"delta":{"content":"x","tool_calls":"oops"}}]}"#,
+            huge.as_str(),
+        ];
+        for gathered in [false, true] {
+            let mut meter = gathering_meter(Some(hostile.len() as u64 - 1));
+            if !gathered {
+                meter.answer = None;
+            }
+            let relayed: Vec<bool> = hostile.iter().map(|chunk| meter.observe(chunk)).collect();
+            let mut expected = vec![true; hostile.len() - 1];
+            expected.push(false);
+            assert_eq!(relayed, expected, "gathering: {gathered}");
+            assert!(meter.cut);
+            assert_eq!(meter.content_chunks, hostile.len() as u64 - 1);
+        }
     }
 
     #[tokio::test]
