@@ -223,7 +223,8 @@ pub struct Billing {
     ledger: Arc<dyn Settlement>,
     /// Whether `ledger` signs as the operator (then the proxy withdraws its own commission).
     acts_for_operator: bool,
-    /// The database as read by requests and settlement; the writer has a connection of its own.
+    /// The database as read by settlement and statistics (requests read the writer's totals);
+    /// the writer has a connection of its own.
     store: Mutex<BillingStore>,
     writer: ChargeWriter,
     /// The registry's prices, replaced live when a new version changes them.
@@ -452,11 +453,14 @@ impl Billing {
                 client,
             }));
         };
-        let charged = lock(&self.store).client(&client)?.amount;
+        // Read under the reservations' lock: a charge is counted in `charged` before its
+        // reservation is released, so no answer is missed from both. From memory: a request
+        // never waits on the database.
+        let mut reserved = lock(&self.reserved);
+        let charged = self.writer.charged(&client);
         if let Err(overdue) = self.check_unpaid(&client, contract, charged) {
             return Ok(Err(overdue));
         }
-        let mut reserved = lock(&self.reserved);
         let held = reserved.get(&client).copied().unwrap_or(0);
         if reading == Reading::LastBeforeOutage {
             let close_delay = Duration::from_secs(**self.client_close_delay.borrow());
@@ -518,7 +522,7 @@ impl Billing {
 
     /// `client`'s bill: its total charge, and the newest payment it signed that this proxy holds.
     pub fn client_statement(&self, client: AccountId) -> Result<ClientStatement, BillingError> {
-        let charged = lock(&self.store).client(&client)?.amount;
+        let charged = self.writer.charged(&client);
         let reserved = lock(&self.reserved).get(&client).copied().unwrap_or(0);
         Ok(ClientStatement {
             proxy: self.account,

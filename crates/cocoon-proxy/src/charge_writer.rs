@@ -3,17 +3,23 @@
 //! ever blocks on the disk. It owns its own connection, so readers (reservations, statements)
 //! never wait behind a flush (WAL readers do not block on the writer).
 //!
+//! It also keeps each client's committed total in memory ([`ClientTotals`]), updated after each
+//! commit and before any of its charges is reported written, so reservations on the request path
+//! read a map, never the database (and never wait behind its lock or the disk).
+//!
 //! It is also the proxy's circuit breaker for the disk: when a write fails (a full disk, an I/O
 //! error) it reports the database unwritable, and [`crate::billing::Billing`] refuses new requests
 //! rather than serve answers it cannot charge; while unwritable it probes every
 //! [`PROBE_INTERVAL`] with a throw-away write larger than a charge, and the first write that
 //! succeeds (a probe or a charge) clears the report.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cocoon_money::{AccountId, Amount};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::{BillingStore, ChargeRecord, StoreError};
@@ -28,10 +34,38 @@ pub type WriteFailure = Option<Arc<str>>;
 
 type Pending = (ChargeRecord, oneshot::Sender<Result<u64, StoreError>>);
 
+/// What each client has been charged in total, as committed to the database.
+#[derive(Default)]
+struct ClientTotals(Mutex<HashMap<AccountId, Amount>>);
+
+impl ClientTotals {
+    fn get(&self, client: &AccountId) -> Amount {
+        self.lock().get(client).copied().unwrap_or(0)
+    }
+
+    /// Counts committed charges. The database refused any whose total would overflow, so the
+    /// sums here do not either (saturating only to stay total).
+    fn add(&self, charges: impl Iterator<Item = (AccountId, Amount)>) {
+        let mut totals = self.lock();
+        for (client, amount) in charges {
+            let total = totals.entry(client).or_insert(0);
+            *total = total.saturating_add(amount);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, Amount>> {
+        // Plain numbers: a panic elsewhere while holding the lock leaves them whole.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// Handle of the writer thread.
 pub struct ChargeWriter {
     queue: mpsc::Sender<Pending>,
     failure: watch::Receiver<WriteFailure>,
+    totals: Arc<ClientTotals>,
 }
 
 impl ChargeWriter {
@@ -39,17 +73,35 @@ impl ChargeWriter {
     /// the thread stops when the writer is dropped.
     pub fn spawn(path: &Path) -> Result<ChargeWriter, StoreError> {
         let store = BillingStore::open(path)?;
+        let totals = Arc::new(ClientTotals::default());
+        totals.add(
+            store
+                .clients()?
+                .into_iter()
+                .map(|(client, totals)| (client, totals.amount)),
+        );
         let (queue, pending) = mpsc::channel::<Pending>();
         let (report, failure) = watch::channel(None);
+        let committed = totals.clone();
         std::thread::Builder::new()
             .name("charge-writer".into())
-            .spawn(move || write_charges(store, pending, report))
+            .spawn(move || write_charges(store, pending, report, &committed))
             .map_err(|error| {
                 StoreError::Batch(format!(
                     "proxy database: starting the writer thread: {error}"
                 ))
             })?;
-        Ok(ChargeWriter { queue, failure })
+        Ok(ChargeWriter {
+            queue,
+            failure,
+            totals,
+        })
+    }
+
+    /// What `client` has been charged in total: every charge [`ChargeWriter::record`] reported
+    /// written, and possibly some committed a moment ago whose report is on its way.
+    pub fn charged(&self, client: &AccountId) -> Amount {
+        self.totals.get(client)
     }
 
     /// Records `charge`; resolves once it is on disk.
@@ -71,6 +123,7 @@ fn write_charges(
     mut store: BillingStore,
     pending: mpsc::Receiver<Pending>,
     report: watch::Sender<WriteFailure>,
+    totals: &ClientTotals,
 ) {
     loop {
         let failing = report.borrow().is_some();
@@ -96,6 +149,13 @@ fn write_charges(
         match store.record_charges(&charges) {
             Ok(results) => {
                 report_outcome(&report, Ok(()));
+                totals.add(
+                    charges
+                        .iter()
+                        .zip(&results)
+                        .filter(|(_, result)| result.is_ok())
+                        .map(|(charge, _)| (charge.client, charge.client_price)),
+                );
                 for ((_, done), result) in group.into_iter().zip(results) {
                     let _ = done.send(result);
                 }
@@ -132,7 +192,6 @@ fn report_outcome(report: &watch::Sender<WriteFailure>, outcome: Result<(), Stor
 mod tests {
     use super::*;
     use crate::store::tests::charge;
-    use cocoon_money::{AccountId, Amount};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_charges_share_commits_and_each_is_recorded_once() {
@@ -154,11 +213,24 @@ mod tests {
         seqnos.sort_unstable();
         assert_eq!(seqnos, (1..=200).collect::<Vec<_>>());
         assert_eq!(writer.failure(), None);
+        // Each client's total in memory is what was committed.
+        let in_memory: Vec<Amount> = (0..3u8)
+            .map(|client| writer.charged(&AccountId([client; 32])))
+            .collect();
         drop(writer);
         let store = BillingStore::open(&path).unwrap();
         assert_eq!(store.position().unwrap().0, 200);
         assert_eq!(store.worker(&AccountId([9; 32])).unwrap().amount, 200 * 8);
-        let charged: Amount = store.clients().unwrap().iter().map(|(_, t)| t.amount).sum();
-        assert_eq!(charged, 2000);
+        let committed: Vec<Amount> = store
+            .clients()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| t.amount)
+            .collect();
+        assert_eq!(committed.iter().sum::<Amount>(), 2000);
+        assert_eq!(in_memory, committed);
+        // A writer started on the database again knows every total.
+        let reopened = ChargeWriter::spawn(&path).unwrap();
+        assert_eq!(reopened.charged(&AccountId([1; 32])), committed[1]);
     }
 }

@@ -300,6 +300,55 @@ fn refusals_are_payment_errors_and_outages_are_not() {
     assert_eq!(outage.kind(), ErrorKind::Unavailable);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_never_wait_on_the_databases_read_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let (client, _) = open_client(&ledger, &billing, 8, 1_000_000_000, 1_000_000_000).await;
+    // Settlement or statistics reading the database (a slow disk, many rows) holds its
+    // connection meanwhile.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let billing = billing.clone();
+        std::thread::spawn(move || {
+            let _store = lock(&billing.store);
+            held_tx.send(()).unwrap();
+            // Whether the request below finished while the connection was held.
+            done_rx.recv_timeout(Duration::from_secs(10)).is_ok()
+        })
+    };
+    held_rx.recv().unwrap();
+    let usage = TokenUsage {
+        prompt_tokens: 10,
+        completion_tokens: 90,
+        ..TokenUsage::default()
+    };
+    for _ in 0..2 {
+        let held = billing.reserve(client, 10, 100, 1_000).await.unwrap();
+        billing
+            .charge(held, AccountId([9; 32]), &usage, 1_000)
+            .await
+            .unwrap();
+    }
+    // Both charges count against the next reservation and in the client's statement.
+    assert_eq!(billing.client_statement(client).unwrap().charged, 200_000);
+    let _ = done_tx.send(());
+    assert!(
+        holder.join().unwrap(),
+        "a request waited for the database's read connection"
+    );
+    drop(billing);
+    // The totals reservations use are the committed ones, after a restart too.
+    let billing = reopen(
+        &ledger,
+        dir.path(),
+        Operator::Key(SigningKey::from_bytes(&[7; 32])),
+    )
+    .await;
+    assert_eq!(billing.client_statement(client).unwrap().charged, 200_000);
+}
+
 /// Opens a client contract (`deposit`, `stake`) with `billing`'s proxy for the wallet of key
 /// `seed`, funded from the faucet; returns the client's account and its ledger client.
 async fn open_client(
