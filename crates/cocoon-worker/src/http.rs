@@ -15,16 +15,13 @@ use cocoon_node::Body;
 use cocoon_proto::headers::{self, MAX_TOKENS, TIMEOUT_MS};
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_COMPLETION_TOKENS_FIELD, MAX_TOKENS_FIELD};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS, PATH_WORKER_INFO};
-use cocoon_proto::{
-    completion_limit, ChoiceFields, ErrorKind, OpenAiError, TokenField, WorkerInfo,
-};
+use cocoon_proto::{completion_limit, ErrorKind, OpenAiError, WorkerInfo};
 use http::{header, HeaderMap, HeaderValue};
-use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Duration, Instant};
 
 use crate::engine::Engine;
+use crate::engine_request::EngineRequest;
 use crate::metering::{metered_answer, metered_stream};
 use crate::receipt::ReceiptDraft;
 use crate::settlement::PaidLink;
@@ -144,22 +141,17 @@ async fn forward(
             )
         }
     };
-    let mut request: Value = match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Value::Object(map),
-        Ok(_) => {
-            return fail(
-                ErrorKind::InvalidRequest,
-                "request body must be a JSON object".into(),
-            )
-        }
-        Err(error) => return fail(ErrorKind::InvalidRequest, format!("invalid JSON: {error}")),
+    let request = match EngineRequest::parse(&bytes) {
+        Ok(request) => request,
+        Err(error) => return fail(ErrorKind::InvalidRequest, error.to_string()),
     };
-    if request["model"].as_str() != Some(serving.info.model.as_str()) {
+    if request.model().as_deref() != Some(serving.info.model.as_str()) {
         return fail(
             ErrorKind::ModelNotFound,
             format!(
                 "this worker serves `{}`, not {}",
-                serving.info.model, request["model"]
+                serving.info.model,
+                request.quoted_model()
             ),
         );
     }
@@ -170,11 +162,6 @@ async fn forward(
             return openai_error_response(&error);
         }
     };
-    if let (Some(each), Value::Object(fields)) = (limits.per_choice, &mut request) {
-        // The engine is asked for exactly what was reserved, in the field every engine reads.
-        fields.remove(MAX_COMPLETION_TOKENS_FIELD);
-        fields.insert(MAX_TOKENS_FIELD.into(), each.into());
-    }
     let limit = limits.total;
     let receipt = ReceiptDraft::new(
         serving.trust.clone(),
@@ -193,18 +180,11 @@ async fn forward(
             ),
             (draft, None) => draft,
         };
-    let stream = request["stream"].as_bool().unwrap_or(false);
-    if stream {
-        // Usage is what the worker is paid by: always ask for it; the client hides it again from
-        // applications that did not ask.
-        match request.get_mut("stream_options") {
-            Some(Value::Object(options)) => {
-                options.insert("include_usage".into(), Value::Bool(true));
-            }
-            _ => request["stream_options"] = json!({"include_usage": true}),
-        }
-    }
-    let body = match serde_json::to_vec(&request) {
+    let stream = request.stream();
+    // The engine is asked for exactly what was reserved, in the field every engine reads; and
+    // for its usage, which is what the worker is paid by (the client hides it again from
+    // applications that did not ask).
+    let body = match request.engine_body(limits.per_choice, stream) {
         Ok(body) => body,
         Err(error) => {
             return fail(
@@ -293,7 +273,7 @@ struct TokenLimits {
 /// [`completion_limit`]). `None` when neither says.
 fn completion_tokens_limit(
     headers: &HeaderMap,
-    request: &Value,
+    request: &EngineRequest,
 ) -> Result<TokenLimits, OpenAiError> {
     let reserved = match headers.get(MAX_TOKENS) {
         None => None,
@@ -304,7 +284,7 @@ fn completion_tokens_limit(
             )
         })?),
     };
-    let field = |name: &str| TokenField::read(request.get(name));
+    let field = |name: &str| request.token_field(name);
     let requested = completion_limit(field(MAX_TOKENS_FIELD), field(MAX_COMPLETION_TOKENS_FIELD))
         .map_err(|error| {
         OpenAiError::new(ErrorKind::InvalidRequest, error.to_string()).with_param(error.param())
@@ -312,8 +292,8 @@ fn completion_tokens_limit(
     let invalid = |param: &str, message: String| {
         OpenAiError::new(ErrorKind::InvalidRequest, message).with_param(param)
     };
-    let choices = ChoiceFields::deserialize(request)
-        .unwrap_or_default()
+    let choices = request
+        .choice_fields()
         .choices()
         .map_err(|error| invalid(error.param(), error.to_string()))?;
     let reserved_each = reserved.map(|reserved| reserved / choices);
@@ -339,6 +319,7 @@ mod tests {
     use crate::synthetic::{self, SyntheticParams};
     use cocoon_node::trailers::read_usage;
     use http_body_util::BodyExt;
+    use serde_json::json;
     use sha2::Digest;
     use std::time::Duration;
     use tower::ServiceExt;
@@ -499,7 +480,8 @@ mod tests {
             if let Some(reserved) = reserved {
                 headers.insert(MAX_TOKENS, http::HeaderValue::from_static(reserved));
             }
-            completion_tokens_limit(&headers, &body)
+            let body = body.to_string();
+            completion_tokens_limit(&headers, &EngineRequest::parse(body.as_bytes()).unwrap())
         };
         // The proxy reserved 10 for each of 3 choices.
         assert_eq!(

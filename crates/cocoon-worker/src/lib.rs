@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod engine_request;
 pub mod http;
 pub mod link;
 pub mod metering;
