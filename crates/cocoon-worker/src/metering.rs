@@ -147,6 +147,20 @@ struct Meter {
 }
 
 impl Meter {
+    /// A meter for an answer of at most `limit` content chunks, gathering its text for `receipt`.
+    fn new(receipt: Option<ReceiptDraft>, limit: Option<u64>) -> Self {
+        Meter {
+            usage: None,
+            content_chunks: 0,
+            limit,
+            failure: None,
+            cut: false,
+            finished: false,
+            answer: receipt.is_some().then(AnswerText::new),
+            receipt,
+        }
+    }
+
     /// Notes one event: the engine's usage, or one more content chunk (and its text). Returns
     /// whether the event is relayed: not a content chunk past the limit, which cuts the answer.
     fn observe(&mut self, data: &str) -> bool {
@@ -230,16 +244,7 @@ pub fn metered_stream(
         Ok::<_, std::io::Error>(chunk)
     });
     let batches = Box::pin(SseByteStream::new(bytes));
-    let meter = Meter {
-        usage: None,
-        content_chunks: 0,
-        limit,
-        failure: None,
-        cut: false,
-        finished: false,
-        answer: receipt.is_some().then(AnswerText::new),
-        receipt,
-    };
+    let meter = Meter::new(receipt, limit);
     let frames = stream::unfold(
         (batches, meter, stats),
         |(mut batches, mut meter, stats)| async move {
@@ -480,14 +485,8 @@ mod tests {
     /// A meter that gathers the answer's text (as it does when the answer gets a receipt).
     fn gathering_meter(limit: Option<u64>) -> Meter {
         Meter {
-            usage: None,
-            content_chunks: 0,
-            limit,
-            failure: None,
-            cut: false,
-            finished: false,
-            receipt: None,
             answer: Some(AnswerText::new()),
+            ..Meter::new(None, limit)
         }
     }
 
