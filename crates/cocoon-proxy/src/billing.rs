@@ -235,7 +235,8 @@ pub struct Billing {
     /// When a contract read last found the ledger unreachable (`None`: the last one succeeded).
     ledger_unreachable: Mutex<Option<Instant>>,
     reserved: Mutex<HashMap<AccountId, Amount>>,
-    /// Each client's newest payment voucher (signed by its wallet key).
+    /// Each client's newest payment voucher (signed by its wallet key); also in the database,
+    /// written through `writer`, and loaded from it at start.
     payments: Mutex<HashMap<AccountId, cocoon_money::SignedVoucher>>,
     /// (certificate key, wallet) pairs whose wallet proof checked out.
     proven: Mutex<client_channel::Proven>,
@@ -302,6 +303,7 @@ impl Billing {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let store = BillingStore::open(&path)?;
+        let payments = client_channel::verified_payments(account, store.payments()?);
         let key = AccountId::from(&voucher_key);
         if acts_for_operator {
             open_and_authorize(&*ledger, &config, registry, account, key).await?;
@@ -333,7 +335,7 @@ impl Billing {
             client_close_delay: registry.derive(|document| document.client_delay_before_close),
             ledger_unreachable: Mutex::new(None),
             reserved: Mutex::new(HashMap::new()),
-            payments: Mutex::new(HashMap::new()),
+            payments: Mutex::new(payments),
             proven: Mutex::new(client_channel::Proven::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
@@ -552,7 +554,7 @@ impl Billing {
 
     /// Billing figures for `/jsonstats`.
     pub fn snapshot(&self) -> Value {
-        let (charged, earned, seqno) = {
+        let (charged, earned, paid, seqno) = {
             let store = lock(&self.store);
             let sum = |rows: Result<Vec<(AccountId, crate::store::Totals)>, StoreError>| {
                 rows.map(|rows| {
@@ -562,9 +564,16 @@ impl Billing {
                 })
                 .unwrap_or(0)
             };
+            let paid = store.payments().map_or(0, |rows| {
+                rows.iter()
+                    .filter_map(|(_, voucher)| voucher.as_ref().ok())
+                    .map(|voucher| voucher.voucher.cumulative)
+                    .fold(0, Amount::saturating_add)
+            });
             (
                 sum(store.clients()),
                 sum(store.workers()),
+                paid,
                 store.position().map_or(0, |p| p.0),
             )
         };
@@ -579,6 +588,8 @@ impl Billing {
             "stake": view.stake,
             "pool": view.pool,
             "charged": charged,
+            // What the clients' newest vouchers on disk pay in total (settled or not).
+            "paid": paid,
             "earned": earned,
             "commission": charged.saturating_sub(earned),
             "claimable": earned.saturating_sub(view.paid_to_workers),

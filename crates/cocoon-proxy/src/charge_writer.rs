@@ -3,6 +3,11 @@
 //! ever blocks on the disk. It owns its own connection, so readers (reservations, statements)
 //! never wait behind a flush (WAL readers do not block on the writer).
 //!
+//! Clients' payment vouchers go through it too, in the same transactions as the charges queued
+//! with them, so keeping a voucher durable costs the request path no wait and no fsync of its own.
+//! The queue is first in, first out: a voucher queued before a charge is on disk once that charge
+//! is.
+//!
 //! It also keeps each client's committed total in memory ([`ClientTotals`]), updated after each
 //! commit and before any of its charges is reported written, so reservations on the request path
 //! read a map, never the database (and never wait behind its lock or the disk).
@@ -19,7 +24,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cocoon_money::{AccountId, Amount};
+use cocoon_money::{AccountId, Amount, SignedVoucher};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::{BillingStore, ChargeRecord, StoreError};
@@ -32,7 +37,15 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Why the database does not take writes now (`None`: it does).
 pub type WriteFailure = Option<Arc<str>>;
 
-type Pending = (ChargeRecord, oneshot::Sender<Result<u64, StoreError>>);
+/// One write waiting for the thread.
+enum Pending {
+    /// A charge, and who waits for its seqno.
+    Charge(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>),
+    /// A verified client payment; nobody waits for it.
+    Payment(SignedVoucher),
+    /// Someone waiting until everything queued before is on disk.
+    Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
 
 /// What each client has been charged in total, as committed to the database.
 #[derive(Default)]
@@ -108,7 +121,23 @@ impl ChargeWriter {
     pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
         let (done, written) = oneshot::channel();
         self.queue
-            .send((charge, done))
+            .send(Pending::Charge(charge, done))
+            .map_err(|_| StoreError::WriterStopped)?;
+        written.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Queues a verified client payment voucher, to be kept if it is its client's newest; it is on
+    /// disk once anything queued after it is (see [`ChargeWriter::written`]).
+    pub fn record_payment(&self, voucher: SignedVoucher) {
+        // A stopped writer means a stopping proxy; the voucher stays in memory until then.
+        let _ = self.queue.send(Pending::Payment(voucher));
+    }
+
+    /// Resolves once everything queued before this call is on disk.
+    pub async fn written(&self) -> Result<(), StoreError> {
+        let (done, written) = oneshot::channel();
+        self.queue
+            .send(Pending::Barrier(done))
             .map_err(|_| StoreError::WriterStopped)?;
         written.await.map_err(|_| StoreError::WriterStopped)?
     }
@@ -145,8 +174,21 @@ fn write_charges(
         };
         let mut group = vec![first];
         group.extend(pending.try_iter().take(MAX_GROUP - 1));
-        let charges: Vec<ChargeRecord> = group.iter().map(|(charge, _)| *charge).collect();
-        match store.record_charges(&charges) {
+        let mut charges = Vec::new();
+        let mut waiting = Vec::new();
+        let mut payments = Vec::new();
+        let mut barriers = Vec::new();
+        for write in group {
+            match write {
+                Pending::Charge(charge, done) => {
+                    charges.push(charge);
+                    waiting.push(done);
+                }
+                Pending::Payment(voucher) => payments.push(voucher),
+                Pending::Barrier(done) => barriers.push(done),
+            }
+        }
+        match store.record(&charges, &payments) {
             Ok(results) => {
                 report_outcome(&report, Ok(()));
                 totals.add(
@@ -156,14 +198,20 @@ fn write_charges(
                         .filter(|(_, result)| result.is_ok())
                         .map(|(charge, _)| (charge.client, charge.client_price)),
                 );
-                for ((_, done), result) in group.into_iter().zip(results) {
+                for (done, result) in waiting.into_iter().zip(results) {
                     let _ = done.send(result);
+                }
+                for done in barriers {
+                    let _ = done.send(Ok(()));
                 }
             }
             Err(error) => {
                 let message = error.to_string();
                 report_outcome(&report, Err(error));
-                for (_, done) in group {
+                for done in waiting {
+                    let _ = done.send(Err(StoreError::Batch(message.clone())));
+                }
+                for done in barriers {
                     let _ = done.send(Err(StoreError::Batch(message.clone())));
                 }
             }

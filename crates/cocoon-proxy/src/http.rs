@@ -115,6 +115,10 @@ async fn payment(
     let accepted = serde_json::from_slice::<SignedVoucher>(&bytes)
         .map_err(|e| BillingError::BadPayment(format!("unreadable voucher: {e}")))
         .and_then(|voucher| state.billing.accept_payment(client, voucher));
+    let accepted = match accepted {
+        Ok(()) => state.billing.payments_written().await,
+        refused => refused,
+    };
     match accepted {
         Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
         Err(error) => refuse(&state.stats, &error),

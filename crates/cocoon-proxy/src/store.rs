@@ -2,15 +2,22 @@
 //! totals its vouchers state. SQLite in WAL mode with `synchronous = FULL`, so a charge is on disk
 //! before [`BillingStore::record_charge`] returns, and a `kill -9` loses nothing that was recorded.
 //!
+//! It also holds each client's newest payment voucher ([`payments`]), written in the same
+//! transactions as charges.
+//!
 //! Each charge advances a sequence number and a hash chain over every charge so far; the proxy
 //! commits `(seqno, hash)` to the ledger, which is how a database restored from an old copy is
 //! detected on start.
 
+mod payments;
+
 use std::path::Path;
 
-use cocoon_money::{AccountId, Amount, Hash32};
+use cocoon_money::{AccountId, Amount, Hash32, SignedVoucher};
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+
+pub use payments::StoredPayment;
 
 /// Why the proxy's database failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +108,10 @@ CREATE TABLE IF NOT EXISTS charges (
     worker_pay INTEGER NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS payments (
+    client BLOB PRIMARY KEY,
+    voucher TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS write_probe (data BLOB NOT NULL);
 INSERT OR IGNORE INTO position (id, seqno, hash) VALUES (0, 0, zeroblob(32));
 ";
@@ -151,7 +162,20 @@ impl BillingStore {
         &mut self,
         charges: &[ChargeRecord],
     ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        self.record(charges, &[])
+    }
+
+    /// [`BillingStore::record_charges`], and in the same transaction keeps each of `payments`
+    /// (vouchers already verified) that is newer than its client's stored one.
+    pub fn record(
+        &mut self,
+        charges: &[ChargeRecord],
+        payments: &[SignedVoucher],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let tx = self.db.transaction()?;
+        for payment in payments {
+            payments::keep_newest(&tx, payment)?;
+        }
         let (mut seqno, mut hash) = position_in(&tx)?;
         let mut results = Vec::with_capacity(charges.len());
         for charge in charges {
@@ -258,6 +282,12 @@ impl BillingStore {
     /// Every client with its totals.
     pub fn clients(&self) -> Result<Vec<(AccountId, Totals)>, StoreError> {
         all_in(&self.db, CLIENTS)
+    }
+
+    /// Each client's newest stored payment voucher, as read back: not verified here (the caller
+    /// checks every signature again; the file is trusted no more than a peer).
+    pub fn payments(&self) -> Result<Vec<StoredPayment>, StoreError> {
+        payments::all(&self.db)
     }
 
     /// Every worker with its totals.

@@ -8,14 +8,15 @@
 //!   key can open a link with it.
 //! - **Payments.** The client pays with cumulative `ClientPay` vouchers signed by its wallet key
 //!   (`x-cocoon-payment` on a request, or `POST /cocoon/v1/payment`). The proxy keeps the newest
-//!   one per client and applies it on the ledger each settlement round; it holds no other claim on
-//!   a client's money.
+//!   one per client (in memory, and durably in its database: [`crate::charge_writer`]) and
+//!   applies it on the ledger each settlement round; it holds no other claim on a client's money.
+//!   A restarted proxy reloads the stored vouchers, checking each signature again.
 //! - **Bounded exposure.** What the proxy charged a client beyond what the client has signed for
 //!   is *unpaid*. A new request is refused (402) while the unpaid amount exceeds the bound:
 //!   `--max-unpaid`, or by default the client contract's stake. So what a client that stops
 //!   signing can take is the bound plus the worst cases of its requests in flight.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cocoon_money::{AccountId, Amount, ClientContract, SignedVoucher, VoucherKind};
 use cocoon_node::wallet::check_wallet_proof;
@@ -24,6 +25,7 @@ use cocoon_ratls::PeerIdentity;
 use http::HeaderMap;
 
 use super::{lock, wallet_of, Billing, BillingError};
+use crate::store::StoredPayment;
 
 /// Proven (certificate key, wallet) pairs kept; the set is emptied when it reaches this size, so
 /// a flood of certificates costs one signature check each, never unbounded memory.
@@ -73,11 +75,7 @@ impl Billing {
         voucher: SignedVoucher,
     ) -> Result<(), BillingError> {
         let v = voucher.voucher;
-        if v.kind != VoucherKind::ClientPay || v.proxy != self.account || v.counterparty != client {
-            return Err(BillingError::BadPayment(
-                "the voucher is not this client's payment to this proxy".into(),
-            ));
-        }
+        check_addressed(self.account, client, &voucher)?;
         let newer = |held: Option<&SignedVoucher>| -> Result<bool, BillingError> {
             match held {
                 Some(held) if held.voucher.seqno >= v.seqno => Ok(false),
@@ -93,14 +91,23 @@ impl Billing {
         if !newer(lock(&self.payments).get(&client))? {
             return Ok(());
         }
-        voucher.verify(&client).map_err(|_| {
-            BillingError::BadPayment("the voucher is not signed by the client's wallet key".into())
-        })?;
+        check_signed(client, &voucher)?;
         let mut payments = lock(&self.payments);
         if newer(payments.get(&client))? {
             payments.insert(client, voucher);
+            // Queued under the lock, so the writer sees a client's vouchers in seqno order.
+            self.writer.record_payment(voucher);
         }
         Ok(())
+    }
+
+    /// Resolves once every payment accepted before is on disk: a payment sent alone is answered
+    /// only then, so the client knows it needs no resending.
+    pub async fn payments_written(&self) -> Result<(), BillingError> {
+        self.writer
+            .written()
+            .await
+            .map_err(|error| BillingError::ChargesNotWritable(error.to_string()))
     }
 
     /// The newest payment `client` signed that this proxy holds.
@@ -131,11 +138,92 @@ impl Billing {
     }
 }
 
+/// Refuses a voucher that is not `client`'s payment to `proxy`.
+fn check_addressed(
+    proxy: AccountId,
+    client: AccountId,
+    voucher: &SignedVoucher,
+) -> Result<(), BillingError> {
+    let v = voucher.voucher;
+    if v.kind != VoucherKind::ClientPay || v.proxy != proxy || v.counterparty != client {
+        return Err(BillingError::BadPayment(
+            "the voucher is not this client's payment to this proxy".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a voucher not signed by `client`'s wallet key.
+fn check_signed(client: AccountId, voucher: &SignedVoucher) -> Result<(), BillingError> {
+    voucher.verify(&client).map_err(|_| {
+        BillingError::BadPayment("the voucher is not signed by the client's wallet key".into())
+    })
+}
+
+/// The stored payments a restarted proxy may rely on: each one checked as when it arrived
+/// (addressed to `proxy`, signed by its client's key), since the database file is trusted no more
+/// than a peer. A row that fails is logged and left out; the ledger would refuse it anyway.
+pub(super) fn verified_payments(
+    proxy: AccountId,
+    stored: Vec<StoredPayment>,
+) -> HashMap<AccountId, SignedVoucher> {
+    let mut payments = HashMap::new();
+    for (client, voucher) in stored {
+        let checked = voucher.map_err(BillingError::from).and_then(|voucher| {
+            check_addressed(proxy, client, &voucher)?;
+            check_signed(client, &voucher)?;
+            Ok(voucher)
+        });
+        match checked {
+            Ok(voucher) => {
+                payments.insert(client, voucher);
+            }
+            Err(error) => {
+                tracing::warn!(%client, %error, "a stored client payment is refused; ignored")
+            }
+        }
+    }
+    payments
+}
+
 /// The most a client may owe unpaid: `configured`, or (0) its contract's stake.
 pub(super) fn unpaid_bound(configured: Amount, contract: &ClientContract) -> Amount {
     if configured > 0 {
         configured
     } else {
         contract.stake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+    use cocoon_money::Voucher;
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn only_stored_payments_that_verify_as_on_arrival_are_loaded() {
+        let proxy = AccountId([7; 32]);
+        let keys: Vec<SigningKey> = (1..=5u8).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let ids: Vec<AccountId> = keys.iter().map(AccountId::from).collect();
+        let good = Voucher::client_pay(&keys[0], proxy, 100, 3);
+        // Forged: claims client 1's payment, signed by another key.
+        let mut forged = Voucher::client_pay(&keys[4], proxy, 900, 9);
+        forged.voucher.counterparty = ids[1];
+        // Genuine, but to another proxy.
+        let foreign = Voucher::client_pay(&keys[2], AccountId([8; 32]), 50, 1);
+        // Genuine, but its amount edited after signing.
+        let mut edited = Voucher::client_pay(&keys[3], proxy, 10, 1);
+        edited.voucher.cumulative = 10_000;
+        let stored = vec![
+            (ids[0], Ok(good)),
+            (ids[1], Ok(forged)),
+            (ids[2], Ok(foreign)),
+            (ids[3], Ok(edited)),
+            (ids[4], Err(StoreError::Corrupt("garbage".into()))),
+        ];
+        let loaded = verified_payments(proxy, stored);
+        assert_eq!(loaded, HashMap::from([(ids[0], good)]));
     }
 }

@@ -1,0 +1,154 @@
+//! The newest payment voucher each client signed, kept in the proxy's database so that a proxy
+//! killed between settlement rounds still collects for what it served. Rows hold the voucher as
+//! JSON; they are written by the charge writer in the same transactions as charges, and read back
+//! (and re-verified by [`crate::billing`]) when the proxy starts.
+
+use cocoon_money::{AccountId, SignedVoucher};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{account_of, execute_cached, StoreError};
+
+/// One stored row: the client it is filed under, and its voucher if the row decodes.
+pub type StoredPayment = (AccountId, Result<SignedVoucher, StoreError>);
+
+/// Keeps `voucher` as its client's payment unless the row holds one with the same or a higher
+/// seqno (the in-memory rule: never replace a newer voucher with an older one). A row that does
+/// not decode is replaced.
+pub(super) fn keep_newest(db: &Connection, voucher: &SignedVoucher) -> Result<(), StoreError> {
+    let client = voucher.voucher.counterparty;
+    let held: Option<String> = db
+        .prepare_cached("SELECT voucher FROM payments WHERE client = ?1")?
+        .query_row(params![&client.0[..]], |row| row.get(0))
+        .optional()?;
+    let held_seqno = held
+        .and_then(|json| serde_json::from_str::<SignedVoucher>(&json).ok())
+        .filter(|held| held.voucher.counterparty == client)
+        .map(|held| held.voucher.seqno);
+    if held_seqno.is_some_and(|seqno| seqno >= voucher.voucher.seqno) {
+        return Ok(());
+    }
+    let json = serde_json::to_string(voucher)
+        .map_err(|e| StoreError::Corrupt(format!("a voucher does not encode: {e}")))?;
+    execute_cached(
+        db,
+        "INSERT INTO payments (client, voucher) VALUES (?1, ?2)
+         ON CONFLICT (client) DO UPDATE SET voucher = ?2",
+        params![&client.0[..], json],
+    )?;
+    Ok(())
+}
+
+/// Every stored payment; a row that does not decode (or is filed under another client than its
+/// voucher names) comes back as its error, so one bad row does not hide the others.
+pub(super) fn all(db: &Connection) -> Result<Vec<StoredPayment>, StoreError> {
+    let mut statement = db.prepare_cached("SELECT client, voucher FROM payments ORDER BY client")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut payments = Vec::new();
+    for row in rows {
+        let (client, json) = row?;
+        let Ok(client) = account_of(client) else {
+            tracing::warn!("a stored payment's client is not an account; ignored");
+            continue;
+        };
+        let voucher = serde_json::from_str::<SignedVoucher>(&json)
+            .map_err(|e| StoreError::Corrupt(format!("a stored payment does not decode: {e}")))
+            .and_then(|voucher| {
+                if voucher.voucher.counterparty == client {
+                    Ok(voucher)
+                } else {
+                    Err(StoreError::Corrupt(
+                        "a stored payment is filed under another client".into(),
+                    ))
+                }
+            });
+        payments.push((client, voucher));
+    }
+    Ok(payments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::BillingStore;
+    use super::*;
+    use cocoon_money::Voucher;
+    use ed25519_dalek::SigningKey;
+
+    fn pay(client: &SigningKey, cumulative: u64, seqno: u64) -> SignedVoucher {
+        Voucher::client_pay(client, AccountId([7; 32]), cumulative, seqno)
+    }
+
+    fn stored(store: &BillingStore) -> Vec<(AccountId, Option<SignedVoucher>)> {
+        store
+            .payments()
+            .unwrap()
+            .into_iter()
+            .map(|(client, voucher)| (client, voucher.ok()))
+            .collect()
+    }
+
+    #[test]
+    fn the_newest_payment_per_client_survives_reopening_and_an_older_one_never_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sqlite3");
+        let (alice, bob) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let mut store = BillingStore::open(&path).unwrap();
+        // Out of order within one commit and across commits: seqno decides, not arrival.
+        store
+            .record(&[], &[pay(&alice, 100, 1), pay(&alice, 300, 3), pay(&alice, 200, 2)])
+            .unwrap();
+        store.record(&[], &[pay(&bob, 50, 1)]).unwrap();
+        store.record(&[], &[pay(&alice, 250, 2)]).unwrap();
+        drop(store);
+
+        let mut store = BillingStore::open(&path).unwrap();
+        let alice_id = AccountId::from(&alice);
+        let bob_id = AccountId::from(&bob);
+        let mut expected = vec![
+            (alice_id, Some(pay(&alice, 300, 3))),
+            (bob_id, Some(pay(&bob, 50, 1))),
+        ];
+        expected.sort_by_key(|(client, _)| *client);
+        assert_eq!(stored(&store), expected);
+        store.record(&[], &[pay(&alice, 400, 4)]).unwrap();
+        assert!(stored(&store).contains(&(alice_id, Some(pay(&alice, 400, 4)))));
+    }
+
+    #[test]
+    fn a_corrupted_row_comes_back_as_an_error_and_is_replaced_by_the_next_payment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sqlite3");
+        let (alice, bob) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let mut store = BillingStore::open(&path).unwrap();
+        store
+            .record(&[], &[pay(&alice, 100, 5), pay(&bob, 50, 1)])
+            .unwrap();
+        let alice_id = AccountId::from(&alice);
+        let bob_id = AccountId::from(&bob);
+        // Someone edits the file: garbage in one row, another client's voucher in the other.
+        let db = Connection::open(&path).unwrap();
+        db.execute(
+            "UPDATE payments SET voucher = '{\"voucher\":' WHERE client = ?1",
+            params![&alice_id.0[..]],
+        )
+        .unwrap();
+        let alices = serde_json::to_string(&pay(&alice, 999, 9)).unwrap();
+        db.execute(
+            "UPDATE payments SET voucher = ?1 WHERE client = ?2",
+            params![alices, &bob_id.0[..]],
+        )
+        .unwrap();
+        drop(db);
+
+        let mut store = BillingStore::open(&path).unwrap();
+        let rows = store.payments().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows
+            .iter()
+            .all(|(_, voucher)| matches!(voucher, Err(StoreError::Corrupt(_)))));
+        // The garbage row does not block a real payment (whatever seqno it claimed).
+        store.record(&[], &[pay(&alice, 120, 1)]).unwrap();
+        assert!(stored(&store).contains(&(alice_id, Some(pay(&alice, 120, 1)))));
+    }
+}
