@@ -70,6 +70,42 @@ async fn the_client_signs_exactly_what_the_receipts_prove_and_the_ledger_collect
 }
 
 #[tokio::test]
+async fn a_proxy_killed_before_its_settlement_round_still_collects_what_its_clients_signed() {
+    // No settlement round runs after the first one at start, until the proxy starts again.
+    let extra = ["--settle-interval-ms", "3600000"];
+    let (mut proxy_node, proxy) = proxy(&extra);
+    let (_worker, _) = worker(&proxy, &[]);
+    let (mut client_node, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+
+    let mut paid = 0;
+    for stream in [false, true, false] {
+        let usage = ask(&api, &chat(3, stream)).await.expect("answered");
+        paid += price(&usage, 1_000, &Prices::default())
+            .unwrap()
+            .client_price;
+    }
+    // The proxy holds the client's voucher for all of it on disk (`paid` reads the database).
+    eventually!(wallet(&proxy.stats).await, |w| w["paid"] == paid);
+    // The client goes away for good, so nobody can send the voucher again; nothing is on the
+    // ledger yet.
+    let proxy_id = account_of(&proxy.stats).await;
+    let client_id = account_of(&api).await;
+    client_node.kill();
+    let before = contract(&proxy.ledger, proxy_id, "clients", client_id).await;
+    assert_eq!(before["collected"], 0, "{before}");
+
+    proxy_node.kill();
+    let _proxy_again = Node::start(&proxy_args(&proxy, &extra));
+    // The round at start submits the stored voucher: the ledger collects what the answers cost.
+    let applied = eventually!(
+        contract(&proxy.ledger, proxy_id, "clients", client_id).await,
+        |c| c["collected"] == paid
+    );
+    assert_eq!(applied["charged"], paid, "{applied}");
+}
+
+#[tokio::test]
 async fn a_client_naming_another_clients_wallet_is_refused_and_that_wallet_pays_nothing() {
     let (_proxy, proxy) = proxy(&[]);
     let (_worker, _) = worker(&proxy, &[]);
