@@ -205,7 +205,9 @@ mod tests {
     #[test]
     fn only_stored_payments_that_verify_as_on_arrival_are_loaded() {
         let proxy = AccountId([7; 32]);
-        let keys: Vec<SigningKey> = (1..=5u8).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+        let keys: Vec<SigningKey> = (1..=5u8)
+            .map(|i| SigningKey::from_bytes(&[i; 32]))
+            .collect();
         let ids: Vec<AccountId> = keys.iter().map(AccountId::from).collect();
         let good = Voucher::client_pay(&keys[0], proxy, 100, 3);
         // Forged: claims client 1's payment, signed by another key.

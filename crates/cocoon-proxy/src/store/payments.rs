@@ -41,7 +41,8 @@ pub(super) fn keep_newest(db: &Connection, voucher: &SignedVoucher) -> Result<()
 /// Every stored payment; a row that does not decode (or is filed under another client than its
 /// voucher names) comes back as its error, so one bad row does not hide the others.
 pub(super) fn all(db: &Connection) -> Result<Vec<StoredPayment>, StoreError> {
-    let mut statement = db.prepare_cached("SELECT client, voucher FROM payments ORDER BY client")?;
+    let mut statement =
+        db.prepare_cached("SELECT client, voucher FROM payments ORDER BY client")?;
     let rows = statement.query_map([], |row| {
         Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, String>(1)?))
     })?;
@@ -92,11 +93,21 @@ mod tests {
     fn the_newest_payment_per_client_survives_reopening_and_an_older_one_never_replaces_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.sqlite3");
-        let (alice, bob) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let (alice, bob) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
         let mut store = BillingStore::open(&path).unwrap();
         // Out of order within one commit and across commits: seqno decides, not arrival.
         store
-            .record(&[], &[pay(&alice, 100, 1), pay(&alice, 300, 3), pay(&alice, 200, 2)])
+            .record(
+                &[],
+                &[
+                    pay(&alice, 100, 1),
+                    pay(&alice, 300, 3),
+                    pay(&alice, 200, 2),
+                ],
+            )
             .unwrap();
         store.record(&[], &[pay(&bob, 50, 1)]).unwrap();
         store.record(&[], &[pay(&alice, 250, 2)]).unwrap();
@@ -119,7 +130,10 @@ mod tests {
     fn a_corrupted_row_comes_back_as_an_error_and_is_replaced_by_the_next_payment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.sqlite3");
-        let (alice, bob) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]));
+        let (alice, bob) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
         let mut store = BillingStore::open(&path).unwrap();
         store
             .record(&[], &[pay(&alice, 100, 5), pay(&bob, 50, 1)])
