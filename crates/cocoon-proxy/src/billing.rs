@@ -564,16 +564,10 @@ impl Billing {
                 })
                 .unwrap_or(0)
             };
-            let paid = store.payments().map_or(0, |rows| {
-                rows.iter()
-                    .filter_map(|(_, voucher)| voucher.as_ref().ok())
-                    .map(|voucher| voucher.voucher.cumulative)
-                    .fold(0, Amount::saturating_add)
-            });
             (
                 sum(store.clients()),
                 sum(store.workers()),
-                paid,
+                store.paid_in_total().unwrap_or(0),
                 store.position().map_or(0, |p| p.0),
             )
         };

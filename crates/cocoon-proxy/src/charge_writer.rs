@@ -188,6 +188,18 @@ fn write_charges(
                 Pending::Barrier(done) => barriers.push(done),
             }
         }
+        if charges.is_empty() && payments.is_empty() {
+            // Only barriers: everything before them was in earlier groups, which wrote it unless
+            // the database is failing now (then a payment among them may be lost).
+            let failure = report.borrow().clone();
+            for done in barriers {
+                let _ = done.send(match &failure {
+                    None => Ok(()),
+                    Some(failure) => Err(StoreError::Batch(failure.to_string())),
+                });
+            }
+            continue;
+        }
         match store.record(&charges, &payments) {
             Ok(results) => {
                 report_outcome(&report, Ok(()));
@@ -240,6 +252,32 @@ fn report_outcome(report: &watch::Sender<WriteFailure>, outcome: Result<(), Stor
 mod tests {
     use super::*;
     use crate::store::tests::charge;
+
+    #[tokio::test]
+    async fn a_payment_is_on_disk_once_a_later_write_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sqlite3");
+        let writer = ChargeWriter::spawn(&path).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let client = AccountId::from(&key);
+        let pay = |total, seqno| {
+            cocoon_money::Voucher::client_pay(&key, AccountId([7; 32]), total, seqno)
+        };
+        let stored = || {
+            let store = BillingStore::open(&path).unwrap();
+            let rows = store.payments().unwrap();
+            rows.into_iter()
+                .map(|(c, v)| (c, v.unwrap()))
+                .collect::<Vec<_>>()
+        };
+        writer.record_payment(pay(10, 1));
+        writer.written().await.unwrap();
+        assert_eq!(stored(), vec![(client, pay(10, 1))]);
+        // Batched with the charge queued after it.
+        writer.record_payment(pay(30, 2));
+        writer.record(charge(4, 9, 20)).await.unwrap();
+        assert_eq!(stored(), vec![(client, pay(30, 2))]);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_charges_share_commits_and_each_is_recorded_once() {

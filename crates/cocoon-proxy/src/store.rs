@@ -290,6 +290,16 @@ impl BillingStore {
         payments::all(&self.db)
     }
 
+    /// What the stored payments pay in total (rows that do not decode count nothing).
+    pub fn paid_in_total(&self) -> Result<Amount, StoreError> {
+        Ok(self
+            .payments()?
+            .iter()
+            .filter_map(|(_, voucher)| voucher.as_ref().ok())
+            .map(|voucher| voucher.voucher.cumulative)
+            .fold(0, Amount::saturating_add))
+    }
+
     /// Every worker with its totals.
     pub fn workers(&self) -> Result<Vec<(AccountId, Totals)>, StoreError> {
         all_in(&self.db, WORKERS)
