@@ -89,15 +89,23 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_newest_payment_per_client_survives_reopening_and_an_older_one_never_replaces_it() {
+    /// A new database in a directory the caller keeps alive, and two clients' keys.
+    fn fresh_store() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        BillingStore,
+        [SigningKey; 2],
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.sqlite3");
-        let (alice, bob) = (
-            SigningKey::from_bytes(&[1; 32]),
-            SigningKey::from_bytes(&[2; 32]),
-        );
-        let mut store = BillingStore::open(&path).unwrap();
+        let store = BillingStore::open(&path).unwrap();
+        let keys = [1, 2].map(|seed| SigningKey::from_bytes(&[seed; 32]));
+        (dir, path, store, keys)
+    }
+
+    #[test]
+    fn the_newest_payment_per_client_survives_reopening_and_an_older_one_never_replaces_it() {
+        let (_dir, path, mut store, [alice, bob]) = fresh_store();
         // Out of order within one commit and across commits: seqno decides, not arrival.
         store
             .record(
@@ -128,13 +136,7 @@ mod tests {
 
     #[test]
     fn a_corrupted_row_comes_back_as_an_error_and_is_replaced_by_the_next_payment() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("proxy.sqlite3");
-        let (alice, bob) = (
-            SigningKey::from_bytes(&[1; 32]),
-            SigningKey::from_bytes(&[2; 32]),
-        );
-        let mut store = BillingStore::open(&path).unwrap();
+        let (_dir, path, mut store, [alice, bob]) = fresh_store();
         store
             .record(&[], &[pay(&alice, 100, 5), pay(&bob, 50, 1)])
             .unwrap();
