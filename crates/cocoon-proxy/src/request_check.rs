@@ -101,6 +101,21 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_input_is_refused_or_skipped_without_exhausting_the_stack() {
+        // A client node can send any body, nested far beyond any stack. What the proxy skips
+        // (messages, a prompt's entries, a non-number limit, recorded as invalid for a 400
+        // later) serde_json skips without recursing; the model, read as a value, hits its
+        // depth limit. Reaching the end of this test is the property: no stack overflow.
+        let deep = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        for field in ["messages", "prompt", "n", "max_tokens"] {
+            let body = format!(r#"{{"model":"m","{field}":{}}}"#, deep(1_000_000));
+            let _ = serde_json::from_str::<RoutedFields>(&body);
+        }
+        let model = format!(r#"{{"model":{}}}"#, deep(1_000_000));
+        assert!(serde_json::from_str::<RoutedFields>(&model).is_err());
+    }
+
+    #[test]
     fn the_reserved_limit_is_the_one_every_hop_enforces() {
         assert_eq!(reserved_completion_tokens(&fields("{}"), 256), Ok(256));
         assert_eq!(
