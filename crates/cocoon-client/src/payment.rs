@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cocoon_money::Settlement;
-use cocoon_money::{AccountId, ClientStatement, Prices, SignedVoucher, VoucherKind};
+use cocoon_money::{
+    AccountId, ClientStatement, Prices, Settlement, SettlementError, SignedVoucher, VoucherKind,
+};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::Body;
 use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
@@ -174,7 +175,7 @@ impl Payer {
         let (refused, result) = {
             let mut channels = lock(&self.channels);
             let channel = channels.get_mut(&proxy)?;
-            let refused = channel.sign_pending(&self.wallet, proxy, due);
+            let refused = channel.sign_pending(&self.wallet, due);
             (refused, then(channel))
         };
         if let Some(why) = refused {
@@ -232,20 +233,25 @@ impl Payer {
             return Ok(());
         }
         let statement = self.statement(link).await?;
+        let ledger_error = |e: SettlementError| PaymentError::Ledger(e.to_string());
+        let ids = self
+            .ledger
+            .voucher_ids(VoucherKind::ClientPay, proxy, self.account)
+            .map_err(ledger_error)?;
         let contract = self
             .ledger
             .client_contract(proxy, self.account)
             .await
-            .map_err(|e| PaymentError::Ledger(e.to_string()))?;
+            .map_err(ledger_error)?;
         let mut channel = Channel::from(
+            ids,
             contract.as_ref().map_or(0, |c| c.charged),
             contract.as_ref().map_or(0, |c| c.voucher_seqno),
             None,
         );
         let own = statement.voucher.filter(|v| {
             v.voucher.kind == VoucherKind::ClientPay
-                && v.voucher.proxy == proxy
-                && v.voucher.counterparty == self.account
+                && v.voucher.ids() == ids
                 && v.verify(&self.account).is_ok()
         });
         if let Some(voucher) = own.filter(|v| v.voucher.seqno > channel.seqno) {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use cocoon_money::{
     AccountId, Amount, Context, ContractStatus, LedgerState, Registry, RuleError, Transaction,
-    TransactionBody, Voucher, VoucherKind,
+    TransactionBody, Voucher, VoucherIds, VoucherKind,
 };
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
@@ -442,7 +442,7 @@ fn voucher_vectors() -> Value {
             // The client's payment exactly as clients make it (its key is the counterparty), so
             // the JS side can also submit it to a channel as is.
             let signed = if kind == VoucherKind::ClientPay {
-                Voucher::client_pay(&key(60 + n), proxy, cumulative, seqno)
+                Voucher::client_pay(&key(60 + n), VoucherIds::accounts(proxy, AccountId::from(&key(60 + n))), cumulative, seqno)
             } else {
                 Voucher { kind, proxy, counterparty: AccountId([0xb0 + n; 32]), cumulative, seqno, is_final }
                     .sign(&key(60 + n))

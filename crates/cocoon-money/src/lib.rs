@@ -56,4 +56,4 @@ pub use settlement::{Receipt, Settlement, SettlementBackend, SettlementError};
 pub use signed_registry::{RegistryAnswer, RegistryRefusal, SeenVersion};
 pub use statement::{ClientStatement, WorkerStatement};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};
-pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherKind, VoucherSigner};
+pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherIds, VoucherKind, VoucherSigner};

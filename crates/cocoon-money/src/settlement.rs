@@ -18,7 +18,7 @@ use crate::rules::{
 };
 use crate::signed_registry::RegistryAnswer;
 use crate::transaction::TransactionBody;
-use crate::voucher::{SignedVoucher, VoucherKind};
+use crate::voucher::{SignedVoucher, VoucherIds, VoucherKind};
 
 /// The result of an accepted transaction. (Not `deny_unknown_fields`: serde does not support it
 /// beside `flatten`; a backend only writes it.)
@@ -107,9 +107,9 @@ pub trait Settlement: Send + Sync {
         kind: VoucherKind,
         proxy: AccountId,
         counterparty: AccountId,
-    ) -> Result<(AccountId, AccountId), SettlementError> {
+    ) -> Result<VoucherIds, SettlementError> {
         let _ = kind;
-        Ok((proxy, counterparty))
+        Ok(VoucherIds::accounts(proxy, counterparty))
     }
 
     /// Signs and applies one transaction as [`Self::account_id`].

@@ -26,13 +26,14 @@ pub struct ClientStatement {
 /// What the proxy tells a worker it has earned (`/cocoon/v1/earnings`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatement {
-    /// The proxy contract (the proxy's wallet).
+    /// The proxy's operator account (its contract's owner).
     pub proxy: AccountId,
     /// The worker's wallet.
     pub worker: AccountId,
     /// Everything the worker has earned from this proxy, in total.
     pub earned: Amount,
-    /// The proxy's worker-pay voucher for `earned`, claimable on the ledger.
+    /// The proxy's worker-pay voucher for `earned`, claimable on the ledger. It names the ids the
+    /// settlement backend gives for `proxy` and `worker` (`Settlement::voucher_ids`).
     pub voucher: SignedVoucher,
 }
 

@@ -33,6 +33,30 @@ pub enum VoucherKind {
     ClientPay,
 }
 
+/// The two ids a voucher names: its proxy contract and its counterparty's (the client's channel
+/// or the worker's payee). What they are depends on the settlement backend
+/// ([`crate::Settlement::voucher_ids`]): the accounts themselves on the local ledger; on TON the
+/// contracts' own ids (the proxy contract, the client's channel, the worker's wallet), since a
+/// contract checks the voucher against itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoucherIds {
+    /// What the voucher's `proxy` field holds.
+    pub proxy: AccountId,
+    /// What its `counterparty` field holds.
+    pub counterparty: AccountId,
+}
+
+impl VoucherIds {
+    /// The ids as the local ledger names them: the proxy's and the counterparty's accounts.
+    pub fn accounts(proxy: AccountId, counterparty: AccountId) -> Self {
+        Self {
+            proxy,
+            counterparty,
+        }
+    }
+}
+
 /// The statement a proxy signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,23 +115,32 @@ impl Voucher {
         out
     }
 
-    /// A client's payment: under `proxy`, the client of `key` authorizes `cumulative` in total
-    /// (statement `seqno`), signed with that key.
+    /// A client's payment: the client of `key` authorizes `cumulative` in total (statement
+    /// `seqno`) on the channel `ids` name ([`crate::Settlement::voucher_ids`] of
+    /// [`VoucherKind::ClientPay`]), signed with that key.
     pub fn client_pay(
         key: &SigningKey,
-        proxy: AccountId,
+        ids: VoucherIds,
         cumulative: Amount,
         seqno: u64,
     ) -> SignedVoucher {
         Voucher {
             kind: VoucherKind::ClientPay,
-            proxy,
-            counterparty: AccountId::from(key),
+            proxy: ids.proxy,
+            counterparty: ids.counterparty,
             cumulative,
             seqno,
             is_final: false,
         }
         .sign(key)
+    }
+
+    /// The ids this voucher names.
+    pub fn ids(&self) -> VoucherIds {
+        VoucherIds {
+            proxy: self.proxy,
+            counterparty: self.counterparty,
+        }
     }
 
     /// Signs the voucher (with the key of whoever's money it moves).

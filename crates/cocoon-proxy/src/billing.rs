@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use cocoon_money::pricing::COEFFICIENT_ONE;
 use cocoon_money::{
     price, worst_case_cost, AccountId, Amount, ClientContract, ClientStatement, ContractStatus,
-    Cost, Prices, PricingError, Settlement, SettlementBackend, SettlementError, VoucherSigner,
-    WorkerStatement,
+    Cost, Prices, PricingError, Settlement, SettlementBackend, SettlementError, VoucherKind,
+    VoucherSigner, WorkerStatement,
 };
 use cocoon_node::registry::RegistryWatch;
 use cocoon_proto::{ErrorKind, TokenUsage};
@@ -303,8 +303,13 @@ impl Billing {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let store = BillingStore::open(&path)?;
-        let payments = client_channel::verified_payments(account, store.payments()?);
+        let payments = client_channel::verified_payments(&*ledger, account, store.payments()?);
         let key = AccountId::from(&voucher_key);
+        // The contract id this proxy's vouchers name (the operator's account on the local
+        // ledger, the proxy contract's own on TON).
+        let contract = ledger
+            .voucher_ids(VoucherKind::WorkerPay, account, account)?
+            .proxy;
         if acts_for_operator {
             open_and_authorize(&*ledger, &config, registry, account, key).await?;
         } else {
@@ -317,7 +322,7 @@ impl Billing {
             );
             let stray = || SigningKey::generate(&mut rand::rngs::OsRng);
             match how {
-                BadWorkerVouchers::Forged => VoucherSigner::new(stray(), account),
+                BadWorkerVouchers::Forged => VoucherSigner::new(stray(), contract),
                 BadWorkerVouchers::ForeignProxy => {
                     VoucherSigner::new(voucher_key.clone(), AccountId::from(&stray()))
                 }
@@ -326,7 +331,7 @@ impl Billing {
         Ok(Arc::new(Billing {
             account,
             bad_worker_signer,
-            signer: VoucherSigner::new(voucher_key, account),
+            signer: VoucherSigner::new(voucher_key, contract),
             ledger,
             acts_for_operator,
             writer: ChargeWriter::spawn(&path)?,
@@ -535,21 +540,26 @@ impl Billing {
         })
     }
 
+    /// What each worker earned, with its voucher: the statement names the accounts (this proxy's
+    /// operator, the worker's payee), the voucher the ids the settlement backend checks.
     fn worker_statements(&self) -> Result<Vec<WorkerStatement>, BillingError> {
         let (workers, seqno) = lock(&self.store).workers_at_position()?;
         let signer = self.bad_worker_signer.as_ref().unwrap_or(&self.signer);
-        Ok(workers
+        workers
             .into_iter()
             .map(|(worker, totals)| {
-                let voucher = signer.worker_pay(worker, totals.amount, seqno);
-                WorkerStatement {
-                    proxy: voucher.voucher.proxy,
+                let payee = self
+                    .ledger
+                    .voucher_ids(VoucherKind::WorkerPay, self.account, worker)?
+                    .counterparty;
+                Ok(WorkerStatement {
+                    proxy: self.account,
                     worker,
                     earned: totals.amount,
-                    voucher,
-                }
+                    voucher: signer.worker_pay(payee, totals.amount, seqno),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Billing figures for `/jsonstats`.

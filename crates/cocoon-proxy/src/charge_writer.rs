@@ -41,8 +41,8 @@ pub type WriteFailure = Option<Arc<str>>;
 enum Pending {
     /// A charge, and who waits for its seqno.
     Charge(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>),
-    /// A verified client payment; nobody waits for it.
-    Payment(SignedVoucher),
+    /// A verified client payment, and the client it pays for; nobody waits for it.
+    Payment(AccountId, SignedVoucher),
     /// Someone waiting until everything queued before is on disk.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -126,11 +126,11 @@ impl ChargeWriter {
         written.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    /// Queues a verified client payment voucher, to be kept if it is its client's newest; it is on
-    /// disk once anything queued after it is (see [`ChargeWriter::written`]).
-    pub fn record_payment(&self, voucher: SignedVoucher) {
+    /// Queues `client`'s verified payment voucher, to be kept if it is that client's newest; it is
+    /// on disk once anything queued after it is (see [`ChargeWriter::written`]).
+    pub fn record_payment(&self, client: AccountId, voucher: SignedVoucher) {
         // A stopped writer means a stopping proxy; the voucher stays in memory until then.
-        let _ = self.queue.send(Pending::Payment(voucher));
+        let _ = self.queue.send(Pending::Payment(client, voucher));
     }
 
     /// Resolves once everything queued before this call is on disk.
@@ -184,7 +184,7 @@ fn write_charges(
                     charges.push(charge);
                     waiting.push(done);
                 }
-                Pending::Payment(voucher) => payments.push(voucher),
+                Pending::Payment(client, voucher) => payments.push((client, voucher)),
                 Pending::Barrier(done) => barriers.push(done),
             }
         }
@@ -261,7 +261,12 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
         let client = AccountId::from(&key);
         let pay = |total, seqno| {
-            cocoon_money::Voucher::client_pay(&key, AccountId([7; 32]), total, seqno)
+            cocoon_money::Voucher::client_pay(
+                &key,
+                cocoon_money::VoucherIds::accounts(AccountId([7; 32]), AccountId::from(&key)),
+                total,
+                seqno,
+            )
         };
         let stored = || {
             let store = BillingStore::open(&path).unwrap();
@@ -270,11 +275,11 @@ mod tests {
                 .map(|(c, v)| (c, v.unwrap()))
                 .collect::<Vec<_>>()
         };
-        writer.record_payment(pay(10, 1));
+        writer.record_payment(client, pay(10, 1));
         writer.written().await.unwrap();
         assert_eq!(stored(), vec![(client, pay(10, 1))]);
         // Batched with the charge queued after it.
-        writer.record_payment(pay(30, 2));
+        writer.record_payment(client, pay(30, 2));
         writer.record(charge(4, 9, 20)).await.unwrap();
         assert_eq!(stored(), vec![(client, pay(30, 2))]);
     }

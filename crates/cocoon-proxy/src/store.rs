@@ -166,15 +166,16 @@ impl BillingStore {
     }
 
     /// [`BillingStore::record_charges`], and in the same transaction keeps each of `payments`
-    /// (vouchers already verified) that is newer than its client's stored one.
+    /// (vouchers already verified, each with the client it pays for) that is newer than that
+    /// client's stored one.
     pub fn record(
         &mut self,
         charges: &[ChargeRecord],
-        payments: &[SignedVoucher],
+        payments: &[(AccountId, SignedVoucher)],
     ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let tx = self.db.transaction()?;
-        for payment in payments {
-            payments::keep_newest(&tx, payment)?;
+        for (client, voucher) in payments {
+            payments::keep_newest(&tx, client, voucher)?;
         }
         let (mut seqno, mut hash) = position_in(&tx)?;
         let mut results = Vec::with_capacity(charges.len());

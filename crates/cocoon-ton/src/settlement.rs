@@ -25,8 +25,8 @@ use crate::registry_cells::{RegistryLists, RegistryParams};
 use crate::sender::{SendError, WalletSender};
 use crate::settlement_types::{
     Account, AccountId, ClientContract, ContractStatus, Hash32, Prices, ProxyContract, Receipt,
-    RegisteredProxy, Registry, Settlement, SettlementError, TransactionBody, VoucherKind,
-    WorkerContract,
+    RegisteredProxy, Registry, Settlement, SettlementError, TransactionBody, VoucherIds,
+    VoucherKind, WorkerContract,
 };
 use crate::trace::TraceError;
 
@@ -193,7 +193,7 @@ impl TonSettlement {
         kind: VoucherKind,
         operator: &AccountId,
         counterparty: &AccountId,
-    ) -> Result<(AccountId, AccountId), SettlementError> {
+    ) -> Result<VoucherIds, SettlementError> {
         let proxy = AccountId(account_id(&self.proxy_address(operator)?));
         let other = match kind {
             VoucherKind::ClientPay | VoucherKind::ClientCharge => {
@@ -203,7 +203,10 @@ impl TonSettlement {
                 account_id(&wallet_address(counterparty.as_bytes()).map_err(cell_error)?)
             }
         };
-        Ok((proxy, AccountId(other)))
+        Ok(VoucherIds {
+            proxy,
+            counterparty: AccountId(other),
+        })
     }
 
     async fn read<T>(
@@ -334,7 +337,7 @@ impl Settlement for TonSettlement {
         kind: VoucherKind,
         proxy: AccountId,
         counterparty: AccountId,
-    ) -> Result<(AccountId, AccountId), SettlementError> {
+    ) -> Result<VoucherIds, SettlementError> {
         TonSettlement::voucher_ids(self, kind, &proxy, &counterparty)
     }
 
@@ -485,13 +488,13 @@ mod tests {
         for kind in [VoucherKind::ClientPay, VoucherKind::ClientCharge] {
             assert_eq!(
                 held.voucher_ids(kind, operator, client).unwrap(),
-                (proxy, channel)
+                VoucherIds::accounts(proxy, channel)
             );
         }
         assert_eq!(
             held.voucher_ids(VoucherKind::WorkerPay, operator, client)
                 .unwrap(),
-            (proxy, wallet)
+            VoucherIds::accounts(proxy, wallet)
         );
         assert_ne!(proxy, operator, "TON does not name the accounts themselves");
     }

@@ -5,5 +5,6 @@ pub use cocoon_money::rules::MAX_FAUCET_GRANT;
 pub use cocoon_money::{
     Account, AccountId, Amount, ClientContract, ContractStatus, Hash32, Outcome, Prices,
     ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementBackend,
-    SettlementError, SignedVoucher, TransactionBody, Voucher, VoucherKind, WorkerContract,
+    SettlementError, SignedVoucher, TransactionBody, Voucher, VoucherIds, VoucherKind,
+    WorkerContract,
 };

@@ -43,11 +43,11 @@ fn voucher(
     cumulative: u64,
     seqno: u64,
 ) -> Voucher {
-    let (proxy, counterparty) = backend.voucher_ids(kind, operator, counterparty).unwrap();
+    let ids = backend.voucher_ids(kind, operator, counterparty).unwrap();
     Voucher {
         kind,
-        proxy,
-        counterparty,
+        proxy: ids.proxy,
+        counterparty: ids.counterparty,
         cumulative,
         seqno,
         is_final: false,

@@ -13,7 +13,7 @@ use axum::response::Response;
 use axum::routing::post;
 use axum::Extension;
 use axum::{Json, Router};
-use cocoon_money::{AccountId, Amount, Settlement, WorkerStatement};
+use cocoon_money::{AccountId, Amount, Settlement, VoucherKind, WorkerStatement};
 use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::serve::LogThrottle;
 use cocoon_proto::link::PATH_EARNINGS;
@@ -159,7 +159,11 @@ impl WorkerSettlement {
     }
 
     fn take(&self, statement: WorkerStatement, link: &LinkedProxy) -> Result<(), VoucherRefusal> {
-        voucher_check::check(&statement, self.account, link)?;
+        let expected = self
+            .ledger
+            .voucher_ids(VoucherKind::WorkerPay, link.contract, self.account)
+            .map_err(|error| VoucherRefusal::NoIds(error.to_string()))?;
+        voucher_check::check(&statement, self.account, link, expected)?;
         let voucher = statement.voucher.voucher;
         let mut earnings = lock(&self.earnings);
         if let Some(held) = earnings.get(&statement.proxy) {
@@ -190,7 +194,7 @@ impl WorkerSettlement {
             },
         );
         lock(&self.tallies)
-            .entry(voucher.proxy)
+            .entry(link.contract)
             .or_default()
             .vouched(voucher.cumulative);
         Ok(())

@@ -2,13 +2,15 @@
 //! vouchers may fall behind what the worker earned from it. Pure: no I/O, no clock.
 //!
 //! A voucher counts only if the key this proxy's attested certificate names (`voucher_key`)
-//! signed it, it names the proxy contract that certificate names (`wallet`) and this worker's
-//! payee, and it does not state less than a voucher already held (the ledger would refuse it: a
+//! signed it, it names the proxy contract of the operator that certificate names (`wallet`) and
+//! this worker's payee — as the settlement backend names them (`Settlement::voucher_ids`: the
+//! accounts on the local ledger, the contracts' ids on TON) — and it does not state less than a
+//! voucher already held (the ledger would refuse it: a
 //! proxy whose database was rolled back does that). The worker counts what it earned on each
 //! proxy's links in this run, and stops serving a proxy whose vouchers fall more than a bound
 //! behind.
 
-use cocoon_money::{AccountId, Amount, VoucherKind, WorkerStatement};
+use cocoon_money::{AccountId, Amount, VoucherIds, VoucherKind, WorkerStatement};
 use cocoon_ratls::PeerIdentity;
 
 /// The proxy at the other end of a link, as its attested claims name it.
@@ -48,6 +50,9 @@ pub enum VoucherRefusal {
     /// The statement's figures are not the voucher's, or it is not a worker-pay voucher.
     #[error("the statement does not match its voucher")]
     Mismatch,
+    /// The settlement backend cannot name the contract such a voucher would be claimed from.
+    #[error("the voucher's contract ids cannot be derived: {0}")]
+    NoIds(String),
     /// The signature is not the link's proxy's voucher key's.
     #[error("the voucher is not signed by this link's proxy's attested voucher key")]
     BadSignature,
@@ -63,26 +68,34 @@ pub enum VoucherRefusal {
     },
 }
 
-/// Checks a statement that came on `link`'s connection for `payee`.
+/// Checks a statement that came on `link`'s connection for `payee`; `expected` are the ids a
+/// worker-pay voucher of the link's operator to `payee` names on the settlement backend.
 pub fn check(
     statement: &WorkerStatement,
     payee: AccountId,
     link: &LinkedProxy,
+    expected: VoucherIds,
 ) -> Result<(), VoucherRefusal> {
     let voucher = &statement.voucher.voucher;
-    if statement.worker != payee || voucher.counterparty != payee {
+    if statement.worker != payee {
+        return Err(VoucherRefusal::NotForThisWorker(statement.worker));
+    }
+    if voucher.counterparty != expected.counterparty {
         return Err(VoucherRefusal::NotForThisWorker(voucher.counterparty));
     }
-    if voucher.kind != VoucherKind::WorkerPay
-        || voucher.proxy != statement.proxy
-        || voucher.cumulative != statement.earned
-    {
+    if voucher.kind != VoucherKind::WorkerPay || voucher.cumulative != statement.earned {
         return Err(VoucherRefusal::Mismatch);
     }
-    if voucher.proxy != link.contract {
+    if statement.proxy != link.contract {
+        return Err(VoucherRefusal::ForeignProxy {
+            named: statement.proxy,
+            linked: link.contract,
+        });
+    }
+    if voucher.proxy != expected.proxy {
         return Err(VoucherRefusal::ForeignProxy {
             named: voucher.proxy,
-            linked: link.contract,
+            linked: expected.proxy,
         });
     }
     statement
@@ -133,7 +146,7 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cocoon_money::VoucherSigner;
+    use cocoon_money::{VoucherIds, VoucherSigner};
     use ed25519_dalek::SigningKey;
 
     const PROXY_KEY: [u8; 32] = [9; 32];
@@ -164,47 +177,90 @@ mod tests {
         }
     }
 
+    /// The check on the local ledger, where vouchers name the accounts.
+    fn on_ledger(statement: &WorkerStatement) -> Result<(), VoucherRefusal> {
+        check(
+            statement,
+            payee(),
+            &link(),
+            VoucherIds::accounts(link().contract, payee()),
+        )
+    }
+
+    #[test]
+    fn on_a_backend_whose_contracts_have_ids_of_their_own_the_voucher_must_name_those() {
+        // TON: the proxy contract's and the payee wallet's ids, not the operator's and worker's keys.
+        let contracts = VoucherIds {
+            proxy: AccountId([0xC1; 32]),
+            counterparty: AccountId([0xC2; 32]),
+        };
+        let signer = VoucherSigner::new(SigningKey::from_bytes(&PROXY_KEY), contracts.proxy);
+        let good = WorkerStatement {
+            proxy: link().contract,
+            worker: payee(),
+            earned: 50,
+            voucher: signer.worker_pay(contracts.counterparty, 50, 1),
+        };
+        assert_eq!(check(&good, payee(), &link(), contracts), Ok(()));
+        // The same voucher over the accounts would be refused by the contract: refused here too.
+        let accounts = statement(PROXY_KEY, link().contract, payee(), 50);
+        assert!(matches!(
+            check(&accounts, payee(), &link(), contracts),
+            Err(VoucherRefusal::NotForThisWorker(_))
+        ));
+        // Paying this worker's wallet, but claimable from another proxy contract.
+        let elsewhere = WorkerStatement {
+            voucher: VoucherSigner::new(SigningKey::from_bytes(&PROXY_KEY), AccountId([0xC3; 32]))
+                .worker_pay(contracts.counterparty, 50, 1),
+            ..good.clone()
+        };
+        assert!(matches!(
+            check(&elsewhere, payee(), &link(), contracts),
+            Err(VoucherRefusal::ForeignProxy { .. })
+        ));
+        // A statement naming another operator than the link's.
+        let other_operator = WorkerStatement {
+            proxy: AccountId([2; 32]),
+            ..good
+        };
+        assert!(matches!(
+            check(&other_operator, payee(), &link(), contracts),
+            Err(VoucherRefusal::ForeignProxy { .. })
+        ));
+    }
+
     #[test]
     fn a_voucher_of_the_links_proxy_for_this_worker_is_taken() {
         let good = statement(PROXY_KEY, link().contract, payee(), 50);
-        assert_eq!(check(&good, payee(), &link()), Ok(()));
+        assert_eq!(on_ledger(&good), Ok(()));
     }
 
     #[test]
     fn forged_foreign_and_mismatched_vouchers_are_refused() {
         // Signed by another key (a forger, or another proxy's key) for this link's contract.
         let forged = statement([8; 32], link().contract, payee(), 50);
-        assert_eq!(
-            check(&forged, payee(), &link()),
-            Err(VoucherRefusal::BadSignature)
-        );
+        assert_eq!(on_ledger(&forged), Err(VoucherRefusal::BadSignature));
         // Signed by this link's key, but naming another proxy's contract.
         let foreign = statement(PROXY_KEY, AccountId([2; 32]), payee(), 50);
         assert!(matches!(
-            check(&foreign, payee(), &link()),
+            on_ledger(&foreign),
             Err(VoucherRefusal::ForeignProxy { .. })
         ));
         // For another worker.
         let other = statement(PROXY_KEY, link().contract, AccountId([4; 32]), 50);
         assert!(matches!(
-            check(&other, payee(), &link()),
+            on_ledger(&other),
             Err(VoucherRefusal::NotForThisWorker(_))
         ));
         // A statement claiming more than its voucher says.
         let mut inflated = statement(PROXY_KEY, link().contract, payee(), 50);
         inflated.earned = 5_000;
-        assert_eq!(
-            check(&inflated, payee(), &link()),
-            Err(VoucherRefusal::Mismatch)
-        );
+        assert_eq!(on_ledger(&inflated), Err(VoucherRefusal::Mismatch));
         // A tampered amount breaks the signature.
         let mut tampered = statement(PROXY_KEY, link().contract, payee(), 50);
         tampered.voucher.voucher.cumulative = 5_000;
         tampered.earned = 5_000;
-        assert_eq!(
-            check(&tampered, payee(), &link()),
-            Err(VoucherRefusal::BadSignature)
-        );
+        assert_eq!(on_ledger(&tampered), Err(VoucherRefusal::BadSignature));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_money::{AccountId, Amount, SignedVoucher, Voucher};
+use cocoon_money::{Amount, SignedVoucher, Voucher, VoucherIds};
 use cocoon_receipt::ReceiptSignatures;
 use ed25519_dalek::SigningKey;
 
@@ -23,6 +23,8 @@ pub(super) struct Unverified {
 /// The client's payment channel with one proxy.
 #[derive(Debug)]
 pub(super) struct Channel {
+    /// What its vouchers name (the settlement backend's ids of the proxy and this channel).
+    pub(super) ids: VoucherIds,
     /// What the client has signed for, or will sign for next, in total: only answers whose
     /// receipts are fully verified count.
     pub(super) cumulative: Amount,
@@ -41,9 +43,15 @@ pub(super) struct Channel {
 }
 
 impl Channel {
-    /// A channel whose payments start from `cumulative` at statement `seqno`.
-    pub(super) fn from(cumulative: Amount, seqno: u64, latest: Option<SignedVoucher>) -> Self {
+    /// A channel named `ids` whose payments start from `cumulative` at statement `seqno`.
+    pub(super) fn from(
+        ids: VoucherIds,
+        cumulative: Amount,
+        seqno: u64,
+        latest: Option<SignedVoucher>,
+    ) -> Self {
         Channel {
+            ids,
             cumulative,
             seqno,
             latest,
@@ -60,7 +68,6 @@ impl Channel {
     pub(super) fn sign_pending(
         &mut self,
         wallet: &SigningKey,
-        proxy: AccountId,
         due: impl Fn(Option<Instant>) -> bool,
     ) -> Option<String> {
         let waiting = self.pending || !self.unverified.is_empty();
@@ -71,7 +78,7 @@ impl Channel {
         if self.pending {
             self.latest = Some(Voucher::client_pay(
                 wallet,
-                proxy,
+                self.ids,
                 self.cumulative,
                 self.seqno,
             ));

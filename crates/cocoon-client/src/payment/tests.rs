@@ -105,7 +105,8 @@ async fn payer() -> Arc<Payer> {
 async fn paying() -> (Arc<Payer>, AccountId, Receipt) {
     let payer = payer().await;
     let proxy = AccountId::from(&proxy_key());
-    lock(&payer.channels).insert(proxy, Channel::from(100, 4, None));
+    let ids = cocoon_money::VoucherIds::accounts(proxy, payer.account);
+    lock(&payer.channels).insert(proxy, Channel::from(ids, 100, 4, None));
     (payer, proxy, receipt(Prices::default(), proxy))
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cocoon_money::{
     AccountId, Context, Hash32, LedgerState, Prices, Registry, SignedTransaction, SignedVoucher,
-    Transaction, TransactionBody, Voucher, VoucherSigner,
+    Transaction, TransactionBody, Voucher, VoucherIds, VoucherSigner,
 };
 use cocoon_proto::TokenUsage;
 use cocoon_ratls::Identity;
@@ -210,7 +210,12 @@ fn transaction_script() -> Vec<(u8, u64, TransactionBody)> {
             WORKER,
             1,
             TransactionBody::Charge {
-                voucher: Voucher::client_pay(&key(CLIENT), id(PROXY), 320, 1),
+                voucher: Voucher::client_pay(
+                    &key(CLIENT),
+                    VoucherIds::accounts(id(PROXY), AccountId::from(&key(CLIENT))),
+                    320,
+                    1,
+                ),
             },
         ),
         (

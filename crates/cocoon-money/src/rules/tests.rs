@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::ids::WEAK_KEY;
-use crate::voucher::Voucher;
+use crate::voucher::{Voucher, VoucherIds};
 
 const OWNER: u8 = 1;
 const PROXY: u8 = 2;
@@ -91,7 +91,12 @@ fn voucher(kind: VoucherKind, to: u8, cumulative: Amount, seqno: u64) -> Voucher
 /// The client's own payment voucher (signed by the client's key).
 pub(crate) fn charge(cumulative: Amount, seqno: u64) -> TransactionBody {
     TransactionBody::Charge {
-        voucher: Voucher::client_pay(&key(CLIENT), id(PROXY), cumulative, seqno),
+        voucher: Voucher::client_pay(
+            &key(CLIENT),
+            VoucherIds::accounts(id(PROXY), AccountId::from(&key(CLIENT))),
+            cumulative,
+            seqno,
+        ),
     }
 }
 

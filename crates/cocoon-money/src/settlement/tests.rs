@@ -149,7 +149,7 @@ fn vouchers_name_the_accounts_themselves_by_default() {
     ] {
         assert_eq!(
             backend.voucher_ids(kind, proxy, other).unwrap(),
-            (proxy, other)
+            VoucherIds::accounts(proxy, other)
         );
     }
 }

@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cocoon_money::{AccountId, Amount, ClientContract, SignedVoucher, VoucherKind};
+use cocoon_money::{AccountId, Amount, ClientContract, Settlement, SignedVoucher, VoucherKind};
 use cocoon_node::wallet::check_wallet_proof;
 use cocoon_proto::headers::{PAYMENT, WALLET_PROOF};
 use cocoon_ratls::PeerIdentity;
@@ -75,7 +75,9 @@ impl Billing {
         voucher: SignedVoucher,
     ) -> Result<(), BillingError> {
         let v = voucher.voucher;
-        check_addressed(self.account, client, &voucher)?;
+        if v.kind != VoucherKind::ClientPay {
+            return Err(not_addressed());
+        }
         let newer = |held: Option<&SignedVoucher>| -> Result<bool, BillingError> {
             match held {
                 Some(held) if held.voucher.seqno >= v.seqno => Ok(false),
@@ -91,12 +93,12 @@ impl Billing {
         if !newer(lock(&self.payments).get(&client))? {
             return Ok(());
         }
-        check_signed(client, &voucher)?;
+        check_payment(&*self.ledger, self.account, client, &voucher)?;
         let mut payments = lock(&self.payments);
         if newer(payments.get(&client))? {
             payments.insert(client, voucher);
             // Queued under the lock, so the writer sees a client's vouchers in seqno order.
-            self.writer.record_payment(voucher);
+            self.writer.record_payment(client, voucher);
         }
         Ok(())
     }
@@ -138,40 +140,40 @@ impl Billing {
     }
 }
 
-/// Refuses a voucher that is not `client`'s payment to `proxy`.
-fn check_addressed(
-    proxy: AccountId,
+fn not_addressed() -> BillingError {
+    BillingError::BadPayment("the voucher is not this client's payment to this proxy".into())
+}
+
+/// Refuses a voucher that is not `client`'s payment on its channel with the proxy of `operator`
+/// (the ids `ledger` gives for them), or not signed by `client`'s wallet key.
+fn check_payment(
+    ledger: &dyn Settlement,
+    operator: AccountId,
     client: AccountId,
     voucher: &SignedVoucher,
 ) -> Result<(), BillingError> {
-    let v = voucher.voucher;
-    if v.kind != VoucherKind::ClientPay || v.proxy != proxy || v.counterparty != client {
-        return Err(BillingError::BadPayment(
-            "the voucher is not this client's payment to this proxy".into(),
-        ));
+    let expected = ledger.voucher_ids(VoucherKind::ClientPay, operator, client)?;
+    if voucher.voucher.kind != VoucherKind::ClientPay || voucher.voucher.ids() != expected {
+        return Err(not_addressed());
     }
-    Ok(())
-}
-
-/// Refuses a voucher not signed by `client`'s wallet key.
-fn check_signed(client: AccountId, voucher: &SignedVoucher) -> Result<(), BillingError> {
     voucher.verify(&client).map_err(|_| {
         BillingError::BadPayment("the voucher is not signed by the client's wallet key".into())
     })
 }
 
 /// The stored payments a restarted proxy may rely on: each one checked as when it arrived
-/// (addressed to `proxy`, signed by its client's key), since the database file is trusted no more
-/// than a peer. A row that fails is logged and left out; the ledger would refuse it anyway.
+/// (addressed to the proxy of `operator`, signed by its client's key), since the database file is
+/// trusted no more than a peer. A row that fails is logged and left out; the ledger would refuse
+/// it anyway.
 pub(super) fn verified_payments(
-    proxy: AccountId,
+    ledger: &dyn Settlement,
+    operator: AccountId,
     stored: Vec<StoredPayment>,
 ) -> HashMap<AccountId, SignedVoucher> {
     let mut payments = HashMap::new();
     for (client, voucher) in stored {
         let checked = voucher.map_err(BillingError::from).and_then(|voucher| {
-            check_addressed(proxy, client, &voucher)?;
-            check_signed(client, &voucher)?;
+            check_payment(ledger, operator, client, &voucher)?;
             Ok(voucher)
         });
         match checked {
@@ -199,7 +201,7 @@ pub(super) fn unpaid_bound(configured: Amount, contract: &ClientContract) -> Amo
 mod tests {
     use super::*;
     use crate::store::StoreError;
-    use cocoon_money::Voucher;
+    use cocoon_money::{SettlementBackend, Voucher, VoucherIds};
     use ed25519_dalek::SigningKey;
 
     #[test]
@@ -209,14 +211,34 @@ mod tests {
             .map(|i| SigningKey::from_bytes(&[i; 32]))
             .collect();
         let ids: Vec<AccountId> = keys.iter().map(AccountId::from).collect();
-        let good = Voucher::client_pay(&keys[0], proxy, 100, 3);
+        let good = Voucher::client_pay(
+            &keys[0],
+            VoucherIds::accounts(proxy, AccountId::from(&keys[0])),
+            100,
+            3,
+        );
         // Forged: claims client 1's payment, signed by another key.
-        let mut forged = Voucher::client_pay(&keys[4], proxy, 900, 9);
+        let mut forged = Voucher::client_pay(
+            &keys[4],
+            VoucherIds::accounts(proxy, AccountId::from(&keys[4])),
+            900,
+            9,
+        );
         forged.voucher.counterparty = ids[1];
         // Genuine, but to another proxy.
-        let foreign = Voucher::client_pay(&keys[2], AccountId([8; 32]), 50, 1);
+        let foreign = Voucher::client_pay(
+            &keys[2],
+            VoucherIds::accounts(AccountId([8; 32]), AccountId::from(&keys[2])),
+            50,
+            1,
+        );
         // Genuine, but its amount edited after signing.
-        let mut edited = Voucher::client_pay(&keys[3], proxy, 10, 1);
+        let mut edited = Voucher::client_pay(
+            &keys[3],
+            VoucherIds::accounts(proxy, AccountId::from(&keys[3])),
+            10,
+            1,
+        );
         edited.voucher.cumulative = 10_000;
         let stored = vec![
             (ids[0], Ok(good)),
@@ -225,7 +247,11 @@ mod tests {
             (ids[3], Ok(edited)),
             (ids[4], Err(StoreError::Corrupt("garbage".into()))),
         ];
-        let loaded = verified_payments(proxy, stored);
+        // The local ledger's ids (the accounts); no ledger is reached.
+        let ledger = cocoon_ledger::LocalLedger::new("http://127.0.0.1:9")
+            .connect(None)
+            .unwrap();
+        let loaded = verified_payments(&*ledger, proxy, stored);
         assert_eq!(loaded, HashMap::from([(ids[0], good)]));
     }
 }

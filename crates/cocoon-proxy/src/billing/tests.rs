@@ -4,7 +4,7 @@
 use super::*;
 use crate::routing::Routing;
 use cocoon_ledger::{LedgerClient, LocalLedger};
-use cocoon_money::Voucher;
+use cocoon_money::{Voucher, VoucherIds};
 use tokio_util::sync::CancellationToken;
 
 #[test]
@@ -163,14 +163,27 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
         .unwrap();
     assert_eq!((unpaid.charged, unpaid.balance), (0, 1_000_000_000));
     // A payment signed by anyone else is refused; the client's own is kept and applied.
-    let forged = Voucher::client_pay(&SigningKey::from_bytes(&[9; 32]), billing.account(), 1, 1);
+    let forged = Voucher::client_pay(
+        &SigningKey::from_bytes(&[9; 32]),
+        VoucherIds::accounts(
+            billing.account(),
+            AccountId::from(&SigningKey::from_bytes(&[9; 32])),
+        ),
+        1,
+        1,
+    );
     let mut foreign = forged;
     foreign.voucher.counterparty = client;
     assert!(matches!(
         billing.accept_payment(client, foreign),
         Err(BillingError::BadPayment(_))
     ));
-    let paid = Voucher::client_pay(&client_key, billing.account(), 400_100_000, 1);
+    let paid = Voucher::client_pay(
+        &client_key,
+        VoucherIds::accounts(billing.account(), AccountId::from(&client_key)),
+        400_100_000,
+        1,
+    );
     billing.accept_payment(client, paid).unwrap();
     billing.settle(&Routing::default()).await;
     let contract = wallet
@@ -234,7 +247,10 @@ async fn a_restarted_proxy_vouches_on_from_its_database_and_both_keys_vouchers_p
     let charged = billing.client_statement(client).unwrap().charged;
     let payment = Voucher::client_pay(
         &SigningKey::from_bytes(&[8; 32]),
-        billing.account(),
+        VoucherIds::accounts(
+            billing.account(),
+            AccountId::from(&SigningKey::from_bytes(&[8; 32])),
+        ),
         charged,
         1,
     );
@@ -458,20 +474,35 @@ async fn a_client_owing_more_than_the_bound_unpaid_is_refused_until_it_pays() {
     assert_eq!(refused.kind(), cocoon_proto::ErrorKind::InsufficientQuota);
     // The client's payment for everything clears it.
     let charged = billing.client_statement(client).unwrap().charged;
-    let paid = Voucher::client_pay(&client_key, billing.account(), charged, 2);
+    let paid = Voucher::client_pay(
+        &client_key,
+        VoucherIds::accounts(billing.account(), AccountId::from(&client_key)),
+        charged,
+        2,
+    );
     billing.accept_payment(client, paid).unwrap();
     billing.reserve(client, 0, 10, 1_000).await.unwrap();
     // An older payment changes nothing; a newer one that pays less in total is refused.
     billing
         .accept_payment(
             client,
-            Voucher::client_pay(&client_key, billing.account(), 1, 1),
+            Voucher::client_pay(
+                &client_key,
+                VoucherIds::accounts(billing.account(), AccountId::from(&client_key)),
+                1,
+                1,
+            ),
         )
         .unwrap();
     assert!(billing
         .accept_payment(
             client,
-            Voucher::client_pay(&client_key, billing.account(), 1, 3)
+            Voucher::client_pay(
+                &client_key,
+                VoucherIds::accounts(billing.account(), AccountId::from(&client_key)),
+                1,
+                3
+            )
         )
         .is_err());
     assert_eq!(

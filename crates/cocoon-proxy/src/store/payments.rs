@@ -1,7 +1,9 @@
 //! The newest payment voucher each client signed, kept in the proxy's database so that a proxy
 //! killed between settlement rounds still collects for what it served. Rows hold the voucher as
 //! JSON; they are written by the charge writer in the same transactions as charges, and read back
-//! (and re-verified by [`crate::billing`]) when the proxy starts.
+//! (and re-verified by [`crate::billing`]) when the proxy starts. A row is filed under the client
+//! the proxy accepted the voucher from: the voucher itself names that client's channel, which on
+//! some backends is not the client's account (`Settlement::voucher_ids`).
 
 use cocoon_money::{AccountId, SignedVoucher};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -11,18 +13,20 @@ use super::{account_of, execute_cached, StoreError};
 /// One stored row: the client it is filed under, and its voucher if the row decodes.
 pub type StoredPayment = (AccountId, Result<SignedVoucher, StoreError>);
 
-/// Keeps `voucher` as its client's payment unless the row holds one with the same or a higher
+/// Keeps `voucher` as `client`'s payment unless the row holds one with the same or a higher
 /// seqno (the in-memory rule: never replace a newer voucher with an older one). A row that does
 /// not decode is replaced.
-pub(super) fn keep_newest(db: &Connection, voucher: &SignedVoucher) -> Result<(), StoreError> {
-    let client = voucher.voucher.counterparty;
+pub(super) fn keep_newest(
+    db: &Connection,
+    client: &AccountId,
+    voucher: &SignedVoucher,
+) -> Result<(), StoreError> {
     let held: Option<String> = db
         .prepare_cached("SELECT voucher FROM payments WHERE client = ?1")?
         .query_row(params![&client.0[..]], |row| row.get(0))
         .optional()?;
     let held_seqno = held
         .and_then(|json| serde_json::from_str::<SignedVoucher>(&json).ok())
-        .filter(|held| held.voucher.counterparty == client)
         .map(|held| held.voucher.seqno);
     if held_seqno.is_some_and(|seqno| seqno >= voucher.voucher.seqno) {
         return Ok(());
@@ -38,8 +42,8 @@ pub(super) fn keep_newest(db: &Connection, voucher: &SignedVoucher) -> Result<()
     Ok(())
 }
 
-/// Every stored payment; a row that does not decode (or is filed under another client than its
-/// voucher names) comes back as its error, so one bad row does not hide the others.
+/// Every stored payment; a row that does not decode comes back as its error, so one bad row does
+/// not hide the others. Whether a voucher is its row's client's is the caller's check.
 pub(super) fn all(db: &Connection) -> Result<Vec<StoredPayment>, StoreError> {
     let mut statement =
         db.prepare_cached("SELECT client, voucher FROM payments ORDER BY client")?;
@@ -54,16 +58,7 @@ pub(super) fn all(db: &Connection) -> Result<Vec<StoredPayment>, StoreError> {
             continue;
         };
         let voucher = serde_json::from_str::<SignedVoucher>(&json)
-            .map_err(|e| StoreError::Corrupt(format!("a stored payment does not decode: {e}")))
-            .and_then(|voucher| {
-                if voucher.voucher.counterparty == client {
-                    Ok(voucher)
-                } else {
-                    Err(StoreError::Corrupt(
-                        "a stored payment is filed under another client".into(),
-                    ))
-                }
-            });
+            .map_err(|e| StoreError::Corrupt(format!("a stored payment does not decode: {e}")));
         payments.push((client, voucher));
     }
     Ok(payments)
@@ -73,11 +68,17 @@ pub(super) fn all(db: &Connection) -> Result<Vec<StoredPayment>, StoreError> {
 mod tests {
     use super::super::BillingStore;
     use super::*;
-    use cocoon_money::Voucher;
+    use cocoon_money::{Voucher, VoucherIds};
     use ed25519_dalek::SigningKey;
 
-    fn pay(client: &SigningKey, cumulative: u64, seqno: u64) -> SignedVoucher {
-        Voucher::client_pay(client, AccountId([7; 32]), cumulative, seqno)
+    fn voucher(client: &SigningKey, cumulative: u64, seqno: u64) -> SignedVoucher {
+        let ids = VoucherIds::accounts(AccountId([7; 32]), AccountId::from(client));
+        Voucher::client_pay(client, ids, cumulative, seqno)
+    }
+
+    /// A payment as the charge writer files it: under its client.
+    fn pay(client: &SigningKey, cumulative: u64, seqno: u64) -> (AccountId, SignedVoucher) {
+        (AccountId::from(client), voucher(client, cumulative, seqno))
     }
 
     fn stored(store: &BillingStore) -> Vec<(AccountId, Option<SignedVoucher>)> {
@@ -125,13 +126,13 @@ mod tests {
         let alice_id = AccountId::from(&alice);
         let bob_id = AccountId::from(&bob);
         let mut expected = vec![
-            (alice_id, Some(pay(&alice, 300, 3))),
-            (bob_id, Some(pay(&bob, 50, 1))),
+            (alice_id, Some(voucher(&alice, 300, 3))),
+            (bob_id, Some(voucher(&bob, 50, 1))),
         ];
         expected.sort_by_key(|(client, _)| *client);
         assert_eq!(stored(&store), expected);
         store.record(&[], &[pay(&alice, 400, 4)]).unwrap();
-        assert!(stored(&store).contains(&(alice_id, Some(pay(&alice, 400, 4)))));
+        assert!(stored(&store).contains(&(alice_id, Some(voucher(&alice, 400, 4)))));
     }
 
     #[test]
@@ -142,14 +143,16 @@ mod tests {
             .unwrap();
         let alice_id = AccountId::from(&alice);
         let bob_id = AccountId::from(&bob);
-        // Someone edits the file: garbage in one row, another client's voucher in the other.
+        // Someone edits the file: garbage in one row, another client's voucher in the other
+        // (which decodes: that it is not Bob's is for the billing to find, with the ids the
+        // settlement backend gives).
         let db = Connection::open(&path).unwrap();
         db.execute(
             "UPDATE payments SET voucher = '{\"voucher\":' WHERE client = ?1",
             params![&alice_id.0[..]],
         )
         .unwrap();
-        let alices = serde_json::to_string(&pay(&alice, 999, 9)).unwrap();
+        let alices = serde_json::to_string(&voucher(&alice, 999, 9)).unwrap();
         db.execute(
             "UPDATE payments SET voucher = ?1 WHERE client = ?2",
             params![alices, &bob_id.0[..]],
@@ -160,11 +163,15 @@ mod tests {
         let mut store = BillingStore::open(&path).unwrap();
         let rows = store.payments().unwrap();
         assert_eq!(rows.len(), 2);
-        assert!(rows
-            .iter()
-            .all(|(_, voucher)| matches!(voucher, Err(StoreError::Corrupt(_)))));
+        for (client, stored) in &rows {
+            if *client == alice_id {
+                assert!(matches!(stored, Err(StoreError::Corrupt(_))), "{stored:?}");
+            } else {
+                assert_eq!(stored.as_ref().ok(), Some(&voucher(&alice, 999, 9)));
+            }
+        }
         // The garbage row does not block a real payment (whatever seqno it claimed).
         store.record(&[], &[pay(&alice, 120, 1)]).unwrap();
-        assert!(stored(&store).contains(&(alice_id, Some(pay(&alice, 120, 1)))));
+        assert!(stored(&store).contains(&(alice_id, Some(voucher(&alice, 120, 1)))));
     }
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use super::super::properties::{build_body, op, Op, KEYS};
 use super::super::tests::{charge, id, key, test_registry};
 use super::super::*;
-use crate::voucher::Voucher;
+use crate::voucher::{Voucher, VoucherIds};
 
 const PROXY: u8 = 2;
 const CLIENT: u8 = 3;
@@ -84,7 +84,12 @@ fn a_payment_signed_by_the_proxy_or_a_stranger_moves_nothing() {
     let (mut state, ctx) = with_client_contracts();
     let before = state.clone();
     for signer in [PROXY, 1] {
-        let mut forged = Voucher::client_pay(&key(CLIENT), id(PROXY), 300, 1);
+        let mut forged = Voucher::client_pay(
+            &key(CLIENT),
+            VoucherIds::accounts(id(PROXY), AccountId::from(&key(CLIENT))),
+            300,
+            1,
+        );
         forged = forged.voucher.sign(&key(signer));
         assert_eq!(
             apply(
@@ -97,7 +102,13 @@ fn a_payment_signed_by_the_proxy_or_a_stranger_moves_nothing() {
         );
     }
     // The proxy's own statement, even marked final, is not a payment.
-    let mut statement = Voucher::client_pay(&key(CLIENT), id(PROXY), 300, 1).voucher;
+    let mut statement = Voucher::client_pay(
+        &key(CLIENT),
+        VoucherIds::accounts(id(PROXY), AccountId::from(&key(CLIENT))),
+        300,
+        1,
+    )
+    .voucher;
     statement.kind = VoucherKind::ClientCharge;
     statement.is_final = true;
     assert_eq!(
@@ -136,7 +147,12 @@ fn the_clients_payment_moves_what_it_signed_once_whoever_submits_it() {
     assert_eq!((contract.balance, contract.charged), (280, 120));
     assert_eq!(state.proxy(&id(PROXY)).unwrap().pool, 120);
     // A voucher for another proxy's contract moves nothing here.
-    let other = Voucher::client_pay(&key(CLIENT), id(1), 50, 1);
+    let other = Voucher::client_pay(
+        &key(CLIENT),
+        VoucherIds::accounts(id(1), AccountId::from(&key(CLIENT))),
+        50,
+        1,
+    );
     apply(
         &mut state,
         &ctx,
