@@ -121,7 +121,10 @@ pub enum ConfigError {
 
 impl ClientConfig {
     /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
-    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+    pub fn registry_trust(
+        &self,
+        authority: &cocoon_money::RegistryAuthority,
+    ) -> Result<RegistryTrust, TrustError> {
         RegistryTrust::for_node(
             &self.registry_owner,
             &[
@@ -129,6 +132,7 @@ impl ClientConfig {
                 ("--allow-proxy-image", &self.allow_proxy_image[..]),
             ],
             &self.data_dir,
+            authority,
         )
     }
 

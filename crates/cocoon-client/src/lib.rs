@@ -111,7 +111,7 @@ pub async fn start(
 ) -> anyhow::Result<RunningClient> {
     config.validate()?;
     let cors = edge::cors(&config.cors_origin)?;
-    let registry_trust = config.registry_trust()?;
+    let registry_trust = config.registry_trust(&backend.registry_authority())?;
     let wallet = cocoon_node::wallet::open_wallet(&config.data_dir, &config.attestation)
         .context("cannot open this client's wallet key")?;
     let named_wallet = match &config.test_only_claim_wallet {

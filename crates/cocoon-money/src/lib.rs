@@ -53,7 +53,7 @@ pub use rules::{
     RollbackError, RuleError, StateCommit, WorkerContract,
 };
 pub use settlement::{Receipt, Settlement, SettlementBackend, SettlementError};
-pub use signed_registry::{RegistryAnswer, RegistryRefusal, SeenVersion};
+pub use signed_registry::{RegistryAnswer, RegistryAuthority, RegistryRefusal, SeenVersion};
 pub use statement::{ClientStatement, WorkerStatement};
 pub use transaction::{SignedTransaction, Transaction, TransactionBody, TransactionError};
 pub use voucher::{SignedVoucher, Voucher, VoucherError, VoucherIds, VoucherKind, VoucherSigner};

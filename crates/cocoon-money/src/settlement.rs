@@ -16,7 +16,7 @@ use crate::registry::{Amount, Registry};
 use crate::rules::{
     Account, ClientContract, Outcome, ProxyContract, RollbackError, RuleError, WorkerContract,
 };
-use crate::signed_registry::RegistryAnswer;
+use crate::signed_registry::{RegistryAnswer, RegistryAuthority};
 use crate::transaction::TransactionBody;
 use crate::voucher::{SignedVoucher, VoucherIds, VoucherKind};
 
@@ -89,6 +89,12 @@ pub trait SettlementBackend: Send + Sync {
     /// Where the backend is, for logs and for the commands a node tells its operator to run
     /// (the local ledger's URL, a `--ledger` flag's value).
     fn location(&self) -> &str;
+
+    /// Who vouches for the registry this backend serves. Default: the owner's signature on each
+    /// update; a backend whose registry is a contract the node pinned overrides it.
+    fn registry_authority(&self) -> RegistryAuthority {
+        RegistryAuthority::OwnerSignature
+    }
 }
 
 /// A settlement backend, acting for one account (its signing key) where an operation needs one.
@@ -183,6 +189,20 @@ pub trait Settlement: Send + Sync {
     /// Development faucet: mint `amount` into this account.
     async fn faucet(&self, amount: Amount) -> Result<Receipt, SettlementError> {
         self.execute(TransactionBody::Mint { amount }).await
+    }
+
+    /// Development faucet: mints what this account lacks of `at_least` (at most
+    /// [`crate::rules::MAX_FAUCET_GRANT`]); returns what was minted.
+    async fn top_up_from_faucet(&self, at_least: Amount) -> Result<Amount, SettlementError> {
+        let me = self.account_id().ok_or(SettlementError::NoSigningKey)?;
+        let balance = self.account(me).await?.balance;
+        let missing = at_least
+            .saturating_sub(balance)
+            .min(crate::rules::MAX_FAUCET_GRANT);
+        if missing > 0 {
+            self.faucet(missing).await?;
+        }
+        Ok(missing)
     }
 
     /// Sends `amount` to `to`.

@@ -2,6 +2,12 @@
 //! trusting the ledger: every version comes with the owner's `UpdateRegistry` transaction that set
 //! it, and a node accepts the document inside that transaction only when the transaction is signed
 //! by the owner key the node pinned and its version is not older than the last one it accepted.
+//!
+//! On a backend where the registry is the state of a contract the node pinned (TON's root, named
+//! by `--ton-root`: only its owner can change it, and its address commits to its code and first
+//! owner) there is no signature to check: [`verify_contract_registry`] applies the rest of the
+//! rules (a valid document, never older than the last one accepted, the same version only as the
+//! same document).
 
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
@@ -30,8 +36,24 @@ pub struct RegistryAnswer {
 pub struct SeenVersion {
     /// The registry version.
     pub version: u64,
-    /// SHA-256 of the signed transaction's payload.
+    /// SHA-256 of the signed transaction's payload (of the document's JSON, for a registry read
+    /// from a contract).
     pub digest: Hash32,
+}
+
+/// Who vouches for the registry a settlement backend serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryAuthority {
+    /// Each answer carries its owner's signed update ([`RegistryAnswer::verify`]): a node pins the
+    /// owner's key (the local ledger).
+    OwnerSignature,
+    /// The registry is the state of the contract at `address`, which the node pinned (TON's
+    /// root): the backend reads it as the chain holds it, and only the owner it was deployed with
+    /// can change it ([`verify_contract_registry`]).
+    Contract {
+        /// The contract's address, as the operator gave it.
+        address: String,
+    },
 }
 
 /// Why a node refuses a registry a ledger served.
@@ -109,6 +131,42 @@ impl RegistryAnswer {
     }
 }
 
+/// The checks of a registry read from a pinned contract ([`RegistryAuthority::Contract`]): the
+/// document is valid and not older than `seen` (the same version only as the same document).
+pub fn verify_contract_registry(
+    registry: &Registry,
+    seen: Option<SeenVersion>,
+) -> Result<SeenVersion, RegistryRefusal> {
+    registry.validate()?;
+    // A registry always encodes (its maps have string keys); the digest only compares documents.
+    let json = serde_json::to_vec(registry).unwrap_or_default();
+    let now = SeenVersion {
+        version: registry.version,
+        digest: Hash32(Sha256::digest(&json).into()),
+    };
+    not_older(now, seen)?;
+    Ok(now)
+}
+
+/// Refuses `now` if it is older than `seen`, or the same version as another document.
+fn not_older(now: SeenVersion, seen: Option<SeenVersion>) -> Result<(), RegistryRefusal> {
+    let Some(seen) = seen else {
+        return Ok(());
+    };
+    if now.version < seen.version {
+        return Err(RegistryRefusal::Older {
+            got: now.version,
+            seen: seen.version,
+        });
+    }
+    if now.version == seen.version && now.digest != seen.digest {
+        return Err(RegistryRefusal::Forked {
+            version: now.version,
+        });
+    }
+    Ok(())
+}
+
 /// The checks of [`RegistryAnswer::verify`] on the owner's transaction alone.
 pub fn verify_update(
     signed: &SignedTransaction,
@@ -132,19 +190,7 @@ pub fn verify_update(
         version: registry.version,
         digest: Hash32(Sha256::digest(signed.payload.as_bytes()).into()),
     };
-    if let Some(seen) = seen {
-        if now.version < seen.version {
-            return Err(RegistryRefusal::Older {
-                got: now.version,
-                seen: seen.version,
-            });
-        }
-        if now.version == seen.version && now.digest != seen.digest {
-            return Err(RegistryRefusal::Forked {
-                version: now.version,
-            });
-        }
-    }
+    not_older(now, seen)?;
     Ok((registry, now))
 }
 
@@ -261,5 +307,38 @@ mod tests {
             Err(RegistryRefusal::Forked { version: 5 })
         );
         assert!(answer(&owner, &owner, 6).verify(pinned, Some(seen)).is_ok());
+    }
+
+    #[test]
+    fn a_contract_registry_is_taken_only_valid_and_never_older_or_forked() {
+        let mut registry = Registry::new(AccountId([9; 32]));
+        registry.version = 3;
+        let seen = verify_contract_registry(&registry, None).unwrap();
+        assert_eq!(seen.version, 3);
+        // The same document again, then a newer one.
+        assert_eq!(verify_contract_registry(&registry, Some(seen)), Ok(seen));
+        let mut newer = registry.clone();
+        newer.version = 4;
+        newer.prices.price_per_token += 1;
+        let newer_seen = verify_contract_registry(&newer, Some(seen)).unwrap();
+        // Rolled back, or the same version with other contents.
+        assert_eq!(
+            verify_contract_registry(&registry, Some(newer_seen)),
+            Err(RegistryRefusal::Older { got: 3, seen: 4 })
+        );
+        let mut forked = newer.clone();
+        forked.prices.price_per_token += 1;
+        assert_eq!(
+            verify_contract_registry(&forked, Some(newer_seen)),
+            Err(RegistryRefusal::Forked { version: 4 })
+        );
+        // A document that breaks the registry's rules (a contract that validates nothing).
+        let mut invalid = newer.clone();
+        invalid.version = 5;
+        invalid.prices.worker_fee_per_token = invalid.prices.price_per_token + 1;
+        assert!(matches!(
+            verify_contract_registry(&invalid, Some(newer_seen)),
+            Err(RegistryRefusal::Invalid(_))
+        ));
     }
 }

@@ -3,6 +3,11 @@
 //! one it accepted: kept in memory, and in the node's data directory so that a restart does not
 //! forget it. A ledger can then withhold new versions, but neither forge one nor roll one back.
 //!
+//! On TON the registry is the state of the root contract the node pinned (`--ton-root`), which
+//! only its owner can change: there is no signature to check, and `--registry-owner` is refused
+//! rather than silently ignored. The node still never takes an invalid document or an older
+//! version than the last one it accepted (kept the same way).
+//!
 //! A refused version is logged (at most once a minute for the same reason) and counted, and the
 //! node keeps the last good one.
 
@@ -11,15 +16,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cocoon_money::signed_registry::verify_update;
+use cocoon_money::signed_registry::{verify_contract_registry, verify_update};
 use cocoon_money::{
-    AccountId, Registry, RegistryRefusal, SeenVersion, Settlement, SettlementBackend,
-    SettlementError, SignedTransaction,
+    AccountId, Registry, RegistryAuthority, RegistryRefusal, SeenVersion, Settlement,
+    SettlementBackend, SettlementError, SignedTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 /// The file in a node's data directory that keeps the last registry update it accepted.
 pub const SEEN_FILE: &str = "registry-seen.json";
+
+/// The same for a registry read from a contract: the contract's address and the document.
+pub const SEEN_CONTRACT_FILE: &str = "registry-seen-contract.json";
 
 /// How often the same refusal is logged as a warning.
 const WARN_EVERY: Duration = Duration::from_secs(60);
@@ -32,6 +40,15 @@ pub enum RegistryTrust {
     Pinned {
         /// The registry owner's account (its Ed25519 public key).
         owner: AccountId,
+        /// Where the last accepted version is kept.
+        data_dir: Option<PathBuf>,
+    },
+    /// The registry is the state of the contract at `address`, which the node pinned (TON's
+    /// root): every version must be valid and not older than the last one accepted (kept in
+    /// `data_dir`, if given, across restarts).
+    Contract {
+        /// The contract's address.
+        address: String,
         /// Where the last accepted version is kept.
         data_dir: Option<PathBuf>,
     },
@@ -51,6 +68,16 @@ pub enum TrustError {
         /// Why it is not an account.
         reason: String,
     },
+    /// `--registry-owner` was given where the registry is a pinned contract's state.
+    #[error(
+        "--registry-owner pins the signer of the local ledger's registry; on TON the registry is \
+         the root contract {address} (--ton-root), which only its owner can change: drop \
+         --registry-owner"
+    )]
+    OwnerOnContract {
+        /// The contract's address.
+        address: String,
+    },
     /// The node follows the registry but pinned no owner.
     #[error(
         "without {from_registry} this node follows the registry, so it must pin the registry's \
@@ -64,15 +91,29 @@ pub enum TrustError {
 }
 
 impl RegistryTrust {
-    /// The trust of a node that pinned `owner` (`--registry-owner`, hex; empty: none), keeping the last accepted
-    /// version in `data_dir`. `lists` are the lists the node takes from its command line, or from
-    /// the registry when the flag is not given: `(flag, values)`. A node without an owner may read
-    /// the registry unverified only when every list is given on its command line.
+    /// The trust of a node that pinned `owner` (`--registry-owner`, hex; empty: none), keeping
+    /// the last accepted version in `data_dir`, on a backend whose registry `authority` vouches
+    /// for. `lists` are the lists the node takes from its command line, or from the registry when
+    /// the flag is not given: `(flag, values)`. A node without an owner may read the registry
+    /// unverified only when every list is given on its command line. On a pinned contract
+    /// ([`RegistryAuthority::Contract`]) the contract is the authority, and an owner is refused.
     pub fn for_node(
         owner: &str,
         lists: &[(&'static str, &[String])],
         data_dir: &Path,
+        authority: &RegistryAuthority,
     ) -> Result<Self, TrustError> {
+        if let RegistryAuthority::Contract { address } = authority {
+            if !owner.trim().is_empty() {
+                return Err(TrustError::OwnerOnContract {
+                    address: address.clone(),
+                });
+            }
+            return Ok(RegistryTrust::Contract {
+                address: address.clone(),
+                data_dir: Some(data_dir.to_owned()),
+            });
+        }
         let owner = match owner.trim() {
             "" => None,
             given => Some(
@@ -184,19 +225,24 @@ impl RegistryReader {
             stored: None,
             refusals: Arc::default(),
         };
-        if let RegistryTrust::Pinned {
-            owner,
-            data_dir: Some(dir),
-        } = &reader.trust
-        {
-            if let Some((registry, seen)) = load_seen(dir, *owner) {
-                tracing::info!(
-                    version = seen.version,
-                    "last accepted registry version read"
-                );
-                reader.seen = Some(seen);
-                reader.stored = Some(registry);
-            }
+        let stored = match &reader.trust {
+            RegistryTrust::Pinned {
+                owner,
+                data_dir: Some(dir),
+            } => load_seen(dir, *owner),
+            RegistryTrust::Contract {
+                address,
+                data_dir: Some(dir),
+            } => load_seen_contract(dir, address),
+            _ => None,
+        };
+        if let Some((registry, seen)) = stored {
+            tracing::info!(
+                version = seen.version,
+                "last accepted registry version read"
+            );
+            reader.seen = Some(seen);
+            reader.stored = Some(registry);
         }
         Ok(reader)
     }
@@ -222,10 +268,13 @@ impl RegistryReader {
             .ledger
             .registry_answer_newer_than(version, wait)
             .await?;
-        let RegistryTrust::Pinned { owner, data_dir } = &self.trust else {
-            return Ok(answer.registry);
+        let verdict = match &self.trust {
+            RegistryTrust::Unverified => return Ok(answer.registry),
+            RegistryTrust::Pinned { owner, .. } => answer.verify(*owner, self.seen),
+            RegistryTrust::Contract { .. } => verify_contract_registry(&answer.registry, self.seen)
+                .map(|seen| (answer.registry.clone(), seen)),
         };
-        let (registry, seen) = match answer.verify(*owner, self.seen) {
+        let (registry, seen) = match verdict {
             Ok(accepted) => accepted,
             Err(refusal) => {
                 self.refusals.record(&refusal, &self.url);
@@ -234,8 +283,20 @@ impl RegistryReader {
         };
         if self.seen != Some(seen) {
             self.seen = Some(seen);
-            if let (Some(dir), Some(update)) = (data_dir, &answer.signed_update) {
-                store_seen(dir, *owner, update);
+            match &self.trust {
+                RegistryTrust::Pinned {
+                    owner,
+                    data_dir: Some(dir),
+                } => {
+                    if let Some(update) = &answer.signed_update {
+                        store_seen(dir, *owner, update);
+                    }
+                }
+                RegistryTrust::Contract {
+                    address,
+                    data_dir: Some(dir),
+                } => store_seen_contract(dir, address, &registry),
+                _ => {}
             }
         }
         Ok(registry)
@@ -244,7 +305,64 @@ impl RegistryReader {
 
 /// The update kept in `dir`, if it is `owner`'s and still verifies.
 fn load_seen(dir: &Path, owner: AccountId) -> Option<(Registry, SeenVersion)> {
-    let path = dir.join(SEEN_FILE);
+    let file: SeenFile = read_seen(dir, SEEN_FILE)?;
+    // Another owner's network (the node was re-pinned) starts its versions afresh.
+    if file.owner != owner {
+        return None;
+    }
+    match verify_update(&file.update, owner, None) {
+        Ok(accepted) => Some(accepted),
+        Err(refusal) => {
+            tracing::warn!(dir = %dir.display(), %refusal, "ignoring the last accepted registry");
+            None
+        }
+    }
+}
+
+/// Keeps `update` in `dir`.
+fn store_seen(dir: &Path, owner: AccountId, update: &SignedTransaction) {
+    let file = SeenFile {
+        owner,
+        update: update.clone(),
+    };
+    write_seen(dir, SEEN_FILE, &file);
+}
+
+/// What [`SEEN_CONTRACT_FILE`] holds: the last document accepted from the contract at `address`.
+#[derive(Debug, Serialize, Deserialize)]
+struct SeenContractFile {
+    address: String,
+    registry: Registry,
+}
+
+/// The document kept in `dir`, if it is the contract at `address`'s and still valid.
+fn load_seen_contract(dir: &Path, address: &str) -> Option<(Registry, SeenVersion)> {
+    let file: SeenContractFile = read_seen(dir, SEEN_CONTRACT_FILE)?;
+    // Another network's root (the node was re-pinned) starts its versions afresh.
+    if file.address != address {
+        return None;
+    }
+    match verify_contract_registry(&file.registry, None) {
+        Ok(seen) => Some((file.registry, seen)),
+        Err(refusal) => {
+            tracing::warn!(dir = %dir.display(), %refusal, "ignoring the last accepted registry");
+            None
+        }
+    }
+}
+
+/// Keeps `registry`, read from the contract at `address`, in `dir`.
+fn store_seen_contract(dir: &Path, address: &str, registry: &Registry) {
+    let file = SeenContractFile {
+        address: address.to_owned(),
+        registry: registry.clone(),
+    };
+    write_seen(dir, SEEN_CONTRACT_FILE, &file);
+}
+
+/// `dir/name` decoded, if it is there and readable (a problem is logged).
+fn read_seen<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Option<T> {
+    let path = dir.join(name);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
@@ -253,38 +371,22 @@ fn load_seen(dir: &Path, owner: AccountId) -> Option<(Registry, SeenVersion)> {
             return None;
         }
     };
-    let file: SeenFile = match serde_json::from_str(&text) {
-        Ok(file) => file,
-        Err(error) => {
+    serde_json::from_str(&text)
+        .inspect_err(|error| {
             tracing::warn!(path = %path.display(), %error, "ignoring an unreadable last accepted registry");
-            return None;
-        }
-    };
-    // Another owner's network (the node was re-pinned) starts its versions afresh.
-    if file.owner != owner {
-        return None;
-    }
-    match verify_update(&file.update, owner, None) {
-        Ok(accepted) => Some(accepted),
-        Err(refusal) => {
-            tracing::warn!(path = %path.display(), %refusal, "ignoring the last accepted registry");
-            None
-        }
-    }
+        })
+        .ok()
 }
 
-/// Keeps `update` in `dir` (written aside, then renamed over the old one). A failure is logged:
-/// the version stays protected in memory until the node restarts.
-fn store_seen(dir: &Path, owner: AccountId, update: &SignedTransaction) {
+/// Writes `value` to `dir/name` (aside, then renamed over the old file). A failure is logged: the
+/// version stays protected in memory until the node restarts.
+fn write_seen(dir: &Path, name: &str, value: &impl Serialize) {
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let text = serde_json::to_vec(&SeenFile {
-            owner,
-            update: update.clone(),
-        })?;
-        let temporary = dir.join(format!("{SEEN_FILE}.tmp"));
+        let text = serde_json::to_vec(value)?;
+        let temporary = dir.join(format!("{name}.tmp"));
         std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, dir.join(SEEN_FILE))
+        std::fs::rename(&temporary, dir.join(name))
     };
     if let Err(error) = write() {
         tracing::warn!(dir = %dir.display(), %error, "cannot keep the accepted registry version on disk");
@@ -295,6 +397,45 @@ fn store_seen(dir: &Path, owner: AccountId, update: &SignedTransaction) {
 mod tests {
     use super::*;
 
+    const SIGNED: RegistryAuthority = RegistryAuthority::OwnerSignature;
+
+    #[test]
+    fn on_a_pinned_contract_the_contract_is_the_authority_and_an_owner_is_refused() {
+        let dir = Path::new("/nonexistent");
+        let root = RegistryAuthority::Contract {
+            address: "0:ab".into(),
+        };
+        let follows = [("--proxy", &[][..])];
+        assert_eq!(
+            RegistryTrust::for_node("", &follows, dir, &root),
+            Ok(RegistryTrust::Contract {
+                address: "0:ab".into(),
+                data_dir: Some(dir.to_owned())
+            })
+        );
+        assert_eq!(
+            RegistryTrust::for_node(&AccountId([1; 32]).to_string(), &follows, dir, &root),
+            Err(TrustError::OwnerOnContract {
+                address: "0:ab".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_contracts_kept_document_is_read_back_only_for_that_contract_and_if_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::new(AccountId([3; 32]));
+        registry.version = 7;
+        assert!(load_seen_contract(dir.path(), "0:ab").is_none());
+        store_seen_contract(dir.path(), "0:ab", &registry);
+        let (read, seen) = load_seen_contract(dir.path(), "0:ab").unwrap();
+        assert_eq!((read, seen.version), (registry.clone(), 7));
+        assert!(load_seen_contract(dir.path(), "0:cd").is_none());
+        registry.prices.worker_fee_per_token = registry.prices.price_per_token + 1;
+        store_seen_contract(dir.path(), "0:ab", &registry);
+        assert!(load_seen_contract(dir.path(), "0:ab").is_none());
+    }
+
     #[test]
     fn a_node_that_follows_the_registry_must_pin_its_owner() {
         let dir = Path::new("/nonexistent");
@@ -302,7 +443,7 @@ mod tests {
         let listed = ["127.0.0.1:1".to_owned()];
         let follows = [("--proxy", &[][..]), ("--allow-proxy-image", &listed[..])];
         assert_eq!(
-            RegistryTrust::for_node("", &follows, dir),
+            RegistryTrust::for_node("", &follows, dir, &SIGNED),
             Err(TrustError::OwnerNotPinned {
                 from_registry: "--proxy"
             })
@@ -312,18 +453,18 @@ mod tests {
             ("--allow-proxy-image", &listed[..]),
         ];
         assert_eq!(
-            RegistryTrust::for_node("", &fixed, dir),
+            RegistryTrust::for_node("", &fixed, dir, &SIGNED),
             Ok(RegistryTrust::Unverified)
         );
         assert_eq!(
-            RegistryTrust::for_node(&owner.to_string(), &follows, dir),
+            RegistryTrust::for_node(&owner.to_string(), &follows, dir, &SIGNED),
             Ok(RegistryTrust::Pinned {
                 owner,
                 data_dir: Some(dir.to_owned())
             })
         );
         assert!(matches!(
-            RegistryTrust::for_node("not-hex", &fixed, dir),
+            RegistryTrust::for_node("not-hex", &fixed, dir, &SIGNED),
             Err(TrustError::BadOwner { .. })
         ));
     }

@@ -91,8 +91,9 @@ pub struct ProxyConfig {
     /// yet, in nano-units (0: the registry's `min_proxy_stake`), from the operator's account.
     #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
     pub stake: u64,
-    /// Development only, with `--operator-key-file`: when the operator's account cannot pay the
-    /// stake, mint at least this much from the ledger's faucet (0: never).
+    /// Development only, with `--operator-key-file`: at start, mint what the operator's account
+    /// lacks of the stake plus this much (for the fees to come, on TON) from the ledger's faucet
+    /// (0: never).
     #[arg(long, value_name = "AMOUNT", default_value_t = 0)]
     pub faucet: u64,
     /// Milliseconds between settlement rounds: apply client charges, send workers their
@@ -159,7 +160,10 @@ pub struct ProxyConfig {
 
 impl ProxyConfig {
     /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
-    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+    pub fn registry_trust(
+        &self,
+        authority: &cocoon_money::RegistryAuthority,
+    ) -> Result<RegistryTrust, TrustError> {
         RegistryTrust::for_node(
             &self.registry_owner,
             &[
@@ -167,6 +171,7 @@ impl ProxyConfig {
                 ("--allow-model", &self.allow_model[..]),
             ],
             &self.data_dir,
+            authority,
         )
     }
 

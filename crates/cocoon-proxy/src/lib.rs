@@ -74,7 +74,7 @@ pub async fn start(
     backend: &dyn SettlementBackend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningProxy> {
-    let registry_trust = config.registry_trust()?;
+    let registry_trust = config.registry_trust(&backend.registry_authority())?;
     let operator = config.operator()?;
     // This start's voucher key: made now, kept in memory only, named in the attested claims so
     // workers can check what they are paid with; the operator authorizes it on the ledger.

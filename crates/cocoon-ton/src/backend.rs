@@ -11,7 +11,9 @@ use crate::api::TonApi;
 use crate::getters;
 use crate::sender::WalletSender;
 use crate::settlement::{getter_error, Signer, Terms, TonSettlement};
-use crate::settlement_types::{AccountId, Settlement, SettlementBackend, SettlementError};
+use crate::settlement_types::{
+    AccountId, RegistryAuthority, Settlement, SettlementBackend, SettlementError,
+};
 
 /// The root at one address, read through one TON API.
 #[derive(Clone)]
@@ -90,5 +92,12 @@ impl SettlementBackend for TonBackend {
 
     fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The root contract this backend was opened on: only its owner can change the registry.
+    fn registry_authority(&self) -> RegistryAuthority {
+        RegistryAuthority::Contract {
+            address: self.root.to_hex(),
+        }
     }
 }

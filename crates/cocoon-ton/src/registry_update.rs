@@ -12,26 +12,7 @@ use crate::settlement_types::{Registry, RuleError, SettlementError};
 /// `registry.owner`; the rules' registry does not name proxy contracts, so listed proxies carry
 /// the zero address (nodes find a proxy's contract from its operator's id).
 pub fn registry_update(registry: &Registry) -> Result<UpdateRegistry, SettlementError> {
-    let invalid = |reason: &str| {
-        SettlementError::Rejected(RuleError::InvalidRegistry {
-            reason: reason.to_owned(),
-        })
-    };
-    let delay = |seconds: u64, what: &str| {
-        u32::try_from(seconds).map_err(|_| invalid(&format!("{what} past 32 bits on TON")))
-    };
-    let params = RegistryParams {
-        price_per_token: registry.prices.price_per_token,
-        worker_fee_per_token: registry.prices.worker_fee_per_token,
-        prompt_multiplier: registry.prices.prompt_multiplier,
-        cached_multiplier: registry.prices.cached_multiplier,
-        completion_multiplier: registry.prices.completion_multiplier,
-        reasoning_multiplier: registry.prices.reasoning_multiplier,
-        client_delay_before_close: delay(registry.client_delay_before_close, "client delay")?,
-        proxy_delay_before_close: delay(registry.proxy_delay_before_close, "proxy delay")?,
-        min_client_stake: registry.min_client_stake,
-        min_proxy_stake: registry.min_proxy_stake,
-    };
+    let params = registry_params(registry)?;
     let lists = RegistryLists {
         proxy_images: registry.proxy_image_hashes.iter().map(|h| h.0).collect(),
         worker_images: registry.worker_image_hashes.iter().map(|h| h.0).collect(),
@@ -56,6 +37,31 @@ pub fn registry_update(registry: &Registry) -> Result<UpdateRegistry, Settlement
         owner: wallet_address(registry.owner.as_bytes()).map_err(cell_error)?,
         params: params.cell().map_err(|e| invalid(&e.to_string()))?,
         lists: lists.cell().map_err(|e| invalid(&e.to_string()))?,
+    })
+}
+
+/// The root's parameters (prices, delays, minimum stakes) of the rules' `registry`.
+pub fn registry_params(registry: &Registry) -> Result<RegistryParams, SettlementError> {
+    let delay = |seconds: u64, what: &str| {
+        u32::try_from(seconds).map_err(|_| invalid(&format!("{what} past 32 bits on TON")))
+    };
+    Ok(RegistryParams {
+        price_per_token: registry.prices.price_per_token,
+        worker_fee_per_token: registry.prices.worker_fee_per_token,
+        prompt_multiplier: registry.prices.prompt_multiplier,
+        cached_multiplier: registry.prices.cached_multiplier,
+        completion_multiplier: registry.prices.completion_multiplier,
+        reasoning_multiplier: registry.prices.reasoning_multiplier,
+        client_delay_before_close: delay(registry.client_delay_before_close, "client delay")?,
+        proxy_delay_before_close: delay(registry.proxy_delay_before_close, "proxy delay")?,
+        min_client_stake: registry.min_client_stake,
+        min_proxy_stake: registry.min_proxy_stake,
+    })
+}
+
+fn invalid(reason: &str) -> SettlementError {
+    SettlementError::Rejected(RuleError::InvalidRegistry {
+        reason: reason.to_owned(),
     })
 }
 

@@ -4,7 +4,7 @@
 pub use cocoon_money::rules::MAX_FAUCET_GRANT;
 pub use cocoon_money::{
     Account, AccountId, Amount, ClientContract, ContractStatus, Hash32, Outcome, Prices,
-    ProxyContract, Receipt, RegisteredProxy, Registry, RuleError, Settlement, SettlementBackend,
-    SettlementError, SignedVoucher, TransactionBody, Voucher, VoucherIds, VoucherKind,
-    WorkerContract,
+    ProxyContract, Receipt, RegisteredProxy, Registry, RegistryAuthority, RuleError, Settlement,
+    SettlementBackend, SettlementError, SignedVoucher, TransactionBody, Voucher, VoucherIds,
+    VoucherKind, WorkerContract,
 };

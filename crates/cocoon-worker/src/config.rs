@@ -108,6 +108,11 @@ pub struct WorkerConfig {
     /// Milliseconds between checks of what is claimable.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub claim_interval_ms: u64,
+    /// Development only: at start, mint what the wallet that claims (this node's key) lacks of
+    /// this amount from the ledger's faucet (0: never). On TON that wallet pays the claims' fees.
+    #[arg(long, default_value_t = 0, value_name = "AMOUNT")]
+    #[serde(default)]
+    pub faucet: u64,
     /// Most this worker lets a proxy owe it without a voucher (nano-units): what it earned on
     /// the proxy's links in this run beyond the proxy's vouchers. Beyond it the worker refuses
     /// that proxy's requests until vouchers catch up. Proxies voucher once per settlement round
@@ -143,7 +148,10 @@ impl WorkerConfig {
     }
 
     /// How this node authenticates the registry (see [`RegistryTrust::for_node`]).
-    pub fn registry_trust(&self) -> Result<RegistryTrust, TrustError> {
+    pub fn registry_trust(
+        &self,
+        authority: &cocoon_money::RegistryAuthority,
+    ) -> Result<RegistryTrust, TrustError> {
         RegistryTrust::for_node(
             &self.registry_owner,
             &[
@@ -151,6 +159,7 @@ impl WorkerConfig {
                 ("--allow-proxy-image", &self.allow_proxy_image[..]),
             ],
             &self.data_dir,
+            authority,
         )
     }
 }

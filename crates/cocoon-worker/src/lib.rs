@@ -69,7 +69,7 @@ pub async fn start(
     backend: &dyn SettlementBackend,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunningWorker> {
-    let registry_trust = config.registry_trust()?;
+    let registry_trust = config.registry_trust(&backend.registry_authority())?;
     let (engine, info) = open_engine(&config).await?;
     let mut claims = BTreeMap::from([
         ("model".to_owned(), info.model.clone()),
@@ -84,6 +84,12 @@ pub async fn start(
     let ledger = backend
         .connect(Some(claim_key))
         .context("connecting to the ledger")?;
+    if config.faucet > 0 {
+        ledger
+            .top_up_from_faucet(config.faucet)
+            .await
+            .context("minting from the ledger's faucet (--faucet)")?;
+    }
     let settlement = settlement::WorkerSettlement::new(
         ledger,
         payee,

@@ -1,7 +1,9 @@
 //! `cocoon dev`: a whole network on loopback in one process — proxy, worker(s) and client, each
 //! with a fresh `fake`-attested identity and every check on (the dev registry allows exactly the
-//! dev images and model, and lists the proxy the others find), ready for `curl`. A local ledger with the development faucet on settles the money:
-//! the proxy stakes from the faucet, the client deposits from it, and every answer shows its cost.
+//! dev images and model, and lists the proxy the others find), ready for `curl`. A local ledger
+//! with the development faucet on settles the money — or, with `--settlement ton-devnet`, the
+//! Cocoon contracts on a local TON devnet (a child Node process running the real TVM): the proxy
+//! stakes from the faucet, the client deposits from it, and every answer shows its cost.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use cocoon_client::ClientConfig;
 use cocoon_ledger::LedgerConfig;
-use cocoon_money::{AccountId, Hash32, ImageRole, RegistryEdit, Settlement};
+use cocoon_money::{
+    AccountId, Hash32, ImageRole, Registry, RegistryEdit, Settlement, SettlementBackend,
+};
 use cocoon_node::attestation::AttestationArgs;
 use cocoon_node::serve::HttpLimits;
 use cocoon_proto::clock::SystemClock;
@@ -65,6 +69,30 @@ pub struct DevArgs {
     /// Instance number: every port moves by 10 × N, so several networks can run side by side.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub instance: u16,
+    /// Where the network settles: `local` (a local ledger in this process) or `ton-devnet` (the
+    /// Cocoon contracts on a local TON devnet, started from `contracts/`; needs Node and
+    /// `scripts/setup.sh`). Both start afresh with every run on TON (the devnet keeps no state).
+    #[arg(long, value_enum, value_name = "BACKEND", default_value = "local")]
+    pub settlement: DevSettlement,
+}
+
+/// Where a dev network settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DevSettlement {
+    /// A local ledger with its faucet on.
+    Local,
+    /// The Cocoon contracts on a local TON devnet, with its faucet.
+    TonDevnet,
+}
+
+/// What settles a running dev network's money, stopped with it.
+enum Settler {
+    Ledger(cocoon_ledger::LedgerHandle),
+    /// The devnet (stopped when dropped), and the root's address.
+    Devnet {
+        _process: crate::devnet::Devnet,
+        root: String,
+    },
 }
 
 #[cfg(feature = "embedded")]
@@ -105,31 +133,68 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let owner_key = owner_key();
     let owner = AccountId::from(&owner_key);
-    let ledger = cocoon_ledger::spawn(
-        &LedgerConfig {
-            listen: port(13000).parse().context("the ledger address")?,
-            database: data_dir.join("ledger.sqlite3"),
-            faucet: true,
-            owner: Some(owner),
-            registry: None,
-            genesis: Vec::new(),
-            http: HttpLimits::default(),
-        },
-        Arc::new(SystemClock),
-    )
-    .await
-    .context("starting the dev ledger")?;
-    let ledger_url = ledger.url();
-    let backend = crate::settlement::local(&ledger_url);
+    let (settler, backend, ledger_url) = match args.settlement {
+        DevSettlement::Local => {
+            let ledger = cocoon_ledger::spawn(
+                &LedgerConfig {
+                    listen: port(13000).parse().context("the ledger address")?,
+                    database: data_dir.join("ledger.sqlite3"),
+                    faucet: true,
+                    owner: Some(owner),
+                    registry: None,
+                    genesis: Vec::new(),
+                    http: HttpLimits::default(),
+                },
+                Arc::new(SystemClock),
+            )
+            .await
+            .context("starting the dev ledger")?;
+            let url = ledger.url();
+            (Settler::Ledger(ledger), crate::settlement::local(&url), url)
+        }
+        DevSettlement::TonDevnet => {
+            let devnet = crate::devnet::start(&port(13000)).await?;
+            // A root owned by the dev owner's wallet, with the terms of a new local ledger.
+            let root = cocoon_ton::devnet::deploy_root(&devnet.base, &Registry::new(owner))
+                .await
+                .context("deploying the Cocoon root on the devnet")?
+                .to_hex();
+            let backend: Arc<dyn SettlementBackend> =
+                Arc::new(crate::settlement::devnet_backend(&devnet.base, &root).await?);
+            let api = devnet.api();
+            (
+                Settler::Devnet {
+                    _process: devnet,
+                    root,
+                },
+                backend,
+                api,
+            )
+        }
+    };
+    let on_ton = args.settlement == DevSettlement::TonDevnet;
+    // On TON the root contract is the registry's authority: nodes pin no owner key.
+    let registry_owner = if on_ton {
+        String::new()
+    } else {
+        owner.to_string()
+    };
     // The registry owner's handle, for the dev registry's edits below.
     let owner_ledger = backend.connect(Some(owner_key.clone()))?;
+    if on_ton {
+        // Its wallet pays for the registry's updates.
+        owner_ledger
+            .faucet(DEV_FAUCET)
+            .await
+            .context("funding the registry owner's wallet")?;
+    }
     let owner_key_file = data_dir.join("registry-owner.key");
     if !owner_key_file.exists() {
         crate::registry::write_key(&owner_key_file, &owner_key)?;
     }
     // The dev registry lists this network's proxy and images, as a production registry would; the
     // nodes below find each other and judge each other from it.
-    register_dev_network(&*owner_ledger, &port(11001), &port(11002)).await?;
+    register_dev_network(&*owner_ledger, &port(11001), &port(11002), !on_ton).await?;
 
     let proxy = cocoon_proxy::start(
         ProxyConfig {
@@ -146,7 +211,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_request_secs: 600,
             drain_secs: 30,
             ledger: ledger_url.clone(),
-            registry_owner: owner.to_string(),
+            registry_owner: registry_owner.clone(),
             data_dir: data_dir.join("proxy"),
             // Development: the proxy holds its operator's key (it says so loudly at start).
             operator_account: String::new(),
@@ -192,12 +257,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 synthetic_chunk_bytes: 128,
                 synthetic_interval_us: 0,
                 ledger: ledger_url.clone(),
-                registry_owner: owner.to_string(),
+                registry_owner: registry_owner.clone(),
                 data_dir: data_dir.join(format!("worker-{index}")),
                 payout_account: String::new(),
                 drain_secs: 30,
                 claim_threshold: 1_000_000,
                 claim_interval_ms: 5_000,
+                faucet: if on_ton { DEV_FAUCET } else { 0 },
                 max_unvouched: 10_000_000_000,
                 http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
@@ -228,7 +294,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             max_coefficient: 4000,
             timeout_secs: 300,
             ledger: ledger_url.clone(),
-            registry_owner: owner.to_string(),
+            registry_owner: registry_owner.clone(),
             data_dir: data_dir.join("client"),
             deposit: 10_000_000_000,
             stake: 0,
@@ -252,11 +318,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     println!("  client API (OpenAI-compatible): {api}/v1");
-    println!("  ledger:       {ledger_url}/v1/stats (faucet on)");
-    println!(
-        "  registry:     cocoon registry --ledger {ledger_url} show  (owner {owner}, key: {})",
-        owner_key_file.display()
-    );
+    match &settler {
+        Settler::Ledger(_) => {
+            println!("  ledger:       {ledger_url}/v1/stats (faucet on)");
+            println!(
+                "  registry:     cocoon registry --ledger {ledger_url} show  (owner {owner}, key: {})",
+                owner_key_file.display()
+            );
+        }
+        Settler::Devnet { root, .. } => {
+            println!("  TON devnet:   {ledger_url} (faucet on), root {root}");
+            println!(
+                "  registry:     cocoon registry --settlement ton-devnet --ton-api {ledger_url} \\\n                  --ton-root {root} show  (owner key: {})",
+                owner_key_file.display()
+            );
+        }
+    }
     println!("  proxy stats:  http://{}/stats", proxy.stats_addr);
     for worker in &workers {
         println!("  worker stats: http://{}/stats", worker.stats_addr);
@@ -276,19 +353,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     proxy_done?;
     client_done?;
-    ledger.shutdown().await.context("stopping the dev ledger")?;
+    if let Settler::Ledger(ledger) = settler {
+        ledger.shutdown().await.context("stopping the dev ledger")?;
+    }
     println!("Cocoon dev network stopped.");
     Ok(())
 }
 
 /// Lists the dev proxy's endpoints and the dev images in the registry, unless a previous run did,
-/// and makes sure its version is signed by the owner.
+/// and (where nodes check the owner's signature, `signed`) makes sure its version is signed.
 async fn register_dev_network(
     ledger: &dyn Settlement,
     worker_endpoint: &str,
     client_endpoint: &str,
+    signed: bool,
 ) -> anyhow::Result<()> {
-    update_dev_registry(ledger, |current| {
+    update_dev_registry(ledger, signed, |current| {
         let mut edits = Vec::new();
         for (role, label) in [
             (ImageRole::Proxy, PROXY_IMAGE),
@@ -342,6 +422,7 @@ async fn allow_dev_model(
 /// Applies the edits `wanted` finds missing from the current dev registry, as its owner.
 async fn update_dev_registry(
     ledger: &dyn Settlement,
+    signed: bool,
     wanted: impl FnOnce(&cocoon_money::Registry) -> anyhow::Result<Vec<RegistryEdit>>,
 ) -> anyhow::Result<()> {
     let answer = ledger
@@ -350,7 +431,7 @@ async fn update_dev_registry(
         .context("reading the dev registry")?;
     let edits = wanted(&answer.registry)?;
     // The nodes read only versions the owner signed: a new ledger's first one is not.
-    if !edits.is_empty() || answer.signed_update.is_none() {
+    if !edits.is_empty() || (signed && answer.signed_update.is_none()) {
         crate::registry::apply(ledger, &answer.registry, &edits).await?;
     }
     Ok(())

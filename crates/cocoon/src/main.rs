@@ -6,6 +6,7 @@ mod attest;
 mod bench;
 mod config;
 mod dev;
+mod devnet;
 mod engine;
 mod ledger;
 mod receipt;
@@ -182,7 +183,6 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
                 let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_proxy::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
@@ -192,7 +192,6 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
                 let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_worker::run(config, &*backend, cocoon_node::shutdown::on_signal()).await
@@ -202,7 +201,6 @@ fn main() -> anyhow::Result<()> {
             let Some(config) = effective(name, sub, &args.role)? else {
                 return Ok(());
             };
-            args.settlement.refuse_ton_for_role(name)?;
             runtime.block_on(async {
                 let backend = args.settlement.backend(&config.ledger).await?;
                 cocoon_client::run(config, &*backend, cocoon_node::shutdown::on_signal()).await

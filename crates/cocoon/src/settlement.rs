@@ -79,29 +79,13 @@ impl SettlementArgs {
             return Ok(local(ledger_url));
         }
         let (api, root) = self.ton_target()?;
-        let backend = TonBackend::connect_root(api, root.clone())
-            .await
-            .with_context(|| format!("reading the Cocoon root {} on TON", root.to_hex()))?;
+        let backend = connect_root(api, root).await?;
         Ok(Arc::new(match self.settlement {
             SettlementKind::TonDevnet => {
-                backend.with_devnet_faucet(&devnet_base(self.ton_api.as_deref().unwrap_or("")))
+                on_devnet(backend, &devnet_base(self.ton_api.as_deref().unwrap_or("")))
             }
             _ => backend,
         }))
-    }
-
-    /// A role (proxy, worker, client) runs only on the local ledger for now: its vouchers would
-    /// name accounts where TON's contracts check contract ids, so it refuses to start rather than
-    /// half-work.
-    pub fn refuse_ton_for_role(&self, role: &str) -> anyhow::Result<()> {
-        if self.on_ton() {
-            bail!(
-                "`cocoon {role} --settlement ton`: roles on TON are not built yet (voucher ids); \
-                 run the roles on the local ledger (`--settlement local`), and use `cocoon wallet` \
-                 and `cocoon registry` with `--settlement ton`"
-            );
-        }
-        Ok(())
     }
 
     /// The API client and the root's address, from flags that must both be there.
@@ -119,6 +103,34 @@ impl SettlementArgs {
             .map_err(|error| anyhow::anyhow!("bad --ton-root {root:?}: {error}"))?;
         Ok((api, root))
     }
+}
+
+/// How often a devnet backend looks for its operations' results: the devnet makes a block per
+/// message, so waiting for a chain's seconds would only slow development down.
+const DEVNET_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The Cocoon root at `root` on TON, read through `api`.
+async fn connect_root(api: TonApi, root: TonAddress) -> anyhow::Result<TonBackend> {
+    TonBackend::connect_root(api, root.clone())
+        .await
+        .with_context(|| format!("reading the Cocoon root {} on TON", root.to_hex()))
+}
+
+/// `backend` on the devnet at `base`: its faucet, and polled as fast as it makes blocks.
+fn on_devnet(backend: TonBackend, base: &str) -> TonBackend {
+    backend
+        .with_devnet_faucet(base)
+        .with_poll_interval(DEVNET_POLL)
+}
+
+/// The root at `root` on the devnet at `base` (what `cocoon dev --settlement ton-devnet` runs on).
+pub async fn devnet_backend(base: &str, root: &str) -> anyhow::Result<TonBackend> {
+    let api = TonApi::new(&format!("{base}/api/v2"), None)
+        .with_context(|| format!("bad devnet URL {base:?}"))?;
+    let root = root
+        .parse::<TonAddress>()
+        .map_err(|error| anyhow::anyhow!("bad devnet root {root:?}: {error}"))?;
+    Ok(on_devnet(connect_root(api, root).await?, base))
 }
 
 /// The devnet's own base (its faucet is at `/devnet/faucet`) from its API URL.
@@ -188,7 +200,6 @@ mod tests {
         let args = parse(&[]);
         assert_eq!(args.settlement, SettlementKind::Local);
         assert!(!args.on_ton());
-        args.refuse_ton_for_role("proxy").unwrap();
         let backend = args.backend("http://127.0.0.1:9").await.unwrap();
         assert_eq!(backend.location(), "http://127.0.0.1:9");
     }
@@ -207,10 +218,8 @@ mod tests {
     }
 
     #[test]
-    fn roles_refuse_ton_and_the_api_key_never_prints() {
+    fn the_api_key_never_prints() {
         let args = parse(&["--settlement", "ton", "--ton-api-key", "s3cret"]);
-        let error = args.refuse_ton_for_role("worker").unwrap_err().to_string();
-        assert!(error.contains("roles on TON are not built yet"), "{error}");
         assert!(!format!("{args:?}").contains("s3cret"));
     }
 

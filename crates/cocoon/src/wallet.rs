@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use cocoon_money::{AccountId, Amount, Settlement, SettlementBackend, SignedVoucher};
+use cocoon_money::{
+    AccountId, Amount, RegistryAuthority, Settlement, SettlementBackend, SignedVoucher,
+};
 use cocoon_node::attestation::AttestationArgs;
 
 use crate::settlement::{MnemonicArgs, SettlementArgs};
@@ -133,20 +135,21 @@ pub enum WalletCommand {
     },
 }
 
-/// The registry's `min_client_stake`, from a version its pinned owner signed (and not older than
-/// the last one this data directory saw).
+/// The registry's `min_client_stake`, from a version its pinned owner signed, or (on TON) from the
+/// pinned root contract — and not older than the last one this data directory saw.
 async fn verified_min_client_stake(
     backend: &dyn SettlementBackend,
     owner: &str,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Amount> {
-    if owner.trim().is_empty() {
+    let authority = backend.registry_authority();
+    if owner.trim().is_empty() && authority == RegistryAuthority::OwnerSignature {
         anyhow::bail!(
             "pass --stake AMOUNT, or --registry-owner ACCOUNT to stake the registry's minimum (read \
              only from a version its owner signed)"
         );
     }
-    let trust = RegistryTrust::for_node(owner, &[], data_dir)?;
+    let trust = RegistryTrust::for_node(owner, &[], data_dir, &authority)?;
     let stop = CancellationToken::new();
     let registry = tokio::time::timeout(
         REGISTRY_WAIT,
@@ -154,7 +157,10 @@ async fn verified_min_client_stake(
     )
     .await
     .with_context(|| {
-        format!("the ledger served no registry signed by {owner} within {REGISTRY_WAIT:?}")
+        format!(
+            "{} served no registry this node accepts within {REGISTRY_WAIT:?}",
+            backend.location()
+        )
     })?
     .context("reading the registry")?;
     let stake = registry.current().min_client_stake;

@@ -54,6 +54,14 @@ pub(super) async fn open_and_authorize(
     account: AccountId,
     key: AccountId,
 ) -> Result<(), BillingError> {
+    let stake = config.stake.max(registry.current().min_proxy_stake);
+    if config.faucet > 0 {
+        // Development: the stake, and as much again for the fees of the operations to come (a
+        // chain charges each message).
+        ledger
+            .top_up_from_faucet(stake.saturating_add(config.faucet))
+            .await?;
+    }
     let contract = ledger.proxy_contract(account).await?;
     if contract
         .as_ref()
@@ -63,12 +71,7 @@ pub(super) async fn open_and_authorize(
         tracing::info!(%account, voucher_key = %key, "this start's voucher key authorized");
         return Ok(());
     }
-    let stake = config.stake.max(registry.current().min_proxy_stake);
-    let mut balance = ledger.account(account).await?.balance;
-    if balance < stake && config.faucet > 0 {
-        ledger.faucet(config.faucet.max(stake - balance)).await?;
-        balance = ledger.account(account).await?.balance;
-    }
+    let balance = ledger.account(account).await?.balance;
     if balance < stake {
         return Err(BillingError::CannotStake {
             account,

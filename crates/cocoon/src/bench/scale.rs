@@ -111,6 +111,7 @@ pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
                 drain_secs: 0,
                 claim_threshold: u64::MAX,
                 claim_interval_ms: 3_600_000,
+                faucet: 0,
                 // The benchmark's own proxy: its pay is not what is measured.
                 max_unvouched: u64::MAX,
                 http: HttpLimits::default(),
