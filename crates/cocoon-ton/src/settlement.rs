@@ -30,6 +30,10 @@ use crate::settlement_types::{
 };
 use crate::trace::TraceError;
 
+/// How often a node on the devnet looks for a new registry version: the devnet makes a block per
+/// message, not one every few seconds.
+const DEVNET_REGISTRY_POLL: Duration = Duration::from_millis(500);
+
 /// What every message that moves money brings above its amount (`MIN_FEE` of the contracts):
 /// gas and forward fees; the surplus stays with the contract as its fee reserve or comes back.
 pub const MESSAGE_FEE: u64 = 50_000_000;
@@ -326,6 +330,14 @@ pub(crate) fn registry_of(
 
 #[async_trait]
 impl Settlement for TonSettlement {
+    fn registry_poll_interval(&self) -> Duration {
+        if self.devnet.is_some() {
+            DEVNET_REGISTRY_POLL
+        } else {
+            crate::settlement_types::REGISTRY_POLL_INTERVAL
+        }
+    }
+
     fn account_id(&self) -> Option<AccountId> {
         self.signer.as_ref().map(|s| s.me)
     }

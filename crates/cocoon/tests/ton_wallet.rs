@@ -1,13 +1,11 @@
 //! `cocoon wallet` and `cocoon registry` on TON (`--settlement ton-devnet`), against the local TON
 //! devnet (`contracts/devnet/`, started as cocoon-ton's own tests start it): funded by the
 //! faucet, a proxy opened, the registry edited and read back, a client's deposit, refusals printed
-//! as the rules' errors; and the roles refusing TON.
+//! as the rules' errors.
 
 mod common;
-#[path = "../../cocoon-ton/tests/support/mod.rs"]
-mod ton_devnet;
 
-use common::{cocoon, cocoon_ok};
+use common::{cocoon, cocoon_ok, ton_devnet};
 use serde_json::Value;
 
 /// tonlib-core's test mnemonic: the registry owner's TON wallet.
@@ -200,24 +198,4 @@ async fn wallet_and_registry_run_on_the_ton_devnet() {
     );
     assert!(error.contains("rejected"), "{error}");
     assert!(error.contains("faucet"), "{error}");
-}
-
-#[test]
-fn roles_refuse_to_start_on_ton() {
-    for role in ["proxy", "worker", "client"] {
-        let (ok, _, stderr) = cocoon(&[
-            role,
-            "--settlement",
-            "ton",
-            "--ton-api",
-            "http://127.0.0.1:9/api/v2",
-            "--ton-root",
-            "0:00",
-        ]);
-        assert!(!ok, "{role} started on TON");
-        assert!(
-            stderr.contains("roles on TON are not built yet"),
-            "{role}: {stderr}"
-        );
-    }
 }

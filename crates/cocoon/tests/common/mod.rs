@@ -18,6 +18,8 @@ mod answers;
 #[cfg(feature = "embedded")]
 mod model;
 mod scenarios;
+#[path = "../../../cocoon-ton/tests/support/mod.rs"]
+pub mod ton_devnet;
 mod wallets;
 // Not every test binary asks for answers or sets up a scenario.
 #[allow(unused_imports)]
@@ -239,37 +241,63 @@ pub fn image_hash(label: &str) -> String {
     FakeAttester::from_label(label).image_hash().to_string()
 }
 
-/// Addresses of a proxy, and the ledger it settles on.
+/// Addresses of a proxy, and what it settles on.
 pub struct ProxyAddrs {
     pub workers: String,
     pub clients: String,
     pub stats: String,
-    /// Base URL of its ledger.
+    /// Base URL of its ledger (on TON: the devnet's API).
     pub ledger: String,
+    /// On TON, the flags every node and command of this network takes (`--settlement
+    /// ton-devnet --ton-api … --ton-root …`); empty on the local ledger.
+    pub ton: Vec<String>,
     /// Its data directory (wallet key, money database).
     pub data_dir: PathBuf,
-    /// The registry owner every node of this network pins (`--registry-owner`).
+    /// The registry owner every node of this network pins (`--registry-owner`; empty on TON,
+    /// where the root is the authority).
     pub registry_owner: String,
-    /// The ledger process, shared by every node of this network.
-    ledger_node: Node,
-    /// The ledger's command line, to restart it on its database.
-    ledger_args: Vec<String>,
-    /// The ledger's directory outlives ledger processes, so the ledger can be restarted on it.
-    _ledger_dir: tempfile::TempDir,
+    /// The ledger process or the devnet, shared by every node of this network.
+    settler: Settler,
     /// The proxy's data directory outlives proxy processes, so a proxy can be restarted on it.
     _data_dir: tempfile::TempDir,
+}
+
+/// What a test network settles on.
+enum Settler {
+    Ledger {
+        node: Node,
+        /// Its command line, to restart it on its database.
+        args: Vec<String>,
+        /// Outlives ledger processes, so the ledger can be restarted on it.
+        _dir: tempfile::TempDir,
+    },
+    Devnet(ton_devnet::Devnet),
 }
 
 impl ProxyAddrs {
     /// Kills the ledger process (SIGKILL), as an outage would.
     pub fn kill_ledger(&mut self) {
-        self.ledger_node.kill();
+        match &mut self.settler {
+            Settler::Ledger { node, .. } => node.kill(),
+            Settler::Devnet(_) => panic!("a network on TON has no ledger process"),
+        }
     }
 
     /// Starts the ledger again on the same address and database; waits until it listens.
     pub fn restart_ledger(&mut self) {
-        self.ledger_node = Node::start(&self.ledger_args);
+        let Settler::Ledger { node, args, .. } = &mut self.settler else {
+            panic!("a network on TON has no ledger process");
+        };
+        *node = Node::start(args);
         wait_for_port(self.ledger.trim_start_matches("http://"));
+    }
+
+    /// The devnet of a network on TON.
+    pub fn devnet(&self) -> &ton_devnet::Devnet {
+        match &self.settler {
+            Settler::Devnet(devnet) => devnet,
+            Settler::Ledger { .. } => panic!("this network settles on a local ledger"),
+        }
     }
 }
 
@@ -364,13 +392,51 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
         clients: free_addr(),
         stats: free_addr(),
         ledger: ledger_url,
+        ton: Vec::new(),
         data_dir: dir.path().to_owned(),
         registry_owner,
-        ledger_node,
-        ledger_args,
-        _ledger_dir: ledger_dir,
+        settler: Settler::Ledger {
+            node: ledger_node,
+            args: ledger_args,
+            _dir: ledger_dir,
+        },
         _data_dir: dir,
     }
+}
+
+/// A fresh TON devnet with a Cocoon root owned by the test owner's wallet (the terms of a new
+/// local ledger; the owner's wallet funded), and addresses and a data directory for a proxy on
+/// it. `None` (the test passes, saying why) without `contracts/node_modules`, except on CI.
+pub async fn proxy_addrs_on_ton() -> Option<ProxyAddrs> {
+    let devnet = ton_devnet::devnet()?;
+    let owner = test_owner_key();
+    let registry = cocoon_money::Registry::new(cocoon_money::AccountId::from(&owner));
+    let root = cocoon_ton::devnet::deploy_root(&devnet.url, &registry)
+        .await
+        .unwrap();
+    let owner_wallet =
+        cocoon_ton::contracts::wallet_address(&owner.verifying_key().to_bytes()).unwrap();
+    ton_devnet::faucet(&devnet, &owner_wallet, 1_000 * ton_devnet::TON).await;
+    let api = format!("{}/api/v2", devnet.url);
+    let dir = tempfile::tempdir().unwrap();
+    Some(ProxyAddrs {
+        workers: free_addr(),
+        clients: free_addr(),
+        stats: free_addr(),
+        ton: strings(&[
+            "--settlement",
+            "ton-devnet",
+            "--ton-api",
+            &api,
+            "--ton-root",
+            &root.to_hex(),
+        ]),
+        ledger: api,
+        data_dir: dir.path().to_owned(),
+        registry_owner: String::new(),
+        settler: Settler::Devnet(devnet),
+        _data_dir: dir,
+    })
 }
 
 /// The command line of the proxy at `addrs` (used again to restart it).
@@ -409,6 +475,7 @@ fn proxy_args_for(
         "--data-dir",
         &data_dir.display().to_string(),
     ]);
+    let args = [args, network.ton.clone()].concat();
     with_defaults(
         args,
         &[
@@ -482,6 +549,7 @@ pub fn worker_on(network: &ProxyAddrs, proxy: Option<&str>, extra: &[&str]) -> (
     if let Some(proxy) = proxy {
         args.extend(strings(&["--proxy", proxy]));
     }
+    args.extend(network.ton.iter().cloned());
     let data_dir = dir.path().display().to_string();
     let args = with_defaults(
         args,
@@ -493,6 +561,12 @@ pub fn worker_on(network: &ProxyAddrs, proxy: Option<&str>, extra: &[&str]) -> (
             ("--min-peer-tee", "fake"),
             ("--engine", "synthetic"),
             ("--claim-interval-ms", "200"),
+            // On TON the claims' fees come from the worker's own wallet.
+            if network.ton.is_empty() {
+                ("--faucet", "0")
+            } else {
+                ("--faucet", TEST_FAUCET)
+            },
         ],
         extra,
     );
@@ -525,7 +599,13 @@ pub fn client_launched(
         listen: &listen,
         data_dir: &dir.path().display().to_string(),
     };
-    let mut node = Node::launch(&client.args(proxy, extra), launch);
+    let extra: Vec<&str> = network
+        .ton
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect();
+    let mut node = Node::launch(&client.args(proxy, &extra), launch);
     node._dir = Some(dir);
     (node, format!("http://{listen}"))
 }

@@ -1,0 +1,269 @@
+//! Money end to end on TON: a proxy, workers and clients (real processes) settling on the Cocoon
+//! contracts on the local devnet (`contracts/devnet/`, the real TVM), every number checked
+//! against the contracts' own state as their get-methods read it.
+
+mod common;
+
+use std::time::Duration;
+
+use cocoon_money::{price, Amount, ContractStatus, Prices, Settlement};
+use cocoon_ton::{TonApi, TonBackend, TonSettlement};
+use common::*;
+use futures::future::join_all;
+use serde_json::Value;
+
+/// A read-only handle on the network's root, as the tests read the chain.
+async fn chain(network: &ProxyAddrs) -> TonSettlement {
+    let at = network.ton.iter().position(|flag| flag == "--ton-root");
+    let root = network.ton[at.unwrap() + 1].parse().unwrap();
+    let api = TonApi::new(&network.ledger, None).unwrap();
+    TonBackend::connect_root(api, root)
+        .await
+        .unwrap()
+        .handle(None)
+        .unwrap()
+}
+
+/// What `usage` costs at the default prices and coefficient: (client's price, worker's pay).
+fn cost(usage: &cocoon_proto::TokenUsage) -> (Amount, Amount) {
+    let cost = price(usage, 1_000, &Prices::default()).unwrap();
+    (cost.client_price, cost.worker_pay)
+}
+
+#[tokio::test]
+async fn on_ton_a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let _proxy = Node::start(&proxy_args(&network, &["--withdraw-threshold", "0"]));
+    let (_worker, worker_stats) = worker(&network, &["--claim-threshold", "1"]);
+    let (_client, api) = client(&network, &["--deposit", "10000000000"]);
+    wait_for_model(&api, "synthetic", 1).await;
+
+    let (mut paid, mut earned) = (0, 0);
+    for (index, stream) in [false, true, false, true, true].into_iter().enumerate() {
+        let usage = ask(&api, &chat(3 + index as u64, stream))
+            .await
+            .expect("answered");
+        paid += cost(&usage).0;
+        earned += cost(&usage).1;
+    }
+    assert!(paid > earned && earned > 0);
+    let proxy_id = account_of(&network.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let proxy_wallet = wallet(&network.stats).await;
+    assert_eq!(proxy_wallet["charged"], paid, "{proxy_wallet}");
+    assert_eq!(proxy_wallet["earned"], earned, "{proxy_wallet}");
+
+    // The contracts converge to exactly the tokens served, to the nano-TON: the client's channel
+    // charged and collected, the worker paid by the proxy contract, the rest in its pool.
+    let chain = chain(&network).await;
+    let channel = eventually!(
+        chain.client_contract(proxy_id, client_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.charged == paid)
+    )
+    .unwrap();
+    assert_eq!(channel.collected, paid);
+    assert_eq!(channel.balance, 10_000_000_000 - paid);
+    let worker_paid = eventually!(
+        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.paid == earned)
+    );
+    assert_eq!(worker_paid.unwrap().paid, earned);
+    let proxy = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
+    assert_eq!(proxy.pool, paid - earned);
+    assert_eq!(proxy.status, ContractStatus::Open);
+    let worker_wallet = eventually!(wallet(&worker_stats).await, |w| w["claimed"] == earned);
+    assert_eq!(worker_wallet["vouchers_refused"], 0, "{worker_wallet}");
+}
+
+#[tokio::test]
+async fn on_ton_a_proxy_killed_under_load_restarts_and_every_charge_settles() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let proxy_args = proxy_args(&network, &["--withdraw-threshold", "0"]);
+    let mut proxy = Node::start(&proxy_args);
+    let (_worker, worker_stats) = worker(
+        &network,
+        &[
+            "--claim-threshold",
+            "1",
+            "--synthetic-interval-us",
+            "20000",
+            "--max-active",
+            "16",
+        ],
+    );
+    let (_client, api) = client(&network, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(5, true)).await.expect("answered");
+
+    // Under load (streams of 0.1 s to 1.2 s), kill -9 the proxy.
+    let requests: Vec<Value> = (1..=12).map(|i| chat(5 * i, true)).collect();
+    let load = join_all(requests.iter().map(|r| ask(&api, r)));
+    let killer = async {
+        eventually!(proxy_workers(&network).await, |w| w
+            .iter()
+            .filter_map(|w| w["active"].as_u64())
+            .sum::<u64>()
+            >= 6);
+        proxy.kill();
+    };
+    let (answers, ()) = tokio::join!(load, killer);
+    assert!(
+        answers.iter().flatten().count() < requests.len(),
+        "the kill interrupted nothing"
+    );
+
+    // Restarted on its database: a new voucher key, authorized on the contract by itself.
+    let _proxy = Node::start(&proxy_args);
+    wait_for_model(&api, "synthetic", 1).await;
+    for tokens in [3, 7] {
+        ask(&api, &chat(tokens, true)).await.expect("answered");
+    }
+
+    // The chain ends where the proxy's database does: every client charge collected, every
+    // worker earning paid out of the pool, the difference left in it.
+    let stats = wallet(&network.stats).await;
+    let charged = stats["charged"].as_u64().unwrap();
+    let earned = stats["earned"].as_u64().unwrap();
+    let received: Amount = answers.iter().flatten().map(|u| cost(u).0).sum();
+    assert!(charged >= received, "{charged} < {received}");
+    let proxy_id = account_of(&network.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let chain = chain(&network).await;
+    let channel = eventually!(
+        chain.client_contract(proxy_id, client_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.charged == charged)
+    )
+    .unwrap();
+    assert_eq!(channel.collected, charged);
+    eventually!(
+        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.paid == earned)
+    );
+    let proxy = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
+    assert_eq!(proxy.pool, charged - earned);
+    // Both starts' voucher keys are honoured.
+    assert_eq!(proxy.earlier_voucher_keys.len(), 1, "{proxy:?}");
+    assert_eq!(wallet(&worker_stats).await["vouchers_refused"], 0);
+}
+
+#[tokio::test]
+async fn on_ton_a_client_closes_its_channel_and_gets_its_stake_back_after_the_delay() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let _proxy = Node::start(&proxy_args(&network, &[]));
+    let (_worker, _) = worker(&network, &[]);
+    let client_dir = tempfile::tempdir().unwrap();
+    let client_dir = client_dir.path().display().to_string();
+    let (mut client, api) = client(&network, &["--data-dir", &client_dir]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let usage = ask(&api, &chat(4, false)).await.expect("answered");
+    let proxy_id = account_of(&network.stats).await;
+    let client_id = account_of(&api).await;
+    let chain = chain(&network).await;
+    let open = eventually!(
+        chain.client_contract(proxy_id, client_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.collected == cost(&usage).0)
+    )
+    .unwrap();
+    client.terminate();
+
+    // The client's wallet (its sealed node key) closes: what is above the stake comes back now,
+    // the stake after the registry's delay (600 s), which the devnet's clock is moved past.
+    let close = |args: &[&str]| {
+        let all = [
+            network.ton.iter().map(String::as_str).collect::<Vec<_>>(),
+            args.to_vec(),
+        ]
+        .concat();
+        wallet_cli(&network.ledger, &client_dir, "test-client", &all)
+    };
+    let proxy_arg = proxy_id.to_string();
+    let started = close(&["close", "--proxy", &proxy_arg]);
+    assert_eq!(
+        started["outcome"]["returned"],
+        open.balance - open.stake,
+        "{started}"
+    );
+    let closing = chain
+        .client_contract(proxy_id, client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(closing.status, ContractStatus::Closing { .. }),
+        "{closing:?}"
+    );
+    let early = wallet_command(
+        &network.ledger,
+        &client_dir,
+        "test-client",
+        &[
+            network.ton.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["close", "--proxy", &proxy_arg],
+        ]
+        .concat(),
+    );
+    assert!(!early.status.success(), "closed before the delay");
+    ton_devnet::advance(network.devnet(), 601).await;
+    let finished = close(&["close", "--proxy", &proxy_arg]);
+    assert_eq!(finished["outcome"]["returned"], open.stake, "{finished}");
+    let closed = chain
+        .client_contract(proxy_id, client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.status, ContractStatus::Closed);
+    assert_eq!(closed.collected, cost(&usage).0);
+}
+
+#[tokio::test]
+async fn on_ton_a_revoked_worker_image_drops_its_workers() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let owner_key = dir.path().join("owner.key");
+    std::fs::write(&owner_key, hex::encode(TEST_OWNER_SEED)).unwrap();
+    let owner_key = owner_key.display().to_string();
+    let change = |args: &[&str]| {
+        let all = [
+            vec!["registry", "--owner-key", &owner_key],
+            network.ton.iter().map(String::as_str).collect(),
+            args.to_vec(),
+        ]
+        .concat();
+        cocoon_ok(&all);
+    };
+    let worker_image = image_hash("test-worker");
+    for image in [&worker_image, &image_hash("spare-worker")] {
+        change(&["allow-image", "--role", "worker", image]);
+    }
+    let _proxy = Node::start(&proxy_args(&network, &[]));
+    let (_worker, _) = worker(&network, &[]);
+    let (_client, api) = client(&network, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(2, false)).await.expect("answered");
+
+    // On TON the root is the registry's authority: a node pinning an owner key is refused.
+    let (ok, _, stderr) = cocoon(
+        &[
+            vec!["client", "--registry-owner", &test_owner()],
+            network.ton.iter().map(String::as_str).collect(),
+        ]
+        .concat(),
+    );
+    assert!(!ok && stderr.contains("drop --registry-owner"), "{stderr}");
+
+    change(&["revoke-image", "--role", "worker", &worker_image]);
+    eventually!(proxy_workers(&network).await, |w| w.is_empty());
+    // It stays out: the root no longer lists its image.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(proxy_workers(&network).await.is_empty());
+}
