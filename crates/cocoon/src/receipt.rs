@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use cocoon_money::Registry;
+
+use crate::settlement::SettlementArgs;
 use cocoon_receipt::{AnswerText, Expectations, Receipt};
 use cocoon_tee::{AttestationKind, Quote, Verifier};
 use serde_json::json;
@@ -38,6 +40,10 @@ pub struct VerifyArgs {
     /// Check against the registry of this ledger now, instead of a file.
     #[arg(long, value_name = "URL")]
     pub ledger: Option<String>,
+    /// Or against the registry of the Cocoon root on TON now (`--settlement ton --ton-api URL
+    /// --ton-root ADDRESS`).
+    #[command(flatten)]
+    pub settlement: SettlementArgs,
     /// The weakest attestation accepted for both nodes (`fake` and `none` prove nothing: pass
     /// them only to check receipts of a development network such as `cocoon dev`).
     #[arg(long, default_value = "tdx", value_name = "KIND")]
@@ -69,6 +75,11 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
             serde_json::from_slice(&read(path)?)
                 .with_context(|| format!("{} is not a registry document", path.display()))?,
         ),
+        (None, _) if args.settlement.on_ton() => {
+            let backend = args.settlement.backend("").await?;
+            let root = backend.connect(None)?;
+            Some(crate::registry::read(&*root, backend.location()).await?)
+        }
         (None, Some(url)) => {
             let ledger = crate::settlement::local(url).connect(None)?;
             Some(crate::registry::read(&*ledger, url).await?)

@@ -24,10 +24,35 @@ async fn chain(network: &ProxyAddrs) -> TonSettlement {
         .unwrap()
 }
 
+/// The stake a test proxy opens its contract with: the registry's minimum.
+fn opening_stake() -> Amount {
+    cocoon_money::Registry::new(cocoon_money::AccountId([0; 32])).min_proxy_stake
+}
+
 /// What `usage` costs at the default prices and coefficient: (client's price, worker's pay).
 fn cost(usage: &cocoon_proto::TokenUsage) -> (Amount, Amount) {
     let cost = price(usage, 1_000, &Prices::default()).unwrap();
     (cost.client_price, cost.worker_pay)
+}
+
+/// A non-streamed answer's receipt, written to a file in `dir`.
+async fn receipt_of_an_answer(api: &str, dir: &std::path::Path) -> String {
+    let response = post_chat(api, &chat(2, false)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt = response.headers()["x-cocoon-receipt"].to_str().unwrap();
+    let file = dir.join("receipt");
+    std::fs::write(&file, receipt).unwrap();
+    file.display().to_string()
+}
+
+/// `cocoon receipt verify FILE` against the registry on the network's root.
+fn verify_on_ton(network: &ProxyAddrs, receipt: &str) -> (bool, String, String) {
+    let args = [
+        vec!["receipt", "verify", receipt, "--min-tee", "fake", "--json"],
+        network.ton.iter().map(String::as_str).collect(),
+    ]
+    .concat();
+    cocoon(&args)
 }
 
 #[tokio::test]
@@ -72,7 +97,7 @@ async fn on_ton_a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference(
     );
     assert_eq!(worker_paid.unwrap().paid, earned);
     let proxy = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
-    assert_eq!(proxy.pool, paid - earned);
+    assert_eq!(proxy.stake + proxy.pool, opening_stake() + paid - earned);
     assert_eq!(proxy.status, ContractStatus::Open);
     let worker_wallet = eventually!(wallet(&worker_stats).await, |w| w["claimed"] == earned);
     assert_eq!(worker_wallet["vouchers_refused"], 0, "{worker_wallet}");
@@ -145,8 +170,10 @@ async fn on_ton_a_proxy_killed_under_load_restarts_and_every_charge_settles() {
         chain.worker_contract(proxy_id, worker_id).await.unwrap(),
         |c| c.as_ref().is_some_and(|c| c.paid == earned)
     );
+    // A claim that came before its client's payment was applied was paid from the stake; the
+    // payment then filled the pool: together they hold the stake plus the commission.
     let proxy = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
-    assert_eq!(proxy.pool, charged - earned);
+    assert_eq!(proxy.stake + proxy.pool, opening_stake() + charged - earned);
     // Both starts' voucher keys are honoured.
     assert_eq!(proxy.earlier_voucher_keys.len(), 1, "{proxy:?}");
     assert_eq!(wallet(&worker_stats).await["vouchers_refused"], 0);
@@ -249,7 +276,12 @@ async fn on_ton_a_revoked_worker_image_drops_its_workers() {
     let (_worker, _) = worker(&network, &[]);
     let (_client, api) = client(&network, &[]);
     wait_for_model(&api, "synthetic", 1).await;
-    ask(&api, &chat(2, false)).await.expect("answered");
+    let dir = tempfile::tempdir().unwrap();
+    let receipt = receipt_of_an_answer(&api, dir.path()).await;
+    let (ok, stdout, stderr) = verify_on_ton(&network, &receipt);
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["registry"], 2, "the root's version: {report}");
 
     // On TON the root is the registry's authority: a node pinning an owner key is refused.
     let (ok, _, stderr) = cocoon(
@@ -263,7 +295,10 @@ async fn on_ton_a_revoked_worker_image_drops_its_workers() {
 
     change(&["revoke-image", "--role", "worker", &worker_image]);
     eventually!(proxy_workers(&network).await, |w| w.is_empty());
-    // It stays out: the root no longer lists its image.
+    // It stays out: the root no longer lists its image; nor does a receipt of its answers verify.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(proxy_workers(&network).await.is_empty());
+    let (ok, _, stderr) = verify_on_ton(&network, &receipt);
+    assert!(!ok, "a revoked image's receipt verified");
+    assert!(stderr.contains(&worker_image), "{stderr}");
 }
