@@ -1,9 +1,10 @@
 // A local TON devnet for tests and `cocoon dev`: @ton/sandbox behind the TON HTTP API v2.
 //
-//   node devnet/server.js [--listen 127.0.0.1:13100] [--root-owner ADDRESS]
+//   node devnet/server.js [--listen 127.0.0.1:13100] [--root-owner ADDRESS] [--exit-with-stdin]
 //
 // Prints `devnet listening on http://ADDR` once it answers; with --root-owner, first deploys the
-// committed root code (build/root.boc) with that owner and prints `devnet root ADDRESS` before. Methods: GET getMasterchainInfo,
+// committed root code (build/root.boc) with that owner and prints `devnet root ADDRESS` before;
+// with --exit-with-stdin, exits when its standard input closes (its parent died). Methods: GET getMasterchainInfo,
 // getAddressInformation, getTransactions; POST sendBoc, runGetMethod (also under /api/v2/, as
 // toncenter serves them). Devnet only: POST /devnet/faucet {address, amount}, POST /devnet/advance
 // {seconds}, POST /devnet/deploy-root {owner, params?}. Calls run one at a time (the sandbox is a single state machine); chain time follows the
@@ -98,4 +99,11 @@ if (import.meta.url === `file://${process.argv[1]}`) {
         console.log(`devnet root ${address}`);
     }
     console.log(`devnet listening on ${url}`);
+    if (process.argv.includes('--exit-with-stdin')) {
+        // Started by a parent that may be killed without a chance to stop us: its end of our stdin
+        // closes when it dies, however it dies.
+        process.stdin.on('end', () => process.exit(0));
+        process.stdin.on('error', () => process.exit(0));
+        process.stdin.resume();
+    }
 }

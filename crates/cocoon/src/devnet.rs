@@ -13,9 +13,11 @@ use tokio::process::{Child, Command};
 /// committed contract code is loaded).
 const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A running devnet; killed when dropped.
+/// A running devnet; killed when dropped, and gone when this process dies however it dies (it
+/// exits when its standard input, held here, closes).
 pub struct Devnet {
     _child: Child,
+    _stdin: tokio::process::ChildStdin,
     /// Its base URL (the faucet is at `/devnet/faucet`).
     pub base: String,
 }
@@ -46,13 +48,15 @@ fn contracts_dir() -> anyhow::Result<PathBuf> {
 pub async fn start(listen: &str) -> anyhow::Result<Devnet> {
     let dir = contracts_dir()?;
     let mut child = Command::new("node")
-        .args(["devnet/server.js", "--listen", listen])
+        .args(["devnet/server.js", "--listen", listen, "--exit-with-stdin"])
         .current_dir(&dir)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .context("starting the TON devnet (`node`; Node 20 is needed)")?;
     let stdout = child.stdout.take().context("the devnet's output")?;
+    let stdin = child.stdin.take().context("the devnet's input")?;
     let mut lines = BufReader::new(stdout).lines();
     let read = async {
         while let Some(line) = lines.next_line().await? {
@@ -69,6 +73,7 @@ pub async fn start(listen: &str) -> anyhow::Result<Devnet> {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Devnet {
         _child: child,
+        _stdin: stdin,
         base,
     })
 }

@@ -138,3 +138,70 @@ async fn cocoon_dev_is_ready_for_curl_when_it_says_so_and_comes_back_after_a_cra
     .unwrap();
     assert_eq!(shown["version"], version, "{shown}");
 }
+
+#[tokio::test]
+async fn cocoon_dev_runs_the_network_on_the_ton_devnet() {
+    if ton_devnet::devnet().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let instance = free_instance();
+    let [client_port, _, worker_port, _, _, devnet_port] = dev_ports(instance);
+    let args = strings(&[
+        "dev",
+        "--settlement",
+        "ton-devnet",
+        "--engine",
+        "synthetic",
+        "--data-dir",
+        &dir.path().display().to_string(),
+        "--instance",
+        &instance.to_string(),
+    ]);
+    let api = format!("http://127.0.0.1:{client_port}");
+    let (mut dev, stdout) = Node::start_with_stdout(&args);
+    let printed = banner(stdout).await;
+    let devnet_api = format!("http://127.0.0.1:{devnet_port}/api/v2");
+    assert!(printed.contains(&devnet_api), "{printed}");
+    let root = printed
+        .split_once("root ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .expect("the banner names the root")
+        .to_owned();
+
+    // An answer, paid on TON: it carries its cost and receipt.
+    let (status, receipt, answer) = ask(&api).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(receipt, "the answer carries its receipt");
+    assert!(answer["usage"]["total_cost"].as_u64() > Some(0), "{answer}");
+
+    // The registry on the root lists the dev proxy the nodes found each other through.
+    let shown: Value = serde_json::from_str(&cocoon_ok(&[
+        "registry",
+        "--settlement",
+        "ton-devnet",
+        "--ton-api",
+        &devnet_api,
+        "--ton-root",
+        &root,
+        "--json",
+        "show",
+    ]))
+    .unwrap();
+    assert_eq!(
+        shown["proxies"][0]["worker_endpoint"],
+        format!("127.0.0.1:{worker_port}"),
+        "{shown}"
+    );
+
+    // Killed without a chance to clean up, dev leaves no devnet behind.
+    dev.kill();
+    let started = std::time::Instant::now();
+    while TcpListener::bind(("127.0.0.1", devnet_port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the devnet outlived cocoon dev"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
