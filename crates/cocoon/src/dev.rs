@@ -90,7 +90,7 @@ enum Settler {
     Ledger(cocoon_ledger::LedgerHandle),
     /// The devnet (stopped when dropped), and the root's address.
     Devnet {
-        _process: crate::devnet::Devnet,
+        _process: Box<crate::devnet::Devnet>,
         root: String,
     },
 }
@@ -164,7 +164,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             let api = devnet.api();
             (
                 Settler::Devnet {
-                    _process: devnet,
+                    _process: Box::new(devnet),
                     root,
                 },
                 backend,
