@@ -47,6 +47,9 @@ pub const PATH_V1_MODELS: &str = "/v1/models";
 pub const PATH_V1_MODEL: &str = "/v1/models/{*id}";
 /// The proxy's verified attestation, as JSON.
 pub const PATH_ATTESTATION: &str = "/v1/attestation";
+/// Closes this client's channel with its current proxy at once, with the proxy's release; the
+/// proxy serves this wallet no more (see [`crate::payment::Payer::close_with_release`]).
+pub const PATH_CLOSE: &str = "/cocoon/v1/close";
 
 /// Extra time past the request's deadline before the client gives up on its own, so that the
 /// proxy's more precise timeout error normally arrives first.
@@ -147,6 +150,7 @@ pub fn router(api: Arc<Api>, stats_routes: Router, cors: Option<CorsLayer>) -> R
         .route(PATH_V1_MODELS, get(crate::models::models))
         .route(PATH_V1_MODEL, get(crate::models::model))
         .route(PATH_ATTESTATION, get(attestation))
+        .route(PATH_CLOSE, post(close))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_api_key))
         .with_state(api);
     let app = openai
@@ -216,6 +220,19 @@ async fn attestation(State(api): State<Arc<Api>>) -> Response {
             "not_after": unix_seconds(peer.not_after),
         }),
     )
+}
+
+async fn close(State(api): State<Arc<Api>>) -> Response {
+    let Some(link) = api.links.current() else {
+        return no_proxy().into_response();
+    };
+    match api.payer.close_with_release(&link).await {
+        Ok(closed) => json_response(StatusCode::OK, &closed),
+        Err(error) => {
+            api.stats.record_error(error.kind());
+            Failure::new(error.kind(), error.to_string()).into_response()
+        }
+    }
 }
 
 pub(crate) fn no_proxy() -> Failure {

@@ -42,6 +42,7 @@ use tokio::sync::watch;
 use crate::link::{LiveLink, ProxyLinks};
 
 mod channel;
+mod closing;
 
 use channel::{now, when_due, Channel, Unverified};
 

@@ -18,6 +18,9 @@ pub const PATH_BILLING: &str = "/cocoon/v1/billing";
 /// Client link: the client sends a payment voucher while it has no request to carry it (body:
 /// the `SignedVoucher` JSON; `x-cocoon-wallet-proof` as on requests).
 pub const PATH_PAYMENT: &str = "/cocoon/v1/payment";
+/// Client → proxy: the proxy's release, its final statement with which the client closes its
+/// channel at once; the client is served no more.
+pub const PATH_RELEASE: &str = "/cocoon/v1/release";
 /// Worker link: the proxy sends the worker its earnings statement (with a signed voucher the
 /// worker can claim on the ledger).
 pub const PATH_EARNINGS: &str = "/cocoon/v1/earnings";

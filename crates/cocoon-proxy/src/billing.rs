@@ -21,6 +21,7 @@
 
 mod client_channel;
 mod operator;
+mod release;
 mod reservation;
 mod settlement_round;
 
@@ -162,6 +163,12 @@ pub enum BillingError {
         /// The most this proxy lets a client owe.
         bound: Amount,
     },
+    /// The client asked for its release: this proxy serves it no more.
+    #[error("this client's channel with the proxy was released for closing; it is served no more")]
+    Released,
+    /// A release cannot be given yet.
+    #[error("no release yet: {0}")]
+    ReleaseNotReady(String),
 }
 
 impl BillingError {
@@ -172,6 +179,8 @@ impl BillingError {
             | BillingError::NoContract { .. }
             | BillingError::NoWallet
             | BillingError::PaymentOverdue { .. }
+            | BillingError::Released
+            | BillingError::ReleaseNotReady(_)
             | BillingError::Pricing(_) => ErrorKind::InsufficientQuota,
             BillingError::WalletNotProven | BillingError::BadPayment(_) => ErrorKind::Unauthorized,
             BillingError::Ledger(SettlementError::Unavailable(_))
@@ -235,6 +244,8 @@ pub struct Billing {
     /// When a contract read last found the ledger unreachable (`None`: the last one succeeded).
     ledger_unreachable: Mutex<Option<Instant>>,
     reserved: Mutex<HashMap<AccountId, Amount>>,
+    /// Clients given their release (see [`release`]): served no more; also in the database.
+    released: Mutex<std::collections::HashSet<AccountId>>,
     /// Each client's newest payment voucher (signed by its wallet key); also in the database,
     /// written through `writer`, and loaded from it at start.
     payments: Mutex<HashMap<AccountId, cocoon_money::SignedVoucher>>,
@@ -304,6 +315,7 @@ impl Billing {
         let path = config.data_dir.join(DATABASE_FILE);
         let store = BillingStore::open(&path)?;
         let payments = client_channel::verified_payments(&*ledger, account, store.payments()?);
+        let released = store.released()?.into_iter().collect();
         let key = AccountId::from(&voucher_key);
         // The contract id this proxy's vouchers name (the operator's account on the local
         // ledger, the proxy contract's own on TON).
@@ -341,6 +353,7 @@ impl Billing {
             ledger_unreachable: Mutex::new(None),
             reserved: Mutex::new(HashMap::new()),
             payments: Mutex::new(payments),
+            released: Mutex::new(released),
             proven: Mutex::new(client_channel::Proven::new()),
             contracts: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashMap::new()),
@@ -450,6 +463,13 @@ impl Billing {
         reading: Reading,
         needed: Amount,
     ) -> Result<Result<(), BillingError>, BillingError> {
+        // Read under the reservations' lock: a charge is counted in `charged` before its
+        // reservation is released, so no answer is missed from both. From memory: a request
+        // never waits on the database. A release waits for no reservation under this lock.
+        let mut reserved = lock(&self.reserved);
+        if lock(&self.released).contains(&client) {
+            return Ok(Err(BillingError::Released));
+        }
         let Some(contract) = known
             .contract
             .as_ref()
@@ -460,10 +480,6 @@ impl Billing {
                 client,
             }));
         };
-        // Read under the reservations' lock: a charge is counted in `charged` before its
-        // reservation is released, so no answer is missed from both. From memory: a request
-        // never waits on the database.
-        let mut reserved = lock(&self.reserved);
         let charged = self.writer.charged(&client);
         if let Err(overdue) = self.check_unpaid(&client, contract, charged) {
             return Ok(Err(overdue));
@@ -486,7 +502,7 @@ impl Billing {
         Ok(Ok(()))
     }
 
-    fn release(&self, client: AccountId, amount: Amount) {
+    fn unreserve(&self, client: AccountId, amount: Amount) {
         let mut reserved = lock(&self.reserved);
         if let Some(held) = reserved.get_mut(&client) {
             *held = held.saturating_sub(amount);

@@ -43,6 +43,8 @@ enum Pending {
     Charge(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>),
     /// A verified client payment, and the client it pays for; nobody waits for it.
     Payment(AccountId, SignedVoucher),
+    /// A client the proxy releases (serves no more); waited for with a barrier.
+    Release(AccountId),
     /// Someone waiting until everything queued before is on disk.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -133,6 +135,11 @@ impl ChargeWriter {
         let _ = self.queue.send(Pending::Payment(client, voucher));
     }
 
+    /// Queues `client` as released; it is on disk once anything queued after it is.
+    pub fn record_release(&self, client: AccountId) {
+        let _ = self.queue.send(Pending::Release(client));
+    }
+
     /// Resolves once everything queued before this call is on disk.
     pub async fn written(&self) -> Result<(), StoreError> {
         let (done, written) = oneshot::channel();
@@ -177,6 +184,7 @@ fn write_charges(
         let mut charges = Vec::new();
         let mut waiting = Vec::new();
         let mut payments = Vec::new();
+        let mut releases = Vec::new();
         let mut barriers = Vec::new();
         for write in group {
             match write {
@@ -185,10 +193,11 @@ fn write_charges(
                     waiting.push(done);
                 }
                 Pending::Payment(client, voucher) => payments.push((client, voucher)),
+                Pending::Release(client) => releases.push(client),
                 Pending::Barrier(done) => barriers.push(done),
             }
         }
-        if charges.is_empty() && payments.is_empty() {
+        if charges.is_empty() && payments.is_empty() && releases.is_empty() {
             // Only barriers: everything before them was in earlier groups, which wrote it unless
             // the database is failing now (then a payment among them may be lost).
             let failure = report.borrow().clone();
@@ -200,9 +209,22 @@ fn write_charges(
             }
             continue;
         }
-        match store.record(&charges, &payments) {
+        let written = store.record(&charges, &payments);
+        // Releases after the charges, in a transaction of their own: a charge's outcome never
+        // depends on them; whoever waits for a release waits on a barrier.
+        let released = match (&written, releases.is_empty()) {
+            (Ok(_), false) => store.record_releases(&releases),
+            _ => Ok(()),
+        };
+        match written {
             Ok(results) => {
-                report_outcome(&report, Ok(()));
+                report_outcome(
+                    &report,
+                    released
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| StoreError::Batch(e.to_string())),
+                );
                 totals.add(
                     charges
                         .iter()
@@ -214,7 +236,10 @@ fn write_charges(
                     let _ = done.send(result);
                 }
                 for done in barriers {
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(match &released {
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(StoreError::Batch(error.to_string())),
+                    });
                 }
             }
             Err(error) => {

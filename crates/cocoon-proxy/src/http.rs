@@ -12,7 +12,7 @@ use cocoon_node::reply::{error_response, json_response};
 use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
 use cocoon_proto::link::{
-    ModelList, PATH_BILLING, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS, PATH_PAYMENT,
+    ModelList, PATH_BILLING, PATH_CHAT, PATH_COMPLETIONS, PATH_MODELS, PATH_PAYMENT, PATH_RELEASE,
 };
 use cocoon_proto::ErrorKind;
 use cocoon_ratls::PeerIdentity;
@@ -29,6 +29,7 @@ pub fn client_router(state: Forwarding) -> Router {
         .route(PATH_COMPLETIONS, post(completions))
         .route(PATH_BILLING, get(billing))
         .route(PATH_PAYMENT, post(payment))
+        .route(PATH_RELEASE, post(release))
         .fallback(|| async {
             error_response(ErrorKind::NotFound, "no such endpoint on a client link")
         })
@@ -121,6 +122,19 @@ async fn payment(
     };
     match accepted {
         Ok(()) => http::StatusCode::NO_CONTENT.into_response(),
+        Err(error) => refuse(&state.stats, &error),
+    }
+}
+
+/// The client's release for closing its channel at once (see
+/// [`crate::billing::Billing::release`]); from the first ask on, it is served no more.
+async fn release(State(state): State<Forwarding>, peer: Peer, headers: HeaderMap) -> Response {
+    let client = match paying_client(&state, &peer, &headers) {
+        Ok(client) => client,
+        Err(error) => return refuse(&state.stats, &error),
+    };
+    match state.billing.release(client).await {
+        Ok(release) => json_response(http::StatusCode::OK, &release),
         Err(error) => refuse(&state.stats, &error),
     }
 }

@@ -112,6 +112,7 @@ CREATE TABLE IF NOT EXISTS payments (
     client BLOB PRIMARY KEY,
     voucher TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS released (client BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS write_probe (data BLOB NOT NULL);
 INSERT OR IGNORE INTO position (id, seqno, hash) VALUES (0, 0, zeroblob(32));
 ";
@@ -283,6 +284,33 @@ impl BillingStore {
     /// Every client with its totals.
     pub fn clients(&self) -> Result<Vec<(AccountId, Totals)>, StoreError> {
         all_in(&self.db, CLIENTS)
+    }
+
+    /// Keeps `clients` as released: the proxy gave each its final release and serves it no more.
+    pub fn record_releases(&mut self, clients: &[AccountId]) -> Result<(), StoreError> {
+        let tx = self.db.transaction()?;
+        for client in clients {
+            execute_cached(
+                &tx,
+                "INSERT OR IGNORE INTO released (client) VALUES (?1)",
+                params![&client.0[..]],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The clients released so far (a row that is not an account is skipped).
+    pub fn released(&self) -> Result<Vec<AccountId>, StoreError> {
+        let mut statement = self.db.prepare_cached("SELECT client FROM released")?;
+        let rows = statement.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut clients = Vec::new();
+        for row in rows {
+            if let Ok(client) = account_of(row?) {
+                clients.push(client);
+            }
+        }
+        Ok(clients)
     }
 
     /// Each client's newest stored payment voucher, as read back: not verified here (the caller

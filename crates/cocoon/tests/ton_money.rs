@@ -6,23 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use cocoon_money::{price, Amount, ContractStatus, Prices, Settlement};
-use cocoon_ton::{TonApi, TonBackend, TonSettlement};
+use cocoon_money::{price, Amount, ContractStatus, Prices};
 use common::*;
 use futures::future::join_all;
 use serde_json::Value;
-
-/// A read-only handle on the network's root, as the tests read the chain.
-async fn chain(network: &ProxyAddrs) -> TonSettlement {
-    let at = network.ton.iter().position(|flag| flag == "--ton-root");
-    let root = network.ton[at.unwrap() + 1].parse().unwrap();
-    let api = TonApi::new(&network.ledger, None).unwrap();
-    TonBackend::connect_root(api, root)
-        .await
-        .unwrap()
-        .handle(None)
-        .unwrap()
-}
 
 /// The stake a test proxy opens its contract with: the registry's minimum.
 fn opening_stake() -> Amount {
@@ -83,7 +70,7 @@ async fn on_ton_a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference(
 
     // The contracts converge to exactly the tokens served, to the nano-TON: the client's channel
     // charged and collected, the worker paid by the proxy contract, the rest in its pool.
-    let chain = chain(&network).await;
+    let chain = settlement_of(&network).await;
     let channel = eventually!(
         chain.client_contract(proxy_id, client_id).await.unwrap(),
         |c| c.as_ref().is_some_and(|c| c.charged == paid)
@@ -159,7 +146,7 @@ async fn on_ton_a_proxy_killed_under_load_restarts_and_every_charge_settles() {
     let proxy_id = account_of(&network.stats).await;
     let client_id = account_of(&api).await;
     let worker_id = account_of(&worker_stats).await;
-    let chain = chain(&network).await;
+    let chain = settlement_of(&network).await;
     let channel = eventually!(
         chain.client_contract(proxy_id, client_id).await.unwrap(),
         |c| c.as_ref().is_some_and(|c| c.charged == charged)
@@ -193,7 +180,7 @@ async fn on_ton_a_client_closes_its_channel_and_gets_its_stake_back_after_the_de
     let usage = ask(&api, &chat(4, false)).await.expect("answered");
     let proxy_id = account_of(&network.stats).await;
     let client_id = account_of(&api).await;
-    let chain = chain(&network).await;
+    let chain = settlement_of(&network).await;
     let open = eventually!(
         chain.client_contract(proxy_id, client_id).await.unwrap(),
         |c| c.as_ref().is_some_and(|c| c.collected == cost(&usage).0)

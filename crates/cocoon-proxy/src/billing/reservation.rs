@@ -91,7 +91,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.billing.release(self.client, self.amount);
+        self.billing.unreserve(self.client, self.amount);
     }
 }
 

@@ -534,3 +534,78 @@ fn a_charge_above_the_reservation_is_capped_and_the_worker_paid_in_proportion() 
     assert_eq!(cost.worker_pay, 800 * 1_000 / 4);
     assert!(cost.worker_pay <= cost.client_price);
 }
+
+#[tokio::test]
+async fn a_release_waits_for_answers_and_payment_and_then_the_client_is_served_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let client_key = SigningKey::from_bytes(&[8; 32]);
+    let client = AccountId::from(&client_key);
+    let (_, wallet) = open_client(&ledger, &billing, 8, 1_000_000_000, 1_000_000_000).await;
+    let held = billing.reserve(client, 0, 1_000, 1_000).await.unwrap();
+    // An answer in flight: no release yet, but no new request either from the first ask on.
+    let busy = billing.release(client).await.err().unwrap();
+    assert!(matches!(busy, BillingError::ReleaseNotReady(_)), "{busy}");
+    assert!(matches!(
+        billing.reserve(client, 0, 1, 1_000).await.err().unwrap(),
+        BillingError::Released
+    ));
+    let usage = TokenUsage {
+        prompt_tokens: 10,
+        completion_tokens: 90,
+        ..TokenUsage::default()
+    };
+    let (cost, _) = billing
+        .charge(held, AccountId([9; 32]), &usage, 1_000)
+        .await
+        .unwrap();
+    // Served but not paid: no release (its close would take back what was not paid).
+    let unpaid = billing.release(client).await.err().unwrap();
+    assert!(
+        unpaid.to_string().contains("send the payment first"),
+        "{unpaid}"
+    );
+    let ids = VoucherIds::accounts(billing.account(), client);
+    let paid = Voucher::client_pay(&client_key, ids, cost.total_cost, 1);
+    billing.accept_payment(client, paid).unwrap();
+    // Paid: the proxy applies the payment itself, then releases exactly what was charged.
+    let release = billing.release(client).await.unwrap();
+    assert_eq!(
+        release.voucher.kind,
+        cocoon_money::VoucherKind::ClientCharge
+    );
+    assert!(release.voucher.is_final);
+    assert_eq!(release.voucher.ids(), ids);
+    assert_eq!(release.voucher.cumulative, cost.total_cost);
+    let contract = wallet
+        .client_contract(billing.account(), client)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(contract.charged, cost.total_cost);
+    // The ledger takes it: the client's whole balance comes back at once.
+    let closed = wallet
+        .close_client(billing.account(), Some(release))
+        .await
+        .unwrap();
+    assert_eq!(
+        closed.outcome,
+        cocoon_money::Outcome::ClientClosed {
+            collected: 0,
+            returned: 1_000_000_000 - cost.total_cost,
+        }
+    );
+    // A restarted proxy still serves the released client nothing.
+    drop(billing);
+    let billing = reopen(
+        &ledger,
+        dir.path(),
+        Operator::Key(SigningKey::from_bytes(&[7; 32])),
+    )
+    .await;
+    assert!(matches!(
+        billing.reserve(client, 0, 1, 1_000).await.err().unwrap(),
+        BillingError::Released
+    ));
+    ledger.shutdown().await.unwrap();
+}

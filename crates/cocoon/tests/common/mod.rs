@@ -404,6 +404,23 @@ pub fn proxy_addrs(ledger_extra: &[&str]) -> ProxyAddrs {
     }
 }
 
+/// A read-only handle on what `network` settles on: its ledger, or its root on TON.
+pub async fn settlement_of(network: &ProxyAddrs) -> Arc<dyn cocoon_money::Settlement> {
+    use cocoon_money::SettlementBackend;
+    if network.ton.is_empty() {
+        return cocoon_ledger::LocalLedger::new(&network.ledger)
+            .connect(None)
+            .unwrap();
+    }
+    let at = network.ton.iter().position(|flag| flag == "--ton-root");
+    let root = network.ton[at.unwrap() + 1].parse().unwrap();
+    let api = cocoon_ton::TonApi::new(&network.ledger, None).unwrap();
+    let backend = cocoon_ton::TonBackend::connect_root(api, root)
+        .await
+        .unwrap();
+    backend.connect(None).unwrap()
+}
+
 /// A fresh TON devnet with a Cocoon root owned by the test owner's wallet (the terms of a new
 /// local ledger; the owner's wallet funded), and addresses and a data directory for a proxy on
 /// it. `None` (the test passes, saying why) without `contracts/node_modules`, except on CI.
