@@ -289,3 +289,78 @@ async fn on_ton_a_revoked_worker_image_drops_its_workers() {
     assert!(!ok, "a revoked image's receipt verified");
     assert!(stderr.contains(&worker_image), "{stderr}");
 }
+
+/// The voucher key a keyless proxy asks its operator to authorize (from its log).
+fn key_to_authorize(proxy: &Node) -> Option<String> {
+    proxy.stderr_lines().iter().find_map(|line| {
+        let (_, rest) = line.split_once("waiting for the operator")?;
+        let (_, key) = rest.split_once("voucher_key=")?;
+        Some(key.chars().take(64).collect())
+    })
+}
+
+#[tokio::test]
+async fn on_ton_a_keyless_proxy_is_authorized_by_its_operator_and_collects_with_its_keys_wallet() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let operator_dir = tempfile::tempdir().unwrap();
+    let operator_dir = operator_dir.path().display().to_string();
+    let operator_cli = |args: &[&str]| {
+        let all = [
+            network.ton.iter().map(String::as_str).collect::<Vec<_>>(),
+            args.to_vec(),
+        ]
+        .concat();
+        wallet_cli(&network.ledger, &operator_dir, "operator-laptop", &all)
+    };
+    let operator = operator_cli(&["new"])["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    operator_cli(&["faucet", "100000000000"]);
+    let proxy = Node::launch(
+        &proxy_args(&network, &["--operator-account", &operator]),
+        Launch {
+            capture_stderr: true,
+            ..Launch::default()
+        },
+    );
+    let key = eventually!(key_to_authorize(&proxy), |k| k.is_some()).unwrap();
+    // The operator opens the contract with this start's key, and funds that key's wallet for the
+    // fees of applying the clients' payments.
+    operator_cli(&[
+        "authorize-proxy-key",
+        "--key",
+        &key,
+        "--stake",
+        &opening_stake().to_string(),
+    ]);
+    operator_cli(&["transfer", "--to", &key, "1000000000"]);
+    wait_for_ok(&format!("http://{}/healthz", network.stats)).await;
+    assert_eq!(wallet(&network.stats).await["acts_for_operator"], false);
+
+    let (_worker, worker_stats) = worker(&network, &["--claim-threshold", "1"]);
+    let (_client, api) = client(&network, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let (mut paid, mut earned) = (0, 0);
+    for tokens in [4, 6] {
+        let usage = ask(&api, &chat(tokens, true)).await.expect("answered");
+        paid += cost(&usage).0;
+        earned += cost(&usage).1;
+    }
+    let proxy_id: cocoon_money::AccountId = operator.parse().unwrap();
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let chain = settlement_of(&network).await;
+    eventually!(
+        chain.client_contract(proxy_id, client_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.collected == paid)
+    );
+    eventually!(
+        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.paid == earned)
+    );
+    let contract = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
+    assert!(contract.authorizes(&key.parse().unwrap()), "{contract:?}");
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cocoon_money::{Amount, SettlementError, WorkerStatement};
+use cocoon_money::{Amount, RuleError, SettlementError, WorkerStatement};
 use cocoon_node::Body;
 use cocoon_proto::link::PATH_EARNINGS;
 use http::{header, Request};
@@ -47,6 +47,20 @@ impl Billing {
                     self.fetch_contract(client).await?;
                 }
                 Err(e) if e.is_stale_voucher() => {}
+                Err(e)
+                    if !self.acts_for_operator
+                        && matches!(e.rule(), Some(RuleError::InsufficientFunds { .. })) =>
+                {
+                    // On a chain every message pays a fee from the sender's wallet: here the
+                    // wallet of this start's voucher key, which the operator must fund.
+                    let key = self.signer.voucher_key();
+                    tracing::warn!(
+                        %client, voucher_key = %key, error = %e,
+                        "applying a client payment failed: the wallet of this start's voucher key \
+                         cannot pay the fees; on the operator's machine run: cocoon wallet \
+                         … transfer --to {key} 1000000000"
+                    );
+                }
                 Err(e) => tracing::warn!(%client, error = %e, "applying a client payment failed"),
             }
         }
