@@ -364,3 +364,39 @@ async fn on_ton_a_keyless_proxy_is_authorized_by_its_operator_and_collects_with_
     let contract = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
     assert!(contract.authorizes(&key.parse().unwrap()), "{contract:?}");
 }
+
+#[tokio::test]
+async fn on_ton_the_proxy_withdraws_all_its_commission_once_workers_have_claimed() {
+    let Some(network) = proxy_addrs_on_ton().await else {
+        return;
+    };
+    let _proxy = Node::start(&proxy_args(&network, &["--withdraw-threshold", "1"]));
+    let (_worker, worker_stats) = worker(&network, &["--claim-threshold", "1"]);
+    let (_client, api) = client(&network, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let (mut paid, mut earned) = (0, 0);
+    for tokens in [4, 6, 8] {
+        let usage = ask(&api, &chat(tokens, false)).await.expect("answered");
+        paid += cost(&usage).0;
+        earned += cost(&usage).1;
+    }
+    assert!(paid > earned);
+    let proxy_id = account_of(&network.stats).await;
+    let client_id = account_of(&api).await;
+    let worker_id = account_of(&worker_stats).await;
+    let chain = settlement_of(&network).await;
+    eventually!(
+        chain.client_contract(proxy_id, client_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.collected == paid)
+    );
+    eventually!(
+        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
+        |c| c.as_ref().is_some_and(|c| c.paid == earned)
+    );
+    // Every worker claimed, so the whole pool is commission: it leaves (the contract keeps no
+    // total of what workers were paid; the proxy reads each worker's).
+    eventually!(
+        chain.proxy_contract(proxy_id).await.unwrap().unwrap(),
+        |c| c.pool == 0
+    );
+}

@@ -94,26 +94,38 @@ impl Billing {
                 .ok_or(BillingError::Ledger(SettlementError::Backend(
                     "the proxy contract disappeared".into(),
                 )))?;
-        let earned: Amount = lock(&self.store)
-            .workers()?
-            .iter()
-            .map(|(_, t)| t.amount)
-            .fold(0, Amount::saturating_add);
-        let withdrawable = withdrawable_commission(contract.pool, earned, contract.paid_to_workers);
+        let workers = lock(&self.store).workers()?;
         let threshold = self.config.withdraw_threshold;
         let (mut pool, mut withdrawn) = (contract.pool, contract.withdrawn);
-        if self.acts_for_operator && threshold > 0 && withdrawable >= threshold {
-            self.ledger.withdraw_commission(withdrawable).await?;
-            pool -= withdrawable;
-            withdrawn = withdrawn.saturating_add(withdrawable);
-            tracing::info!(amount = withdrawable, "commission withdrawn");
+        let mut paid_to_workers = contract.paid_to_workers;
+        // Only a pool past the threshold can give a withdrawal worth making: then read what each
+        // worker was paid (a chain keeps no total), to keep every unclaimed earning in the pool.
+        if self.acts_for_operator && threshold > 0 && contract.pool >= threshold {
+            let mut unclaimed: Amount = 0;
+            paid_to_workers = 0;
+            for (worker, totals) in &workers {
+                let paid = self
+                    .ledger
+                    .worker_contract(self.account, *worker)
+                    .await?
+                    .map_or(0, |c| c.paid);
+                unclaimed = unclaimed.saturating_add(totals.amount.saturating_sub(paid));
+                paid_to_workers = paid_to_workers.saturating_add(paid);
+            }
+            let withdrawable = withdrawable_commission(contract.pool, unclaimed);
+            if withdrawable >= threshold {
+                self.ledger.withdraw_commission(withdrawable).await?;
+                pool -= withdrawable;
+                withdrawn = withdrawn.saturating_add(withdrawable);
+                tracing::info!(amount = withdrawable, "commission withdrawn");
+            }
         }
         let balance = self.ledger.account(self.account).await?.balance;
         let mut view = lock(&self.view);
         view.balance = balance;
         view.stake = contract.stake;
         view.pool = pool;
-        view.paid_to_workers = contract.paid_to_workers;
+        view.paid_to_workers = paid_to_workers;
         view.withdrawn = withdrawn;
         view.last_error = None;
         Ok(())
@@ -140,8 +152,8 @@ impl Billing {
 }
 
 /// Commission that can leave the pool: the pool less what workers earned but have not claimed.
-fn withdrawable_commission(pool: Amount, earned: Amount, paid_to_workers: Amount) -> Amount {
-    pool.saturating_sub(earned.saturating_sub(paid_to_workers))
+fn withdrawable_commission(pool: Amount, unclaimed: Amount) -> Amount {
+    pool.saturating_sub(unclaimed)
 }
 
 async fn push_statement(
@@ -172,7 +184,7 @@ mod tests {
 
     #[test]
     fn commission_never_touches_unclaimed_worker_earnings() {
-        assert_eq!(withdrawable_commission(1_000, 800, 300), 500);
-        assert_eq!(withdrawable_commission(100, 800, 0), 0);
+        assert_eq!(withdrawable_commission(1_000, 800 - 300), 500);
+        assert_eq!(withdrawable_commission(100, 800), 0);
     }
 }
