@@ -29,6 +29,15 @@ fn free_instance() -> u16 {
         .expect("a free dev instance")
 }
 
+/// `cocoon dev` with the synthetic engine, its state in `dir`, as instance `instance`.
+fn dev_args(dir: &std::path::Path, instance: u16, extra: &[&str]) -> Vec<String> {
+    let mut args = strings(&["dev", "--engine", "synthetic", "--data-dir"]);
+    args.push(dir.display().to_string());
+    args.extend(strings(&["--instance", &instance.to_string()]));
+    args.extend(strings(extra));
+    args
+}
+
 /// Reads `cocoon dev`'s standard output until it says how to stop it; returns what it printed.
 async fn banner(stdout: ChildStdout) -> String {
     let read = tokio::task::spawn_blocking(move || {
@@ -75,15 +84,7 @@ async fn cocoon_dev_is_ready_for_curl_when_it_says_so_and_comes_back_after_a_cra
     let dir = tempfile::tempdir().unwrap();
     let instance = free_instance();
     let [client_port, _, worker_port, client_link_port, _, ledger_port] = dev_ports(instance);
-    let args = strings(&[
-        "dev",
-        "--engine",
-        "synthetic",
-        "--data-dir",
-        &dir.path().display().to_string(),
-        "--instance",
-        &instance.to_string(),
-    ]);
+    let args = dev_args(dir.path(), instance, &[]);
     let api = format!("http://127.0.0.1:{client_port}");
     let ledger = format!("http://127.0.0.1:{ledger_port}");
 
@@ -147,17 +148,7 @@ async fn cocoon_dev_runs_the_network_on_the_ton_devnet() {
     let dir = tempfile::tempdir().unwrap();
     let instance = free_instance();
     let [client_port, _, worker_port, _, _, devnet_port] = dev_ports(instance);
-    let args = strings(&[
-        "dev",
-        "--settlement",
-        "ton-devnet",
-        "--engine",
-        "synthetic",
-        "--data-dir",
-        &dir.path().display().to_string(),
-        "--instance",
-        &instance.to_string(),
-    ]);
+    let args = dev_args(dir.path(), instance, &["--settlement", "ton-devnet"]);
     let api = format!("http://127.0.0.1:{client_port}");
     let (mut dev, stdout) = Node::start_with_stdout(&args);
     let printed = banner(stdout).await;

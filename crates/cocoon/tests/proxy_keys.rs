@@ -12,15 +12,6 @@ use serde_json::Value;
 /// Never claim by itself: the test claims each voucher it kept.
 const NEVER_CLAIM: &str = "1000000000000000000";
 
-/// The voucher key a keyless proxy asks its operator to authorize (from its log).
-fn key_to_authorize(proxy: &Node) -> Option<String> {
-    proxy.stderr_lines().iter().find_map(|line| {
-        let (_, rest) = line.split_once("waiting for the operator")?;
-        let (_, key) = rest.split_once("voucher_key=")?;
-        Some(key.chars().take(64).collect())
-    })
-}
-
 /// Starts the keyless proxy at `addrs` for `operator` and authorizes its key of this start with
 /// the operator's wallet, as an operator does outside the TD; returns it and its key.
 async fn start_and_authorize(

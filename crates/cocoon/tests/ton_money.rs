@@ -22,6 +22,33 @@ fn cost(usage: &cocoon_proto::TokenUsage) -> (Amount, Amount) {
     (cost.client_price, cost.worker_pay)
 }
 
+/// Asks `api` one answer of each `(max_tokens, stream)`; what they cost: (paid, earned).
+async fn answers(api: &str, requests: &[(u64, bool)]) -> (Amount, Amount) {
+    let (mut paid, mut earned) = (0, 0);
+    for &(tokens, stream) in requests {
+        let usage = ask(api, &chat(tokens, stream)).await.expect("answered");
+        paid += cost(&usage).0;
+        earned += cost(&usage).1;
+    }
+    (paid, earned)
+}
+
+/// Waits until the chain holds `client`'s channel with `proxy` collected to `paid` and `worker`
+/// paid `earned`.
+async fn settled(
+    chain: &dyn cocoon_money::Settlement,
+    proxy: cocoon_money::AccountId,
+    (client, paid): (cocoon_money::AccountId, Amount),
+    (worker, earned): (cocoon_money::AccountId, Amount),
+) {
+    eventually!(chain.client_contract(proxy, client).await.unwrap(), |c| c
+        .as_ref()
+        .is_some_and(|c| c.collected == paid));
+    eventually!(chain.worker_contract(proxy, worker).await.unwrap(), |c| c
+        .as_ref()
+        .is_some_and(|c| c.paid == earned));
+}
+
 /// A non-streamed answer's receipt, written to a file in `dir`.
 async fn receipt_of_an_answer(api: &str, dir: &std::path::Path) -> String {
     let response = post_chat(api, &chat(2, false)).await.unwrap();
@@ -52,14 +79,8 @@ async fn on_ton_a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference(
     let (_client, api) = client(&network, &["--deposit", "10000000000"]);
     wait_for_model(&api, "synthetic", 1).await;
 
-    let (mut paid, mut earned) = (0, 0);
-    for (index, stream) in [false, true, false, true, true].into_iter().enumerate() {
-        let usage = ask(&api, &chat(3 + index as u64, stream))
-            .await
-            .expect("answered");
-        paid += cost(&usage).0;
-        earned += cost(&usage).1;
-    }
+    let requests = [(3, false), (4, true), (5, false), (6, true), (7, true)];
+    let (paid, earned) = answers(&api, &requests).await;
     assert!(paid > earned && earned > 0);
     let proxy_id = account_of(&network.stats).await;
     let client_id = account_of(&api).await;
@@ -71,18 +92,14 @@ async fn on_ton_a_client_pays_a_worker_earns_and_the_proxy_keeps_the_difference(
     // The contracts converge to exactly the tokens served, to the nano-TON: the client's channel
     // charged and collected, the worker paid by the proxy contract, the rest in its pool.
     let chain = settlement_of(&network).await;
-    let channel = eventually!(
-        chain.client_contract(proxy_id, client_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.charged == paid)
-    )
-    .unwrap();
-    assert_eq!(channel.collected, paid);
+    settled(&*chain, proxy_id, (client_id, paid), (worker_id, earned)).await;
+    let channel = chain
+        .client_contract(proxy_id, client_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(channel.charged, paid);
     assert_eq!(channel.balance, 10_000_000_000 - paid);
-    let worker_paid = eventually!(
-        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.paid == earned)
-    );
-    assert_eq!(worker_paid.unwrap().paid, earned);
     let proxy = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
     assert_eq!(proxy.stake + proxy.pool, opening_stake() + paid - earned);
     assert_eq!(proxy.status, ContractStatus::Open);
@@ -290,15 +307,6 @@ async fn on_ton_a_revoked_worker_image_drops_its_workers() {
     assert!(stderr.contains(&worker_image), "{stderr}");
 }
 
-/// The voucher key a keyless proxy asks its operator to authorize (from its log).
-fn key_to_authorize(proxy: &Node) -> Option<String> {
-    proxy.stderr_lines().iter().find_map(|line| {
-        let (_, rest) = line.split_once("waiting for the operator")?;
-        let (_, key) = rest.split_once("voucher_key=")?;
-        Some(key.chars().take(64).collect())
-    })
-}
-
 #[tokio::test]
 async fn on_ton_a_keyless_proxy_is_authorized_by_its_operator_and_collects_with_its_keys_wallet() {
     let Some(network) = proxy_addrs_on_ton().await else {
@@ -343,24 +351,12 @@ async fn on_ton_a_keyless_proxy_is_authorized_by_its_operator_and_collects_with_
     let (_worker, worker_stats) = worker(&network, &["--claim-threshold", "1"]);
     let (_client, api) = client(&network, &[]);
     wait_for_model(&api, "synthetic", 1).await;
-    let (mut paid, mut earned) = (0, 0);
-    for tokens in [4, 6] {
-        let usage = ask(&api, &chat(tokens, true)).await.expect("answered");
-        paid += cost(&usage).0;
-        earned += cost(&usage).1;
-    }
+    let (paid, earned) = answers(&api, &[(4, true), (6, true)]).await;
     let proxy_id: cocoon_money::AccountId = operator.parse().unwrap();
-    let client_id = account_of(&api).await;
-    let worker_id = account_of(&worker_stats).await;
+    let client = (account_of(&api).await, paid);
+    let worker = (account_of(&worker_stats).await, earned);
     let chain = settlement_of(&network).await;
-    eventually!(
-        chain.client_contract(proxy_id, client_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.collected == paid)
-    );
-    eventually!(
-        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.paid == earned)
-    );
+    settled(&*chain, proxy_id, client, worker).await;
     let contract = chain.proxy_contract(proxy_id).await.unwrap().unwrap();
     assert!(contract.authorizes(&key.parse().unwrap()), "{contract:?}");
 }
@@ -374,25 +370,13 @@ async fn on_ton_the_proxy_withdraws_all_its_commission_once_workers_have_claimed
     let (_worker, worker_stats) = worker(&network, &["--claim-threshold", "1"]);
     let (_client, api) = client(&network, &[]);
     wait_for_model(&api, "synthetic", 1).await;
-    let (mut paid, mut earned) = (0, 0);
-    for tokens in [4, 6, 8] {
-        let usage = ask(&api, &chat(tokens, false)).await.expect("answered");
-        paid += cost(&usage).0;
-        earned += cost(&usage).1;
-    }
+    let (paid, earned) = answers(&api, &[(4, false), (6, false), (8, false)]).await;
     assert!(paid > earned);
     let proxy_id = account_of(&network.stats).await;
-    let client_id = account_of(&api).await;
-    let worker_id = account_of(&worker_stats).await;
+    let client = (account_of(&api).await, paid);
+    let worker = (account_of(&worker_stats).await, earned);
     let chain = settlement_of(&network).await;
-    eventually!(
-        chain.client_contract(proxy_id, client_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.collected == paid)
-    );
-    eventually!(
-        chain.worker_contract(proxy_id, worker_id).await.unwrap(),
-        |c| c.as_ref().is_some_and(|c| c.paid == earned)
-    );
+    settled(&*chain, proxy_id, client, worker).await;
     // Every worker claimed, so the whole pool is commission: it leaves (the contract keeps no
     // total of what workers were paid; the proxy reads each worker's).
     eventually!(

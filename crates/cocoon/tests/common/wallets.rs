@@ -38,3 +38,12 @@ pub fn wallet_command(
         .output()
         .unwrap()
 }
+
+/// The voucher key a keyless proxy asks its operator to authorize (from its log).
+pub fn key_to_authorize(proxy: &super::Node) -> Option<String> {
+    proxy.stderr_lines().iter().find_map(|line| {
+        let (_, rest) = line.split_once("waiting for the operator")?;
+        let (_, key) = rest.split_once("voucher_key=")?;
+        Some(key.chars().take(64).collect())
+    })
+}
