@@ -15,6 +15,7 @@ pub mod api;
 pub mod backend;
 pub mod code;
 pub mod contracts;
+pub mod deploy;
 pub mod devnet;
 pub mod getters;
 pub mod messages;

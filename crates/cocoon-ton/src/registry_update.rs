@@ -13,7 +13,18 @@ use crate::settlement_types::{Registry, RuleError, SettlementError};
 /// the zero address (nodes find a proxy's contract from its operator's id).
 pub fn registry_update(registry: &Registry) -> Result<UpdateRegistry, SettlementError> {
     let params = registry_params(registry)?;
-    let lists = RegistryLists {
+    let lists = registry_lists(registry);
+    Ok(UpdateRegistry {
+        version: registry.version,
+        owner: wallet_address(registry.owner.as_bytes()).map_err(cell_error)?,
+        params: params.cell().map_err(|e| invalid(&e.to_string()))?,
+        lists: lists.cell().map_err(|e| invalid(&e.to_string()))?,
+    })
+}
+
+/// The root's lists of the rules' `registry` (listed proxies with the zero address).
+pub fn registry_lists(registry: &Registry) -> RegistryLists {
+    RegistryLists {
         proxy_images: registry.proxy_image_hashes.iter().map(|h| h.0).collect(),
         worker_images: registry.worker_image_hashes.iter().map(|h| h.0).collect(),
         models: registry
@@ -31,13 +42,7 @@ pub fn registry_update(registry: &Registry) -> Result<UpdateRegistry, Settlement
                 client_endpoint: p.client_endpoint.clone(),
             })
             .collect(),
-    };
-    Ok(UpdateRegistry {
-        version: registry.version,
-        owner: wallet_address(registry.owner.as_bytes()).map_err(cell_error)?,
-        params: params.cell().map_err(|e| invalid(&e.to_string()))?,
-        lists: lists.cell().map_err(|e| invalid(&e.to_string()))?,
-    })
+    }
 }
 
 /// The root's parameters (prices, delays, minimum stakes) of the rules' `registry`.

@@ -55,6 +55,16 @@ pub enum RegistryCommand {
         /// Where to write the key (mode 0600).
         file: PathBuf,
     },
+    /// On TON: deploy a new network's root (the registry contract) from the owner's wallet
+    /// (`--owner-key` or `--mnemonic-file`; it pays about 0.1 TON and owns the root), with the
+    /// terms and lists of `--from FILE` (a registry as `registry show --json` prints it) or of a
+    /// new local ledger's. Prints the root's address, which every node then takes as
+    /// `--ton-root`. Needs `--settlement ton --ton-api URL` (no `--ton-root`).
+    DeployRoot {
+        /// The registry document to start from.
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
     /// Owner-signed changes.
     #[command(flatten)]
     Change(ChangeCommand),
@@ -98,7 +108,7 @@ pub struct PriceArgs {
 
 /// Runs `cocoon registry`.
 pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
-    let change = match args.command {
+    let change = match &args.command {
         RegistryCommand::Show => {
             let backend = args.settlement.backend(&args.ledger).await?;
             let answer = backend
@@ -109,7 +119,7 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
             return print(&answer, args.settlement.on_ton(), args.json);
         }
         RegistryCommand::Keygen { file } => {
-            let account = keygen(&file)?;
+            let account = keygen(file)?;
             if args.json {
                 println!("{}", serde_json::json!({ "owner": account.to_string() }));
             } else {
@@ -117,16 +127,12 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        RegistryCommand::DeployRoot { from } => {
+            return deploy_root(&args, from.as_deref()).await;
+        }
         RegistryCommand::Change(change) => change,
     };
-    let key = match (&args.owner_key, args.mnemonic.key()?) {
-        (_, Some(key)) => key,
-        (Some(key_file), None) => read_key(key_file)?,
-        (None, None) => bail!(
-            "changing the registry needs its owner's key: pass --owner-key FILE or \
-             --mnemonic-file FILE"
-        ),
-    };
+    let key = owner_key(&args)?;
     let backend = args.settlement.backend(&args.ledger).await?;
     let ledger = backend.connect(Some(key))?;
     let mut current = read(&*ledger, backend.location()).await?;
@@ -139,9 +145,9 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
             .context("a handle with a key has an account")?;
     }
     let edits = match change {
-        ChangeCommand::Edit(edit) => vec![edit],
+        ChangeCommand::Edit(edit) => vec![edit.clone()],
         ChangeCommand::SetPrice(prices) => vec![RegistryEdit::SetPrices {
-            prices: new_prices(&current.prices, &prices),
+            prices: new_prices(&current.prices, prices),
         }],
         ChangeCommand::Publish => Vec::new(),
     };
@@ -150,6 +156,52 @@ pub async fn run(args: RegistryArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&updated)?);
     } else {
         println!("registry updated to version {}", updated.version);
+    }
+    Ok(())
+}
+
+/// The owner's key, from `--mnemonic-file` or `--owner-key`.
+fn owner_key(args: &RegistryArgs) -> anyhow::Result<SigningKey> {
+    match (&args.owner_key, args.mnemonic.key()?) {
+        (_, Some(key)) => Ok(key),
+        (Some(key_file), None) => read_key(key_file),
+        (None, None) => bail!(
+            "changing the registry needs its owner's key: pass --owner-key FILE or \
+             --mnemonic-file FILE"
+        ),
+    }
+}
+
+/// `registry deploy-root`: a new root on TON, owned by the owner key's wallet.
+async fn deploy_root(args: &RegistryArgs, from: Option<&Path>) -> anyhow::Result<()> {
+    let api = args.settlement.ton_api()?;
+    let key = owner_key(args)?;
+    let owner = AccountId::from(&key);
+    let mut registry = match from {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("reading the registry document {}", path.display()))?;
+            serde_json::from_slice::<RegistryAnswer>(&text)
+                .with_context(|| format!("{} is not a registry document", path.display()))?
+                .registry
+        }
+        None => Registry::new(owner),
+    };
+    registry.owner = owner;
+    registry.version = 0;
+    registry.validate().context("the registry to deploy")?;
+    let root = cocoon_ton::deploy::deploy_root(&api, &key, &registry)
+        .await
+        .context("deploying the root")?
+        .to_hex();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "root": root, "owner": owner.to_string() })
+        );
+    } else {
+        println!("root deployed at {root} (owner {owner})");
+        println!("every node and command of this network takes: --ton-root {root}");
     }
     Ok(())
 }

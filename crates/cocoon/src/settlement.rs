@@ -88,6 +88,17 @@ impl SettlementArgs {
         }))
     }
 
+    /// The TON API client of `--ton-api` (TON only; no root needed).
+    pub fn ton_api(&self) -> anyhow::Result<TonApi> {
+        if !self.on_ton() {
+            bail!("this command is for TON: pass --settlement ton --ton-api URL");
+        }
+        let Some(url) = self.ton_api.as_deref() else {
+            bail!("--settlement ton needs --ton-api URL (a TON HTTP API v2 endpoint)");
+        };
+        TonApi::new(url, self.ton_api_key.clone()).with_context(|| format!("bad --ton-api {url:?}"))
+    }
+
     /// The API client and the root's address, from flags that must both be there.
     fn ton_target(&self) -> anyhow::Result<(TonApi, TonAddress)> {
         let Some(url) = self.ton_api.as_deref() else {

@@ -199,3 +199,83 @@ async fn wallet_and_registry_run_on_the_ton_devnet() {
     assert!(error.contains("rejected"), "{error}");
     assert!(error.contains("faucet"), "{error}");
 }
+
+#[tokio::test]
+async fn an_owner_deploys_a_new_networks_root_from_cocoon() {
+    let Some(devnet) = ton_devnet::devnet() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("owner.key");
+    let key = key.to_str().unwrap();
+    let owner = cocoon_ok(&["registry", "keygen", key]).trim().to_owned();
+    let api = format!("{}/api/v2", devnet.url);
+    let deploy = |extra: &[&str]| {
+        let mut args = vec![
+            "registry",
+            "--json",
+            "--settlement",
+            "ton-devnet",
+            "--ton-api",
+            &api,
+            "--owner-key",
+            key,
+            "deploy-root",
+        ];
+        args.extend_from_slice(extra);
+        cocoon(&args)
+    };
+    // An unfunded wallet cannot pay for the deployment: refused before anything is sent.
+    let (ok, _, stderr) = deploy(&[]);
+    assert!(!ok && stderr.contains("insufficient funds"), "{stderr}");
+
+    let wallet =
+        cocoon_ton::contracts::wallet_address(&owner.parse::<cocoon_money::AccountId>().unwrap().0)
+            .unwrap();
+    ton_devnet::faucet(&devnet, &wallet, 10 * TON).await;
+    let (ok, stdout, stderr) = deploy(&[]);
+    assert!(ok, "{stderr}");
+    let root = json(&stdout)["root"].as_str().unwrap().to_owned();
+    let show = |root: &str| {
+        on_ton(
+            "registry",
+            &[
+                "--settlement".into(),
+                "ton-devnet".into(),
+                "--ton-api".into(),
+                api.clone(),
+                "--ton-root".into(),
+                root.into(),
+            ],
+            &["show"],
+        )
+    };
+    let defaults = cocoon_money::Registry::new(owner.parse().unwrap());
+    let shown = show(&root);
+    assert_eq!(shown["version"], 0, "{shown}");
+    assert_eq!(
+        shown["min_proxy_stake"], defaults.min_proxy_stake,
+        "{shown}"
+    );
+    assert_eq!(
+        shown["prices"]["price_per_token"], defaults.prices.price_per_token,
+        "{shown}"
+    );
+
+    // From a document (as `registry show --json` prints one): its terms and lists.
+    let mut document = defaults.clone();
+    document.prices.price_per_token = 2_500;
+    document.min_client_stake = 3 * TON;
+    let image = "cd".repeat(32);
+    document.worker_image_hashes = vec![image.parse().unwrap()];
+    let file = dir.path().join("registry.json");
+    std::fs::write(&file, serde_json::to_vec(&document).unwrap()).unwrap();
+    let (ok, stdout, stderr) = deploy(&["--from", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let other = json(&stdout)["root"].as_str().unwrap().to_owned();
+    assert_ne!(other, root, "other terms, another root");
+    let shown = show(&other);
+    assert_eq!(shown["prices"]["price_per_token"], 2_500, "{shown}");
+    assert_eq!(shown["min_client_stake"], 3 * TON, "{shown}");
+    assert_eq!(shown["worker_image_hashes"], serde_json::json!([image]));
+}
