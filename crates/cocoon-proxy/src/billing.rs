@@ -20,6 +20,8 @@
 //! ([`crate::charge_writer`]).
 
 mod client_channel;
+mod cost;
+mod error;
 mod operator;
 mod release;
 mod reservation;
@@ -28,6 +30,10 @@ mod settlement_round;
 use operator::{open_and_authorize, wait_for_authorization};
 pub use operator::{BadWorkerVouchers, Operator};
 
+pub use cost::{
+    answer_cost, cap_at_reservation, prompt_tokens_bound, reservation_coefficient, AnswerCost,
+};
+pub use error::BillingError;
 pub use reservation::Reservation;
 use reservation::{available_balance, outage_available};
 
@@ -36,14 +42,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cocoon_money::pricing::COEFFICIENT_ONE;
 use cocoon_money::{
-    price, worst_case_cost, AccountId, Amount, ClientContract, ClientStatement, ContractStatus,
-    Cost, Prices, PricingError, Settlement, SettlementBackend, SettlementError, VoucherKind,
-    VoucherSigner, WorkerStatement,
+    worst_case_cost, AccountId, Amount, ClientContract, ClientStatement, ContractStatus, Prices,
+    Settlement, SettlementBackend, SettlementError, VoucherKind, VoucherSigner, WorkerStatement,
 };
 use cocoon_node::registry::RegistryWatch;
-use cocoon_proto::{ErrorKind, TokenUsage};
+use cocoon_proto::TokenUsage;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -90,105 +94,6 @@ pub struct BillingConfig {
     pub max_unpaid: Amount,
     /// Tests only: charge and report twice the price (a dishonest proxy).
     pub test_only_overcharge: bool,
-}
-
-/// Why billing refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BillingError {
-    /// The client's available balance cannot cover the request's worst case.
-    #[error("insufficient quota: {available} available, {needed} needed for this request's worst case (max_tokens, prompt, max_coefficient); top up the client contract")]
-    Insufficient {
-        /// Available balance.
-        available: Amount,
-        /// The request's worst-case cost.
-        needed: Amount,
-    },
-    /// The client has no open contract with this proxy.
-    #[error("no open client contract of {client} with this proxy ({proxy}); deposit first")]
-    NoContract {
-        /// This proxy's wallet.
-        proxy: AccountId,
-        /// The client's wallet.
-        client: AccountId,
-    },
-    /// The peer's attestation names no (valid) wallet to bill or pay.
-    #[error("the peer's attestation names no valid wallet")]
-    NoWallet,
-    /// The request's worst case cannot even be priced.
-    #[error("pricing: {0}")]
-    Pricing(#[from] PricingError),
-    /// The ledger failed or refused.
-    #[error("ledger: {0}")]
-    Ledger(#[from] SettlementError),
-    /// The ledger cannot be reached, and what the client's contract as last read guarantees
-    /// (its stake, see [`reservation`]) cannot cover the request.
-    #[error("the ledger cannot be reached; until it can, this client may hold only {available} more (of its stake as last read), and this request's worst case is {needed}")]
-    OutageBound {
-        /// What the client may still hold.
-        available: Amount,
-        /// The request's worst-case cost.
-        needed: Amount,
-    },
-    /// The proxy cannot write charges (a full disk, an I/O error): it takes no request it could
-    /// not bill.
-    #[error("the proxy cannot record charges ({0}); it takes no requests until it can")]
-    ChargesNotWritable(String),
-    /// The proxy's database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The wallet key could not be opened.
-    #[error(transparent)]
-    Wallet(#[from] cocoon_node::wallet::WalletError),
-    /// The operator's account cannot pay the stake its contract needs.
-    #[error("the operator's account {account} holds {balance}, but its proxy contract needs a stake of {stake}: fund it (`cocoon wallet`) or set --faucet on a development ledger")]
-    CannotStake {
-        /// The proxy's wallet.
-        account: AccountId,
-        /// Its balance.
-        balance: Amount,
-        /// The stake needed.
-        stake: Amount,
-    },
-    /// The request does not prove that the client holds the key of the wallet it names.
-    #[error("the request does not prove that this client holds the key of the wallet its certificate names (x-cocoon-wallet-proof); nobody is served on another's wallet")]
-    WalletNotProven,
-    /// A payment voucher the client sent is not acceptable.
-    #[error("payment refused: {0}")]
-    BadPayment(String),
-    /// The client has not signed for what it was served, beyond the bound.
-    #[error("payment overdue: {unpaid} was served but not paid with the client's signed voucher, more than the {bound} this proxy extends; the client must send its payment")]
-    PaymentOverdue {
-        /// Charged but not covered by the client's newest voucher.
-        unpaid: Amount,
-        /// The most this proxy lets a client owe.
-        bound: Amount,
-    },
-    /// The client asked for its release: this proxy serves it no more.
-    #[error("this client's channel with the proxy was released for closing; it is served no more")]
-    Released,
-    /// A release cannot be given yet.
-    #[error("no release yet: {0}")]
-    ReleaseNotReady(String),
-}
-
-impl BillingError {
-    /// The error kind a client sees.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            BillingError::Insufficient { .. }
-            | BillingError::NoContract { .. }
-            | BillingError::NoWallet
-            | BillingError::PaymentOverdue { .. }
-            | BillingError::Released
-            | BillingError::ReleaseNotReady(_)
-            | BillingError::Pricing(_) => ErrorKind::InsufficientQuota,
-            BillingError::WalletNotProven | BillingError::BadPayment(_) => ErrorKind::Unauthorized,
-            BillingError::Ledger(SettlementError::Unavailable(_))
-            | BillingError::OutageBound { .. }
-            | BillingError::ChargesNotWritable(_) => ErrorKind::Unavailable,
-            _ => ErrorKind::Internal,
-        }
-    }
 }
 
 /// Where the contract a reservation relies on comes from.
@@ -268,24 +173,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The wallet an attested peer named, as an account.
 pub fn wallet_of(peer: &cocoon_ratls::PeerIdentity) -> Option<AccountId> {
     cocoon_node::wallet::peer_wallet(peer)?.parse().ok()
-}
-
-/// Upper bound of a request's prompt tokens from its body size. A token is at least one byte of
-/// text in practice, and the JSON around the text (keys, quotes, escapes, the message list) more
-/// than doubles it, so half the body's bytes bounds the prompt without running a tokenizer.
-pub fn prompt_tokens_bound(body_bytes: usize) -> u64 {
-    (body_bytes as u64).div_ceil(2)
-}
-
-/// What one answer cost the client, split as in the app's `usage`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct AnswerCost {
-    /// The prompt's part (nano-units).
-    pub prompt_total_cost: Amount,
-    /// The completion's part.
-    pub completion_total_cost: Amount,
-    /// Both.
-    pub total_cost: Amount,
 }
 
 impl Billing {
@@ -630,61 +517,6 @@ impl Billing {
         let failure = self.writer.failure()?;
         Some(BillingError::ChargesNotWritable(failure.to_string()).to_string())
     }
-}
-
-/// The price of an answer, and the client's part of it split into prompt and completion. The
-/// prompt part is the prompt priced alone (rounded down as every price), the completion part the
-/// rest, so the two always add up to the total charged.
-pub fn answer_cost(
-    usage: &TokenUsage,
-    coefficient: u32,
-    prices: &Prices,
-) -> Result<(Cost, AnswerCost), PricingError> {
-    let cost = price(usage, coefficient, prices)?;
-    let prompt_only = TokenUsage {
-        completion_tokens: 0,
-        reasoning_tokens: 0,
-        ..*usage
-    };
-    let prompt = price(&prompt_only, coefficient, prices)?
-        .client_price
-        .min(cost.client_price);
-    Ok((
-        cost,
-        AnswerCost {
-            prompt_total_cost: prompt,
-            completion_total_cost: cost.client_price - prompt,
-            total_cost: cost.client_price,
-        },
-    ))
-}
-
-/// Caps an answer's price at what its request `reserved`; the worker's pay shrinks in the same
-/// proportion (rounded down), so the commission stays non-negative. Returns the uncapped price
-/// when the cap applied.
-pub fn cap_at_reservation(
-    cost: &mut Cost,
-    answer: &mut AnswerCost,
-    reserved: Amount,
-) -> Option<Amount> {
-    let full = cost.client_price;
-    if full <= reserved {
-        return None;
-    }
-    // full > reserved ≥ 0, so full > 0; the quotient is at most worker_pay.
-    let scaled = u128::from(cost.worker_pay) * u128::from(reserved) / u128::from(full);
-    cost.worker_pay = Amount::try_from(scaled).unwrap_or(cost.worker_pay);
-    cost.client_price = reserved;
-    answer.prompt_total_cost = answer.prompt_total_cost.min(reserved);
-    answer.completion_total_cost = reserved - answer.prompt_total_cost;
-    answer.total_cost = reserved;
-    Some(full)
-}
-
-/// The coefficient a reservation assumes: the request's limit, capped by the dearest worker that
-/// serves the model now (the router never picks above either); 1.0× if none is linked yet.
-pub fn reservation_coefficient(max_coefficient: u32, dearest_worker: Option<u32>) -> u32 {
-    max_coefficient.min(dearest_worker.unwrap_or(COEFFICIENT_ONE))
 }
 
 #[cfg(test)]

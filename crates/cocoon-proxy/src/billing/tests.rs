@@ -4,6 +4,7 @@
 use super::*;
 use crate::routing::Routing;
 use cocoon_ledger::{LedgerClient, LocalLedger};
+use cocoon_money::pricing::COEFFICIENT_ONE;
 use cocoon_money::{Voucher, VoucherIds};
 use tokio_util::sync::CancellationToken;
 
