@@ -6,6 +6,7 @@ use crate::routing::Routing;
 use cocoon_ledger::{LedgerClient, LocalLedger};
 use cocoon_money::pricing::COEFFICIENT_ONE;
 use cocoon_money::{Voucher, VoucherIds};
+use cocoon_proto::ErrorKind;
 use tokio_util::sync::CancellationToken;
 
 #[test]
