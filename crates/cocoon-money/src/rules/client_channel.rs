@@ -1,4 +1,5 @@
-//! The client × proxy channel: a client's money moves only with the client's own signature.
+//! The client × proxy channel: opening, topping up, withdrawing above the stake, closing (with the
+//! delay or the proxy's release); a client's money moves only with the client's own signature.
 //!
 //! - `Charge` applies a [`VoucherKind::ClientPay`] voucher: a cumulative total the client signed
 //!   with its wallet key, checked against the client account it names (the account id *is* that
@@ -11,9 +12,148 @@
 
 use super::{ContractStatus, LedgerState, Outcome, RuleError};
 use crate::ids::AccountId;
+use crate::registry::Amount;
 use crate::voucher::{SignedVoucher, VoucherKind};
 
 impl LedgerState {
+    pub(super) fn open_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+        stake: Amount,
+    ) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&proxy)?;
+        if self
+            .clients
+            .get(&(proxy, signer))
+            .is_some_and(|c| c.status != ContractStatus::Closed)
+        {
+            return Err(RuleError::ClientContractExists);
+        }
+        let min = self.registry.min_client_stake;
+        if stake < min {
+            return Err(RuleError::StakeTooLow { min, got: stake });
+        }
+        if amount < stake {
+            return Err(RuleError::StakeTooLow {
+                min: stake,
+                got: amount,
+            });
+        }
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        // A reopened contract keeps its voucher history: the proxy's vouchers stay cumulative.
+        let contract = self.client_mut(proxy, signer);
+        contract.balance = amount;
+        contract.stake = stake;
+        contract.status = ContractStatus::Open;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn top_up(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        self.open_proxy_contract(&proxy)?;
+        if self.existing_client(&proxy, &signer)?.status != ContractStatus::Open {
+            return Err(RuleError::ContractNotOpen);
+        }
+        Self::require_funds(self.balance_of(&signer), amount)?;
+        self.account_mut(signer).balance -= amount;
+        self.client_mut(proxy, signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn withdraw_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        amount: Amount,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        if contract.status != ContractStatus::Open {
+            return Err(RuleError::ContractNotOpen);
+        }
+        if amount == 0 {
+            return Err(RuleError::ZeroAmount);
+        }
+        let withdrawable = contract.withdrawable();
+        if amount > withdrawable {
+            return Err(RuleError::WithdrawBelowStake {
+                withdrawable,
+                requested: amount,
+            });
+        }
+        self.client_mut(proxy, signer).balance -= amount;
+        self.account_mut(signer).balance += amount;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn close_client(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        final_voucher: Option<&SignedVoucher>,
+        now: u64,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        if contract.status == ContractStatus::Closed {
+            return Err(RuleError::ContractNotOpen);
+        }
+        let (balance, stake, status) = (contract.balance, contract.stake, contract.status);
+        let proxy_status = self.existing_proxy(&proxy)?.status;
+
+        if let Some(release) = final_voucher {
+            return self.close_released(signer, proxy, release);
+        }
+
+        if matches!(status, ContractStatus::Closing { .. }) {
+            return Err(RuleError::AlreadyClosing);
+        }
+        if proxy_status == ContractStatus::Closed {
+            // Nobody can charge any more, so there is nothing to wait for.
+            let contract = self.client_mut(proxy, signer);
+            contract.balance = 0;
+            contract.status = ContractStatus::Closed;
+            self.account_mut(signer).balance += balance;
+            return Ok(Outcome::ClientClosed {
+                collected: 0,
+                returned: balance,
+            });
+        }
+        let returned = balance.saturating_sub(stake);
+        let release_at = now.saturating_add(self.registry.client_delay_before_close);
+        let contract = self.client_mut(proxy, signer);
+        contract.balance -= returned;
+        contract.status = ContractStatus::Closing { release_at };
+        if returned > 0 {
+            self.account_mut(signer).balance += returned;
+        }
+        Ok(Outcome::ClientCloseStarted {
+            returned,
+            release_at,
+        })
+    }
+
+    pub(super) fn finish_client_close(
+        &mut self,
+        signer: AccountId,
+        proxy: AccountId,
+        now: u64,
+    ) -> Result<Outcome, RuleError> {
+        let contract = self.existing_client(&proxy, &signer)?;
+        let ContractStatus::Closing { release_at } = contract.status else {
+            return Err(RuleError::NotClosing);
+        };
+        if now < release_at {
+            return Err(RuleError::TooEarly { release_at, now });
+        }
+        Ok(self.close_returning_balance(proxy, signer))
+    }
+
     /// Applies a client's own payment voucher (anyone may submit it).
     pub(super) fn client_pay(&mut self, voucher: &SignedVoucher) -> Result<Outcome, RuleError> {
         let v = &voucher.voucher;
