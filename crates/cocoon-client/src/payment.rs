@@ -26,6 +26,7 @@ use cocoon_money::{
     AccountId, ClientStatement, Prices, Settlement, SettlementError, SignedVoucher, VoucherKind,
 };
 use cocoon_node::attestation::NodeTrust;
+use cocoon_node::prices::KnownPrices;
 use cocoon_node::Body;
 use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
 use cocoon_proto::link::{PATH_BILLING, PATH_PAYMENT};
@@ -87,9 +88,8 @@ pub struct Payer {
     account: AccountId,
     trust: Arc<NodeTrust>,
     policy: Policy,
-    prices: watch::Receiver<Arc<Prices>>,
-    /// The prices before the last registry change: an answer reserved just before it uses them.
-    previous_prices: Mutex<Option<Arc<Prices>>>,
+    /// The registry's prices (now, and just before its last change) a receipt may state.
+    prices: KnownPrices,
     ledger: Arc<dyn Settlement>,
     channels: Mutex<HashMap<AccountId, Channel>>,
     /// Serializes opening channels, so two first requests do not start from two bases.
@@ -133,8 +133,7 @@ impl Payer {
             wallet,
             trust,
             policy: Policy::any_image(min_kind),
-            prices,
-            previous_prices: Mutex::new(None),
+            prices: KnownPrices::new(prices),
             ledger,
             channels: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
@@ -376,7 +375,7 @@ impl Payer {
         let signatures = receipt
             .signatures(&worker.key, &proxy_peer.key)
             .map_err(receipt_error)?;
-        if !self.known_prices(&answer.prices) {
+        if !self.prices.knows(&answer.prices) {
             return Err(bad(
                 "the receipt states other prices than the registry's".into()
             ));
@@ -399,21 +398,6 @@ impl Payer {
                 answer.charge
             ))),
         }
-    }
-
-    /// Whether `prices` are the registry's now, or just before its last change.
-    fn known_prices(&self, prices: &Prices) -> bool {
-        let current = self.prices.borrow().clone();
-        if *current == *prices {
-            return true;
-        }
-        let mut previous = lock(&self.previous_prices);
-        if previous.as_deref() == Some(prices) {
-            return true;
-        }
-        // Remember the prices in force now, to recognise an answer reserved before the next change.
-        *previous = Some(current);
-        false
     }
 
     /// A receipt's certificate, verified (once per certificate: later ones are known by the

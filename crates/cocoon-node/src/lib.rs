@@ -18,6 +18,7 @@ pub mod attestation;
 pub mod engine_claim;
 pub mod key_file;
 pub mod link;
+pub mod prices;
 pub mod registry;
 pub mod registry_trust;
 pub mod reply;

@@ -84,6 +84,12 @@ fn trailers(receipt: &Receipt, cost: Amount) -> HeaderMap {
 }
 
 async fn payer() -> Arc<Payer> {
+    let (_, prices) = watch::channel(Arc::new(Prices::default()));
+    payer_following(prices).await
+}
+
+/// A payer following the registry's `prices`.
+async fn payer_following(prices: watch::Receiver<Arc<Prices>>) -> Arc<Payer> {
     let args = AttestationArgs {
         tee: AttestationKind::Fake,
         image_label: "client".into(),
@@ -94,7 +100,6 @@ async fn payer() -> Arc<Payer> {
         .await
         .unwrap();
     let wallet = SigningKey::from_bytes(&[9; 32]);
-    let (_, prices) = watch::channel(Arc::new(Prices::default()));
     let ledger =
         Arc::new(cocoon_ledger::LedgerClient::new("http://127.0.0.1:9", wallet.clone()).unwrap());
     Payer::new(wallet, trust, AttestationKind::Fake, prices, ledger, false)
@@ -329,4 +334,32 @@ async fn a_request_does_not_go_to_a_proxy_whose_queued_receipt_fails() {
     let (unsent, latest) = channel.unwrap();
     assert!(unsent);
     assert_eq!(latest.unwrap().voucher.cumulative, 100 + charge);
+}
+
+#[tokio::test]
+async fn an_answer_priced_just_before_a_registry_price_change_is_paid() {
+    let (registry, prices) = watch::channel(Arc::new(Prices::default()));
+    let payer = payer_following(prices).await;
+    let proxy = AccountId::from(&proxy_key());
+    let before = receipt(Prices::default(), proxy);
+    // The registry changes its prices while the answer is under way; nothing looked in between.
+    let dearer = Prices {
+        price_per_token: Prices::default().price_per_token * 2,
+        ..Prices::default()
+    };
+    registry.send_replace(Arc::new(dearer.clone()));
+    let check = |receipt: &Receipt| {
+        let trailers = trailers(receipt, receipt.answer.charge);
+        payer
+            .check(
+                proxy,
+                &trailers,
+                receipt_of(&trailers).as_ref(),
+                COEFFICIENT,
+            )
+            .map(|answer| answer.cost)
+    };
+    assert_eq!(check(&before).unwrap(), before.answer.charge);
+    let after = receipt(dearer, proxy);
+    assert_eq!(check(&after).unwrap(), after.answer.charge);
 }
