@@ -2,9 +2,10 @@
 //!
 //! For every answer the client checks the receipt the proxy relays: both certificates verify
 //! (cached per certificate), the proxy's names the wallet of the proxy being paid, the record
-//! agrees with the worker's certificate, the prices are the registry's, the coefficient is within
-//! the request's limit, the charge is the price of the usage, and the cost the proxy reports is
-//! at most that charge (less when the proxy capped it at the request's reservation). The
+//! agrees with the worker's certificate, the coefficient is within the request's limit, the charge
+//! is the price of the usage, and the cost the proxy reports is at most that charge (less when the
+//! proxy capped it at the request's reservation) and, at prices the registry does not state, at
+//! most what the registry's prices make of the same usage. The
 //! receipt's two signatures wait with that cost in the channel's queue: when the next payment is
 //! signed (at most every 25 ms per proxy, `channel.rs`), the queued receipts' signatures are
 //! checked in one batch, and the voucher — the previous total plus the cost of each answer whose
@@ -27,6 +28,7 @@ use cocoon_money::{
 };
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::prices::KnownPrices;
+use cocoon_node::serve::LogThrottle;
 use cocoon_node::Body;
 use cocoon_proto::headers::{COST, PAYMENT, WALLET_PROOF};
 use cocoon_proto::link::{PATH_BILLING, PATH_PAYMENT};
@@ -90,6 +92,8 @@ pub struct Payer {
     policy: Policy,
     /// The registry's prices (now, and just before its last change) a receipt may state.
     prices: KnownPrices,
+    /// Receipts at unknown prices, logged at most once a second.
+    unknown_prices_log: LogThrottle,
     ledger: Arc<dyn Settlement>,
     channels: Mutex<HashMap<AccountId, Channel>>,
     /// Serializes opening channels, so two first requests do not start from two bases.
@@ -134,6 +138,7 @@ impl Payer {
             trust,
             policy: Policy::any_image(min_kind),
             prices: KnownPrices::new(prices),
+            unknown_prices_log: LogThrottle::per_second(),
             ledger,
             channels: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
@@ -375,11 +380,6 @@ impl Payer {
         let signatures = receipt
             .signatures(&worker.key, &proxy_peer.key)
             .map_err(receipt_error)?;
-        if !self.prices.knows(&answer.prices) {
-            return Err(bad(
-                "the receipt states other prices than the registry's".into()
-            ));
-        }
         if answer.coefficient > max_coefficient {
             return Err(bad(format!(
                 "the receipt's coefficient {} is above the request's limit {max_coefficient}",
@@ -391,13 +391,33 @@ impl Payer {
             .and_then(|cost| serde_json::from_slice::<Value>(cost.as_bytes()).ok())
             .and_then(|cost| cost["total_cost"].as_u64());
         // Less than the receipt proves is the proxy's cap at the request's reservation.
-        match reported {
-            Some(cost) if cost <= answer.charge => Ok(Unverified { signatures, cost }),
-            _ => Err(bad(format!(
-                "the proxy reports a cost of {reported:?} but the receipt proves {}",
-                answer.charge
-            ))),
-        }
+        let cost = match reported {
+            Some(cost) if cost <= answer.charge => cost,
+            _ => {
+                return Err(bad(format!(
+                    "the proxy reports a cost of {reported:?} but the receipt proves {}",
+                    answer.charge
+                )))
+            }
+        };
+        // Prices this client does not know: the proxy saw a newer registry version first (on a
+        // chain, nodes poll seconds apart), or states prices of its own. Either way the answer
+        // is paid no more than the registry's known prices make of its signed usage: nobody
+        // gains by stating other prices, and a price change does not stop payment.
+        let cost = if self.prices.knows(&answer.prices) {
+            cost
+        } else {
+            let bound = self.prices.most_for(&answer.usage, answer.coefficient);
+            if let Some(held_back) = self.unknown_prices_log.admit() {
+                tracing::warn!(
+                    %proxy, reported = cost, paid = cost.min(bound), held_back,
+                    "a receipt states prices this client's registry does not know; paid at most \
+                     what the known prices make of its usage"
+                );
+            }
+            cost.min(bound)
+        };
+        Ok(Unverified { signatures, cost })
     }
 
     /// A receipt's certificate, verified (once per certificate: later ones are known by the

@@ -1,11 +1,14 @@
 //! The registry's prices a node takes in a peer's statement: those in force now, or those in force
 //! just before the last change (a request priced by the proxy a moment before a new registry
-//! version reached this node, or the other way round). Anything else is refused: a proxy cannot
-//! make a worker count its earnings, or a client pay, at prices of its own.
+//! version reached this node). A statement at other prices may be a peer that saw a newer version
+//! first (on a chain, nodes poll seconds apart), or a peer's own prices: [`KnownPrices::most_for`]
+//! is the most the known prices make of the same usage, which bounds what such a statement can
+//! be worth.
 
 use std::sync::{Arc, Mutex};
 
-use cocoon_money::Prices;
+use cocoon_money::{price, Amount, Prices};
+use cocoon_proto::TokenUsage;
 use tokio::sync::watch;
 
 /// The prices a node accepts, following the registry.
@@ -41,6 +44,25 @@ impl KnownPrices {
         }
         *current == *prices || seen.1.as_deref() == Some(prices)
     }
+
+    /// The most `usage` at `coefficient` costs at the prices known (now, and before the last
+    /// change): a client's price, or 0 if no known price can price it.
+    pub fn most_for(&self, usage: &TokenUsage, coefficient: u32) -> Amount {
+        let current = self.current();
+        let previous = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        [Some(current), previous]
+            .into_iter()
+            .flatten()
+            .filter_map(|prices| price(usage, coefficient, &prices).ok())
+            .map(|cost| cost.client_price)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +92,26 @@ mod tests {
         assert!(known.knows(&priced(2_000)));
         assert!(known.knows(&priced(3_000)));
         assert!(!known.knows(&priced(1_000)));
+    }
+
+    #[test]
+    fn the_most_known_prices_make_of_a_usage_bounds_a_statement_at_unknown_prices() {
+        let (registry, watched) = watch::channel(Arc::new(priced(1_000)));
+        let known = KnownPrices::new(watched);
+        let usage = TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            ..TokenUsage::default()
+        };
+        let at = |per_token| {
+            price(&usage, 1_000, &priced(per_token))
+                .unwrap()
+                .client_price
+        };
+        assert_eq!(known.most_for(&usage, 1_000), at(1_000));
+        registry.send_replace(Arc::new(priced(500)));
+        assert!(known.knows(&priced(500)));
+        // Cheaper now, dearer before the change: the dearer bounds it.
+        assert_eq!(known.most_for(&usage, 1_000), at(1_000));
     }
 }
