@@ -29,6 +29,7 @@ use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
 use cocoon_receipt::Receipt;
 use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::FutureExt;
 use http::HeaderMap;
 use http_body_util::BodyStream;
 use sse_stream::{Error as SseError, Sse, SseByteStream};
@@ -106,13 +107,10 @@ where
         on_success: options.on_success,
         _active: options.active,
     };
-    // Events already here go to the app in one write: a burst costs one syscall, not one per token.
     futures::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((chunk, state))
+        let write = state.next_write().await?;
+        Some((Ok(write), state))
     })
-    .ready_chunks(MAX_EVENTS_PER_WRITE)
-    .map(|chunks| Ok(chunks.concat().into()))
 }
 
 /// Most events written to the app at once.
@@ -134,19 +132,37 @@ struct Rewrite {
 }
 
 impl Rewrite {
-    /// The next bytes for the app, or `None` when the stream is over.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next write to the app, or `None` when the stream is over: the next event and every
+    /// event already here after it, encoded into one buffer, so a burst costs one write (one
+    /// system call), not one per token, and no event waits for one that has not arrived.
+    async fn next_write(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        if !self.next_event(&mut out).await {
+            return None;
+        }
+        for _ in 1..MAX_EVENTS_PER_WRITE {
+            if self.next_event(&mut out).now_or_never() != Some(true) {
+                break;
+            }
+        }
+        Some(out.freeze())
+    }
+
+    /// Appends the next event for the app to `out` (the end of the stream being its last event);
+    /// `false`, with nothing appended, when the stream is over.
+    async fn next_event(&mut self, out: &mut BytesMut) -> bool {
         loop {
             if self.finished {
-                return None;
+                return false;
             }
             let item = tokio::select! {
                 item = self.events.next() => item,
                 _ = &mut self.deadline => {
-                    return Some(self.fail(OpenAiError::new(
+                    self.fail(out, OpenAiError::new(
                         ErrorKind::Timeout,
                         "the request did not finish within its timeout",
-                    )));
+                    ));
+                    return true;
                 }
             };
             match item {
@@ -164,27 +180,30 @@ impl Rewrite {
                         }
                         continue;
                     }
-                    return Some(encode_event(&event));
+                    put_event(out, &event);
                 }
-                Some(Err(SseError::Body(error))) => {
-                    return Some(self.fail(OpenAiError::new(
+                Some(Err(SseError::Body(error))) => self.fail(
+                    out,
+                    OpenAiError::new(
                         ErrorKind::BadGateway,
                         format!("the answer broke off mid-stream: {error}"),
-                    )));
-                }
-                Some(Err(error)) => {
-                    return Some(self.fail(OpenAiError::new(
+                    ),
+                ),
+                Some(Err(error)) => self.fail(
+                    out,
+                    OpenAiError::new(
                         ErrorKind::BadGateway,
                         format!("the answer is not a valid event stream: {error}"),
-                    )));
-                }
-                None => return Some(self.end()),
+                    ),
+                ),
+                None => self.end(out),
             }
+            return true;
         }
     }
 
-    /// The upstream body ended: report its trailers' verdict.
-    fn end(&mut self) -> Bytes {
+    /// The upstream body ended: appends its trailers' verdict to `out`.
+    fn end(&mut self, out: &mut BytesMut) {
         let trailers = self.trailers.try_recv().ok();
         if let Some(error) = trailers.as_ref().and_then(|t| t.get(ERROR)) {
             let error =
@@ -197,13 +216,16 @@ impl Rewrite {
                         ),
                     )
                 });
-            return self.fail(error);
+            return self.fail(out, error);
         }
         if !self.saw_done {
-            return self.fail(OpenAiError::new(
-                ErrorKind::BadGateway,
-                "the answer ended before its [DONE] marker",
-            ));
+            return self.fail(
+                out,
+                OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    "the answer ended before its [DONE] marker",
+                ),
+            );
         }
         if let Some(usage) = trailers.as_ref().and_then(read_usage) {
             self.stats.record_tokens(&usage);
@@ -213,7 +235,6 @@ impl Rewrite {
             on_success(trailers.as_ref(), receipt.as_ref());
         }
         self.finished = true;
-        let mut out = BytesMut::new();
         if let Some(usage_chunk) = self.usage_chunk.take() {
             let priced = trailers
                 .as_ref()
@@ -231,15 +252,14 @@ impl Rewrite {
             out.extend_from_slice(&receipt);
             out.extend_from_slice(b"\n\n");
         }
-        out.freeze()
     }
 
-    /// Ends the stream with `error` as its last event.
-    fn fail(&mut self, error: OpenAiError) -> Bytes {
+    /// Ends the stream with `error` as its last event, appended to `out`.
+    fn fail(&mut self, out: &mut BytesMut, error: OpenAiError) {
         self.finished = true;
         self.stats
             .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-        error_event(&error)
+        out.extend_from_slice(&error_event(&error));
     }
 }
 
@@ -298,23 +318,22 @@ fn is_usage_chunk(data: &str) -> bool {
             .is_none_or(|choices| choices.is_empty())
 }
 
-/// Re-encodes an event: its type when not the default, and its data line by line. Ids and retry
-/// hints are dropped: OpenAI streams do not use them and the app cannot resume through us.
-fn encode_event(event: &Sse) -> Bytes {
+/// Re-encodes an event into `out`: its type when not the default, and its data line by line. Ids
+/// and retry hints are dropped: OpenAI streams do not use them and the app cannot resume through
+/// us.
+fn put_event(out: &mut BytesMut, event: &Sse) {
     let data = event.data.as_deref().unwrap_or_default();
-    let mut out = String::with_capacity(data.len() + 16);
     if let Some(kind) = event.event.as_deref().filter(|kind| *kind != "message") {
-        out.push_str("event: ");
-        out.push_str(kind);
-        out.push('\n');
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\n");
     }
     for line in data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
     }
-    out.push('\n');
-    Bytes::from(out)
+    out.extend_from_slice(b"\n");
 }
 
 #[cfg(test)]
@@ -329,6 +348,8 @@ mod tests {
     /// One frame of a fake proxy body, or its failure.
     type Part = Result<Frame<Bytes>, String>;
 
+    /// Room for an event's `data: ` prefix and its end under the limit.
+    const MAX_SSE_EVENT_BYTES_FOR_TEST: usize = cocoon_proto::limits::MAX_SSE_EVENT_BYTES - 64;
     const CHUNK: &str = r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#;
     const USAGE_CHUNK: &str =
         r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
@@ -397,6 +418,56 @@ mod tests {
         parts.push(data("NE]\n\n"));
         parts.push(usage_trailer());
         parts
+    }
+
+    /// The app's writes for `parts`, every part ready at once.
+    async fn writes_of(parts: Vec<Part>) -> Vec<String> {
+        let options = options_for(false, Duration::from_secs(5));
+        rewrite_sse(StreamBody::new(futures::stream::iter(parts)), options)
+            .map(|write| String::from_utf8(write.unwrap().to_vec()).unwrap())
+            .collect()
+            .await
+    }
+
+    /// `text` cut into parts of `size` bytes (the last shorter), then the usage trailer.
+    fn split_every(text: &str, size: usize) -> Vec<Part> {
+        let mut parts: Vec<Part> = text.as_bytes().chunks(size).map(data_bytes).collect();
+        parts.push(usage_trailer());
+        parts
+    }
+
+    fn data_bytes(bytes: &[u8]) -> Part {
+        Ok(Frame::data(Bytes::copy_from_slice(bytes)))
+    }
+
+    #[tokio::test]
+    async fn events_split_anywhere_and_ready_together_leave_whole_in_few_writes() {
+        let events = 200;
+        let mut upstream = format!("data: {CHUNK}\n\n").repeat(events);
+        upstream.push_str("data: [DONE]\n\n");
+        let expected = upstream.clone();
+        for size in [1, 2, 3, 7, 64, 1000, upstream.len()] {
+            let writes = writes_of(split_every(&upstream, size)).await;
+            assert_eq!(writes.concat(), expected, "parts of {size} bytes");
+            // Whole events only, at most a write's worth each: 200 events and the end in four.
+            assert!(writes.iter().all(|write| write.ends_with("\n\n")), "{size}");
+            assert_eq!(
+                writes.len(),
+                events.div_ceil(MAX_EVENTS_PER_WRITE),
+                "{size}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_of_the_largest_size_passes_whole_between_small_ones() {
+        let big = format!(
+            r#"{{"choices":[{{"delta":{{"content":"{}"}}}}]}}"#,
+            "y".repeat(MAX_SSE_EVENT_BYTES_FOR_TEST)
+        );
+        let upstream = format!("data: {CHUNK}\n\ndata: {big}\n\ndata: {CHUNK}\n\ndata: [DONE]\n\n");
+        let writes = writes_of(split_every(&upstream, 4096)).await;
+        assert_eq!(writes.concat(), upstream);
     }
 
     #[tokio::test]
@@ -520,10 +591,9 @@ mod tests {
     #[test]
     fn named_and_multi_line_events_are_re_encoded_faithfully() {
         let event = Sse::default().event("ping").data("a\nb");
-        assert_eq!(
-            &encode_event(&event)[..],
-            b"event: ping\ndata: a\ndata: b\n\n"
-        );
+        let mut out = BytesMut::new();
+        put_event(&mut out, &event);
+        assert_eq!(&out[..], b"event: ping\ndata: a\ndata: b\n\n");
     }
 
     #[test]
