@@ -29,6 +29,7 @@ use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
 use cocoon_receipt::Receipt;
 use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::FutureExt;
 use http::HeaderMap;
 use http_body_util::BodyStream;
 use sse_stream::{Error as SseError, Sse, SseByteStream};
@@ -106,13 +107,10 @@ where
         on_success: options.on_success,
         _active: options.active,
     };
-    // Events already here go to the app in one write: a burst costs one syscall, not one per token.
     futures::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((chunk, state))
+        let write = state.next_write().await?;
+        Some((Ok(write), state))
     })
-    .ready_chunks(MAX_EVENTS_PER_WRITE)
-    .map(|chunks| Ok(chunks.concat().into()))
 }
 
 /// Most events written to the app at once.
@@ -134,19 +132,37 @@ struct Rewrite {
 }
 
 impl Rewrite {
-    /// The next bytes for the app, or `None` when the stream is over.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next write to the app, or `None` when the stream is over: the next event and every
+    /// event already here after it, encoded into one buffer, so a burst costs one write (one
+    /// system call), not one per token, and no event waits for one that has not arrived.
+    async fn next_write(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        if !self.next_event(&mut out).await {
+            return None;
+        }
+        for _ in 1..MAX_EVENTS_PER_WRITE {
+            if self.next_event(&mut out).now_or_never() != Some(true) {
+                break;
+            }
+        }
+        Some(out.freeze())
+    }
+
+    /// Appends the next event for the app to `out` (the end of the stream being its last event);
+    /// `false`, with nothing appended, when the stream is over.
+    async fn next_event(&mut self, out: &mut BytesMut) -> bool {
         loop {
             if self.finished {
-                return None;
+                return false;
             }
             let item = tokio::select! {
                 item = self.events.next() => item,
                 _ = &mut self.deadline => {
-                    return Some(self.fail(OpenAiError::new(
+                    self.fail(out, OpenAiError::new(
                         ErrorKind::Timeout,
                         "the request did not finish within its timeout",
-                    )));
+                    ));
+                    return true;
                 }
             };
             match item {
@@ -164,27 +180,30 @@ impl Rewrite {
                         }
                         continue;
                     }
-                    return Some(encode_event(&event));
+                    put_event(out, &event);
                 }
-                Some(Err(SseError::Body(error))) => {
-                    return Some(self.fail(OpenAiError::new(
+                Some(Err(SseError::Body(error))) => self.fail(
+                    out,
+                    OpenAiError::new(
                         ErrorKind::BadGateway,
                         format!("the answer broke off mid-stream: {error}"),
-                    )));
-                }
-                Some(Err(error)) => {
-                    return Some(self.fail(OpenAiError::new(
+                    ),
+                ),
+                Some(Err(error)) => self.fail(
+                    out,
+                    OpenAiError::new(
                         ErrorKind::BadGateway,
                         format!("the answer is not a valid event stream: {error}"),
-                    )));
-                }
-                None => return Some(self.end()),
+                    ),
+                ),
+                None => self.end(out),
             }
+            return true;
         }
     }
 
-    /// The upstream body ended: report its trailers' verdict.
-    fn end(&mut self) -> Bytes {
+    /// The upstream body ended: appends its trailers' verdict to `out`.
+    fn end(&mut self, out: &mut BytesMut) {
         let trailers = self.trailers.try_recv().ok();
         if let Some(error) = trailers.as_ref().and_then(|t| t.get(ERROR)) {
             let error =
@@ -197,13 +216,16 @@ impl Rewrite {
                         ),
                     )
                 });
-            return self.fail(error);
+            return self.fail(out, error);
         }
         if !self.saw_done {
-            return self.fail(OpenAiError::new(
-                ErrorKind::BadGateway,
-                "the answer ended before its [DONE] marker",
-            ));
+            return self.fail(
+                out,
+                OpenAiError::new(
+                    ErrorKind::BadGateway,
+                    "the answer ended before its [DONE] marker",
+                ),
+            );
         }
         if let Some(usage) = trailers.as_ref().and_then(read_usage) {
             self.stats.record_tokens(&usage);
@@ -213,7 +235,6 @@ impl Rewrite {
             on_success(trailers.as_ref(), receipt.as_ref());
         }
         self.finished = true;
-        let mut out = BytesMut::new();
         if let Some(usage_chunk) = self.usage_chunk.take() {
             let priced = trailers
                 .as_ref()
@@ -231,15 +252,14 @@ impl Rewrite {
             out.extend_from_slice(&receipt);
             out.extend_from_slice(b"\n\n");
         }
-        out.freeze()
     }
 
-    /// Ends the stream with `error` as its last event.
-    fn fail(&mut self, error: OpenAiError) -> Bytes {
+    /// Ends the stream with `error` as its last event, appended to `out`.
+    fn fail(&mut self, out: &mut BytesMut, error: OpenAiError) {
         self.finished = true;
         self.stats
             .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-        error_event(&error)
+        out.extend_from_slice(&error_event(&error));
     }
 }
 
@@ -298,261 +318,24 @@ fn is_usage_chunk(data: &str) -> bool {
             .is_none_or(|choices| choices.is_empty())
 }
 
-/// Re-encodes an event: its type when not the default, and its data line by line. Ids and retry
-/// hints are dropped: OpenAI streams do not use them and the app cannot resume through us.
-fn encode_event(event: &Sse) -> Bytes {
+/// Re-encodes an event into `out`: its type when not the default, and its data line by line. Ids
+/// and retry hints are dropped: OpenAI streams do not use them and the app cannot resume through
+/// us.
+fn put_event(out: &mut BytesMut, event: &Sse) {
     let data = event.data.as_deref().unwrap_or_default();
-    let mut out = String::with_capacity(data.len() + 16);
     if let Some(kind) = event.event.as_deref().filter(|kind| *kind != "message") {
-        out.push_str("event: ");
-        out.push_str(kind);
-        out.push('\n');
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\n");
     }
     for line in data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
     }
-    out.push('\n');
-    Bytes::from(out)
+    out.extend_from_slice(b"\n");
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cocoon_proto::headers::USAGE;
-    use http::HeaderValue;
-    use http_body::Frame;
-    use http_body_util::StreamBody;
-    use std::time::Duration;
-
-    /// One frame of a fake proxy body, or its failure.
-    type Part = Result<Frame<Bytes>, String>;
-
-    const CHUNK: &str = r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}],"usage":null}"#;
-    const USAGE_CHUNK: &str =
-        r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
-
-    fn data(text: &str) -> Part {
-        Ok(Frame::data(Bytes::from(text.to_owned())))
-    }
-
-    fn trailer(name: &'static str, value: &str) -> Part {
-        let mut map = HeaderMap::new();
-        map.insert(name, HeaderValue::from_str(value).unwrap());
-        Ok(Frame::trailers(map))
-    }
-
-    fn usage_trailer() -> Part {
-        trailer(USAGE, r#"{"prompt_tokens":3,"completion_tokens":1}"#)
-    }
-
-    fn options(stats: &Arc<NodeStats>, include_usage: bool, timeout: Duration) -> SseOptions {
-        SseOptions {
-            include_usage,
-            deadline: Instant::now() + timeout,
-            stats: stats.clone(),
-            active: stats.request_started(),
-            max_event_bytes: cocoon_proto::limits::MAX_SSE_EVENT_BYTES,
-            on_success: None,
-        }
-    }
-
-    async fn run(
-        parts: Vec<Part>,
-        include_usage: bool,
-        timeout: Duration,
-    ) -> (String, Arc<NodeStats>) {
-        run_stream(
-            futures::stream::iter(parts),
-            options_for(include_usage, timeout),
-        )
-        .await
-    }
-
-    fn options_for(include_usage: bool, timeout: Duration) -> SseOptions {
-        options(&NodeStats::new("client"), include_usage, timeout)
-    }
-
-    async fn run_stream(
-        parts: impl Stream<Item = Part> + Send + 'static,
-        options: SseOptions,
-    ) -> (String, Arc<NodeStats>) {
-        let stats = options.stats.clone();
-        let chunks: Vec<_> = rewrite_sse(StreamBody::new(parts), options).collect().await;
-        let text = chunks
-            .into_iter()
-            .map(|chunk| String::from_utf8(chunk.unwrap().to_vec()).unwrap())
-            .collect();
-        (text, stats)
-    }
-
-    fn upstream(usage: bool) -> Vec<Part> {
-        let mut parts = vec![data(&format!("data: {CHUNK}\n\n"))];
-        if usage {
-            parts.push(data(&format!("data: {USAGE_CHUNK}\n\n")));
-        }
-        // Split across frames on purpose: events do not align with HTTP/2 frames.
-        parts.push(data("data: [DO"));
-        parts.push(data("NE]\n\n"));
-        parts.push(usage_trailer());
-        parts
-    }
-
-    #[tokio::test]
-    async fn usage_chunk_is_dropped_unless_the_app_asked_for_it() {
-        let (text, stats) = run(upstream(true), false, Duration::from_secs(5)).await;
-        assert_eq!(text, format!("data: {CHUNK}\n\ndata: [DONE]\n\n"));
-        assert_eq!(stats.snapshot()["tokens"]["completion"], 1);
-        assert_eq!(stats.snapshot()["active_streams"], 0);
-
-        let (text, _) = run(upstream(true), true, Duration::from_secs(5)).await;
-        assert_eq!(
-            text,
-            format!("data: {CHUNK}\n\ndata: {USAGE_CHUNK}\n\ndata: [DONE]\n\n")
-        );
-    }
-
-    #[tokio::test]
-    async fn a_stream_without_usage_chunk_passes_through() {
-        let (text, stats) = run(upstream(false), true, Duration::from_secs(5)).await;
-        assert_eq!(text, format!("data: {CHUNK}\n\ndata: [DONE]\n\n"));
-        assert_eq!(stats.snapshot()["errors"], serde_json::json!({}));
-    }
-
-    #[tokio::test]
-    async fn an_error_trailer_ends_the_stream_with_an_error_event() {
-        let error = OpenAiError::new(ErrorKind::BadGateway, "worker died");
-        let parts = vec![
-            data(&format!("data: {CHUNK}\n\n")),
-            trailer(ERROR, &serde_json::to_string(&error).unwrap()),
-        ];
-        let (text, stats) = run(parts, false, Duration::from_secs(5)).await;
-        let (first, last) = text.split_once("\n\n").unwrap();
-        assert_eq!(first, format!("data: {CHUNK}"));
-        let last: OpenAiError =
-            serde_json::from_str(last.trim().strip_prefix("data: ").unwrap()).unwrap();
-        assert_eq!(last, error);
-        assert!(!text.contains(DONE));
-        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
-    }
-
-    #[tokio::test]
-    async fn an_error_trailer_wins_over_done() {
-        let error = OpenAiError::new(ErrorKind::Timeout, "too slow");
-        let parts = vec![
-            data("data: [DONE]\n\n"),
-            trailer(ERROR, &serde_json::to_string(&error).unwrap()),
-        ];
-        let (text, _) = run(parts, false, Duration::from_secs(5)).await;
-        assert!(text.contains("too slow"), "{text}");
-        assert!(!text.contains(DONE), "{text}");
-    }
-
-    #[tokio::test]
-    async fn a_body_error_ends_the_stream_with_an_error_event() {
-        let parts = vec![
-            data(&format!("data: {CHUNK}\n\n")),
-            Err("stream reset".to_owned()),
-            data("data: never\n\n"),
-        ];
-        let (text, stats) = run(parts, false, Duration::from_secs(5)).await;
-        assert!(text.starts_with(&format!("data: {CHUNK}\n\n")));
-        assert!(text.contains("stream reset"), "{text}");
-        assert!(text.contains("\"bad_gateway\""), "{text}");
-        assert!(!text.contains("never"));
-        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
-    }
-
-    #[tokio::test]
-    async fn an_event_that_never_ends_ends_the_stream_with_an_error_once_past_the_limit() {
-        // An endless line without a newline: an unbounded parser would buffer it forever.
-        let endless = futures::stream::iter([data(&format!("data: {CHUNK}\n\n")), data("data: ")])
-            .chain(futures::stream::repeat_with(|| data("xxxxxxxxxxxxxxxx")));
-        let mut options = options_for(false, Duration::from_secs(60));
-        options.max_event_bytes = 1000;
-        let (text, stats) = run_stream(endless, options).await;
-        assert!(text.starts_with(&format!("data: {CHUNK}\n\n")), "{text}");
-        assert!(text.contains("larger than 1000 bytes"), "{text}");
-        assert!(!text.contains("xxxx") && !text.contains(DONE), "{text}");
-        assert_eq!(stats.snapshot()["errors"]["bad_gateway"], 1);
-    }
-
-    #[tokio::test]
-    async fn an_end_without_done_is_an_error() {
-        let parts = vec![data(&format!("data: {CHUNK}\n\n")), usage_trailer()];
-        let (text, _) = run(parts, false, Duration::from_secs(5)).await;
-        assert!(text.contains("before its [DONE] marker"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn the_deadline_ends_a_stalled_stream_and_drops_upstream() {
-        let stats = NodeStats::new("client");
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
-        tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
-            .unwrap();
-        let options = options(&stats, false, Duration::from_millis(50));
-        let chunks: Vec<_> = rewrite_sse(StreamBody::new(rx), options).collect().await;
-        assert_eq!(chunks.len(), 2);
-        let last = String::from_utf8(chunks[1].as_ref().unwrap().to_vec()).unwrap();
-        assert!(last.contains("\"timeout\""), "{last}");
-        // The stream is over, so the upstream body (the channel's receiver) has been dropped.
-        assert!(tx.is_closed());
-        assert_eq!(stats.snapshot()["errors"]["timeout"], 1);
-    }
-
-    #[tokio::test]
-    async fn dropping_the_app_side_drops_upstream() {
-        let stats = NodeStats::new("client");
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Part>();
-        tx.unbounded_send(data(&format!("data: {CHUNK}\n\n")))
-            .unwrap();
-        let options = options(&stats, false, Duration::from_secs(60));
-        let mut stream = Box::pin(rewrite_sse(StreamBody::new(rx), options));
-        assert!(stream.next().await.is_some());
-        assert!(!tx.is_closed());
-        assert_eq!(stats.snapshot()["active_streams"], 1);
-        drop(stream);
-        assert!(tx.is_closed());
-        assert_eq!(stats.snapshot()["active_streams"], 0);
-    }
-
-    #[test]
-    fn named_and_multi_line_events_are_re_encoded_faithfully() {
-        let event = Sse::default().event("ping").data("a\nb");
-        assert_eq!(
-            &encode_event(&event)[..],
-            b"event: ping\ndata: a\ndata: b\n\n"
-        );
-    }
-
-    #[test]
-    fn only_the_final_usage_chunk_counts_as_usage_chunk() {
-        assert!(is_usage_chunk(USAGE_CHUNK));
-        assert!(!is_usage_chunk(CHUNK));
-        assert!(!is_usage_chunk(
-            r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}"#
-        ));
-        assert!(!is_usage_chunk("not json \"usage\""));
-    }
-
-    #[test]
-    fn cost_from_the_trailer_joins_the_usage() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert(
-            COST,
-            HeaderValue::from_static(
-                r#"{"prompt_total_cost":3,"completion_total_cost":4,"total_cost":7}"#,
-            ),
-        );
-        let priced = with_cost(USAGE_CHUNK.as_bytes(), &trailers).unwrap();
-        let value: serde_json::Value = serde_json::from_slice(&priced).unwrap();
-        assert_eq!(value["usage"]["total_cost"], 7);
-        assert_eq!(value["usage"]["completion_tokens"], 1);
-        assert!(
-            with_cost(CHUNK.as_bytes(), &trailers).is_none(),
-            "no usage object, nothing to price"
-        );
-        assert!(with_cost(USAGE_CHUNK.as_bytes(), &HeaderMap::new()).is_none());
-    }
-}
+#[path = "stream_tests.rs"]
+mod tests;

@@ -32,6 +32,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::billing::{self, Billing, Reservation};
+use crate::coalesced_body::Coalesced;
 use crate::receipt::{Countersigned, Countersigner, Seen};
 use crate::request_check::{
     invalid_request, refused_reservation, request_needs, reserved_completion_tokens, RoutedFields,
@@ -288,7 +289,7 @@ pub async fn forward(
             worker: worker.clone(),
             receipts: state.receipts.clone(),
         },
-        inner: Some(body),
+        inner: Some(Coalesced::new(body)),
         deadline: Box::pin(tokio::time::sleep_until(deadline)),
         timeout,
         finished: false,
@@ -383,8 +384,9 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// A worker's answer relayed to the client. It never fails: a worker failure or the deadline
 /// ends the answer with an `x-cocoon-error` trailer, so the client can tell the app why.
 struct Relay {
-    /// The worker's answer; taken by [`Relay`]'s drop when the client left before its end.
-    inner: Option<Incoming>,
+    /// The worker's answer, chunks that arrived together merged into one frame; taken by
+    /// [`Relay`]'s drop when the client left before its end.
+    inner: Option<Coalesced<Incoming>>,
     meter: Meter,
     deadline: Pin<Box<Sleep>>,
     timeout: Duration,
@@ -633,7 +635,7 @@ impl Drop for Relay {
 /// is charged as if the client had stayed; otherwise dropping the rest cancels the work upstream
 /// and nothing is charged.
 async fn charge_abandoned_tail(
-    mut answer: Incoming,
+    mut answer: Coalesced<Incoming>,
     mut meter: Meter,
     stats: Arc<NodeStats>,
     until: Instant,

@@ -14,6 +14,7 @@ pub mod engine_request;
 pub mod http;
 pub mod link;
 pub mod metering;
+mod ready_batch;
 pub mod receipt;
 pub mod settlement;
 pub mod synthetic;

@@ -19,13 +19,13 @@ use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{may_carry_usage, ErrorKind, OpenAiError, OpenAiUsage, TokenUsage};
 use cocoon_receipt::AnswerText;
 use futures::stream::{self, StreamExt};
-use futures::FutureExt;
 use http::HeaderMap;
 use http_body::Frame;
 use http_body_util::{BodyDataStream, StreamBody};
 use serde::Deserialize;
 use sse_stream::{Sse, SseByteStream};
 
+use crate::ready_batch::next_batch;
 use crate::receipt::ReceiptDraft;
 
 /// The one field of an engine's answer (or stream chunk) the worker reads.
@@ -218,9 +218,6 @@ impl Meter {
     }
 }
 
-/// Most events one relayed frame carries.
-const MAX_EVENTS_PER_FRAME: usize = 64;
-
 /// An SSE answer passed through unchanged, ending with the usage trailer.
 ///
 /// Events the engine has already produced are sent together in one frame: a fast engine's burst
@@ -296,34 +293,6 @@ pub fn metered_stream(
         },
     );
     Body::new(StreamBody::new(frames))
-}
-
-/// Yields to the runtime at most this many times while gathering a batch.
-const GATHER_YIELDS: usize = 4;
-
-/// The next events: the first one as soon as it arrives, then whatever else the engine has
-/// already sent. An engine connection hands its body over one chunk at a time through another
-/// task, so a burst is only visible after yielding to that task a few times; a few yields cost
-/// microseconds, far below the time between a real engine's tokens.
-async fn next_batch<S, T>(events: &mut S) -> Option<Vec<T>>
-where
-    S: futures::Stream<Item = T> + Unpin,
-{
-    let first = events.next().await?;
-    let mut batch = vec![first];
-    let mut yields = 0;
-    while batch.len() < MAX_EVENTS_PER_FRAME {
-        match events.next().now_or_never() {
-            Some(Some(event)) => batch.push(event),
-            Some(None) => break,
-            None if yields < GATHER_YIELDS => {
-                yields += 1;
-                tokio::task::yield_now().await;
-            }
-            None => break,
-        }
-    }
-    Some(batch)
 }
 
 /// Appends one SSE event carrying `data` (each line of it prefixed, as the format requires).
