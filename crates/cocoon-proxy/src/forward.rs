@@ -5,14 +5,10 @@
 //! balance before a worker is chosen (429 `insufficient_quota` when it cannot be covered), and the actual usage is
 //! charged durably when the worker's usage trailer arrives, before that frame is released. That
 //! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]). An answer whose
-//! client hangs up just before its end is still read to the usage trailer and charged
-//! ([`charge_abandoned_tail`]).
+//! client hangs up just before its end is still read to the usage trailer and charged. The
+//! answer's way back is [`crate::relay`].
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::to_bytes;
@@ -20,36 +16,25 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cocoon_node::link::per_request;
 use cocoon_node::reply::{error_response, openai_error_response, parse_peer_error};
-use cocoon_node::stats::{ActiveRequest, NodeStats};
-use cocoon_node::trailers::{error_trailers, read_error, read_usage};
+use cocoon_node::stats::NodeStats;
 use cocoon_node::Body;
 use cocoon_proto::{headers, ErrorKind, OpenAiError};
-use futures::FutureExt;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-use crate::billing::{self, Billing, Reservation};
-use crate::coalesced_body::Coalesced;
-use crate::receipt::{Countersigned, Countersigner, Seen};
+use crate::billing::{self, Billing};
+use crate::receipt::Countersigner;
+use crate::relay::{Meter, Relay};
 use crate::request_check::{
     invalid_request, refused_reservation, request_needs, reserved_completion_tokens, RoutedFields,
 };
-use crate::routing::{RouteError, Routing, Slot, WorkerLink};
+use crate::routing::{RouteError, Routing, WorkerLink};
 
 /// Largest error body read from a worker.
 const MAX_ERROR_BODY: usize = 1 << 20;
 /// Price limit for requests that do not state one: any worker.
 const NO_PRICE_LIMIT: u32 = u32::MAX;
-/// How much more of an answer the proxy reads after its client hung up, looking for the usage
-/// trailer: room for the last events (a usage chunk, `[DONE]`) of an answer the worker has
-/// finished, and little more, so a client is not charged for much it was never sent. An answer
-/// with more left is cancelled upstream and not charged.
-const ABANDONED_TAIL_BYTES: usize = 4096;
-/// How long the proxy waits for that tail.
-const ABANDONED_TAIL_WAIT: Duration = Duration::from_secs(2);
 
 /// What the request path needs.
 #[derive(Clone)]
@@ -281,23 +266,22 @@ pub async fn forward(
             "the worker's attestation names no wallet".into(),
         );
     };
-    let mut answer = Response::new(Body::new(Relay {
-        meter: Meter {
-            billing: state.billing.clone(),
-            reservation: Some(reservation),
-            worker_wallet,
-            worker: worker.clone(),
-            receipts: state.receipts.clone(),
-        },
-        inner: Some(Coalesced::new(body)),
-        deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        timeout,
-        finished: false,
-        charging: None,
-        stats: state.stats.clone(),
-        slot: Some(slot),
-        _active: active,
-    }));
+    let meter = Meter {
+        billing: state.billing.clone(),
+        reservation: Some(reservation),
+        worker_wallet,
+        worker: worker.clone(),
+        receipts: state.receipts.clone(),
+    };
+    let relay = Relay::new(
+        body,
+        meter,
+        (deadline, timeout),
+        state.stats.clone(),
+        slot,
+        active,
+    );
+    let mut answer = Response::new(Body::new(relay));
     let answer_headers = answer.headers_mut();
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         answer_headers.insert(header::CONTENT_TYPE, content_type.clone());
@@ -379,290 +363,4 @@ fn retry_elsewhere<B>(response: &Response<B>) -> bool {
 
 fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// A worker's answer relayed to the client. It never fails: a worker failure or the deadline
-/// ends the answer with an `x-cocoon-error` trailer, so the client can tell the app why.
-struct Relay {
-    /// The worker's answer, chunks that arrived together merged into one frame; taken by
-    /// [`Relay`]'s drop when the client left before its end.
-    inner: Option<Coalesced<Incoming>>,
-    meter: Meter,
-    deadline: Pin<Box<Sleep>>,
-    timeout: Duration,
-    finished: bool,
-    charging: Option<Charging>,
-    stats: Arc<NodeStats>,
-    /// The worker's slot, held until the answer (or its abandoned tail) is done.
-    slot: Option<Slot>,
-    _active: ActiveRequest,
-}
-
-/// Charges a finished answer; holds the reservation until then (dropping it releases it).
-struct Meter {
-    billing: Arc<Billing>,
-    reservation: Option<Reservation>,
-    worker_wallet: cocoon_money::AccountId,
-    worker: Arc<WorkerLink>,
-    receipts: Arc<Countersigner>,
-}
-
-/// The trailers a charged answer gains: its cost, and its countersigned receipt.
-struct Charged {
-    cost: HeaderValue,
-    receipt: Option<Countersigned>,
-}
-
-/// The worker's receipt trailers: its record and its certificate.
-type WorkerReceiptTrailers = (HeaderValue, HeaderValue);
-
-/// A charge being written, with the trailers it will complete.
-type Charging = (
-    Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>>,
-    HeaderMap,
-);
-
-impl Meter {
-    /// This meter's reservation and parties, for the task that finishes an abandoned answer.
-    fn detach(&mut self) -> Meter {
-        Meter {
-            billing: self.billing.clone(),
-            reservation: self.reservation.take(),
-            worker_wallet: self.worker_wallet,
-            worker: self.worker.clone(),
-            receipts: self.receipts.clone(),
-        }
-    }
-
-    /// Charges `usage` durably and countersigns the worker's receipt (if it sent one); resolves
-    /// to the trailers stating the cost and carrying the receipt.
-    fn charge(
-        &mut self,
-        usage: cocoon_proto::TokenUsage,
-        worker_receipt: Option<WorkerReceiptTrailers>,
-    ) -> Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>> {
-        let reservation = self.reservation.take();
-        let (billing, wallet, worker, receipts) = (
-            self.billing.clone(),
-            self.worker_wallet,
-            self.worker.clone(),
-            self.receipts.clone(),
-        );
-        Box::pin(async move {
-            let Some(reservation) = reservation else {
-                return Err(OpenAiError::new(
-                    ErrorKind::Internal,
-                    "the answer was already charged",
-                ));
-            };
-            let prices = reservation.prices().clone();
-            let reserved = reservation.amount();
-            let (cost, uncapped) = billing
-                .charge(reservation, wallet, &usage, worker.info.coefficient)
-                .await
-                .map_err(|error| {
-                    tracing::error!(%error, "charging a finished answer failed");
-                    OpenAiError::new(
-                        ErrorKind::Internal,
-                        format!("the proxy could not record the charge: {error}"),
-                    )
-                })?;
-            if let Some(reported) = uncapped {
-                worker.set_aside_for_overcharge(reported, reserved);
-            }
-            // The receipt proves the usage's full price; the client pays the capped cost.
-            let seen = Seen {
-                worker: &worker,
-                usage: &usage,
-                charge: uncapped.unwrap_or(cost.total_cost),
-                prices: &prices,
-            };
-            let receipt = worker_receipt.and_then(|(record, certificate)| {
-                receipts
-                    .countersign(&record, &certificate, &seen)
-                    .inspect_err(|error| tracing::warn!(worker = worker.id, %error, "worker's receipt refused; the answer goes without one"))
-                    .ok()
-            });
-            let text = serde_json::to_string(&cost).unwrap_or_default();
-            let cost = HeaderValue::from_str(&text).map(per_request).map_err(|_| {
-                OpenAiError::new(
-                    ErrorKind::Internal,
-                    "the cost trailer is not a header value",
-                )
-            })?;
-            Ok(Charged { cost, receipt })
-        })
-    }
-}
-
-impl Relay {
-    fn fail(&mut self, error: OpenAiError) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.finished = true;
-        self.stats
-            .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-        Poll::Ready(Some(Ok(Frame::trailers(error_trailers(&error)))))
-    }
-}
-
-impl http_body::Body for Relay {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if let Some((charging, _)) = &mut this.charging {
-            // The charge is on disk before the client sees the end of its answer.
-            let outcome = ready!(charging.as_mut().poll(cx));
-            let (_, mut trailers) = this.charging.take().expect("checked above");
-            return match outcome {
-                Ok(Charged { cost, receipt }) => {
-                    trailers.insert(headers::COST, cost);
-                    if let Some(receipt) = receipt {
-                        trailers.insert(headers::RECEIPT_RECORD, receipt.record);
-                        trailers.insert(
-                            headers::RECEIPT_WORKER_CERTIFICATE,
-                            receipt.worker_certificate,
-                        );
-                        trailers.insert(
-                            headers::RECEIPT_PROXY_CERTIFICATE,
-                            receipt.proxy_certificate,
-                        );
-                    }
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                }
-                Err(error) => this.fail(error),
-            };
-        }
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        if this.deadline.poll_unpin(cx).is_ready() {
-            let message = format!(
-                "the answer did not finish within the request's timeout of {} ms",
-                this.timeout.as_millis()
-            );
-            return this.fail(OpenAiError::new(ErrorKind::Timeout, message));
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => {
-                let mut trailers = match frame.into_trailers() {
-                    Ok(trailers) => trailers,
-                    Err(data) => return Poll::Ready(Some(Ok(data))),
-                };
-                this.finished = true;
-                // Only a receipt the proxy countersigns goes on to the client.
-                let worker_receipt = take_worker_receipt(&mut trailers);
-                if let Some(usage) = read_usage(&trailers) {
-                    this.meter.worker.record_success();
-                    this.stats.record_tokens(&usage);
-                    this.charging = Some((this.meter.charge(usage, worker_receipt), trailers));
-                    return Pin::new(this).poll_frame(cx);
-                } else if let Some(error) = read_error(&trailers) {
-                    this.meter.worker.record_failure();
-                    this.stats
-                        .record_error(error.kind().unwrap_or(ErrorKind::BadGateway));
-                }
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                this.meter.worker.record_failure();
-                this.fail(OpenAiError::new(
-                    ErrorKind::BadGateway,
-                    format!("the worker failed mid-answer: {error}"),
-                ))
-            }
-            Poll::Ready(None) => {
-                this.meter.worker.record_failure();
-                this.fail(OpenAiError::new(
-                    ErrorKind::BadGateway,
-                    "the worker ended its answer without reporting usage",
-                ))
-            }
-        }
-    }
-}
-
-/// Removes the worker's receipt from its trailers (only a countersigned one goes on).
-fn take_worker_receipt(trailers: &mut HeaderMap) -> Option<WorkerReceiptTrailers> {
-    trailers
-        .remove(headers::RECEIPT_RECORD)
-        .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE))
-}
-
-impl Drop for Relay {
-    /// The client is gone. An answer the worker completed is charged all the same: a charge
-    /// being written is finished, and an answer not read to its end yet has its tail read
-    /// ([`charge_abandoned_tail`]). Both run on a task of their own.
-    fn drop(&mut self) {
-        let charging = self.charging.take();
-        let unread = if self.finished {
-            None
-        } else {
-            self.inner.take()
-        };
-        if charging.is_none() && unread.is_none() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let meter = self.meter.detach();
-        let (slot, stats) = (self.slot.take(), self.stats.clone());
-        let until = self
-            .deadline
-            .deadline()
-            .min(Instant::now() + ABANDONED_TAIL_WAIT);
-        runtime.spawn(async move {
-            if let Some((charging, _)) = charging {
-                let _ = charging.await;
-            } else if let Some(unread) = unread {
-                charge_abandoned_tail(unread, meter, stats, until).await;
-            }
-            drop(slot);
-        });
-    }
-}
-
-/// Reads the rest of an answer whose client hung up. If the worker's usage trailer comes within
-/// [`ABANDONED_TAIL_BYTES`] more and before `until`, the worker had completed the answer, and it
-/// is charged as if the client had stayed; otherwise dropping the rest cancels the work upstream
-/// and nothing is charged.
-async fn charge_abandoned_tail(
-    mut answer: Coalesced<Incoming>,
-    mut meter: Meter,
-    stats: Arc<NodeStats>,
-    until: Instant,
-) {
-    let mut allowance = ABANDONED_TAIL_BYTES;
-    loop {
-        let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, answer.frame()).await else {
-            return;
-        };
-        let mut trailers = match frame.into_trailers() {
-            Ok(trailers) => trailers,
-            Err(data) => {
-                let size = data.data_ref().map_or(0, Bytes::len);
-                match allowance.checked_sub(size) {
-                    Some(left) => allowance = left,
-                    None => return,
-                }
-                continue;
-            }
-        };
-        let worker_receipt = take_worker_receipt(&mut trailers);
-        if let Some(usage) = read_usage(&trailers) {
-            meter.worker.record_success();
-            stats.record_tokens(&usage);
-            // The charge logs its own failure; there is nobody left to tell.
-            let _ = meter.charge(usage, worker_receipt).await;
-        }
-        return;
-    }
 }

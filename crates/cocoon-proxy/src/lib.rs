@@ -19,6 +19,7 @@ pub mod http;
 pub mod link;
 pub mod queue;
 pub mod receipt;
+mod relay;
 mod request_check;
 pub mod routing;
 pub mod store;

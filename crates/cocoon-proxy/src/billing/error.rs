@@ -34,7 +34,7 @@ pub enum BillingError {
     #[error("ledger: {0}")]
     Ledger(#[from] SettlementError),
     /// The ledger cannot be reached, and what the client's contract as last read guarantees
-    /// (its stake, see [`reservation`]) cannot cover the request.
+    /// (its stake, see `billing/reservation.rs`) cannot cover the request.
     #[error("the ledger cannot be reached; until it can, this client may hold only {available} more (of its stake as last read), and this request's worst case is {needed}")]
     OutageBound {
         /// What the client may still hold.
