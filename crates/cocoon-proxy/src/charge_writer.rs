@@ -5,8 +5,10 @@
 //!
 //! Clients' payment vouchers go through it too, in the same transactions as the charges queued
 //! with them, so keeping a voucher durable costs the request path no wait and no fsync of its own.
-//! The queue is first in, first out: a voucher queued before a charge is on disk once that charge
-//! is.
+//! A voucher waits beside the queue, each client's newest only ([`PendingPayments`]): a client
+//! that sends vouchers faster than they are written costs one entry, never a growing queue. Every
+//! group the writer takes from the queue writes the vouchers waiting then, so a voucher recorded
+//! before a charge is queued is on disk once that charge is.
 //!
 //! It also keeps each client's committed total in memory ([`ClientTotals`]), updated after each
 //! commit and before any of its charges is reported written, so reservations on the request path
@@ -41,12 +43,49 @@ pub type WriteFailure = Option<Arc<str>>;
 enum Pending {
     /// A charge, and who waits for its seqno.
     Charge(ChargeRecord, oneshot::Sender<Result<u64, StoreError>>),
-    /// A verified client payment, and the client it pays for; nobody waits for it.
-    Payment(AccountId, SignedVoucher),
+    /// Payments wait in [`PendingPayments`]: the writer has some to write.
+    Payments,
     /// A client the proxy releases (serves no more); waited for with a barrier.
     Release(AccountId),
     /// Someone waiting until everything queued before is on disk.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The payments waiting for the writer: each client's newest voucher only.
+#[derive(Default)]
+struct PendingPayments(Mutex<HashMap<AccountId, SignedVoucher>>);
+
+impl PendingPayments {
+    /// Keeps `voucher` as `client`'s unless a newer one waits; true when none waited before (the
+    /// writer then needs a wake).
+    fn put(&self, client: AccountId, voucher: SignedVoucher) -> bool {
+        let mut waiting = self.lock();
+        let woken = waiting.is_empty();
+        let newer = waiting
+            .get(&client)
+            .is_none_or(|held| held.voucher.seqno < voucher.voucher.seqno);
+        if newer {
+            waiting.insert(client, voucher);
+        }
+        woken
+    }
+
+    /// Everything waiting, for one write.
+    fn take(&self) -> Vec<(AccountId, SignedVoucher)> {
+        std::mem::take(&mut *self.lock()).into_iter().collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountId, SignedVoucher>> {
+        // Whole vouchers, inserted or taken at once: a panic elsewhere leaves them whole.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// What each client has been charged in total, as committed to the database.
@@ -79,6 +118,7 @@ impl ClientTotals {
 /// Handle of the writer thread.
 pub struct ChargeWriter {
     queue: mpsc::Sender<Pending>,
+    payments: Arc<PendingPayments>,
     failure: watch::Receiver<WriteFailure>,
     totals: Arc<ClientTotals>,
 }
@@ -98,9 +138,11 @@ impl ChargeWriter {
         let (queue, pending) = mpsc::channel::<Pending>();
         let (report, failure) = watch::channel(None);
         let committed = totals.clone();
+        let payments = Arc::new(PendingPayments::default());
+        let waiting = payments.clone();
         std::thread::Builder::new()
             .name("charge-writer".into())
-            .spawn(move || write_charges(store, pending, report, &committed))
+            .spawn(move || write_charges(store, pending, &waiting, report, &committed))
             .map_err(|error| {
                 StoreError::Batch(format!(
                     "proxy database: starting the writer thread: {error}"
@@ -108,6 +150,7 @@ impl ChargeWriter {
             })?;
         Ok(ChargeWriter {
             queue,
+            payments,
             failure,
             totals,
         })
@@ -131,8 +174,10 @@ impl ChargeWriter {
     /// Queues `client`'s verified payment voucher, to be kept if it is that client's newest; it is
     /// on disk once anything queued after it is (see [`ChargeWriter::written`]).
     pub fn record_payment(&self, client: AccountId, voucher: SignedVoucher) {
-        // A stopped writer means a stopping proxy; the voucher stays in memory until then.
-        let _ = self.queue.send(Pending::Payment(client, voucher));
+        if self.payments.put(client, voucher) {
+            // A stopped writer means a stopping proxy; the voucher stays in memory until then.
+            let _ = self.queue.send(Pending::Payments);
+        }
     }
 
     /// Queues `client` as released; it is on disk once anything queued after it is.
@@ -158,6 +203,7 @@ impl ChargeWriter {
 fn write_charges(
     mut store: BillingStore,
     pending: mpsc::Receiver<Pending>,
+    waiting_payments: &PendingPayments,
     report: watch::Sender<WriteFailure>,
     totals: &ClientTotals,
 ) {
@@ -183,7 +229,8 @@ fn write_charges(
         group.extend(pending.try_iter().take(MAX_GROUP - 1));
         let mut charges = Vec::new();
         let mut waiting = Vec::new();
-        let mut payments = Vec::new();
+        // Taken after the group: every voucher recorded before one of its charges was queued.
+        let payments = waiting_payments.take();
         let mut releases = Vec::new();
         let mut barriers = Vec::new();
         for write in group {
@@ -192,7 +239,7 @@ fn write_charges(
                     charges.push(charge);
                     waiting.push(done);
                 }
-                Pending::Payment(client, voucher) => payments.push((client, voucher)),
+                Pending::Payments => {}
                 Pending::Release(client) => releases.push(client),
                 Pending::Barrier(done) => barriers.push(done),
             }
@@ -307,6 +354,29 @@ mod tests {
         writer.record_payment(client, pay(30, 2));
         writer.record(charge(4, 9, 20)).await.unwrap();
         assert_eq!(stored(), vec![(client, pay(30, 2))]);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_vouchers_waits_as_one_per_client_and_the_newest_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sqlite3");
+        let writer = ChargeWriter::spawn(&path).unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let client = AccountId::from(&key);
+        let ids = cocoon_money::VoucherIds::accounts(AccountId([7; 32]), client);
+        let pay = |seqno| cocoon_money::Voucher::client_pay(&key, ids, 10 * seqno, seqno);
+        let newest = pay(10_000);
+        for seqno in 1..=10_000 {
+            writer.record_payment(client, pay(seqno));
+            // However fast they come, one voucher per client waits.
+            assert!(writer.payments.len() <= 1);
+        }
+        // An older one arriving late never replaces a newer one waiting or written.
+        writer.record_payment(client, pay(3));
+        writer.written().await.unwrap();
+        let stored = BillingStore::open(&path).unwrap().payments().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].1.as_ref().unwrap(), &newest);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
