@@ -101,14 +101,10 @@ impl SettlementArgs {
 
     /// The API client and the root's address, from flags that must both be there.
     fn ton_target(&self) -> anyhow::Result<(TonApi, TonAddress)> {
-        let Some(url) = self.ton_api.as_deref() else {
-            bail!("--settlement ton needs --ton-api URL (a TON HTTP API v2 endpoint)");
-        };
+        let api = self.ton_api()?;
         let Some(root) = self.ton_root.as_deref() else {
             bail!("--settlement ton needs --ton-root ADDRESS (the Cocoon root contract)");
         };
-        let api = TonApi::new(url, self.ton_api_key.clone())
-            .with_context(|| format!("bad --ton-api {url:?}"))?;
         let root = root
             .parse::<TonAddress>()
             .map_err(|error| anyhow::anyhow!("bad --ton-root {root:?}: {error}"))?;
