@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cocoon_money::{price, Amount, Prices};
+use cocoon_money::{price, Amount, Cost, Prices};
 use cocoon_proto::TokenUsage;
 use tokio::sync::watch;
 
@@ -48,6 +48,23 @@ impl KnownPrices {
     /// The most `usage` at `coefficient` costs at the prices known (now, and before the last
     /// change): a client's price, or 0 if no known price can price it.
     pub fn most_for(&self, usage: &TokenUsage, coefficient: u32) -> Amount {
+        self.known_costs(usage, coefficient)
+            .map(|cost| cost.client_price)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The least a worker earns for `usage` at `coefficient` at the prices known (now, and before
+    /// the last change), or 0 if no known price can price it: what a statement at unknown prices
+    /// owes a worker at least.
+    pub fn least_worker_pay_for(&self, usage: &TokenUsage, coefficient: u32) -> Amount {
+        self.known_costs(usage, coefficient)
+            .map(|cost| cost.worker_pay)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn known_costs(&self, usage: &TokenUsage, coefficient: u32) -> impl Iterator<Item = Cost> {
         let current = self.current();
         let previous = self
             .seen
@@ -55,13 +72,11 @@ impl KnownPrices {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .clone();
+        let usage = *usage;
         [Some(current), previous]
             .into_iter()
             .flatten()
-            .filter_map(|prices| price(usage, coefficient, &prices).ok())
-            .map(|cost| cost.client_price)
-            .max()
-            .unwrap_or(0)
+            .filter_map(move |prices| price(&usage, coefficient, &prices).ok())
     }
 }
 
@@ -113,5 +128,33 @@ mod tests {
         assert!(known.knows(&priced(500)));
         // Cheaper now, dearer before the change: the dearer bounds it.
         assert_eq!(known.most_for(&usage, 1_000), at(1_000));
+    }
+
+    #[test]
+    fn the_least_known_worker_pay_bounds_what_a_statement_at_unknown_prices_owes_a_worker() {
+        let fee = |worker_fee_per_token| Prices {
+            worker_fee_per_token,
+            ..Prices::default()
+        };
+        let (registry, watched) = watch::channel(Arc::new(fee(800)));
+        let known = KnownPrices::new(watched);
+        let usage = TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 20,
+            ..TokenUsage::default()
+        };
+        let pay = |per_token| price(&usage, 1_000, &fee(per_token)).unwrap().worker_pay;
+        assert!(pay(800) > 0);
+        assert_eq!(known.least_worker_pay_for(&usage, 1_000), pay(800));
+        registry.send_replace(Arc::new(fee(600)));
+        assert!(known.knows(&fee(600)));
+        // Less now, more before the change: the lesser is what is surely owed.
+        assert_eq!(known.least_worker_pay_for(&usage, 1_000), pay(600));
+        // Usage no known price can price owes nothing by this rule.
+        let huge = TokenUsage {
+            prompt_tokens: u64::MAX,
+            ..TokenUsage::default()
+        };
+        assert_eq!(known.least_worker_pay_for(&huge, 1_000), 0);
     }
 }

@@ -94,6 +94,8 @@ pub struct BillingConfig {
     pub max_unpaid: Amount,
     /// Tests only: charge and report twice the price (a dishonest proxy).
     pub test_only_overcharge: bool,
+    /// Tests only: state (and vouch workers at) this worker fee instead of the registry's.
+    pub test_only_worker_fee: Option<Amount>,
 }
 
 /// Where the contract a reservation relies on comes from.
@@ -235,7 +237,13 @@ impl Billing {
             acts_for_operator,
             writer: ChargeWriter::spawn(&path)?,
             store: Mutex::new(store),
-            prices: registry.derive(|document| document.prices.clone()),
+            prices: match config.test_only_worker_fee {
+                None => registry.derive(|document| document.prices.clone()),
+                Some(fee) => registry.derive(move |document| Prices {
+                    worker_fee_per_token: fee,
+                    ..document.prices.clone()
+                }),
+            },
             client_close_delay: registry.derive(|document| document.client_delay_before_close),
             ledger_unreachable: Mutex::new(None),
             reserved: Mutex::new(HashMap::new()),

@@ -134,6 +134,12 @@ pub struct ProxyConfig {
     #[arg(long, hide = true)]
     #[serde(default)]
     pub test_only_overcharge: bool,
+    /// TESTS ONLY — makes this proxy dishonest to workers: it states (and vouches them at) this
+    /// worker fee per token instead of the registry's. Exists to test that workers count the
+    /// registry's pay and stop serving it.
+    #[arg(long, hide = true, value_name = "AMOUNT")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_only_worker_fee: Option<u64>,
     /// Seconds a worker or client has to finish the RA-TLS handshake on the proxy's ports.
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     pub handshake_timeout_secs: u64,
@@ -228,6 +234,7 @@ impl ProxyConfig {
             bad_worker_vouchers: self.test_only_bad_worker_vouchers,
             max_unpaid: self.max_unpaid,
             test_only_overcharge: self.test_only_overcharge,
+            test_only_worker_fee: self.test_only_worker_fee,
         }
     }
 }

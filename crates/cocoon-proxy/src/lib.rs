@@ -94,6 +94,12 @@ pub async fn start(
             "TESTS ONLY: --test-only-overcharge is set; this proxy overcharges every client"
         );
     }
+    if let Some(fee) = config.test_only_worker_fee {
+        tracing::warn!(
+            fee,
+            "TESTS ONLY: --test-only-worker-fee is set; this proxy underpays every worker"
+        );
+    }
     let trust = NodeTrust::new(&config.attestation, "proxy", attributes)
         .await
         .context("attesting the proxy")?;

@@ -25,6 +25,7 @@ use crate::engine_request::EngineRequest;
 use crate::metering::{metered_answer, metered_stream};
 use crate::receipt::ReceiptDraft;
 use crate::settlement::PaidLink;
+use crate::stated_prices::StatedPrices;
 
 /// The longest a proxy may take to send a request's body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +47,8 @@ pub struct Serving {
     pub max_body_bytes: usize,
     /// This worker's attested identity, which signs receipts.
     pub trust: Arc<NodeTrust>,
+    /// What answers earn at the prices proxies state, taken against the registry's.
+    pub stated_prices: Arc<StatedPrices>,
 }
 
 /// The router served to proxies on every link.
@@ -166,6 +169,7 @@ async fn forward(
     let receipt = ReceiptDraft::new(
         serving.trust.clone(),
         serving.info.clone(),
+        serving.stated_prices.clone(),
         &headers,
         &bytes,
     );
@@ -357,6 +361,9 @@ mod tests {
             )
             .await
             .unwrap(),
+            stated_prices: Arc::new(StatedPrices::new(
+                tokio::sync::watch::channel(Arc::new(cocoon_money::Prices::default())).1,
+            )),
         }
     }
 

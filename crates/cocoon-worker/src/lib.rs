@@ -17,6 +17,7 @@ pub mod metering;
 mod ready_batch;
 pub mod receipt;
 pub mod settlement;
+pub mod stated_prices;
 pub mod synthetic;
 pub mod voucher_check;
 
@@ -103,6 +104,9 @@ pub async fn start(
         .context("attesting the worker")?;
     trust.spawn_renewal(shutdown.clone());
     let stats = NodeStats::new("worker");
+    let registry = RegistryWatch::start(backend, registry_trust, shutdown.clone())
+        .await
+        .context("reading the registry")?;
     let serving = http::Serving {
         info: Arc::new(info.clone()),
         engine,
@@ -110,11 +114,11 @@ pub async fn start(
         stats: stats.clone(),
         max_body_bytes: config.max_body_bytes,
         trust: trust.clone(),
+        stated_prices: Arc::new(stated_prices::StatedPrices::new(
+            registry.derive(|document| document.prices.clone()),
+        )),
     };
     let router = http::link_router(serving.clone()).merge(settlement.router());
-    let registry = RegistryWatch::start(backend, registry_trust, shutdown.clone())
-        .await
-        .context("reading the registry")?;
     let proxy_policy = trust.peer_policy(
         &config.allow_proxy_image,
         &registry,

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 use crate::settlement::PaidLink;
+use crate::stated_prices::StatedPrices;
 
 /// A receipt waiting for its answer to end.
 pub struct ReceiptDraft {
@@ -21,16 +22,19 @@ pub struct ReceiptDraft {
     request_id: String,
     request_sha256: Hash32,
     prices: Prices,
+    /// What the answer earns at `prices`, taken against the registry's.
+    stated_prices: Arc<StatedPrices>,
     /// The link whose proxy owes this answer's pay, counted when it ends.
     pay: Option<PaidLink>,
 }
 
 impl ReceiptDraft {
-    /// A draft for a request with `headers` and `body`; `None` when the proxy sent no prices
-    /// (a caller that bills nothing gets no receipt).
+    /// A draft for a request with `headers` and `body`, whose pay is counted by `stated_prices`;
+    /// `None` when the proxy sent no prices (a caller that bills nothing gets no receipt).
     pub fn new(
         trust: Arc<NodeTrust>,
         info: Arc<WorkerInfo>,
+        stated_prices: Arc<StatedPrices>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Option<Self> {
@@ -50,6 +54,7 @@ impl ReceiptDraft {
             request_id,
             request_sha256: Hash32(Sha256::digest(body).into()),
             prices,
+            stated_prices,
             pay: None,
         })
     }
@@ -73,7 +78,10 @@ impl ReceiptDraft {
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
             .ok()?;
         if let Some(link) = &self.pay {
-            link.settlement.earn(&link.proxy, cost.worker_pay);
+            let earned =
+                self.stated_prices
+                    .earned(&self.prices, usage, self.info.coefficient, &cost);
+            link.settlement.earn(&link.proxy, earned);
         }
         let charge = cost.client_price;
         let record = AnswerRecord {

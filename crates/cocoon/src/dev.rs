@@ -227,6 +227,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             queue_wait_ms: 5_000,
             max_unpaid: 0,
             test_only_overcharge: false,
+            test_only_worker_fee: None,
             handshake_timeout_secs: 5,
             max_handshakes: 64,
             http: HttpLimits::default(),

@@ -186,17 +186,28 @@ async fn a_keyless_proxy_killed_under_load_restarts_with_a_new_key_and_every_vou
     let received: Amount = answers.iter().flatten().map(|u| cost(u).client_price).sum();
     let charged = wallet(&addrs.stats).await["charged"].as_u64().unwrap();
     assert!(charged >= received, "{charged} < {received}");
-    let mut collected = 0;
-    for api in [&api1, &api2] {
-        let client = account_of(api).await;
-        let on_ledger = eventually!(
-            contract(&addrs.ledger, proxy_id, "clients", client).await,
-            |c| c["charged"] == client_wallet(api).await["charged"]
-        );
-        assert_eq!(on_ledger["collected"], on_ledger["charged"]);
-        collected += on_ledger["collected"].as_u64().unwrap();
+    // The ledger learns the last charges with the proxy's next settlement round: wait for the
+    // clients' contracts to add up to the proxy's total (each client's own view can lag with it).
+    let clients = [account_of(&api1).await, account_of(&api2).await];
+    let on_ledger = eventually!(
+        join_all(clients.iter().map(|client| contract(
+            &addrs.ledger,
+            proxy_id,
+            "clients",
+            *client
+        )))
+        .await,
+        |contracts| contracts
+            .iter()
+            .map(|c| c["charged"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == charged
+    );
+    for (api, contract) in [&api1, &api2].into_iter().zip(&on_ledger) {
+        assert_eq!(contract["collected"], contract["charged"]);
+        eventually!(client_wallet(api).await, |wallet| wallet["charged"]
+            == contract["charged"]);
     }
-    assert_eq!(collected, charged);
 }
 
 /// A worker on a proxy that pays it with `how` vouchers refuses them and, once it is owed more
@@ -248,4 +259,27 @@ async fn a_worker_owed_more_than_its_bound_serves_again_once_vouched() {
             == 0);
     }
     assert_eq!(wallet(&worker_stats).await["vouchers_refused"], 0);
+}
+
+#[tokio::test]
+async fn a_worker_counts_the_registry_fee_and_stops_serving_a_proxy_that_states_a_lower_one() {
+    // The proxy states (and vouches the worker at) a worker fee of nothing.
+    let (_proxy, proxy) = proxy(&["--test-only-worker-fee", "0"]);
+    let (_worker, worker_stats) = worker(&proxy, &["--max-unvouched", "1"]);
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    ask(&api, &chat(3, false))
+        .await
+        .expect("served while owed nothing");
+    // The worker counts what the registry's fee pays for that answer, not the proxy's nothing:
+    // it is owed more than its bound, and serves that proxy no more.
+    eventually!(wallet(&worker_stats).await, |w| w["unvouched"][0]
+        ["unvouched"]
+        .as_u64()
+        .unwrap_or(0)
+        > 1);
+    assert!(
+        ask(&api, &chat(3, false)).await.is_none(),
+        "a worker underpaid beyond its bound serves on"
+    );
 }

@@ -98,6 +98,7 @@ fn billing_config(ledger: &str, data_dir: &std::path::Path) -> BillingConfig {
         withdraw_threshold: 0,
         max_unpaid: 0,
         test_only_overcharge: false,
+        test_only_worker_fee: None,
         reserve_max_tokens: 16,
         bad_worker_vouchers: None,
     }
