@@ -41,7 +41,7 @@ use crate::payment::PaymentError;
 use crate::request::{prepare, Defaults, Endpoint, Prepared};
 use crate::stream::{rewrite_sse, SseOptions};
 
-/// OpenAI's model listing, answered from the proxy's [`ModelList`].
+/// OpenAI's model listing, answered from the proxy's [`ModelList`](cocoon_proto::link::ModelList).
 pub const PATH_V1_MODELS: &str = "/v1/models";
 /// OpenAI's model retrieval; the id may hold `/` (as Hugging Face names do).
 pub const PATH_V1_MODEL: &str = "/v1/models/{*id}";

@@ -1,7 +1,7 @@
 //! The structured fields of a chat request, checked as OpenAI documents them: `messages` (roles,
 //! content parts, tool calls), `tools` (function names and JSON-schema parameters) and
 //! `response_format`. Content other than text, tool calls in the history and tools themselves
-//! are engine parameters ([`Fields::uses`]).
+//! are engine parameters (`Fields::uses`).
 
 use serde_json::{Map, Value};
 

@@ -15,8 +15,8 @@
 //! database, so a crash can neither lose a charge nor apply one twice.
 //!
 //! Faults: while the ledger cannot be reached, clients whose contracts the proxy has read are
-//! served within a bound ([`reservation`]) and the charges settle once it is back
-//! ([`settlement_round`]); while charges cannot be written, no request is taken
+//! served within a bound (`reservation.rs`) and the charges settle once it is back
+//! (`settlement_round.rs`); while charges cannot be written, no request is taken
 //! ([`crate::charge_writer`]).
 
 mod client_channel;
@@ -287,7 +287,7 @@ impl Billing {
     /// against `client`'s available balance. Dropping the reservation releases it.
     ///
     /// Refused while the proxy cannot write charges. While the ledger cannot be reached, a client
-    /// whose contract was read before is served from that reading, within [`outage_available`].
+    /// whose contract was read before is served from that reading, within `outage_available`.
     pub async fn reserve(
         self: &Arc<Self>,
         client: AccountId,

@@ -5,12 +5,12 @@
 //!
 //! Clients' payment vouchers go through it too, in the same transactions as the charges queued
 //! with them, so keeping a voucher durable costs the request path no wait and no fsync of its own.
-//! A voucher waits beside the queue, each client's newest only ([`PendingPayments`]): a client
+//! A voucher waits beside the queue, each client's newest only (`PendingPayments`): a client
 //! that sends vouchers faster than they are written costs one entry, never a growing queue. Every
 //! group the writer takes from the queue writes the vouchers waiting then, so a voucher recorded
 //! before a charge is queued is on disk once that charge is.
 //!
-//! It also keeps each client's committed total in memory ([`ClientTotals`]), updated after each
+//! It also keeps each client's committed total in memory (`ClientTotals`), updated after each
 //! commit and before any of its charges is reported written, so reservations on the request path
 //! read a map, never the database (and never wait behind its lock or the disk).
 //!

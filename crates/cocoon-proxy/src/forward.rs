@@ -6,7 +6,7 @@
 //! charged durably when the worker's usage trailer arrives, before that frame is released. That
 //! frame also carries the worker's receipt on, countersigned ([`crate::receipt`]). An answer whose
 //! client hangs up just before its end is still read to the usage trailer and charged. The
-//! answer's way back is [`crate::relay`].
+//! answer's way back is `relay.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

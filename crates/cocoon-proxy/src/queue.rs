@@ -2,7 +2,7 @@
 //! clients, so one client's burst cannot make another client's request wait behind all of it.
 //!
 //! A queued request holds no slot; a slot that frees (or a worker that links) is handed straight to
-//! the next waiter in turn ([`crate::routing::Routing::dispatch`]), so newcomers never overtake
+//! the next waiter in turn (`Routing::dispatch`), so newcomers never overtake
 //! the queue. Each client has a queue of its own (first come, first served) and a place in the
 //! model's turn order; a client served goes to the back of the order. A request is refused — 503
 //! when the model's queue is full, 429 when its client's share is, 503 when its wait runs out — with

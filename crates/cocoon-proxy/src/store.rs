@@ -2,7 +2,7 @@
 //! totals its vouchers state. SQLite in WAL mode with `synchronous = FULL`, so a charge is on disk
 //! before [`BillingStore::record_charge`] returns, and a `kill -9` loses nothing that was recorded.
 //!
-//! It also holds each client's newest payment voucher ([`payments`]), written in the same
+//! It also holds each client's newest payment voucher (`store/payments.rs`), written in the same
 //! transactions as charges.
 //!
 //! Each charge advances a sequence number and a hash chain over every charge so far; the proxy

@@ -32,7 +32,7 @@ pub enum RuleError {
     /// The faucet is off on this ledger.
     #[error("the faucet is disabled on this ledger")]
     FaucetDisabled,
-    /// One faucet grant is capped at [`MAX_FAUCET_GRANT`].
+    /// One faucet grant is capped at [`MAX_FAUCET_GRANT`](crate::rules::MAX_FAUCET_GRANT).
     #[error("a faucet grant is at most {max}, {got} asked")]
     FaucetGrantTooLarge {
         /// The cap.

@@ -131,7 +131,7 @@ struct PccsState {
 }
 
 /// Intel DCAP collateral for TDX verification: fetched ahead of time, then served
-/// synchronously to [`TdxQuoteVerifier`].
+/// synchronously to [`TdxQuoteVerifier`](crate::tdx::TdxQuoteVerifier).
 pub struct CollateralSource {
     mode: Mode,
     clock: Arc<dyn Clock>,
