@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All tests: formatting, lints (warnings are errors), every crate's unit and end-to-end tests, and
+# All tests: formatting, lints and API docs (warnings are errors), every crate's unit and end-to-end tests, and
 # the TON devnet's and contracts' tests (contracts/, on @ton/sandbox).
 # This is the README's test command; `.ci/run` runs it after `scripts/setup.sh`.
 set -euo pipefail
@@ -12,5 +12,7 @@ if grep -E '^(rusqlite|axum|hyper|reqwest|mio|socket2) |^tokio feature "net"' <<
     exit 1
 fi
 cargo clippy --workspace --all-targets -- -D warnings
+# The API docs build without broken or private links.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace
 (cd contracts && npm test)
