@@ -210,17 +210,38 @@ async fn a_keyless_proxy_killed_under_load_restarts_with_a_new_key_and_every_vou
     }
 }
 
-/// A worker on a proxy that pays it with `how` vouchers refuses them and, once it is owed more
-/// than its bound, the proxy's requests.
-async fn a_worker_refuses(how: &str, reason: &str) {
-    let (_proxy, proxy) = proxy(&["--test-only-bad-worker-vouchers", how]);
-    let (_worker, worker_stats) = worker(&proxy, &["--max-unvouched", "1"]);
-    let (_client, api) = client(&proxy, &[]);
+/// A network whose proxy runs with `proxy_flags` and whose worker serves a proxy that owes it
+/// at most 1 unit without a voucher, after one answer served while nothing was owed. The nodes
+/// (and the ledger, which the proxy's addresses hold) live as long as the value.
+struct OwedOneAnswer {
+    _nodes: [Node; 3],
+    _proxy: ProxyAddrs,
+    api: String,
+    worker_stats: String,
+}
+
+async fn owed_one_answer(proxy_flags: &[&str]) -> OwedOneAnswer {
+    let (proxy_node, proxy) = proxy(proxy_flags);
+    let (worker_node, worker_stats) = worker(&proxy, &["--max-unvouched", "1"]);
+    let (client_node, api) = client(&proxy, &[]);
     wait_for_model(&api, "synthetic", 1).await;
     ask(&api, &chat(3, false))
         .await
         .expect("served while owed nothing");
-    let refused = eventually!(wallet(&worker_stats).await, |w| w["vouchers_refused"]
+    OwedOneAnswer {
+        _nodes: [proxy_node, worker_node, client_node],
+        _proxy: proxy,
+        api,
+        worker_stats,
+    }
+}
+
+/// A worker on a proxy that pays it with `how` vouchers refuses them and, once it is owed more
+/// than its bound, the proxy's requests.
+async fn a_worker_refuses(how: &str, reason: &str) {
+    let network = owed_one_answer(&["--test-only-bad-worker-vouchers", how]).await;
+    let refused = eventually!(wallet(&network.worker_stats).await, |w| w
+        ["vouchers_refused"]
         .as_u64()
         .unwrap_or(0)
         > 0);
@@ -228,10 +249,10 @@ async fn a_worker_refuses(how: &str, reason: &str) {
     assert!(why.contains(reason), "{how}: {why}");
     assert_eq!(refused["claimable"], 0, "{refused}");
     assert!(
-        ask(&api, &chat(3, false)).await.is_none(),
+        ask(&network.api, &chat(3, false)).await.is_none(),
         "{how}: a worker owed more than its bound serves on"
     );
-    let unvouched = &wallet(&worker_stats).await["unvouched"][0]["unvouched"];
+    let unvouched = &wallet(&network.worker_stats).await["unvouched"][0]["unvouched"];
     assert!(unvouched.as_u64().unwrap() > 1, "{unvouched}");
 }
 
@@ -264,22 +285,16 @@ async fn a_worker_owed_more_than_its_bound_serves_again_once_vouched() {
 #[tokio::test]
 async fn a_worker_counts_the_registry_fee_and_stops_serving_a_proxy_that_states_a_lower_one() {
     // The proxy states (and vouches the worker at) a worker fee of nothing.
-    let (_proxy, proxy) = proxy(&["--test-only-worker-fee", "0"]);
-    let (_worker, worker_stats) = worker(&proxy, &["--max-unvouched", "1"]);
-    let (_client, api) = client(&proxy, &[]);
-    wait_for_model(&api, "synthetic", 1).await;
-    ask(&api, &chat(3, false))
-        .await
-        .expect("served while owed nothing");
+    let network = owed_one_answer(&["--test-only-worker-fee", "0"]).await;
     // The worker counts what the registry's fee pays for that answer, not the proxy's nothing:
     // it is owed more than its bound, and serves that proxy no more.
-    eventually!(wallet(&worker_stats).await, |w| w["unvouched"][0]
+    eventually!(wallet(&network.worker_stats).await, |w| w["unvouched"][0]
         ["unvouched"]
         .as_u64()
         .unwrap_or(0)
         > 1);
     assert!(
-        ask(&api, &chat(3, false)).await.is_none(),
+        ask(&network.api, &chat(3, false)).await.is_none(),
         "a worker underpaid beyond its bound serves on"
     );
 }
