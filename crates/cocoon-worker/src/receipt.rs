@@ -78,9 +78,13 @@ impl ReceiptDraft {
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
             .ok()?;
         if let Some(link) = &self.pay {
-            let earned =
-                self.stated_prices
-                    .earned(&self.prices, usage, self.info.coefficient, &cost);
+            let earned = self.stated_prices.earned(
+                &link.proxy.contract,
+                &self.prices,
+                usage,
+                self.info.coefficient,
+                &cost,
+            );
             link.settlement.earn(&link.proxy, earned);
         }
         let charge = cost.client_price;

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cocoon_money::{Amount, Cost, Prices};
+use cocoon_money::{AccountId, Amount, Cost, Prices};
 use cocoon_node::prices::KnownPrices;
 use cocoon_node::serve::LogThrottle;
 use cocoon_proto::TokenUsage;
@@ -35,11 +35,12 @@ impl StatedPrices {
         }
     }
 
-    /// What an answer that used `usage` at `coefficient` earns, given its `cost` at the proxy's
-    /// `stated` prices: that cost's pay, and at unknown prices at least what the known prices
-    /// pay for the same usage.
+    /// What an answer that used `usage` at `coefficient` earns, given its `cost` at the `stated`
+    /// prices of the proxy of contract `proxy`: that cost's pay, and at unknown prices at least
+    /// what the known prices pay for the same usage.
     pub fn earned(
         &self,
+        proxy: &AccountId,
         stated: &Prices,
         usage: &TokenUsage,
         coefficient: u32,
@@ -52,6 +53,7 @@ impl StatedPrices {
         if least > cost.worker_pay {
             if let Some(held_back) = self.unknown_log.admit() {
                 tracing::warn!(
+                    %proxy,
                     stated_pay = cost.worker_pay,
                     counted = least,
                     held_back,
@@ -86,7 +88,7 @@ mod tests {
 
     fn earned_at(rule: &StatedPrices, stated: &Prices) -> Amount {
         let cost = price(&USAGE, 1_000, stated).unwrap();
-        rule.earned(stated, &USAGE, 1_000, &cost)
+        rule.earned(&AccountId([7; 32]), stated, &USAGE, 1_000, &cost)
     }
 
     fn pay_at(prices: &Prices) -> Amount {
