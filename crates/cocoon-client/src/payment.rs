@@ -39,18 +39,18 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::link::{LiveLink, ProxyLinks};
 
+mod certificate_cache;
 mod channel;
 mod closing;
 
+use certificate_cache::CertificateCache;
 use channel::{now, when_due, Channel, Unverified};
 
-/// Verified certificates kept; the cache is emptied at this size (a proxy with more workers
-/// than this costs one certificate check per answer, never unbounded memory).
+/// Verified certificates kept ([`CertificateCache`]).
 const MAX_CERTIFICATES: usize = 256;
 /// Longest a control exchange (statement, payment) may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,8 +99,8 @@ pub struct Payer {
     /// Serializes opening channels, so two first requests do not start from two bases.
     opening: tokio::sync::Mutex<()>,
     stopped: Mutex<BTreeMap<AccountId, String>>,
-    /// Receipt certificates verified, by the SHA-256 of their base64 text.
-    certificates: Mutex<HashMap<[u8; 32], Arc<KnownCertificate>>>,
+    /// Receipt certificates verified, by their base64 text.
+    certificates: Mutex<CertificateCache<KnownCertificate>>,
     withhold: bool,
 }
 
@@ -143,7 +143,7 @@ impl Payer {
             channels: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
             stopped: Mutex::new(BTreeMap::new()),
-            certificates: Mutex::new(HashMap::new()),
+            certificates: Mutex::new(CertificateCache::new(MAX_CERTIFICATES)),
             withhold,
         })
     }
@@ -420,8 +420,8 @@ impl Payer {
         Ok(Unverified { signatures, cost })
     }
 
-    /// A receipt's certificate, verified (once per certificate: later ones are known by the
-    /// digest of their text, not decoded) and of `role`, valid at `at`.
+    /// A receipt's certificate, verified (once per certificate: later ones are found by their
+    /// text, not decoded) and of `role`, valid at `at`.
     fn certificate(
         &self,
         base64: &str,
@@ -429,9 +429,8 @@ impl Payer {
         at: u64,
     ) -> Result<Arc<KnownCertificate>, PaymentError> {
         let bad = |why: String| PaymentError::Unverifiable(format!("{role} certificate: {why}"));
-        let digest: [u8; 32] = Sha256::digest(base64.as_bytes()).into();
         let at = UNIX_EPOCH + Duration::from_secs(at.min(u64::from(u32::MAX)));
-        let cached = lock(&self.certificates).get(&digest).cloned();
+        let cached = lock(&self.certificates).get(base64);
         let known = match cached {
             Some(known) => known,
             None => {
@@ -441,11 +440,7 @@ impl Payer {
                 let key = VerifyingKey::from_bytes(&peer.public_key)
                     .map_err(|_| bad("its key is not an Ed25519 point".into()))?;
                 let known = Arc::new(KnownCertificate { peer, key });
-                let mut cache = lock(&self.certificates);
-                if cache.len() >= MAX_CERTIFICATES {
-                    cache.clear();
-                }
-                cache.insert(digest, known.clone());
+                lock(&self.certificates).insert(base64, known.clone());
                 known
             }
         };
