@@ -20,6 +20,7 @@ use cocoon_node::link::LinkSender;
 use cocoon_proto::link::{ModelEntry, ModelList};
 use cocoon_proto::{ErrorKind, OpenAiError, WorkerInfo};
 use cocoon_ratls::PeerIdentity;
+use http::HeaderValue;
 use serde_json::{json, Value};
 
 use crate::queue::{QueueConfig, WaitQueues};
@@ -36,6 +37,9 @@ pub struct WorkerLink {
     pub sender: LinkSender,
     active: AtomicU32,
     receipts: AtomicU64,
+    /// The receipt certificate trailer last found to be `peer`'s certificate, compared byte for
+    /// byte with the next ones instead of decoding and hashing each (`receipt.rs`).
+    link_certificate: Mutex<Option<HeaderValue>>,
     health: Mutex<Health>,
 }
 
@@ -126,6 +130,24 @@ impl WorkerLink {
     /// Counts one more receipt from this worker; the count before it (0 for the first).
     pub fn count_receipt(&self) -> u64 {
         self.receipts.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `certificate` (a receipt's trailer) is the text last found to be this link's
+    /// certificate.
+    pub fn is_link_certificate(&self, certificate: &HeaderValue) -> bool {
+        self.link_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            == Some(certificate)
+    }
+
+    /// Remembers `certificate`, found to be this link's certificate.
+    pub fn remember_link_certificate(&self, certificate: &HeaderValue) {
+        *self
+            .link_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(certificate.clone());
     }
 
     /// Whether this worker's engine can serve a request with `needs`.
@@ -322,6 +344,7 @@ impl Routing {
             sender,
             active: AtomicU32::new(0),
             receipts: AtomicU64::new(0),
+            link_certificate: Mutex::new(None),
             health: Mutex::new(Health::default()),
         });
         self.write()

@@ -584,3 +584,23 @@ async fn no_queue_refuses_a_busy_model_at_once() {
         Err(RouteError::QueueFull { depth: 0, .. })
     ));
 }
+
+#[tokio::test]
+async fn only_the_exact_text_remembered_as_the_link_certificate_is_taken_for_it() {
+    let routing = Arc::new(Routing::new(QueueConfig::default()));
+    let link = routing.add(
+        worker_info("m", 1000, 1, cocoon_proto::EngineKind::Url),
+        peer(),
+        sender().await,
+    );
+    let certificate = HeaderValue::from_static("MIIBcertificate-text");
+    assert!(
+        !link.is_link_certificate(&certificate),
+        "nothing remembered yet"
+    );
+    link.remember_link_certificate(&certificate);
+    assert!(link.is_link_certificate(&certificate));
+    for other in ["MIIBcertificate-texT", "MIIBcertificate-tex", ""] {
+        assert!(!link.is_link_certificate(&HeaderValue::from_static(other)));
+    }
+}
