@@ -272,6 +272,11 @@ pub async fn forward(
         worker_wallet,
         worker: worker.clone(),
         receipts: state.receipts.clone(),
+        request_id: request_id
+            .as_ref()
+            .and_then(|id| id.to_str().ok())
+            .unwrap_or_default()
+            .into(),
     };
     let relay = Relay::new(
         body,

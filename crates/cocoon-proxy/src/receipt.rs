@@ -55,6 +55,8 @@ pub enum ReceiptRefused {
 pub struct Seen<'a> {
     /// The worker that served it.
     pub worker: &'a WorkerLink,
+    /// The request id the proxy sent it (empty without one).
+    pub request_id: &'a str,
     /// The usage trailer.
     pub usage: &'a TokenUsage,
     /// What the client was charged.
@@ -104,7 +106,7 @@ impl Countersigner {
             }
         } else {
             // The worker renewed its certificate since this link came up: the new one must
-            // verify under today's policy and attest the same image and role.
+            // verify under today's policy and attest the same image, role and claims.
             let renewed = cocoon_ratls::verify_certificate(
                 &worker_receipt.certificate_der()?,
                 self.trust.verifier(),
@@ -117,6 +119,13 @@ impl Countersigner {
                     "its certificate attests image {} as `{}`",
                     renewed.image_hash, renewed.claims.role
                 )));
+            }
+            // A renewal keeps the worker's claims (its wallet, model, engine); another worker's
+            // certificate of the same image does not.
+            if renewed.claims.attributes != peer.claims.attributes {
+                return Err(ReceiptRefused::NotTheWorker(
+                    "its certificate claims other attributes than the link's".into(),
+                ));
             }
             worker_receipt.check_signature(&renewed.public_key)?;
         }
@@ -151,6 +160,9 @@ fn agree(answer: &AnswerRecord, seen: &Seen<'_>) -> Result<(), ReceiptRefused> {
             seen: format!("{saw:?}"),
         })
     };
+    if answer.request_id != seen.request_id {
+        return differ("request id", &answer.request_id, &seen.request_id);
+    }
     if answer.usage != *seen.usage {
         return differ("usage", &answer.usage, seen.usage);
     }
@@ -177,4 +189,207 @@ fn agree(answer: &AnswerRecord, seen: &Seen<'_>) -> Result<(), ReceiptRefused> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use cocoon_money::Hash32;
+    use cocoon_node::attestation::AttestationArgs;
+    use cocoon_node::link::LinkSender;
+    use cocoon_proto::WorkerInfo;
+    use cocoon_tee::{AttestationKind, Policy};
+
+    use super::*;
+    use crate::queue::QueueConfig;
+    use crate::routing::Routing;
+
+    async fn trust(role: &str, wallet: &str) -> Arc<NodeTrust> {
+        let args = AttestationArgs {
+            tee: AttestationKind::Fake,
+            image_label: format!("test-{role}"),
+            cert_lifetime_secs: 3600,
+            pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
+        };
+        let claims = BTreeMap::from([("wallet".to_owned(), wallet.to_owned())]);
+        NodeTrust::new(&args, role, claims).await.unwrap()
+    }
+
+    async fn sender() -> LinkSender {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let never = tokio_util::sync::CancellationToken::new();
+            cocoon_node::link::serve(theirs, axum::Router::new(), &never, Duration::ZERO).await
+        });
+        let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
+        tokio::spawn(driver);
+        sender
+    }
+
+    /// A proxy's countersigner, and the link of a worker `worker` attested as.
+    async fn linked(worker: &NodeTrust) -> (Countersigner, Arc<WorkerLink>) {
+        let policy = Policy::any_image(AttestationKind::Fake);
+        let peer = cocoon_ratls::verify_certificate(
+            worker.identity().certificate_der(),
+            worker.verifier(),
+            &policy,
+            SystemTime::now(),
+        )
+        .unwrap();
+        let info = WorkerInfo {
+            protocol_version: cocoon_proto::PROTOCOL_VERSION,
+            model: "m".into(),
+            model_hash: None,
+            coefficient: 1000,
+            max_active: 1,
+            engine: Some(cocoon_proto::EngineKind::Url),
+            honours: cocoon_proto::EngineKind::Url.honours(),
+            context_length: None,
+            started_at: 0,
+        };
+        let routing = Arc::new(Routing::new(QueueConfig::default()));
+        let link = routing.add(info, peer, sender().await);
+        let countersigner = Countersigner {
+            trust: trust("proxy", "0").await,
+            worker_policy: LivePolicy::fixed("worker", policy),
+        };
+        (countersigner, link)
+    }
+
+    const USAGE: TokenUsage = TokenUsage {
+        prompt_tokens: 3,
+        completion_tokens: 5,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+    };
+
+    /// `signer`'s receipt trailers for request `request_id`, served by `link`'s worker.
+    fn receipt(
+        signer: &NodeTrust,
+        link: &WorkerLink,
+        request_id: &str,
+    ) -> (HeaderValue, HeaderValue) {
+        let prices = Prices::default();
+        let record = AnswerRecord {
+            request_id: request_id.into(),
+            issued_at: cocoon_receipt::unix_now(),
+            model: "m".into(),
+            model_hash: None,
+            worker_image_hash: link.peer.image_hash,
+            request_sha256: Hash32([1; 32]),
+            response_sha256: Hash32([2; 32]),
+            usage: USAGE,
+            coefficient: 1000,
+            charge: cocoon_money::price(&USAGE, 1000, &prices)
+                .unwrap()
+                .client_price,
+            prices,
+        };
+        let signed = WorkerReceipt::sign(record, &signer.identity());
+        let (record, certificate) = signed.to_wire();
+        (
+            HeaderValue::from_str(&record).unwrap(),
+            HeaderValue::from_str(certificate).unwrap(),
+        )
+    }
+
+    fn seen<'a>(link: &'a WorkerLink, prices: &'a Prices) -> Seen<'a> {
+        Seen {
+            worker: link,
+            request_id: "r1",
+            usage: &USAGE,
+            charge: cocoon_money::price(&USAGE, 1000, prices)
+                .unwrap()
+                .client_price,
+            prices,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_workers_receipt_is_countersigned_again_and_again() {
+        let worker = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        for _ in 0..3 {
+            let (record, certificate) = receipt(&worker, &link, "r1");
+            let signed = countersigner
+                .countersign(&record, &certificate, &seen(&link, &prices))
+                .unwrap();
+            let receipt = Receipt::from_wire(
+                signed.record.to_str().unwrap(),
+                signed.worker_certificate.to_str().unwrap(),
+                signed.proxy_certificate.to_str().unwrap(),
+            )
+            .unwrap();
+            receipt
+                .signatures(
+                    &worker.identity().signing_key().verifying_key(),
+                    &countersigner.trust.identity().signing_key().verifying_key(),
+                )
+                .unwrap()
+                .verify()
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_receipt_for_another_request_is_refused() {
+        let worker = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        let (record, certificate) = receipt(&worker, &link, "r2");
+        let refused = countersigner
+            .countersign(&record, &certificate, &seen(&link, &prices))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                refused,
+                ReceiptRefused::Disagrees {
+                    field: "request id",
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_workers_certificate_of_the_same_image_is_refused() {
+        let worker = trust("worker", "1").await;
+        let other = trust("worker", "2").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        // The link's certificate is known first; then a receipt in another worker's name.
+        let (record, certificate) = receipt(&worker, &link, "r1");
+        countersigner
+            .countersign(&record, &certificate, &seen(&link, &prices))
+            .unwrap();
+        let (record, certificate) = receipt(&other, &link, "r1");
+        let refused = countersigner
+            .countersign(&record, &certificate, &seen(&link, &prices))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(refused, ReceiptRefused::NotTheWorker(_)),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_receipt_signed_by_another_key_under_the_links_certificate_is_refused() {
+        let worker = trust("worker", "1").await;
+        let other = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        let (record, _) = receipt(&other, &link, "r1");
+        let (_, certificate) = receipt(&worker, &link, "r1");
+        let refused = countersigner
+            .countersign(&record, &certificate, &seen(&link, &prices))
+            .err()
+            .unwrap();
+        assert!(matches!(refused, ReceiptRefused::Receipt(_)), "{refused}");
+    }
 }

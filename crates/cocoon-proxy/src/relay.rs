@@ -60,6 +60,9 @@ pub(crate) struct Meter {
     pub(crate) worker_wallet: cocoon_money::AccountId,
     pub(crate) worker: Arc<WorkerLink>,
     pub(crate) receipts: Arc<Countersigner>,
+    /// The request id sent to the worker (`x-cocoon-request-id`; empty without one), which its
+    /// receipt must name.
+    pub(crate) request_id: Arc<str>,
 }
 
 /// The trailers a charged answer gains: its cost, and its countersigned receipt.
@@ -86,6 +89,7 @@ impl Meter {
             worker_wallet: self.worker_wallet,
             worker: self.worker.clone(),
             receipts: self.receipts.clone(),
+            request_id: self.request_id.clone(),
         }
     }
 
@@ -97,11 +101,12 @@ impl Meter {
         worker_receipt: Option<WorkerReceiptTrailers>,
     ) -> Pin<Box<dyn Future<Output = Result<Charged, OpenAiError>> + Send>> {
         let reservation = self.reservation.take();
-        let (billing, wallet, worker, receipts) = (
+        let (billing, wallet, worker, receipts, request_id) = (
             self.billing.clone(),
             self.worker_wallet,
             self.worker.clone(),
             self.receipts.clone(),
+            self.request_id.clone(),
         );
         Box::pin(async move {
             let Some(reservation) = reservation else {
@@ -128,6 +133,7 @@ impl Meter {
             // The receipt proves the usage's full price; the client pays the capped cost.
             let seen = Seen {
                 worker: &worker,
+                request_id: &request_id,
                 usage: &usage,
                 charge: uncapped.unwrap_or(cost.total_cost),
                 prices: &prices,
