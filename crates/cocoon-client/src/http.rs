@@ -339,6 +339,7 @@ impl Api {
                 .header(header::CACHE_CONTROL, "no-cache");
             let payer = self.payer.clone();
             let max_coefficient = prepared.max_coefficient;
+            let sent_id = request_id.to_str().unwrap_or_default().to_owned();
             Body::from_stream(rewrite_sse(
                 response.into_body(),
                 SseOptions {
@@ -348,7 +349,7 @@ impl Api {
                     active,
                     max_event_bytes: MAX_SSE_EVENT_BYTES,
                     on_success: Some(Box::new(move |trailers, receipt| {
-                        payer.settle_answer(proxy, trailers, receipt, max_coefficient)
+                        payer.settle_answer(proxy, &sent_id, trailers, receipt, max_coefficient)
                     })),
                 },
             ))
@@ -373,6 +374,7 @@ impl Api {
                 let receipt = crate::stream::receipt_of(trailers);
                 self.payer.settle_answer(
                     proxy,
+                    request_id.to_str().unwrap_or_default(),
                     Some(trailers),
                     receipt.as_ref(),
                     prepared.max_coefficient,

@@ -1,7 +1,8 @@
 //! Paying the proxy: the client signs for what it can check, and only for that.
 //!
-//! For every answer the client checks the receipt the proxy relays: both certificates verify
-//! (cached per certificate), the proxy's names the wallet of the proxy being paid, the record
+//! For every answer the client checks the receipt the proxy relays: it names the request the
+//! client sent (its `x-cocoon-request-id`), both certificates verify (cached per certificate),
+//! the proxy's names the wallet of the proxy being paid, the record
 //! agrees with the worker's certificate, the coefficient is within the request's limit, the charge
 //! is the price of the usage, and the cost the proxy reports is at most that charge (less when the
 //! proxy capped it at the request's reservation) and, at prices the registry does not state, at
@@ -318,13 +319,15 @@ impl Payer {
             .map_err(|_| fail(format!("no answer within {CONTROL_TIMEOUT:?}")))?
     }
 
-    /// Queues one answer from `proxy` that ended with `trailers` (carrying `receipt`, read from
-    /// them once by the caller) for payment, if its charge checks out; otherwise stops paying
-    /// that proxy. Its receipt's signatures are checked with the next payment, before it covers
-    /// the answer. `max_coefficient` is the request's limit.
+    /// Queues one answer from `proxy` to the request sent as `request_id` that ended with
+    /// `trailers` (carrying `receipt`, read from them once by the caller) for payment, if its
+    /// charge checks out; otherwise stops paying that proxy. Its receipt's signatures are checked
+    /// with the next payment, before it covers the answer. `max_coefficient` is the request's
+    /// limit.
     pub fn settle_answer(
         &self,
         proxy: AccountId,
+        request_id: &str,
         trailers: Option<&HeaderMap>,
         receipt: Option<&Receipt>,
         max_coefficient: u32,
@@ -334,7 +337,7 @@ impl Payer {
         }
         let checked = trailers
             .ok_or_else(|| PaymentError::Unverifiable("the answer has no trailers".into()))
-            .and_then(|trailers| self.check(proxy, trailers, receipt, max_coefficient));
+            .and_then(|trailers| self.check(proxy, request_id, trailers, receipt, max_coefficient));
         let answer = match checked {
             Ok(answer) => answer,
             Err(error) => return self.stop(proxy, error.to_string()),
@@ -358,6 +361,7 @@ impl Payer {
     fn check(
         &self,
         proxy: AccountId,
+        request_id: &str,
         trailers: &HeaderMap,
         receipt: Option<&Receipt>,
         max_coefficient: u32,
@@ -366,6 +370,13 @@ impl Payer {
         let receipt =
             receipt.ok_or_else(|| bad("the answer carries no readable receipt".into()))?;
         let answer = &receipt.answer;
+        // A receipt proves what some answer cost; only this request's is this answer's.
+        if answer.request_id != request_id {
+            return Err(bad(format!(
+                "the receipt is for request {:?}, not this answer's {request_id:?}",
+                answer.request_id
+            )));
+        }
         let worker = self.certificate(&receipt.worker_certificate, "worker", answer.issued_at)?;
         let proxy_peer = self.certificate(&receipt.proxy_certificate, "proxy", answer.issued_at)?;
         let named = cocoon_node::wallet::peer_wallet(&proxy_peer.peer)

@@ -118,14 +118,14 @@ async fn paying() -> (Arc<Payer>, AccountId, Receipt) {
 /// What the client does when an answer ends with `trailers`: read the receipt once, then settle.
 fn settle(payer: &Payer, proxy: AccountId, trailers: &HeaderMap) {
     let receipt = receipt_of(trailers);
-    payer.settle_answer(proxy, Some(trailers), receipt.as_ref(), COEFFICIENT);
+    payer.settle_answer(proxy, "r", Some(trailers), receipt.as_ref(), COEFFICIENT);
 }
 
 /// `honest` with a record changed after both nodes signed it: everything but its signatures
 /// checks out.
 fn forged(honest: &Receipt) -> Receipt {
     let mut forged = honest.clone();
-    forged.answer.request_id = "another request".into();
+    forged.answer.response_sha256 = cocoon_money::Hash32([0xee; 32]);
     forged
 }
 
@@ -138,7 +138,7 @@ async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
     let check = |trailers: &HeaderMap, max_coefficient| {
         let receipt = receipt_of(trailers);
         payer
-            .check(proxy, trailers, receipt.as_ref(), max_coefficient)
+            .check(proxy, "r", trailers, receipt.as_ref(), max_coefficient)
             .map(|answer| answer.cost)
     };
 
@@ -186,6 +186,15 @@ async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
                 );
                 let cost = other.answer.charge;
                 trailers(&other, cost)
+            },
+            COEFFICIENT,
+        ),
+        (
+            "the receipt of another request (a bigger answer's, say)",
+            {
+                let mut other = honest.clone();
+                other.answer.request_id = "another request".into();
+                trailers(&other, charge)
             },
             COEFFICIENT,
         ),
@@ -352,6 +361,7 @@ async fn an_answer_priced_just_before_a_registry_price_change_is_paid() {
         payer
             .check(
                 proxy,
+                "r",
                 &trailers,
                 receipt_of(&trailers).as_ref(),
                 COEFFICIENT,
