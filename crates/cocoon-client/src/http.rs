@@ -37,7 +37,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::edge::{new_request_id, with_request_id, RequestId};
 use crate::link::{unix_seconds, ProxyLinks};
-use crate::payment::PaymentError;
+use crate::payment::{PaymentError, SentRequest};
 use crate::request::{prepare, Defaults, Endpoint, Prepared};
 use crate::stream::{rewrite_sse, SseOptions};
 
@@ -339,7 +339,7 @@ impl Api {
                 .header(header::CACHE_CONTROL, "no-cache");
             let payer = self.payer.clone();
             let max_coefficient = prepared.max_coefficient;
-            let sent_id = request_id.to_str().unwrap_or_default().to_owned();
+            let sent = SentRequest::new(&request_id, &prepared.body);
             Body::from_stream(rewrite_sse(
                 response.into_body(),
                 SseOptions {
@@ -349,7 +349,7 @@ impl Api {
                     active,
                     max_event_bytes: MAX_SSE_EVENT_BYTES,
                     on_success: Some(Box::new(move |trailers, receipt| {
-                        payer.settle_answer(proxy, &sent_id, trailers, receipt, max_coefficient)
+                        payer.settle_answer(proxy, &sent, trailers, receipt, max_coefficient)
                     })),
                 },
             ))
@@ -374,7 +374,7 @@ impl Api {
                 let receipt = crate::stream::receipt_of(trailers);
                 self.payer.settle_answer(
                     proxy,
-                    request_id.to_str().unwrap_or_default(),
+                    &SentRequest::new(&request_id, &prepared.body),
                     Some(trailers),
                     receipt.as_ref(),
                     prepared.max_coefficient,

@@ -1,7 +1,7 @@
 //! Paying the proxy: the client signs for what it can check, and only for that.
 //!
 //! For every answer the client checks the receipt the proxy relays: it names the request the
-//! client sent (its `x-cocoon-request-id`), both certificates verify (cached per certificate),
+//! client sent (its `x-cocoon-request-id` and the SHA-256 of its body), both certificates verify (cached per certificate),
 //! the proxy's names the wallet of the proxy being paid, the record
 //! agrees with the worker's certificate, the coefficient is within the request's limit, the charge
 //! is the price of the usage, and the cost the proxy reports is at most that charge (less when the
@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cocoon_money::{
-    AccountId, ClientStatement, Prices, Settlement, SettlementError, SignedVoucher, VoucherKind,
+    AccountId, ClientStatement, Hash32, Prices, Settlement, SettlementError, SignedVoucher,
+    VoucherKind,
 };
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::prices::KnownPrices;
@@ -40,6 +41,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use http::{header, HeaderMap, HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::link::{LiveLink, ProxyLinks};
@@ -81,6 +83,26 @@ impl PaymentError {
         match self {
             PaymentError::Ledger(_) => cocoon_proto::ErrorKind::Unavailable,
             _ => cocoon_proto::ErrorKind::BadGateway,
+        }
+    }
+}
+
+/// What the client sent a proxy, which an answer's receipt must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRequest {
+    /// Its `x-cocoon-request-id`.
+    pub id: String,
+    /// The SHA-256 of its body, byte for byte what the worker hashes into the receipt: a
+    /// receipt of this request whose digest differs shows the request changed on the way.
+    pub body_sha256: Hash32,
+}
+
+impl SentRequest {
+    /// The request sent as `id` with `body`.
+    pub fn new(id: &HeaderValue, body: &[u8]) -> Self {
+        Self {
+            id: id.to_str().unwrap_or_default().to_owned(),
+            body_sha256: Hash32(Sha256::digest(body).into()),
         }
     }
 }
@@ -319,15 +341,14 @@ impl Payer {
             .map_err(|_| fail(format!("no answer within {CONTROL_TIMEOUT:?}")))?
     }
 
-    /// Queues one answer from `proxy` to the request sent as `request_id` that ended with
-    /// `trailers` (carrying `receipt`, read from them once by the caller) for payment, if its
+    /// Queues one answer from `proxy` to the request `sent` that ended with `trailers` (carrying `receipt`, read from them once by the caller) for payment, if its
     /// charge checks out; otherwise stops paying that proxy. Its receipt's signatures are checked
     /// with the next payment, before it covers the answer. `max_coefficient` is the request's
     /// limit.
     pub fn settle_answer(
         &self,
         proxy: AccountId,
-        request_id: &str,
+        sent: &SentRequest,
         trailers: Option<&HeaderMap>,
         receipt: Option<&Receipt>,
         max_coefficient: u32,
@@ -337,7 +358,7 @@ impl Payer {
         }
         let checked = trailers
             .ok_or_else(|| PaymentError::Unverifiable("the answer has no trailers".into()))
-            .and_then(|trailers| self.check(proxy, request_id, trailers, receipt, max_coefficient));
+            .and_then(|trailers| self.check(proxy, sent, trailers, receipt, max_coefficient));
         let answer = match checked {
             Ok(answer) => answer,
             Err(error) => return self.stop(proxy, error.to_string()),
@@ -361,7 +382,7 @@ impl Payer {
     fn check(
         &self,
         proxy: AccountId,
-        request_id: &str,
+        sent: &SentRequest,
         trailers: &HeaderMap,
         receipt: Option<&Receipt>,
         max_coefficient: u32,
@@ -371,10 +392,17 @@ impl Payer {
             receipt.ok_or_else(|| bad("the answer carries no readable receipt".into()))?;
         let answer = &receipt.answer;
         // A receipt proves what some answer cost; only this request's is this answer's.
-        if answer.request_id != request_id {
+        if answer.request_id != sent.id {
             return Err(bad(format!(
-                "the receipt is for request {:?}, not this answer's {request_id:?}",
-                answer.request_id
+                "the receipt is for request {:?}, not this answer's {:?}",
+                answer.request_id, sent.id
+            )));
+        }
+        if answer.request_sha256 != sent.body_sha256 {
+            return Err(bad(format!(
+                "the worker received a request other than the one this client sent (SHA-256 {}, \
+                 sent {})",
+                answer.request_sha256, sent.body_sha256
             )));
         }
         let worker = self.certificate(&receipt.worker_certificate, "worker", answer.issued_at)?;

@@ -71,6 +71,14 @@ fn receipt(prices: Prices, proxy_wallet: AccountId) -> Receipt {
     Receipt::countersign(WorkerReceipt::sign(record, &worker), &proxy)
 }
 
+/// The request the receipts of [`receipt`] are for.
+fn sent() -> SentRequest {
+    SentRequest {
+        id: "r".into(),
+        body_sha256: Hash32([0; 32]),
+    }
+}
+
 /// The trailers a proxy sends: the receipt and the cost it reports.
 fn trailers(receipt: &Receipt, cost: Amount) -> HeaderMap {
     let (record, worker, proxy) = receipt.to_wire();
@@ -118,7 +126,13 @@ async fn paying() -> (Arc<Payer>, AccountId, Receipt) {
 /// What the client does when an answer ends with `trailers`: read the receipt once, then settle.
 fn settle(payer: &Payer, proxy: AccountId, trailers: &HeaderMap) {
     let receipt = receipt_of(trailers);
-    payer.settle_answer(proxy, "r", Some(trailers), receipt.as_ref(), COEFFICIENT);
+    payer.settle_answer(
+        proxy,
+        &sent(),
+        Some(trailers),
+        receipt.as_ref(),
+        COEFFICIENT,
+    );
 }
 
 /// `honest` with a record changed after both nodes signed it: everything but its signatures
@@ -138,7 +152,7 @@ async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
     let check = |trailers: &HeaderMap, max_coefficient| {
         let receipt = receipt_of(trailers);
         payer
-            .check(proxy, "r", trailers, receipt.as_ref(), max_coefficient)
+            .check(proxy, &sent(), trailers, receipt.as_ref(), max_coefficient)
             .map(|answer| answer.cost)
     };
 
@@ -194,6 +208,15 @@ async fn the_client_pays_what_the_receipt_proves_or_less_and_nothing_else() {
             {
                 let mut other = honest.clone();
                 other.answer.request_id = "another request".into();
+                trailers(&other, charge)
+            },
+            COEFFICIENT,
+        ),
+        (
+            "the receipt of a request that changed on the way to the worker",
+            {
+                let mut other = honest.clone();
+                other.answer.request_sha256 = Hash32([1; 32]);
                 trailers(&other, charge)
             },
             COEFFICIENT,
@@ -361,7 +384,7 @@ async fn an_answer_priced_just_before_a_registry_price_change_is_paid() {
         payer
             .check(
                 proxy,
-                "r",
+                &sent(),
                 &trailers,
                 receipt_of(&trailers).as_ref(),
                 COEFFICIENT,
