@@ -1,8 +1,8 @@
 //! Paying the proxy: the client signs for what it can check, and only for that.
 //!
 //! For every answer the client checks the receipt the proxy relays: it names the request the
-//! client sent (its `x-cocoon-request-id` and the SHA-256 of its body), both certificates verify (cached per certificate),
-//! the proxy's names the wallet of the proxy being paid, the record
+//! client sent (its `x-cocoon-request-id` and the SHA-256 of its body), both certificates verify
+//! (cached per certificate), the proxy's names the wallet of the proxy being paid, the record
 //! agrees with the worker's certificate, the coefficient is within the request's limit, the charge
 //! is the price of the usage, and the cost the proxy reports is at most that charge (less when the
 //! proxy capped it at the request's reservation) and, at prices the registry does not state, at
@@ -341,10 +341,10 @@ impl Payer {
             .map_err(|_| fail(format!("no answer within {CONTROL_TIMEOUT:?}")))?
     }
 
-    /// Queues one answer from `proxy` to the request `sent` that ended with `trailers` (carrying `receipt`, read from them once by the caller) for payment, if its
-    /// charge checks out; otherwise stops paying that proxy. Its receipt's signatures are checked
-    /// with the next payment, before it covers the answer. `max_coefficient` is the request's
-    /// limit.
+    /// Queues one answer from `proxy` to the request `sent` that ended with `trailers` (carrying
+    /// `receipt`, read from them once by the caller) for payment, if its charge checks out;
+    /// otherwise stops paying that proxy. Its receipt's signatures are checked with the next
+    /// payment, before it covers the answer. `max_coefficient` is the request's limit.
     pub fn settle_answer(
         &self,
         proxy: AccountId,

@@ -11,7 +11,8 @@ use crate::registry::Amount;
 pub struct Context {
     /// Current time, unix seconds (injected so tests can move the clock).
     pub now: u64,
-    /// Whether [`TransactionBody::Mint`](crate::TransactionBody::Mint) is allowed (development networks only).
+    /// Whether [`TransactionBody::Mint`](crate::TransactionBody::Mint) is allowed (development
+    /// networks only).
     pub faucet_enabled: bool,
 }
 
