@@ -194,16 +194,15 @@ fn agree(answer: &AnswerRecord, seen: &Seen<'_>) -> Result<(), ReceiptRefused> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use cocoon_money::Hash32;
     use cocoon_node::attestation::AttestationArgs;
-    use cocoon_node::link::LinkSender;
     use cocoon_proto::WorkerInfo;
     use cocoon_tee::{AttestationKind, Policy};
 
     use super::*;
     use crate::queue::QueueConfig;
+    use crate::routing::tests::sender;
     use crate::routing::Routing;
 
     async fn trust(role: &str, wallet: &str) -> Arc<NodeTrust> {
@@ -215,17 +214,6 @@ mod tests {
         };
         let claims = BTreeMap::from([("wallet".to_owned(), wallet.to_owned())]);
         NodeTrust::new(&args, role, claims).await.unwrap()
-    }
-
-    async fn sender() -> LinkSender {
-        let (ours, theirs) = tokio::io::duplex(4096);
-        tokio::spawn(async move {
-            let never = tokio_util::sync::CancellationToken::new();
-            cocoon_node::link::serve(theirs, axum::Router::new(), &never, Duration::ZERO).await
-        });
-        let (sender, driver) = cocoon_node::link::client_handshake(ours).await.unwrap();
-        tokio::spawn(driver);
-        sender
     }
 
     /// A proxy's countersigner, and the link of a worker `worker` attested as.

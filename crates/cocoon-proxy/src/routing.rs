@@ -593,4 +593,4 @@ fn too_expensive(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,7 +7,8 @@ use cocoon_ratls::Claims;
 use cocoon_tee::{AttestationKind, FakeAttester};
 use std::time::{Duration, SystemTime};
 
-async fn sender() -> LinkSender {
+/// A link sender over an in-memory link to a peer that serves nothing.
+pub(crate) async fn sender() -> LinkSender {
     let (ours, theirs) = tokio::io::duplex(4096);
     tokio::spawn(async move {
         let never = tokio_util::sync::CancellationToken::new();
