@@ -106,6 +106,11 @@ impl NodeStats {
         }
     }
 
+    /// Requests in flight now (started, their answer not yet ended).
+    pub fn active_requests(&self) -> i64 {
+        self.active.get()
+    }
+
     /// Counts a failure of `kind`.
     pub fn record_error(&self, kind: ErrorKind) {
         self.errors

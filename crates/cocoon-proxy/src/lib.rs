@@ -148,10 +148,10 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         max_request: Duration::from_secs(config.max_request_secs.max(1)),
         billing: billing.clone(),
-        receipts: Arc::new(receipt::Countersigner {
-            trust: trust.clone(),
-            worker_policy: worker_policy.clone(),
-        }),
+        receipts: Arc::new(receipt::Countersigner::new(
+            trust.clone(),
+            worker_policy.clone(),
+        )),
     };
     let bind = |address: String, what: &'static str| async move {
         TcpListener::bind(&address)

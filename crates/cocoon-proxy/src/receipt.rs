@@ -4,8 +4,13 @@
 //!
 //! A worker's receipt that fails these checks is not passed on (and logged): the answer and its
 //! charge stand on the usage trailer, as before receipts existed.
+//!
+//! A worker signs the answers it finishes together as one batch (the root of their Merkle tree),
+//! so the proxy's countersignature, which covers that root and the worker's signature, is the same
+//! for every answer of the batch: it is made once and kept for the batch's other answers.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use cocoon_money::{Amount, Prices};
@@ -13,21 +18,37 @@ use cocoon_node::attestation::NodeTrust;
 use cocoon_node::link::per_request;
 use cocoon_node::registry::LivePolicy;
 use cocoon_proto::TokenUsage;
-use cocoon_receipt::{AnswerRecord, Receipt, ReceiptError, WorkerReceipt};
+use cocoon_receipt::{AnswerRecord, Countersignature, ReceiptError, WorkerReceipt};
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use crate::routing::WorkerLink;
 
-/// One receipt in this many (the first of each link included) has its worker signature checked.
+/// One batch in this many (the first of each link included) has its worker signature checked.
 const SIGNATURE_SPOT_CHECK: u64 = 64;
+/// Countersignatures kept for the other answers of their batches: more than the batches a
+/// proxy's workers finish at once.
+const RECENT_COUNTERSIGNATURES: usize = 64;
 
 /// Checks and countersigns workers' receipts with this proxy's attested key.
 pub struct Countersigner {
     /// This proxy's identity (its current key signs).
-    pub trust: Arc<NodeTrust>,
+    trust: Arc<NodeTrust>,
     /// The worker policy, for a receipt signed with a certificate newer than its link's.
-    pub worker_policy: LivePolicy,
+    worker_policy: LivePolicy,
+    /// The latest countersignatures, newest last.
+    recent: Mutex<VecDeque<Recent>>,
+}
+
+/// A countersignature made for one answer of a batch, for its other answers.
+#[derive(Clone)]
+struct Recent {
+    /// What it covers ([`WorkerReceipt::countersigned_message`]).
+    message: Vec<u8>,
+    /// The proxy's signature (hex).
+    signature: String,
+    /// The certificate of the key that made it, as a trailer value.
+    certificate: HeaderValue,
 }
 
 /// Why a worker's receipt is not countersigned.
@@ -76,6 +97,39 @@ pub struct Countersigned {
 }
 
 impl Countersigner {
+    /// A countersigner signing with `trust`'s key, taking renewed worker certificates under
+    /// `worker_policy`.
+    pub fn new(trust: Arc<NodeTrust>, worker_policy: LivePolicy) -> Self {
+        Countersigner {
+            trust,
+            worker_policy,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_COUNTERSIGNATURES)),
+        }
+    }
+
+    /// The countersignature already made over `message`, if it is recent.
+    fn recent(&self, message: &[u8]) -> Option<Recent> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().rev().find(|c| c.message == message).cloned()
+    }
+
+    /// Signs `message` with this proxy's current key, and keeps the result for the batch.
+    fn sign(&self, message: Vec<u8>) -> Result<Recent, ReceiptError> {
+        let made = Countersignature::make(&message, &self.trust.identity());
+        let made = Recent {
+            message,
+            certificate: HeaderValue::from_str(&made.certificate)
+                .map_err(|_| ReceiptError::Malformed("not a header value".into()))?,
+            signature: made.signature,
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_COUNTERSIGNATURES {
+            recent.pop_front();
+        }
+        recent.push_back(made.clone());
+        Ok(made)
+    }
+
     /// Checks the worker's receipt (its record and certificate trailers) against `seen`, and
     /// countersigns it.
     pub fn countersign(
@@ -85,6 +139,8 @@ impl Countersigner {
         seen: &Seen<'_>,
     ) -> Result<Countersigned, ReceiptRefused> {
         let worker_receipt = WorkerReceipt::from_wire(ascii(record)?, ascii(worker_certificate)?)?;
+        let message = worker_receipt.countersigned_message()?;
+        let known = self.recent(&message);
         let peer = &seen.worker.peer;
         // The certificate text is the same answer after answer: compared with the last text found
         // to be the link's, it needs no decoding and hashing (a real TDX certificate is ~7.5 KB).
@@ -100,8 +156,9 @@ impl Countersigner {
         if is_link_certificate {
             // The receipt came over the link that this certificate's key authenticates, so it is
             // the worker's; its signature (which auditors check) is spot-checked, not checked on
-            // every answer: a worker whose signatures fail is caught on its first receipt.
-            if seen.worker.count_receipt() % SIGNATURE_SPOT_CHECK == 0 {
+            // every batch: a worker whose signatures fail is caught on its first receipt. A batch
+            // already countersigned was checked, or not, on its first answer.
+            if known.is_none() && seen.worker.count_receipt() % SIGNATURE_SPOT_CHECK == 0 {
                 worker_receipt.check_signature(&peer.public_key)?;
             }
         } else {
@@ -127,19 +184,23 @@ impl Countersigner {
                     "its certificate claims other attributes than the link's".into(),
                 ));
             }
-            worker_receipt.check_signature(&renewed.public_key)?;
+            if known.is_none() {
+                worker_receipt.check_signature(&renewed.public_key)?;
+            }
         }
         agree(&worker_receipt.answer, seen)?;
-        let receipt = Receipt::countersign(worker_receipt, &self.trust.identity());
-        let (record, _, proxy_certificate) = receipt.to_wire();
-        let value = |text: &str| {
-            HeaderValue::from_str(text)
-                .map_err(|_| ReceiptError::Malformed("not a header value".into()))
+        let countersignature = match known {
+            Some(known) => known,
+            None => self.sign(message)?,
         };
+        let record = worker_receipt.countersigned_record(&countersignature.signature);
         Ok(Countersigned {
-            record: per_request(value(&record)?),
+            record: per_request(
+                HeaderValue::from_str(&record)
+                    .map_err(|_| ReceiptError::Malformed("not a header value".into()))?,
+            ),
             worker_certificate: worker_certificate.clone(),
-            proxy_certificate: value(proxy_certificate)?,
+            proxy_certificate: countersignature.certificate,
         })
     }
 }
@@ -204,6 +265,7 @@ mod tests {
     use crate::queue::QueueConfig;
     use crate::routing::tests::sender;
     use crate::routing::Routing;
+    use cocoon_receipt::Receipt;
 
     async fn trust(role: &str, wallet: &str) -> Arc<NodeTrust> {
         let args = AttestationArgs {
@@ -239,10 +301,10 @@ mod tests {
         };
         let routing = Arc::new(Routing::new(QueueConfig::default()));
         let link = routing.add(info, peer, sender().await);
-        let countersigner = Countersigner {
-            trust: trust("proxy", "0").await,
-            worker_policy: LivePolicy::fixed("worker", policy),
-        };
+        let countersigner = Countersigner::new(
+            trust("proxy", "0").await,
+            LivePolicy::fixed("worker", policy),
+        );
         (countersigner, link)
     }
 
@@ -259,8 +321,22 @@ mod tests {
         link: &WorkerLink,
         request_id: &str,
     ) -> (HeaderValue, HeaderValue) {
+        let signed = WorkerReceipt::sign(record(link, request_id), &signer.identity());
+        trailers(&signed)
+    }
+
+    fn trailers(signed: &WorkerReceipt) -> (HeaderValue, HeaderValue) {
+        let (record, certificate) = signed.to_wire();
+        (
+            HeaderValue::from_str(&record).unwrap(),
+            HeaderValue::from_str(certificate).unwrap(),
+        )
+    }
+
+    /// The record of request `request_id`, served by `link`'s worker.
+    fn record(link: &WorkerLink, request_id: &str) -> AnswerRecord {
         let prices = Prices::default();
-        let record = AnswerRecord {
+        AnswerRecord {
             request_id: request_id.into(),
             issued_at: cocoon_receipt::unix_now(),
             model: "m".into(),
@@ -274,13 +350,7 @@ mod tests {
                 .unwrap()
                 .client_price,
             prices,
-        };
-        let signed = WorkerReceipt::sign(record, &signer.identity());
-        let (record, certificate) = signed.to_wire();
-        (
-            HeaderValue::from_str(&record).unwrap(),
-            HeaderValue::from_str(certificate).unwrap(),
-        )
+        }
     }
 
     fn seen<'a>(link: &'a WorkerLink, prices: &'a Prices) -> Seen<'a> {
@@ -319,6 +389,61 @@ mod tests {
                 .unwrap()
                 .verify()
                 .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_answers_of_one_batch_share_one_countersignature() {
+        let worker = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        let ids = ["a", "b", "c"];
+        let records = ids.iter().map(|id| record(&link, id)).collect();
+        let batch = WorkerReceipt::sign_batch(records, &worker.identity());
+        let mut proxy_signatures = Vec::new();
+        for (id, signed) in ids.iter().zip(&batch) {
+            let (record, certificate) = trailers(signed);
+            let seen = Seen {
+                request_id: id,
+                ..seen(&link, &prices)
+            };
+            let countersigned = countersigner
+                .countersign(&record, &certificate, &seen)
+                .unwrap();
+            let receipt = Receipt::from_wire(
+                countersigned.record.to_str().unwrap(),
+                countersigned.worker_certificate.to_str().unwrap(),
+                countersigned.proxy_certificate.to_str().unwrap(),
+            )
+            .unwrap();
+            receipt
+                .signatures(
+                    &worker.identity().signing_key().verifying_key(),
+                    &countersigner.trust.identity().signing_key().verifying_key(),
+                )
+                .unwrap()
+                .verify()
+                .unwrap();
+            proxy_signatures.push(receipt.proxy_signature);
+        }
+        assert!(proxy_signatures.iter().all(|s| *s == proxy_signatures[0]));
+        // An answer whose proof does not lead to the batch's root is not countersigned with it.
+        let mut moved = batch[1].clone();
+        moved.batch.as_mut().unwrap().index = 2;
+        let (record, certificate) = trailers(&moved);
+        let seen = Seen {
+            request_id: "b",
+            ..seen(&link, &prices)
+        };
+        let countersigned = countersigner.countersign(&record, &certificate, &seen);
+        if let Ok(countersigned) = countersigned {
+            let receipt = Receipt::from_wire(
+                countersigned.record.to_str().unwrap(),
+                countersigned.worker_certificate.to_str().unwrap(),
+                countersigned.proxy_certificate.to_str().unwrap(),
+            )
+            .unwrap();
+            assert_ne!(receipt.proxy_signature, proxy_signatures[0]);
         }
     }
 

@@ -5,14 +5,19 @@
 //! the quotes inside the certificates say what code held the keys, the signatures say those keys
 //! vouched for this answer and this price ([`Receipt::verify`]).
 //!
-//! Signed bytes are a domain-separation prefix followed by the JSON of [`AnswerRecord`] (its
-//! fields in declaration order, as `serde_json` writes them); the proxy's signature also covers
-//! the worker's, so neither can be swapped.
+//! A worker signs answers in batches: the answers it finishes together are the leaves of a
+//! Merkle tree ([`merkle`]; a leaf is the JSON of an [`AnswerRecord`], its fields in declaration
+//! order as `serde_json` writes them), and both signatures cover the tree's root after a
+//! domain-separation prefix; each receipt carries its answer's inclusion proof, so it is checked
+//! alone, offline, like one signed by itself. The proxy's signature also covers the worker's, so
+//! neither can be swapped. (Version 1 receipts, still read, signed each record itself.)
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod answer;
+mod covered;
+pub mod merkle;
 mod signatures;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,17 +28,17 @@ use cocoon_money::{price, Amount, Hash32, Prices, PricingError, Registry};
 use cocoon_proto::TokenUsage;
 use cocoon_ratls::{inspect_certificate, verify_certificate, Identity, PeerIdentity, RatlsError};
 use cocoon_tee::{AttestationKind, ImageHash, Policy, Verifier};
-use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 pub use answer::AnswerText;
+use covered::{check_signature, record_bytes, sign, Covered};
+pub use merkle::Inclusion;
 pub use signatures::{verify_batch, ReceiptSignatures};
 
-/// The receipt format this crate writes and reads.
-pub const RECEIPT_VERSION: u32 = 1;
-
-const WORKER_DOMAIN: &[u8] = b"cocoon-receipt/v1/worker\n";
-const PROXY_DOMAIN: &[u8] = b"cocoon-receipt/v1/proxy\n";
+/// The receipt format this crate writes: 2, batches signed by their Merkle root. It also reads
+/// and verifies version 1, whose signatures cover the record itself.
+pub const RECEIPT_VERSION: u32 = 2;
 
 /// What a receipt says about one answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,10 +77,33 @@ pub struct WorkerReceipt {
     pub version: u32,
     /// What is vouched for.
     pub answer: AnswerRecord,
+    /// Where the answer sits in the batch whose root the signatures cover (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Inclusion>,
     /// The worker's RA-TLS certificate (DER, base64).
     pub worker_certificate: String,
-    /// The worker's Ed25519 signature (hex) over the record.
+    /// The worker's Ed25519 signature (hex) over the batch's root (version 1: the record).
     pub worker_signature: String,
+}
+
+/// A proxy's signature over a batch's [`WorkerReceipt::countersigned_message`], made once for
+/// all the batch's answers.
+#[derive(Debug, Clone)]
+pub struct Countersignature {
+    /// The signing proxy's RA-TLS certificate (DER, base64).
+    pub certificate: String,
+    /// The signature (hex).
+    pub signature: String,
+}
+
+impl Countersignature {
+    /// Signs `message` with `identity` (the proxy's current key and certificate).
+    pub fn make(message: &[u8], identity: &Identity) -> Self {
+        Countersignature {
+            certificate: STANDARD.encode(identity.certificate_der()),
+            signature: sign(identity, message),
+        }
+    }
 }
 
 /// A full receipt: the worker's half countersigned by the proxy. Travels from proxy to client and
@@ -87,13 +115,17 @@ pub struct Receipt {
     pub version: u32,
     /// What is vouched for.
     pub answer: AnswerRecord,
+    /// Where the answer sits in the batch whose root the signatures cover (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Inclusion>,
     /// The worker's RA-TLS certificate (DER, base64).
     pub worker_certificate: String,
-    /// The worker's Ed25519 signature (hex) over the record.
+    /// The worker's Ed25519 signature (hex) over the batch's root (version 1: the record).
     pub worker_signature: String,
     /// The proxy's RA-TLS certificate (DER, base64).
     pub proxy_certificate: String,
-    /// The proxy's Ed25519 signature (hex) over the record and the worker's signature.
+    /// The proxy's Ed25519 signature (hex) over the root (version 1: the record) and the
+    /// worker's signature.
     pub proxy_signature: String,
 }
 
@@ -162,32 +194,6 @@ pub enum ReceiptError {
     NotAllowed(String),
 }
 
-fn sign(identity: &Identity, domain: &[u8], parts: &[&[u8]]) -> String {
-    let message = [&[domain][..], parts].concat().concat();
-    hex::encode(identity.signing_key().sign(&message).to_bytes())
-}
-
-fn check_signature(
-    key: &[u8; 32],
-    signature_hex: &str,
-    domain: &[u8],
-    parts: &[&[u8]],
-    which: &'static str,
-) -> Result<(), ReceiptError> {
-    let bad = || ReceiptError::BadSignature(which);
-    let mut bytes = [0u8; 64];
-    hex::decode_to_slice(signature_hex, &mut bytes).map_err(|_| bad())?;
-    let key = VerifyingKey::from_bytes(key).map_err(|_| bad())?;
-    let message = [&[domain][..], parts].concat().concat();
-    key.verify_strict(&message, &Signature::from_bytes(&bytes))
-        .map_err(|_| bad())
-}
-
-fn record_bytes(answer: &AnswerRecord) -> Vec<u8> {
-    // A struct of plain fields always serialises.
-    serde_json::to_vec(answer).unwrap_or_default()
-}
-
 fn decode_certificate(text: &str, which: &'static str) -> Result<Vec<u8>, ReceiptError> {
     STANDARD
         .decode(text)
@@ -195,15 +201,44 @@ fn decode_certificate(text: &str, which: &'static str) -> Result<Vec<u8>, Receip
 }
 
 impl WorkerReceipt {
-    /// The worker signs `answer` with `identity` (its current RA-TLS key and certificate).
+    /// The worker signs `answer` alone (a batch of one) with `identity` (its current RA-TLS key
+    /// and certificate).
     pub fn sign(answer: AnswerRecord, identity: &Identity) -> Self {
-        let worker_signature = sign(identity, WORKER_DOMAIN, &[&record_bytes(&answer)]);
-        WorkerReceipt {
-            version: RECEIPT_VERSION,
-            answer,
-            worker_certificate: STANDARD.encode(identity.certificate_der()),
-            worker_signature,
+        let mut signed = Self::sign_batch(vec![answer], identity);
+        signed.swap_remove(0)
+    }
+
+    /// The worker signs `answers` with `identity`: one signature over the root of their Merkle
+    /// tree per [`merkle::MAX_BATCH`] answers, each receipt with its inclusion proof, in
+    /// `answers`' order.
+    pub fn sign_batch(answers: Vec<AnswerRecord>, identity: &Identity) -> Vec<Self> {
+        let worker_certificate = STANDARD.encode(identity.certificate_der());
+        let mut signed = Vec::with_capacity(answers.len());
+        let mut answers = answers.into_iter().peekable();
+        while answers.peek().is_some() {
+            let batch: Vec<AnswerRecord> =
+                answers.by_ref().take(merkle::MAX_BATCH as usize).collect();
+            let leaves: Vec<[u8; 32]> = batch
+                .iter()
+                .map(|answer| merkle::leaf_hash(&record_bytes(answer)))
+                .collect();
+            let (root, proofs) = merkle::tree(&leaves);
+            let size = leaves.len() as u32;
+            let worker_signature = sign(identity, &Covered::batch(size, &root).worker_message());
+            signed.extend(
+                batch
+                    .into_iter()
+                    .zip(proofs)
+                    .map(|(answer, proof)| WorkerReceipt {
+                        version: RECEIPT_VERSION,
+                        answer,
+                        batch: Some(proof),
+                        worker_certificate: worker_certificate.clone(),
+                        worker_signature: worker_signature.clone(),
+                    }),
+            );
         }
+        signed
     }
 
     /// The embedded certificate's key, once the signature is checked with it. The caller decides
@@ -221,13 +256,22 @@ impl WorkerReceipt {
     /// Checks the worker's signature with `key` (one the caller already trusts as the worker's,
     /// such as its link's verified key).
     pub fn check_signature(&self, key: &[u8; 32]) -> Result<(), ReceiptError> {
-        check_version(self.version)?;
+        let covered = Covered::of(self.version, &self.answer, self.batch.as_ref())?;
         check_signature(
             key,
             &self.worker_signature,
-            WORKER_DOMAIN,
-            &[&record_bytes(&self.answer)],
+            &covered.worker_message(),
             "worker",
+        )
+    }
+
+    /// The bytes the proxy signs to countersign this receipt: its domain, what the worker's
+    /// signature covers (the batch's root), and the worker's signature. The same for every
+    /// answer of a batch, so a proxy signs them once.
+    pub fn countersigned_message(&self) -> Result<Vec<u8>, ReceiptError> {
+        Ok(
+            Covered::of(self.version, &self.answer, self.batch.as_ref())?
+                .proxy_message(&self.worker_signature),
         )
     }
 
@@ -244,10 +288,23 @@ impl WorkerReceipt {
         let record = RecordRef {
             version: self.version,
             answer: &self.answer,
+            batch: self.batch.as_ref(),
             worker_signature: &self.worker_signature,
             proxy_signature: None,
         };
         (to_header(&record), &self.worker_certificate)
+    }
+
+    /// The record trailer ([`Receipt::to_wire`]'s first part) of this receipt countersigned
+    /// with `proxy_signature`, made without building the [`Receipt`].
+    pub fn countersigned_record(&self, proxy_signature: &str) -> String {
+        to_header(&RecordRef {
+            version: self.version,
+            answer: &self.answer,
+            batch: self.batch.as_ref(),
+            worker_signature: &self.worker_signature,
+            proxy_signature: Some(proxy_signature),
+        })
     }
 
     /// Reads [`WorkerReceipt::to_wire`]'s form.
@@ -256,6 +313,7 @@ impl WorkerReceipt {
         Ok(WorkerReceipt {
             version: record.version,
             answer: record.answer,
+            batch: record.batch,
             worker_certificate: worker_certificate.to_owned(),
             worker_signature: record.worker_signature,
         })
@@ -267,6 +325,8 @@ impl WorkerReceipt {
 struct RecordRef<'a> {
     version: u32,
     answer: &'a AnswerRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<&'a Inclusion>,
     worker_signature: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     proxy_signature: Option<&'a str>,
@@ -278,38 +338,39 @@ struct RecordRef<'a> {
 struct Record {
     version: u32,
     answer: AnswerRecord,
+    #[serde(default)]
+    batch: Option<Inclusion>,
     worker_signature: String,
     #[serde(default)]
     proxy_signature: Option<String>,
 }
 
-fn check_version(version: u32) -> Result<(), ReceiptError> {
-    if version == RECEIPT_VERSION {
-        Ok(())
-    } else {
-        Err(ReceiptError::Malformed(format!(
-            "version {version} (this build reads {RECEIPT_VERSION})"
-        )))
-    }
-}
-
 impl Receipt {
-    /// The proxy countersigns a worker's receipt (whose signature it has checked) with `identity`.
-    pub fn countersign(worker: WorkerReceipt, identity: &Identity) -> Self {
-        let proxy_signature = sign(
-            identity,
-            PROXY_DOMAIN,
-            &[
-                &record_bytes(&worker.answer),
-                worker.worker_signature.as_bytes(),
-            ],
-        );
+    /// The proxy countersigns a worker's receipt (whose signature it has checked) with `identity`;
+    /// fails when the receipt's batch proof does not reach a root.
+    pub fn countersign(worker: WorkerReceipt, identity: &Identity) -> Result<Self, ReceiptError> {
+        let made = Countersignature::make(&worker.countersigned_message()?, identity);
+        Ok(Self::countersigned(
+            worker,
+            made.certificate,
+            made.signature,
+        ))
+    }
+
+    /// A worker's receipt with the proxy's certificate (base64 DER) and its signature (hex) over
+    /// [`WorkerReceipt::countersigned_message`], made earlier for another answer of the batch.
+    pub fn countersigned(
+        worker: WorkerReceipt,
+        proxy_certificate: String,
+        proxy_signature: String,
+    ) -> Self {
         Receipt {
             version: worker.version,
             answer: worker.answer,
+            batch: worker.batch,
             worker_certificate: worker.worker_certificate,
             worker_signature: worker.worker_signature,
-            proxy_certificate: STANDARD.encode(identity.certificate_der()),
+            proxy_certificate,
             proxy_signature,
         }
     }
@@ -326,6 +387,7 @@ impl Receipt {
         let record = RecordRef {
             version: self.version,
             answer: &self.answer,
+            batch: self.batch.as_ref(),
             worker_signature: &self.worker_signature,
             proxy_signature: Some(&self.proxy_signature),
         };
@@ -349,6 +411,7 @@ impl Receipt {
         Ok(Receipt {
             version: record.version,
             answer: record.answer,
+            batch: record.batch,
             worker_certificate: worker_certificate.to_owned(),
             worker_signature: record.worker_signature,
             proxy_certificate: proxy_certificate.to_owned(),
@@ -378,7 +441,7 @@ impl Receipt {
     /// hash; the charge is the price of the usage; and, when given, the answer's and request's
     /// digests and the registry's allow-lists.
     pub fn verify(&self, expect: &Expectations<'_>) -> Result<VerifiedReceipt, ReceiptError> {
-        check_version(self.version)?;
+        Covered::of(self.version, &self.answer, self.batch.as_ref())?;
         let at = UNIX_EPOCH
             .checked_add(Duration::from_secs(self.answer.issued_at))
             .ok_or(ReceiptError::IssuedAtOutOfRange(self.answer.issued_at))?;
@@ -449,20 +512,26 @@ impl Receipt {
         worker: &VerifyingKey,
         proxy: &VerifyingKey,
     ) -> Result<ReceiptSignatures, ReceiptError> {
-        check_version(self.version)?;
-        let record = record_bytes(&self.answer);
-        let worker_message = [WORKER_DOMAIN, &record].concat();
-        let proxy_message = [PROXY_DOMAIN, &record, self.worker_signature.as_bytes()].concat();
+        let covered = Covered::of(self.version, &self.answer, self.batch.as_ref())?;
         ReceiptSignatures::new(
-            (worker, worker_message, &self.worker_signature),
-            (proxy, proxy_message, &self.proxy_signature),
+            (worker, covered.worker_message(), &self.worker_signature),
+            (
+                proxy,
+                covered.proxy_message(&self.worker_signature),
+                &self.proxy_signature,
+            ),
         )
     }
 
     /// The checks of [`Receipt::verify_with`] other than the signatures: the record against the
     /// worker's (verified) certificate, and the charge against the usage and the stated prices.
     pub fn check_record(&self, worker: &PeerIdentity) -> Result<(), ReceiptError> {
-        check_version(self.version)?;
+        if !matches!(self.version, 1 | RECEIPT_VERSION) {
+            return Err(ReceiptError::Malformed(format!(
+                "version {} (this build reads 1 and {RECEIPT_VERSION})",
+                self.version
+            )));
+        }
         self.check_against_certificate(worker)?;
         let computed = price(
             &self.answer.usage,

@@ -11,6 +11,8 @@
 //! equation still has to hold for that key), so it proves nothing the key's holder did not sign;
 //! keys of small order, which would let anyone sign, are refused before any check.
 
+use std::collections::HashMap;
+
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::ReceiptError;
@@ -24,6 +26,17 @@ struct Signed {
     /// `worker` or `proxy`.
     which: &'static str,
 }
+
+impl Signed {
+    fn verify(&self) -> Result<(), ReceiptError> {
+        self.key
+            .verify_strict(&self.message, &self.signature)
+            .map_err(|_| ReceiptError::BadSignature(self.which))
+    }
+}
+
+/// What makes two signatures the same check: key, signature and message.
+type SignedKey<'a> = (&'a [u8; 32], [u8; 64], &'a [u8]);
 
 /// A receipt's worker and proxy signatures, ready to be checked.
 #[derive(Debug, Clone)]
@@ -59,26 +72,48 @@ impl ReceiptSignatures {
 
     /// Checks both signatures, each on its own (strict Ed25519).
     pub fn verify(&self) -> Result<(), ReceiptError> {
-        for signed in &self.signed {
-            signed
-                .key
-                .verify_strict(&signed.message, &signed.signature)
-                .map_err(|_| ReceiptError::BadSignature(signed.which))?;
-        }
-        Ok(())
+        self.signed.iter().try_for_each(Signed::verify)
     }
 }
 
 /// Checks every receipt's signatures: all in one batch, and when the batch fails, each receipt
 /// alone, so that one bad receipt refuses only itself. The verdicts are in `receipts`' order.
+///
+/// Receipts of one signed batch of answers carry the same two signatures over the same root:
+/// each distinct (key, message, signature) is checked once.
 pub fn verify_batch(receipts: &[&ReceiptSignatures]) -> Vec<Result<(), ReceiptError>> {
-    let signed = || receipts.iter().flat_map(|receipt| receipt.signed.iter());
-    let messages: Vec<&[u8]> = signed().map(|s| s.message.as_slice()).collect();
-    let signatures: Vec<Signature> = signed().map(|s| s.signature).collect();
-    let keys: Vec<VerifyingKey> = signed().map(|s| s.key).collect();
-    // One receipt alone is checked strictly; so is every receipt of a failed batch.
-    if receipts.len() > 1 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+    let mut distinct: Vec<&Signed> = Vec::new();
+    let mut place: HashMap<SignedKey<'_>, usize> = HashMap::new();
+    let places: Vec<[usize; 2]> = receipts
+        .iter()
+        .map(|receipt| {
+            receipt.signed.each_ref().map(|signed| {
+                let key = (
+                    signed.key.as_bytes(),
+                    signed.signature.to_bytes(),
+                    signed.message.as_slice(),
+                );
+                *place.entry(key).or_insert_with(|| {
+                    distinct.push(signed);
+                    distinct.len() - 1
+                })
+            })
+        })
+        .collect();
+    let messages: Vec<&[u8]> = distinct.iter().map(|s| s.message.as_slice()).collect();
+    let signatures: Vec<Signature> = distinct.iter().map(|s| s.signature).collect();
+    let keys: Vec<VerifyingKey> = distinct.iter().map(|s| s.key).collect();
+    // One receipt's two signatures alone are checked strictly; so is every signature of a failed
+    // batch.
+    if distinct.len() > 2 && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
         return receipts.iter().map(|_| Ok(())).collect();
     }
-    receipts.iter().map(|receipt| receipt.verify()).collect()
+    let verified: Vec<bool> = distinct.iter().map(|s| s.verify().is_ok()).collect();
+    places
+        .iter()
+        .map(|pair| match pair.iter().find(|&&at| !verified[at]) {
+            Some(&at) => Err(ReceiptError::BadSignature(distinct[at].which)),
+            None => Ok(()),
+        })
+        .collect()
 }

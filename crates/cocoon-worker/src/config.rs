@@ -120,6 +120,13 @@ pub struct WorkerConfig {
     #[arg(long, value_name = "AMOUNT", default_value_t = 10_000_000_000)]
     #[serde(default = "default_max_unvouched")]
     pub max_unvouched: u64,
+    /// Milliseconds an answer that ends while others are still running may wait for them, so
+    /// that their receipts are signed together: one signature over the batch's Merkle root
+    /// instead of one per answer (each receipt carries its inclusion proof). An answer that ends
+    /// while no other runs is signed at once. 0: every answer is signed alone.
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    #[serde(default = "default_receipt_batch_ms")]
+    pub receipt_batch_ms: u64,
     /// Connection cap and timeouts of this node's HTTP surface (stats).
     #[command(flatten)]
     #[serde(flatten)]
@@ -128,6 +135,10 @@ pub struct WorkerConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub attestation: AttestationArgs,
+}
+
+fn default_receipt_batch_ms() -> u64 {
+    2
 }
 
 fn default_max_unvouched() -> u64 {

@@ -24,6 +24,7 @@ use crate::engine::Engine;
 use crate::engine_request::EngineRequest;
 use crate::metering::{metered_answer, metered_stream};
 use crate::receipt::ReceiptDraft;
+use crate::receipt_signer::ReceiptSigner;
 use crate::settlement::PaidLink;
 use crate::stated_prices::StatedPrices;
 
@@ -45,8 +46,10 @@ pub struct Serving {
     pub stats: Arc<NodeStats>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// This worker's attested identity, which signs receipts.
+    /// This worker's attested identity.
     pub trust: Arc<NodeTrust>,
+    /// Signs answers' receipts, in batches.
+    pub receipts: Arc<ReceiptSigner>,
     /// What answers earn at the prices proxies state, taken against the registry's.
     pub stated_prices: Arc<StatedPrices>,
 }
@@ -168,6 +171,7 @@ async fn forward(
     let limit = limits.total;
     let receipt = ReceiptDraft::new(
         serving.trust.clone(),
+        serving.receipts.clone(),
         serving.info.clone(),
         serving.stated_prices.clone(),
         &headers,
@@ -235,7 +239,7 @@ async fn forward(
         metered_stream(body, serving.stats.clone(), receipt, limit)
     } else {
         match timeout_at(deadline, to_bytes(body, MAX_ANSWER_BYTES)).await {
-            Ok(Ok(bytes)) => metered_answer(bytes, &serving.stats, receipt, limit),
+            Ok(Ok(bytes)) => metered_answer(bytes, &serving.stats, receipt, limit).await,
             Ok(Err(error)) => {
                 return fail(
                     ErrorKind::BadGateway,
@@ -329,6 +333,19 @@ mod tests {
     use tower::ServiceExt;
 
     async fn serving(max_active: u32) -> Serving {
+        let trust = NodeTrust::new(
+            &cocoon_node::attestation::AttestationArgs {
+                tee: cocoon_tee::AttestationKind::Fake,
+                image_label: "test-worker".into(),
+                cert_lifetime_secs: 3600,
+                pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
+            },
+            "worker",
+            [("model".to_owned(), "synthetic".to_owned())].into(),
+        )
+        .await
+        .unwrap();
+        let stats = NodeStats::new("worker");
         Serving {
             info: Arc::new(WorkerInfo {
                 protocol_version: cocoon_proto::PROTOCOL_VERSION,
@@ -347,20 +364,10 @@ mod tests {
                 flush_each_chunk: false,
             })),
             slots: Arc::new(Semaphore::new(max_active as usize)),
-            stats: NodeStats::new("worker"),
+            stats: stats.clone(),
             max_body_bytes: 1024,
-            trust: NodeTrust::new(
-                &cocoon_node::attestation::AttestationArgs {
-                    tee: cocoon_tee::AttestationKind::Fake,
-                    image_label: "test-worker".into(),
-                    cert_lifetime_secs: 3600,
-                    pccs_url: cocoon_tee::tdx::INTEL_PCS_URL.into(),
-                },
-                "worker",
-                [("model".to_owned(), "synthetic".to_owned())].into(),
-            )
-            .await
-            .unwrap(),
+            receipts: ReceiptSigner::start(trust.clone(), stats, Duration::from_millis(2)),
+            trust,
             stated_prices: Arc::new(StatedPrices::new(
                 tokio::sync::watch::channel(Arc::new(cocoon_money::Prices::default())).1,
             )),

@@ -16,6 +16,7 @@ pub mod link;
 pub mod metering;
 mod ready_batch;
 pub mod receipt;
+pub mod receipt_signer;
 pub mod settlement;
 pub mod stated_prices;
 pub mod synthetic;
@@ -114,6 +115,11 @@ pub async fn start(
         stats: stats.clone(),
         max_body_bytes: config.max_body_bytes,
         trust: trust.clone(),
+        receipts: receipt_signer::ReceiptSigner::start(
+            trust.clone(),
+            stats.clone(),
+            Duration::from_millis(config.receipt_batch_ms),
+        ),
         stated_prices: Arc::new(stated_prices::StatedPrices::new(
             registry.derive(|document| document.prices.clone()),
         )),

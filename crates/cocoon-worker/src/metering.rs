@@ -87,14 +87,14 @@ fn carries_output(data: &str) -> bool {
 }
 
 /// The trailers ending a successful answer: its usage, and its receipt when there is a draft.
-fn final_trailers(
+async fn final_trailers(
     usage: &TokenUsage,
     draft: Option<ReceiptDraft>,
     answer: &AnswerText,
 ) -> HeaderMap {
     let mut trailers = usage_trailers(usage);
     if let Some(draft) = draft {
-        draft.finish(usage, answer, &mut trailers);
+        draft.finish(usage, answer, &mut trailers).await;
     }
     trailers
 }
@@ -111,7 +111,7 @@ fn capped(mut usage: TokenUsage, limit: Option<u64>) -> TokenUsage {
 
 /// A complete (non-streamed) answer followed by its usage and receipt trailers; the usage is
 /// capped at `limit` completion tokens.
-pub fn metered_answer(
+pub async fn metered_answer(
     bytes: Bytes,
     stats: &NodeStats,
     receipt: Option<ReceiptDraft>,
@@ -123,7 +123,7 @@ pub fn metered_answer(
     if receipt.is_some() {
         answer.add_json(&bytes);
     }
-    let trailers = final_trailers(&usage, receipt, &answer);
+    let trailers = final_trailers(&usage, receipt, &answer).await;
     let frames = [
         Ok::<_, Infallible>(Frame::data(bytes)),
         Ok(Frame::trailers(trailers)),
@@ -200,7 +200,7 @@ impl Meter {
 
     /// The trailers ending a finished answer: the engine's usage (or, without one, a token per
     /// content chunk), capped at the limit.
-    fn finish(&mut self, stats: &NodeStats) -> HeaderMap {
+    async fn finish(&mut self, stats: &NodeStats) -> HeaderMap {
         self.finished = true;
         let usage = self.usage.unwrap_or_else(|| {
             if !self.cut {
@@ -214,7 +214,7 @@ impl Meter {
         let usage = capped(usage, self.limit);
         stats.record_tokens(&usage);
         let answer = self.answer.take().unwrap_or_default();
-        final_trailers(&usage, self.receipt.take(), &answer)
+        final_trailers(&usage, self.receipt.take(), &answer).await
     }
 }
 
@@ -249,7 +249,7 @@ pub fn metered_stream(
                 return None;
             }
             let frame = if meter.cut {
-                Frame::trailers(meter.finish(&stats))
+                Frame::trailers(meter.finish(&stats).await)
             } else if let Some(error) = meter.failure.take() {
                 meter.finished = true;
                 stats.record_error(ErrorKind::BadGateway);
@@ -286,7 +286,7 @@ pub fn metered_stream(
                         }
                         Frame::data(data.freeze())
                     }
-                    None => Frame::trailers(meter.finish(&stats)),
+                    None => Frame::trailers(meter.finish(&stats).await),
                 }
             };
             Some((Ok::<_, Infallible>(frame), (batches, meter, stats)))
@@ -367,13 +367,8 @@ mod tests {
         let json = Bytes::from_static(
             br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}"#,
         );
-        let (text, trailers) = frames(metered_answer(
-            json.clone(),
-            &NodeStats::new("worker"),
-            None,
-            None,
-        ))
-        .await;
+        let (text, trailers) =
+            frames(metered_answer(json.clone(), &NodeStats::new("worker"), None, None).await).await;
         assert_eq!(text.as_bytes(), &json[..]);
         assert_eq!(read_usage(&trailers.unwrap()).unwrap().completion_tokens, 3);
     }
@@ -440,13 +435,8 @@ mod tests {
         let json = Bytes::from_static(
             br#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":999,"completion_tokens_details":{"reasoning_tokens":999}}}"#,
         );
-        let (_, trailers) = frames(metered_answer(
-            json,
-            &NodeStats::new("worker"),
-            None,
-            Some(4),
-        ))
-        .await;
+        let (_, trailers) =
+            frames(metered_answer(json, &NodeStats::new("worker"), None, Some(4)).await).await;
         let usage = read_usage(&trailers.unwrap()).unwrap();
         assert_eq!((usage.completion_tokens, usage.reasoning_tokens), (4, 4));
     }

@@ -1,6 +1,7 @@
 //! The worker's half of an answer's receipt: what it knew when the request came (request digest,
 //! model, prices) is kept in a [`ReceiptDraft`]; when the answer ends, the usage, the answer's text
-//! digest and the charge complete it, and the worker signs it with its current attested key.
+//! digest and the charge complete it, and the worker signs it with its current attested key, in a
+//! batch with the answers that end with it ([`ReceiptSigner`]).
 
 use std::sync::Arc;
 
@@ -8,16 +9,18 @@ use cocoon_money::{price, Hash32, Prices};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::link::per_request;
 use cocoon_proto::{headers, TokenUsage, WorkerInfo};
-use cocoon_receipt::{AnswerRecord, AnswerText, WorkerReceipt};
+use cocoon_receipt::{AnswerRecord, AnswerText};
 use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
+use crate::receipt_signer::ReceiptSigner;
 use crate::settlement::PaidLink;
 use crate::stated_prices::StatedPrices;
 
 /// A receipt waiting for its answer to end.
 pub struct ReceiptDraft {
     trust: Arc<NodeTrust>,
+    signer: Arc<ReceiptSigner>,
     info: Arc<WorkerInfo>,
     request_id: String,
     request_sha256: Hash32,
@@ -29,10 +32,12 @@ pub struct ReceiptDraft {
 }
 
 impl ReceiptDraft {
-    /// A draft for a request with `headers` and `body`, whose pay is counted by `stated_prices`;
-    /// `None` when the proxy sent no prices (a caller that bills nothing gets no receipt).
+    /// A draft for a request with `headers` and `body`, whose pay is counted by `stated_prices`
+    /// and whose receipt `signer` signs; `None` when the proxy sent no prices (a caller that bills
+    /// nothing gets no receipt).
     pub fn new(
         trust: Arc<NodeTrust>,
+        signer: Arc<ReceiptSigner>,
         info: Arc<WorkerInfo>,
         stated_prices: Arc<StatedPrices>,
         headers: &HeaderMap,
@@ -50,6 +55,7 @@ impl ReceiptDraft {
             .to_owned();
         Some(ReceiptDraft {
             trust,
+            signer,
             info,
             request_id,
             request_sha256: Hash32(Sha256::digest(body).into()),
@@ -66,14 +72,18 @@ impl ReceiptDraft {
     }
 
     /// Signs the receipt of an answer that used `usage` and said `answer`; adds it to `trailers`.
-    pub fn finish(self, usage: &TokenUsage, answer: &AnswerText, trailers: &mut HeaderMap) {
-        if let Some((record, certificate)) = self.sign(usage, answer) {
+    pub async fn finish(self, usage: &TokenUsage, answer: &AnswerText, trailers: &mut HeaderMap) {
+        if let Some((record, certificate)) = self.sign(usage, answer).await {
             trailers.insert(headers::RECEIPT_RECORD, record);
             trailers.insert(headers::RECEIPT_WORKER_CERTIFICATE, certificate);
         }
     }
 
-    fn sign(self, usage: &TokenUsage, answer: &AnswerText) -> Option<(HeaderValue, HeaderValue)> {
+    async fn sign(
+        self,
+        usage: &TokenUsage,
+        answer: &AnswerText,
+    ) -> Option<(HeaderValue, HeaderValue)> {
         let cost = price(usage, self.info.coefficient, &self.prices)
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
             .ok()?;
@@ -101,7 +111,8 @@ impl ReceiptDraft {
             prices: self.prices,
             charge,
         };
-        let signed = WorkerReceipt::sign(record, &self.trust.identity());
+        let batch = self.pay.as_ref().map(|link| link.proxy.voucher_key);
+        let signed = self.signer.sign(batch, record).await?;
         let (record, certificate) = signed.to_wire();
         Some((
             per_request(HeaderValue::from_str(&record).ok()?),

@@ -266,6 +266,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 claim_interval_ms: 5_000,
                 faucet: if on_ton { DEV_FAUCET } else { 0 },
                 max_unvouched: 10_000_000_000,
+                receipt_batch_ms: 2,
                 http: HttpLimits::default(),
                 attestation: attestation(WORKER_IMAGE),
             },

@@ -68,7 +68,7 @@ fn receipt(prices: Prices, proxy_wallet: AccountId) -> Receipt {
         charge: price(&usage, COEFFICIENT, &prices).unwrap().client_price,
         prices,
     };
-    Receipt::countersign(WorkerReceipt::sign(record, &worker), &proxy)
+    Receipt::countersign(WorkerReceipt::sign(record, &worker), &proxy).unwrap()
 }
 
 /// The request the receipts of [`receipt`] are for.

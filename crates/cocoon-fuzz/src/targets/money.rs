@@ -74,7 +74,7 @@ fn record() -> AnswerRecord {
 
 fn signed(record: AnswerRecord) -> Receipt {
     let nodes = nodes();
-    Receipt::countersign(WorkerReceipt::sign(record, &nodes.worker), &nodes.proxy)
+    Receipt::countersign(WorkerReceipt::sign(record, &nodes.worker), &nodes.proxy).unwrap()
 }
 
 fn verify(receipt: &Receipt) {

@@ -114,6 +114,7 @@ pub async fn scale_workers(args: ScaleWorkersArgs) -> anyhow::Result<()> {
                 faucet: 0,
                 // The benchmark's own proxy: its pay is not what is measured.
                 max_unvouched: u64::MAX,
+                receipt_batch_ms: 2,
                 http: HttpLimits::default(),
                 attestation: AttestationArgs {
                     tee: AttestationKind::Fake,
