@@ -93,6 +93,11 @@ pub struct NetworkBenchArgs {
     /// Microseconds between chunks in the `paced` mode.
     #[arg(long, default_value_t = 20_000)]
     pub paced_interval_us: u64,
+    /// The worker's `--receipt-batch-ms`: how long an answer may wait for the others running to
+    /// end, so that their receipts are signed as one batch (0: each signed alone, as before
+    /// batches).
+    #[arg(long, value_name = "MS", default_value_t = 2)]
+    pub receipt_batch_ms: u64,
     /// Runtime threads of each node process (0: one per core). All nodes share this machine's
     /// cores with the engine and the load generator, so one thread each is the default.
     #[arg(long = "node-threads", default_value_t = 1)]

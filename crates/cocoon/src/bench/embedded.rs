@@ -39,6 +39,7 @@ pub(super) async fn embedded_engine(args: EngineBenchArgs) -> anyhow::Result<()>
         max_concurrency,
         args.base_port,
         1,
+        &[],
     )
     .await?;
     let body = format!(

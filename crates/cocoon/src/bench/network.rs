@@ -157,17 +157,19 @@ const BENCH_FUNDS: &str = "1000000000000";
 /// What the benchmark's client deposits with the proxy: within the faucet's largest grant.
 const BENCH_DEPOSIT: &str = "500000000000";
 
-/// Starts a ledger, proxy, worker (forwarding to `engine_url` for `model`) and client on ports from
-/// `base_port`, with their state in a temporary directory removed afterwards.
+/// Starts a ledger, proxy, worker (forwarding to `engine_url` for `model`, with `worker_flags` too)
+/// and client on ports from `base_port`, with their state in a temporary directory removed
+/// afterwards.
 pub(super) async fn start_network(
     engine_url: &str,
     model: &str,
     max_active: usize,
     base_port: u16,
     threads: usize,
+    worker_flags: &[String],
 ) -> anyhow::Result<Network> {
     let mut core = start_core(base_port, threads, &[]).await?;
-    let worker = strings(&[
+    let mut worker = strings(&[
         "worker",
         "--proxy",
         &core.proxy_workers(),
@@ -188,6 +190,7 @@ pub(super) async fn start_network(
         "--min-peer-tee",
         "fake",
     ]);
+    worker.extend_from_slice(worker_flags);
     core.nodes.push(spawn(&worker, threads)?);
     let api = core.port(1);
     core.spawn_client("client", &api, threads)?;
@@ -272,6 +275,7 @@ async fn measure_mode(
         4096,
         base_port,
         args.node_threads,
+        &strings(&["--receipt-batch-ms", &args.receipt_batch_ms.to_string()]),
     )
     .await?;
     let api = nodes.api.clone();
