@@ -123,7 +123,8 @@ pub struct WorkerConfig {
     /// Milliseconds an answer that ends while others are still running may wait for them, so
     /// that their receipts are signed together: one signature over the batch's Merkle root
     /// instead of one per answer (each receipt carries its inclusion proof). An answer that ends
-    /// while no other runs is signed at once. 0: every answer is signed alone.
+    /// while no other runs is signed at once. 0: no answer waits (those that end at the same
+    /// moment are still signed together).
     #[arg(long, value_name = "MS", default_value_t = 2)]
     #[serde(default = "default_receipt_batch_ms")]
     pub receipt_batch_ms: u64,

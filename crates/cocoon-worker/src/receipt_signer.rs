@@ -2,11 +2,12 @@
 //! together, instead of one per answer (`cocoon_receipt::merkle`); every receipt carries its
 //! inclusion proof, so each is still checked alone.
 //!
-//! An answer that ends while no other is running is signed at once, so a lone request waits for
-//! nothing. One that ends while others run waits up to the batch window for them to end too:
-//! under load that trades at most the window of latency at the end of an answer for the
-//! signatures of the worker, the proxy (which countersigns the root once) and the client (which
-//! checks it once). Answers are batched per proxy, so a proxy's countersignature covers only
+//! Answers that end at the same moment (queued while the signer was busy or not yet scheduled)
+//! are always signed together. Beyond that, an answer that ends while no other is running is
+//! signed at once, so a lone request waits for nothing; one that ends while others run waits up
+//! to the batch window for them to end too, trading at most the window of latency at the end of
+//! an answer for the signatures of the worker, the proxy (which countersigns the root once) and
+//! the client (which checks it once). Answers are batched per proxy, so a proxy's countersignature covers only
 //! answers it relayed, and no proxy learns how many answers another one got.
 
 use std::sync::Arc;

@@ -94,8 +94,8 @@ pub struct NetworkBenchArgs {
     #[arg(long, default_value_t = 20_000)]
     pub paced_interval_us: u64,
     /// The worker's `--receipt-batch-ms`: how long an answer may wait for the others running to
-    /// end, so that their receipts are signed as one batch (0: each signed alone, as before
-    /// batches).
+    /// end, so that their receipts are signed as one batch (0: no answer waits; those that end
+    /// at the same moment are still signed together).
     #[arg(long, value_name = "MS", default_value_t = 2)]
     pub receipt_batch_ms: u64,
     /// Runtime threads of each node process (0: one per core). All nodes share this machine's
