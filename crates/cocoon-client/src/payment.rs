@@ -225,28 +225,25 @@ impl Payer {
             return Ok(headers);
         }
         self.open_channel(link, proxy).await?;
-        if let Some(value) = self
-            .payment_for(proxy)?
-            .and_then(|voucher| serde_json::to_string(&voucher).ok())
-            .and_then(|json| HeaderValue::from_str(&json).ok())
-        {
+        if let Some(value) = self.payment_for(proxy)? {
             headers.push((PAYMENT, value));
         }
         Ok(headers)
     }
 
-    /// The newest payment to send with a request to `proxy`, signed first if one is due;
+    /// The newest payment to send with a request to `proxy` (its header value), signed first if
+    /// one is due;
     /// [`PaymentError::Stopped`] when the proxy is not paid any more. Checking the queued
     /// receipts may find one that fails: then the request goes to another proxy, and the payment
     /// for the rest of the window stays unsent, for the next flush.
-    fn payment_for(&self, proxy: AccountId) -> Result<Option<SignedVoucher>, PaymentError> {
+    fn payment_for(&self, proxy: AccountId) -> Result<Option<HeaderValue>, PaymentError> {
         self.sign_pending(proxy, when_due, |_| ());
         if let Some(why) = self.stopped(&proxy) {
             return Err(PaymentError::Stopped(why));
         }
         Ok(lock(&self.channels).get_mut(&proxy).and_then(|channel| {
             channel.unsent = false;
-            channel.latest
+            channel.latest_header()
         }))
     }
 

@@ -2,9 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use cocoon_money::{Amount, SignedVoucher, Voucher, VoucherIds};
+use cocoon_money::{Amount, SignatureBytes, SignedVoucher, Voucher, VoucherIds};
 use cocoon_receipt::ReceiptSignatures;
 use ed25519_dalek::SigningKey;
+use http::HeaderValue;
 
 /// The longest a checked answer waits to be covered by a signed payment while requests keep
 /// going to its proxy: one batch check of the window's receipt signatures and one voucher
@@ -32,6 +33,9 @@ pub(super) struct Channel {
     pub(super) seqno: u64,
     /// The newest voucher, if the client signed one (or the proxy held one of its).
     pub(super) latest: Option<SignedVoucher>,
+    /// `latest` as an `x-cocoon-payment` value, made once per voucher (which it is for: the
+    /// voucher's signature), not once per request.
+    header: Option<(SignatureBytes, HeaderValue)>,
     /// Whether `latest` has not been sent to the proxy yet.
     pub(super) unsent: bool,
     /// Whether `cumulative` covers answers `latest` does not (checked, not yet signed for).
@@ -55,6 +59,7 @@ impl Channel {
             cumulative,
             seqno,
             latest,
+            header: None,
             unsent: false,
             pending: false,
             signed_at: None,
@@ -87,6 +92,19 @@ impl Channel {
             self.signed_at = Some(Instant::now());
         }
         refused
+    }
+
+    /// `latest` as the `x-cocoon-payment` header value.
+    pub(super) fn latest_header(&mut self) -> Option<HeaderValue> {
+        let latest = self.latest.as_ref()?;
+        match &self.header {
+            Some((signature, value)) if *signature == latest.signature => Some(value.clone()),
+            _ => {
+                let value = HeaderValue::from_str(&serde_json::to_string(latest).ok()?).ok()?;
+                self.header = Some((latest.signature, value.clone()));
+                Some(value)
+            }
+        }
     }
 
     /// Moves the queued answers whose receipt signatures verify into `cumulative`; the first

@@ -395,3 +395,21 @@ async fn an_answer_priced_just_before_a_registry_price_change_is_paid() {
     let after = receipt(dearer, proxy);
     assert_eq!(check(&after).unwrap(), after.answer.charge);
 }
+
+#[tokio::test]
+async fn each_request_carries_the_newest_voucher() {
+    let (payer, proxy, honest) = paying().await;
+    let charge = honest.answer.charge;
+    let sent = |payer: &Payer| -> SignedVoucher {
+        let value = payer.payment_for(proxy).unwrap().unwrap();
+        serde_json::from_slice(value.as_bytes()).unwrap()
+    };
+    settle(&payer, proxy, &trailers(&honest, charge));
+    let first = payer.latest(&proxy).unwrap();
+    assert_eq!(sent(&payer), first);
+    assert_eq!(sent(&payer), first, "the same voucher again");
+    settle(&payer, proxy, &trailers(&honest, charge));
+    let second = payer.latest(&proxy).unwrap();
+    assert_eq!(second.voucher.cumulative, first.voucher.cumulative + charge);
+    assert_eq!(sent(&payer), second);
+}
