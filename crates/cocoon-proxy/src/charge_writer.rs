@@ -10,11 +10,6 @@
 //! group the writer takes from the queue writes the vouchers waiting then, so a voucher recorded
 //! before a charge is queued is on disk once that charge is.
 //!
-//! A group waits a moment for more charges when more are on their way: while requests holding a
-//! reservation (each will be charged, or let go) outnumber the charges in the group, the writer
-//! gathers for up to [`GROUP_WINDOW`] before it commits. A lone answer is written at once; under
-//! load one fsync and one WAL commit serve several answers instead of each.
-//!
 //! It also keeps each client's committed total in memory (`ClientTotals`), updated after each
 //! commit and before any of its charges is reported written, so reservations on the request path
 //! read a map, never the database (and never wait behind its lock or the disk).
@@ -27,10 +22,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cocoon_money::{AccountId, Amount, SignedVoucher};
 use tokio::sync::{oneshot, watch};
@@ -39,8 +33,6 @@ use crate::store::{BillingStore, ChargeRecord, StoreError};
 
 /// Most charges written in one transaction.
 const MAX_GROUP: usize = 1024;
-/// Longest a group waits for the charges of requests still in flight.
-pub const GROUP_WINDOW: Duration = Duration::from_millis(1);
 /// Pause between probes while the database does not take writes.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -123,22 +115,8 @@ impl ClientTotals {
     }
 }
 
-/// Charges on their way: one per request holding a reservation.
-#[derive(Default)]
-struct Expected(AtomicUsize);
-
-/// One charge on its way, counted while it lives ([`ChargeWriter::expect`]).
-pub struct ExpectedCharge(Arc<Expected>);
-
-impl Drop for ExpectedCharge {
-    fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Handle of the writer thread.
 pub struct ChargeWriter {
-    expected: Arc<Expected>,
     queue: mpsc::Sender<Pending>,
     payments: Arc<PendingPayments>,
     failure: watch::Receiver<WriteFailure>,
@@ -162,25 +140,15 @@ impl ChargeWriter {
         let committed = totals.clone();
         let payments = Arc::new(PendingPayments::default());
         let waiting = payments.clone();
-        let expected = Arc::new(Expected::default());
-        let coming = expected.clone();
         std::thread::Builder::new()
             .name("charge-writer".into())
-            .spawn(move || {
-                let writes = Writes {
-                    pending,
-                    expected: &coming,
-                    window: GROUP_WINDOW,
-                };
-                write_charges(store, &writes, &waiting, report, &committed)
-            })
+            .spawn(move || write_charges(store, pending, &waiting, report, &committed))
             .map_err(|error| {
                 StoreError::Batch(format!(
                     "proxy database: starting the writer thread: {error}"
                 ))
             })?;
         Ok(ChargeWriter {
-            expected,
             queue,
             payments,
             failure,
@@ -192,13 +160,6 @@ impl ChargeWriter {
     /// written, and possibly some committed a moment ago whose report is on its way.
     pub fn charged(&self, client: &AccountId) -> Amount {
         self.totals.get(client)
-    }
-
-    /// Counts a charge on its way (a request that holds a reservation) until the guard drops,
-    /// so that the writer waits for it to share a commit with the charges before it.
-    pub fn expect(&self) -> ExpectedCharge {
-        self.expected.0.fetch_add(1, Ordering::Relaxed);
-        ExpectedCharge(self.expected.clone())
     }
 
     /// Records `charge`; resolves once it is on disk.
@@ -239,41 +200,9 @@ impl ChargeWriter {
     }
 }
 
-/// The writer's queue, and what tells it more charges are coming.
-struct Writes<'a> {
-    pending: mpsc::Receiver<Pending>,
-    expected: &'a Expected,
-    window: Duration,
-}
-
-impl Writes<'_> {
-    /// The writes queued after `first`: those waiting now, then, while more charges are on their
-    /// way than the group holds, those that come within the window.
-    fn group(&self, first: Pending) -> Vec<Pending> {
-        let deadline = Instant::now() + self.window;
-        let mut group = vec![first];
-        loop {
-            group.extend(self.pending.try_iter().take(MAX_GROUP - group.len()));
-            let charges = group
-                .iter()
-                .filter(|write| matches!(write, Pending::Charge(..)))
-                .count();
-            let coming = self.expected.0.load(Ordering::Relaxed);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if group.len() >= MAX_GROUP || coming <= charges || left.is_zero() {
-                return group;
-            }
-            match self.pending.recv_timeout(left) {
-                Ok(write) => group.push(write),
-                Err(_) => return group,
-            }
-        }
-    }
-}
-
 fn write_charges(
     mut store: BillingStore,
-    writes: &Writes<'_>,
+    pending: mpsc::Receiver<Pending>,
     waiting_payments: &PendingPayments,
     report: watch::Sender<WriteFailure>,
     totals: &ClientTotals,
@@ -281,13 +210,13 @@ fn write_charges(
     loop {
         let failing = report.borrow().is_some();
         let first = if failing {
-            match writes.pending.recv_timeout(PROBE_INTERVAL) {
+            match pending.recv_timeout(PROBE_INTERVAL) {
                 Ok(first) => Some(first),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         } else {
-            match writes.pending.recv() {
+            match pending.recv() {
                 Ok(first) => Some(first),
                 Err(_) => return,
             }
@@ -296,7 +225,8 @@ fn write_charges(
             report_outcome(&report, store.probe_write());
             continue;
         };
-        let group = writes.group(first);
+        let mut group = vec![first];
+        group.extend(pending.try_iter().take(MAX_GROUP - 1));
         let mut charges = Vec::new();
         let mut waiting = Vec::new();
         // Taken after the group: every voucher recorded before one of its charges was queued.
@@ -488,67 +418,5 @@ mod tests {
         // A writer started on the database again knows every total.
         let reopened = ChargeWriter::spawn(&path).unwrap();
         assert_eq!(reopened.charged(&AccountId([1; 32])), committed[1]);
-    }
-
-    /// A writer's queue with `expected` charges on their way, and a charge to queue on it.
-    fn queue(window: Duration) -> (Writes<'static>, mpsc::Sender<Pending>, &'static Expected) {
-        let expected: &'static Expected = Box::leak(Box::default());
-        let (sender, pending) = mpsc::channel();
-        let writes = Writes {
-            pending,
-            expected,
-            window,
-        };
-        (writes, sender, expected)
-    }
-
-    fn charge_write() -> Pending {
-        Pending::Charge(charge(1, 9, 10), oneshot::channel().0)
-    }
-
-    #[test]
-    fn a_lone_charge_is_written_at_once() {
-        // A window of an hour: the test would hang if the group waited for it.
-        let (writes, _sender, expected) = queue(Duration::from_secs(3600));
-        expected.0.store(1, Ordering::Relaxed);
-        assert_eq!(writes.group(charge_write()).len(), 1);
-        // Nor does a barrier wait when no charge is on its way.
-        expected.0.store(0, Ordering::Relaxed);
-        let (done, _) = oneshot::channel();
-        assert_eq!(writes.group(Pending::Barrier(done)).len(), 1);
-    }
-
-    #[test]
-    fn a_group_waits_for_the_charges_on_their_way_and_no_longer() {
-        let (writes, sender, expected) = queue(Duration::from_secs(3600));
-        expected.0.store(3, Ordering::Relaxed);
-        let late = std::thread::spawn(move || {
-            for _ in 0..2 {
-                std::thread::sleep(Duration::from_millis(20));
-                sender.send(charge_write()).unwrap();
-            }
-            sender
-        });
-        // Returns once the three requests in flight have all queued their charges.
-        assert_eq!(writes.group(charge_write()).len(), 3);
-        drop(late.join().unwrap());
-
-        // A request in flight whose charge does not come within the window is not waited for.
-        let (writes, _sender, expected) = queue(Duration::from_millis(30));
-        expected.0.store(2, Ordering::Relaxed);
-        assert_eq!(writes.group(charge_write()).len(), 1);
-    }
-
-    #[tokio::test]
-    async fn each_reservation_counts_as_a_charge_on_its_way() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = ChargeWriter::spawn(&dir.path().join("p.sqlite3")).unwrap();
-        let (first, second) = (writer.expect(), writer.expect());
-        assert_eq!(writer.expected.0.load(Ordering::Relaxed), 2);
-        drop(first);
-        drop(second);
-        assert_eq!(writer.expected.0.load(Ordering::Relaxed), 0);
-        // With nothing on its way, a charge is written without waiting.
-        writer.record(charge(4, 9, 20)).await.unwrap();
     }
 }

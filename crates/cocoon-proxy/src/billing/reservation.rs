@@ -8,7 +8,6 @@ use std::time::Duration;
 use cocoon_money::{AccountId, Amount, ClientContract, Prices};
 
 use super::Billing;
-use crate::charge_writer::ExpectedCharge;
 
 /// Balance a client can still spend: its contract balance, less what was charged but not yet
 /// collected on the ledger, less what its requests in flight hold.
@@ -57,8 +56,6 @@ pub struct Reservation {
     /// The prices of this request, fixed when it was reserved: the worker is told them, its
     /// receipt states them, and the charge uses them even if the registry changes meanwhile.
     prices: Arc<Prices>,
-    /// Tells the charge writer this request's charge may come (a group waits for it).
-    _expected: ExpectedCharge,
 }
 
 impl Reservation {
@@ -69,7 +66,6 @@ impl Reservation {
         prices: Arc<Prices>,
     ) -> Self {
         Reservation {
-            _expected: billing.writer.expect(),
             billing,
             client,
             amount,
