@@ -365,6 +365,28 @@ mod tests {
         }
     }
 
+    /// The full receipt a client reads from `countersigned`'s trailers.
+    fn read_back(countersigned: &Countersigned) -> Receipt {
+        Receipt::from_wire(
+            countersigned.record.to_str().unwrap(),
+            countersigned.worker_certificate.to_str().unwrap(),
+            countersigned.proxy_certificate.to_str().unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Checks `receipt`'s two signatures with `worker`'s key and `countersigner`'s.
+    fn verify_signatures(receipt: &Receipt, worker: &NodeTrust, countersigner: &Countersigner) {
+        receipt
+            .signatures(
+                &worker.identity().signing_key().verifying_key(),
+                &countersigner.trust.identity().signing_key().verifying_key(),
+            )
+            .unwrap()
+            .verify()
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn the_workers_receipt_is_countersigned_again_and_again() {
         let worker = trust("worker", "1").await;
@@ -375,20 +397,8 @@ mod tests {
             let signed = countersigner
                 .countersign(&record, &certificate, &seen(&link, &prices))
                 .unwrap();
-            let receipt = Receipt::from_wire(
-                signed.record.to_str().unwrap(),
-                signed.worker_certificate.to_str().unwrap(),
-                signed.proxy_certificate.to_str().unwrap(),
-            )
-            .unwrap();
-            receipt
-                .signatures(
-                    &worker.identity().signing_key().verifying_key(),
-                    &countersigner.trust.identity().signing_key().verifying_key(),
-                )
-                .unwrap()
-                .verify()
-                .unwrap();
+            let receipt = read_back(&signed);
+            verify_signatures(&receipt, &worker, &countersigner);
         }
     }
 
@@ -410,20 +420,8 @@ mod tests {
             let countersigned = countersigner
                 .countersign(&record, &certificate, &seen)
                 .unwrap();
-            let receipt = Receipt::from_wire(
-                countersigned.record.to_str().unwrap(),
-                countersigned.worker_certificate.to_str().unwrap(),
-                countersigned.proxy_certificate.to_str().unwrap(),
-            )
-            .unwrap();
-            receipt
-                .signatures(
-                    &worker.identity().signing_key().verifying_key(),
-                    &countersigner.trust.identity().signing_key().verifying_key(),
-                )
-                .unwrap()
-                .verify()
-                .unwrap();
+            let receipt = read_back(&countersigned);
+            verify_signatures(&receipt, &worker, &countersigner);
             proxy_signatures.push(receipt.proxy_signature);
         }
         assert!(proxy_signatures.iter().all(|s| *s == proxy_signatures[0]));
@@ -437,12 +435,7 @@ mod tests {
         };
         let countersigned = countersigner.countersign(&record, &certificate, &seen);
         if let Ok(countersigned) = countersigned {
-            let receipt = Receipt::from_wire(
-                countersigned.record.to_str().unwrap(),
-                countersigned.worker_certificate.to_str().unwrap(),
-                countersigned.proxy_certificate.to_str().unwrap(),
-            )
-            .unwrap();
+            let receipt = read_back(&countersigned);
             assert_ne!(receipt.proxy_signature, proxy_signatures[0]);
         }
     }
