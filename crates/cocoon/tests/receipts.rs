@@ -186,6 +186,80 @@ async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
     assert!(response.headers().get("x-cocoon-receipt").is_none());
 }
 
+#[tokio::test]
+async fn answers_that_end_together_share_one_signed_batch_and_each_verifies_offline() {
+    let (_proxy, proxy) = proxy(&[]);
+    // Streams of a token every 20 ms run side by side on the worker; with a long window the
+    // first to end waits until every answer running has ended too.
+    let (_worker, _) = worker(
+        &proxy,
+        &[
+            "--synthetic-interval-us",
+            "20000",
+            "--receipt-batch-ms",
+            "20000",
+        ],
+    );
+    let (_client, api) = client(&proxy, &[]);
+    wait_for_model(&api, "synthetic", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    const ANSWERS: usize = 5;
+    let request = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 25, "stream": true});
+    let transcripts = futures::future::join_all((0..ANSWERS).map(|_| async {
+        http()
+            .post(format!("{api}/v1/chat/completions"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }))
+    .await;
+    let receipts: Vec<Value> = transcripts
+        .iter()
+        .map(|transcript| {
+            let (_, event) = transcript
+                .split_once("event: cocoon.receipt\ndata: ")
+                .unwrap_or_else(|| panic!("no receipt event in {transcript}"));
+            serde_json::from_str(event.trim_end()).unwrap()
+        })
+        .collect();
+    let mut places = Vec::new();
+    for (index, (receipt, transcript)) in receipts.iter().zip(&transcripts).enumerate() {
+        assert_eq!(receipt["version"], 2);
+        assert_eq!(receipt["batch"]["size"], ANSWERS, "{receipt}");
+        for signature in ["worker_signature", "proxy_signature"] {
+            assert_eq!(receipt[signature], receipts[0][signature]);
+        }
+        places.push(receipt["batch"]["index"].as_u64().unwrap());
+        let receipt_path = dir.path().join(format!("receipt-{index}.json"));
+        let answer_path = dir.path().join(format!("answer-{index}.sse"));
+        std::fs::write(&receipt_path, receipt.to_string()).unwrap();
+        std::fs::write(&answer_path, transcript).unwrap();
+        let answer = answer_path.display().to_string();
+        let (ok, _, stderr) = verify(&receipt_path, &["--response", &answer]);
+        assert!(ok, "answer {index}: {stderr}");
+    }
+    places.sort_unstable();
+    assert_eq!(places, (0..ANSWERS as u64).collect::<Vec<_>>());
+
+    // An answer claimed at another place in the batch is refused.
+    let mut moved = receipts[0].clone();
+    let index = moved["batch"]["index"].as_u64().unwrap();
+    moved["batch"]["index"] = json!((index + 1) % ANSWERS as u64);
+    let moved_path = dir.path().join("moved.json");
+    std::fs::write(&moved_path, moved.to_string()).unwrap();
+    let (ok, _, stderr) = verify(&moved_path, &[]);
+    assert!(!ok);
+    // Its path leads to another root (a signature fails) or does not fit the new place at all.
+    assert!(
+        stderr.contains("signature") || stderr.contains("inclusion proof"),
+        "{stderr}"
+    );
+}
+
 /// The JSON inside a header-form receipt (base64url, no padding).
 fn base64_json(header: &str) -> Value {
     use base64::Engine as _;
