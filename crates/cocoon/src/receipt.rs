@@ -102,6 +102,8 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
         let out = json!({
             "valid": true,
             "answer": answer,
+            "version": receipt.version,
+            "batch": receipt.batch.as_ref().map(|b| json!({ "index": b.index, "size": b.size })),
             "worker": { "image_hash": verified.worker.image_hash.to_string(), "kind": verified.worker.kind.to_string() },
             "proxy": { "image_hash": verified.proxy.image_hash.to_string(), "kind": verified.proxy.kind.to_string() },
             "response": checked(response_sha256.is_some()),
@@ -139,6 +141,15 @@ pub async fn run(command: ReceiptCommand) -> anyhow::Result<()> {
         answer.coefficient
     );
     println!("  charge:   {} nano-units", answer.charge);
+    match &receipt.batch {
+        Some(batch) => println!(
+            "  signed:   as answer {} of a batch of {} (version {})",
+            batch.index + 1,
+            batch.size,
+            receipt.version
+        ),
+        None => println!("  signed:   alone (version {})", receipt.version),
+    }
     println!("  response: {}", checked(response_sha256.is_some()));
     println!("  request:  {}", checked(request_sha256.is_some()));
     match &registry {

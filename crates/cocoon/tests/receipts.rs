@@ -239,8 +239,11 @@ async fn answers_that_end_together_share_one_signed_batch_and_each_verifies_offl
         std::fs::write(&receipt_path, receipt.to_string()).unwrap();
         std::fs::write(&answer_path, transcript).unwrap();
         let answer = answer_path.display().to_string();
-        let (ok, _, stderr) = verify(&receipt_path, &["--response", &answer]);
+        let (ok, stdout, stderr) = verify(&receipt_path, &["--response", &answer, "--json"]);
         assert!(ok, "answer {index}: {stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["batch"]["size"], ANSWERS);
+        assert_eq!(report["response"], "matches");
     }
     places.sort_unstable();
     assert_eq!(places, (0..ANSWERS as u64).collect::<Vec<_>>());
