@@ -141,24 +141,8 @@ async fn answers_carry_receipts_that_verify_offline_and_tampering_fails() {
 
     // Streamed: the receipt is the event after [DONE], and covers the streamed text.
     let request = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": true});
-    let transcript = http()
-        .post(format!("{api}/v1/chat/completions"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let (before, receipt_event) = transcript
-        .split_once("event: cocoon.receipt\n")
-        .unwrap_or_else(|| panic!("no receipt event in {transcript}"));
-    assert!(before.ends_with("data: [DONE]\n\n"), "{transcript}");
-    let receipt_json = receipt_event
-        .strip_prefix("data: ")
-        .and_then(|rest| rest.strip_suffix("\n\n"))
-        .unwrap();
-    std::fs::write(path("stream-receipt.json"), receipt_json).unwrap();
+    let (transcript, receipt) = streamed(&api, &request).await;
+    std::fs::write(path("stream-receipt.json"), receipt.to_string()).unwrap();
     std::fs::write(path("stream.txt"), &transcript).unwrap();
     let (ok, stdout, stderr) = verify(
         &path("stream-receipt.json"),
@@ -205,27 +189,11 @@ async fn answers_that_end_together_share_one_signed_batch_and_each_verifies_offl
     let dir = tempfile::tempdir().unwrap();
     const ANSWERS: usize = 5;
     let request = json!({"model": "synthetic", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 25, "stream": true});
-    let transcripts = futures::future::join_all((0..ANSWERS).map(|_| async {
-        http()
-            .post(format!("{api}/v1/chat/completions"))
-            .json(&request)
-            .send()
+    let (transcripts, receipts): (Vec<String>, Vec<Value>) =
+        futures::future::join_all((0..ANSWERS).map(|_| streamed(&api, &request)))
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }))
-    .await;
-    let receipts: Vec<Value> = transcripts
-        .iter()
-        .map(|transcript| {
-            let (_, event) = transcript
-                .split_once("event: cocoon.receipt\ndata: ")
-                .unwrap_or_else(|| panic!("no receipt event in {transcript}"));
-            serde_json::from_str(event.trim_end()).unwrap()
-        })
-        .collect();
+            .into_iter()
+            .unzip();
     let mut places = Vec::new();
     for (index, (receipt, transcript)) in receipts.iter().zip(&transcripts).enumerate() {
         assert_eq!(receipt["version"], 2);
@@ -261,6 +229,30 @@ async fn answers_that_end_together_share_one_signed_batch_and_each_verifies_offl
         stderr.contains("signature") || stderr.contains("inclusion proof"),
         "{stderr}"
     );
+}
+
+/// A streamed answer's transcript, and the receipt of its `cocoon.receipt` event, which must
+/// follow `data: [DONE]`.
+async fn streamed(api: &str, request: &Value) -> (String, Value) {
+    let transcript = http()
+        .post(format!("{api}/v1/chat/completions"))
+        .json(request)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (before, event) = transcript
+        .split_once("event: cocoon.receipt\n")
+        .unwrap_or_else(|| panic!("no receipt event in {transcript}"));
+    assert!(before.ends_with("data: [DONE]\n\n"), "{transcript}");
+    let json = event
+        .strip_prefix("data: ")
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap();
+    let receipt = serde_json::from_str(json).unwrap();
+    (transcript, receipt)
 }
 
 /// The JSON inside a header-form receipt (base64url, no padding).
