@@ -184,9 +184,8 @@ impl Countersigner {
                     "its certificate claims other attributes than the link's".into(),
                 ));
             }
-            if known.is_none() {
-                worker_receipt.check_signature(&renewed.public_key)?;
-            }
+            // Always checked: a batch countersigned before may have come with another certificate.
+            worker_receipt.check_signature(&renewed.public_key)?;
         }
         agree(&worker_receipt.answer, seen)?;
         let countersignature = match known {
