@@ -14,6 +14,13 @@ const PROXY_DOMAIN: &[u8] = b"cocoon-receipt/v1/proxy\n";
 const WORKER_BATCH_DOMAIN: &[u8] = b"cocoon-receipt/v2/worker-batch\n";
 const PROXY_BATCH_DOMAIN: &[u8] = b"cocoon-receipt/v2/proxy-batch\n";
 
+/// Why a receipt of `version` (neither 1 nor [`RECEIPT_VERSION`]) is not read.
+pub(crate) fn unreadable_version(version: u32) -> ReceiptError {
+    ReceiptError::Malformed(format!(
+        "version {version} (this build reads 1 and {RECEIPT_VERSION})"
+    ))
+}
+
 /// `message` signed with `identity`'s key, in hex.
 pub(crate) fn sign(identity: &Identity, message: &[u8]) -> String {
     hex::encode(identity.signing_key().sign(message).to_bytes())
@@ -67,9 +74,7 @@ impl Covered {
             (2, None) => Err(ReceiptError::Malformed(
                 "a version 2 receipt needs its batch proof".into(),
             )),
-            _ => Err(ReceiptError::Malformed(format!(
-                "version {version} (this build reads 1 and {RECEIPT_VERSION})"
-            ))),
+            _ => Err(unreadable_version(version)),
         }
     }
 

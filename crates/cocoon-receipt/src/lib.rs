@@ -32,7 +32,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
 pub use answer::AnswerText;
-use covered::{check_signature, record_bytes, sign, Covered};
+use covered::{check_signature, record_bytes, sign, unreadable_version, Covered};
 pub use merkle::Inclusion;
 pub use signatures::{verify_batch, ReceiptSignatures};
 
@@ -527,10 +527,7 @@ impl Receipt {
     /// worker's (verified) certificate, and the charge against the usage and the stated prices.
     pub fn check_record(&self, worker: &PeerIdentity) -> Result<(), ReceiptError> {
         if !matches!(self.version, 1 | RECEIPT_VERSION) {
-            return Err(ReceiptError::Malformed(format!(
-                "version {} (this build reads 1 and {RECEIPT_VERSION})",
-                self.version
-            )));
+            return Err(unreadable_version(self.version));
         }
         self.check_against_certificate(worker)?;
         let computed = price(
