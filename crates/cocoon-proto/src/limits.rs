@@ -261,27 +261,39 @@ impl SseEventLimit {
     }
 
     /// Counts `chunk`, the next bytes of the stream.
+    ///
+    /// Only line ends are looked at one by one (found with `memchr`): the text between them is
+    /// counted as a whole, since it runs through every chunk of every answer.
     pub fn check(&mut self, chunk: &[u8]) -> Result<(), EventTooLarge> {
-        for &byte in chunk {
-            match byte {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    if self.line == 0 {
-                        // A blank line ends the event.
-                        self.event = 0;
-                    }
-                    self.line = 0;
-                    self.after_cr = byte == b'\r';
+        let mut text_start = 0;
+        for at in memchr::memchr2_iter(b'\n', b'\r', chunk) {
+            self.count_text(at - text_start)?;
+            let byte = chunk[at];
+            if byte == b'\n' && self.after_cr {
+                self.after_cr = false;
+            } else {
+                if self.line == 0 {
+                    // A blank line ends the event.
+                    self.event = 0;
                 }
-                _ => {
-                    self.after_cr = false;
-                    self.line += 1;
-                    self.event += 1;
-                    if self.event > self.limit {
-                        return Err(EventTooLarge { limit: self.limit });
-                    }
-                }
+                self.line = 0;
+                self.after_cr = byte == b'\r';
             }
+            text_start = at + 1;
+        }
+        self.count_text(chunk.len() - text_start)
+    }
+
+    /// Counts `len` bytes of a line's text.
+    fn count_text(&mut self, len: usize) -> Result<(), EventTooLarge> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.after_cr = false;
+        self.line = self.line.saturating_add(len);
+        self.event = self.event.saturating_add(len);
+        if self.event > self.limit {
+            return Err(EventTooLarge { limit: self.limit });
         }
         Ok(())
     }
@@ -393,5 +405,61 @@ mod tests {
         let mut limit = SseEventLimit::new(10);
         limit.check(b"data: 1\r\n").unwrap();
         assert!(limit.check(b"data: 2\r\n").is_err());
+    }
+
+    /// The rule of [`SseEventLimit::check`] applied a byte at a time: the reference the
+    /// line-at-a-time version must agree with.
+    fn reference_check(limit: &mut SseEventLimit, chunk: &[u8]) -> Result<(), EventTooLarge> {
+        for &byte in chunk {
+            match byte {
+                b'\n' if limit.after_cr => limit.after_cr = false,
+                b'\n' | b'\r' => {
+                    if limit.line == 0 {
+                        limit.event = 0;
+                    }
+                    limit.line = 0;
+                    limit.after_cr = byte == b'\r';
+                }
+                _ => {
+                    limit.after_cr = false;
+                    limit.line += 1;
+                    limit.event += 1;
+                    if limit.event > limit.limit {
+                        return Err(EventTooLarge { limit: limit.limit });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn counts_as_the_byte_at_a_time_rule_does(
+            chunks in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'a'), proptest::strategy::Just(b':'), proptest::num::u8::ANY
+                    ],
+                    0..40,
+                ),
+                0..12,
+            ),
+            limit in 0usize..30,
+        ) {
+            let mut fast = SseEventLimit::new(limit);
+            let mut reference = SseEventLimit::new(limit);
+            for chunk in &chunks {
+                let (got, expected) = (fast.check(chunk), reference_check(&mut reference, chunk));
+                proptest::prop_assert_eq!(got, expected);
+                if expected.is_err() {
+                    break;
+                }
+                proptest::prop_assert_eq!(
+                    (fast.event, fast.line, fast.after_cr),
+                    (reference.event, reference.line, reference.after_cr)
+                );
+            }
+        }
     }
 }

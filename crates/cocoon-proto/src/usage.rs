@@ -1,5 +1,8 @@
 //! Token usage as counted by an engine and carried to every hop.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 
 /// Tokens used by one request, as reported by the engine's `usage`.
@@ -33,8 +36,11 @@ impl TokenUsage {
 /// check lets every hop skip decoding those, and decode only the final usage chunk. It may say yes
 /// wrongly (a `"usage"` string inside content), never no wrongly, so callers still decode to be sure.
 pub fn may_carry_usage(json: &str) -> bool {
-    json.match_indices("\"usage\"").any(|(at, key)| {
-        let rest = json[at + key.len()..].trim_start();
+    // Built once: every hop asks this of every chunk of every answer.
+    static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    USAGE_KEY.find_iter(json.as_bytes()).any(|at| {
+        // The key is ASCII, so the byte after it is a character boundary.
+        let rest = json[at + USAGE_KEY.needle().len()..].trim_start();
         rest.strip_prefix(':')
             .is_some_and(|value| value.trim_start().starts_with('{'))
     })
