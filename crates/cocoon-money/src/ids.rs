@@ -47,6 +47,28 @@ fn canonical_hex<const N: usize>(text: &str) -> Result<[u8; N], IdError> {
     Ok(out)
 }
 
+/// `bytes` as lowercase hex, written into `out` (twice their length) rather than a new `String`:
+/// ids and hashes are written for every receipt and payment.
+fn lowercase_hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    hex::encode_to_slice(bytes, out).expect("the buffer is twice the bytes' length");
+    std::str::from_utf8(out).expect("hex digits are ASCII")
+}
+
+/// Reads [`canonical_hex`] text in place (without copying it into a `String` first).
+struct CanonicalHex<const N: usize>;
+
+impl<const N: usize> serde::de::Visitor<'_> for CanonicalHex<N> {
+    type Value = [u8; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} lowercase hex digits", 2 * N)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<[u8; N], E> {
+        canonical_hex::<N>(text).map_err(E::custom)
+    }
+}
+
 /// Defines a byte-array newtype with hex `Display`/`FromStr`/serde, so every id reads the same in
 /// JSON, logs and CLI flags.
 macro_rules! hex_newtype {
@@ -64,7 +86,7 @@ macro_rules! hex_newtype {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&hex::encode(self.0))
+                f.write_str(lowercase_hex(&self.0, &mut [0; 2 * $len]))
             }
         }
 
@@ -89,7 +111,7 @@ macro_rules! hex_newtype {
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&hex::encode(self.0))
+                serializer.serialize_str(lowercase_hex(&self.0, &mut [0; 2 * $len]))
             }
         }
 
@@ -97,10 +119,7 @@ macro_rules! hex_newtype {
         /// [`FromStr`] is more forgiving).
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                canonical_hex::<$len>(&text)
-                    .map(Self)
-                    .map_err(serde::de::Error::custom)
+                deserializer.deserialize_str(CanonicalHex::<$len>).map(Self)
             }
         }
     };
@@ -206,6 +225,23 @@ mod tests {
         assert!("abcd".parse::<AccountId>().is_err());
         assert!("zz".repeat(32).parse::<Hash32>().is_err());
         assert!(serde_json::from_str::<SignatureBytes>("\"00\"").is_err());
+    }
+
+    #[test]
+    fn json_holds_exactly_the_lowercase_spelling() {
+        let hash = Hash32(std::array::from_fn(|i| (i * 37) as u8));
+        let text = hash.to_string();
+        assert_eq!(text, hex::encode(hash.0));
+        assert_eq!(serde_json::to_string(&hash).unwrap(), format!("\"{text}\""));
+        // The same digits, escaped in JSON, are still that text.
+        let escaped = format!("\"\\u00{:x}{}\"", text.as_bytes()[0], &text[1..]);
+        assert_eq!(serde_json::from_str::<Hash32>(&escaped).unwrap(), hash);
+        // Another spelling of the same bytes, or not a string, is refused.
+        let upper = format!("\"{}\"", text.to_uppercase());
+        let error = serde_json::from_str::<Hash32>(&upper).unwrap_err();
+        assert!(error.to_string().contains("lowercase"), "{error}");
+        let error = serde_json::from_str::<Hash32>("7").unwrap_err();
+        assert!(error.to_string().contains("64 lowercase hex digits"), "{error}");
     }
 
     #[test]
