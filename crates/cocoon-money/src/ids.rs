@@ -241,7 +241,10 @@ mod tests {
         let error = serde_json::from_str::<Hash32>(&upper).unwrap_err();
         assert!(error.to_string().contains("lowercase"), "{error}");
         let error = serde_json::from_str::<Hash32>("7").unwrap_err();
-        assert!(error.to_string().contains("64 lowercase hex digits"), "{error}");
+        assert!(
+            error.to_string().contains("64 lowercase hex digits"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -418,6 +418,22 @@ impl Billing {
         usage: &TokenUsage,
         coefficient: u32,
     ) -> Result<(AnswerCost, Option<Amount>), BillingError> {
+        let (cost, uncapped, ()) = self
+            .charge_then(reservation, worker, usage, coefficient, |_, _| ())
+            .await?;
+        Ok((cost, uncapped))
+    }
+
+    /// [`Billing::charge`], running `meanwhile` on the priced charge while the disk writes it
+    /// (what it returns comes back with the charge, once the charge is on disk).
+    pub async fn charge_then<T>(
+        &self,
+        reservation: Reservation,
+        worker: AccountId,
+        usage: &TokenUsage,
+        coefficient: u32,
+        meanwhile: impl FnOnce(&AnswerCost, Option<Amount>) -> T,
+    ) -> Result<(AnswerCost, Option<Amount>, T), BillingError> {
         let (mut cost, mut answer) = answer_cost(usage, coefficient, reservation.prices())?;
         let uncapped = cap_at_reservation(&mut cost, &mut answer, reservation.amount());
         if self.config.test_only_overcharge {
@@ -425,17 +441,18 @@ impl Billing {
             answer.completion_total_cost = cost.client_price - answer.prompt_total_cost;
             answer.total_cost = cost.client_price;
         }
-        self.writer
-            .record(ChargeRecord {
-                client: reservation.client(),
-                worker,
-                adjusted_tokens: cost.adjusted_tokens,
-                client_price: cost.client_price,
-                worker_pay: cost.worker_pay,
-            })
-            .await?;
+        let written = self.writer.submit(ChargeRecord {
+            client: reservation.client(),
+            worker,
+            adjusted_tokens: cost.adjusted_tokens,
+            client_price: cost.client_price,
+            worker_pay: cost.worker_pay,
+        });
+        let done_meanwhile = meanwhile(&answer, uncapped);
+        written.await?;
+        // Only now: until the charge is on disk, the reservation is what counts the answer.
         drop(reservation);
-        Ok((answer, uncapped))
+        Ok((answer, uncapped, done_meanwhile))
     }
 
     /// `client`'s bill: its total charge, and the newest payment it signed that this proxy holds.

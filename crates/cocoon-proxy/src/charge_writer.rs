@@ -21,6 +21,7 @@
 //! succeeds (a probe or a charge) clears the report.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -164,11 +165,24 @@ impl ChargeWriter {
 
     /// Records `charge`; resolves once it is on disk.
     pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
+        self.submit(charge).await
+    }
+
+    /// Queues `charge` for writing at once, when called (not when first polled), so the caller
+    /// can work while the disk does; the future resolves once the charge is on disk.
+    pub fn submit(
+        &self,
+        charge: ChargeRecord,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
         let (done, written) = oneshot::channel();
-        self.queue
+        let queued = self
+            .queue
             .send(Pending::Charge(charge, done))
-            .map_err(|_| StoreError::WriterStopped)?;
-        written.await.map_err(|_| StoreError::WriterStopped)?
+            .map_err(|_| StoreError::WriterStopped);
+        async move {
+            queued?;
+            written.await.map_err(|_| StoreError::WriterStopped)?
+        }
     }
 
     /// Queues `client`'s verified payment voucher, to be kept if it is that client's newest; it is
@@ -324,6 +338,20 @@ fn report_outcome(report: &watch::Sender<WriteFailure>, outcome: Result<(), Stor
 mod tests {
     use super::*;
     use crate::store::tests::charge;
+
+    #[tokio::test]
+    async fn a_submitted_charge_is_queued_when_submitted_not_when_awaited() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ChargeWriter::spawn(&dir.path().join("proxy.sqlite3")).unwrap();
+        // Never polled: the charge is written all the same, and before what is queued after it.
+        drop(writer.submit(charge(4, 9, 20)));
+        writer.written().await.unwrap();
+        assert_eq!(writer.charged(&AccountId([4; 32])), 20);
+        // Awaited, it resolves only once the charge is counted (on disk).
+        let written = writer.submit(charge(4, 9, 5));
+        written.await.unwrap();
+        assert_eq!(writer.charged(&AccountId([4; 32])), 25);
+    }
 
     #[tokio::test]
     async fn a_payment_is_on_disk_once_a_later_write_is() {

@@ -11,6 +11,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cocoon_money::Amount;
 use cocoon_node::link::per_request;
 use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::{error_trailers, read_error, read_usage};
@@ -22,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::billing::{Billing, Reservation};
+use crate::billing::{AnswerCost, Billing, Reservation};
 use crate::coalesced_body::Coalesced;
 use crate::receipt::{Countersigned, Countersigner, Seen};
 use crate::routing::{Slot, WorkerLink};
@@ -117,8 +118,32 @@ impl Meter {
             };
             let prices = reservation.prices().clone();
             let reserved = reservation.amount();
-            let (cost, uncapped) = billing
-                .charge(reservation, wallet, &usage, worker.info.coefficient)
+            // The countersignature is made while the disk writes the charge; it goes out only
+            // once the charge is on disk.
+            let countersign = |cost: &AnswerCost, uncapped: Option<Amount>| {
+                // The receipt proves the usage's full price; the client pays the capped cost.
+                let seen = Seen {
+                    worker: &worker,
+                    request_id: &request_id,
+                    usage: &usage,
+                    charge: uncapped.unwrap_or(cost.total_cost),
+                    prices: &prices,
+                };
+                worker_receipt.and_then(|(record, certificate)| {
+                    receipts
+                        .countersign(&record, &certificate, &seen)
+                        .inspect_err(|error| tracing::warn!(worker = worker.id, %error, "worker's receipt refused; the answer goes without one"))
+                        .ok()
+                })
+            };
+            let (cost, uncapped, receipt) = billing
+                .charge_then(
+                    reservation,
+                    wallet,
+                    &usage,
+                    worker.info.coefficient,
+                    countersign,
+                )
                 .await
                 .map_err(|error| {
                     tracing::error!(%error, "charging a finished answer failed");
@@ -130,20 +155,6 @@ impl Meter {
             if let Some(reported) = uncapped {
                 worker.set_aside_for_overcharge(reported, reserved);
             }
-            // The receipt proves the usage's full price; the client pays the capped cost.
-            let seen = Seen {
-                worker: &worker,
-                request_id: &request_id,
-                usage: &usage,
-                charge: uncapped.unwrap_or(cost.total_cost),
-                prices: &prices,
-            };
-            let receipt = worker_receipt.and_then(|(record, certificate)| {
-                receipts
-                    .countersign(&record, &certificate, &seen)
-                    .inspect_err(|error| tracing::warn!(worker = worker.id, %error, "worker's receipt refused; the answer goes without one"))
-                    .ok()
-            });
             let text = serde_json::to_string(&cost).unwrap_or_default();
             let cost = HeaderValue::from_str(&text).map(per_request).map_err(|_| {
                 OpenAiError::new(

@@ -201,6 +201,35 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
     ledger.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn work_done_while_a_charge_is_written_sees_its_price_and_the_answer_still_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, billing) = ledger_and_billing(dir.path(), SigningKey::from_bytes(&[7; 32])).await;
+    let client = AccountId::from(&SigningKey::from_bytes(&[8; 32]));
+    open_client(&ledger, &billing, 8, 1_000_000_000, 1_000_000_000).await;
+    let held = billing.reserve(client, 0, 1_000, 1_000).await.unwrap();
+    let usage = TokenUsage {
+        prompt_tokens: 10,
+        completion_tokens: 20,
+        ..TokenUsage::default()
+    };
+    let (cost, uncapped, seen) = billing
+        .charge_then(held, AccountId([9; 32]), &usage, 1_000, |cost, uncapped| {
+            // Meanwhile the reservation is still held, so the answer counts against the
+            // client's balance whether or not its charge is on disk yet.
+            let statement = billing.client_statement(client).unwrap();
+            (cost.total_cost, uncapped, statement.reserved)
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, (30_000, None, 1_000_000));
+    assert_eq!((cost.total_cost, uncapped), (30_000, None));
+    // Returned: on disk, counted in the client's total, and the reservation released.
+    let statement = billing.client_statement(client).unwrap();
+    assert_eq!((statement.charged, statement.reserved), (30_000, 0));
+    ledger.shutdown().await.unwrap();
+}
+
 /// Charges `client` one small answer served by `worker`.
 async fn charge_one_answer(billing: &Arc<Billing>, client: AccountId, worker: AccountId) {
     let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
