@@ -142,32 +142,30 @@ mod tests {
         assert_eq!(*writes.0.lock().unwrap(), vec![b"HEADERSDATA".to_vec()]);
     }
 
+    /// Flushes `link`; returns how many times the flush was polled.
+    async fn polls_to_flush(link: &mut DeferredFlush<Writes>) -> usize {
+        let mut polls = 0;
+        std::future::poll_fn(|cx| {
+            polls += 1;
+            Pin::new(&mut *link).poll_flush(cx)
+        })
+        .await
+        .unwrap();
+        polls
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_flush_is_put_off_at_most_once_and_an_empty_one_not_at_all() {
         let writes = Writes::default();
         let mut link = DeferredFlush::new(writes.clone(), 1 << 16);
         // Nothing buffered: done at once.
-        let nothing = std::future::poll_fn(|cx| Pin::new(&mut link).poll_flush(cx));
-        assert!(futures::poll!(nothing).is_ready());
+        assert_eq!(polls_to_flush(&mut link).await, 1);
         link.write_all(b"frame").await.unwrap();
-        let mut polls = 0;
-        std::future::poll_fn(|cx| {
-            polls += 1;
-            Pin::new(&mut link).poll_flush(cx)
-        })
-        .await
-        .unwrap();
-        assert_eq!(polls, 2);
+        assert_eq!(polls_to_flush(&mut link).await, 2);
         assert_eq!(*writes.0.lock().unwrap(), vec![b"frame".to_vec()]);
         // The next flush is put off again: each one gets its turn.
         link.write_all(b"more").await.unwrap();
-        let mut polls = 0;
-        std::future::poll_fn(|cx| {
-            polls += 1;
-            Pin::new(&mut link).poll_flush(cx)
-        })
-        .await
-        .unwrap();
-        assert_eq!(polls, 2);
+        assert_eq!(polls_to_flush(&mut link).await, 2);
+        assert_eq!(writes.0.lock().unwrap().len(), 2);
     }
 }
