@@ -134,7 +134,6 @@ mod tests {
             // Put off once, waking itself: nothing is written yet.
             assert!(futures::poll!(flush.as_mut()).is_pending());
             assert!(writes.0.lock().unwrap().is_empty());
-            drop(flush);
         }
         // The body task runs in the turn the flush was put off by.
         body.await.unwrap();
