@@ -302,6 +302,7 @@ impl SseEventLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn field(json: &str) -> TokenField {
         serde_json::from_str(json).unwrap()
@@ -433,14 +434,12 @@ mod tests {
         Ok(())
     }
 
-    proptest::proptest! {
+    proptest! {
         #[test]
         fn counts_as_the_byte_at_a_time_rule_does(
             chunks in proptest::collection::vec(
                 proptest::collection::vec(
-                    proptest::prop_oneof![
-                        proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'a'), proptest::strategy::Just(b':'), proptest::num::u8::ANY
-                    ],
+                    prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b':'), any::<u8>()],
                     0..40,
                 ),
                 0..12,
@@ -451,11 +450,11 @@ mod tests {
             let mut reference = SseEventLimit::new(limit);
             for chunk in &chunks {
                 let (got, expected) = (fast.check(chunk), reference_check(&mut reference, chunk));
-                proptest::prop_assert_eq!(got, expected);
+                prop_assert_eq!(got, expected);
                 if expected.is_err() {
                     break;
                 }
-                proptest::prop_assert_eq!(
+                prop_assert_eq!(
                     (fast.event, fast.line, fast.after_cr),
                     (reference.event, reference.line, reference.after_cr)
                 );

@@ -409,24 +409,11 @@ impl Billing {
 
     /// Prices `usage` at `coefficient` and records the charge durably (client pays, worker
     /// earns), then releases the reservation. The charge never exceeds the reservation: a worker
-    /// reporting more usage is paid in proportion to the capped charge. Returns the cost split
-    /// for the app's `usage`, and the uncapped price when the cap applied.
-    pub async fn charge(
-        &self,
-        reservation: Reservation,
-        worker: AccountId,
-        usage: &TokenUsage,
-        coefficient: u32,
-    ) -> Result<(AnswerCost, Option<Amount>), BillingError> {
-        let (cost, uncapped, ()) = self
-            .charge_then(reservation, worker, usage, coefficient, |_, _| ())
-            .await?;
-        Ok((cost, uncapped))
-    }
-
-    /// [`Billing::charge`], running `meanwhile` on the priced charge while the disk writes it
-    /// (what it returns comes back with the charge, once the charge is on disk).
-    pub async fn charge_then<T>(
+    /// reporting more usage is paid in proportion to the capped charge. `meanwhile` runs on the
+    /// priced charge while the disk writes it. Returns the cost split for the app's `usage`, the
+    /// uncapped price when the cap applied, and what `meanwhile` returned — once the charge is on
+    /// disk.
+    pub async fn charge<T>(
         &self,
         reservation: Reservation,
         worker: AccountId,
@@ -441,7 +428,7 @@ impl Billing {
             answer.completion_total_cost = cost.client_price - answer.prompt_total_cost;
             answer.total_cost = cost.client_price;
         }
-        let written = self.writer.submit(ChargeRecord {
+        let written = self.writer.record(ChargeRecord {
             client: reservation.client(),
             worker,
             adjusted_tokens: cost.adjusted_tokens,

@@ -163,14 +163,9 @@ impl ChargeWriter {
         self.totals.get(client)
     }
 
-    /// Records `charge`; resolves once it is on disk.
-    pub async fn record(&self, charge: ChargeRecord) -> Result<u64, StoreError> {
-        self.submit(charge).await
-    }
-
-    /// Queues `charge` for writing at once, when called (not when first polled), so the caller
-    /// can work while the disk does; the future resolves once the charge is on disk.
-    pub fn submit(
+    /// Records `charge`: queued for writing at once, when called (not when first polled), so the
+    /// caller can work while the disk does; the future resolves once the charge is on disk.
+    pub fn record(
         &self,
         charge: ChargeRecord,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send + 'static {
@@ -340,15 +335,15 @@ mod tests {
     use crate::store::tests::charge;
 
     #[tokio::test]
-    async fn a_submitted_charge_is_queued_when_submitted_not_when_awaited() {
+    async fn a_charge_is_queued_when_recorded_not_when_awaited() {
         let dir = tempfile::tempdir().unwrap();
         let writer = ChargeWriter::spawn(&dir.path().join("proxy.sqlite3")).unwrap();
         // Never polled: the charge is written all the same, and before what is queued after it.
-        drop(writer.submit(charge(4, 9, 20)));
+        drop(writer.record(charge(4, 9, 20)));
         writer.written().await.unwrap();
         assert_eq!(writer.charged(&AccountId([4; 32])), 20);
         // Awaited, it resolves only once the charge is counted (on disk).
-        let written = writer.submit(charge(4, 9, 5));
+        let written = writer.record(charge(4, 9, 5));
         written.await.unwrap();
         assert_eq!(writer.charged(&AccountId([4; 32])), 25);
     }

@@ -137,7 +137,7 @@ impl Meter {
                 })
             };
             let (cost, uncapped, receipt) = billing
-                .charge_then(
+                .charge(
                     reservation,
                     wallet,
                     &usage,

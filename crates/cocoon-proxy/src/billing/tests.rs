@@ -146,7 +146,10 @@ async fn reserves_refuses_charges_and_releases_against_the_ledger_balance() {
         ..TokenUsage::default()
     };
     let worker = AccountId([9; 32]);
-    let (cost, uncapped) = billing.charge(held, worker, &usage, 1_000).await.unwrap();
+    let (cost, uncapped, ()) = billing
+        .charge(held, worker, &usage, 1_000, |_, _| ())
+        .await
+        .unwrap();
     assert_eq!(uncapped, None);
     assert_eq!(cost.total_cost, 400_100_000);
     assert_eq!(cost.prompt_total_cost, 100_000);
@@ -214,7 +217,7 @@ async fn work_done_while_a_charge_is_written_sees_its_price_and_the_answer_still
         ..TokenUsage::default()
     };
     let (cost, uncapped, seen) = billing
-        .charge_then(held, AccountId([9; 32]), &usage, 1_000, |cost, uncapped| {
+        .charge(held, AccountId([9; 32]), &usage, 1_000, |cost, uncapped| {
             // Meanwhile the reservation is still held, so the answer counts against the
             // client's balance whether or not its charge is on disk yet.
             let statement = billing.client_statement(client).unwrap();
@@ -238,7 +241,10 @@ async fn charge_one_answer(billing: &Arc<Billing>, client: AccountId, worker: Ac
         completion_tokens: 1,
         ..TokenUsage::default()
     };
-    billing.charge(held, worker, &usage, 1_000).await.unwrap();
+    billing
+        .charge(held, worker, &usage, 1_000, |_, _| ())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -375,7 +381,7 @@ async fn requests_never_wait_on_the_databases_read_connection() {
     for _ in 0..2 {
         let held = billing.reserve(client, 10, 100, 1_000).await.unwrap();
         billing
-            .charge(held, AccountId([9; 32]), &usage, 1_000)
+            .charge(held, AccountId([9; 32]), &usage, 1_000, |_, _| ())
             .await
             .unwrap();
     }
@@ -451,7 +457,7 @@ async fn without_the_ledger_a_known_client_is_served_within_its_stake_and_others
         ..TokenUsage::default()
     };
     billing
-        .charge(held, AccountId([3; 32]), &usage, 1_000)
+        .charge(held, AccountId([3; 32]), &usage, 1_000, |_, _| ())
         .await
         .unwrap();
     // The charge counts against the stake until the ledger collects it.
@@ -483,7 +489,7 @@ async fn a_client_owing_more_than_the_bound_unpaid_is_refused_until_it_pays() {
     // The default bound is the contract's stake (1.0 unit): one cheap answer is within it.
     let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
     billing
-        .charge(held, AccountId([9; 32]), &usage, 1_000)
+        .charge(held, AccountId([9; 32]), &usage, 1_000, |_, _| ())
         .await
         .unwrap();
     let held = billing.reserve(client, 0, 10, 1_000).await.unwrap();
@@ -495,7 +501,7 @@ async fn a_client_owing_more_than_the_bound_unpaid_is_refused_until_it_pays() {
     drop(held);
     let held = billing.reserve(client, 0, 1_000_001, 1_000).await.unwrap();
     billing
-        .charge(held, AccountId([9; 32]), &big, 1_000)
+        .charge(held, AccountId([9; 32]), &big, 1_000, |_, _| ())
         .await
         .unwrap();
     let refused = billing.reserve(client, 0, 10, 1_000).await.err().unwrap();
@@ -587,8 +593,8 @@ async fn a_release_waits_for_answers_and_payment_and_then_the_client_is_served_n
         completion_tokens: 90,
         ..TokenUsage::default()
     };
-    let (cost, _) = billing
-        .charge(held, AccountId([9; 32]), &usage, 1_000)
+    let (cost, _, ()) = billing
+        .charge(held, AccountId([9; 32]), &usage, 1_000, |_, _| ())
         .await
         .unwrap();
     // Served but not paid: no release (its close would take back what was not paid).
