@@ -12,7 +12,7 @@
 pub mod admission;
 pub mod billing;
 pub mod charge_writer;
-mod coalesced_body;
+pub mod coalesced_body;
 pub mod config;
 pub mod forward;
 pub mod http;

@@ -14,7 +14,7 @@ pub mod engine_request;
 pub mod http;
 pub mod link;
 pub mod metering;
-mod ready_batch;
+pub mod ready_batch;
 pub mod receipt;
 pub mod receipt_signer;
 pub mod settlement;

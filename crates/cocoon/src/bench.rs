@@ -13,6 +13,7 @@ use clap::Args;
 
 #[cfg(feature = "embedded")]
 mod embedded;
+mod floor;
 mod load;
 mod network;
 mod scale;
@@ -42,6 +43,9 @@ pub enum BenchTarget {
     /// The workers of `cocoon bench scale`, all in this process.
     #[command(hide = true)]
     ScaleWorkers(scale::ScaleWorkersArgs),
+    /// One of the relays of `cocoon bench --floor`.
+    #[command(hide = true)]
+    Relay(floor::RelayArgs),
 }
 
 /// Options of `cocoon bench engine`.
@@ -102,6 +106,11 @@ pub struct NetworkBenchArgs {
     /// cores with the engine and the load generator, so one thread each is the default.
     #[arg(long = "node-threads", default_value_t = 1)]
     pub node_threads: usize,
+    /// Also measure the floor: three relays in place of the client, proxy and worker, on the same
+    /// transport (HTTP surface, HTTP/2 links over TLS 1.3, the engine client) doing none of the
+    /// nodes' work — what the transport alone costs, against which the nodes' own work is seen.
+    #[arg(long)]
+    pub floor: bool,
     /// First port of the ports the benchmark's nodes use (it takes 10 per mode from here).
     #[arg(long, default_value_t = 19000)]
     pub base_port: u16,
@@ -201,6 +210,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Some(BenchTarget::Engine(engine)) => embedded::embedded_engine(engine).await,
             Some(BenchTarget::Scale(scale)) => scale::scale(scale).await,
             Some(BenchTarget::ScaleWorkers(workers)) => scale::scale_workers(workers).await,
+            Some(BenchTarget::Relay(relay)) => floor::relay(relay).await,
         }
     };
     tokio::select! {

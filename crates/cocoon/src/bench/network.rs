@@ -257,7 +257,7 @@ async fn measure_mode(
     base_port: u16,
     with_json: bool,
 ) -> anyhow::Result<()> {
-    ensure_ports_free(base_port, 7)?;
+    ensure_ports_free(base_port, if args.floor { 10 } else { 7 })?;
     let engine = format!("127.0.0.1:{base_port}");
     let (mode_flags, description) = engine_mode(args, mode);
     let mut engine_args = strings(&[
@@ -279,6 +279,10 @@ async fn measure_mode(
     )
     .await?;
     let api = nodes.api.clone();
+    let floor = match args.floor {
+        true => Some(start_floor(&nodes.core, &engine, args.node_threads).await?),
+        false => None,
+    };
     println!("\nengine mode {description}");
     let mut workloads = vec![(
         "stream",
@@ -324,6 +328,15 @@ async fn measure_mode(
                 processes.push((name, node.0.id()));
             }
             processes.push(("load", std::process::id()));
+            let floor_sample = match &floor {
+                Some(floor) => {
+                    let cpu = CpuMeter::start(floor.processes());
+                    let sample = measure(&floor.api, body, concurrency, duration).await?;
+                    let cpu = cpu.per_request(sample.latencies_ms.len());
+                    Some((sample, cpu))
+                }
+                None => None,
+            };
             let network_cpu = CpuMeter::start(processes);
             let network = measure(&api, body, concurrency, duration).await?;
             println!(
@@ -343,6 +356,19 @@ async fn measure_mode(
                 "        CPU µs per request: direct [{direct_cpu}]; network [{}]",
                 network_cpu.per_request(network.latencies_ms.len())
             );
+            if let Some((floor, cpu)) = &floor_sample {
+                println!(
+                    "        floor (relays, no nodes' work): {:.0}/s = {:.1}% of direct, p50 {:.3} ms (+{:.3}); CPU µs per request [{cpu}]{}",
+                    floor.throughput(),
+                    100.0 * floor.throughput() / direct.throughput(),
+                    floor.percentile(50.0),
+                    floor.percentile(50.0) - direct.percentile(50.0),
+                    match floor.failures {
+                        0 => String::new(),
+                        failures => format!("; failures {failures}"),
+                    }
+                );
+            }
             if direct.failures + network.failures > 0 {
                 println!(
                     "        failures: direct {}, network {}",
@@ -352,4 +378,53 @@ async fn measure_mode(
         }
     }
     Ok(())
+}
+
+/// The relays of `--floor` (ports 7, 8 and 9 from the mode's base port), stopped when dropped.
+struct Floor {
+    /// Proxy, worker and client relays, in that order.
+    relays: Vec<Process>,
+    /// The client relay's API.
+    api: String,
+}
+
+impl Floor {
+    fn processes(&self) -> Vec<(&'static str, u32)> {
+        ["proxy", "worker", "client"]
+            .into_iter()
+            .zip(self.relays.iter().map(|relay| relay.0.id()))
+            .collect()
+    }
+}
+
+/// Starts the floor's relays in front of `engine`, with their certificate in `core`'s directory.
+async fn start_floor(core: &Core, engine: &str, threads: usize) -> anyhow::Result<Floor> {
+    let tls_dir = core.dir("floor");
+    super::floor::write_tls_material(std::path::Path::new(&tls_dir))?;
+    let (api, for_clients, for_workers) = (core.port(7), core.port(8), core.port(9));
+    let relay = |role: &[&str]| {
+        let mut args = strings(&["bench", "relay", "--tls-dir", &tls_dir]);
+        args.extend(strings(role));
+        spawn(&args, threads)
+    };
+    let relays = vec![
+        relay(&[
+            "proxy",
+            "--client-listen",
+            &for_clients,
+            "--worker-listen",
+            &for_workers,
+        ])?,
+        relay(&[
+            "worker",
+            "--proxy",
+            &for_workers,
+            "--engine",
+            &format!("http://{engine}"),
+        ])?,
+        relay(&["client", "--listen", &api, "--proxy", &for_clients])?,
+    ];
+    let floor = Floor { relays, api };
+    wait_ready(&floor.api, &probe("synthetic")).await?;
+    Ok(floor)
 }
