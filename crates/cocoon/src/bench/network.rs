@@ -279,9 +279,10 @@ async fn measure_mode(
     )
     .await?;
     let api = nodes.api.clone();
-    let floor = match args.floor {
-        true => Some(start_floor(&nodes.core, &engine, args.node_threads).await?),
-        false => None,
+    let floor = if args.floor {
+        Some(start_floor(&nodes.core, &engine, args.node_threads).await?)
+    } else {
+        None
     };
     println!("\nengine mode {description}");
     let mut workloads = vec![(
