@@ -162,18 +162,43 @@ impl CpuMeter {
         Self { processes, before }
     }
 
-    /// `name µs` of CPU per request since `start`, for each process.
-    fn per_request(&self, requests: usize) -> String {
+    /// CPU per request since `start`, for each process that could be read.
+    fn per_request(&self, requests: usize) -> CpuPerRequest {
         let requests = requests.max(1) as f64;
-        self.processes
+        let used = self
+            .processes
             .iter()
             .zip(&self.before)
             .filter_map(|((name, pid), before)| {
                 let used = cpu_time(*pid)?.checked_sub((*before)?)?;
-                Some(format!("{name} {:.0}", used.as_secs_f64() * 1e6 / requests))
+                Some((*name, used.as_secs_f64() * 1e6 / requests))
             })
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        CpuPerRequest(used)
+    }
+}
+
+/// Microseconds of CPU per request, by process name; shown as `name µs, …`.
+struct CpuPerRequest(Vec<(&'static str, f64)>);
+
+impl CpuPerRequest {
+    /// The total of the processes named `names`.
+    fn total_of(&self, names: &[&str]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(name, _)| names.contains(name))
+            .map(|(_, micros)| micros)
+            .sum()
+    }
+}
+
+impl std::fmt::Display for CpuPerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, (name, micros)) in self.0.iter().enumerate() {
+            let separator = if index == 0 { "" } else { ", " };
+            write!(f, "{separator}{name} {micros:.0}")?;
+        }
+        Ok(())
     }
 }
 

@@ -353,13 +353,11 @@ async fn measure_mode(
                 network.percentile(99.0),
                 network.percentile(50.0) - direct.percentile(50.0),
             );
-            println!(
-                "        CPU µs per request: direct [{direct_cpu}]; network [{}]",
-                network_cpu.per_request(network.latencies_ms.len())
-            );
-            if let Some((floor, cpu)) = &floor_sample {
+            let network_cpu = network_cpu.per_request(network.latencies_ms.len());
+            println!("        CPU µs per request: direct [{direct_cpu}]; network [{network_cpu}]");
+            if let Some((floor, floor_cpu)) = &floor_sample {
                 println!(
-                    "        floor (relays, no nodes' work): {:.0}/s = {:.1}% of direct, p50 {:.3} ms (+{:.3}); CPU µs per request [{cpu}]{}",
+                    "        floor (relays, no nodes' work): {:.0}/s = {:.1}% of direct, p50 {:.3} ms (+{:.3}); CPU µs per request [{floor_cpu}]{}",
                     floor.throughput(),
                     100.0 * floor.throughput() / direct.throughput(),
                     floor.percentile(50.0),
@@ -368,6 +366,11 @@ async fn measure_mode(
                         0 => String::new(),
                         failures => format!("; failures {failures}"),
                     }
+                );
+                println!(
+                    "        the nodes' work above the floor: {:+.0} µs CPU per request, {:+.3} ms p50",
+                    network_cpu.total_of(&NODES) - floor_cpu.total_of(&NODES),
+                    network.percentile(50.0) - floor.percentile(50.0),
                 );
             }
             if direct.failures + network.failures > 0 {
@@ -381,6 +384,9 @@ async fn measure_mode(
     Ok(())
 }
 
+/// The processes whose CPU the floor's relays stand in for.
+const NODES: [&str; 3] = ["proxy", "worker", "client"];
+
 /// The relays of `--floor` (ports 7, 8 and 9 from the mode's base port), stopped when dropped.
 struct Floor {
     /// Proxy, worker and client relays, in that order.
@@ -391,7 +397,7 @@ struct Floor {
 
 impl Floor {
     fn processes(&self) -> Vec<(&'static str, u32)> {
-        ["proxy", "worker", "client"]
+        NODES
             .into_iter()
             .zip(self.relays.iter().map(|relay| relay.0.id()))
             .collect()
