@@ -18,6 +18,15 @@ pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
 
 /// Writes `key` to `path` (mode 0600 on Unix), refusing to replace an existing file.
 pub fn write_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+    write_secret(
+        path,
+        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
+    )
+}
+
+/// Writes secret `bytes` to a new file at `path` that only its owner may read (mode 0600 on
+/// Unix), refusing to replace an existing file.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -25,11 +34,8 @@ pub fn write_key(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
     let mut file = options
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(
-        &mut file,
-        format!("{}\n", hex::encode(key.to_bytes())).as_bytes(),
-    )
-    .with_context(|| format!("writing {}", path.display()))
+    std::io::Write::write_all(&mut file, bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Reads the key at `path`, first writing a fresh one there (and its directory) if there is none.
@@ -64,5 +70,20 @@ mod tests {
         std::fs::write(&path, "not hex").unwrap();
         let error = read_key(&path).unwrap_err();
         assert!(format!("{error:#}").contains("64 hex digits"), "{error:#}");
+    }
+
+    #[test]
+    fn a_secret_is_readable_by_its_owner_only_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.der");
+        write_secret(&path, b"first").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
+        assert!(write_secret(&path, b"second").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
     }
 }

@@ -84,15 +84,14 @@ const SERVER_NAME: &str = "localhost";
 /// How long a relay waits for its peer to come up.
 const DIAL_FOR: Duration = Duration::from_secs(10);
 
-/// Writes a fresh self-signed certificate and key for the relays into `dir`.
+/// Writes a fresh self-signed certificate and key (readable by its owner only) for the relays
+/// into `dir`.
 pub(super) fn write_tls_material(dir: &Path) -> anyhow::Result<()> {
     let issued = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
         .context("issuing the relays' certificate")?;
     std::fs::create_dir_all(dir).context("creating the relays' directory")?;
     std::fs::write(dir.join("cert.der"), issued.cert.der()).context("writing cert.der")?;
-    std::fs::write(dir.join("key.der"), issued.signing_key.serialize_der())
-        .context("writing key.der")?;
-    Ok(())
+    cocoon_node::key_file::write_secret(&dir.join("key.der"), &issued.signing_key.serialize_der())
 }
 
 /// The relays' TLS: a server that presents the shared certificate and a client that trusts only
