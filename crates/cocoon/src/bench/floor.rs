@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use cocoon_node::backoff::Backoff;
 use cocoon_node::link::{self, LinkSender};
 use cocoon_node::serve::{serve_http, HttpLimits};
 use cocoon_node::Body;
@@ -132,10 +133,11 @@ impl Tls {
         address: SocketAddr,
     ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = tokio::time::timeout(DIAL_FOR, async {
+            let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
             loop {
                 match TcpStream::connect(address).await {
                     Ok(tcp) => return tcp,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => tokio::time::sleep(backoff.next_delay()).await,
                 }
             }
         })
@@ -148,7 +150,7 @@ impl Tls {
 
     /// Accepts connections on `address` and hands each, once its TLS handshake is done, to
     /// `serve` on a task of its own.
-    async fn accept<F, Fut>(self: Arc<Self>, address: SocketAddr, serve: F) -> anyhow::Result<()>
+    async fn accept<F, Fut>(&self, address: SocketAddr, serve: F) -> anyhow::Result<()>
     where
         F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Clone + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -171,7 +173,7 @@ impl Tls {
 /// Runs one relay until it fails or the process is stopped.
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let dir = args.tls_dir.context("--tls-dir is required")?;
-    let tls = Arc::new(Tls::load(&dir)?);
+    let tls = Tls::load(&dir)?;
     match args.role {
         RelayRole::Client { listen, proxy } => {
             let link = Arc::new(OnceCell::new_with(Some(dial_link(&tls, proxy).await?)));
@@ -193,7 +195,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         } => {
             let worker: Arc<OnceCell<LinkSender>> = Arc::new(OnceCell::new());
             let router = Router::new().fallback(pass_on).with_state(worker.clone());
-            let workers = tls.clone().accept(worker_listen, move |tls| {
+            let workers = tls.accept(worker_listen, move |tls| {
                 let worker = worker.clone();
                 async move {
                     match link::client_handshake(tls).await {
@@ -205,7 +207,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
                     }
                 }
             });
-            let clients = tls.clone().accept(client_listen, move |tls| {
+            let clients = tls.accept(client_listen, move |tls| {
                 let router = router.clone();
                 async move { serve_link(tls, router).await }
             });
@@ -355,6 +357,22 @@ mod tests {
                 },
             )
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_and_one_within_it_read_whole() {
+        let request = |len: usize| {
+            http::Request::post("/v1/chat/completions")
+                .body(Body::from(vec![b'x'; len]))
+                .unwrap()
+        };
+        let refused = read_body(request(MAX_BODY + 1)).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        let (path, body) = read_body(request(MAX_BODY)).await.unwrap();
+        assert_eq!(
+            (path.as_str(), body.len()),
+            ("/v1/chat/completions", MAX_BODY)
+        );
     }
 
     #[tokio::test]
