@@ -42,7 +42,6 @@ use cocoon_money::{AccountId, ImageRole, SettlementBackend};
 use cocoon_node::attestation::NodeTrust;
 use cocoon_node::registry::{ProxyPort, RegistryWatch};
 use cocoon_node::stats::{self, NodeStats};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -140,12 +139,14 @@ pub async fn start(
         .await
         .context("cannot set up this client's attestation")?;
     trust.spawn_renewal(shutdown.clone());
-    let listener = TcpListener::bind(&config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (is another node using it?)",
-            config.listen
-        )
-    })?;
+    let listener = cocoon_node::serve::listen(&config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another node using it?)",
+                config.listen
+            )
+        })?;
     let local_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rusqlite::Connection;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -487,7 +486,7 @@ pub async fn spawn(
     clock: Arc<dyn Clock>,
 ) -> Result<LedgerHandle, ServiceError> {
     let ledger = Arc::new(Ledger::open(config, clock)?);
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = cocoon_serve::listen(config.listen).await?;
     let addr = listener.local_addr()?;
     let stopping = ledger.stopping.clone();
     let app = router(ledger);

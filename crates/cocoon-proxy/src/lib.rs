@@ -35,7 +35,6 @@ use cocoon_node::registry::RegistryWatch;
 use cocoon_node::stats::{self, NodeStats};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +153,7 @@ pub async fn start(
         )),
     };
     let bind = |address: String, what: &'static str| async move {
-        TcpListener::bind(&address)
+        cocoon_node::serve::listen(&address)
             .await
             .with_context(|| format!("binding the {what} address {address}"))
     };

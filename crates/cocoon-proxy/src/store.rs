@@ -11,6 +11,7 @@
 
 mod payments;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use cocoon_money::{AccountId, Amount, Hash32, SignedVoucher};
@@ -179,10 +180,12 @@ impl BillingStore {
             payments::keep_newest(&tx, client, voucher)?;
         }
         let (mut seqno, mut hash) = position_in(&tx)?;
+        let mut clients = RunningTotals::new(&CLIENT_ROWS);
+        let mut workers = RunningTotals::new(&WORKER_ROWS);
         let mut results = Vec::with_capacity(charges.len());
         for charge in charges {
-            let client = totals_in(&tx, CLIENT_TOTALS, &charge.client)?;
-            let worker = totals_in(&tx, WORKER_TOTALS, &charge.worker)?;
+            let client = clients.get(&tx, &charge.client)?;
+            let worker = workers.get(&tx, &charge.worker)?;
             let (Some(client), Some(worker)) = (
                 client.add(charge.client_price, charge.adjusted_tokens),
                 worker.add(charge.worker_pay, charge.adjusted_tokens),
@@ -210,30 +213,12 @@ impl BillingStore {
                     &hash.0[..],
                 ],
             )?;
-            execute_cached(
-                &tx,
-                "INSERT INTO clients (account, charged, tokens, requests) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (account) DO UPDATE SET charged = ?2, tokens = ?3, requests = ?4",
-                params![
-                    &charge.client.0[..],
-                    to_sql(client.amount),
-                    to_sql(client.tokens),
-                    to_sql(client.requests)
-                ],
-            )?;
-            execute_cached(
-                &tx,
-                "INSERT INTO workers (account, earned, tokens, requests) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (account) DO UPDATE SET earned = ?2, tokens = ?3, requests = ?4",
-                params![
-                    &charge.worker.0[..],
-                    to_sql(worker.amount),
-                    to_sql(worker.tokens),
-                    to_sql(worker.requests)
-                ],
-            )?;
+            clients.set(charge.client, client);
+            workers.set(charge.worker, worker);
             results.push(Ok(seqno));
         }
+        clients.write(&tx)?;
+        workers.write(&tx)?;
         execute_cached(
             &tx,
             "UPDATE position SET seqno = ?1, hash = ?2 WHERE id = 0",
@@ -361,7 +346,71 @@ fn all_in(db: &Connection, sql: &str) -> Result<Vec<(AccountId, Totals)>, StoreE
 const CLIENT_TOTALS: &str = "SELECT charged, tokens, requests FROM clients WHERE account = ?1";
 const WORKER_TOTALS: &str = "SELECT earned, tokens, requests FROM workers WHERE account = ?1";
 
-/// Runs a statement, parsed once per connection (every charge runs the same four).
+/// How one kind of counterparty's totals are read and written.
+struct TotalsRows {
+    select: &'static str,
+    upsert: &'static str,
+}
+
+const CLIENT_ROWS: TotalsRows = TotalsRows {
+    select: CLIENT_TOTALS,
+    upsert: "INSERT INTO clients (account, charged, tokens, requests) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account) DO UPDATE SET charged = ?2, tokens = ?3, requests = ?4",
+};
+
+const WORKER_ROWS: TotalsRows = TotalsRows {
+    select: WORKER_TOTALS,
+    upsert: "INSERT INTO workers (account, earned, tokens, requests) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account) DO UPDATE SET earned = ?2, tokens = ?3, requests = ?4",
+};
+
+/// The totals one transaction changes: each account's row is read at most once and written once,
+/// at the end, so a group of charges of one client and one worker costs two reads and two writes,
+/// not four statements per charge.
+struct RunningTotals {
+    rows: &'static TotalsRows,
+    changed: HashMap<AccountId, Totals>,
+}
+
+impl RunningTotals {
+    fn new(rows: &'static TotalsRows) -> Self {
+        Self {
+            rows,
+            changed: HashMap::new(),
+        }
+    }
+
+    /// `account`'s totals with this transaction's changes so far.
+    fn get(&self, db: &Connection, account: &AccountId) -> Result<Totals, StoreError> {
+        match self.changed.get(account) {
+            Some(totals) => Ok(*totals),
+            None => totals_in(db, self.rows.select, account),
+        }
+    }
+
+    fn set(&mut self, account: AccountId, totals: Totals) {
+        self.changed.insert(account, totals);
+    }
+
+    /// Writes every changed account's totals.
+    fn write(self, db: &Connection) -> Result<(), StoreError> {
+        for (account, totals) in self.changed {
+            execute_cached(
+                db,
+                self.rows.upsert,
+                params![
+                    &account.0[..],
+                    to_sql(totals.amount),
+                    to_sql(totals.tokens),
+                    to_sql(totals.requests)
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a statement, parsed once per connection (every group of charges runs the same few).
 fn execute_cached(
     db: &Connection,
     sql: &str,
@@ -440,6 +489,47 @@ pub(crate) mod tests {
         assert!(matches!(results[2], Err(StoreError::Overflow)));
         assert_eq!(results[3].as_ref().ok(), Some(&3));
         assert_eq!(store.position().unwrap().0, 3);
+    }
+
+    #[test]
+    fn a_group_ends_with_the_totals_of_its_charges_recorded_one_by_one() {
+        // The group reads and writes each account's row once; the outcome must not tell.
+        let near_max = ChargeRecord {
+            client_price: Amount::MAX - 100,
+            ..charge(1, 8, 0)
+        };
+        let charges = [
+            charge(1, 9, 100),
+            charge(1, 9, 50),
+            charge(2, 9, 7),
+            near_max,
+            charge(1, 8, 3),
+            charge(2, 8, 1),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let mut grouped = BillingStore::open(&dir.path().join("grouped.sqlite3")).unwrap();
+        let mut single = BillingStore::open(&dir.path().join("single.sqlite3")).unwrap();
+        let grouped_results: Vec<_> = grouped
+            .record_charges(&charges)
+            .unwrap()
+            .into_iter()
+            .map(|result| result.ok())
+            .collect();
+        let single_results: Vec<_> = charges
+            .iter()
+            .map(|charge| single.record_charge(charge).ok())
+            .collect();
+        assert_eq!(grouped_results, single_results);
+        assert_eq!(
+            grouped_results,
+            [Some(1), Some(2), Some(3), None, Some(4), Some(5)],
+            "client 1 is 150 short of overflowing when the near-maximal charge comes"
+        );
+        assert_eq!(grouped.clients().unwrap(), single.clients().unwrap());
+        assert_eq!(grouped.workers().unwrap(), single.workers().unwrap());
+        assert_eq!(grouped.position().unwrap(), single.position().unwrap());
+        let client = grouped.client(&AccountId([1; 32])).unwrap();
+        assert_eq!((client.amount, client.requests), (153, 3));
     }
 
     #[test]

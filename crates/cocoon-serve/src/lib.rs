@@ -2,6 +2,7 @@
 //!
 //! - [`serve_http`]: a plain-HTTP surface (client API, stats, ledger, engines) with a connection
 //!   cap, header, idle and body-read timeouts;
+//! - [`listen`]: listening sockets whose backlog holds a burst of new connections;
 //! - [`Accepting`]: an accept loop that survives running out of file descriptors;
 //! - [`Slots`]: a cap on connections in some state (open, handshaking) that makes room by
 //!   closing the longest-idle one (optionally sparing the young), so a flood of idle connections
@@ -17,11 +18,13 @@ mod accept;
 pub mod backoff;
 mod http;
 mod limits;
+mod listen;
 mod slots;
 mod throttle;
 
 pub use accept::Accepting;
 pub use http::serve_http;
 pub use limits::{file_limit, HttpLimits};
+pub use listen::{listen, LISTEN_BACKLOG};
 pub use slots::{Admission, Busy, Slot, Slots};
 pub use throttle::LogThrottle;

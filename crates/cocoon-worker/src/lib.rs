@@ -153,7 +153,7 @@ pub async fn start(
         shutdown.clone(),
         move |proxy, stop| tokio::spawn(link::keep_linked(proxy, linking.clone(), stop)),
     ));
-    let listener = tokio::net::TcpListener::bind(&config.stats_listen)
+    let listener = cocoon_node::serve::listen(&config.stats_listen)
         .await
         .with_context(|| format!("binding the stats address {}", config.stats_listen))?;
     let stats_addr = listener.local_addr()?;

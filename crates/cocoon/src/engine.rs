@@ -74,7 +74,7 @@ pub async fn serve_until_signal(
     router: axum::Router,
     limits: cocoon_node::serve::HttpLimits,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = cocoon_node::serve::listen(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let shutdown = cocoon_node::shutdown::on_signal();

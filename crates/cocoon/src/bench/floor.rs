@@ -31,7 +31,7 @@ use cocoon_worker::ready_batch::next_batch;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,7 @@ impl Tls {
         F: Fn(tokio_rustls::server::TlsStream<TcpStream>) -> Fut + Clone + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let listener = TcpListener::bind(address).await?;
+        let listener = cocoon_node::serve::listen(address).await?;
         loop {
             let (tcp, _) = listener.accept().await?;
             tcp.set_nodelay(true)?;
@@ -178,7 +178,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         RelayRole::Client { listen, proxy } => {
             let link = Arc::new(OnceCell::new_with(Some(dial_link(&tls, proxy).await?)));
             let router = Router::new().fallback(pass_on).with_state(link);
-            let listener = TcpListener::bind(listen).await?;
+            let listener = cocoon_node::serve::listen(listen).await?;
             serve_http(
                 listener,
                 router,
