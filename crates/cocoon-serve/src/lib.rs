@@ -24,7 +24,7 @@ mod throttle;
 
 pub use accept::Accepting;
 pub use http::serve_http;
-pub use limits::{file_limit, HttpLimits};
+pub use limits::{file_limit, raise_file_limit, HttpLimits};
 pub use listen::{listen, LISTEN_BACKLOG};
 pub use slots::{Admission, Busy, Slot, Slots};
 pub use throttle::LogThrottle;

@@ -79,6 +79,30 @@ pub fn file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
+/// The soft limit asked for when the hard one is unlimited: Linux's default `fs.nr_open`, the
+/// most a process may have.
+const UNLIMITED_FILES: u64 = 1 << 20;
+
+/// Raises this process's soft limit on open files to its hard limit, as nginx and Go's runtime
+/// do. The usual soft default of 1 024 exists for `select(2)`, which nothing here uses; a quarter
+/// of it ([`HttpLimits::connection_cap`]) is 256 connections a surface — too few for a client in
+/// front of busy apps — and a proxy holds a descriptor per worker link. Returns the soft limit
+/// before and after, or `None` when it already was the hard one.
+pub fn raise_file_limit() -> Result<Option<(u64, u64)>, rustix::io::Errno> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let Some(soft) = limit.current else {
+        return Ok(None);
+    };
+    let hard = limit.maximum.unwrap_or(UNLIMITED_FILES);
+    if soft >= hard {
+        return Ok(None);
+    }
+    limit.current = Some(hard);
+    setrlimit(Resource::Nofile, limit)?;
+    Ok(Some((soft, hard)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,6 +144,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&matches)?;
     let (name, sub) = matches.subcommand().context("a subcommand is required")?;
     init_logging();
+    match cocoon_node::serve::raise_file_limit() {
+        Ok(Some((from, to))) => tracing::debug!(from, to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit to its hard limit"),
+    }
     let runtime = match cli.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -275,3 +275,29 @@ async fn refused_handshakes_are_logged_at_most_once_a_second_with_a_count() {
         &warnings[..warnings.len().min(5)]
     );
 }
+
+/// The soft limit of open files a node runs under, from `/proc/<pid>/limits`.
+fn soft_file_limit_of(node: &Node) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a file limit");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_node_started_under_the_soft_default_raises_it_to_the_hard_limit() {
+    // A quarter of the soft limit is what each surface accepts; 1 024 would leave it 256.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let engine = Node::launch(
+        &strings(&["synthetic-engine", "--listen", &addr]),
+        Launch {
+            file_limit: Some(4 * FILE_LIMIT),
+            soft_file_limit: Some(FILE_LIMIT),
+            ..Launch::default()
+        },
+    );
+    wait_for_port(&addr);
+    assert_eq!(soft_file_limit_of(&engine), 4 * FILE_LIMIT);
+}

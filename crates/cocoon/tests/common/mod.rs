@@ -69,6 +69,9 @@ pub struct Launch {
     /// RLIMIT_NOFILE (soft and hard) for the process, as a deployment with the common default of
     /// 1 024 has (set through util-linux's `prlimit`).
     pub file_limit: Option<u64>,
+    /// A soft RLIMIT_NOFILE below `file_limit` (the hard one), as a shell or service manager
+    /// that keeps the soft default of 1 024 under a higher hard limit starts it.
+    pub soft_file_limit: Option<u64>,
     /// Keep its standard error for [`Node::stderr_lines`] instead of passing it through.
     pub capture_stderr: bool,
 }
@@ -98,7 +101,10 @@ impl Node {
             Some(limit) => {
                 let mut command = Command::new("prlimit");
                 command
-                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg(format!(
+                        "--nofile={}:{limit}",
+                        launch.soft_file_limit.unwrap_or(limit)
+                    ))
                     .arg("--")
                     .arg(cocoon);
                 command
@@ -146,6 +152,11 @@ impl Node {
         let mut node = Node::start(args);
         node._dir = Some(dir);
         node
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process has exited (and how).
