@@ -39,8 +39,10 @@ pub const PRICES: &str = "x-cocoon-prices";
 /// (no padding) of its JSON.
 pub const RECEIPT: &str = "x-cocoon-receipt";
 /// Trailer: an answer's signed receipt record (base64url JSON) — the worker's half from the
-/// worker, the countersigned one from the proxy. The certificates ride in the two trailers below:
-/// they repeat on every answer of a link, so HTTP/2 header compression sends them once.
+/// worker, the countersigned one from the proxy. The certificates ride in the two trailers below.
+/// They repeat on every answer of a link, but HTTP/2 header compression sends a repeat as an index
+/// only while it fits h2's encoder table (4 KiB, and no entry over 3 KiB): `fake` certificates
+/// (~1.3 KB) do; a TDX one (~7.5 KB with its quote) travels whole on every answer.
 pub const RECEIPT_RECORD: &str = "x-cocoon-receipt-record";
 /// Trailer: the certificate (base64 DER) whose key made the worker's receipt signature.
 pub const RECEIPT_WORKER_CERTIFICATE: &str = "x-cocoon-receipt-worker-certificate";
