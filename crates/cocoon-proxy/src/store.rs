@@ -364,9 +364,9 @@ const WORKER_ROWS: TotalsRows = TotalsRows {
              ON CONFLICT (account) DO UPDATE SET earned = ?2, tokens = ?3, requests = ?4",
 };
 
-/// The totals one transaction changes: each account's row is read at most once and written once,
-/// at the end, so a group of charges of one client and one worker costs two reads and two writes,
-/// not four statements per charge.
+/// The totals one transaction changes: each account's row is read when first needed and written
+/// once, at the end, so a group of charges of one client and one worker costs two reads and two
+/// writes, not four statements per charge.
 struct RunningTotals {
     rows: &'static TotalsRows,
     changed: HashMap<AccountId, Totals>,
