@@ -191,7 +191,7 @@ pub async fn forward(
         }
         let request_headers = request.headers_mut();
         if let Some(prices) = &prices {
-            request_headers.insert(headers::PRICES, prices.clone());
+            ask_for_receipt(&slot.worker, prices, request_headers);
         }
         request_headers.insert(headers::MAX_TOKENS, HeaderValue::from(max_tokens));
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -368,4 +368,17 @@ fn retry_elsewhere<B>(response: &Response<B>) -> bool {
 
 fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Asks `worker` for a receipt at `prices`, and tells it the certificate of its link the proxy
+/// already holds, if it does ([`headers::HELD_CERTIFICATE`]).
+pub(crate) fn ask_for_receipt(worker: &WorkerLink, prices: &HeaderValue, request: &mut HeaderMap) {
+    request.insert(headers::PRICES, prices.clone());
+    if worker.held_certificate().is_some() {
+        let fingerprint = cocoon_money::Hash32(worker.peer.cert_fingerprint).to_string();
+        request.insert(
+            headers::HELD_CERTIFICATE,
+            HeaderValue::from_str(&fingerprint).expect("hex is a header value"),
+        );
+    }
 }

@@ -257,7 +257,7 @@ mod tests {
 
     use cocoon_money::Hash32;
     use cocoon_node::attestation::AttestationArgs;
-    use cocoon_proto::WorkerInfo;
+    use cocoon_proto::{headers, WorkerInfo};
     use cocoon_tee::{AttestationKind, Policy};
 
     use super::*;
@@ -496,5 +496,46 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(refused, ReceiptRefused::Receipt(_)), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_record_without_its_certificate_names_the_links_once_a_receipt_showed_it() {
+        use crate::relay::take_worker_receipt;
+        let worker = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        let trailers = |with_certificate: bool| {
+            let (record, certificate) = receipt(&worker, &link, "r1");
+            let mut map = http::HeaderMap::new();
+            map.insert(headers::RECEIPT_RECORD, record);
+            if with_certificate {
+                map.insert(headers::RECEIPT_WORKER_CERTIFICATE, certificate);
+            }
+            map
+        };
+        let asked = || {
+            let mut request = http::HeaderMap::new();
+            let prices = HeaderValue::from_static("{}");
+            crate::forward::ask_for_receipt(&link, &prices, &mut request);
+            request.get(headers::HELD_CERTIFICATE).cloned()
+        };
+        // Nothing held yet: the worker is not told so, and a record alone is no receipt.
+        assert_eq!(asked(), None);
+        assert!(take_worker_receipt(&mut trailers(false), &link).is_none());
+        let (record, certificate) = take_worker_receipt(&mut trailers(true), &link).unwrap();
+        countersigner
+            .countersign(&record, &certificate, &seen(&link, &prices))
+            .unwrap();
+        // Now held: the worker is told which (the digest its own identity has), may leave it
+        // out, and the client still gets it.
+        let digest = Hash32(worker.identity().fingerprint()).to_string();
+        assert_eq!(asked().unwrap(), digest.as_str());
+        let (record, held) = take_worker_receipt(&mut trailers(false), &link).unwrap();
+        assert_eq!(held, certificate);
+        let countersigned = countersigner
+            .countersign(&record, &held, &seen(&link, &prices))
+            .unwrap();
+        assert_eq!(countersigned.worker_certificate, certificate);
+        verify_signatures(&read_back(&countersigned), &worker, &countersigner);
     }
 }

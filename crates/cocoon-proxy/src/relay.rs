@@ -253,7 +253,7 @@ impl http_body::Body for Relay {
                 };
                 this.finished = true;
                 // Only a receipt the proxy countersigns goes on to the client.
-                let worker_receipt = take_worker_receipt(&mut trailers);
+                let worker_receipt = take_worker_receipt(&mut trailers, &this.meter.worker);
                 if let Some(usage) = read_usage(&trailers) {
                     this.meter.worker.record_success();
                     this.stats.record_tokens(&usage);
@@ -284,11 +284,18 @@ impl http_body::Body for Relay {
     }
 }
 
-/// Removes the worker's receipt from its trailers (only a countersigned one goes on).
-fn take_worker_receipt(trailers: &mut HeaderMap) -> Option<WorkerReceiptTrailers> {
-    trailers
-        .remove(headers::RECEIPT_RECORD)
-        .zip(trailers.remove(headers::RECEIPT_WORKER_CERTIFICATE))
+/// Removes the worker's receipt from its trailers (only a countersigned one goes on). A record
+/// without its certificate names `worker`'s link certificate, which the proxy told the worker it
+/// holds (`headers::HELD_CERTIFICATE`); without one held, it is no receipt.
+pub(crate) fn take_worker_receipt(
+    trailers: &mut HeaderMap,
+    worker: &WorkerLink,
+) -> Option<WorkerReceiptTrailers> {
+    let record = trailers.remove(headers::RECEIPT_RECORD)?;
+    let certificate = trailers
+        .remove(headers::RECEIPT_WORKER_CERTIFICATE)
+        .or_else(|| worker.held_certificate())?;
+    Some((record, certificate))
 }
 
 impl Drop for Relay {
@@ -351,7 +358,7 @@ async fn charge_abandoned_tail(
                 continue;
             }
         };
-        let worker_receipt = take_worker_receipt(&mut trailers);
+        let worker_receipt = take_worker_receipt(&mut trailers, &meter.worker);
         if let Some(usage) = read_usage(&trailers) {
             meter.worker.record_success();
             stats.record_tokens(&usage);

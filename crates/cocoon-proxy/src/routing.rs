@@ -142,6 +142,15 @@ impl WorkerLink {
             == Some(certificate)
     }
 
+    /// This link's certificate as receipts carry it, once one did (then the worker is told it need
+    /// not send it again: `headers::HELD_CERTIFICATE`).
+    pub fn held_certificate(&self) -> Option<HeaderValue> {
+        self.link_certificate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Remembers `certificate`, found to be this link's certificate.
     pub fn remember_link_certificate(&self, certificate: &HeaderValue) {
         *self

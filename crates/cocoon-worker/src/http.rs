@@ -453,6 +453,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_certificate_the_proxy_holds_is_left_out_of_the_receipt() {
+        use cocoon_proto::headers;
+        let state = serving(2).await;
+        let own = cocoon_money::Hash32(state.trust.identity().fingerprint()).to_string();
+        let other = cocoon_money::Hash32([7; 32]).to_string();
+        for (held, sent) in [
+            (Some(own.as_str()), false),
+            (Some(&other), true),
+            (None, true),
+        ] {
+            let mut request = post(PATH_CHAT, r#"{"model":"synthetic","max_tokens":2}"#);
+            let request_headers = request.headers_mut();
+            let prices = serde_json::to_string(&cocoon_money::Prices::default()).unwrap();
+            request_headers.insert(headers::PRICES, prices.parse().unwrap());
+            if let Some(held) = held {
+                request_headers.insert(headers::HELD_CERTIFICATE, held.parse().unwrap());
+            }
+            let response = link_router(state.clone()).oneshot(request).await.unwrap();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().unwrap();
+            assert!(trailers.contains_key(headers::RECEIPT_RECORD), "{held:?}");
+            let certificate = trailers.contains_key(headers::RECEIPT_WORKER_CERTIFICATE);
+            assert_eq!(certificate, sent, "{held:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn the_engine_is_asked_for_no_more_than_the_proxy_reserved() {
         let state = serving(2).await;
         for stream in [false, true] {

@@ -29,6 +29,8 @@ pub struct ReceiptDraft {
     stated_prices: Arc<StatedPrices>,
     /// The link whose proxy owes this answer's pay, counted when it ends.
     pay: Option<PaidLink>,
+    /// SHA-256 of the certificate the proxy already holds ([`headers::HELD_CERTIFICATE`]).
+    held_certificate: Option<[u8; 32]>,
 }
 
 impl ReceiptDraft {
@@ -53,7 +55,12 @@ impl ReceiptDraft {
             .and_then(|id| id.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let held_certificate = headers
+            .get(headers::HELD_CERTIFICATE)
+            .and_then(|value| value.to_str().ok()?.parse::<Hash32>().ok())
+            .map(|hash| hash.0);
         Some(ReceiptDraft {
+            held_certificate,
             trust,
             signer,
             info,
@@ -71,11 +78,14 @@ impl ReceiptDraft {
         self
     }
 
-    /// Signs the receipt of an answer that used `usage` and said `answer`; adds it to `trailers`.
+    /// Signs the receipt of an answer that used `usage` and said `answer`; adds it to `trailers`,
+    /// its certificate only if the proxy does not hold that one already.
     pub async fn finish(self, usage: &TokenUsage, answer: &AnswerText, trailers: &mut HeaderMap) {
         if let Some((record, certificate)) = self.sign(usage, answer).await {
             trailers.insert(headers::RECEIPT_RECORD, record);
-            trailers.insert(headers::RECEIPT_WORKER_CERTIFICATE, certificate);
+            if let Some(certificate) = certificate {
+                trailers.insert(headers::RECEIPT_WORKER_CERTIFICATE, certificate);
+            }
         }
     }
 
@@ -83,7 +93,7 @@ impl ReceiptDraft {
         self,
         usage: &TokenUsage,
         answer: &AnswerText,
-    ) -> Option<(HeaderValue, HeaderValue)> {
+    ) -> Option<(HeaderValue, Option<HeaderValue>)> {
         let cost = price(usage, self.info.coefficient, &self.prices)
             .inspect_err(|error| tracing::warn!(%error, "cannot price the answer; no receipt"))
             .ok()?;
@@ -113,10 +123,15 @@ impl ReceiptDraft {
         };
         let batch = self.pay.as_ref().map(|link| link.proxy.voucher_key);
         let signed = self.signer.sign(batch, record).await?;
-        let (record, certificate) = signed.to_wire();
+        let (record, certificate) = signed.receipt.to_wire();
+        let certificate = if self.held_certificate == Some(signed.certificate_fingerprint) {
+            None
+        } else {
+            Some(HeaderValue::from_str(certificate).ok()?)
+        };
         Some((
             per_request(HeaderValue::from_str(&record).ok()?),
-            HeaderValue::from_str(certificate).ok()?,
+            certificate,
         ))
     }
 }

@@ -36,7 +36,15 @@ pub struct ReceiptSigner {
 struct Waiting {
     key: BatchKey,
     answer: AnswerRecord,
-    signed: oneshot::Sender<WorkerReceipt>,
+    signed: oneshot::Sender<SignedAnswer>,
+}
+
+/// A signed receipt, and the SHA-256 of the certificate it names (its signing key's).
+pub struct SignedAnswer {
+    /// The receipt.
+    pub receipt: WorkerReceipt,
+    /// SHA-256 of the DER of `receipt`'s certificate.
+    pub certificate_fingerprint: [u8; 32],
 }
 
 impl ReceiptSigner {
@@ -50,7 +58,7 @@ impl ReceiptSigner {
 
     /// The signed receipt of `answer`, in a batch of `key`'s; `None` if the signer has stopped
     /// (the runtime is shutting down).
-    pub async fn sign(&self, key: BatchKey, answer: AnswerRecord) -> Option<WorkerReceipt> {
+    pub async fn sign(&self, key: BatchKey, answer: AnswerRecord) -> Option<SignedAnswer> {
         let (signed, receipt) = oneshot::channel();
         self.queue
             .send(Waiting {
@@ -101,14 +109,17 @@ fn sign(mut batch: Vec<Waiting>, trust: &NodeTrust) {
         let (same, rest): (Vec<Waiting>, Vec<Waiting>) =
             batch.into_iter().partition(|waiting| waiting.key == key);
         batch = rest;
-        let (answers, replies): (Vec<AnswerRecord>, Vec<oneshot::Sender<WorkerReceipt>>) = same
+        let (answers, replies): (Vec<AnswerRecord>, Vec<oneshot::Sender<SignedAnswer>>) = same
             .into_iter()
             .map(|waiting| (waiting.answer, waiting.signed))
             .unzip();
         let receipts = WorkerReceipt::sign_batch(answers, &identity);
         for (reply, receipt) in replies.into_iter().zip(receipts) {
             // An answer cut meanwhile no longer wants its receipt.
-            let _ = reply.send(receipt);
+            let _ = reply.send(SignedAnswer {
+                receipt,
+                certificate_fingerprint: identity.fingerprint(),
+            });
         }
     }
 }
@@ -167,7 +178,7 @@ mod tests {
     async fn an_answer_that_ends_alone_is_signed_at_once() {
         let (signer, stats) = signer(LONG).await;
         let _running = stats.request_started();
-        let receipt = soon(signer.sign(None, answer("a"))).await.unwrap();
+        let receipt = soon(signer.sign(None, answer("a"))).await.unwrap().receipt;
         let batch = receipt.batch.unwrap();
         assert_eq!((batch.index, batch.size), (0, 1));
     }
@@ -185,7 +196,10 @@ mod tests {
             signer.sign(proxy(1), answer("d")),
         ]))
         .await;
-        let receipts: Vec<WorkerReceipt> = receipts.into_iter().map(Option::unwrap).collect();
+        let receipts: Vec<WorkerReceipt> = receipts
+            .into_iter()
+            .map(|signed| signed.unwrap().receipt)
+            .collect();
         let of_proxy_1 = [&receipts[0], &receipts[2], &receipts[3]];
         for (index, receipt) in of_proxy_1.iter().enumerate() {
             let batch = receipt.batch.as_ref().unwrap();
@@ -205,7 +219,7 @@ mod tests {
         let (signer, stats) = signer(Duration::from_millis(5)).await;
         // Another request runs on and never ends.
         let _running: Vec<_> = (0..2).map(|_| stats.request_started()).collect();
-        let receipt = soon(signer.sign(None, answer("a"))).await.unwrap();
+        let receipt = soon(signer.sign(None, answer("a"))).await.unwrap().receipt;
         assert_eq!(receipt.batch.unwrap().size, 1);
     }
 }
