@@ -22,8 +22,8 @@ use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
 use cocoon_node::Body;
 use cocoon_proto::headers::{
-    COEFFICIENT, ENGINE_PARAMS, ERROR, MAX_COEFFICIENT, MODEL_HASH, RECEIPT, REQUEST_ID,
-    TIMEOUT_MS, WORKER_IMAGE,
+    COEFFICIENT, ENGINE_PARAMS, ERROR, HELD_CERTIFICATE, MAX_COEFFICIENT, MODEL_HASH, RECEIPT,
+    REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
 };
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_SSE_EVENT_BYTES};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS};
@@ -31,11 +31,12 @@ use cocoon_proto::{ErrorKind, OpenAiError};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 use tower_http::cors::CorsLayer;
 
+use crate::api_key::authorized;
 use crate::edge::{new_request_id, with_request_id, RequestId};
+use crate::held_certificate::HeldCertificate;
 use crate::link::{unix_seconds, ProxyLinks};
 use crate::payment::{PaymentError, SentRequest};
 use crate::request::{prepare, Defaults, Endpoint, Prepared};
@@ -93,33 +94,6 @@ impl Failure {
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         json_response(self.status, &self.error)
-    }
-}
-
-/// Whether `headers` carry one of `keys` as `Authorization: Bearer <key>`.
-pub fn authorized(headers: &HeaderMap, keys: &[String]) -> Result<(), Failure> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(Failure::new(
-            ErrorKind::Unauthorized,
-            "missing API key: send `Authorization: Bearer <key>`",
-        ));
-    };
-    // Compare every key in constant time, so timing does not reveal how much of a key matched.
-    let matched = keys.iter().fold(false, |matched, key| {
-        matched | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
-    });
-    if matched {
-        Ok(())
-    } else {
-        Err(Failure::new(ErrorKind::Unauthorized, "invalid API key"))
     }
 }
 
@@ -279,7 +253,7 @@ impl Api {
         let deadline = Instant::now() + prepared.timeout + DEADLINE_GRACE;
         tracing::debug!(?request_id, model = %prepared.model, stream = prepared.stream, "forwarding");
 
-        let (response, proxy) =
+        let (response, proxy, held_certificate) =
             tokio::time::timeout_at(deadline, self.send(endpoint, &prepared, &request_id))
                 .await
                 .map_err(|_| timed_out())??;
@@ -348,6 +322,7 @@ impl Api {
                     stats: self.stats.clone(),
                     active,
                     max_event_bytes: MAX_SSE_EVENT_BYTES,
+                    held_certificate: Some(held_certificate),
                     on_success: Some(Box::new(move |trailers, receipt| {
                         payer.settle_answer(proxy, &sent, trailers, receipt, max_coefficient)
                     })),
@@ -355,7 +330,10 @@ impl Api {
             ))
         } else {
             let collected = read_answer(response.into_body(), deadline, MAX_ANSWER_BYTES).await?;
-            let trailers = collected.trailers().cloned();
+            let trailers = collected.trailers().cloned().map(|mut trailers| {
+                held_certificate.complete(&mut trailers);
+                trailers
+            });
             let mut bytes = collected.to_bytes();
             if let Some(trailers) = &trailers {
                 if let Some(error) = trailers.get(ERROR) {
@@ -402,13 +380,21 @@ impl Api {
 
     /// Sends the request on the most preferred live link of a proxy this client still pays. A
     /// link found closed before sending is skipped for the next one: nothing reached that proxy,
-    /// so the request cannot run twice. Returns the answer and the proxy that gives it.
+    /// so the request cannot run twice. Returns the answer, the proxy that gives it and what the
+    /// client holds of that proxy's certificate.
     async fn send(
         &self,
         endpoint: Endpoint,
         prepared: &Prepared,
         request_id: &HeaderValue,
-    ) -> Result<(http::Response<hyper::body::Incoming>, AccountId), Failure> {
+    ) -> Result<
+        (
+            http::Response<hyper::body::Incoming>,
+            AccountId,
+            Arc<HeldCertificate>,
+        ),
+        Failure,
+    > {
         // Checked names only ([`cocoon_proto::capabilities::is_param_name`]): a plain header value.
         let engine_params =
             HeaderValue::from_str(&prepared.engine_params.join(",")).map_err(|_| {
@@ -464,13 +450,16 @@ impl Api {
                     .into_iter()
                     .map(|(name, value)| (http::HeaderName::from_static(name), value)),
             );
+            if let Some(held) = link.held_certificate.request_header() {
+                request.headers_mut().insert(HELD_CERTIFICATE, held);
+            }
             let response = sender.send_request(request).await.map_err(|error| {
                 Failure::new(
                     ErrorKind::BadGateway,
                     format!("the link to proxy {} failed: {error}", link.proxy),
                 )
             })?;
-            return Ok((response, proxy));
+            return Ok((response, proxy, link.held_certificate.clone()));
         }
         Err(match stopped {
             Some(why) => Failure::new(
@@ -534,32 +523,6 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_keys_are_checked_when_configured() {
-        let keys = vec!["secret-1".to_owned(), "secret-2".to_owned()];
-        let mut headers = HeaderMap::new();
-        assert_eq!(authorized(&headers, &[]), Ok(()));
-        let missing = authorized(&headers, &keys).unwrap_err();
-        assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
-        assert!(missing.error.error.message.contains("missing"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer secret-3"),
-        );
-        let wrong = authorized(&headers, &keys).unwrap_err();
-        assert_eq!(wrong.error.kind(), Some(ErrorKind::Unauthorized));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer secret-2"),
-        );
-        assert_eq!(authorized(&headers, &keys), Ok(()));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic secret-2"),
-        );
-        assert!(authorized(&headers, &keys).is_err());
-    }
 
     #[tokio::test]
     async fn answers_from_the_proxy_are_read_within_a_size_and_a_deadline() {

@@ -19,8 +19,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api_key;
 pub mod config;
 pub mod edge;
+pub mod held_certificate;
 pub mod http;
 pub mod link;
 pub mod models;

@@ -28,6 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::held_certificate::HeldCertificate;
+
 /// The role a peer must attest as for the client to send it requests.
 pub const PROXY_ROLE: &str = "proxy";
 
@@ -66,6 +68,8 @@ pub struct LiveLink {
     pub connected_at: SystemTime,
     /// This client's wallet proof for the certificate it presented on this link.
     pub wallet_proof: HeaderValue,
+    /// The proxy's certificate, once a receipt on this link carried it.
+    pub held_certificate: Arc<HeldCertificate>,
     /// Counts the link in `connected_peers` while it lives.
     _counted: ConnectedPeer,
 }
@@ -253,6 +257,7 @@ async fn maintain(slot: &ProxySlot, linking: &Linking, stop: CancellationToken) 
                 let live = Arc::new(LiveLink {
                     proxy: slot.address.clone(),
                     sender,
+                    held_certificate: Arc::new(HeldCertificate::new(peer.cert_fingerprint)),
                     peer,
                     connected_at: SystemTime::now(),
                     wallet_proof,

@@ -28,6 +28,8 @@ use cocoon_proto::headers::{
 use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
 use cocoon_receipt::Receipt;
+
+use crate::held_certificate::HeldCertificate;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use futures::FutureExt;
 use http::HeaderMap;
@@ -51,6 +53,8 @@ pub struct SseOptions {
     pub active: ActiveRequest,
     /// The largest event accepted from the proxy; a larger one ends the stream with an error.
     pub max_event_bytes: usize,
+    /// What the client holds of the proxy's certificate, to complete the receipt's trailers.
+    pub held_certificate: Option<Arc<HeldCertificate>>,
     /// Called once with the trailers of an answer that ended well and the receipt read from them
     /// (to pay for it).
     pub on_success: Option<OnSuccess>,
@@ -74,6 +78,7 @@ where
     // past its size limit, which the parser would otherwise buffer without end) into I/O errors so
     // the event parser reports them as transport errors.
     let mut event_limit = SseEventLimit::new(options.max_event_bytes);
+    let held_certificate = options.held_certificate;
     let bytes = BodyStream::new(body).filter_map(move |frame| {
         let item = match frame {
             Ok(frame) => match frame.into_data() {
@@ -84,7 +89,12 @@ where
                         .map_err(std::io::Error::other),
                 ),
                 Err(frame) => {
-                    if let (Ok(trailers), Some(tx)) = (frame.into_trailers(), trailers_tx.take()) {
+                    if let (Ok(mut trailers), Some(tx)) =
+                        (frame.into_trailers(), trailers_tx.take())
+                    {
+                        if let Some(held) = &held_certificate {
+                            held.complete(&mut trailers);
+                        }
                         // The receiver lives in the same stream state; it cannot be gone yet.
                         let _ = tx.send(trailers);
                     }

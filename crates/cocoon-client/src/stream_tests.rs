@@ -35,6 +35,7 @@ fn options(stats: &Arc<NodeStats>, include_usage: bool, timeout: Duration) -> Ss
         stats: stats.clone(),
         active: stats.request_started(),
         max_event_bytes: cocoon_proto::limits::MAX_SSE_EVENT_BYTES,
+        held_certificate: None,
         on_success: None,
     }
 }

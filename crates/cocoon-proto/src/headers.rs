@@ -48,11 +48,12 @@ pub const RECEIPT_RECORD: &str = "x-cocoon-receipt-record";
 pub const RECEIPT_WORKER_CERTIFICATE: &str = "x-cocoon-receipt-worker-certificate";
 /// Trailer from the proxy: the certificate (base64 DER) whose key made its countersignature.
 pub const RECEIPT_PROXY_CERTIFICATE: &str = "x-cocoon-receipt-proxy-certificate";
-/// Request header from the proxy to the worker: SHA-256 (hex) of the worker's link certificate,
-/// sent once the proxy holds that certificate's text from an earlier receipt on the link. While
-/// the worker signs with that certificate it leaves out [`RECEIPT_WORKER_CERTIFICATE`], which the
-/// proxy fills in: a TDX certificate (~7.5 KB) is too large for HTTP/2 header compression to send
-/// as an index, so it would otherwise cross the link whole with every answer.
+/// Request header, proxy → worker and client → proxy: SHA-256 (hex) of the peer's link
+/// certificate, sent once the sender holds that certificate's text from an earlier receipt on the
+/// link. While the peer signs with that certificate it leaves its certificate trailer out
+/// ([`RECEIPT_WORKER_CERTIFICATE`], [`RECEIPT_PROXY_CERTIFICATE`]) and the sender fills it in: a
+/// TDX certificate (~7.5 KB) is too large for HTTP/2 header compression to send as an index, so
+/// it would otherwise cross the link whole with every answer.
 pub const HELD_CERTIFICATE: &str = "x-cocoon-held-certificate";
 /// Trailer added by the proxy: what the answer cost the client, as JSON
 /// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.

@@ -277,6 +277,10 @@ pub async fn forward(
             .and_then(|id| id.to_str().ok())
             .unwrap_or_default()
             .into(),
+        client_holds: headers
+            .get(headers::HELD_CERTIFICATE)
+            .and_then(|value| value.to_str().ok()?.parse::<cocoon_money::Hash32>().ok())
+            .map(|hash| hash.0),
     };
     let relay = Relay::new(
         body,

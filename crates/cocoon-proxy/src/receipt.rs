@@ -49,6 +49,8 @@ struct Recent {
     signature: String,
     /// The certificate of the key that made it, as a trailer value.
     certificate: HeaderValue,
+    /// SHA-256 of that certificate's DER.
+    fingerprint: [u8; 32],
 }
 
 /// Why a worker's receipt is not countersigned.
@@ -94,6 +96,9 @@ pub struct Countersigned {
     pub worker_certificate: HeaderValue,
     /// `x-cocoon-receipt-proxy-certificate`.
     pub proxy_certificate: HeaderValue,
+    /// SHA-256 of the proxy certificate's DER, which a client that holds it names
+    /// (`x-cocoon-held-certificate`).
+    pub proxy_fingerprint: [u8; 32],
 }
 
 impl Countersigner {
@@ -115,12 +120,14 @@ impl Countersigner {
 
     /// Signs `message` with this proxy's current key, and keeps the result for the batch.
     fn sign(&self, message: Vec<u8>) -> Result<Recent, ReceiptError> {
-        let made = Countersignature::make(&message, &self.trust.identity());
+        let identity = self.trust.identity();
+        let made = Countersignature::make(&message, &identity);
         let made = Recent {
             message,
             certificate: HeaderValue::from_str(&made.certificate)
                 .map_err(|_| ReceiptError::Malformed("not a header value".into()))?,
             signature: made.signature,
+            fingerprint: identity.fingerprint(),
         };
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == RECENT_COUNTERSIGNATURES {
@@ -200,6 +207,7 @@ impl Countersigner {
             ),
             worker_certificate: worker_certificate.clone(),
             proxy_certificate: countersignature.certificate,
+            proxy_fingerprint: countersignature.fingerprint,
         })
     }
 }
@@ -537,5 +545,27 @@ mod tests {
             .unwrap();
         assert_eq!(countersigned.worker_certificate, certificate);
         verify_signatures(&read_back(&countersigned), &worker, &countersigner);
+    }
+
+    #[tokio::test]
+    async fn the_proxys_certificate_is_left_out_for_a_client_that_holds_it() {
+        use crate::relay::put_receipt;
+        let worker = trust("worker", "1").await;
+        let (countersigner, link) = linked(&worker).await;
+        let prices = Prices::default();
+        let own = countersigner.trust.identity().fingerprint();
+        for (client_holds, sent) in [(None, true), (Some([7; 32]), true), (Some(own), false)] {
+            let (record, certificate) = receipt(&worker, &link, "r1");
+            let countersigned = countersigner
+                .countersign(&record, &certificate, &seen(&link, &prices))
+                .unwrap();
+            assert_eq!(countersigned.proxy_fingerprint, own);
+            let mut trailers = http::HeaderMap::new();
+            put_receipt(&mut trailers, countersigned, client_holds);
+            assert!(trailers.contains_key(headers::RECEIPT_RECORD));
+            assert!(trailers.contains_key(headers::RECEIPT_WORKER_CERTIFICATE));
+            let proxy_certificate = trailers.contains_key(headers::RECEIPT_PROXY_CERTIFICATE);
+            assert_eq!(proxy_certificate, sent, "{client_holds:?}");
+        }
     }
 }

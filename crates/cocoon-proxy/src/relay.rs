@@ -64,6 +64,9 @@ pub(crate) struct Meter {
     /// The request id sent to the worker (`x-cocoon-request-id`; empty without one), which its
     /// receipt must name.
     pub(crate) request_id: Arc<str>,
+    /// The certificate of this proxy's the client holds (`x-cocoon-held-certificate`), left out
+    /// of the receipt while it is the one that countersigned.
+    pub(crate) client_holds: Option<[u8; 32]>,
 }
 
 /// The trailers a charged answer gains: its cost, and its countersigned receipt.
@@ -91,6 +94,7 @@ impl Meter {
             worker: self.worker.clone(),
             receipts: self.receipts.clone(),
             request_id: self.request_id.clone(),
+            client_holds: self.client_holds,
         }
     }
 
@@ -216,15 +220,7 @@ impl http_body::Body for Relay {
                 Ok(Charged { cost, receipt }) => {
                     trailers.insert(headers::COST, cost);
                     if let Some(receipt) = receipt {
-                        trailers.insert(headers::RECEIPT_RECORD, receipt.record);
-                        trailers.insert(
-                            headers::RECEIPT_WORKER_CERTIFICATE,
-                            receipt.worker_certificate,
-                        );
-                        trailers.insert(
-                            headers::RECEIPT_PROXY_CERTIFICATE,
-                            receipt.proxy_certificate,
-                        );
+                        put_receipt(&mut trailers, receipt, this.meter.client_holds);
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
@@ -281,6 +277,26 @@ impl http_body::Body for Relay {
                 ))
             }
         }
+    }
+}
+
+/// Puts `receipt` into the trailers for a client that holds the certificate `client_holds` names:
+/// this proxy's certificate is left out when it is that one.
+pub(crate) fn put_receipt(
+    trailers: &mut HeaderMap,
+    receipt: Countersigned,
+    client_holds: Option<[u8; 32]>,
+) {
+    trailers.insert(headers::RECEIPT_RECORD, receipt.record);
+    trailers.insert(
+        headers::RECEIPT_WORKER_CERTIFICATE,
+        receipt.worker_certificate,
+    );
+    if client_holds != Some(receipt.proxy_fingerprint) {
+        trailers.insert(
+            headers::RECEIPT_PROXY_CERTIFICATE,
+            receipt.proxy_certificate,
+        );
     }
 }
 

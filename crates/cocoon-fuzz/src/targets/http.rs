@@ -87,6 +87,7 @@ pub const CLIENT_SSE: Target = Target {
                     stats,
                     // Small, so that inputs reach the limit too.
                     max_event_bytes: 256,
+                    held_certificate: None,
                     on_success: None,
                 };
                 let mut out = Box::pin(rewrite_sse(body_of(bytes), options));
