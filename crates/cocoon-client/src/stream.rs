@@ -28,8 +28,6 @@ use cocoon_proto::headers::{
 use cocoon_proto::limits::SseEventLimit;
 use cocoon_proto::{ErrorKind, OpenAiError};
 use cocoon_receipt::Receipt;
-
-use crate::held_certificate::HeldCertificate;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use futures::FutureExt;
 use http::HeaderMap;
@@ -37,6 +35,8 @@ use http_body_util::BodyStream;
 use sse_stream::{Error as SseError, Sse, SseByteStream};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
+
+use crate::held_certificate::HeldCertificate;
 
 /// The SSE marker that ends an OpenAI stream.
 const DONE: &str = "[DONE]";
