@@ -22,8 +22,8 @@ use cocoon_node::stats::{ActiveRequest, NodeStats};
 use cocoon_node::trailers::read_usage;
 use cocoon_node::Body;
 use cocoon_proto::headers::{
-    COEFFICIENT, ENGINE_PARAMS, ERROR, HELD_CERTIFICATE, MAX_COEFFICIENT, MODEL_HASH, RECEIPT,
-    REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
+    COEFFICIENT, ENGINE_PARAMS, ERROR, HELD_CERTIFICATE, HELD_WORKER_CERTIFICATES, MAX_COEFFICIENT,
+    MODEL_HASH, RECEIPT, REQUEST_ID, TIMEOUT_MS, WORKER_IMAGE,
 };
 use cocoon_proto::limits::{MAX_ANSWER_BYTES, MAX_SSE_EVENT_BYTES};
 use cocoon_proto::link::{PATH_CHAT, PATH_COMPLETIONS};
@@ -450,8 +450,14 @@ impl Api {
                     .into_iter()
                     .map(|(name, value)| (http::HeaderName::from_static(name), value)),
             );
-            if let Some(held) = link.held_certificate.request_header() {
-                request.headers_mut().insert(HELD_CERTIFICATE, held);
+            let held = &link.held_certificate;
+            if let Some(value) = held.request_header() {
+                request.headers_mut().insert(HELD_CERTIFICATE, value);
+            }
+            if let Some(value) = held.workers_header() {
+                request
+                    .headers_mut()
+                    .insert(HELD_WORKER_CERTIFICATES, value);
             }
             let response = sender.send_request(request).await.map_err(|error| {
                 Failure::new(

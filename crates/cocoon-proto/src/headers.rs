@@ -55,6 +55,16 @@ pub const RECEIPT_PROXY_CERTIFICATE: &str = "x-cocoon-receipt-proxy-certificate"
 /// TDX certificate (~7.5 KB) is too large for HTTP/2 header compression to send as an index, so
 /// it would otherwise cross the link whole with every answer.
 pub const HELD_CERTIFICATE: &str = "x-cocoon-held-certificate";
+/// Request header from the client to the proxy: the SHA-256s (hex, comma-separated, at most
+/// [`MAX_HELD_WORKER_CERTIFICATES`]) of workers' link certificates the client holds from earlier
+/// receipts on this link. The proxy then sends a receipt of one of those workers with
+/// [`RECEIPT_WORKER_CERTIFICATE_SHA256`] instead of the certificate.
+pub const HELD_WORKER_CERTIFICATES: &str = "x-cocoon-held-worker-certificates";
+/// The most digests [`HELD_WORKER_CERTIFICATES`] carries (more are ignored, all of them).
+pub const MAX_HELD_WORKER_CERTIFICATES: usize = 16;
+/// Trailer from the proxy in place of [`RECEIPT_WORKER_CERTIFICATE`]: the SHA-256 (hex) of the
+/// worker's certificate, one the client named in [`HELD_WORKER_CERTIFICATES`].
+pub const RECEIPT_WORKER_CERTIFICATE_SHA256: &str = "x-cocoon-receipt-worker-certificate-sha256";
 /// Trailer added by the proxy: what the answer cost the client, as JSON
 /// `{"prompt_total_cost", "completion_total_cost", "total_cost"}` in nano-units.
 pub const COST: &str = "x-cocoon-cost";

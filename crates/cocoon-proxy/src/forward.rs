@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::billing::{self, Billing};
 use crate::receipt::Countersigner;
-use crate::relay::{Meter, Relay};
+use crate::relay::{ClientHolds, Meter, Relay};
 use crate::request_check::{
     invalid_request, refused_reservation, request_needs, reserved_completion_tokens, RoutedFields,
 };
@@ -277,10 +277,7 @@ pub async fn forward(
             .and_then(|id| id.to_str().ok())
             .unwrap_or_default()
             .into(),
-        client_holds: headers
-            .get(headers::HELD_CERTIFICATE)
-            .and_then(|value| value.to_str().ok()?.parse::<cocoon_money::Hash32>().ok())
-            .map(|hash| hash.0),
+        client_holds: ClientHolds::of(&headers),
     };
     let relay = Relay::new(
         body,

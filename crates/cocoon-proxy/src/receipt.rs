@@ -99,6 +99,9 @@ pub struct Countersigned {
     /// SHA-256 of the proxy certificate's DER, which a client that holds it names
     /// (`x-cocoon-held-certificate`).
     pub proxy_fingerprint: [u8; 32],
+    /// SHA-256 of the worker certificate's DER when it is the worker's link certificate (the
+    /// one a client may hold: `x-cocoon-held-worker-certificates`).
+    pub worker_fingerprint: Option<[u8; 32]>,
 }
 
 impl Countersigner {
@@ -208,6 +211,7 @@ impl Countersigner {
             worker_certificate: worker_certificate.clone(),
             proxy_certificate: countersignature.certificate,
             proxy_fingerprint: countersignature.fingerprint,
+            worker_fingerprint: is_link_certificate.then_some(peer.cert_fingerprint),
         })
     }
 }
@@ -548,24 +552,69 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_proxys_certificate_is_left_out_for_a_client_that_holds_it() {
-        use crate::relay::put_receipt;
+    async fn certificates_the_client_holds_are_left_out_of_its_receipts() {
+        use crate::relay::{put_receipt, ClientHolds};
         let worker = trust("worker", "1").await;
         let (countersigner, link) = linked(&worker).await;
         let prices = Prices::default();
-        let own = countersigner.trust.identity().fingerprint();
-        for (client_holds, sent) in [(None, true), (Some([7; 32]), true), (Some(own), false)] {
+        let proxy = countersigner.trust.identity().fingerprint();
+        let linked_worker = link.peer.cert_fingerprint;
+        let holds = |proxy, workers| ClientHolds { proxy, workers };
+        let cases = [
+            (holds(None, vec![]), true, true),
+            (holds(Some([7; 32]), vec![[7; 32]]), true, true),
+            (holds(Some(proxy), vec![]), false, true),
+            (holds(None, vec![[7; 32], linked_worker]), true, false),
+            (holds(Some(proxy), vec![linked_worker]), false, false),
+        ];
+        for (client_holds, proxy_sent, worker_sent) in cases {
             let (record, certificate) = receipt(&worker, &link, "r1");
             let countersigned = countersigner
                 .countersign(&record, &certificate, &seen(&link, &prices))
                 .unwrap();
-            assert_eq!(countersigned.proxy_fingerprint, own);
+            assert_eq!(countersigned.proxy_fingerprint, proxy);
+            assert_eq!(countersigned.worker_fingerprint, Some(linked_worker));
             let mut trailers = http::HeaderMap::new();
-            put_receipt(&mut trailers, countersigned, client_holds);
+            put_receipt(&mut trailers, countersigned, &client_holds);
             assert!(trailers.contains_key(headers::RECEIPT_RECORD));
-            assert!(trailers.contains_key(headers::RECEIPT_WORKER_CERTIFICATE));
-            let proxy_certificate = trailers.contains_key(headers::RECEIPT_PROXY_CERTIFICATE);
-            assert_eq!(proxy_certificate, sent, "{client_holds:?}");
+            let has = |name| trailers.contains_key(name);
+            assert_eq!(
+                has(headers::RECEIPT_PROXY_CERTIFICATE),
+                proxy_sent,
+                "{client_holds:?}"
+            );
+            assert_eq!(
+                has(headers::RECEIPT_WORKER_CERTIFICATE),
+                worker_sent,
+                "{client_holds:?}"
+            );
+            let digest = trailers.get(headers::RECEIPT_WORKER_CERTIFICATE_SHA256);
+            let expected = Hash32(linked_worker).to_string();
+            assert_eq!(
+                digest.map(|d| d == expected.as_str()),
+                (!worker_sent).then_some(true)
+            );
+        }
+    }
+
+    #[test]
+    fn what_a_client_holds_is_read_strictly() {
+        use crate::relay::ClientHolds;
+        let mut request = http::HeaderMap::new();
+        let digest = Hash32([1; 32]).to_string();
+        request.insert(headers::HELD_CERTIFICATE, digest.parse().unwrap());
+        let two = format!("{digest},{}", Hash32([2; 32]));
+        request.insert(headers::HELD_WORKER_CERTIFICATES, two.parse().unwrap());
+        let holds = ClientHolds::of(&request);
+        assert_eq!(holds.proxy, Some([1; 32]));
+        assert_eq!(holds.workers, vec![[1; 32], [2; 32]]);
+        // One malformed digest, or one too many, and the list counts as none.
+        for list in [
+            format!("{digest},nothex"),
+            vec![digest.as_str(); headers::MAX_HELD_WORKER_CERTIFICATES + 1].join(","),
+        ] {
+            request.insert(headers::HELD_WORKER_CERTIFICATES, list.parse().unwrap());
+            assert!(ClientHolds::of(&request).workers.is_empty());
         }
     }
 }

@@ -64,9 +64,36 @@ pub(crate) struct Meter {
     /// The request id sent to the worker (`x-cocoon-request-id`; empty without one), which its
     /// receipt must name.
     pub(crate) request_id: Arc<str>,
-    /// The certificate of this proxy's the client holds (`x-cocoon-held-certificate`), left out
-    /// of the receipt while it is the one that countersigned.
-    pub(crate) client_holds: Option<[u8; 32]>,
+    /// The certificates the client holds, left out of the receipt when they are its.
+    pub(crate) client_holds: ClientHolds,
+}
+
+/// The certificates a client says it holds: this proxy's (`x-cocoon-held-certificate`) and
+/// workers' (`x-cocoon-held-worker-certificates`), as SHA-256s.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientHolds {
+    pub(crate) proxy: Option<[u8; 32]>,
+    pub(crate) workers: Vec<[u8; 32]>,
+}
+
+impl ClientHolds {
+    /// What the client's request `headers` say it holds; a list that is too long or malformed
+    /// counts as none.
+    pub(crate) fn of(request: &HeaderMap) -> Self {
+        let digest = |text: &str| text.parse::<cocoon_money::Hash32>().ok().map(|hash| hash.0);
+        let proxy = request
+            .get(headers::HELD_CERTIFICATE)
+            .and_then(|value| digest(value.to_str().ok()?));
+        let workers = request
+            .get(headers::HELD_WORKER_CERTIFICATES)
+            .and_then(|value| value.to_str().ok())
+            .map(|list| list.split(',').map(digest).collect::<Option<Vec<_>>>())
+            .and_then(|workers| {
+                workers.filter(|w| w.len() <= headers::MAX_HELD_WORKER_CERTIFICATES)
+            })
+            .unwrap_or_default();
+        ClientHolds { proxy, workers }
+    }
 }
 
 /// The trailers a charged answer gains: its cost, and its countersigned receipt.
@@ -94,7 +121,7 @@ impl Meter {
             worker: self.worker.clone(),
             receipts: self.receipts.clone(),
             request_id: self.request_id.clone(),
-            client_holds: self.client_holds,
+            client_holds: self.client_holds.clone(),
         }
     }
 
@@ -220,7 +247,7 @@ impl http_body::Body for Relay {
                 Ok(Charged { cost, receipt }) => {
                     trailers.insert(headers::COST, cost);
                     if let Some(receipt) = receipt {
-                        put_receipt(&mut trailers, receipt, this.meter.client_holds);
+                        put_receipt(&mut trailers, receipt, &this.meter.client_holds);
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
@@ -280,19 +307,33 @@ impl http_body::Body for Relay {
     }
 }
 
-/// Puts `receipt` into the trailers for a client that holds the certificate `client_holds` names:
-/// this proxy's certificate is left out when it is that one.
+/// Puts `receipt` into the trailers for a client that holds the certificates `client_holds`
+/// names: each is left out when it is the receipt's (the worker's named by its digest instead).
 pub(crate) fn put_receipt(
     trailers: &mut HeaderMap,
     receipt: Countersigned,
-    client_holds: Option<[u8; 32]>,
+    client_holds: &ClientHolds,
 ) {
     trailers.insert(headers::RECEIPT_RECORD, receipt.record);
-    trailers.insert(
-        headers::RECEIPT_WORKER_CERTIFICATE,
-        receipt.worker_certificate,
-    );
-    if client_holds != Some(receipt.proxy_fingerprint) {
+    match receipt
+        .worker_fingerprint
+        .filter(|worker| client_holds.workers.contains(worker))
+    {
+        Some(worker) => {
+            let digest = cocoon_money::Hash32(worker).to_string();
+            trailers.insert(
+                headers::RECEIPT_WORKER_CERTIFICATE_SHA256,
+                HeaderValue::from_str(&digest).expect("hex is a header value"),
+            );
+        }
+        None => {
+            trailers.insert(
+                headers::RECEIPT_WORKER_CERTIFICATE,
+                receipt.worker_certificate,
+            );
+        }
+    }
+    if client_holds.proxy != Some(receipt.proxy_fingerprint) {
         trailers.insert(
             headers::RECEIPT_PROXY_CERTIFICATE,
             receipt.proxy_certificate,
