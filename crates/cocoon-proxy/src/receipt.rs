@@ -608,8 +608,13 @@ mod tests {
         let holds = ClientHolds::of(&request);
         assert_eq!(holds.proxy, Some([1; 32]));
         assert_eq!(holds.workers, vec![[1; 32], [2; 32]]);
-        // One malformed digest, or one too many, and the list counts as none.
+        let most = vec![digest.as_str(); headers::MAX_HELD_WORKER_CERTIFICATES].join(",");
+        request.insert(headers::HELD_WORKER_CERTIFICATES, most.parse().unwrap());
+        let holds = ClientHolds::of(&request).workers;
+        assert_eq!(holds.len(), headers::MAX_HELD_WORKER_CERTIFICATES);
+        // One malformed digest, or one too many (however many more), and the list counts as none.
         for list in [
+            vec![digest.as_str(); 10_000].join(","),
             format!("{digest},nothex"),
             vec![digest.as_str(); headers::MAX_HELD_WORKER_CERTIFICATES + 1].join(","),
         ] {

@@ -84,12 +84,18 @@ impl ClientHolds {
         let proxy = request
             .get(headers::HELD_CERTIFICATE)
             .and_then(|value| digest(value.to_str().ok()?));
+        // Read no further than one item past the most allowed: the list's length is the client's.
         let workers = request
             .get(headers::HELD_WORKER_CERTIFICATES)
             .and_then(|value| value.to_str().ok())
-            .map(|list| list.split(',').map(digest).collect::<Option<Vec<_>>>())
-            .and_then(|workers| {
-                workers.filter(|w| w.len() <= headers::MAX_HELD_WORKER_CERTIFICATES)
+            .and_then(|list| {
+                let mut items = list.split(',');
+                let workers = items
+                    .by_ref()
+                    .take(headers::MAX_HELD_WORKER_CERTIFICATES)
+                    .map(digest)
+                    .collect::<Option<Vec<_>>>()?;
+                items.next().is_none().then_some(workers)
             })
             .unwrap_or_default();
         ClientHolds { proxy, workers }
