@@ -611,11 +611,10 @@ async fn an_app_going_away_cancels_the_stream_upstream() {
     client.until_linked().await;
 
     let body = chat_body("endless", json!({"stream": true}));
-    let response = client.post(PATH_CHAT, body).await;
-    let mut chunks = response.bytes_stream();
-    let first = chunks.next().await.unwrap().unwrap();
+    let mut response = client.post(PATH_CHAT, body).await;
+    let first = response.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
-    drop(chunks);
+    drop(response);
     tokio::time::timeout(Duration::from_secs(5), proxy.dropped.recv())
         .await
         .expect("the proxy's answer is dropped once the app goes away")

@@ -1,10 +1,8 @@
 //! `cocoon attest`: certificates made, shown and checked by the real binary.
 
-mod common;
-
 use std::process::Command;
 
-use common::image_hash;
+use crate::common::image_hash;
 use serde_json::Value;
 
 fn cocoon(args: &[&str]) -> (bool, String) {

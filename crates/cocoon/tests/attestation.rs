@@ -2,13 +2,11 @@
 //! and allow-list, the role a certificate claims is checked on every port, and listing a TDX image
 //! never admits a `fake` quote that copies its measurements (anyone can sign one).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cocoon_tee::fake::measurements_from_label;
 use cocoon_tee::AttestationKind;
-use common::*;
 
 /// How long a refusal may take to show: a dial, a handshake, a log line.
 const WITHIN: Duration = Duration::from_secs(30);

@@ -1,15 +1,13 @@
 //! The proxy's money under faults, with real processes: the ledger going away and coming back,
 //! the proxy's disk filling up, and apps hanging up at the end of their answers.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cocoon_money::{price, Amount, Prices};
 use cocoon_proto::TokenUsage;
-use common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 

@@ -3,11 +3,9 @@
 //! whose key it lacks; a client that stops paying is refused past the proxy's bound; a client
 //! stops paying a proxy whose charge it cannot verify and fails over.
 
-mod common;
-
+use crate::common::*;
 use cocoon_money::{price, Prices};
 use cocoon_proto::TokenUsage;
-use common::*;
 use serde_json::Value;
 
 async fn payments(api: &str) -> Value {

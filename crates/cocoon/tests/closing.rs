@@ -4,10 +4,8 @@
 //! proxy serves the wallet no more. (Closing without a release, after the delay, is in
 //! `ton_money.rs` and the wallet CLI tests.)
 
-mod common;
-
+use crate::common::*;
 use cocoon_money::{price, Amount, ContractStatus, Prices};
-use common::*;
 use serde_json::Value;
 
 async fn a_client_closes_at_once_with_the_proxys_release(network: ProxyAddrs) {

@@ -1,14 +1,12 @@
 //! End-to-end: `cocoon dev`, the README's first command. It must say the network is up only when
 //! a request would be answered, answer it, and come back after a crash on the same data directory.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::ChildStdout;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The ports `cocoon dev --instance N` takes (client, proxy stats/workers/clients, worker, ledger).

@@ -7,9 +7,7 @@
 
 #![cfg(feature = "embedded")]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const MODEL: &str = MODEL_NAME;

@@ -6,9 +6,7 @@
 
 #![cfg(feature = "embedded")]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]

@@ -2,16 +2,14 @@
 //! with the common default file limit of 1 024 descriptors, and the flood opens more connections
 //! than that, as the attack that found these defects did.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use arc_swap::ArcSwap;
 use cocoon_ratls::{Connector, Identity, DEFAULT_VALIDITY};
 use cocoon_tee::{AttestationKind, NoneAttester, Policy, Verifier};
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,12 +1,10 @@
 //! End-to-end: requests crafted to take nodes down (issue #10) are answered with a clear error,
 //! and every node — ledger, proxy, workers, client — is still up and serving afterwards.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 

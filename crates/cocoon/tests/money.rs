@@ -1,13 +1,11 @@
 //! Money end to end, with real processes: a ledger, a proxy, workers and clients on loopback.
 //! Every number is checked against the ledger's own state.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use cocoon_money::{price, AccountId, Amount, Prices, Registry};
 use cocoon_proto::TokenUsage;
-use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 
@@ -451,10 +449,12 @@ async fn a_proxy_killed_during_streaming_loses_and_doubles_nothing() {
         "charged more than was served"
     );
     let earned = wallet(&proxy.stats).await["earned"].as_u64().unwrap();
-    // The ledger and the proxy's database agree to the unit.
+    // The client pays, to the unit, for every answer it saw end and for nothing else: a stream the
+    // proxy charged just before the kill never reached the client whole, so it stays unpaid (within
+    // `interrupted_bound`, checked above; docs/money.md, "Known limits").
     eventually!(
         contract(&proxy.ledger, proxy_id, "clients", client_id).await,
-        |c| c["charged"] == charged
+        |c| c["charged"] == completed + after
     );
     eventually!(
         contract(&proxy.ledger, proxy_id, "workers", worker_id).await,

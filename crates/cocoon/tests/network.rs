@@ -1,13 +1,11 @@
 //! End-to-end: real `cocoon proxy`, `worker` and `client` processes talking over loopback with
 //! mutual RA-TLS (`fake` attestation, every check on), driven through the client's OpenAI API.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -284,7 +282,7 @@ async fn a_worker_stopped_with_sigterm_finishes_its_answers_while_new_requests_g
 
     // A client told to stop also lets the app's answer in flight finish.
     let response = ask(&api, &chat("synthetic", 40, true)).await;
-    let mut streaming = common::events(response);
+    let mut streaming = crate::common::events(response);
     assert!(streaming.next().await.unwrap().contains("xxxx"));
     client_node.terminate();
     let rest: Vec<String> = tokio::time::timeout(Duration::from_secs(20), streaming.collect())

@@ -3,11 +3,9 @@
 //! and quota refused in OpenAI's shape before anything is reserved, `GET /v1/models/{id}`, real
 //! `created` times, `x-request-id` on every answer, and CORS.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Asks `body` and returns the status, the answer's `x-request-id`, and its JSON.

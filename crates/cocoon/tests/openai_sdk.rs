@@ -6,13 +6,11 @@
 //! where the venv is missing (so `cargo test` passes without the setup), except on CI (`CI` set),
 //! which runs the setup.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The venv's Python, if it exists and can import `openai`.
 fn sdk_python() -> Option<PathBuf> {

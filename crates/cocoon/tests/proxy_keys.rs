@@ -2,10 +2,8 @@
 //! processes: a proxy's voucher key lives only as long as the process, the operator authorizes
 //! each one, and every voucher a worker was given stays claimable across a `kill -9`.
 
-mod common;
-
+use crate::common::*;
 use cocoon_money::{price, AccountId, Amount, Prices};
-use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 

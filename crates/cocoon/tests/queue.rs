@@ -2,13 +2,11 @@
 //! beyond the queue they are refused with `Retry-After`; clients are served in turn; a request
 //! whose app hangs up leaves the queue.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A proxy, one synthetic worker and some clients, all linked and funded.

@@ -2,11 +2,9 @@
 //! proxy linked, a model with a worker there, the client's contract open and funded), and 503 with
 //! the reason otherwise.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The client's `/healthz`: status and body, once it answers at all.
 async fn healthz(api: &str) -> (u16, String) {

@@ -2,11 +2,9 @@
 //! proxy countersigned, and `cocoon receipt verify` checks it offline — and fails when one byte of
 //! the answer, the usage, or either signature changes.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// `cocoon receipt verify RECEIPT --min-tee fake EXTRA…`: the test network attests with `fake`.

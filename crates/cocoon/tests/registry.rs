@@ -2,11 +2,9 @@
 //! `--proxy` or allow-list flags find the proxy and judge images from it, and `cocoon registry`
 //! changes (revoked images and models, removed proxies) take effect on live links within seconds.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// Waits until the proxy has `count` workers linked.

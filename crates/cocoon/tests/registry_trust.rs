@@ -3,16 +3,14 @@
 //! another key, and an older genuine one, also to a client restarted on its data directory. The
 //! client refuses them and keeps the last good version.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use cocoon_money::{AccountId, Registry, RegistryAnswer};
-use common::*;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 

@@ -2,12 +2,10 @@
 //! contracts on the local devnet (`contracts/devnet/`, the real TVM), every number checked
 //! against the contracts' own state as their get-methods read it.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use cocoon_money::{price, Amount, ContractStatus, Prices};
-use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 

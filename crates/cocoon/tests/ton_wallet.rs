@@ -3,9 +3,7 @@
 //! faucet, a proxy opened, the registry edited and read back, a client's deposit, refusals printed
 //! as the rules' errors.
 
-mod common;
-
-use common::{cocoon, cocoon_ok, ton_devnet};
+use crate::common::{cocoon, cocoon_ok, ton_devnet};
 use serde_json::Value;
 
 /// tonlib-core's test mnemonic: the registry owner's TON wallet.

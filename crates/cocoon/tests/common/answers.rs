@@ -6,10 +6,25 @@ use super::http;
 pub fn events(response: reqwest::Response) -> impl futures::Stream<Item = String> + Unpin {
     use futures::StreamExt;
     Box::pin(
-        sse_stream::SseByteStream::new(response.bytes_stream())
+        sse_stream::SseByteStream::new(chunks(response))
             .take_while(|event| futures::future::ready(event.is_ok()))
             .filter_map(|event| futures::future::ready(event.ok().and_then(|event| event.data))),
     )
+}
+
+/// A response's body as a stream of its chunks as they arrive (`Response::chunk`; reqwest's own
+/// `bytes_stream` needs its `stream` feature, which the product does not use: a test build with it
+/// would build reqwest and everything above it twice).
+pub fn chunks(
+    response: reqwest::Response,
+) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> {
+    futures::stream::unfold(response, |mut response| async move {
+        response
+            .chunk()
+            .await
+            .transpose()
+            .map(|chunk| (chunk, response))
+    })
 }
 
 /// Every event of a streamed answer.
